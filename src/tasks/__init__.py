@@ -1,0 +1,1 @@
+"""Durable task engine: records in Redis (store), admission and execution (runner)."""
