@@ -1,0 +1,42 @@
+"""Knowledge-base documents: look one up, delete one."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from api.deps import get_services
+from api.errors import ApiError
+from api.schemas import DocumentDeleted
+from src.service import Services
+
+router = APIRouter(tags=["documents"])
+
+
+@router.get("/documents/{doc_id}", summary="LightRAG's status record of one document")
+async def get_document(doc_id: str, services: Services = Depends(get_services)) -> dict:
+    record = await services.rag.doc_status.get_by_id(doc_id)
+    if not record:
+        raise ApiError(404, "doc_not_found", f"document {doc_id} is not in the knowledge base")
+    keep = ("status", "chunks_count", "content_length", "file_path", "created_at", "updated_at", "error_msg")
+    return {"doc_id": doc_id, **{k: record.get(k) for k in keep}}
+
+
+@router.delete(
+    "/documents/{doc_id}", response_model=DocumentDeleted, summary="Remove a document and its data"
+)
+async def delete_document(doc_id: str, services: Services = Depends(get_services)) -> DocumentDeleted:
+    live = await services.store.live_task_for_doc(doc_id)
+    if live:
+        raise ApiError(
+            409, "doc_in_progress", f"document {doc_id} is being indexed by task {live}", task_id=live
+        )
+    if not await services.rag.doc_status.get_by_id(doc_id):
+        raise ApiError(404, "doc_not_found", f"document {doc_id} is not in the knowledge base")
+    result = await services.rag.adelete_by_doc_id(doc_id)
+    if result.status == "not_found":
+        raise ApiError(404, "doc_not_found", result.message)
+    if result.status == "not_allowed":
+        raise ApiError(409, "pipeline_busy", result.message)
+    if result.status != "success":
+        raise ApiError(500, "delete_failed", result.message)
+    return DocumentDeleted(doc_id=doc_id, status=result.status, message=result.message)

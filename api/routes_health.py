@@ -1,0 +1,52 @@
+"""Liveness/readiness and queue statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from api.deps import get_services
+from api.schemas import QueueStats
+from src.rag.embedding import embedding_description
+from src.rag.llm import llm_description
+from src.service import Services
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", summary="Redis, storage and model bindings")
+async def health(services: Services = Depends(get_services)) -> JSONResponse:
+    settings = services.settings
+    try:
+        redis = {"ok": True, "latency_ms": round(await services.store.ping(), 3)}
+    except Exception as exc:
+        redis = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    redis["embedded"] = services.redis.embedded is not None
+    writable = await asyncio.to_thread(os.access, settings.uploads_dir, os.W_OK)
+    storage = {"ok": writable, "workspace": services.rag.workspace}
+    healthy = redis["ok"] and writable
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "instance_id": services.instance_id,
+        "redis": redis,
+        "storage": storage,
+        "llm": llm_description(settings),
+        "embedding": embedding_description(settings),
+        "tasks": {"running_here": services.runner.running_count, "capacity": services.runner.capacity},
+    }
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get("/api/queue/stats", response_model=QueueStats, summary="Task counts per status and capacity")
+async def queue_stats(services: Services = Depends(get_services)) -> QueueStats:
+    counts = await services.store.counts()
+    return QueueStats(
+        counts=counts,
+        pending=await services.store.pending_count(),
+        running_here=services.runner.running_count,
+        capacity=services.runner.capacity,
+        instance_id=services.instance_id,
+    )

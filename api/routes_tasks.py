@@ -1,0 +1,58 @@
+"""Task endpoints: poll one task, list tasks, cancel a pending task."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query
+
+from api.deps import get_services
+from api.errors import ApiError
+from api.schemas import CancelResult, TaskList, TaskView
+from api.views import task_view
+from src.service import Services
+from src.tasks.models import TaskStatus
+from src.uploads import remove_file
+
+router = APIRouter(tags=["tasks"])
+
+
+@router.get("/task/{task_id}", response_model=TaskView, name="get_task", summary="Status of one task")
+async def get_task(task_id: str, services: Services = Depends(get_services)) -> TaskView:
+    record = await services.store.get(task_id) if len(task_id) <= 64 else None
+    if record is None:
+        raise ApiError(404, "task_not_found", f"task {task_id} not found (unknown, or expired after its TTL)")
+    return task_view(record)
+
+
+@router.get("/tasks", response_model=TaskList, summary="Recent tasks, newest first")
+async def list_tasks(
+    status: TaskStatus | None = Query(default=None),
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0, le=1_000_000),
+    services: Services = Depends(get_services),
+) -> TaskList:
+    total, records = await services.store.list(status=status, offset=offset, limit=limit)
+    return TaskList(total=total, offset=offset, limit=limit, tasks=[task_view(r) for r in records])
+
+
+@router.delete("/task/{task_id}", response_model=CancelResult, summary="Cancel a pending task")
+async def cancel_task(task_id: str, services: Services = Depends(get_services)) -> CancelResult:
+    if len(task_id) > 64:
+        raise ApiError(404, "task_not_found", f"task {task_id} not found")
+    outcome = await services.store.cancel_pending(task_id)
+    if outcome.status == "missing":
+        raise ApiError(404, "task_not_found", f"task {task_id} not found (unknown, or expired after its TTL)")
+    if not outcome.cancelled and outcome.status == TaskStatus.PROCESSING:
+        raise ApiError(
+            409,
+            "task_running",
+            "task is already processing; only pending tasks can be cancelled in this version",
+            status=outcome.status,
+        )
+    if not outcome.cancelled:
+        raise ApiError(
+            409, "task_finished", f"task already {outcome.status}; nothing to cancel", status=outcome.status
+        )
+    record = await services.store.get(task_id)
+    if record and record.stored_name:
+        await remove_file(services.settings.uploads_dir / record.stored_name)
+    return CancelResult(message="Task cancelled", task_id=task_id, status=TaskStatus.CANCELLED)

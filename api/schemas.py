@@ -1,0 +1,88 @@
+"""Request and response bodies of the public HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+DOC_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+QueryMode = Literal["naive", "local", "global", "hybrid", "mix"]
+
+
+class TaskAccepted(BaseModel):
+    message: str
+    task_id: str
+    doc_id: str
+    filename: str
+    file_size: int
+    status: str = "pending"
+    status_url: str
+
+
+class TaskView(BaseModel):
+    task_id: str
+    doc_id: str
+    filename: str
+    file_size: int
+    kind: str
+    status: str
+    stage: str
+    progress: float
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+    expires_at: str | None
+    attempt: int
+    result: dict[str, Any] | None
+    error: str | None
+
+
+class TaskList(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    tasks: list[TaskView]
+
+
+class CancelResult(BaseModel):
+    message: str
+    task_id: str
+    status: str
+
+
+class TextInsert(BaseModel):
+    text: str = Field(min_length=1, description="raw text to index")
+    doc_id: str | None = Field(default=None, pattern=DOC_ID_PATTERN)
+    filename: str | None = Field(default=None, max_length=255, description="label used in citations")
+
+
+class QueryRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=8000)
+    mode: QueryMode = "hybrid"
+    only_need_context: bool = False
+    top_k: int | None = Field(default=None, ge=1, le=200)
+    chunk_top_k: int | None = Field(default=None, ge=1, le=200)
+    response_type: str | None = Field(default=None, max_length=100)
+
+
+class QueryResponse(BaseModel):
+    response: str
+    mode: QueryMode
+    only_need_context: bool
+    llm: str
+
+
+class QueueStats(BaseModel):
+    counts: dict[str, int]
+    pending: int
+    running_here: int
+    capacity: int
+    instance_id: str
+
+
+class DocumentDeleted(BaseModel):
+    doc_id: str
+    status: str
+    message: str

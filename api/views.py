@@ -1,0 +1,33 @@
+"""Turn stored records into API views (timestamps as ISO-8601 UTC)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from api.schemas import TaskView
+from src.tasks.models import TaskRecord
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def task_view(record: TaskRecord) -> TaskView:
+    return TaskView(
+        task_id=record.task_id,
+        doc_id=record.doc_id,
+        filename=record.filename,
+        file_size=record.file_size,
+        kind=record.kind.value,
+        status=record.status.value,
+        stage=record.stage,
+        progress=record.progress,
+        created_at=iso(record.created_at) or "",
+        updated_at=iso(record.updated_at) or "",
+        started_at=iso(record.started_at),
+        finished_at=iso(record.finished_at),
+        expires_at=iso(record.expires_at),
+        attempt=record.attempt,
+        result=record.result,
+        error=record.error,
+    )

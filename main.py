@@ -1,0 +1,65 @@
+"""Application factory and uvicorn entry point.
+
+python main.py            # serve on HOST:PORT (default 127.0.0.1:8000)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from api import routes_documents, routes_health, routes_ingest, routes_query, routes_tasks
+from api.errors import install_error_handlers
+from src.config import Settings, get_settings
+from src.service import start_services, stop_services
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # LightRAG is chatty at INFO (one line per chunk and per entity): keep it to warnings.
+    for noisy in ("lightrag", "nano-vectordb", "raganything", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def create_app(settings: Settings | None = None, *, redis_prefix: str = "ragsvc:") -> FastAPI:
+    """Build the app; services start in the lifespan so a test can build many apps in one process."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services = await start_services(settings, redis_prefix=redis_prefix)
+        try:
+            yield
+        finally:
+            await stop_services(app.state.services)
+
+    app = FastAPI(
+        title="RAG ingestion service",
+        version="0.1.0",
+        description="Asynchronous (202) document ingestion and querying over LightRAG / RAG-Anything.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (routes_ingest, routes_tasks, routes_query, routes_documents, routes_health):
+        app.include_router(module.router)
+    return app
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
+
+
+if __name__ == "__main__":
+    main()

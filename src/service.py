@@ -1,0 +1,98 @@
+"""Wiring: builds every long-lived object once at start-up and tears them down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightrag import LightRAG
+
+from src.config import Settings
+from src.ingest import DocumentIngestor
+from src.redis_conn import RedisHandle, connect_redis
+from src.tasks.runner import RunnerConfig, TaskRunner
+from src.tasks.store import TaskStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: RedisHandle
+    store: TaskStore
+    runner: TaskRunner
+    rag: LightRAG
+    rag_anything: Any
+    instance_id: str
+
+
+def resolve_instance_id(settings: Settings) -> str:
+    """INSTANCE_ID, or an id persisted in the data dir so a restart reclaims its own leases at once."""
+    if settings.instance_id:
+        return settings.instance_id
+    path = settings.data_dir / "instance_id"
+    if path.exists():
+        return path.read_text().strip()
+    instance_id = f"inst-{uuid.uuid4().hex[:12]}"
+    path.write_text(instance_id)
+    return instance_id
+
+
+async def start_services(settings: Settings, *, redis_prefix: str = "ragsvc:") -> Services:
+    from src.rag.engine import build_lightrag
+    from src.rag.parsers import build_raganything
+
+    for directory in (settings.data_dir, settings.uploads_dir, settings.rag_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(_remove_partial_uploads, settings.uploads_dir)
+    instance_id = await asyncio.to_thread(resolve_instance_id, settings)
+
+    redis = await connect_redis(settings)
+    store = TaskStore(
+        redis.client,
+        prefix=redis_prefix,
+        ttls={s: settings.ttl_for(s) for s in ("completed", "failed", "cancelled")},
+    )
+    rag = await build_lightrag(settings)
+    rag_anything = build_raganything(rag, settings)
+    ingestor = DocumentIngestor(rag, rag_anything, settings.uploads_dir)
+
+    async def handle(task, report) -> dict:
+        return (await ingestor.ingest(task, report)).as_dict()
+
+    runner = TaskRunner(
+        store,
+        handle,
+        RunnerConfig(
+            max_concurrent=settings.max_concurrent_tasks,
+            lease_seconds=settings.lease_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            sweep_seconds=settings.sweep_seconds,
+            max_attempts=settings.max_attempts,
+            uploads_dir=settings.uploads_dir,
+        ),
+        instance_id,
+    )
+    await runner.start()
+    log.info("service ready: instance %s, %d task slot(s)", instance_id, settings.max_concurrent_tasks)
+    return Services(settings, redis, store, runner, rag, rag_anything, instance_id)
+
+
+async def stop_services(services: Services) -> None:
+    await services.runner.stop(services.settings.shutdown_grace_seconds)
+    try:
+        # Closes RAG-Anything's parse cache and, with it, LightRAG's storages.
+        await services.rag_anything.finalize_storages()
+    finally:
+        await services.redis.close()
+
+
+def _remove_partial_uploads(uploads_dir: Path) -> None:
+    """A crash mid-upload leaves a .part file that no task refers to (no 202 was sent for it)."""
+    for leftover in uploads_dir.glob("*.part"):
+        leftover.unlink(missing_ok=True)
