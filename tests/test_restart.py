@@ -1,0 +1,157 @@
+"""Real processes: the service under uvicorn with its embedded Redis, killed with -9 mid-ingestion.
+
+The mock OpenAI-compatible server adds latency to every LLM call so that ingestion is still
+running when the service is killed; the restarted service must finish every task, and
+LightRAG must hold each document exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.docs_factory import story
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not come up in {timeout}s")
+
+
+def start_mock_llm(port: int, latency: float) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.mock_llm", "--port", str(port), "--latency", str(latency)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_http(f"http://127.0.0.1:{port}/v1/models")
+    return proc
+
+
+def service_env(data_dir: Path, port: int, llm_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "LLM_", "EMBEDDING_"))}
+    env.update(
+        DATA_DIR=str(data_dir),
+        HOST="127.0.0.1",
+        PORT=str(port),
+        WORKSPACE="restart",
+        LLM_BASE_URL=f"http://127.0.0.1:{llm_port}/v1",
+        LLM_API_KEY="test-key",
+        LLM_MODEL="mock-model",
+        EMBEDDING_PROVIDER="onnx",
+        MAX_CONCURRENT_TASKS="2",
+        LEASE_SECONDS="30",
+        LOG_LEVEL="INFO",
+    )
+    return env
+
+
+def start_service(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    wait_http(f"http://127.0.0.1:{env['PORT']}/health", timeout=120)
+    return proc
+
+
+def statuses(base: str, task_ids: list[str]) -> list[str]:
+    return [httpx.get(f"{base}/task/{t}", timeout=10).json()["status"] for t in task_ids]
+
+
+def kill_embedded_redis(data_dir: Path) -> None:
+    settings_file = data_dir / "redis" / "tasks.rdb.settings"
+    if settings_file.exists():
+        pidfile = Path(json.loads(settings_file.read_text()).get("pidfile", "/nonexistent"))
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+def test_kill9_mid_ingestion_then_restart_completes_every_task_once(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    llm_port, port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    mock = start_mock_llm(llm_port, latency=0.4)
+    env = service_env(data_dir, port, llm_port)
+    service = start_service(env, tmp_path / "service.log")
+    try:
+        task_ids, doc_ids = [], []
+        for i in range(10):
+            text = story(f"subject {i}", f"Restartmark{i}", 14).encode()
+            response = httpx.post(f"{base}/insert", files={"file": (f"doc{i}.txt", text)}, timeout=30)
+            assert response.status_code == 202, response.text
+            task_ids.append(response.json()["task_id"])
+            doc_ids.append(response.json()["doc_id"])
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            current = statuses(base, task_ids)
+            if "processing" in current and current.count("completed") >= 1:
+                break
+            time.sleep(0.2)
+        before_kill = statuses(base, task_ids)
+        service.send_signal(signal.SIGKILL)
+        service.wait(timeout=10)
+        assert before_kill.count("completed") < 10, "ingestion finished before the kill; slow the mock down"
+        assert "processing" in before_kill
+
+        service = start_service(env, tmp_path / "service.log")
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            current = statuses(base, task_ids)
+            if all(s in ("completed", "failed", "cancelled") for s in current):
+                break
+            time.sleep(0.5)
+        assert current == ["completed"] * 10, current
+
+        for doc_id in doc_ids:
+            doc = httpx.get(f"{base}/documents/{doc_id}", timeout=10).json()
+            assert doc["status"] == "processed"
+        answer = httpx.post(
+            f"{base}/query",
+            json={"query": "Restartmark3", "mode": "naive", "only_need_context": True},
+            timeout=60,
+        )
+        assert "Restartmark3" in answer.json()["response"]
+
+        service.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the signal after a graceful shutdown, so the exit status says SIGTERM.
+        assert service.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert b"Application shutdown complete" in (tmp_path / "service.log").read_bytes()
+
+        workspace_dir = data_dir / "rag" / "restart"
+        full_docs = json.loads((workspace_dir / "kv_store_full_docs.json").read_text())
+        doc_status = json.loads((workspace_dir / "kv_store_doc_status.json").read_text())
+        chunks = json.loads((workspace_dir / "kv_store_text_chunks.json").read_text())
+        assert sorted(full_docs) == sorted(doc_ids)
+        assert sorted(doc_status) == sorted(doc_ids)
+        for doc_id in doc_ids:
+            owned = [c for c in chunks.values() if c.get("full_doc_id") == doc_id]
+            assert len(owned) == doc_status[doc_id]["chunks_count"] >= 1
+    finally:
+        for proc in (service, mock):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        kill_embedded_redis(data_dir)

@@ -1,0 +1,137 @@
+"""Task lifecycle: listing, cancel semantics, TTLs, and lease recovery."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import Service, make_settings, start_service, upload, wait_for_task
+from tests.docs_factory import story
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+async def one_slot(tmp_path, redis_url):
+    async for svc in start_service(make_settings(tmp_path, redis_url, max_concurrent_tasks=1)):
+        yield svc
+
+
+def gate_runner(svc: Service) -> tuple[asyncio.Event, list[str]]:
+    """Hold every task at the start of its run until the gate opens; record which tasks ran."""
+    gate = asyncio.Event()
+    ran: list[str] = []
+    real = svc.services.runner.handler
+
+    async def gated(task, report):
+        ran.append(task.task_id)
+        await gate.wait()
+        return await real(task, report)
+
+    svc.services.runner.handler = gated
+    return gate, ran
+
+
+async def test_cancel_pending_task(one_slot: Service) -> None:
+    gate, ran = gate_runner(one_slot)
+    first = (await upload(one_slot.client, "a.txt", story("tides", "Axolind").encode())).json()
+    second = (await upload(one_slot.client, "b.txt", story("wind", "Borrowdane").encode())).json()
+    while (await one_slot.client.get(f"/task/{first['task_id']}")).json()["status"] != "processing":
+        await asyncio.sleep(0.05)
+    assert (await one_slot.client.get(f"/task/{second['task_id']}")).json()["status"] == "pending"
+
+    running = await one_slot.client.delete(f"/task/{first['task_id']}")
+    assert running.status_code == 409 and running.json()["code"] == "task_running"
+
+    cancelled = await one_slot.client.delete(f"/task/{second['task_id']}")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert not any(p.name.startswith(second["task_id"]) for p in one_slot.settings.uploads_dir.iterdir())
+
+    gate.set()
+    assert (await wait_for_task(one_slot.client, first["task_id"]))["status"] == "completed"
+    await asyncio.sleep(0.5)  # give the dispatcher a chance to (wrongly) pick the cancelled task
+    view = (await one_slot.client.get(f"/task/{second['task_id']}")).json()
+    assert view["status"] == "cancelled" and view["started_at"] is None
+    assert second["task_id"] not in ran
+    assert (await one_slot.client.get(f"/documents/{second['doc_id']}")).status_code == 404
+
+    for task in (first, second):
+        again = await one_slot.client.delete(f"/task/{task['task_id']}")
+        assert again.status_code == 409 and again.json()["code"] == "task_finished"
+
+    redis = one_slot.services.redis.client
+    ttl_done = await redis.ttl(f"{one_slot.prefix}task:{first['task_id']}")
+    ttl_cancelled = await redis.ttl(f"{one_slot.prefix}task:{second['task_id']}")
+    assert one_slot.settings.ttl_completed_seconds - 60 < ttl_done <= one_slot.settings.ttl_completed_seconds
+    assert (
+        one_slot.settings.ttl_cancelled_seconds - 60
+        < ttl_cancelled
+        <= one_slot.settings.ttl_cancelled_seconds
+    )
+    # A cancelled document may be uploaded again.
+    again = await upload(one_slot.client, "b.txt", story("wind", "Borrowdane").encode())
+    assert again.status_code == 202
+
+
+async def test_live_tasks_never_expire_and_expired_records_leave_the_indexes(tmp_path, redis_url) -> None:
+    settings = make_settings(tmp_path, redis_url, ttl_completed_seconds=2, sweep_seconds=0.5)
+    async for svc in start_service(settings):
+        body = (await upload(svc.client, "a.txt", story("tides", "Cumberlin").encode())).json()
+        key = f"{svc.prefix}task:{body['task_id']}"
+        assert await svc.services.redis.client.ttl(key) == -1  # pending: no expiry
+        await wait_for_task(svc.client, body["task_id"])
+        listed = (await svc.client.get("/tasks", params={"status": "completed"})).json()
+        assert listed["total"] == 1
+        await asyncio.sleep(3.5)
+        assert (await svc.client.get(f"/task/{body['task_id']}")).status_code == 404
+        listed = (await svc.client.get("/tasks")).json()
+        assert listed["total"] == 0 and listed["tasks"] == []
+        assert (await svc.client.get("/api/queue/stats")).json()["counts"]["completed"] == 0
+
+
+async def test_list_filters_and_pages(one_slot: Service) -> None:
+    gate, _ = gate_runner(one_slot)
+    ids = []
+    for i in range(5):
+        ids.append(
+            (await upload(one_slot.client, f"{i}.txt", story("x", f"Listo{i}").encode())).json()["task_id"]
+        )
+    page = (await one_slot.client.get("/tasks", params={"limit": 2, "offset": 0})).json()
+    assert page["total"] == 5 and [t["task_id"] for t in page["tasks"]] == ids[::-1][:2]
+    page2 = (await one_slot.client.get("/tasks", params={"limit": 2, "offset": 2})).json()
+    assert [t["task_id"] for t in page2["tasks"]] == ids[::-1][2:4]
+    pending = (await one_slot.client.get("/tasks", params={"status": "pending"})).json()
+    assert pending["total"] >= 4
+    bad = await one_slot.client.get("/tasks", params={"status": "exploded"})
+    assert bad.status_code == 422
+    gate.set()
+    for task_id in ids:
+        assert (await wait_for_task(one_slot.client, task_id))["status"] == "completed"
+    stats = (await one_slot.client.get("/api/queue/stats")).json()
+    assert stats["counts"]["completed"] == 5 and stats["pending"] == 0
+
+
+async def test_expired_lease_is_requeued_and_completed(tmp_path, redis_url) -> None:
+    """A task left 'processing' by a dead worker is taken back when its lease runs out."""
+    settings = make_settings(tmp_path, redis_url, lease_seconds=2.0, sweep_seconds=0.5)
+    async for svc in start_service(settings):
+        store = svc.services.store
+        gate, _ = gate_runner(svc)
+        await svc.services.runner.stop(grace_seconds=0)  # no worker here for now
+        body = (await upload(svc.client, "a.txt", story("tides", "Deadlease").encode())).json()
+        claimed = await store.claim("ghost-instance", lease_seconds=1.0)  # a worker that then dies
+        assert claimed and claimed.task_id == body["task_id"] and claimed.attempt == 1
+        gate.set()
+        await svc.services.runner.start()
+        final = await wait_for_task(svc.client, body["task_id"], timeout=60)
+        assert final["status"] == "completed" and final["attempt"] == 2
+        # The ghost's late final write is refused by the epoch fence.
+        from src.tasks.models import TaskStatus
+
+        outcome = await store.finish(
+            body["task_id"], 1, TaskStatus.FAILED, error="zombie", stage="failed", progress=0
+        )
+        assert outcome != "ok"
+        assert (await svc.client.get(f"/task/{body['task_id']}")).json()["status"] == "completed"
