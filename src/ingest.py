@@ -1,11 +1,12 @@
-"""Drive one document through LightRAG (text) or RAG-Anything (pdf/docx) until it is really indexed.
+"""Drive one document into the knowledge base and report where it is.
 
-LightRAG has one pipeline per workspace: when several `ainsert` calls overlap, the first caller
-does all the work and the others return at once with their document still PENDING. So
-returning from `ainsert` proves nothing; the ingestor watches the document's own doc-status
-record until it says PROCESSED (or FAILED), and, if the pipeline went idle without reaching
-it, runs the pipeline itself. Stage and progress are read from the same record and from the
-pipeline's messages that name this document's chunks.
+Text files are read here (off the loop); PDF and DOCX go through RAG-Anything's parser
+framework (`RAGAnything.parse_document`, which runs our registered offline parser in a
+thread and caches the result). The text is then enqueued with the `PipelineCoordinator`,
+which owns LightRAG's pipeline. The ingestor then watches the document's own doc-status
+record until it says PROCESSED or FAILED: LightRAG processes documents in batches, so being
+enqueued proves nothing. Stage and progress come from the same record and from the
+pipeline's messages naming this document's chunks.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any
 
 from lightrag import LightRAG
 from lightrag.base import DocStatus
-from lightrag.kg.shared_storage import get_namespace_data
+from raganything.utils import separate_content_with_page_map
 
+from src.pipeline import DocumentGuard, PipelineCoordinator
 from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, read_text_document
 from src.tasks.models import Stage, TaskRecord
 
@@ -43,7 +45,36 @@ _EXTRACTING_SPAN = STAGE_PROGRESS[Stage.MERGING] - STAGE_PROGRESS[Stage.EXTRACTI
 
 
 class IngestError(Exception):
-    """The document could not be indexed (LightRAG marked it FAILED, or it cannot be parsed)."""
+    """LightRAG could not index the document; ``transient`` says whether a retry may succeed."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+#: Substrings of LightRAG's error_msg that mean the provider, not the document, failed.
+_TRANSIENT_MARKERS = (
+    "ratelimit",
+    "rate limit",
+    "429",
+    "timeout",
+    "timed out",
+    "connection",
+    "apiconnectionerror",
+    "internalservererror",
+    "serviceunavailable",
+    "service unavailable",
+    "502",
+    "503",
+    "504",
+    "overloaded",
+    "temporarily",
+)
+
+
+def is_transient_message(message: str) -> bool:
+    lowered = message.lower()
+    return any(marker in lowered for marker in _TRANSIENT_MARKERS)
 
 
 @dataclass
@@ -57,11 +88,21 @@ class IngestResult:
 
 
 class DocumentIngestor:
-    """Knows how to index one task's stored upload; stateless between tasks."""
+    """Knows how to index one task's stored upload, and how to take a document back out."""
 
-    def __init__(self, rag: LightRAG, rag_anything: Any, uploads_dir: Path, poll_seconds: float = 0.25):
+    def __init__(
+        self,
+        rag: LightRAG,
+        rag_anything: Any,
+        coordinator: PipelineCoordinator,
+        guard: DocumentGuard,
+        uploads_dir: Path,
+        poll_seconds: float = 0.25,
+    ):
         self.rag = rag
         self.rag_anything = rag_anything
+        self.coordinator = coordinator
+        self.guard = guard
         self.uploads_dir = uploads_dir
         self.poll_seconds = poll_seconds
 
@@ -72,86 +113,76 @@ class DocumentIngestor:
         if existing and existing.get("status") == DocStatus.PROCESSED:
             # An earlier attempt finished indexing before the process died: nothing to redo.
             return IngestResult(task.doc_id, int(existing.get("chunks_count") or 0), resumed=True)
-        if not path.exists():
-            raise IngestError(f"upload file for task {task.task_id} is missing")
-
-        await report(Stage.PARSING, STAGE_PROGRESS[Stage.PARSING])
-        if path.suffix.lower() in RAGANYTHING_EXTENSIONS:
-            await self._ingest_with_raganything(task, path, report)
+        if existing is None:
+            if not await asyncio.to_thread(path.exists):
+                raise IngestError(f"upload file for task {task.task_id} is missing")
+            await report(Stage.PARSING, STAGE_PROGRESS[Stage.PARSING])
+            text = await self._extract_text(path)
+            await report(Stage.QUEUED, STAGE_PROGRESS[Stage.QUEUED])
+            await self.coordinator.enqueue(text, task.doc_id, task.filename, track_id=task.task_id)
         else:
-            text = await read_text_document(path)
-            if existing is None:
-                await report(Stage.CHUNKING, STAGE_PROGRESS[Stage.CHUNKING])
-                await self.rag.ainsert(
-                    text, ids=[task.doc_id], file_paths=[task.filename], track_id=task.task_id
-                )
-            await self._wait_until_processed(task.doc_id, started, report)
-
-        record = await self.rag.doc_status.get_by_id(task.doc_id)
-        if not record or record.get("status") != DocStatus.PROCESSED:
-            status = record.get("status") if record else "missing"
-            raise IngestError(f"document ended as {status}: {(record or {}).get('error_msg') or 'no detail'}")
+            # Left PENDING/PROCESSING/FAILED by an attempt that died: LightRAG's next run resumes it.
+            self.coordinator.kick()
+        record = await self._wait_until_processed(task.doc_id, started, report)
         await report(Stage.DONE, STAGE_PROGRESS[Stage.DONE])
         return IngestResult(task.doc_id, int(record.get("chunks_count") or 0), resumed=existing is not None)
 
-    async def _ingest_with_raganything(self, task: TaskRecord, path: Path, report: ProgressCallback) -> None:
-        watcher = asyncio.create_task(self._watch(task.doc_id, report))
+    async def purge(self, doc_id: str) -> str:
+        """Stop any LLM work on ``doc_id`` and delete everything it left in the knowledge base."""
+        if await self.rag.doc_status.get_by_id(doc_id) is None:
+            return "not_found"  # never reached LightRAG (e.g. a parse error): nothing to wait for
+        stored = await self.rag.full_docs.get_by_id(doc_id)
+        if stored and stored.get("content"):
+            self.guard.block(doc_id, stored["content"])
         try:
-            await self.rag_anything.process_document_complete(
-                str(path), doc_id=task.doc_id, file_name=task.filename, display_stats=False
-            )
+            result = await self.coordinator.delete(doc_id)
+        finally:
+            self.guard.unblock(doc_id)
+        log.info("purged document %s: %s", doc_id, result.status)
+        return result.status
+
+    async def _extract_text(self, path: Path) -> str:
+        if path.suffix.lower() not in RAGANYTHING_EXTENSIONS:
+            return await read_text_document(path)
+        try:
+            content_list, _ = await self.rag_anything.parse_document(str(path), display_stats=False)
         except DocumentParseError:
             raise
-        except Exception as exc:  # RAG-Anything wraps parser and pipeline errors alike
-            raise IngestError(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            watcher.cancel()
+        except Exception as exc:  # RAG-Anything wraps parser failures
+            raise DocumentParseError(f"could not parse {path.suffix} file: {exc}") from exc
+        text, _, _ = separate_content_with_page_map(content_list)
+        if not text.strip():
+            raise DocumentParseError("the document has no extractable text (scanned or empty?)")
+        return text
 
-    async def _watch(self, doc_id: str, report: ProgressCallback) -> None:
-        while True:
-            await asyncio.sleep(self.poll_seconds)
-            record = await self.rag.doc_status.get_by_id(doc_id)
-            if record:
-                await report(*await self._observe(doc_id, record))
-
-    async def _wait_until_processed(self, doc_id: str, started: float, report: ProgressCallback) -> None:
-        """Poll the doc-status record; kick the pipeline when nobody is working on our document."""
+    async def _wait_until_processed(self, doc_id: str, started: float, report: ProgressCallback) -> dict:
         while True:
             record = await self.rag.doc_status.get_by_id(doc_id)
             if record is None:
                 raise IngestError(f"LightRAG has no record of document {doc_id}")
             status = record.get("status")
             if status == DocStatus.PROCESSED:
-                return
-            busy = await self._pipeline_busy()
+                return record
             if status == DocStatus.FAILED and _updated_after(record, started):
-                raise IngestError(record.get("error_msg") or "LightRAG marked the document FAILED")
-            if not busy and status in (DocStatus.PENDING, DocStatus.PROCESSING, DocStatus.FAILED):
-                # The run that would have taken our document ended (or never started): run one.
-                await self.rag.apipeline_process_enqueue_documents()
-                continue
+                message = record.get("error_msg") or "LightRAG marked the document FAILED"
+                raise IngestError(message, transient=is_transient_message(message))
+            if not await self.coordinator.pipeline_busy():
+                self.coordinator.kick()
             await report(*await self._observe(doc_id, record))
             await asyncio.sleep(self.poll_seconds)
 
-    async def _pipeline_status(self) -> dict[str, Any]:
-        return await get_namespace_data("pipeline_status", workspace=self.rag.workspace)
-
-    async def _pipeline_busy(self) -> bool:
-        return bool((await self._pipeline_status()).get("busy"))
-
     async def _observe(self, doc_id: str, record: dict[str, Any]) -> tuple[str, float]:
         status = record.get("status")
-        if status == DocStatus.PENDING:
+        if status in (DocStatus.PENDING, DocStatus.FAILED):
             return Stage.QUEUED, STAGE_PROGRESS[Stage.QUEUED]
-        if status == DocStatus.PROCESSED:
-            return Stage.MERGING, STAGE_PROGRESS[Stage.MERGING]
         chunks = set(record.get("chunks_list") or [])
         if not chunks:
             return Stage.CHUNKING, STAGE_PROGRESS[Stage.CHUNKING]
-        messages = list((await self._pipeline_status()).get("history_messages") or [])[-4000:]
+        pipeline = await self.coordinator.pipeline_status()
+        messages = list(pipeline.get("history_messages") or [])[-4000:]
         extracted = 0
         for message in messages:
-            if f"from {doc_id}" in message and message.startswith("Phase"):
+            if message.startswith("Phase") and f"from {doc_id}" in message:
                 return Stage.MERGING, STAGE_PROGRESS[Stage.MERGING]
             if message.startswith("Chunk ") and message.rsplit(" ", 1)[-1] in chunks:
                 extracted += 1
@@ -167,3 +198,23 @@ def _updated_after(record: dict[str, Any], started: float) -> bool:
         return datetime.fromisoformat(str(stamp)).timestamp() >= started - 1.0
     except ValueError:
         return True
+
+
+class IngestHandler:
+    """The runner's view of ingestion: run a task, undo its effects, classify its errors."""
+
+    def __init__(self, ingestor: DocumentIngestor):
+        self.ingestor = ingestor
+
+    async def run(self, task: TaskRecord, report: ProgressCallback) -> dict:
+        return (await self.ingestor.ingest(task, report)).as_dict()
+
+    async def discard(self, task: TaskRecord) -> None:
+        await self.ingestor.purge(task.doc_id)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, IngestError):
+            return exc.transient
+        if isinstance(exc, DocumentParseError):
+            return False
+        return is_transient_message(f"{type(exc).__name__}: {exc}")

@@ -12,7 +12,8 @@ from typing import Any
 from lightrag import LightRAG
 
 from src.config import Settings
-from src.ingest import DocumentIngestor
+from src.ingest import DocumentIngestor, IngestHandler
+from src.pipeline import DocumentGuard, PipelineCoordinator
 from src.redis_conn import RedisHandle, connect_redis
 from src.tasks.runner import RunnerConfig, TaskRunner
 from src.tasks.store import TaskStore
@@ -28,6 +29,8 @@ class Services:
     runner: TaskRunner
     rag: LightRAG
     rag_anything: Any
+    coordinator: PipelineCoordinator
+    ingestor: DocumentIngestor
     instance_id: str
 
 
@@ -57,17 +60,16 @@ async def start_services(settings: Settings, *, redis_prefix: str = "ragsvc:") -
         redis.client,
         prefix=redis_prefix,
         ttls={s: settings.ttl_for(s) for s in ("completed", "failed", "cancelled")},
+        max_queued=settings.max_pending_tasks,
     )
-    rag = await build_lightrag(settings)
+    guard = DocumentGuard()
+    rag = await build_lightrag(settings, llm_wrapper=guard.wrap)
     rag_anything = build_raganything(rag, settings)
-    ingestor = DocumentIngestor(rag, rag_anything, settings.uploads_dir)
-
-    async def handle(task, report) -> dict:
-        return (await ingestor.ingest(task, report)).as_dict()
-
+    coordinator = PipelineCoordinator(rag, guard)
+    ingestor = DocumentIngestor(rag, rag_anything, coordinator, guard, settings.uploads_dir)
     runner = TaskRunner(
         store,
-        handle,
+        IngestHandler(ingestor),
         RunnerConfig(
             max_concurrent=settings.max_concurrent_tasks,
             lease_seconds=settings.lease_seconds,
@@ -75,16 +77,21 @@ async def start_services(settings: Settings, *, redis_prefix: str = "ragsvc:") -
             sweep_seconds=settings.sweep_seconds,
             max_attempts=settings.max_attempts,
             uploads_dir=settings.uploads_dir,
+            task_timeout_seconds=settings.task_timeout_seconds,
+            retry_base_seconds=settings.retry_base_seconds,
+            retry_max_seconds=settings.retry_max_seconds,
         ),
         instance_id,
     )
+    await coordinator.start()
     await runner.start()
     log.info("service ready: instance %s, %d task slot(s)", instance_id, settings.max_concurrent_tasks)
-    return Services(settings, redis, store, runner, rag, rag_anything, instance_id)
+    return Services(settings, redis, store, runner, rag, rag_anything, coordinator, ingestor, instance_id)
 
 
 async def stop_services(services: Services) -> None:
     await services.runner.stop(services.settings.shutdown_grace_seconds)
+    await services.coordinator.stop()
     try:
         # Closes RAG-Anything's parse cache and, with it, LightRAG's storages.
         await services.rag_anything.finalize_storages()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,11 @@ def lightrag_kwargs(settings: Any) -> dict[str, Any]:
     return kwargs
 
 
-async def build_lightrag(settings: Any, workspace: str | None = None) -> LightRAG:
+async def build_lightrag(
+    settings: Any,
+    workspace: str | None = None,
+    llm_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+) -> LightRAG:
     """Create, initialise and return a LightRAG instance; never touches the network.
 
     The tokenizer is the offline tiktoken o200k_base (LightRAG's default would download it in
@@ -73,6 +78,8 @@ async def build_lightrag(settings: Any, workspace: str | None = None) -> LightRA
     tokenizer = await asyncio.to_thread(build_tokenizer, data_dir / "tiktoken")
     embedding_func = build_embedding_func(settings)
     llm_func = build_llm_func(settings)
+    if llm_wrapper is not None:  # e.g. the document guard that stops LLM work of cancelled tasks
+        llm_func = llm_wrapper(llm_func)
 
     def construct() -> LightRAG:
         working_dir.mkdir(parents=True, exist_ok=True)
