@@ -49,8 +49,16 @@ class Settings(BaseSettings):
     ttl_cancelled_seconds: int = 24 * 3600
     #: How often the task engine looks for expired leases and expired index entries.
     sweep_seconds: float = 15.0
-    #: A task whose worker died this many times is failed (dead-lettered) instead of requeued.
+    #: A task is failed (dead-lettered) after this many failed attempts: transient errors,
+    #: crashes of its worker, lost leases. Shutdown interruptions do not count.
     max_attempts: int = 3
+    #: Per-task wall-clock limit (seed 002: 30 minutes); a task past it fails.
+    task_timeout_seconds: float = 1800.0
+    #: Backoff before retrying a transient failure: base * 2^failures, capped, with jitter.
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 60.0
+    #: Backpressure: uploads get 429 + Retry-After when this many tasks are waiting (0 = no limit).
+    max_pending_tasks: int = 10_000
     #: On shutdown, running tasks get this long to finish before they are handed back to the queue.
     shutdown_grace_seconds: float = 10.0
 

@@ -12,6 +12,8 @@ from pydantic import BaseModel
 class TaskStatus(StrEnum):
     PENDING = "pending"
     PROCESSING = "processing"
+    #: A running task asked to stop: its LLM work is being stopped and its partial data removed.
+    CANCELLING = "cancelling"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -22,7 +24,7 @@ class TaskStatus(StrEnum):
 
 
 FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
-LIVE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.PROCESSING})
+LIVE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.CANCELLING})
 
 
 class Stage(StrEnum):
@@ -35,6 +37,8 @@ class Stage(StrEnum):
     EXTRACTING = "extracting"
     MERGING = "merging"
     DONE = "done"
+    CLEANUP = "cleanup"
+    RETRY_WAIT = "retry-wait"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
@@ -66,15 +70,28 @@ class TaskRecord(BaseModel):
     error: str | None = None
     #: Number of times the task has been claimed; also the fencing epoch of the current attempt.
     attempt: int = 0
+    #: Failed attempts so far (crashes, lost leases, transient errors); bounded by MAX_ATTEMPTS.
+    failures: int = 0
     owner: str | None = None
     lease_until: float | None = None
     expires_at: float | None = None
+    #: Set when a cancel arrived while the task was running (or before a resumed attempt).
+    cancel_requested: bool = False
+    #: Earliest time a retried task may run again (backoff).
+    not_before: float | None = None
+    #: One entry per finished attempt: attempt, owner, started_at, ended_at, outcome, error.
+    history: list[dict[str, Any]] = []
 
     @classmethod
     def from_redis(cls, raw: dict[str, str]) -> TaskRecord:
         data: dict[str, Any] = {k: v for k, v in raw.items() if v != ""}
-        if "result" in data:
-            data["result"] = json.loads(data["result"])
+        for key in ("result", "history"):
+            if key in data:
+                data[key] = json.loads(data[key])
+        if isinstance(data.get("history"), dict):  # Lua's cjson encodes an empty list as {}
+            data["history"] = []
+        if "cancel_requested" in data:
+            data["cancel_requested"] = data["cancel_requested"] == "1"
         return cls.model_validate(data)
 
     def to_redis(self) -> dict[str, str]:
@@ -82,8 +99,10 @@ class TaskRecord(BaseModel):
         for key, value in self.model_dump(mode="json").items():
             if value is None:
                 out[key] = ""
-            elif key == "result":
+            elif key in ("result", "history"):
                 out[key] = json.dumps(value)
+            elif key == "cancel_requested":
+                out[key] = "1" if value else "0"
             else:
                 out[key] = str(value)
         return out

@@ -2,8 +2,13 @@
 
 One dispatcher loop claims pending tasks from Redis whenever a semaphore slot is free; each
 claimed task runs as its own asyncio task. One heartbeat loop renews the leases of all
-running tasks (so a long LLM call never lets a lease lapse), and one sweeper loop requeues
-tasks whose lease expired (their worker died) and prunes index entries of expired records.
+running tasks (so a long LLM call never lets a lease lapse) and notices cancel requests made
+through other instances; one sweeper loop requeues tasks whose lease expired (their worker
+died) and prunes index entries of expired records.
+
+Every attempt ends in exactly one of: completed; failed (permanent error, timeout, or retries
+exhausted); requeued with backoff (transient error); cancelled (after its partial data is
+purged); handed back to the queue (shutdown, lost lease).
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from src.tasks.models import Stage, TaskRecord, TaskStatus
 from src.tasks.store import TaskStore
@@ -23,9 +32,17 @@ from src.uploads import remove_file
 
 log = logging.getLogger(__name__)
 
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
 
 class TaskHandler(Protocol):
-    async def __call__(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict: ...
+    """What the runner needs from the domain: run a task, and undo a task's effects."""
+
+    async def run(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict: ...
+
+    async def discard(self, task: TaskRecord) -> None: ...
+
+    def is_transient(self, exc: BaseException) -> bool: ...
 
 
 @dataclass
@@ -36,6 +53,9 @@ class RunnerConfig:
     sweep_seconds: float
     max_attempts: int
     uploads_dir: Path
+    task_timeout_seconds: float = 1800.0
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 60.0
     idle_poll_seconds: float = 1.0
 
 
@@ -45,6 +65,8 @@ class _Running:
     job: asyncio.Task | None = None
     last_report: tuple[str, float] = ("", -1.0)
     started: float = field(default_factory=time.monotonic)
+    #: Why the job was cancelled: 'user', 'lease-lost' or 'shutdown'.
+    stop_reason: str | None = None
 
 
 class TaskRunner:
@@ -68,11 +90,15 @@ class TaskRunner:
         resumed = 0
         for task_id in await self.store.running_ids():
             outcome = await self.store.requeue(
-                task_id, owner=self.instance_id, max_attempts=self.config.max_attempts, lease_before=None
+                task_id,
+                owner=self.instance_id,
+                max_failures=self.config.max_attempts,
+                outcome="interrupted",
+                error="the service restarted while this attempt ran",
             )
-            resumed += outcome == "requeued"
+            resumed += outcome in ("requeued", "failed")
         if resumed:
-            log.warning("resumed %d task(s) left running by this instance's previous run", resumed)
+            log.warning("took back %d task(s) left running by this instance's previous run", resumed)
         self._accepting = True
         self._stopped = asyncio.Event()
         self._loops = [
@@ -91,18 +117,30 @@ class TaskRunner:
             await asyncio.wait(jobs, timeout=grace_seconds)
         for running in list(self._running.values()):
             if running.job and not running.job.done():
+                running.stop_reason = running.stop_reason or "shutdown"
                 running.job.cancel()
         jobs = [r.job for r in self._running.values() if r.job]
         if jobs:
-            await asyncio.wait(jobs, timeout=5)
+            await asyncio.wait(jobs, timeout=10)
         for loop in self._loops:
             loop.cancel()
-        await asyncio.wait(self._loops, timeout=5)
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=5)
         self._loops.clear()
 
     def notify(self) -> None:
         """A task was enqueued: wake the dispatcher now instead of at its next poll."""
         self._wake.set()
+
+    def cancel_local(self, task_id: str) -> bool:
+        """Stop a task running in this process at once (the cancel was recorded in Redis first)."""
+        running = self._running.get(task_id)
+        if running is None or running.job is None or running.job.done():
+            return False
+        if running.stop_reason is None:
+            running.stop_reason = "user"
+            running.job.cancel()
+        return True
 
     @property
     def running_count(self) -> int:
@@ -112,7 +150,7 @@ class TaskRunner:
     def capacity(self) -> int:
         return self.config.max_concurrent
 
-    # ------------------------------------------------------------------ loops
+    # ------------------------------------------------------------------ dispatch
     async def _dispatch_loop(self) -> None:
         while self._accepting:
             await self._slots.acquire()
@@ -123,13 +161,19 @@ class TaskRunner:
             except asyncio.CancelledError:
                 self._slots.release()
                 raise
+            except _REDIS_DOWN as exc:
+                log.warning("cannot claim tasks, Redis unavailable: %s", exc)
             except Exception:
                 log.exception("claiming a task failed; retrying")
             if claimed is None or not self._accepting:
                 self._slots.release()
                 if claimed is not None:  # stopping: give it straight back
                     await self.store.requeue(
-                        claimed.task_id, owner=self.instance_id, max_attempts=1_000_000, lease_before=None
+                        claimed.task_id,
+                        owner=self.instance_id,
+                        max_failures=self.config.max_attempts,
+                        outcome="interrupted",
+                        counts_as_failure=False,
                     )
                     return
                 with contextlib.suppress(TimeoutError):
@@ -139,63 +183,161 @@ class TaskRunner:
             self._running[claimed.task_id] = running
             running.job = asyncio.create_task(self._execute(running), name=f"task-{claimed.task_id}")
 
+    # ------------------------------------------------------------------ one attempt
     async def _execute(self, running: _Running) -> None:
         task = running.task
         epoch = task.attempt
-        log.info("task %s attempt %d started (doc %s)", task.task_id, epoch, task.doc_id)
+        log.info(
+            "task %s attempt %d started (doc %s, status %s)", task.task_id, epoch, task.doc_id, task.status
+        )
 
         async def report(stage: str, progress: float) -> None:
             if (stage, progress) != running.last_report:
                 running.last_report = (stage, progress)
-                await self.store.report_progress(task.task_id, epoch, stage, progress)
+                with contextlib.suppress(*_REDIS_DOWN):  # progress is best effort during an outage
+                    await self.store.report_progress(task.task_id, epoch, stage, progress)
 
         try:
-            result = await self.handler(task, report)
-        except asyncio.CancelledError:
-            # Shutdown: leave the task 'processing'; stop() / the next start requeues it.
-            log.warning("task %s interrupted by shutdown; it will be resumed", task.task_id)
-            with contextlib.suppress(Exception):
-                await self.store.requeue(
-                    task.task_id, owner=self.instance_id, max_attempts=1_000_000, lease_before=None
+            if task.status == TaskStatus.CANCELLING:
+                await self._cancel(task, epoch)
+                return
+            deadline = asyncio.timeout(self.config.task_timeout_seconds)
+            try:
+                async with deadline:
+                    result = await self.handler.run(task, report)
+            except asyncio.CancelledError:
+                reason = running.stop_reason
+                if reason == "user":
+                    current = asyncio.current_task()
+                    if current is not None:
+                        current.uncancel()
+                    await self._cancel(task, epoch)
+                    return
+                if reason == "lease-lost":
+                    return  # another worker owns the task now; its epoch fences us out
+                await self._hand_back(task, epoch)
+                raise
+            except TimeoutError as exc:
+                if deadline.expired():
+                    await self._fail(task, epoch, f"timed out after {self.config.task_timeout_seconds:g} s")
+                else:
+                    await self._retry_or_fail(task, epoch, str(exc) or "timeout")
+            except Exception as exc:
+                message = str(exc) or type(exc).__name__
+                if self.handler.is_transient(exc):
+                    await self._retry_or_fail(task, epoch, message)
+                else:
+                    await self._fail(task, epoch, message)
+            else:
+                # The document is indexed; a resumed attempt finds it PROCESSED without the file.
+                if task.stored_name:
+                    await remove_file(self.config.uploads_dir / task.stored_name)
+                outcome = await self._persist_final(
+                    task, epoch, TaskStatus.COMPLETED, result=result, stage=Stage.DONE, progress=100.0
                 )
-            raise
-        except Exception as exc:
-            message = str(exc) or type(exc).__name__
-            log.warning("task %s failed: %s", task.task_id, message)
-            await self._finish(task, epoch, TaskStatus.FAILED, error=message, stage=Stage.FAILED)
-        else:
-            log.info("task %s completed in %.2fs", task.task_id, time.monotonic() - running.started)
-            await self._finish(task, epoch, TaskStatus.COMPLETED, result=result, stage=Stage.DONE)
-            if task.stored_name:
-                await remove_file(self.config.uploads_dir / task.stored_name)
+                if outcome == TaskStatus.CANCELLING:  # a cancel won the race: undo the work
+                    await self._cancel(task, epoch)
+                    return
+                log.info("task %s completed in %.2fs", task.task_id, time.monotonic() - running.started)
         finally:
             self._running.pop(task.task_id, None)
             self._slots.release()
 
-    async def _finish(self, task: TaskRecord, epoch: int, status: TaskStatus, **kwargs) -> None:
-        progress = 100.0 if status == TaskStatus.COMPLETED else 0.0
-        outcome = await self.store.finish(task.task_id, epoch, status, progress=progress, **kwargs)
+    async def _cancel(self, task: TaskRecord, epoch: int) -> None:
+        """Stop this task's LLM work, delete its partial data, then record 'cancelled'."""
+        with contextlib.suppress(*_REDIS_DOWN):
+            await self.store.report_progress(task.task_id, epoch, Stage.CLEANUP, 0.0)
+        await self.handler.discard(task)
+        await self._persist_final(
+            task, epoch, TaskStatus.CANCELLED, error="cancelled by user", stage=Stage.CANCELLED, progress=0.0
+        )
+        if task.stored_name:
+            await remove_file(self.config.uploads_dir / task.stored_name)
+        log.info("task %s cancelled; its partial data was removed", task.task_id)
+
+    async def _fail(self, task: TaskRecord, epoch: int, message: str) -> None:
+        log.warning("task %s failed: %s", task.task_id, message)
+        await self.handler.discard(task)  # no half-indexed document stays behind
+        outcome = await self._persist_final(
+            task, epoch, TaskStatus.FAILED, error=message, stage=Stage.FAILED, progress=0.0
+        )
+        if outcome == TaskStatus.CANCELLING:
+            await self._cancel(task, epoch)
+
+    async def _retry_or_fail(self, task: TaskRecord, epoch: int, message: str) -> None:
+        """Transient error: purge partial data and requeue with exponential backoff and full jitter."""
+        await self.handler.discard(task)
+        delay = min(self.config.retry_max_seconds, self.config.retry_base_seconds * 2 ** (task.failures))
+        delay = random.uniform(delay / 2, delay)
+        outcome = await self._persist(
+            lambda: self.store.requeue(
+                task.task_id,
+                owner=self.instance_id,
+                max_failures=self.config.max_attempts,
+                not_before=time.time() + delay,
+                outcome="retry",
+                error=message,
+                epoch=epoch,
+            )
+        )
+        log.warning("task %s transient failure (%s): %s in %.1fs", task.task_id, message, outcome, delay)
+
+    async def _hand_back(self, task: TaskRecord, epoch: int) -> None:
+        log.warning("task %s interrupted by shutdown; it will be resumed", task.task_id)
+        with contextlib.suppress(Exception):
+            await self.store.requeue(
+                task.task_id,
+                owner=self.instance_id,
+                max_failures=self.config.max_attempts,
+                outcome="interrupted",
+                error="service shut down",
+                counts_as_failure=False,
+                epoch=epoch,
+            )
+
+    async def _persist_final(self, task: TaskRecord, epoch: int, status: TaskStatus, **kwargs) -> str:
+        outcome = await self._persist(lambda: self.store.finish(task.task_id, epoch, status, **kwargs))
         if outcome != "ok":
             log.warning("task %s: final write for attempt %d refused (%s)", task.task_id, epoch, outcome)
+        return outcome
 
+    async def _persist(self, write: Callable[[], Awaitable[str]]) -> str:
+        """Retry a state write until Redis answers: a finished attempt's outcome is never dropped."""
+        delay = 0.2
+        while True:
+            try:
+                return await write()
+            except _REDIS_DOWN as exc:
+                log.warning("Redis unavailable (%s); retrying the write in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # ------------------------------------------------------------------ background loops
     async def _heartbeat_loop(self) -> None:
         while await self._pause(self.config.heartbeat_seconds):
             for task_id, running in list(self._running.items()):
                 try:
-                    alive = await self.store.heartbeat(
+                    state = await self.store.heartbeat(
                         task_id, running.task.attempt, self.instance_id, self.config.lease_seconds
                     )
-                except Exception:
-                    log.exception("heartbeat for task %s failed", task_id)
+                except _REDIS_DOWN as exc:
+                    log.warning("heartbeat for task %s failed: %s", task_id, exc)
                     continue
-                if not alive and running.job and not running.job.done():
+                if not running.job or running.job.done() or running.stop_reason:
+                    continue
+                if state == 0:
                     log.error("task %s lost its lease; stopping this attempt", task_id)
+                    running.stop_reason = "lease-lost"
                     running.job.cancel()
+                elif state == 2:
+                    self.cancel_local(task_id)
 
     async def _sweep_loop(self) -> None:
         while True:
             try:
                 await self.sweep()
+            except _REDIS_DOWN as exc:
+                log.warning("sweep skipped, Redis unavailable: %s", exc)
             except Exception:
                 log.exception("sweep failed")
             if not await self._pause(self.config.sweep_seconds):
@@ -215,7 +357,12 @@ class TaskRunner:
             if task_id in self._running:
                 continue
             outcome = await self.store.requeue(
-                task_id, owner=None, max_attempts=self.config.max_attempts, lease_before=now
+                task_id,
+                owner=None,
+                max_failures=self.config.max_attempts,
+                lease_before=now,
+                outcome="lease-expired",
+                error="the worker running this attempt stopped renewing its lease",
             )
             log.warning("task %s lease expired: %s", task_id, outcome)
             self._wake.set()

@@ -7,11 +7,13 @@ which is what keeps a zombie attempt from overwriting a newer one.
 Keys (all under ``prefix``):
   task:<id>            hash, the TaskRecord
   pending              zset id -> queue score (lower runs first)
+  delayed              zset id -> not-before time of a retry (moved to pending when due)
   running              zset id -> lease expiry (unix seconds)
   idx:all              zset id -> created_at   (listing, newest first)
   idx:<status>         zset id -> created_at   (filters and counts)
   expiry               zset id -> expires_at   (prunes the indexes when a record's TTL ends)
-  doc:<doc_id>         string, the live task that owns a doc id (no two live tasks per document)
+  doc:<doc_id>         string, the live or completed task that owns a doc id (duplicate detection)
+  idem:<key>           string, the task created under an Idempotency-Key (24 h)
 """
 
 from __future__ import annotations
@@ -27,65 +29,89 @@ from src.tasks.models import FINAL_STATUSES, TaskRecord, TaskStatus
 
 _ALL_STATUSES = [s.value for s in TaskStatus]
 
-# KEYS none (keys are derived from the prefix; single-node Redis only).
-# ARGV: prefix, task_id, doc_id, queue_score, created_at, then field/value pairs.
+# ARGV: prefix, task_id, doc_id, queue_score, created_at, sha256, idempotency key ('' = none),
+#       max queued (0 = unbounded), idempotency ttl, then field/value pairs.
 _CREATE = """
 local p = ARGV[1]
 local id = ARGV[2]
+local function status_of(t) return redis.call('HGET', p..'task:'..t, 'status') end
+if ARGV[7] ~= '' then
+  local held = redis.call('GET', p..'idem:'..ARGV[7])
+  if held then
+    local st = status_of(held)
+    if st and st ~= 'failed' and st ~= 'cancelled' then return {0, held, 'idempotent'} end
+  end
+end
 local lock = p..'doc:'..ARGV[3]
 local holder = redis.call('GET', lock)
 if holder and holder ~= id then
-  local st = redis.call('HGET', p..'task:'..holder, 'status')
-  if st == 'pending' or st == 'processing' then
-    return {0, holder}
+  local st = status_of(holder)
+  if st == 'pending' or st == 'processing' or st == 'cancelling' or st == 'completed' then
+    if redis.call('HGET', p..'task:'..holder, 'content_sha256') == ARGV[6] then
+      return {0, holder, 'duplicate'}
+    end
+    if st ~= 'completed' then return {0, holder, 'conflict'} end
   end
 end
-local key = p..'task:'..id
-if redis.call('EXISTS', key) == 1 then
-  return {0, id}
+local limit = tonumber(ARGV[8])
+if limit > 0 and redis.call('ZCARD', p..'pending') + redis.call('ZCARD', p..'delayed') >= limit then
+  return {0, '', 'busy'}
 end
+local key = p..'task:'..id
+if redis.call('EXISTS', key) == 1 then return {0, id, 'exists'} end
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', key, unpack(fields))
 redis.call('SET', lock, id)
+if ARGV[7] ~= '' then redis.call('SET', p..'idem:'..ARGV[7], id, 'EX', ARGV[9]) end
 redis.call('ZADD', p..'pending', ARGV[4], id)
 redis.call('ZADD', p..'idx:all', ARGV[5], id)
 redis.call('ZADD', p..'idx:pending', ARGV[5], id)
-return {1, id}
+return {1, id, 'created'}
 """
 
 # ARGV: prefix, now, lease_until, owner
 _CLAIM = """
 local p = ARGV[1]
+local due = redis.call('ZRANGEBYSCORE', p..'delayed', '-inf', ARGV[2], 'LIMIT', 0, 100)
+for _, id in ipairs(due) do
+  redis.call('ZREM', p..'delayed', id)
+  local score = redis.call('HGET', p..'task:'..id, 'queue_score')
+  if score then redis.call('ZADD', p..'pending', score, id) end
+end
 while true do
   local popped = redis.call('ZPOPMIN', p..'pending')
   if #popped == 0 then return false end
   local id = popped[1]
   local key = p..'task:'..id
-  if redis.call('HGET', key, 'status') == 'pending' then
+  local cur = redis.call('HMGET', key, 'status', 'owner', 'created_at', 'started_at')
+  if cur[1] == 'pending' or (cur[1] == 'cancelling' and cur[2] == '') then
     redis.call('HINCRBY', key, 'attempt', 1)
-    redis.call('HSET', key, 'status', 'processing', 'owner', ARGV[4], 'lease_until', ARGV[3],
-               'updated_at', ARGV[2])
-    if redis.call('HGET', key, 'started_at') == '' then
-      redis.call('HSET', key, 'started_at', ARGV[2])
+    redis.call('HSET', key, 'owner', ARGV[4], 'lease_until', ARGV[3], 'updated_at', ARGV[2],
+               'attempt_started_at', ARGV[2], 'not_before', '')
+    if cur[4] == '' then redis.call('HSET', key, 'started_at', ARGV[2]) end
+    if cur[1] == 'pending' then
+      redis.call('HSET', key, 'status', 'processing')
+      redis.call('ZREM', p..'idx:pending', id)
+      redis.call('ZADD', p..'idx:processing', cur[3], id)
     end
-    local created = redis.call('HGET', key, 'created_at')
     redis.call('ZADD', p..'running', ARGV[3], id)
-    redis.call('ZREM', p..'idx:pending', id)
-    redis.call('ZADD', p..'idx:processing', created, id)
     return redis.call('HGETALL', key)
   end
 end
 """
 
-# ARGV: prefix, id, epoch, owner, lease_until
+# ARGV: prefix, id, epoch, owner, lease_until  ->  0 lost, 1 alive, 2 alive but asked to cancel
 _HEARTBEAT = """
 local p = ARGV[1]
 local key = p..'task:'..ARGV[2]
 local cur = redis.call('HMGET', key, 'status', 'attempt', 'owner')
-if cur[1] ~= 'processing' or cur[2] ~= ARGV[3] or cur[3] ~= ARGV[4] then return 0 end
+if (cur[1] ~= 'processing' and cur[1] ~= 'cancelling') or cur[2] ~= ARGV[3] or cur[3] ~= ARGV[4] then
+  return 0
+end
 redis.call('HSET', key, 'lease_until', ARGV[5])
 redis.call('ZADD', p..'running', ARGV[5], ARGV[2])
+if cur[1] == 'cancelling' then return 2 end
 return 1
 """
 
@@ -98,53 +124,81 @@ redis.call('HSET', key, 'stage', ARGV[4], 'progress', ARGV[5], 'updated_at', ARG
 return 1
 """
 
-# ARGV: prefix, id, epoch ('' = any attempt), expected status, new status, now, ttl, stage, progress,
-#       result, error
-_FINISH = """
+# Shared by FINISH and REQUEUE: append one attempt to the history list.
+_HISTORY_FN = """
+local function add_history(key, cur_attempt, owner, started, now, outcome, err)
+  local raw = redis.call('HGET', key, 'history')
+  local history = {}
+  if raw and raw ~= '' and raw ~= '{}' then history = cjson.decode(raw) end
+  history[#history + 1] = {attempt = tonumber(cur_attempt), owner = owner, started_at = tonumber(started),
+                           ended_at = tonumber(now), outcome = outcome, error = err}
+  redis.call('HSET', key, 'history', cjson.encode(history))
+end
+"""
+
+# ARGV: prefix, id, epoch ('' = not tied to an attempt), allowed current statuses (comma list),
+#       new status, now, ttl, stage, progress, result, error
+_FINISH = (
+    _HISTORY_FN
+    + """
 local p = ARGV[1]
 local id = ARGV[2]
 local key = p..'task:'..id
-local cur = redis.call('HMGET', key, 'status', 'attempt', 'doc_id', 'created_at')
+local cur = redis.call('HMGET', key, 'status', 'attempt', 'doc_id', 'created_at', 'owner',
+                       'attempt_started_at')
 if not cur[1] then return 'missing' end
-if cur[1] ~= ARGV[4] then return cur[1] end
+if not string.find(','..ARGV[4]..',', ','..cur[1]..',', 1, true) then return cur[1] end
 if ARGV[3] ~= '' and cur[2] ~= ARGV[3] then return 'stale' end
-local expires = tonumber(ARGV[6]) + tonumber(ARGV[7])
-redis.call('HSET', key, 'status', ARGV[5], 'finished_at', ARGV[6], 'updated_at', ARGV[6],
+local now = ARGV[6]
+if ARGV[3] ~= '' then add_history(key, cur[2], cur[5], cur[6], now, ARGV[5], ARGV[11]) end
+local expires = tonumber(now) + tonumber(ARGV[7])
+redis.call('HSET', key, 'status', ARGV[5], 'finished_at', now, 'updated_at', now,
            'stage', ARGV[8], 'progress', ARGV[9], 'result', ARGV[10], 'error', ARGV[11],
-           'owner', '', 'lease_until', '', 'expires_at', tostring(expires))
+           'owner', '', 'lease_until', '', 'not_before', '', 'expires_at', tostring(expires))
 redis.call('ZREM', p..'pending', id)
+redis.call('ZREM', p..'delayed', id)
 redis.call('ZREM', p..'running', id)
-redis.call('ZREM', p..'idx:'..ARGV[4], id)
+redis.call('ZREM', p..'idx:'..cur[1], id)
 redis.call('ZADD', p..'idx:'..ARGV[5], cur[4], id)
 redis.call('ZADD', p..'expiry', expires, id)
 redis.call('EXPIRE', key, ARGV[7])
 local lock = p..'doc:'..cur[3]
-if redis.call('GET', lock) == id then redis.call('DEL', lock) end
+if ARGV[5] ~= 'completed' and redis.call('GET', lock) == id then redis.call('DEL', lock) end
 return 'ok'
 """
+)
 
-# Put a processing task back in the queue (its lease expired or its owner restarted), or
-# dead-letter it past the attempt limit.
-# ARGV: prefix, id, owner ('' = any), now, max_attempts, ttl_failed, only_if_lease_before ('' = any)
-_REQUEUE = """
+# Hand a running task back to the queue (lease expired, owner restarted, shutdown, transient
+# failure), or dead-letter it when its failures reach the limit.
+# ARGV: prefix, id, owner ('' = any), now, max_failures, ttl_failed, lease_before ('' = any),
+#       not_before ('' = now), outcome, error, counts_as_failure ('1'/'0'), epoch ('' = any)
+_REQUEUE = (
+    _HISTORY_FN
+    + """
 local p = ARGV[1]
 local id = ARGV[2]
 local key = p..'task:'..id
 local cur = redis.call('HMGET', key, 'status', 'attempt', 'owner', 'lease_until', 'queue_score',
-                       'created_at', 'doc_id')
-if cur[1] ~= 'processing' then
+                       'created_at', 'doc_id', 'attempt_started_at')
+if cur[1] ~= 'processing' and cur[1] ~= 'cancelling' then
   redis.call('ZREM', p..'running', id)
   return 'skipped'
 end
+if cur[3] == '' then return 'queued' end
 if ARGV[3] ~= '' and cur[3] ~= ARGV[3] then return 'not-owner' end
+if ARGV[12] ~= '' and cur[2] ~= ARGV[12] then return 'stale' end
 if ARGV[7] ~= '' and tonumber(cur[4]) >= tonumber(ARGV[7]) then return 'alive' end
+local now = ARGV[4]
+add_history(key, cur[2], cur[3], cur[8], now, ARGV[9], ARGV[10])
 redis.call('ZREM', p..'running', id)
-redis.call('ZREM', p..'idx:processing', id)
-if tonumber(cur[2]) >= tonumber(ARGV[5]) then
-  local expires = tonumber(ARGV[4]) + tonumber(ARGV[6])
-  redis.call('HSET', key, 'status', 'failed', 'stage', 'failed', 'finished_at', ARGV[4],
-             'updated_at', ARGV[4], 'owner', '', 'lease_until', '', 'expires_at', tostring(expires),
-             'error', 'gave up after '..cur[2]..' attempts: the worker running it stopped or lost its lease')
+local failures = tonumber(redis.call('HGET', key, 'failures') or '0') or 0
+if ARGV[11] == '1' then failures = redis.call('HINCRBY', key, 'failures', 1) end
+if ARGV[11] == '1' and cur[1] == 'processing' and failures >= tonumber(ARGV[5]) then
+  local expires = tonumber(now) + tonumber(ARGV[6])
+  redis.call('HSET', key, 'status', 'failed', 'stage', 'failed', 'finished_at', now, 'updated_at', now,
+             'owner', '', 'lease_until', '', 'not_before', '', 'expires_at', tostring(expires),
+             'error', 'gave up after '..failures..' failed attempts; last: '..ARGV[10])
+  redis.call('ZREM', p..'idx:processing', id)
   redis.call('ZADD', p..'idx:failed', cur[6], id)
   redis.call('ZADD', p..'expiry', expires, id)
   redis.call('EXPIRE', key, ARGV[6])
@@ -152,48 +206,111 @@ if tonumber(cur[2]) >= tonumber(ARGV[5]) then
   if redis.call('GET', lock) == id then redis.call('DEL', lock) end
   return 'failed'
 end
-redis.call('HSET', key, 'status', 'pending', 'stage', 'queued', 'owner', '', 'lease_until', '',
-           'updated_at', ARGV[4])
-redis.call('ZADD', p..'pending', cur[5], id)
-redis.call('ZADD', p..'idx:pending', cur[6], id)
+redis.call('HSET', key, 'owner', '', 'lease_until', '', 'updated_at', now, 'not_before', ARGV[8])
+if cur[1] == 'processing' then
+  redis.call('HSET', key, 'status', 'pending', 'stage', 'queued')
+  redis.call('ZREM', p..'idx:processing', id)
+  redis.call('ZADD', p..'idx:pending', cur[6], id)
+end
+if ARGV[8] ~= '' and cur[1] == 'processing' then
+  redis.call('HSET', key, 'stage', 'retry-wait')
+  redis.call('ZADD', p..'delayed', ARGV[8], id)
+else
+  redis.call('ZADD', p..'pending', cur[5], id)
+end
 return 'requeued'
+"""
+)
+
+# ARGV: prefix, id, now, ttl_cancelled
+_REQUEST_CANCEL = """
+local p = ARGV[1]
+local id = ARGV[2]
+local key = p..'task:'..id
+local cur = redis.call('HMGET', key, 'status', 'attempt', 'doc_id', 'created_at')
+if not cur[1] then return 'missing' end
+if cur[1] == 'pending' and cur[2] == '0' then
+  local expires = tonumber(ARGV[3]) + tonumber(ARGV[4])
+  redis.call('HSET', key, 'status', 'cancelled', 'stage', 'cancelled', 'finished_at', ARGV[3],
+             'updated_at', ARGV[3], 'error', 'cancelled by user', 'expires_at', tostring(expires))
+  redis.call('ZREM', p..'pending', id)
+  redis.call('ZREM', p..'delayed', id)
+  redis.call('ZREM', p..'idx:pending', id)
+  redis.call('ZADD', p..'idx:cancelled', cur[4], id)
+  redis.call('ZADD', p..'expiry', expires, id)
+  redis.call('EXPIRE', key, ARGV[4])
+  local lock = p..'doc:'..cur[3]
+  if redis.call('GET', lock) == id then redis.call('DEL', lock) end
+  return 'now:cancelled'
+end
+if cur[1] == 'pending' or cur[1] == 'processing' then
+  -- It ran before (or runs now): its partial data must be removed, so a worker finishes the cancel.
+  redis.call('HSET', key, 'status', 'cancelling', 'stage', 'cleanup', 'cancel_requested', '1',
+             'updated_at', ARGV[3])
+  redis.call('ZREM', p..'idx:'..cur[1], id)
+  redis.call('ZADD', p..'idx:cancelling', cur[4], id)
+  if cur[1] == 'pending' and redis.call('ZSCORE', p..'delayed', id) then
+    redis.call('ZREM', p..'delayed', id)
+    redis.call('ZADD', p..'pending', redis.call('HGET', key, 'queue_score'), id)
+  end
+  return 'now:cancelling'
+end
+return cur[1]
 """
 
 
 @dataclass(frozen=True)
 class CreateOutcome:
-    created: bool
-    #: The new task, or the live task that already owns this doc id.
+    #: 'created', 'duplicate' (same content already live/completed), 'idempotent' (same key),
+    #: 'conflict' (doc id held by a live task with other content) or 'busy' (queue full).
+    kind: str
+    #: The new task, or the existing task the caller should be pointed to.
     task_id: str
+
+    @property
+    def created(self) -> bool:
+        return self.kind == "created"
 
 
 @dataclass(frozen=True)
 class CancelOutcome:
-    cancelled: bool
-    #: The task's status after the call ('cancelled' on success), or 'missing'.
+    #: True when this call moved the task (to 'cancelled', or to 'cancelling' for a worker to finish).
+    accepted: bool
+    #: The task's status after the call, or 'missing'.
     status: str
 
 
 class TaskStore:
     """Async, fenced task-state API over one Redis connection pool."""
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str = "ragsvc:", ttls: dict[str, int]) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str = "ragsvc:",
+        ttls: dict[str, int],
+        max_queued: int = 0,
+        idempotency_ttl: int = 24 * 3600,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.ttls = ttls
+        self.max_queued = max_queued
+        self.idempotency_ttl = idempotency_ttl
         self._create = redis.register_script(_CREATE)
         self._claim = redis.register_script(_CLAIM)
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._progress = redis.register_script(_PROGRESS)
         self._finish = redis.register_script(_FINISH)
         self._requeue = redis.register_script(_REQUEUE)
+        self._request_cancel = redis.register_script(_REQUEST_CANCEL)
 
     # ----------------------------------------------------------------- creation and reads
     @staticmethod
     def new_task_id() -> str:
         return str(uuid.uuid4())
 
-    async def create(self, record: TaskRecord) -> CreateOutcome:
+    async def create(self, record: TaskRecord, *, idempotency_key: str | None = None) -> CreateOutcome:
         """Persist a pending task and enqueue it atomically (before the 202 is sent)."""
         fields = record.to_redis()
         queue_score = f"{record.created_at:.6f}"
@@ -201,10 +318,21 @@ class TaskStore:
         flat: list[str] = []
         for key, value in fields.items():
             flat += [key, value]
-        created, task_id = await self._create(
-            args=[self.prefix, record.task_id, record.doc_id, queue_score, str(record.created_at), *flat]
+        created, task_id, kind = await self._create(
+            args=[
+                self.prefix,
+                record.task_id,
+                record.doc_id,
+                queue_score,
+                str(record.created_at),
+                record.content_sha256,
+                idempotency_key or "",
+                str(self.max_queued),
+                str(self.idempotency_ttl),
+                *flat,
+            ]
         )
-        return CreateOutcome(created=bool(int(created)), task_id=_s(task_id))
+        return CreateOutcome(kind=_s(kind), task_id=_s(task_id))
 
     async def get(self, task_id: str) -> TaskRecord | None:
         raw = await self.redis.hgetall(self._key(task_id))
@@ -237,7 +365,21 @@ class TaskStore:
         return dict(zip(_ALL_STATUSES, (int(r) for r in rows), strict=True))
 
     async def pending_count(self) -> int:
-        return int(await self.redis.zcard(f"{self.prefix}pending"))
+        """Tasks waiting to run, including retries waiting out their backoff."""
+        queued, delayed = await _pipeline_results(
+            self.redis,
+            lambda pipe: (pipe.zcard(f"{self.prefix}pending"), pipe.zcard(f"{self.prefix}delayed")),
+        )
+        return int(queued) + int(delayed)
+
+    async def release_doc(self, doc_id: str) -> None:
+        """Forget which task owns ``doc_id`` (the document was deleted from the knowledge base)."""
+        await self.redis.delete(f"{self.prefix}doc:{doc_id}")
+
+    async def doc_holder(self, doc_id: str) -> TaskRecord | None:
+        """The live or completed task recorded for ``doc_id``, if its record still exists."""
+        holder = await self.redis.get(f"{self.prefix}doc:{doc_id}")
+        return await self.get(_s(holder)) if holder else None
 
     async def live_task_for_doc(self, doc_id: str) -> str | None:
         holder = await self.redis.get(f"{self.prefix}doc:{doc_id}")
@@ -256,10 +398,12 @@ class TaskStore:
         it = iter(raw)
         return TaskRecord.from_redis(_decode(dict(zip(it, it, strict=True))))
 
-    async def heartbeat(self, task_id: str, epoch: int, owner: str, lease_seconds: float) -> bool:
+    async def heartbeat(self, task_id: str, epoch: int, owner: str, lease_seconds: float) -> int:
+        """Renew the lease of attempt ``epoch``: 0 = lost, 1 = held, 2 = held but cancel requested."""
         lease_until = time.time() + lease_seconds
-        ok = await self._heartbeat(args=[self.prefix, task_id, str(epoch), owner, f"{lease_until:.6f}"])
-        return bool(int(ok))
+        return int(
+            await self._heartbeat(args=[self.prefix, task_id, str(epoch), owner, f"{lease_until:.6f}"])
+        )
 
     async def report_progress(self, task_id: str, epoch: int, stage: str, progress: float) -> bool:
         ok = await self._progress(
@@ -278,33 +422,51 @@ class TaskStore:
         stage: str,
         progress: float,
     ) -> str:
-        """Record the end of attempt ``epoch``; returns 'ok', 'stale', 'missing' or the current status."""
-        assert status in FINAL_STATUSES
-        return await self._transition(
-            task_id, str(epoch), TaskStatus.PROCESSING, status, result, error, stage, progress
-        )
+        """Record the end of attempt ``epoch``; returns 'ok', 'stale', 'missing' or the current status.
 
-    async def cancel_pending(self, task_id: str) -> CancelOutcome:
-        outcome = await self._transition(
-            task_id, "", TaskStatus.PENDING, TaskStatus.CANCELLED, None, "cancelled by user", "cancelled", 0.0
+        completed/failed are accepted only from 'processing' (a cancel that arrived meanwhile wins),
+        cancelled from 'processing' or 'cancelling'.
+        """
+        assert status in FINAL_STATUSES
+        allowed = "processing,cancelling" if status == TaskStatus.CANCELLED else "processing"
+        return await self._transition(task_id, str(epoch), allowed, status, result, error, stage, progress)
+
+    async def request_cancel(self, task_id: str) -> CancelOutcome:
+        """Cancel a task that never ran at once; mark a running (or re-queued) one 'cancelling'."""
+        outcome = await self._request_cancel(
+            args=[self.prefix, task_id, f"{time.time():.6f}", str(self.ttls["cancelled"])]
         )
-        if outcome == "ok":
-            return CancelOutcome(cancelled=True, status=TaskStatus.CANCELLED.value)
-        return CancelOutcome(cancelled=False, status=outcome)
+        outcome = _s(outcome)
+        return CancelOutcome(accepted=outcome.startswith("now:"), status=outcome.removeprefix("now:"))
 
     async def requeue(
-        self, task_id: str, *, owner: str | None, max_attempts: int, lease_before: float | None
+        self,
+        task_id: str,
+        *,
+        owner: str | None,
+        max_failures: int,
+        lease_before: float | None = None,
+        not_before: float | None = None,
+        outcome: str,
+        error: str = "",
+        counts_as_failure: bool = True,
+        epoch: int | None = None,
     ) -> str:
-        """Return a processing task to the queue, or dead-letter it past ``max_attempts``."""
+        """Hand a running task back to the queue (now, or at ``not_before``), or dead-letter it."""
         out = await self._requeue(
             args=[
                 self.prefix,
                 task_id,
                 owner or "",
                 f"{time.time():.6f}",
-                str(max_attempts),
+                str(max_failures),
                 str(self.ttls["failed"]),
                 "" if lease_before is None else f"{lease_before:.6f}",
+                "" if not_before is None else f"{not_before:.6f}",
+                outcome,
+                error,
+                "1" if counts_as_failure else "0",
+                "" if epoch is None else str(epoch),
             ]
         )
         return _s(out)
@@ -341,7 +503,7 @@ class TaskStore:
         self,
         task_id: str,
         epoch: str,
-        expected: TaskStatus,
+        allowed: str,
         new: TaskStatus,
         result: dict | None,
         error: str | None,
@@ -353,7 +515,7 @@ class TaskStore:
                 self.prefix,
                 task_id,
                 epoch,
-                expected.value,
+                allowed,
                 new.value,
                 f"{time.time():.6f}",
                 str(self.ttls[new.value]),
