@@ -22,11 +22,19 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """Raised by routes for an expected client-facing error."""
 
-    def __init__(self, status_code: int, code: str, message: str, **extra: object):
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        **extra: object,
+    ):
         super().__init__(message)
         self.status_code = status_code
         self.code = code
         self.message = message
+        self.headers = headers
         self.extra = extra
 
 
@@ -39,7 +47,7 @@ def error_response(
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, **exc.extra)
+        return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers, **exc.extra)
 
     @app.exception_handler(UploadError)
     async def _upload_error(_: Request, exc: UploadError) -> JSONResponse:

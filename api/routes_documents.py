@@ -32,11 +32,11 @@ async def delete_document(doc_id: str, services: Services = Depends(get_services
         )
     if not await services.rag.doc_status.get_by_id(doc_id):
         raise ApiError(404, "doc_not_found", f"document {doc_id} is not in the knowledge base")
-    result = await services.rag.adelete_by_doc_id(doc_id)
+    # Deletion waits for the current pipeline batch to end (LightRAG refuses it while busy).
+    result = await services.coordinator.delete(doc_id)
     if result.status == "not_found":
         raise ApiError(404, "doc_not_found", result.message)
-    if result.status == "not_allowed":
-        raise ApiError(409, "pipeline_busy", result.message)
     if result.status != "success":
-        raise ApiError(500, "delete_failed", result.message)
+        raise ApiError(502, "delete_failed", result.message)
+    await services.store.release_doc(doc_id)
     return DocumentDeleted(doc_id=doc_id, status=result.status, message=result.message)

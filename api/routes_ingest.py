@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiofiles
 import aiofiles.os
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from lightrag.base import DocStatus
 
@@ -17,9 +17,9 @@ from api.deps import get_services
 from api.errors import ApiError
 from api.schemas import DOC_ID_PATTERN, TaskAccepted, TextInsert
 from src.service import Services
-from src.tasks.models import Stage, TaskKind, TaskRecord
+from src.tasks.models import Stage, TaskKind, TaskRecord, TaskStatus
 from src.tasks.store import TaskStore
-from src.uploads import receive_upload, sanitize_filename
+from src.uploads import receive_upload, remove_file, sanitize_filename
 
 router = APIRouter(tags=["ingest"])
 _DOC_ID = re.compile(DOC_ID_PATTERN)
@@ -33,19 +33,41 @@ not match its extension, 409 when the document id is already indexed or being in
 """
 
 
-async def _ensure_doc_id_free(services: Services, doc_id: str) -> None:
-    live = await services.store.live_task_for_doc(doc_id)
-    if live:
-        raise ApiError(409, "doc_in_progress", f"document {doc_id} is already being indexed", task_id=live)
-    record = await services.rag.doc_status.get_by_id(doc_id)
-    if record and record.get("status") == DocStatus.PROCESSED:
+async def _refuse_when_full(services: Services) -> None:
+    """Backpressure before reading any bytes: a full queue answers 429 instead of growing."""
+    limit = services.settings.max_pending_tasks
+    if limit and await services.store.pending_count() >= limit:
         raise ApiError(
-            409,
-            "doc_exists",
-            f"document {doc_id} is already in the knowledge base; "
-            f"DELETE /documents/{doc_id} first to replace it",
-            doc_id=doc_id,
+            429,
+            "queue_full",
+            f"{limit} tasks are already waiting; retry later",
+            headers={"Retry-After": "30"},
         )
+
+
+def _check_idempotency_key(key: str | None) -> None:
+    if key is not None and not (1 <= len(key) <= 200 and key.isprintable()):
+        raise ApiError(422, "invalid_idempotency_key", "Idempotency-Key must be 1-200 printable characters")
+
+
+async def _existing_answer(services: Services, request: Request, task_id: str) -> JSONResponse:
+    """Point the client at the task that already covers its request (duplicate content or retry)."""
+    record = await services.store.get(task_id)
+    if record is None:
+        raise ApiError(409, "doc_in_progress", "the document is already being indexed", task_id=task_id)
+    status_url = str(request.url_for("get_task", task_id=task_id).path)
+    body = TaskAccepted(
+        message="An identical request is already known; no new task was created",
+        task_id=record.task_id,
+        doc_id=record.doc_id,
+        filename=record.filename,
+        file_size=record.file_size,
+        status=record.status.value,
+        status_url=status_url,
+        duplicate=True,
+    )
+    code = 200 if record.status == TaskStatus.COMPLETED else 202
+    return JSONResponse(body.model_dump(), status_code=code, headers={"Location": status_url})
 
 
 async def _persist_and_accept(
@@ -59,6 +81,7 @@ async def _persist_and_accept(
     size: int,
     sha256: str,
     kind: TaskKind,
+    idempotency_key: str | None,
 ) -> JSONResponse:
     """Write the task record (the durable promise), then answer 202; undo the file on any failure."""
     now = time.time()
@@ -75,14 +98,25 @@ async def _persist_and_accept(
         updated_at=now,
     )
     try:
-        await _ensure_doc_id_free(services, doc_id)
-        outcome = await services.store.create(record)
-        if not outcome.created:
+        outcome = await services.store.create(record, idempotency_key=idempotency_key)
+        if outcome.kind in ("duplicate", "idempotent"):
+            await remove_file(stored)
+            return await _existing_answer(services, request, outcome.task_id)
+        if outcome.kind == "conflict":
             raise ApiError(
-                409, "doc_in_progress", f"document {doc_id} is already being indexed", task_id=outcome.task_id
+                409,
+                "doc_in_progress",
+                f"document {doc_id} is being indexed from different content by task {outcome.task_id}",
+                task_id=outcome.task_id,
             )
+        if outcome.kind == "busy":
+            raise ApiError(
+                429, "queue_full", "too many tasks are waiting; retry later", headers={"Retry-After": "30"}
+            )
+        if not outcome.created:
+            raise ApiError(409, "task_exists", f"task {task_id} already exists")
     except BaseException:
-        await aiofiles.os.remove(stored)
+        await remove_file(stored)
         raise
     services.runner.notify()
     status_url = str(request.url_for("get_task", task_id=task_id).path)
@@ -95,6 +129,26 @@ async def _persist_and_accept(
         status_url=status_url,
     )
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": status_url})
+
+
+async def _refuse_indexed_doc(services: Services, doc_id: str, sha256: str) -> None:
+    """An explicit doc id LightRAG already holds is not re-indexed from other content (409).
+
+    The same content is fine: the store answers with the existing task, or a new task finds the
+    document PROCESSED and completes without indexing anything again.
+    """
+    record = await services.rag.doc_status.get_by_id(doc_id)
+    if not record or record.get("status") != DocStatus.PROCESSED:
+        return
+    holder = await services.store.doc_holder(doc_id)
+    if holder is not None and holder.content_sha256 == sha256:
+        return
+    raise ApiError(
+        409,
+        "doc_exists",
+        f"document {doc_id} is already in the knowledge base; DELETE /documents/{doc_id} first to replace it",
+        doc_id=doc_id,
+    )
 
 
 def _check_doc_id(doc_id: str | None) -> None:
@@ -128,11 +182,14 @@ def _check_doc_id(doc_id: str | None) -> None:
 async def insert_document(
     request: Request,
     doc_id: str | None = Query(default=None, description="stable id; default: derived from the content hash"),
+    idempotency_key: str | None = Header(
+        default=None, description="retries with the same key return the same task"
+    ),
     services: Services = Depends(get_services),
 ) -> JSONResponse:
     _check_doc_id(doc_id)
-    if doc_id:
-        await _ensure_doc_id_free(services, doc_id)
+    _check_idempotency_key(idempotency_key)
+    await _refuse_when_full(services)
     task_id = TaskStore.new_task_id()
     saved = await receive_upload(
         dict(request.headers),
@@ -142,14 +199,14 @@ async def insert_document(
         max_bytes=services.settings.max_upload_bytes,
         extra_fields=("doc_id",),
     )
-    form_doc_id = saved.form_fields.get("doc_id")
-    if not doc_id and form_doc_id:
-        try:
-            _check_doc_id(form_doc_id)
-        except ApiError:
-            await aiofiles.os.remove(saved.path)
-            raise
-        doc_id = form_doc_id
+    try:
+        doc_id = doc_id or saved.form_fields.get("doc_id")
+        _check_doc_id(doc_id)
+        if doc_id:
+            await _refuse_indexed_doc(services, doc_id, saved.sha256)
+    except BaseException:
+        await remove_file(saved.path)
+        raise
     return await _persist_and_accept(
         services,
         request,
@@ -160,6 +217,7 @@ async def insert_document(
         size=saved.size,
         sha256=saved.sha256,
         kind=TaskKind.FILE,
+        idempotency_key=idempotency_key,
     )
 
 
@@ -179,7 +237,12 @@ router.add_api_route(
     "/insert/text", status_code=202, response_model=TaskAccepted, summary="Queue raw text for indexing"
 )
 async def insert_text(
-    body: TextInsert, request: Request, services: Services = Depends(get_services)
+    body: TextInsert,
+    request: Request,
+    idempotency_key: str | None = Header(
+        default=None, description="retries with the same key return the same task"
+    ),
+    services: Services = Depends(get_services),
 ) -> JSONResponse:
     if not body.text.strip():
         raise ApiError(400, "empty_text", "text is empty")
@@ -187,8 +250,11 @@ async def insert_text(
         raise ApiError(413, "too_large", f"text exceeds {services.settings.max_text_chars} characters")
     data = body.text.encode("utf-8")
     sha256 = hashlib.sha256(data).hexdigest()
+    _check_idempotency_key(idempotency_key)
+    await _refuse_when_full(services)
     doc_id = body.doc_id or f"doc-{sha256[:32]}"
-    await _ensure_doc_id_free(services, doc_id)
+    if body.doc_id:
+        await _refuse_indexed_doc(services, doc_id, sha256)
     task_id = TaskStore.new_task_id()
     stored = services.settings.uploads_dir / f"{task_id}.txt"
     async with aiofiles.open(stored, "wb") as fh:
@@ -203,4 +269,5 @@ async def insert_text(
         size=len(data),
         sha256=sha256,
         kind=TaskKind.TEXT,
+        idempotency_key=idempotency_key,
     )

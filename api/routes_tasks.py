@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
 
 from api.deps import get_services
 from api.errors import ApiError
@@ -34,25 +35,34 @@ async def list_tasks(
     return TaskList(total=total, offset=offset, limit=limit, tasks=[task_view(r) for r in records])
 
 
-@router.delete("/task/{task_id}", response_model=CancelResult, summary="Cancel a pending task")
-async def cancel_task(task_id: str, services: Services = Depends(get_services)) -> CancelResult:
+@router.delete(
+    "/task/{task_id}",
+    response_model=CancelResult,
+    summary="Cancel a task",
+    responses={202: {"model": CancelResult, "description": "running task: being stopped and cleaned up"}},
+)
+async def cancel_task(task_id: str, services: Services = Depends(get_services)) -> JSONResponse:
+    """Pending → cancelled at once (200). Running → `cancelling` (202): its LLM work is stopped, its
+    partial data removed from the knowledge base, then it becomes `cancelled`. Finished → 409."""
     if len(task_id) > 64:
         raise ApiError(404, "task_not_found", f"task {task_id} not found")
-    outcome = await services.store.cancel_pending(task_id)
+    outcome = await services.store.request_cancel(task_id)
     if outcome.status == "missing":
         raise ApiError(404, "task_not_found", f"task {task_id} not found (unknown, or expired after its TTL)")
-    if not outcome.cancelled and outcome.status == TaskStatus.PROCESSING:
-        raise ApiError(
-            409,
-            "task_running",
-            "task is already processing; only pending tasks can be cancelled in this version",
-            status=outcome.status,
+    if outcome.accepted and outcome.status == TaskStatus.CANCELLED:
+        record = await services.store.get(task_id)
+        if record and record.stored_name:
+            await remove_file(services.settings.uploads_dir / record.stored_name)
+        body = CancelResult(message="Task cancelled", task_id=task_id, status=TaskStatus.CANCELLED)
+        return JSONResponse(body.model_dump(), status_code=200)
+    if outcome.status == TaskStatus.CANCELLING:  # also a repeated DELETE while it is being cancelled
+        services.runner.cancel_local(task_id)  # other instances notice at their next heartbeat
+        body = CancelResult(
+            message="Task is being cancelled: its work is stopped and its partial data removed",
+            task_id=task_id,
+            status=TaskStatus.CANCELLING,
         )
-    if not outcome.cancelled:
-        raise ApiError(
-            409, "task_finished", f"task already {outcome.status}; nothing to cancel", status=outcome.status
-        )
-    record = await services.store.get(task_id)
-    if record and record.stored_name:
-        await remove_file(services.settings.uploads_dir / record.stored_name)
-    return CancelResult(message="Task cancelled", task_id=task_id, status=TaskStatus.CANCELLED)
+        return JSONResponse(body.model_dump(), status_code=202)
+    raise ApiError(
+        409, "task_finished", f"task already {outcome.status}; nothing to cancel", status=outcome.status
+    )

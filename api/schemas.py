@@ -18,6 +18,9 @@ class TaskAccepted(BaseModel):
     file_size: int
     status: str = "pending"
     status_url: str
+    #: True when the request matched an existing task (same content or same Idempotency-Key);
+    #: task_id then points to that task and nothing new was queued.
+    duplicate: bool = False
 
 
 class TaskView(BaseModel):
@@ -35,6 +38,10 @@ class TaskView(BaseModel):
     finished_at: str | None
     expires_at: str | None
     attempt: int
+    failures: int
+    cancel_requested: bool
+    not_before: str | None
+    history: list[dict[str, Any]]
     result: dict[str, Any] | None
     error: str | None
 

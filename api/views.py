@@ -28,6 +28,13 @@ def task_view(record: TaskRecord) -> TaskView:
         finished_at=iso(record.finished_at),
         expires_at=iso(record.expires_at),
         attempt=record.attempt,
+        failures=record.failures,
+        cancel_requested=record.cancel_requested,
+        not_before=iso(record.not_before),
+        history=[
+            {**h, "started_at": iso(h.get("started_at")), "ended_at": iso(h.get("ended_at"))}
+            for h in record.history
+        ],
         result=record.result,
         error=record.error,
     )

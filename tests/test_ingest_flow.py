@@ -93,7 +93,7 @@ async def test_text_insert_and_streaming_query(service: Service) -> None:
     assert "Pellucidor" in "".join(p["response"] for p in pieces)
 
 
-async def test_same_doc_id_is_refused_while_live_and_after_indexing(service: Service) -> None:
+async def test_same_doc_id_is_refused_and_same_content_is_deduplicated(service: Service) -> None:
     first = await upload(service.client, "a.txt", story("tides", "Garnivex").encode(), doc_id="doc_001")
     assert first.status_code == 202
     again = await upload(service.client, "b.txt", b"other content", doc_id="doc_001")
@@ -102,11 +102,14 @@ async def test_same_doc_id_is_refused_while_live_and_after_indexing(service: Ser
     await wait_for_task(service.client, first.json()["task_id"])
     after = await upload(service.client, "b.txt", b"other content", doc_id="doc_001")
     assert after.status_code == 409 and after.json()["code"] == "doc_exists"
-    # Identical content without a doc id maps to the same content-derived id.
+    # Identical content without a doc id maps to the same content-derived id: the existing task answers.
     one = await upload(service.client, "x.txt", story("dams", "Hexamoor").encode())
     two = await upload(service.client, "y.txt", story("dams", "Hexamoor").encode())
-    assert one.status_code == 202 and two.status_code == 409
-    assert two.json()["task_id"] == one.json()["task_id"]
+    assert one.status_code == 202 and two.status_code in (200, 202)
+    assert two.json()["duplicate"] is True and two.json()["task_id"] == one.json()["task_id"]
+    await wait_for_task(service.client, one.json()["task_id"])
+    three = await upload(service.client, "z.txt", story("dams", "Hexamoor").encode())
+    assert three.status_code == 200 and three.json()["duplicate"] and three.json()["status"] == "completed"
     assert list(p.suffix for p in service.settings.uploads_dir.iterdir() if p.suffix == ".part") == []
 
 
