@@ -1,0 +1,369 @@
+"""The Python clients (src/client.py) and the `ragsvc` CLI (src/cli.py).
+
+- AsyncRagClient against the app served in-process (ASGI transport, real Redis);
+- the SSE side of `wait_for` against scripted transports (the service has no events endpoint yet);
+- RagClient and the CLI against the real service running under uvicorn in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from main import create_app
+from src.cli import app as cli_app
+from src.client import AsyncRagClient, RagApiError, RagClient, RagConnectionError, RagTimeoutError
+from tests.conftest import free_port, make_settings
+from tests.docs_factory import make_pdf, story
+from tests.test_restart import wait_http
+
+pytestmark = pytest.mark.timeout(180)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- async client against the ASGI app --------------------------------------------------------------
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """Pass requests to the ASGI app and remember (method, path) of each."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.seen: list[tuple[str, str]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append((request.method, request.url.path))
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.fixture
+async def rag(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[AsyncRagClient, RecordingTransport]]:
+    settings = make_settings(tmp_path, redis_url, embedding_provider="hash")
+    application = create_app(settings, redis_prefix=f"test:{uuid.uuid4().hex[:8]}:")
+    async with application.router.lifespan_context(application):
+        transport = RecordingTransport(httpx.ASGITransport(app=application))
+        async with AsyncRagClient("http://svc", api_key="secret", transport=transport) as client:
+            yield client, transport
+
+
+async def test_async_upload_bytes_wait_for_falls_back_to_polling(rag) -> None:
+    client, transport = rag
+    accepted = await client.upload(story("glaciers", "Quillfarrow").encode(), filename="notes.txt")
+    assert accepted["status"] == "pending" and accepted["filename"] == "notes.txt"
+    task_id = accepted["task_id"]
+
+    updates: list[dict] = []
+    final = await client.wait_for(task_id, timeout=120, on_update=updates.append)
+    assert final["status"] == "completed", final
+    assert final["result"]["chunks_count"] >= 1
+    assert updates and updates[-1] == final
+    assert len({(u["status"], u["stage"], u["progress"], u["updated_at"]) for u in updates}) == len(updates)
+    # The SSE endpoint was tried once, answered 404, and the task was then polled.
+    assert transport.seen.count(("GET", f"/task/{task_id}/events")) == 1
+    assert transport.seen.count(("GET", f"/task/{task_id}")) >= 1
+
+    context = await client.query("Quillfarrow", mode="naive", only_need_context=True)
+    assert "Quillfarrow" in context["response"]
+    pieces = [p async for p in client.query_stream("Quillfarrow", mode="naive", only_need_context=True)]
+    assert pieces and "Quillfarrow" in "".join(pieces)
+
+    listing = await client.tasks(status="completed")
+    assert [t["task_id"] for t in listing["tasks"]] == [task_id]
+    assert (await client.stats())["counts"]["completed"] == 1
+    assert (await client.health())["status"] == "ok"
+
+    with pytest.raises(RagApiError) as finished:
+        await client.cancel(task_id)
+    assert finished.value.status_code == 409 and finished.value.code == "task_finished"
+
+
+async def test_async_errors_map_to_rag_api_error(rag, tmp_path: Path) -> None:
+    client, _ = rag
+    with pytest.raises(RagApiError) as unknown:
+        await client.cancel("no-such-task")
+    error = unknown.value
+    assert error.status_code == 404 and error.code == "task_not_found"
+    assert "no-such-task" in error.detail and error.body["code"] == "task_not_found"
+
+    with pytest.raises(RagApiError) as empty:
+        await client.upload(b"", filename="empty.txt")
+    assert (empty.value.status_code, empty.value.code) == (400, "empty_file")
+
+    with pytest.raises(RagApiError) as invalid:
+        await client.query("x", mode="nonsense")
+    assert invalid.value.status_code == 422 and invalid.value.code == "validation_error"
+
+    with pytest.raises(ValueError):
+        await client.upload(b"text without a name")
+
+    # From a path (streamed from disk), with a doc id; the same id again is a 409.
+    path = tmp_path / "paper.md"
+    path.write_text(story("tides", "Zembratin"))
+    accepted = await client.upload(path, doc_id="paper-1")
+    assert accepted["doc_id"] == "paper-1" and accepted["filename"] == "paper.md"
+    assert (await client.wait_for(accepted["task_id"], timeout=120))["status"] == "completed"
+    with pytest.raises(RagApiError) as exists:
+        await client.upload(path, doc_id="paper-1")
+    assert (exists.value.status_code, exists.value.code) == (409, "doc_exists")
+    assert (await client.document("paper-1"))["status"] == "processed"
+    assert (await client.delete_document("paper-1"))["status"] == "success"
+    with pytest.raises(RagApiError) as gone:
+        await client.delete_document("paper-1")
+    assert gone.value.code == "doc_not_found"
+
+    text = await client.insert_text(story("wind", "Borrowdane"), doc_id="note-1")
+    assert (await client.wait_for(text["task_id"], timeout=120))["status"] == "completed"
+
+
+# --- wait_for over Server-Sent Events (scripted server) ----------------------------------------------
+
+
+def view(status: str, progress: float = 0.0, stage: str = "queued") -> dict:
+    return {
+        "task_id": "t1",
+        "status": status,
+        "stage": stage,
+        "progress": progress,
+        "updated_at": str(progress),
+    }
+
+
+def sse(event_id: int, body: dict, event: str = "task") -> bytes:
+    return f"event: {event}\nid: {event_id}\ndata: {json.dumps(body)}\n\n".encode()
+
+
+class DroppingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """Send some bytes, then fail like a dropped connection."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
+        raise httpx.RemoteProtocolError("peer closed connection")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.data
+        raise httpx.RemoteProtocolError("peer closed connection")
+
+
+class ScriptedServer:
+    """An events endpoint that drops the first stream after one event and honours Last-Event-ID."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        assert request.headers["authorization"] == "Bearer k"
+        assert request.url.path == "/task/t1/events"
+        headers = {"content-type": "text/event-stream"}
+        last = request.headers.get("last-event-id")
+        if last is None:
+            first = (
+                b": keep-alive\n\n" + sse(1, view("pending")) + sse(2, view("processing", 40, "extracting"))
+            )
+            return httpx.Response(200, headers=headers, stream=DroppingStream(first))
+        assert last == "2"
+        rest = sse(3, {"ignored": True}, event="ping") + sse(3, view("completed", 100, "done"))
+        return httpx.Response(200, headers=headers, content=rest)
+
+
+def test_sync_wait_for_follows_sse_and_resumes_with_last_event_id() -> None:
+    server = ScriptedServer()
+    updates: list[dict] = []
+    with RagClient("http://x", api_key="k", transport=httpx.MockTransport(server)) as client:
+        final = client.wait_for("t1", timeout=10, on_update=updates.append)
+    assert final["status"] == "completed"
+    assert [u["status"] for u in updates] == ["pending", "processing", "completed"]
+    assert [r.headers.get("last-event-id") for r in server.requests] == [None, "2"]
+    assert server.requests[0].headers["accept"] == "text/event-stream"
+
+
+async def test_async_wait_for_follows_sse_and_resumes_with_last_event_id() -> None:
+    server = ScriptedServer()
+    updates: list[str] = []
+
+    async def on_update(v: dict) -> None:  # coroutine callbacks are awaited
+        updates.append(v["status"])
+
+    async with AsyncRagClient("http://x", api_key="k", transport=httpx.MockTransport(server)) as client:
+        final = await client.wait_for("t1", timeout=10, on_update=on_update)
+    assert final["status"] == "completed" and updates == ["pending", "processing", "completed"]
+    assert [r.headers.get("last-event-id") for r in server.requests] == [None, "2"]
+
+
+def polling_server(views: list[dict], events_status: int = 405):
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path.endswith("/events"):
+            return httpx.Response(events_status, json={"detail": "Method Not Allowed", "code": "x"})
+        return httpx.Response(200, json=views[min(len(calls) - 2, len(views) - 1)])
+
+    return handler, calls
+
+
+def test_wait_for_polls_when_events_are_not_offered_and_times_out() -> None:
+    handler, calls = polling_server([view("pending"), view("processing", 50), view("completed", 100)])
+    with RagClient("http://x", transport=httpx.MockTransport(handler)) as client:
+        assert client.wait_for("t1", timeout=10)["status"] == "completed"
+    assert calls == ["/task/t1/events", "/task/t1", "/task/t1", "/task/t1"]
+
+    handler, _ = polling_server([view("pending")])
+    with RagClient("http://x", transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(RagTimeoutError) as timed_out:
+            client.wait_for("t1", timeout=0.5)
+    assert timed_out.value.task["status"] == "pending"
+
+
+def test_connection_refused_is_a_rag_connection_error() -> None:
+    with RagClient(f"http://127.0.0.1:{free_port()}", timeout=5) as client:
+        with pytest.raises(RagConnectionError):
+            client.health()
+        with pytest.raises(RagConnectionError):
+            client.wait_for("t1", timeout=5)
+
+
+# --- sync client and CLI against the real service (uvicorn subprocess) -------------------------------
+
+
+class LiveService:
+    def __init__(self, url: str, workdir: Path) -> None:
+        self.url = url
+        self.workdir = workdir
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[LiveService]:
+    workdir = tmp_path_factory.mktemp("live")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "LLM_", "EMBEDDING_"))}
+    env.update(
+        DATA_DIR=str(workdir / "data"),
+        HOST="127.0.0.1",
+        PORT=str(port),
+        REDIS_URL=redis_url,
+        WORKSPACE=f"cli{uuid.uuid4().hex[:8]}",
+        EMBEDDING_PROVIDER="hash",
+        LLM_PROVIDER="offline",
+        LOG_LEVEL="WARNING",
+    )
+    log = open(workdir / "service.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        yield LiveService(f"http://127.0.0.1:{port}", workdir)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+def ragsvc(live: LiveService, *args: str):
+    result = CliRunner().invoke(cli_app, ["--url", live.url, *args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def test_cli_upload_wait_status_watch_query(live: LiveService) -> None:
+    doc = live.workdir / "harbour.txt"
+    doc.write_text(story("harbours", "Vextrolamy"))
+    uploaded = ragsvc(live, "upload", str(doc), "--doc-id", "harbour", "--wait", "--wait-timeout", "120")
+    assert uploaded.exit_code == 0, uploaded.output
+    assert "completed" in uploaded.stdout and "harbour.txt" in uploaded.stdout
+
+    listing = json.loads(ragsvc(live, "--json", "watch", "--once", "--status", "completed").stdout)
+    task = next(t for t in listing["tasks"] if t["doc_id"] == "harbour")
+    assert task["status"] == "completed"
+
+    status = ragsvc(live, "status", task["task_id"])
+    assert status.exit_code == 0 and "completed" in status.stdout and "harbour" in status.stdout
+    assert json.loads(ragsvc(live, "--json", "status", task["task_id"]).stdout)["progress"] == 100
+
+    watched = ragsvc(live, "watch", "--once")
+    assert watched.exit_code == 0 and task["task_id"] in watched.stdout
+
+    answer = ragsvc(live, "query", "Where is Vextrolamy?", "--mode", "naive", "--context-only")
+    assert answer.exit_code == 0 and "Vextrolamy" in answer.stdout
+    streamed = ragsvc(live, "query", "Vextrolamy", "--mode", "hybrid", "--stream")
+    assert streamed.exit_code == 0 and "Vextrolamy" in streamed.stdout
+
+    again = ragsvc(live, "upload", str(doc), "--doc-id", "harbour")
+    assert again.exit_code == 2 and "doc_exists" in again.stderr
+
+    assert ragsvc(live, "delete-doc", "harbour").exit_code == 0
+    missing = ragsvc(live, "delete-doc", "harbour")
+    assert missing.exit_code == 2 and "not in the knowledge base" in missing.stderr
+
+    health = ragsvc(live, "health")
+    assert health.exit_code == 0 and "offline-extractive" in health.stdout
+    stats = json.loads(ragsvc(live, "--json", "stats").stdout)
+    assert stats["counts"]["completed"] >= 1
+
+
+def test_cli_upload_wait_reports_failed_tasks_with_exit_1(live: LiveService) -> None:
+    good = live.workdir / "good.md"
+    good.write_text(story("forests", "Pellinquor"))
+    broken = live.workdir / "broken.pdf"
+    broken.write_bytes(make_pdf(["Some text"])[:200])  # header intact, body cut: the task fails
+    result = ragsvc(live, "--json", "upload", str(good), str(broken), "--wait", "--wait-timeout", "120")
+    assert result.exit_code == 1, result.output
+    rows = {row["filename"]: row for row in json.loads(result.stdout)}
+    assert rows["good.md"]["status"] == "completed"
+    assert rows["broken.pdf"]["status"] == "failed" and rows["broken.pdf"]["error"]
+
+
+def test_cli_cancel_unknown_task_exits_2_with_the_server_message(live: LiveService) -> None:
+    result = ragsvc(live, "cancel", "no-such-task")
+    assert result.exit_code == 2
+    assert "task no-such-task not found" in result.stderr and "task_not_found" in result.stderr
+    machine = ragsvc(live, "--json", "cancel", "no-such-task")
+    assert machine.exit_code == 2
+    assert json.loads(machine.stdout)["error"]["code"] == "task_not_found"
+
+
+def test_sync_client_against_live_service(live: LiveService) -> None:
+    doc = live.workdir / "orchard.txt"
+    doc.write_text(story("orchards", "Trombelisk"))
+    with RagClient(live.url, timeout=30) as client:
+        accepted = client.upload(doc)
+        seen: list[str] = []
+        final = client.wait_for(accepted["task_id"], timeout=120, on_update=lambda v: seen.append(v["stage"]))
+        assert final["status"] == "completed" and seen[-1] == "done"
+        assert client.task(accepted["task_id"])["result"]["doc_id"] == accepted["doc_id"]
+        text = "".join(client.query_stream("Trombelisk", mode="naive", only_need_context=True))
+        assert "Trombelisk" in text
+        with pytest.raises(RagApiError) as finished:
+            client.cancel(accepted["task_id"])
+        assert finished.value.code == "task_finished"
+
+
+def test_python_m_cli_connection_refused_exits_3(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "RAGSVC_URL": url}
+    result = subprocess.run(
+        [sys.executable, "-m", "src.cli", "health"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3, result
+    assert "cannot reach" in result.stderr and url in result.stderr
