@@ -105,14 +105,19 @@ async def test_async_errors_map_to_rag_api_error(rag, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         await client.upload(b"text without a name")
 
-    # From a path (streamed from disk), with a doc id; the same id again is a 409.
+    # From a path (streamed from disk), with a doc id; the same id with other content is a 409,
+    # the same content again is answered by the existing task.
     path = tmp_path / "paper.md"
     path.write_text(story("tides", "Zembratin"))
     accepted = await client.upload(path, doc_id="paper-1")
     assert accepted["doc_id"] == "paper-1" and accepted["filename"] == "paper.md"
     assert (await client.wait_for(accepted["task_id"], timeout=120))["status"] == "completed"
+    again = await client.upload(path, doc_id="paper-1")
+    assert again["duplicate"] is True and again["task_id"] == accepted["task_id"]
+    other = tmp_path / "other.md"
+    other.write_text(story("rivers", "Quorvanth"))
     with pytest.raises(RagApiError) as exists:
-        await client.upload(path, doc_id="paper-1")
+        await client.upload(other, doc_id="paper-1")
     assert (exists.value.status_code, exists.value.code) == (409, "doc_exists")
     assert (await client.document("paper-1"))["status"] == "processed"
     assert (await client.delete_document("paper-1"))["status"] == "success"
@@ -304,7 +309,9 @@ def test_cli_upload_wait_status_watch_query(live: LiveService) -> None:
     streamed = ragsvc(live, "query", "Vextrolamy", "--mode", "hybrid", "--stream")
     assert streamed.exit_code == 0 and "Vextrolamy" in streamed.stdout
 
-    again = ragsvc(live, "upload", str(doc), "--doc-id", "harbour")
+    changed = doc.with_name("harbour-v2.txt")
+    changed.write_text(doc.read_text() + " A later revision.")
+    again = ragsvc(live, "upload", str(changed), "--doc-id", "harbour")
     assert again.exit_code == 2 and "doc_exists" in again.stderr
 
     assert ragsvc(live, "delete-doc", "harbour").exit_code == 0
