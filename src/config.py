@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     workspace: str = "default"
 
     # --- uploads ----------------------------------------------------------------------
+    #: Where uploads wait for their task; instances sharing one Redis must share this too.
+    upload_dir: Path | None = None
     max_upload_bytes: int = 100 * 1024 * 1024
     upload_chunk_bytes: int = 1024 * 1024
     max_text_chars: int = 5_000_000
@@ -90,7 +92,7 @@ class Settings(BaseSettings):
 
     @property
     def uploads_dir(self) -> Path:
-        return self.data_dir / "uploads"
+        return self.upload_dir or self.data_dir / "uploads"
 
     @property
     def rag_dir(self) -> Path:

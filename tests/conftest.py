@@ -8,6 +8,7 @@ own LightRAG workspace and data dir, so tests never see each other's state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -114,6 +115,7 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
     return make_settings(tmp_path, redis_url)
 
 
+@contextlib.asynccontextmanager
 async def start_service(settings: Settings) -> AsyncIterator[Service]:
     prefix = f"test:{uuid.uuid4().hex[:8]}:"
     app = create_app(settings, redis_prefix=prefix)
@@ -125,7 +127,7 @@ async def start_service(settings: Settings) -> AsyncIterator[Service]:
 
 @pytest.fixture
 async def service(settings: Settings) -> AsyncIterator[Service]:
-    async for svc in start_service(settings):
+    async with start_service(settings) as svc:
         yield svc
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture
 async def one_slot(tmp_path, redis_url):
-    async for svc in start_service(make_settings(tmp_path, redis_url, max_concurrent_tasks=1)):
+    async with start_service(make_settings(tmp_path, redis_url, max_concurrent_tasks=1)) as svc:
         yield svc
 
 
@@ -75,7 +75,7 @@ async def test_cancel_pending_task(one_slot: Service) -> None:
 
 async def test_live_tasks_never_expire_and_expired_records_leave_the_indexes(tmp_path, redis_url) -> None:
     settings = make_settings(tmp_path, redis_url, ttl_completed_seconds=2, sweep_seconds=0.5)
-    async for svc in start_service(settings):
+    async with start_service(settings) as svc:
         body = (await upload(svc.client, "a.txt", story("tides", "Cumberlin").encode())).json()
         key = f"{svc.prefix}task:{body['task_id']}"
         assert await svc.services.redis.client.ttl(key) == -1  # pending: no expiry
@@ -114,7 +114,7 @@ async def test_list_filters_and_pages(one_slot: Service) -> None:
 async def test_expired_lease_is_requeued_and_completed(tmp_path, redis_url) -> None:
     """A task left 'processing' by a dead worker is taken back when its lease runs out."""
     settings = make_settings(tmp_path, redis_url, lease_seconds=2.0, sweep_seconds=0.5)
-    async for svc in start_service(settings):
+    async with start_service(settings) as svc:
         store = svc.services.store
         gate, _ = gate_runner(svc)
         await svc.services.runner.stop(grace_seconds=0)  # no worker here for now

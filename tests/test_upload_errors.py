@@ -24,7 +24,7 @@ async def assert_nothing_stored(svc: Service) -> None:
 
 @pytest.fixture
 async def small(tmp_path, redis_url):
-    async for svc in start_service(make_settings(tmp_path, redis_url, max_upload_bytes=10_000)):
+    async with start_service(make_settings(tmp_path, redis_url, max_upload_bytes=10_000)) as svc:
         yield svc
 
 

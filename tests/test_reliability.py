@@ -1,0 +1,244 @@
+"""Reliability behaviour in-process, against a real Redis and the mock OpenAI-compatible LLM server.
+
+Cancel of a running task, transient and permanent provider errors, per-task timeout,
+idempotency, backpressure, and a Redis outage in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benchmarks.mock_llm import MockConfig, MockServer
+from tests.conftest import Service, free_port, make_settings, start_service, upload, wait_for_task
+from tests.docs_factory import story
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def llm_settings(tmp_path: Path, redis_url: str, mock: MockServer, **overrides):
+    values = dict(
+        llm_provider="openai",
+        llm_base_url=mock.base_url,
+        llm_api_key="test-key",
+        llm_model="mock-model",
+        retry_base_seconds=0.1,
+        retry_max_seconds=0.5,
+    )
+    values.update(overrides)
+    return make_settings(tmp_path, redis_url, **values)
+
+
+def mock_stats(mock: MockServer) -> dict:
+    return httpx.get(f"{mock.root_url}/_mock/stats", timeout=10).json()
+
+
+def extraction_calls(stats: dict) -> int:
+    kinds = stats.get("kinds") or stats.get("calls_by_kind") or {}
+    return int(kinds.get("extract", 0)) + int(kinds.get("glean", 0))
+
+
+async def context_for(svc: Service, query: str) -> str:
+    response = await svc.client.post(
+        "/query", json={"query": query, "mode": "naive", "only_need_context": True}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["response"]
+
+
+async def test_cancel_running_task_stops_its_llm_work_and_removes_its_data(tmp_path, redis_url) -> None:
+    with MockServer(MockConfig(latency=0.4)) as mock:
+        settings = llm_settings(tmp_path, redis_url, mock, llm_max_async=2, chunk_token_size=200)
+        async with start_service(settings) as svc:
+            victim = (await upload(svc.client, "big.txt", story("canals", "Victimora", 120).encode())).json()
+            bystander = (
+                await upload(svc.client, "small.txt", story("ferries", "Bystandor", 4).encode())
+            ).json()
+            chunks = 0
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                view = (await svc.client.get(f"/task/{victim['task_id']}")).json()
+                doc = await svc.client.get(f"/documents/{victim['doc_id']}")
+                if doc.status_code == 200 and (doc.json().get("chunks_count") or 0) > 0:
+                    chunks = doc.json()["chunks_count"]
+                if chunks and view["stage"] == "extracting" and extraction_calls(mock_stats(mock)) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert chunks >= 8, f"the victim document should span many chunks, got {chunks}"
+
+            cancel = await svc.client.delete(f"/task/{victim['task_id']}")
+            assert cancel.status_code == 202, cancel.text
+            assert cancel.json()["status"] == "cancelling"
+            again = await svc.client.delete(f"/task/{victim['task_id']}")
+            assert again.status_code == 202 and again.json()["status"] == "cancelling"
+
+            final = await wait_for_task(svc.client, victim["task_id"])
+            assert final["status"] == "cancelled", final
+            assert final["history"][-1]["outcome"] == "cancelled"
+            assert (await wait_for_task(svc.client, bystander["task_id"]))["status"] == "completed"
+
+            # Its LLM work stopped: a full run needs an extraction (+ gleaning) call per chunk.
+            assert extraction_calls(mock_stats(mock)) < 2 * chunks
+            # Nothing of it is left in the knowledge base; the bystander is intact.
+            assert (await svc.client.get(f"/documents/{victim['doc_id']}")).status_code == 404
+            assert "Victimora" not in await context_for(svc, "Victimora canals")
+            assert "Bystandor" in await context_for(svc, "Bystandor ferries")
+            assert not any(p.name.startswith(victim["task_id"]) for p in settings.uploads_dir.iterdir())
+            # A re-submission of the same document is not touched by the old cancel.
+            resubmitted = await upload(svc.client, "big.txt", story("canals", "Victimora", 120).encode())
+            assert resubmitted.status_code == 202 and not resubmitted.json()["duplicate"]
+
+
+async def test_transient_llm_errors_are_retried_until_every_task_completes(tmp_path, redis_url) -> None:
+    config = MockConfig(error_rate=0.3, error_status=503, error_endpoints=["chat"], retry_after=0.01, seed=11)
+    with MockServer(config) as mock:
+        settings = llm_settings(tmp_path, redis_url, mock, llm_max_retries=2, max_attempts=8)
+        async with start_service(settings) as svc:
+            ids = []
+            for i in range(6):
+                response = await upload(
+                    svc.client, f"t{i}.txt", story(f"topic {i}", f"Flakey{i}q", 8).encode()
+                )
+                ids.append(response.json()["task_id"])
+            finals = [await wait_for_task(svc.client, t, timeout=300) for t in ids]
+            assert [f["status"] for f in finals] == ["completed"] * 6, [f["error"] for f in finals]
+            stats = mock_stats(mock)
+            assert stats["errors_injected"]["total"] > 0
+            for i in range(6):
+                assert f"Flakey{i}q" in await context_for(svc, f"Flakey{i}q")
+
+
+async def test_permanent_llm_error_fails_tasks_with_the_providers_message(tmp_path, redis_url) -> None:
+    config = MockConfig(
+        permanent_error=True, permanent_error_status=401, permanent_error_message="mock: invalid API key"
+    )
+    with MockServer(config) as mock:
+        async with start_service(llm_settings(tmp_path, redis_url, mock, max_attempts=3)) as svc:
+            body = (await upload(svc.client, "a.txt", story("dunes", "Permafail").encode())).json()
+            final = await wait_for_task(svc.client, body["task_id"], timeout=120)
+            assert final["status"] == "failed"
+            assert "invalid API key" in final["error"]
+            assert final["attempt"] == 1, "a permanent error must not be retried"
+            assert final["history"][-1]["outcome"] == "failed"
+            assert (await svc.client.get(f"/documents/{body['doc_id']}")).status_code == 404
+            # After a failure the same content can be uploaded again.
+            again = await upload(svc.client, "a.txt", story("dunes", "Permafail").encode())
+            assert again.status_code == 202 and not again.json()["duplicate"]
+
+
+async def test_task_timeout_fails_the_task_and_purges_it(tmp_path, redis_url) -> None:
+    with MockServer(MockConfig(latency=4.0)) as mock:
+        settings = llm_settings(tmp_path, redis_url, mock, task_timeout_seconds=1.5)
+        async with start_service(settings) as svc:
+            body = (await upload(svc.client, "slow.txt", story("glaciers", "Slowpoke").encode())).json()
+            final = await wait_for_task(svc.client, body["task_id"], timeout=120)
+            assert final["status"] == "failed" and "timed out after 1.5 s" in final["error"]
+            assert (await svc.client.get(f"/documents/{body['doc_id']}")).status_code == 404
+
+
+async def test_idempotency_key_returns_the_same_task(service: Service) -> None:
+    headers = {"Idempotency-Key": "client-retry-42"}
+    first = await service.client.post(
+        "/insert", files={"file": ("a.txt", story("moors", "Idemone").encode())}, headers=headers
+    )
+    second = await service.client.post(
+        "/insert", files={"file": ("b.txt", story("moors", "Idemtwo").encode())}, headers=headers
+    )
+    assert first.status_code == 202 and second.status_code in (200, 202)
+    assert second.json()["duplicate"] and second.json()["task_id"] == first.json()["task_id"]
+    text = await service.client.post("/insert/text", json={"text": "other"}, headers=headers)
+    assert text.json()["task_id"] == first.json()["task_id"]
+    bad = await service.client.post(
+        "/insert/text", json={"text": "x"}, headers={"Idempotency-Key": "a" * 300}
+    )
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_idempotency_key"
+    assert len(list(service.settings.uploads_dir.iterdir())) <= 1
+
+
+async def test_backpressure_answers_429_with_retry_after(tmp_path, redis_url) -> None:
+    async with start_service(make_settings(tmp_path, redis_url, max_pending_tasks=2)) as svc:
+        await svc.services.runner.stop(grace_seconds=0)
+        for i in range(2):
+            assert (await upload(svc.client, f"{i}.txt", f"document number {i}".encode())).status_code == 202
+        full = await upload(svc.client, "2.txt", b"document number 2")
+        assert full.status_code == 429 and full.json()["code"] == "queue_full"
+        assert int(full.headers["retry-after"]) > 0
+        text = await svc.client.post("/insert/text", json={"text": "more"})
+        assert text.status_code == 429
+        assert len(list(svc.settings.uploads_dir.iterdir())) == 2
+        assert (await svc.client.get("/api/queue/stats")).json()["pending"] == 2
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs a redis-server binary")
+async def test_redis_outage_gives_503_and_loses_nothing(tmp_path) -> None:
+    port = free_port()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    cmd = [
+        shutil.which("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(redis_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+    ]
+
+    def start_redis() -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                httpx_free = subprocess.run(
+                    [shutil.which("redis-cli") or "redis-cli", "-p", str(port), "ping"], capture_output=True
+                )
+                if b"PONG" in httpx_free.stdout:
+                    break
+            except FileNotFoundError:
+                time.sleep(0.5)
+                break
+            time.sleep(0.05)
+        return proc
+
+    redis_proc = start_redis()
+    try:
+        with MockServer(MockConfig(latency=0.3)) as mock:
+            settings = llm_settings(tmp_path, f"redis://127.0.0.1:{port}/0", mock)
+            async with start_service(settings) as svc:
+                ids = []
+                for i in range(4):
+                    response = await upload(
+                        svc.client, f"o{i}.txt", story(f"s{i}", f"Outage{i}z", 10).encode()
+                    )
+                    ids.append(response.json()["task_id"])
+                redis_proc.terminate()
+                redis_proc.wait(timeout=20)
+
+                down = await upload(svc.client, "late.txt", b"written during the outage")
+                assert down.status_code == 503 and down.json()["code"] == "store_unavailable"
+                assert "retry-after" in down.headers
+                polled = await svc.client.get(f"/task/{ids[0]}")
+                assert polled.status_code == 503
+                health = await svc.client.get("/health")
+                assert health.status_code == 503 and not health.json()["redis"]["ok"]
+                assert not any(p.name.endswith(".part") for p in settings.uploads_dir.iterdir())
+                await asyncio.sleep(2.0)  # tasks keep running on their in-memory state
+
+                redis_proc = start_redis()
+                finals = [await wait_for_task(svc.client, t, timeout=300) for t in ids]
+                assert [f["status"] for f in finals] == ["completed"] * 4
+                listed = (await svc.client.get("/tasks")).json()
+                assert listed["total"] == 4  # the 503 upload left no task behind
+    finally:
+        redis_proc.kill()
