@@ -25,13 +25,14 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def create_app(settings: Settings | None = None, *, redis_prefix: str = "ragsvc:") -> FastAPI:
+def create_app(settings: Settings | None = None, *, redis_prefix: str | None = None) -> FastAPI:
     """Build the app; services start in the lifespan so a test can build many apps in one process."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = await start_services(settings, redis_prefix=redis_prefix)
+        prefix = redis_prefix or settings.redis_prefix
+        app.state.services = await start_services(settings, redis_prefix=prefix)
         try:
             yield
         finally:

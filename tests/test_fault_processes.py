@@ -1,0 +1,128 @@
+"""Real processes: SIGTERM drain-and-requeue, and two instances sharing one Redis (fencing, takeover)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.docs_factory import story
+from tests.procs import kill_embedded_redis, service_env, start_mock_llm, start_service, statuses
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+FINAL = ("completed", "failed", "cancelled")
+
+
+def _ts(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def upload_docs(base: str, count: int, prefix: str) -> list[str]:
+    ids = []
+    for i in range(count):
+        text = story(f"subject {i}", f"{prefix}{i}x", 14).encode()
+        response = httpx.post(f"{base}/insert", files={"file": (f"{prefix}{i}.txt", text)}, timeout=30)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["task_id"])
+    return ids
+
+
+def wait_all_final(base: str, ids: list[str], timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    current: list[str] = []
+    while time.monotonic() < deadline:
+        current = statuses(base, ids)
+        if all(s in FINAL for s in current):
+            break
+        time.sleep(0.5)
+    return current
+
+
+def test_sigterm_drains_then_requeues_and_the_next_start_resumes(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    llm_port, port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    mock = start_mock_llm(llm_port, latency=0.5)
+    env = service_env(data_dir, port, llm_port, SHUTDOWN_GRACE_SECONDS="1")
+    service = start_service(env, tmp_path / "service.log")
+    try:
+        ids = upload_docs(base, 6, "Drainmark")
+        while "processing" not in statuses(base, ids):
+            time.sleep(0.1)
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=60) in (0, -signal.SIGTERM)
+
+        service = start_service(env, tmp_path / "service.log")
+        assert wait_all_final(base, ids, 300) == ["completed"] * 6
+        views = [httpx.get(f"{base}/task/{t}", timeout=10).json() for t in ids]
+        interrupted = [v for v in views if any(h["outcome"] == "interrupted" for h in v["history"])]
+        assert interrupted, "at least one running task should have been handed back at shutdown"
+        assert all(v["failures"] == 0 for v in views), "a shutdown must not count as a failed attempt"
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=60)
+    finally:
+        for proc in (service, mock):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        kill_embedded_redis(data_dir)
+
+
+def test_two_instances_share_one_redis_without_double_runs_and_take_over_a_crash(
+    tmp_path: Path, redis_url: str
+) -> None:
+    llm_port = free_port()
+    mock = start_mock_llm(llm_port, latency=0.4)
+    shared_uploads = tmp_path / "uploads"
+    common = dict(
+        REDIS_URL=redis_url,
+        UPLOAD_DIR=str(shared_uploads),
+        LEASE_SECONDS="4",
+        HEARTBEAT_SECONDS="1",
+        SWEEP_SECONDS="1",
+        REDIS_PREFIX=f"two{free_port()}:",
+    )
+    ports = [free_port(), free_port()]
+    envs = [
+        service_env(
+            tmp_path / f"node{i}", ports[i], llm_port, INSTANCE_ID=f"node-{i}", WORKSPACE=f"node{i}", **common
+        )
+        for i in range(2)
+    ]
+    procs = [start_service(envs[i], tmp_path / f"node{i}.log") for i in range(2)]
+    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    try:
+        ids = upload_docs(bases[0], 6, "Twinmark") + upload_docs(bases[1], 6, "Twinmark2")
+        # Wait until node-0 is running something, then crash it.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            views = [httpx.get(f"{bases[1]}/task/{t}", timeout=10).json() for t in ids]
+            if any(
+                v["status"] == "processing" and v["history"] == [] and v["attempt"] >= 1 for v in views
+            ) and any(v["status"] == "completed" for v in views):
+                break
+            time.sleep(0.2)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=10)
+
+        assert wait_all_final(bases[1], ids, 400) == ["completed"] * len(ids)
+        views = [httpx.get(f"{bases[1]}/task/{t}", timeout=10).json() for t in ids]
+        # node-1 took over what node-0 was running when it died.
+        taken_over = [v for v in views if any(h["outcome"] == "lease-expired" for h in v["history"])]
+        assert taken_over, "the crashed node's running tasks must be recovered by the other node"
+        for view in views:
+            # Attempts never overlap in time: no task ran on both nodes at once.
+            spans = sorted((_ts(h["started_at"]), _ts(h["ended_at"])) for h in view["history"])
+            for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+                assert end <= start, view
+            assert view["attempt"] == len(view["history"]), view
+    finally:
+        for proc in (*procs, mock):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
