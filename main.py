@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from api import routes_documents, routes_health, routes_ingest, routes_query, routes_tasks
+from api import routes_documents, routes_events, routes_health, routes_ingest, routes_query, routes_tasks
 from api.errors import install_error_handlers
 from src.config import Settings, get_settings
 from src.service import start_services, stop_services
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (routes_ingest, routes_tasks, routes_query, routes_documents, routes_health):
+    for module in (routes_ingest, routes_tasks, routes_events, routes_query, routes_documents, routes_health):
         app.include_router(module.router)
     return app
 

@@ -24,7 +24,7 @@ from src.cli import app as cli_app
 from src.client import AsyncRagClient, RagApiError, RagClient, RagConnectionError, RagTimeoutError
 from tests.conftest import free_port, make_settings
 from tests.docs_factory import make_pdf, story
-from tests.test_restart import wait_http
+from tests.procs import wait_http
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ async def rag(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[AsyncRagCli
             yield client, transport
 
 
-async def test_async_upload_bytes_wait_for_falls_back_to_polling(rag) -> None:
+async def test_async_upload_bytes_wait_for_follows_the_event_stream(rag) -> None:
     client, transport = rag
     accepted = await client.upload(story("glaciers", "Quillfarrow").encode(), filename="notes.txt")
     assert accepted["status"] == "pending" and accepted["filename"] == "notes.txt"
@@ -67,9 +67,9 @@ async def test_async_upload_bytes_wait_for_falls_back_to_polling(rag) -> None:
     assert final["result"]["chunks_count"] >= 1
     assert updates and updates[-1] == final
     assert len({(u["status"], u["stage"], u["progress"], u["updated_at"]) for u in updates}) == len(updates)
-    # The SSE endpoint was tried once, answered 404, and the task was then polled.
+    # The server's SSE stream carried every update; no polling was needed.
     assert transport.seen.count(("GET", f"/task/{task_id}/events")) == 1
-    assert transport.seen.count(("GET", f"/task/{task_id}")) >= 1
+    assert transport.seen.count(("GET", f"/task/{task_id}")) == 0
 
     context = await client.query("Quillfarrow", mode="naive", only_need_context=True)
     assert "Quillfarrow" in context["response"]

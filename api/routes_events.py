@@ -1,0 +1,70 @@
+"""Server-Sent Events: push a task's status/stage/progress changes as they happen.
+
+The stream reads the task record from Redis (so it works whichever instance runs the task) and
+emits an event whenever the record changes. Each event's id is the record's `updated_at`, so a
+client that reconnects with `Last-Event-ID` gets the current state only if it changed since.
+The stream ends after a final status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import StreamingResponse
+
+from api.deps import get_services
+from api.errors import ApiError
+from api.views import task_view
+from src.service import Services
+
+router = APIRouter(tags=["tasks"])
+POLL_SECONDS = 0.25
+KEEPALIVE_SECONDS = 15.0
+
+
+@router.get(
+    "/task/{task_id}/events",
+    summary="Stream a task's changes as Server-Sent Events (event: task, data: the task view)",
+    response_class=StreamingResponse,
+)
+async def task_events(
+    task_id: str,
+    request: Request,
+    last_event_id: str | None = Header(default=None),
+    services: Services = Depends(get_services),
+) -> StreamingResponse:
+    record = await services.store.get(task_id) if len(task_id) <= 64 else None
+    if record is None:
+        raise ApiError(404, "task_not_found", f"task {task_id} not found (unknown, or expired after its TTL)")
+    try:
+        last_seen = float(last_event_id) if last_event_id else -1.0
+    except ValueError:
+        last_seen = -1.0
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal record, last_seen
+        idle = 0.0
+        yield b"retry: 2000\n\n"
+        while True:
+            if record is None:
+                yield b'event: gone\ndata: {"detail": "task expired"}\n\n'
+                return
+            if record.updated_at > last_seen:
+                last_seen = record.updated_at
+                idle = 0.0
+                data = json.dumps(task_view(record).model_dump())
+                yield f"id: {record.updated_at:.6f}\nevent: task\ndata: {data}\n\n".encode()
+            if record.status.is_final or await request.is_disconnected():
+                return
+            await asyncio.sleep(POLL_SECONDS)
+            idle += POLL_SECONDS
+            if idle >= KEEPALIVE_SECONDS:
+                idle = 0.0
+                yield b": keep-alive\n\n"
+            record = await services.store.get(task_id)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

@@ -1,0 +1,73 @@
+"""Server-Sent Events for one task: ordering, end of stream, Last-Event-ID resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import Service, upload, wait_for_task
+from tests.docs_factory import story
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def parse_sse(raw: str) -> list[dict]:
+    events = []
+    for block in raw.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if line.startswith(":") or ":" not in line:
+                continue
+            key, _, value = line.partition(":")
+            fields[key] = value.lstrip(" ")
+        if fields.get("event") == "task":
+            events.append({"id": fields["id"], "task": json.loads(fields["data"])})
+    return events
+
+
+async def test_task_events_are_ordered_and_end_with_the_final_status(service: Service) -> None:
+    body = (await upload(service.client, "a.txt", story("lighthouses", "Eventide", 20).encode())).json()
+    response = await service.client.get(f"/task/{body['task_id']}/events")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(response.text)
+    assert events, response.text
+    ids = [float(e["id"]) for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    progress = [e["task"]["progress"] for e in events]
+    assert progress == sorted(progress)
+    assert events[-1]["task"]["status"] == "completed" and events[-1]["task"]["progress"] == 100.0
+    order = ["pending", "processing", "completed"]
+    seen = [order.index(e["task"]["status"]) for e in events]
+    assert seen == sorted(seen)
+
+    # Resume from the last id: nothing new, the stream just ends.
+    resumed = await service.client.get(
+        f"/task/{body['task_id']}/events", headers={"Last-Event-ID": events[-1]["id"]}
+    )
+    assert parse_sse(resumed.text) == []
+    # Resume from an older id: exactly the current state once.
+    older = await service.client.get(
+        f"/task/{body['task_id']}/events", headers={"Last-Event-ID": events[0]["id"]}
+    )
+    replay = parse_sse(older.text)
+    assert len(replay) == 1 and replay[0]["task"]["status"] == "completed"
+
+
+async def test_events_for_unknown_task_is_404(service: Service) -> None:
+    response = await service.client.get("/task/nope/events")
+    assert response.status_code == 404 and response.json()["code"] == "task_not_found"
+
+
+async def test_client_wait_for_uses_the_event_stream(service: Service) -> None:
+    from src.client import AsyncRagClient
+
+    client = AsyncRagClient(base_url="http://svc", transport=service.client._transport)
+    async with client:
+        accepted = await client.upload(story("reefs", "Streamwise").encode(), filename="s.txt")
+        updates: list[dict] = []
+        final = await client.wait_for(accepted["task_id"], timeout=120, on_update=updates.append)
+    assert final["status"] == "completed"
+    assert updates and updates[-1]["status"] == "completed"
+    assert (await wait_for_task(service.client, accepted["task_id"]))["status"] == "completed"
