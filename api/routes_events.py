@@ -12,7 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import get_services
@@ -65,6 +65,39 @@ async def task_events(
                 idle = 0.0
                 yield b": keep-alive\n\n"
             record = await services.store.get(task_id)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+@router.get(
+    "/events",
+    summary="Stream changes of recent tasks as Server-Sent Events (event: task, data: the task view)",
+    response_class=StreamingResponse,
+)
+async def all_task_events(
+    request: Request,
+    limit: int = Query(default=100, ge=1, le=500),
+    services: Services = Depends(get_services),
+) -> StreamingResponse:
+    """Every change of the ``limit`` most recent tasks (first the current state of each); for dashboards."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        seen: dict[str, float] = {}
+        idle = 0.0
+        yield b"retry: 2000\n\n"
+        while not await request.is_disconnected():
+            _, records = await services.store.list(status=None, offset=0, limit=limit)
+            changed = [r for r in reversed(records) if seen.get(r.task_id, -1.0) < r.updated_at]
+            for record in changed:
+                seen[record.task_id] = record.updated_at
+                data = json.dumps(task_view(record).model_dump())
+                yield f"id: {record.updated_at:.6f}\nevent: task\ndata: {data}\n\n".encode()
+            idle = 0.0 if changed else idle + POLL_SECONDS
+            if idle >= KEEPALIVE_SECONDS:
+                idle = 0.0
+                yield b": keep-alive\n\n"
+            await asyncio.sleep(POLL_SECONDS)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
