@@ -5,7 +5,6 @@ python main.py            # serve on HOST:PORT (default 127.0.0.1:8000)
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,14 +14,8 @@ from fastapi import FastAPI
 from api import routes_documents, routes_events, routes_health, routes_ingest, routes_query, routes_tasks
 from api.errors import install_error_handlers
 from src.config import Settings, get_settings
+from src.logs import configure_logging
 from src.service import start_services, stop_services
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # LightRAG is chatty at INFO (one line per chunk and per entity): keep it to warnings.
-    for noisy in ("lightrag", "nano-vectordb", "raganything", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def create_app(settings: Settings | None = None, *, redis_prefix: str | None = None) -> FastAPI:
@@ -52,12 +45,13 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn logs through our handler (JSON lines by default)
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
 

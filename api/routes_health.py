@@ -6,7 +6,8 @@ import asyncio
 import os
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import get_services
 from api.schemas import QueueStats
@@ -38,6 +39,17 @@ async def health(services: Services = Depends(get_services)) -> JSONResponse:
         "tasks": {"running_here": services.runner.running_count, "capacity": services.runner.capacity},
     }
     return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(services: Services = Depends(get_services)) -> Response:
+    m = services.metrics
+    for status, count in (await services.store.counts()).items():
+        m.tasks.labels(status).set(count)
+    m.queue_depth.set(await services.store.pending_count())
+    m.running.set(services.runner.running_count)
+    m.capacity.set(services.runner.capacity)
+    return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/queue/stats", response_model=QueueStats, summary="Task counts per status and capacity")

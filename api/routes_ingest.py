@@ -100,6 +100,7 @@ async def _persist_and_accept(
     try:
         outcome = await services.store.create(record, idempotency_key=idempotency_key)
         if outcome.kind in ("duplicate", "idempotent"):
+            services.metrics.uploads.labels("duplicate").inc()
             await remove_file(stored)
             return await _existing_answer(services, request, outcome.task_id)
         if outcome.kind == "conflict":
@@ -119,6 +120,8 @@ async def _persist_and_accept(
         await remove_file(stored)
         raise
     services.runner.notify()
+    services.metrics.uploads.labels("accepted").inc()
+    services.metrics.upload_bytes.inc(size)
     status_url = str(request.url_for("get_task", task_id=task_id).path)
     body = TaskAccepted(
         message="File uploaded successfully, processing started",

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
+    #: json: one JSON object per line with the task id; text: human-readable lines.
+    log_format: Literal["json", "text"] = "json"
 
     # --- storage ----------------------------------------------------------------------
     data_dir: Path = Path("./data")

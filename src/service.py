@@ -13,6 +13,7 @@ from lightrag import LightRAG
 
 from src.config import Settings
 from src.ingest import DocumentIngestor, IngestHandler
+from src.metrics import Metrics
 from src.pipeline import DocumentGuard, PipelineCoordinator
 from src.redis_conn import RedisHandle, connect_redis
 from src.tasks.runner import RunnerConfig, TaskRunner
@@ -31,6 +32,7 @@ class Services:
     rag_anything: Any
     coordinator: PipelineCoordinator
     ingestor: DocumentIngestor
+    metrics: Metrics
     instance_id: str
 
 
@@ -63,7 +65,8 @@ async def start_services(settings: Settings, *, redis_prefix: str = "ragsvc:") -
         max_queued=settings.max_pending_tasks,
     )
     guard = DocumentGuard()
-    rag = await build_lightrag(settings, llm_wrapper=guard.wrap)
+    metrics = Metrics()
+    rag = await build_lightrag(settings, llm_wrapper=lambda llm: guard.wrap(metrics.wrap_llm(llm)))
     rag_anything = build_raganything(rag, settings)
     coordinator = PipelineCoordinator(rag, guard)
     ingestor = DocumentIngestor(rag, rag_anything, coordinator, guard, settings.uploads_dir)
@@ -82,16 +85,21 @@ async def start_services(settings: Settings, *, redis_prefix: str = "ragsvc:") -
             retry_max_seconds=settings.retry_max_seconds,
         ),
         instance_id,
+        metrics=metrics,
     )
     await coordinator.start()
     await runner.start()
+    metrics.start_sampling(store.ping)
     log.info("service ready: instance %s, %d task slot(s)", instance_id, settings.max_concurrent_tasks)
-    return Services(settings, redis, store, runner, rag, rag_anything, coordinator, ingestor, instance_id)
+    return Services(
+        settings, redis, store, runner, rag, rag_anything, coordinator, ingestor, metrics, instance_id
+    )
 
 
 async def stop_services(services: Services) -> None:
     await services.runner.stop(services.settings.shutdown_grace_seconds)
     await services.coordinator.stop()
+    await services.metrics.stop_sampling()
     try:
         # Closes RAG-Anything's parse cache and, with it, LightRAG's storages.
         await services.rag_anything.finalize_storages()

@@ -26,6 +26,8 @@ from typing import Protocol
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from src.logs import current_task_id
+from src.metrics import Metrics
 from src.tasks.models import Stage, TaskRecord, TaskStatus
 from src.tasks.store import TaskStore
 from src.uploads import remove_file
@@ -72,8 +74,16 @@ class _Running:
 class TaskRunner:
     """Runs at most ``max_concurrent`` tasks at once, claimed from the shared Redis queue."""
 
-    def __init__(self, store: TaskStore, handler: TaskHandler, config: RunnerConfig, instance_id: str):
+    def __init__(
+        self,
+        store: TaskStore,
+        handler: TaskHandler,
+        config: RunnerConfig,
+        instance_id: str,
+        metrics: Metrics | None = None,
+    ):
         self.store = store
+        self.metrics = metrics or Metrics()
         self.handler = handler
         self.config = config
         self.instance_id = instance_id
@@ -187,12 +197,23 @@ class TaskRunner:
     async def _execute(self, running: _Running) -> None:
         task = running.task
         epoch = task.attempt
+        current_task_id.set(task.task_id)
+        if epoch == 1:
+            self.metrics.admission_wait.observe(max(0.0, time.time() - task.created_at))
+        stage_started = [time.monotonic()]
         log.info(
             "task %s attempt %d started (doc %s, status %s)", task.task_id, epoch, task.doc_id, task.status
         )
 
         async def report(stage: str, progress: float) -> None:
             if (stage, progress) != running.last_report:
+                if stage != running.last_report[0]:
+                    now = time.monotonic()
+                    if running.last_report[0]:
+                        self.metrics.stage_duration.labels(running.last_report[0]).observe(
+                            now - stage_started[0]
+                        )
+                    stage_started[0] = now
                 running.last_report = (stage, progress)
                 with contextlib.suppress(*_REDIS_DOWN):  # progress is best effort during an outage
                     await self.store.report_progress(task.task_id, epoch, stage, progress)
@@ -280,7 +301,15 @@ class TaskRunner:
                 epoch=epoch,
             )
         )
+        self.metrics.retries.inc()
+        self._observe_end(task, "retry")
         log.warning("task %s transient failure (%s): %s in %.1fs", task.task_id, message, outcome, delay)
+
+    def _observe_end(self, task: TaskRecord, outcome: str) -> None:
+        running = self._running.get(task.task_id)
+        self.metrics.finished.labels(outcome).inc()
+        if running is not None:
+            self.metrics.task_duration.labels(outcome).observe(time.monotonic() - running.started)
 
     async def _hand_back(self, task: TaskRecord, epoch: int) -> None:
         log.warning("task %s interrupted by shutdown; it will be resumed", task.task_id)
@@ -297,6 +326,8 @@ class TaskRunner:
 
     async def _persist_final(self, task: TaskRecord, epoch: int, status: TaskStatus, **kwargs) -> str:
         outcome = await self._persist(lambda: self.store.finish(task.task_id, epoch, status, **kwargs))
+        if outcome == "ok":
+            self._observe_end(task, status.value)
         if outcome != "ok":
             log.warning("task %s: final write for attempt %d refused (%s)", task.task_id, epoch, outcome)
         return outcome

@@ -1,0 +1,50 @@
+"""Logging: one JSON object per line (LOG_FORMAT=json, the default) or plain text, with the
+task id (and later the tenant) of the asyncio task that logged it on every line."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+from datetime import UTC, datetime
+
+current_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_task_id", default=None)
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.task_id = current_task_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        task_id = getattr(record, "task_id", None)
+        if task_id:
+            entry["task_id"] = task_id
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, fmt: str = "json") -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_ContextFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(task_id)s]: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # LightRAG is chatty at INFO (one line per chunk and per entity): keep it to warnings.
+    for noisy in ("lightrag", "nano-vectordb", "raganything", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

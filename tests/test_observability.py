@@ -1,0 +1,64 @@
+"""Prometheus metrics and structured JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from src.logs import JsonFormatter, _ContextFilter, current_task_id
+from tests.conftest import Service, upload, wait_for_task
+from tests.docs_factory import story
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+async def test_metrics_describe_tasks_uploads_llm_and_loop(service: Service) -> None:
+    body = (await upload(service.client, "m.txt", story("orchards", "Metricor").encode())).json()
+    await wait_for_task(service.client, body["task_id"])
+    await asyncio.sleep(0.3)  # let the loop-lag sampler take a few samples
+    response = await service.client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    values = samples(response.text)
+    assert values[("ragsvc_tasks", (("status", "completed"),))] == 1
+    assert values[("ragsvc_queue_depth", ())] == 0
+    assert values[("ragsvc_task_slots", ())] == service.settings.max_concurrent_tasks
+    assert values[("ragsvc_upload_bytes_total", ())] == body["file_size"]
+    assert values[("ragsvc_uploads_total", (("outcome", "accepted"),))] == 1
+    assert values[("ragsvc_task_duration_seconds_count", (("outcome", "completed"),))] == 1
+    assert values[("ragsvc_admission_wait_seconds_count", ())] == 1
+    assert values[("ragsvc_llm_call_seconds_count", ())] >= 1
+    assert values[("ragsvc_event_loop_lag_seconds_count", ())] >= 1
+    stages = {labels for (name, labels) in values if name == "ragsvc_stage_duration_seconds_count"}
+    assert (("stage", "parsing"),) in stages
+
+
+def test_json_log_lines_carry_the_task_id() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_ContextFilter())
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.jsonlog")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    token = current_task_id.set("task-123")
+    try:
+        logger.info("indexing %s", "doc-1")
+    finally:
+        current_task_id.reset(token)
+    logger.info("no task here")
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["task_id"] == "task-123" and first["msg"] == "indexing doc-1" and first["level"] == "info"
+    assert "task_id" not in second
