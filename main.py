@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from api import routes_documents, routes_events, routes_health, routes_ingest, routes_query, routes_tasks
 from api.errors import install_error_handlers
+from api.views import task_view
 from src.config import Settings, get_settings
 from src.logs import configure_logging
 from src.service import start_services, stop_services
@@ -25,7 +26,9 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prefix = redis_prefix or settings.redis_prefix
-        app.state.services = await start_services(settings, redis_prefix=prefix)
+        app.state.services = await start_services(
+            settings, redis_prefix=prefix, task_view=lambda record: task_view(record).model_dump()
+        )
         try:
             yield
         finally:

@@ -6,6 +6,7 @@ import hashlib
 import re
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import aiofiles
 import aiofiles.os
@@ -42,6 +43,16 @@ async def _refuse_when_full(services: Services) -> None:
             "queue_full",
             f"{limit} tasks are already waiting; retry later",
             headers={"Retry-After": "30"},
+        )
+
+
+def _check_callback_url(url: str | None) -> None:
+    if url is None:
+        return
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or len(url) > 2048:
+        raise ApiError(
+            422, "invalid_callback_url", "callback_url must be an absolute http(s) URL (max 2048 chars)"
         )
 
 
@@ -82,6 +93,7 @@ async def _persist_and_accept(
     sha256: str,
     kind: TaskKind,
     idempotency_key: str | None,
+    callback_url: str | None,
 ) -> JSONResponse:
     """Write the task record (the durable promise), then answer 202; undo the file on any failure."""
     now = time.time()
@@ -93,6 +105,7 @@ async def _persist_and_accept(
         file_size=size,
         content_sha256=sha256,
         stored_name=stored.name,
+        callback_url=callback_url,
         stage=Stage.SAVED,
         created_at=now,
         updated_at=now,
@@ -185,12 +198,16 @@ def _check_doc_id(doc_id: str | None) -> None:
 async def insert_document(
     request: Request,
     doc_id: str | None = Query(default=None, description="stable id; default: derived from the content hash"),
+    callback_url: str | None = Query(
+        default=None, description="POST a signed JSON event here when the task ends"
+    ),
     idempotency_key: str | None = Header(
         default=None, description="retries with the same key return the same task"
     ),
     services: Services = Depends(get_services),
 ) -> JSONResponse:
     _check_doc_id(doc_id)
+    _check_callback_url(callback_url)
     _check_idempotency_key(idempotency_key)
     await _refuse_when_full(services)
     task_id = TaskStore.new_task_id()
@@ -200,11 +217,13 @@ async def insert_document(
         services.settings.uploads_dir,
         task_id,
         max_bytes=services.settings.max_upload_bytes,
-        extra_fields=("doc_id",),
+        extra_fields=("doc_id", "callback_url"),
     )
     try:
         doc_id = doc_id or saved.form_fields.get("doc_id")
+        callback_url = callback_url or saved.form_fields.get("callback_url")
         _check_doc_id(doc_id)
+        _check_callback_url(callback_url)
         if doc_id:
             await _refuse_indexed_doc(services, doc_id, saved.sha256)
     except BaseException:
@@ -221,6 +240,7 @@ async def insert_document(
         sha256=saved.sha256,
         kind=TaskKind.FILE,
         idempotency_key=idempotency_key,
+        callback_url=callback_url,
     )
 
 
@@ -254,6 +274,7 @@ async def insert_text(
     data = body.text.encode("utf-8")
     sha256 = hashlib.sha256(data).hexdigest()
     _check_idempotency_key(idempotency_key)
+    _check_callback_url(body.callback_url)
     await _refuse_when_full(services)
     doc_id = body.doc_id or f"doc-{sha256[:32]}"
     if body.doc_id:
@@ -273,4 +294,5 @@ async def insert_text(
         sha256=sha256,
         kind=TaskKind.TEXT,
         idempotency_key=idempotency_key,
+        callback_url=body.callback_url,
     )

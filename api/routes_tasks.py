@@ -53,6 +53,7 @@ async def cancel_task(task_id: str, services: Services = Depends(get_services)) 
         record = await services.store.get(task_id)
         if record and record.stored_name:
             await remove_file(services.settings.uploads_dir / record.stored_name)
+        services.webhooks.notify(task_id)
         body = CancelResult(message="Task cancelled", task_id=task_id, status=TaskStatus.CANCELLED)
         return JSONResponse(body.model_dump(), status_code=200)
     if outcome.status == TaskStatus.CANCELLING:  # also a repeated DELETE while it is being cancelled

@@ -44,6 +44,8 @@ class TaskView(BaseModel):
     history: list[dict[str, Any]]
     result: dict[str, Any] | None
     error: str | None
+    callback_url: str | None = None
+    webhook: dict[str, Any] | None = None
 
 
 class TaskList(BaseModel):
@@ -63,6 +65,9 @@ class TextInsert(BaseModel):
     text: str = Field(min_length=1, description="raw text to index")
     doc_id: str | None = Field(default=None, pattern=DOC_ID_PATTERN)
     filename: str | None = Field(default=None, max_length=255, description="label used in citations")
+    callback_url: str | None = Field(
+        default=None, description="POST a signed JSON event here when the task ends"
+    )
 
 
 class QueryRequest(BaseModel):

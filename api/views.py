@@ -36,5 +36,7 @@ def task_view(record: TaskRecord) -> TaskView:
             for h in record.history
         ],
         result=record.result,
+        callback_url=record.callback_url,
+        webhook=record.webhook,
         error=record.error,
     )

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     #: On shutdown, running tasks get this long to finish before they are handed back to the queue.
     shutdown_grace_seconds: float = 10.0
 
+    # --- webhooks ---------------------------------------------------------------------
+    #: HMAC key for callback signatures; unset -> a random one kept in DATA_DIR/webhook_secret.
+    webhook_secret: str | None = None
+    webhook_attempts: int = 5
+    webhook_backoff_seconds: float = 1.0
+
     # --- LLM --------------------------------------------------------------------------
     #: auto = openai when LLM_BASE_URL or LLM_API_KEY is set, else the offline stand-in.
     llm_provider: Literal["auto", "openai", "offline"] = "auto"

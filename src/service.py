@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from src.ingest import DocumentIngestor, IngestHandler
 from src.metrics import Metrics
 from src.pipeline import DocumentGuard, PipelineCoordinator
 from src.redis_conn import RedisHandle, connect_redis
+from src.tasks.models import TaskRecord
 from src.tasks.runner import RunnerConfig, TaskRunner
 from src.tasks.store import TaskStore
+from src.webhooks import WebhookNotifier, load_or_create_secret
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class Services:
     coordinator: PipelineCoordinator
     ingestor: DocumentIngestor
     metrics: Metrics
+    webhooks: WebhookNotifier
     instance_id: str
 
 
@@ -48,7 +52,12 @@ def resolve_instance_id(settings: Settings) -> str:
     return instance_id
 
 
-async def start_services(settings: Settings, *, redis_prefix: str = "ragsvc:") -> Services:
+async def start_services(
+    settings: Settings,
+    *,
+    redis_prefix: str = "ragsvc:",
+    task_view: Callable[[TaskRecord], dict[str, Any]] = lambda r: r.model_dump(mode="json"),
+) -> Services:
     from src.rag.engine import build_lightrag
     from src.rag.parsers import build_raganything
 
@@ -86,13 +95,32 @@ async def start_services(settings: Settings, *, redis_prefix: str = "ragsvc:") -
         ),
         instance_id,
         metrics=metrics,
+        on_final=lambda task_id: webhooks.notify(task_id),
+    )
+    secret = await asyncio.to_thread(load_or_create_secret, settings.webhook_secret, settings.data_dir)
+    webhooks = WebhookNotifier(
+        store,
+        secret,
+        task_view,
+        attempts=settings.webhook_attempts,
+        backoff_seconds=settings.webhook_backoff_seconds,
     )
     await coordinator.start()
     await runner.start()
     metrics.start_sampling(store.ping)
     log.info("service ready: instance %s, %d task slot(s)", instance_id, settings.max_concurrent_tasks)
     return Services(
-        settings, redis, store, runner, rag, rag_anything, coordinator, ingestor, metrics, instance_id
+        settings,
+        redis,
+        store,
+        runner,
+        rag,
+        rag_anything,
+        coordinator,
+        ingestor,
+        metrics,
+        webhooks,
+        instance_id,
     )
 
 
@@ -100,6 +128,7 @@ async def stop_services(services: Services) -> None:
     await services.runner.stop(services.settings.shutdown_grace_seconds)
     await services.coordinator.stop()
     await services.metrics.stop_sampling()
+    await services.webhooks.close()
     try:
         # Closes RAG-Anything's parse cache and, with it, LightRAG's storages.
         await services.rag_anything.finalize_storages()

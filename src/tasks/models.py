@@ -81,11 +81,14 @@ class TaskRecord(BaseModel):
     not_before: float | None = None
     #: One entry per finished attempt: attempt, owner, started_at, ended_at, outcome, error.
     history: list[dict[str, Any]] = []
+    #: Where to POST the signed completion event, and what happened when we did.
+    callback_url: str | None = None
+    webhook: dict[str, Any] | None = None
 
     @classmethod
     def from_redis(cls, raw: dict[str, str]) -> TaskRecord:
         data: dict[str, Any] = {k: v for k, v in raw.items() if v != ""}
-        for key in ("result", "history"):
+        for key in ("result", "history", "webhook"):
             if key in data:
                 data[key] = json.loads(data[key])
         if isinstance(data.get("history"), dict):  # Lua's cjson encodes an empty list as {}
@@ -99,7 +102,7 @@ class TaskRecord(BaseModel):
         for key, value in self.model_dump(mode="json").items():
             if value is None:
                 out[key] = ""
-            elif key in ("result", "history"):
+            elif key in ("result", "history", "webhook"):
                 out[key] = json.dumps(value)
             elif key == "cancel_requested":
                 out[key] = "1" if value else "0"

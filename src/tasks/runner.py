@@ -81,8 +81,10 @@ class TaskRunner:
         config: RunnerConfig,
         instance_id: str,
         metrics: Metrics | None = None,
+        on_final: Callable[[str], None] | None = None,
     ):
         self.store = store
+        self.on_final = on_final or (lambda task_id: None)
         self.metrics = metrics or Metrics()
         self.handler = handler
         self.config = config
@@ -107,6 +109,8 @@ class TaskRunner:
                 error="the service restarted while this attempt ran",
             )
             resumed += outcome in ("requeued", "failed")
+            if outcome == "failed":
+                self.on_final(task_id)
         if resumed:
             log.warning("took back %d task(s) left running by this instance's previous run", resumed)
         self._accepting = True
@@ -303,6 +307,8 @@ class TaskRunner:
         )
         self.metrics.retries.inc()
         self._observe_end(task, "retry")
+        if outcome == "failed":  # retries exhausted: dead-lettered
+            self.on_final(task.task_id)
         log.warning("task %s transient failure (%s): %s in %.1fs", task.task_id, message, outcome, delay)
 
     def _observe_end(self, task: TaskRecord, outcome: str) -> None:
@@ -328,6 +334,7 @@ class TaskRunner:
         outcome = await self._persist(lambda: self.store.finish(task.task_id, epoch, status, **kwargs))
         if outcome == "ok":
             self._observe_end(task, status.value)
+            self.on_final(task.task_id)
         if outcome != "ok":
             log.warning("task %s: final write for attempt %d refused (%s)", task.task_id, epoch, outcome)
         return outcome
@@ -396,6 +403,8 @@ class TaskRunner:
                 error="the worker running this attempt stopped renewing its lease",
             )
             log.warning("task %s lease expired: %s", task_id, outcome)
+            if outcome == "failed":
+                self.on_final(task_id)
             self._wake.set()
         for task_id in await self.store.prune_expired():
             for leftover in await asyncio.to_thread(list, self.config.uploads_dir.glob(f"{task_id}.*")):

@@ -489,6 +489,16 @@ class TaskStore:
                 await pipe.execute()
         return ids
 
+    async def record_webhook(self, task_id: str, delivery: dict) -> None:
+        """Attach webhook delivery attempts to a finished task (its TTL is kept)."""
+        key = self._key(task_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.exists(key)
+            pipe.hset(key, "webhook", json.dumps(delivery))
+            exists, _ = await pipe.execute()
+        if not exists:  # expired meanwhile: don't resurrect a partial record
+            await self.redis.delete(key)
+
     async def ping(self) -> float:
         """Round-trip time to Redis in milliseconds."""
         start = time.perf_counter()
