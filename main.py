@@ -11,7 +11,15 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from api import routes_documents, routes_events, routes_health, routes_ingest, routes_query, routes_tasks
+from api import (
+    routes_admin,
+    routes_documents,
+    routes_events,
+    routes_health,
+    routes_ingest,
+    routes_query,
+    routes_tasks,
+)
 from api.errors import install_error_handlers
 from api.views import task_view
 from src.config import Settings, get_settings
@@ -41,7 +49,16 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (routes_ingest, routes_tasks, routes_events, routes_query, routes_documents, routes_health):
+    routers = (
+        routes_ingest,
+        routes_tasks,
+        routes_events,
+        routes_query,
+        routes_documents,
+        routes_health,
+        routes_admin,
+    )
+    for module in routers:
         app.include_router(module.router)
     return app
 

@@ -15,8 +15,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import get_services
-from api.errors import ApiError
+from api.deps import get_owned_task, get_services, get_tenant
 from api.views import task_view
 from src.service import Services
 
@@ -34,11 +33,10 @@ async def task_events(
     task_id: str,
     request: Request,
     last_event_id: str | None = Header(default=None),
+    tenant: str = Depends(get_tenant),
     services: Services = Depends(get_services),
 ) -> StreamingResponse:
-    record = await services.store.get(task_id) if len(task_id) <= 64 else None
-    if record is None:
-        raise ApiError(404, "task_not_found", f"task {task_id} not found (unknown, or expired after its TTL)")
+    record = await get_owned_task(services, tenant, task_id)
     try:
         last_seen = float(last_event_id) if last_event_id else -1.0
     except ValueError:
@@ -78,6 +76,7 @@ async def task_events(
 async def all_task_events(
     request: Request,
     limit: int = Query(default=100, ge=1, le=500),
+    tenant: str = Depends(get_tenant),
     services: Services = Depends(get_services),
 ) -> StreamingResponse:
     """Every change of the ``limit`` most recent tasks (first the current state of each); for dashboards."""
@@ -87,7 +86,7 @@ async def all_task_events(
         idle = 0.0
         yield b"retry: 2000\n\n"
         while not await request.is_disconnected():
-            _, records = await services.store.list(status=None, offset=0, limit=limit)
+            _, records = await services.store.list(tenant=tenant, status=None, offset=0, limit=limit)
             changed = [r for r in reversed(records) if seen.get(r.task_id, -1.0) < r.updated_at]
             for record in changed:
                 seen[record.task_id] = record.updated_at

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from api.deps import get_services
+from api.deps import get_services, get_tenant
 from api.schemas import QueueStats
 from src.rag.embedding import embedding_description
 from src.rag.llm import llm_description
@@ -27,7 +27,7 @@ async def health(services: Services = Depends(get_services)) -> JSONResponse:
         redis = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     redis["embedded"] = services.redis.embedded is not None
     writable = await asyncio.to_thread(os.access, settings.uploads_dir, os.W_OK)
-    storage = {"ok": writable, "workspace": services.rag.workspace}
+    storage = {"ok": writable, "loaded_tenants": services.engines.loaded()}
     healthy = redis["ok"] and writable
     body = {
         "status": "ok" if healthy else "degraded",
@@ -53,11 +53,15 @@ async def metrics(services: Services = Depends(get_services)) -> Response:
 
 
 @router.get("/api/queue/stats", response_model=QueueStats, summary="Task counts per status and capacity")
-async def queue_stats(services: Services = Depends(get_services)) -> QueueStats:
-    counts = await services.store.counts()
+async def queue_stats(
+    tenant: str = Depends(get_tenant), services: Services = Depends(get_services)
+) -> QueueStats:
+    """The caller's tasks per status, waiting and running; this instance's slots."""
     return QueueStats(
-        counts=counts,
-        pending=await services.store.pending_count(),
+        tenant=tenant,
+        counts=await services.store.counts(tenant),
+        pending=await services.store.pending_count(tenant),
+        running=await services.store.running_count(tenant),
         running_here=services.runner.running_count,
         capacity=services.runner.capacity,
         instance_id=services.instance_id,

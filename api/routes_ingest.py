@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from lightrag.base import DocStatus
 
-from api.deps import get_services
+from api.deps import get_services, get_tenant
 from api.errors import ApiError
 from api.schemas import DOC_ID_PATTERN, TaskAccepted, TextInsert
 from src.service import Services
@@ -34,7 +34,7 @@ not match its extension, 409 when the document id is already indexed or being in
 """
 
 
-async def _refuse_when_full(services: Services) -> None:
+async def _refuse_when_full(services: Services, tenant: str) -> None:
     """Backpressure before reading any bytes: a full queue answers 429 instead of growing."""
     limit = services.settings.max_pending_tasks
     if limit and await services.store.pending_count() >= limit:
@@ -42,6 +42,14 @@ async def _refuse_when_full(services: Services) -> None:
             429,
             "queue_full",
             f"{limit} tasks are already waiting; retry later",
+            headers={"Retry-After": "30"},
+        )
+    tenant_limit = (await services.tenants.quota(tenant)).max_pending or services.settings.tenant_max_pending
+    if tenant_limit and await services.store.pending_count(tenant) >= tenant_limit:
+        raise ApiError(
+            429,
+            "tenant_queue_full",
+            f"this tenant already has {tenant_limit} tasks waiting; retry later",
             headers={"Retry-After": "30"},
         )
 
@@ -61,10 +69,10 @@ def _check_idempotency_key(key: str | None) -> None:
         raise ApiError(422, "invalid_idempotency_key", "Idempotency-Key must be 1-200 printable characters")
 
 
-async def _existing_answer(services: Services, request: Request, task_id: str) -> JSONResponse:
+async def _existing_answer(services: Services, request: Request, tenant: str, task_id: str) -> JSONResponse:
     """Point the client at the task that already covers its request (duplicate content or retry)."""
     record = await services.store.get(task_id)
-    if record is None:
+    if record is None or record.tenant != tenant:
         raise ApiError(409, "doc_in_progress", "the document is already being indexed", task_id=task_id)
     status_url = str(request.url_for("get_task", task_id=task_id).path)
     body = TaskAccepted(
@@ -85,6 +93,8 @@ async def _persist_and_accept(
     services: Services,
     request: Request,
     *,
+    tenant: str,
+    priority: int,
     task_id: str,
     doc_id: str,
     filename: str,
@@ -99,6 +109,8 @@ async def _persist_and_accept(
     now = time.time()
     record = TaskRecord(
         task_id=task_id,
+        tenant=tenant,
+        priority=priority,
         kind=kind,
         doc_id=doc_id,
         filename=filename,
@@ -115,13 +127,20 @@ async def _persist_and_accept(
         if outcome.kind in ("duplicate", "idempotent"):
             services.metrics.uploads.labels("duplicate").inc()
             await remove_file(stored)
-            return await _existing_answer(services, request, outcome.task_id)
+            return await _existing_answer(services, request, tenant, outcome.task_id)
         if outcome.kind == "conflict":
             raise ApiError(
                 409,
                 "doc_in_progress",
                 f"document {doc_id} is being indexed from different content by task {outcome.task_id}",
                 task_id=outcome.task_id,
+            )
+        if outcome.kind == "tenant-busy":
+            raise ApiError(
+                429,
+                "tenant_queue_full",
+                "this tenant has too many tasks waiting; retry later",
+                headers={"Retry-After": "30"},
             )
         if outcome.kind == "busy":
             raise ApiError(
@@ -147,16 +166,17 @@ async def _persist_and_accept(
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": status_url})
 
 
-async def _refuse_indexed_doc(services: Services, doc_id: str, sha256: str) -> None:
+async def _refuse_indexed_doc(services: Services, tenant: str, doc_id: str, sha256: str) -> None:
     """An explicit doc id LightRAG already holds is not re-indexed from other content (409).
 
     The same content is fine: the store answers with the existing task, or a new task finds the
     document PROCESSED and completes without indexing anything again.
     """
-    record = await services.rag.doc_status.get_by_id(doc_id)
+    async with services.engines.use(tenant) as engine:
+        record = await engine.rag.doc_status.get_by_id(doc_id)
     if not record or record.get("status") != DocStatus.PROCESSED:
         return
-    holder = await services.store.doc_holder(doc_id)
+    holder = await services.store.doc_holder(tenant, doc_id)
     if holder is not None and holder.content_sha256 == sha256:
         return
     raise ApiError(
@@ -201,15 +221,19 @@ async def insert_document(
     callback_url: str | None = Query(
         default=None, description="POST a signed JSON event here when the task ends"
     ),
+    priority: int = Query(
+        default=5, ge=0, le=9, description="0 (bulk) .. 9 (interactive); higher runs first"
+    ),
     idempotency_key: str | None = Header(
         default=None, description="retries with the same key return the same task"
     ),
+    tenant: str = Depends(get_tenant),
     services: Services = Depends(get_services),
 ) -> JSONResponse:
     _check_doc_id(doc_id)
     _check_callback_url(callback_url)
     _check_idempotency_key(idempotency_key)
-    await _refuse_when_full(services)
+    await _refuse_when_full(services, tenant)
     task_id = TaskStore.new_task_id()
     saved = await receive_upload(
         dict(request.headers),
@@ -225,13 +249,15 @@ async def insert_document(
         _check_doc_id(doc_id)
         _check_callback_url(callback_url)
         if doc_id:
-            await _refuse_indexed_doc(services, doc_id, saved.sha256)
+            await _refuse_indexed_doc(services, tenant, doc_id, saved.sha256)
     except BaseException:
         await remove_file(saved.path)
         raise
     return await _persist_and_accept(
         services,
         request,
+        tenant=tenant,
+        priority=priority,
         task_id=task_id,
         doc_id=doc_id or f"doc-{saved.sha256[:32]}",
         filename=saved.original_name,
@@ -265,6 +291,7 @@ async def insert_text(
     idempotency_key: str | None = Header(
         default=None, description="retries with the same key return the same task"
     ),
+    tenant: str = Depends(get_tenant),
     services: Services = Depends(get_services),
 ) -> JSONResponse:
     if not body.text.strip():
@@ -275,10 +302,10 @@ async def insert_text(
     sha256 = hashlib.sha256(data).hexdigest()
     _check_idempotency_key(idempotency_key)
     _check_callback_url(body.callback_url)
-    await _refuse_when_full(services)
+    await _refuse_when_full(services, tenant)
     doc_id = body.doc_id or f"doc-{sha256[:32]}"
     if body.doc_id:
-        await _refuse_indexed_doc(services, doc_id, sha256)
+        await _refuse_indexed_doc(services, tenant, doc_id, sha256)
     task_id = TaskStore.new_task_id()
     stored = services.settings.uploads_dir / f"{task_id}.txt"
     async with aiofiles.open(stored, "wb") as fh:
@@ -286,6 +313,8 @@ async def insert_text(
     return await _persist_and_accept(
         services,
         request,
+        tenant=tenant,
+        priority=body.priority,
         task_id=task_id,
         doc_id=doc_id,
         filename=sanitize_filename(body.filename) if body.filename else f"{doc_id}.txt",

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from lightrag import QueryParam
+from lightrag import LightRAG, QueryParam
 
-from api.deps import get_services
+from api.deps import get_services, get_tenant
 from api.errors import ApiError
 from api.schemas import QueryRequest, QueryResponse
 from src.rag.llm import llm_description
@@ -38,9 +38,9 @@ def _check_length(body: QueryRequest, services: Services) -> None:
         raise ApiError(422, "query_too_long", f"query exceeds {services.settings.max_query_chars} characters")
 
 
-async def _run_query(services: Services, body: QueryRequest, stream: bool) -> str | AsyncIterator[str]:
+async def _run_query(rag: LightRAG, body: QueryRequest, stream: bool) -> str | AsyncIterator[str]:
     try:
-        return await services.rag.aquery(body.query, param=_param(body, stream))
+        return await rag.aquery(body.query, param=_param(body, stream))
     except Exception as exc:  # provider failures surface as a gateway error, not a 500
         log.warning("query failed: %s", exc)
         raise ApiError(
@@ -49,11 +49,14 @@ async def _run_query(services: Services, body: QueryRequest, stream: bool) -> st
 
 
 @router.post("/query", response_model=QueryResponse, summary="Ask the knowledge base")
-async def query(body: QueryRequest, services: Services = Depends(get_services)) -> QueryResponse:
+async def query(
+    body: QueryRequest, tenant: str = Depends(get_tenant), services: Services = Depends(get_services)
+) -> QueryResponse:
     _check_length(body, services)
-    answer = await _run_query(services, body, stream=False)
-    if not isinstance(answer, str):  # some bindings stream even when not asked to
-        answer = "".join([part async for part in answer])
+    async with services.engines.use(tenant) as engine:
+        answer = await _run_query(engine.rag, body, stream=False)
+        if not isinstance(answer, str):  # some bindings stream even when not asked to
+            answer = "".join([part async for part in answer])
     return QueryResponse(
         response=answer or "",
         mode=body.mode,
@@ -67,20 +70,36 @@ async def query(body: QueryRequest, services: Services = Depends(get_services)) 
     summary='Ask the knowledge base, streamed as NDJSON lines {"response": <text piece>}',
     response_class=StreamingResponse,
 )
-async def query_stream(body: QueryRequest, services: Services = Depends(get_services)) -> StreamingResponse:
+async def query_stream(
+    body: QueryRequest, tenant: str = Depends(get_tenant), services: Services = Depends(get_services)
+) -> StreamingResponse:
     _check_length(body, services)
-    answer = await _run_query(services, body, stream=True)
+    # The engine stays borrowed until the stream ends, so it cannot be evicted mid-answer.
+    engine = await services.engines.acquire(tenant)
+    try:
+        answer = await _run_query(engine.rag, body, stream=True)
+    except BaseException:
+        services.engines.release(engine)
+        raise
 
     async def lines() -> AsyncIterator[bytes]:
-        if isinstance(answer, str):
-            yield (json.dumps({"response": answer}) + "\n").encode()
-            return
         try:
-            async for piece in answer:
-                if piece:
-                    yield (json.dumps({"response": piece}) + "\n").encode()
-        except Exception as exc:  # the status line is gone already: report in-band
-            log.warning("streamed query failed: %s", exc)
-            yield (json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n").encode()
+            async for line in _ndjson(answer):
+                yield line
+        finally:
+            services.engines.release(engine)
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def _ndjson(answer: str | AsyncIterator[str]) -> AsyncIterator[bytes]:
+    if isinstance(answer, str):
+        yield (json.dumps({"response": answer}) + "\n").encode()
+        return
+    try:
+        async for piece in answer:
+            if piece:
+                yield (json.dumps({"response": piece}) + "\n").encode()
+    except Exception as exc:  # the status line is gone already: report in-band
+        log.warning("streamed query failed: %s", exc)
+        yield (json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n").encode()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
-from api.deps import get_services
+from api.deps import get_owned_task, get_services, get_tenant
 from api.errors import ApiError
 from api.schemas import CancelResult, TaskList, TaskView
 from api.views import task_view
@@ -17,11 +17,10 @@ router = APIRouter(tags=["tasks"])
 
 
 @router.get("/task/{task_id}", response_model=TaskView, name="get_task", summary="Status of one task")
-async def get_task(task_id: str, services: Services = Depends(get_services)) -> TaskView:
-    record = await services.store.get(task_id) if len(task_id) <= 64 else None
-    if record is None:
-        raise ApiError(404, "task_not_found", f"task {task_id} not found (unknown, or expired after its TTL)")
-    return task_view(record)
+async def get_task(
+    task_id: str, tenant: str = Depends(get_tenant), services: Services = Depends(get_services)
+) -> TaskView:
+    return task_view(await get_owned_task(services, tenant, task_id))
 
 
 @router.get("/tasks", response_model=TaskList, summary="Recent tasks, newest first")
@@ -29,9 +28,10 @@ async def list_tasks(
     status: TaskStatus | None = Query(default=None),
     limit: int = Query(default=50, ge=1, le=500),
     offset: int = Query(default=0, ge=0, le=1_000_000),
+    tenant: str = Depends(get_tenant),
     services: Services = Depends(get_services),
 ) -> TaskList:
-    total, records = await services.store.list(status=status, offset=offset, limit=limit)
+    total, records = await services.store.list(tenant=tenant, status=status, offset=offset, limit=limit)
     return TaskList(total=total, offset=offset, limit=limit, tasks=[task_view(r) for r in records])
 
 
@@ -41,11 +41,12 @@ async def list_tasks(
     summary="Cancel a task",
     responses={202: {"model": CancelResult, "description": "running task: being stopped and cleaned up"}},
 )
-async def cancel_task(task_id: str, services: Services = Depends(get_services)) -> JSONResponse:
+async def cancel_task(
+    task_id: str, tenant: str = Depends(get_tenant), services: Services = Depends(get_services)
+) -> JSONResponse:
     """Pending → cancelled at once (200). Running → `cancelling` (202): its LLM work is stopped, its
     partial data removed from the knowledge base, then it becomes `cancelled`. Finished → 409."""
-    if len(task_id) > 64:
-        raise ApiError(404, "task_not_found", f"task {task_id} not found")
+    await get_owned_task(services, tenant, task_id)
     outcome = await services.store.request_cancel(task_id)
     if outcome.status == "missing":
         raise ApiError(404, "task_not_found", f"task {task_id} not found (unknown, or expired after its TTL)")

@@ -25,6 +25,7 @@ class TaskAccepted(BaseModel):
 
 class TaskView(BaseModel):
     task_id: str
+    priority: int = 5
     doc_id: str
     filename: str
     file_size: int
@@ -68,6 +69,7 @@ class TextInsert(BaseModel):
     callback_url: str | None = Field(
         default=None, description="POST a signed JSON event here when the task ends"
     )
+    priority: int = Field(default=5, ge=0, le=9, description="0 (bulk) .. 9 (interactive); higher runs first")
 
 
 class QueryRequest(BaseModel):
@@ -87,8 +89,10 @@ class QueryResponse(BaseModel):
 
 
 class QueueStats(BaseModel):
+    tenant: str
     counts: dict[str, int]
     pending: int
+    running: int
     running_here: int
     capacity: int
     instance_id: str

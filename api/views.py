@@ -15,6 +15,7 @@ def iso(ts: float | None) -> str | None:
 def task_view(record: TaskRecord) -> TaskView:
     return TaskView(
         task_id=record.task_id,
+        priority=record.priority,
         doc_id=record.doc_id,
         filename=record.filename,
         file_size=record.file_size,

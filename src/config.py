@@ -68,6 +68,20 @@ class Settings(BaseSettings):
     #: On shutdown, running tasks get this long to finish before they are handed back to the queue.
     shutdown_grace_seconds: float = 10.0
 
+    # --- tenants, auth, quotas ----------------------------------------------------------
+    #: auto: API keys required as soon as one exists, else one open "default" tenant;
+    #: open: never require keys (local single-tenant use); required: always require a key.
+    auth_mode: Literal["auto", "open", "required"] = "auto"
+    #: Bearer token for /admin (tenants and keys); unset disables the admin API.
+    admin_token: str | None = None
+    #: Defaults for tenants without their own quota (0 = unlimited).
+    tenant_max_running: int = 0
+    tenant_max_pending: int = 0
+    tenant_requests_per_minute: int = 0
+    #: Knowledge bases kept loaded at once, and how long an unused one stays loaded.
+    max_cached_tenants: int = 8
+    tenant_idle_seconds: float = 600.0
+
     # --- webhooks ---------------------------------------------------------------------
     #: HMAC key for callback signatures; unset -> a random one kept in DATA_DIR/webhook_secret.
     webhook_secret: str | None = None

@@ -198,23 +198,3 @@ def _updated_after(record: dict[str, Any], started: float) -> bool:
         return datetime.fromisoformat(str(stamp)).timestamp() >= started - 1.0
     except ValueError:
         return True
-
-
-class IngestHandler:
-    """The runner's view of ingestion: run a task, undo its effects, classify its errors."""
-
-    def __init__(self, ingestor: DocumentIngestor):
-        self.ingestor = ingestor
-
-    async def run(self, task: TaskRecord, report: ProgressCallback) -> dict:
-        return (await self.ingestor.ingest(task, report)).as_dict()
-
-    async def discard(self, task: TaskRecord) -> None:
-        await self.ingestor.purge(task.doc_id)
-
-    def is_transient(self, exc: BaseException) -> bool:
-        if isinstance(exc, IngestError):
-            return exc.transient
-        if isinstance(exc, DocumentParseError):
-            return False
-        return is_transient_message(f"{type(exc).__name__}: {exc}")

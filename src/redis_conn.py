@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from src.config import Settings
 
@@ -62,6 +66,10 @@ async def connect_redis(settings: Settings) -> RedisHandle:
         timeout=10,
         decode_responses=True,
         health_check_interval=30,
+        # After a Redis restart pooled connections are dead: reconnect (with a short backoff)
+        # instead of failing the first command on each of them.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     client = aioredis.Redis(connection_pool=pool)
     await client.ping()

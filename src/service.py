@@ -10,16 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightrag import LightRAG
-
 from src.config import Settings
-from src.ingest import DocumentIngestor, IngestHandler
+from src.engines import IngestHandler, TenantEngines
 from src.metrics import Metrics
-from src.pipeline import DocumentGuard, PipelineCoordinator
+from src.ratelimit import RateLimiter
 from src.redis_conn import RedisHandle, connect_redis
 from src.tasks.models import TaskRecord
 from src.tasks.runner import RunnerConfig, TaskRunner
 from src.tasks.store import TaskStore
+from src.tenants import DEFAULT_TENANT, TenantRegistry
 from src.webhooks import WebhookNotifier, load_or_create_secret
 
 log = logging.getLogger(__name__)
@@ -31,10 +30,9 @@ class Services:
     redis: RedisHandle
     store: TaskStore
     runner: TaskRunner
-    rag: LightRAG
-    rag_anything: Any
-    coordinator: PipelineCoordinator
-    ingestor: DocumentIngestor
+    engines: TenantEngines
+    tenants: TenantRegistry
+    limiter: RateLimiter
     metrics: Metrics
     webhooks: WebhookNotifier
     instance_id: str
@@ -58,9 +56,6 @@ async def start_services(
     redis_prefix: str = "ragsvc:",
     task_view: Callable[[TaskRecord], dict[str, Any]] = lambda r: r.model_dump(mode="json"),
 ) -> Services:
-    from src.rag.engine import build_lightrag
-    from src.rag.parsers import build_raganything
-
     for directory in (settings.data_dir, settings.uploads_dir, settings.rag_dir):
         directory.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(_remove_partial_uploads, settings.uploads_dir)
@@ -72,16 +67,31 @@ async def start_services(
         prefix=redis_prefix,
         ttls={s: settings.ttl_for(s) for s in ("completed", "failed", "cancelled")},
         max_queued=settings.max_pending_tasks,
+        tenant_max_pending=settings.tenant_max_pending,
+        tenant_max_running=settings.tenant_max_running,
     )
-    guard = DocumentGuard()
+    tenants = TenantRegistry(redis.client, redis_prefix)
+    limiter = RateLimiter(redis.url, redis_prefix, tenants, default_rpm=settings.tenant_requests_per_minute)
     metrics = Metrics()
-    rag = await build_lightrag(settings, llm_wrapper=lambda llm: guard.wrap(metrics.wrap_llm(llm)))
-    rag_anything = build_raganything(rag, settings)
-    coordinator = PipelineCoordinator(rag, guard)
-    ingestor = DocumentIngestor(rag, rag_anything, coordinator, guard, settings.uploads_dir)
+    engines = TenantEngines(
+        settings, metrics, max_cached=settings.max_cached_tenants, idle_seconds=settings.tenant_idle_seconds
+    )
+    # The default tenant's knowledge base is loaded up front: it also resumes its unfinished documents.
+    async with engines.use(DEFAULT_TENANT):
+        pass
+    engines.start_reaper()
+
+    secret = await asyncio.to_thread(load_or_create_secret, settings.webhook_secret, settings.data_dir)
+    webhooks = WebhookNotifier(
+        store,
+        secret,
+        task_view,
+        attempts=settings.webhook_attempts,
+        backoff_seconds=settings.webhook_backoff_seconds,
+    )
     runner = TaskRunner(
         store,
-        IngestHandler(ingestor),
+        IngestHandler(engines),
         RunnerConfig(
             max_concurrent=settings.max_concurrent_tasks,
             lease_seconds=settings.lease_seconds,
@@ -97,42 +107,20 @@ async def start_services(
         metrics=metrics,
         on_final=lambda task_id: webhooks.notify(task_id),
     )
-    secret = await asyncio.to_thread(load_or_create_secret, settings.webhook_secret, settings.data_dir)
-    webhooks = WebhookNotifier(
-        store,
-        secret,
-        task_view,
-        attempts=settings.webhook_attempts,
-        backoff_seconds=settings.webhook_backoff_seconds,
-    )
-    await coordinator.start()
     await runner.start()
     metrics.start_sampling(store.ping)
     log.info("service ready: instance %s, %d task slot(s)", instance_id, settings.max_concurrent_tasks)
-    return Services(
-        settings,
-        redis,
-        store,
-        runner,
-        rag,
-        rag_anything,
-        coordinator,
-        ingestor,
-        metrics,
-        webhooks,
-        instance_id,
-    )
+    return Services(settings, redis, store, runner, engines, tenants, limiter, metrics, webhooks, instance_id)
 
 
 async def stop_services(services: Services) -> None:
     await services.runner.stop(services.settings.shutdown_grace_seconds)
-    await services.coordinator.stop()
     await services.metrics.stop_sampling()
     await services.webhooks.close()
     try:
-        # Closes RAG-Anything's parse cache and, with it, LightRAG's storages.
-        await services.rag_anything.finalize_storages()
+        await services.engines.close()
     finally:
+        await services.limiter.close()
         await services.redis.close()
 
 

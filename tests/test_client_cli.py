@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from main import create_app
 from src.cli import app as cli_app
 from src.client import AsyncRagClient, RagApiError, RagClient, RagConnectionError, RagTimeoutError
+from src.tenants import TenantQuota
 from tests.conftest import free_port, make_settings
 from tests.docs_factory import make_pdf, story
 from tests.procs import wait_http
@@ -50,8 +51,12 @@ async def rag(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[AsyncRagCli
     settings = make_settings(tmp_path, redis_url, embedding_provider="hash")
     application = create_app(settings, redis_prefix=f"test:{uuid.uuid4().hex[:8]}:")
     async with application.router.lifespan_context(application):
+        # A real tenant and API key: the client authenticates like any caller would.
+        tenants = application.state.services.tenants
+        await tenants.create_tenant("client-tests", TenantQuota())
+        _, api_key = await tenants.create_key("client-tests", "pytest")
         transport = RecordingTransport(httpx.ASGITransport(app=application))
-        async with AsyncRagClient("http://svc", api_key="secret", transport=transport) as client:
+        async with AsyncRagClient("http://svc", api_key=api_key, transport=transport) as client:
             yield client, transport
 
 

@@ -52,6 +52,10 @@ class TaskRecord(BaseModel):
     """One ingestion task as stored in a Redis hash (all values are strings there)."""
 
     task_id: str
+    #: Owner of the task; every read and write of the API is scoped to it.
+    tenant: str = "default"
+    #: 0 (lowest) .. 9 (highest); higher priorities are admitted first.
+    priority: int = 5
     kind: TaskKind = TaskKind.FILE
     doc_id: str
     filename: str

@@ -4,16 +4,19 @@ Every state transition is one Lua script, so it is atomic and fenced:
 a write that names an attempt (epoch) older than the task's current one is refused,
 which is what keeps a zombie attempt from overwriting a newer one.
 
-Keys (all under ``prefix``):
+Keys (all under ``prefix``; <t> is a tenant):
   task:<id>            hash, the TaskRecord
-  pending              zset id -> queue score (lower runs first)
-  delayed              zset id -> not-before time of a retry (moved to pending when due)
-  running              zset id -> lease expiry (unix seconds)
-  idx:all              zset id -> created_at   (listing, newest first)
-  idx:<status>         zset id -> created_at   (filters and counts)
-  expiry               zset id -> expires_at   (prunes the indexes when a record's TTL ends)
-  doc:<doc_id>         string, the live or completed task that owns a doc id (duplicate detection)
-  idem:<key>           string, the task created under an Idempotency-Key (24 h)
+  q:<t>                zset id -> queue score (priority class, then age; lower runs first)
+  dq:<t>               zset id -> not-before time of a retry (moved to q:<t> when due)
+  active               set of tenants with queued work; queued: zset of all waiting ids
+  running              zset id -> lease expiry (unix seconds); run:count hash t -> running tasks
+  served               hash t -> last time a task of t was started (round robin between tenants)
+  idx:<t>:all          zset id -> created_at   (listing, newest first)
+  idx:<t>:<status>     zset id -> created_at   (filters and counts)
+  expiry               zset "<t>/<id>" -> expires_at (prunes the indexes when a record's TTL ends)
+  doc:<t>:<doc_id>     string, the live or completed task that owns a doc id (duplicate detection)
+  idem:<t>:<key>       string, the task created under an Idempotency-Key (24 h)
+  tenant:<t>           hash, per-tenant quotas (max_running, max_pending, rpm); tenants:seen: set
 """
 
 from __future__ import annotations
@@ -29,77 +32,151 @@ from src.tasks.models import FINAL_STATUSES, TaskRecord, TaskStatus
 
 _ALL_STATUSES = [s.value for s in TaskStatus]
 
-# ARGV: prefix, task_id, doc_id, queue_score, created_at, sha256, idempotency key ('' = none),
-#       max queued (0 = unbounded), idempotency ttl, then field/value pairs.
-_CREATE = """
+#: Queue scores: (9 - priority) * PRIORITY_STEP + created_at, so a higher priority always sorts first
+#: and equal priorities run oldest first.
+PRIORITY_STEP = 1e10
+
+# Helpers shared by the scripts (prefix p, tenant t are set by each script).
+_COMMON = """
 local p = ARGV[1]
+local function tkey(id) return p..'task:'..id end
+local function idx(t, name) return p..'idx:'..t..':'..name end
+local function dequeue(t, id)
+  redis.call('ZREM', p..'q:'..t, id)
+  redis.call('ZREM', p..'dq:'..t, id)
+  redis.call('ZREM', p..'queued', id)
+end
+local function stop_running(t, id)
+  if redis.call('ZREM', p..'running', id) == 1 then redis.call('HINCRBY', p..'run:count', t, -1) end
+end
+local function add_history(key, cur_attempt, owner, started, now, outcome, err)
+  local raw = redis.call('HGET', key, 'history')
+  local history = {}
+  if raw and raw ~= '' and raw ~= '{}' then history = cjson.decode(raw) end
+  history[#history + 1] = {attempt = tonumber(cur_attempt), owner = owner, started_at = tonumber(started),
+                           ended_at = tonumber(now), outcome = outcome, error = err}
+  redis.call('HSET', key, 'history', cjson.encode(history))
+end
+local function finalize(t, id, key, from_status, new_status, created, doc_id, now, ttl)
+  local expires = tonumber(now) + tonumber(ttl)
+  redis.call('HSET', key, 'status', new_status, 'finished_at', now, 'updated_at', now,
+             'owner', '', 'lease_until', '', 'not_before', '', 'expires_at', tostring(expires))
+  dequeue(t, id)
+  stop_running(t, id)
+  redis.call('ZREM', idx(t, from_status), id)
+  redis.call('ZADD', idx(t, new_status), created, id)
+  redis.call('ZADD', p..'expiry', expires, t..'/'..id)
+  redis.call('EXPIRE', key, ttl)
+  local lock = p..'doc:'..t..':'..doc_id
+  if new_status ~= 'completed' and redis.call('GET', lock) == id then redis.call('DEL', lock) end
+end
+"""
+
+# ARGV: prefix, task_id, tenant, doc_id, queue_score, created_at, sha256, idempotency key ('' = none),
+#       max queued overall (0 = unbounded), default max queued per tenant (0 = unbounded),
+#       idempotency ttl, then field/value pairs.
+_CREATE = (
+    _COMMON
+    + """
 local id = ARGV[2]
-local function status_of(t) return redis.call('HGET', p..'task:'..t, 'status') end
-if ARGV[7] ~= '' then
-  local held = redis.call('GET', p..'idem:'..ARGV[7])
+local t = ARGV[3]
+local function status_of(other) return redis.call('HGET', tkey(other), 'status') end
+if ARGV[8] ~= '' then
+  local held = redis.call('GET', p..'idem:'..t..':'..ARGV[8])
   if held then
     local st = status_of(held)
     if st and st ~= 'failed' and st ~= 'cancelled' then return {0, held, 'idempotent'} end
   end
 end
-local lock = p..'doc:'..ARGV[3]
+local lock = p..'doc:'..t..':'..ARGV[4]
 local holder = redis.call('GET', lock)
 if holder and holder ~= id then
   local st = status_of(holder)
   if st == 'pending' or st == 'processing' or st == 'cancelling' or st == 'completed' then
-    if redis.call('HGET', p..'task:'..holder, 'content_sha256') == ARGV[6] then
-      return {0, holder, 'duplicate'}
-    end
+    if redis.call('HGET', tkey(holder), 'content_sha256') == ARGV[7] then return {0, holder, 'duplicate'} end
     if st ~= 'completed' then return {0, holder, 'conflict'} end
   end
 end
-local limit = tonumber(ARGV[8])
-if limit > 0 and redis.call('ZCARD', p..'pending') + redis.call('ZCARD', p..'delayed') >= limit then
-  return {0, '', 'busy'}
-end
-local key = p..'task:'..id
+local limit = tonumber(ARGV[9])
+if limit > 0 and redis.call('ZCARD', p..'queued') >= limit then return {0, '', 'busy'} end
+local tenant_limit = tonumber(redis.call('HGET', p..'tenant:'..t, 'max_pending') or ARGV[10])
+local tenant_queued = redis.call('ZCARD', p..'q:'..t) + redis.call('ZCARD', p..'dq:'..t)
+if tenant_limit > 0 and tenant_queued >= tenant_limit then return {0, '', 'tenant-busy'} end
+local key = tkey(id)
 if redis.call('EXISTS', key) == 1 then return {0, id, 'exists'} end
 local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', key, unpack(fields))
 redis.call('SET', lock, id)
-if ARGV[7] ~= '' then redis.call('SET', p..'idem:'..ARGV[7], id, 'EX', ARGV[9]) end
-redis.call('ZADD', p..'pending', ARGV[4], id)
-redis.call('ZADD', p..'idx:all', ARGV[5], id)
-redis.call('ZADD', p..'idx:pending', ARGV[5], id)
+if ARGV[8] ~= '' then redis.call('SET', p..'idem:'..t..':'..ARGV[8], id, 'EX', ARGV[11]) end
+redis.call('ZADD', p..'q:'..t, ARGV[5], id)
+redis.call('ZADD', p..'queued', ARGV[6], id)
+redis.call('SADD', p..'active', t)
+redis.call('SADD', p..'tenants:seen', t)
+redis.call('ZADD', idx(t, 'all'), ARGV[6], id)
+redis.call('ZADD', idx(t, 'pending'), ARGV[6], id)
 return {1, id, 'created'}
 """
+)
 
-# ARGV: prefix, now, lease_until, owner
-_CLAIM = """
-local p = ARGV[1]
-local due = redis.call('ZRANGEBYSCORE', p..'delayed', '-inf', ARGV[2], 'LIMIT', 0, 100)
-for _, id in ipairs(due) do
-  redis.call('ZREM', p..'delayed', id)
-  local score = redis.call('HGET', p..'task:'..id, 'queue_score')
-  if score then redis.call('ZADD', p..'pending', score, id) end
-end
-while true do
-  local popped = redis.call('ZPOPMIN', p..'pending')
-  if #popped == 0 then return false end
-  local id = popped[1]
-  local key = p..'task:'..id
+# Pick the next task: the highest priority class among the heads of all tenants' queues; within a
+# class, the tenant served longest ago (round robin, so one tenant's bulk upload cannot starve
+# another's single file); tenants at their running-task quota are skipped.
+# ARGV: prefix, now, lease_until, owner, default max running per tenant (0 = unbounded)
+_CLAIM = (
+    _COMMON
+    + """
+local now = ARGV[2]
+for _ = 1, 50 do
+  local best_t, best_id, best_class, best_served, best_score = nil, nil, nil, nil, nil
+  for _, t in ipairs(redis.call('SMEMBERS', p..'active')) do
+    local due = redis.call('ZRANGEBYSCORE', p..'dq:'..t, '-inf', now, 'LIMIT', 0, 100)
+    for _, id in ipairs(due) do
+      redis.call('ZREM', p..'dq:'..t, id)
+      local score = redis.call('HGET', tkey(id), 'queue_score')
+      if score then redis.call('ZADD', p..'q:'..t, score, id) end
+    end
+    local head = redis.call('ZRANGE', p..'q:'..t, 0, 0, 'WITHSCORES')
+    if #head == 0 then
+      if redis.call('ZCARD', p..'dq:'..t) == 0 then redis.call('SREM', p..'active', t) end
+    else
+      local cap = tonumber(redis.call('HGET', p..'tenant:'..t, 'max_running') or ARGV[5])
+      local running = tonumber(redis.call('HGET', p..'run:count', t) or '0')
+      if cap <= 0 or running < cap then
+        local score = tonumber(head[2])
+        local class = math.floor(score / 1e10)
+        local served = tonumber(redis.call('HGET', p..'served', t) or '0')
+        if best_t == nil or class < best_class or (class == best_class and (served < best_served or
+           (served == best_served and score < best_score))) then
+          best_t, best_id, best_class, best_served, best_score = t, head[1], class, served, score
+        end
+      end
+    end
+  end
+  if best_t == nil then return false end
+  local t, id = best_t, best_id
+  dequeue(t, id)
+  local key = tkey(id)
   local cur = redis.call('HMGET', key, 'status', 'owner', 'created_at', 'started_at')
   if cur[1] == 'pending' or (cur[1] == 'cancelling' and cur[2] == '') then
     redis.call('HINCRBY', key, 'attempt', 1)
-    redis.call('HSET', key, 'owner', ARGV[4], 'lease_until', ARGV[3], 'updated_at', ARGV[2],
-               'attempt_started_at', ARGV[2], 'not_before', '')
-    if cur[4] == '' then redis.call('HSET', key, 'started_at', ARGV[2]) end
+    redis.call('HSET', key, 'owner', ARGV[4], 'lease_until', ARGV[3], 'updated_at', now,
+               'attempt_started_at', now, 'not_before', '')
+    if cur[4] == '' then redis.call('HSET', key, 'started_at', now) end
     if cur[1] == 'pending' then
       redis.call('HSET', key, 'status', 'processing')
-      redis.call('ZREM', p..'idx:pending', id)
-      redis.call('ZADD', p..'idx:processing', cur[3], id)
+      redis.call('ZREM', idx(t, 'pending'), id)
+      redis.call('ZADD', idx(t, 'processing'), cur[3], id)
     end
     redis.call('ZADD', p..'running', ARGV[3], id)
+    redis.call('HINCRBY', p..'run:count', t, 1)
+    redis.call('HSET', p..'served', t, now)
     return redis.call('HGETALL', key)
   end
 end
+return false
 """
+)
 
 # ARGV: prefix, id, epoch, owner, lease_until  ->  0 lost, 1 alive, 2 alive but asked to cancel
 _HEARTBEAT = """
@@ -124,46 +201,22 @@ redis.call('HSET', key, 'stage', ARGV[4], 'progress', ARGV[5], 'updated_at', ARG
 return 1
 """
 
-# Shared by FINISH and REQUEUE: append one attempt to the history list.
-_HISTORY_FN = """
-local function add_history(key, cur_attempt, owner, started, now, outcome, err)
-  local raw = redis.call('HGET', key, 'history')
-  local history = {}
-  if raw and raw ~= '' and raw ~= '{}' then history = cjson.decode(raw) end
-  history[#history + 1] = {attempt = tonumber(cur_attempt), owner = owner, started_at = tonumber(started),
-                           ended_at = tonumber(now), outcome = outcome, error = err}
-  redis.call('HSET', key, 'history', cjson.encode(history))
-end
-"""
-
 # ARGV: prefix, id, epoch ('' = not tied to an attempt), allowed current statuses (comma list),
 #       new status, now, ttl, stage, progress, result, error
 _FINISH = (
-    _HISTORY_FN
+    _COMMON
     + """
-local p = ARGV[1]
 local id = ARGV[2]
-local key = p..'task:'..id
+local key = tkey(id)
 local cur = redis.call('HMGET', key, 'status', 'attempt', 'doc_id', 'created_at', 'owner',
-                       'attempt_started_at')
+                       'attempt_started_at', 'tenant')
 if not cur[1] then return 'missing' end
 if not string.find(','..ARGV[4]..',', ','..cur[1]..',', 1, true) then return cur[1] end
 if ARGV[3] ~= '' and cur[2] ~= ARGV[3] then return 'stale' end
 local now = ARGV[6]
 if ARGV[3] ~= '' then add_history(key, cur[2], cur[5], cur[6], now, ARGV[5], ARGV[11]) end
-local expires = tonumber(now) + tonumber(ARGV[7])
-redis.call('HSET', key, 'status', ARGV[5], 'finished_at', now, 'updated_at', now,
-           'stage', ARGV[8], 'progress', ARGV[9], 'result', ARGV[10], 'error', ARGV[11],
-           'owner', '', 'lease_until', '', 'not_before', '', 'expires_at', tostring(expires))
-redis.call('ZREM', p..'pending', id)
-redis.call('ZREM', p..'delayed', id)
-redis.call('ZREM', p..'running', id)
-redis.call('ZREM', p..'idx:'..cur[1], id)
-redis.call('ZADD', p..'idx:'..ARGV[5], cur[4], id)
-redis.call('ZADD', p..'expiry', expires, id)
-redis.call('EXPIRE', key, ARGV[7])
-local lock = p..'doc:'..cur[3]
-if ARGV[5] ~= 'completed' and redis.call('GET', lock) == id then redis.call('DEL', lock) end
+redis.call('HSET', key, 'stage', ARGV[8], 'progress', ARGV[9], 'result', ARGV[10], 'error', ARGV[11])
+finalize(cur[7], id, key, cur[1], ARGV[5], cur[4], cur[3], now, ARGV[7])
 return 'ok'
 """
 )
@@ -173,15 +226,15 @@ return 'ok'
 # ARGV: prefix, id, owner ('' = any), now, max_failures, ttl_failed, lease_before ('' = any),
 #       not_before ('' = now), outcome, error, counts_as_failure ('1'/'0'), epoch ('' = any)
 _REQUEUE = (
-    _HISTORY_FN
+    _COMMON
     + """
-local p = ARGV[1]
 local id = ARGV[2]
-local key = p..'task:'..id
+local key = tkey(id)
 local cur = redis.call('HMGET', key, 'status', 'attempt', 'owner', 'lease_until', 'queue_score',
-                       'created_at', 'doc_id', 'attempt_started_at')
+                       'created_at', 'doc_id', 'attempt_started_at', 'tenant')
+local t = cur[9]
 if cur[1] ~= 'processing' and cur[1] ~= 'cancelling' then
-  redis.call('ZREM', p..'running', id)
+  if t then stop_running(t, id) else redis.call('ZREM', p..'running', id) end
   return 'skipped'
 end
 if cur[3] == '' then return 'queued' end
@@ -190,73 +243,62 @@ if ARGV[12] ~= '' and cur[2] ~= ARGV[12] then return 'stale' end
 if ARGV[7] ~= '' and tonumber(cur[4]) >= tonumber(ARGV[7]) then return 'alive' end
 local now = ARGV[4]
 add_history(key, cur[2], cur[3], cur[8], now, ARGV[9], ARGV[10])
-redis.call('ZREM', p..'running', id)
+stop_running(t, id)
 local failures = tonumber(redis.call('HGET', key, 'failures') or '0') or 0
 if ARGV[11] == '1' then failures = redis.call('HINCRBY', key, 'failures', 1) end
 if ARGV[11] == '1' and cur[1] == 'processing' and failures >= tonumber(ARGV[5]) then
-  local expires = tonumber(now) + tonumber(ARGV[6])
-  redis.call('HSET', key, 'status', 'failed', 'stage', 'failed', 'finished_at', now, 'updated_at', now,
-             'owner', '', 'lease_until', '', 'not_before', '', 'expires_at', tostring(expires),
+  redis.call('HSET', key, 'stage', 'failed',
              'error', 'gave up after '..failures..' failed attempts; last: '..ARGV[10])
-  redis.call('ZREM', p..'idx:processing', id)
-  redis.call('ZADD', p..'idx:failed', cur[6], id)
-  redis.call('ZADD', p..'expiry', expires, id)
-  redis.call('EXPIRE', key, ARGV[6])
-  local lock = p..'doc:'..cur[7]
-  if redis.call('GET', lock) == id then redis.call('DEL', lock) end
+  finalize(t, id, key, 'processing', 'failed', cur[6], cur[7], now, ARGV[6])
   return 'failed'
 end
 redis.call('HSET', key, 'owner', '', 'lease_until', '', 'updated_at', now, 'not_before', ARGV[8])
 if cur[1] == 'processing' then
   redis.call('HSET', key, 'status', 'pending', 'stage', 'queued')
-  redis.call('ZREM', p..'idx:processing', id)
-  redis.call('ZADD', p..'idx:pending', cur[6], id)
+  redis.call('ZREM', idx(t, 'processing'), id)
+  redis.call('ZADD', idx(t, 'pending'), cur[6], id)
 end
 if ARGV[8] ~= '' and cur[1] == 'processing' then
   redis.call('HSET', key, 'stage', 'retry-wait')
-  redis.call('ZADD', p..'delayed', ARGV[8], id)
+  redis.call('ZADD', p..'dq:'..t, ARGV[8], id)
 else
-  redis.call('ZADD', p..'pending', cur[5], id)
+  redis.call('ZADD', p..'q:'..t, cur[5], id)
 end
+redis.call('ZADD', p..'queued', cur[6], id)
+redis.call('SADD', p..'active', t)
 return 'requeued'
 """
 )
 
 # ARGV: prefix, id, now, ttl_cancelled
-_REQUEST_CANCEL = """
-local p = ARGV[1]
+_REQUEST_CANCEL = (
+    _COMMON
+    + """
 local id = ARGV[2]
-local key = p..'task:'..id
-local cur = redis.call('HMGET', key, 'status', 'attempt', 'doc_id', 'created_at')
+local key = tkey(id)
+local cur = redis.call('HMGET', key, 'status', 'attempt', 'doc_id', 'created_at', 'tenant')
 if not cur[1] then return 'missing' end
+local t = cur[5]
 if cur[1] == 'pending' and cur[2] == '0' then
-  local expires = tonumber(ARGV[3]) + tonumber(ARGV[4])
-  redis.call('HSET', key, 'status', 'cancelled', 'stage', 'cancelled', 'finished_at', ARGV[3],
-             'updated_at', ARGV[3], 'error', 'cancelled by user', 'expires_at', tostring(expires))
-  redis.call('ZREM', p..'pending', id)
-  redis.call('ZREM', p..'delayed', id)
-  redis.call('ZREM', p..'idx:pending', id)
-  redis.call('ZADD', p..'idx:cancelled', cur[4], id)
-  redis.call('ZADD', p..'expiry', expires, id)
-  redis.call('EXPIRE', key, ARGV[4])
-  local lock = p..'doc:'..cur[3]
-  if redis.call('GET', lock) == id then redis.call('DEL', lock) end
+  redis.call('HSET', key, 'stage', 'cancelled', 'error', 'cancelled by user')
+  finalize(t, id, key, 'pending', 'cancelled', cur[4], cur[3], ARGV[3], ARGV[4])
   return 'now:cancelled'
 end
 if cur[1] == 'pending' or cur[1] == 'processing' then
   -- It ran before (or runs now): its partial data must be removed, so a worker finishes the cancel.
   redis.call('HSET', key, 'status', 'cancelling', 'stage', 'cleanup', 'cancel_requested', '1',
              'updated_at', ARGV[3])
-  redis.call('ZREM', p..'idx:'..cur[1], id)
-  redis.call('ZADD', p..'idx:cancelling', cur[4], id)
-  if cur[1] == 'pending' and redis.call('ZSCORE', p..'delayed', id) then
-    redis.call('ZREM', p..'delayed', id)
-    redis.call('ZADD', p..'pending', redis.call('HGET', key, 'queue_score'), id)
+  redis.call('ZREM', idx(t, cur[1]), id)
+  redis.call('ZADD', idx(t, 'cancelling'), cur[4], id)
+  if cur[1] == 'pending' and redis.call('ZSCORE', p..'dq:'..t, id) then
+    redis.call('ZREM', p..'dq:'..t, id)
+    redis.call('ZADD', p..'q:'..t, redis.call('HGET', key, 'queue_score'), id)
   end
   return 'now:cancelling'
 end
 return cur[1]
 """
+)
 
 
 @dataclass(frozen=True)
@@ -290,12 +332,16 @@ class TaskStore:
         prefix: str = "ragsvc:",
         ttls: dict[str, int],
         max_queued: int = 0,
+        tenant_max_pending: int = 0,
+        tenant_max_running: int = 0,
         idempotency_ttl: int = 24 * 3600,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.ttls = ttls
         self.max_queued = max_queued
+        self.tenant_max_pending = tenant_max_pending
+        self.tenant_max_running = tenant_max_running
         self.idempotency_ttl = idempotency_ttl
         self._create = redis.register_script(_CREATE)
         self._claim = redis.register_script(_CLAIM)
@@ -313,7 +359,7 @@ class TaskStore:
     async def create(self, record: TaskRecord, *, idempotency_key: str | None = None) -> CreateOutcome:
         """Persist a pending task and enqueue it atomically (before the 202 is sent)."""
         fields = record.to_redis()
-        queue_score = f"{record.created_at:.6f}"
+        queue_score = f"{(9 - record.priority) * PRIORITY_STEP + record.created_at:.6f}"
         fields["queue_score"] = queue_score
         flat: list[str] = []
         for key, value in fields.items():
@@ -322,12 +368,14 @@ class TaskStore:
             args=[
                 self.prefix,
                 record.task_id,
+                record.tenant,
                 record.doc_id,
                 queue_score,
                 str(record.created_at),
                 record.content_sha256,
                 idempotency_key or "",
                 str(self.max_queued),
+                str(self.tenant_max_pending),
                 str(self.idempotency_ttl),
                 *flat,
             ]
@@ -348,51 +396,71 @@ class TaskStore:
         return [TaskRecord.from_redis(_decode(raw)) for raw in rows if raw]
 
     async def list(
-        self, *, status: TaskStatus | None, offset: int, limit: int
+        self, *, tenant: str, status: TaskStatus | None, offset: int, limit: int
     ) -> tuple[int, list[TaskRecord]]:
         """Newest first. Records whose TTL ended but are still indexed are skipped."""
-        index = f"{self.prefix}idx:{status.value if status else 'all'}"
+        index = f"{self.prefix}idx:{tenant}:{status.value if status else 'all'}"
         total, ids = await _pipeline_results(
             self.redis, lambda pipe: (pipe.zcard(index), pipe.zrevrange(index, offset, offset + limit - 1))
         )
         return int(total), await self.get_many([_s(i) for i in ids])
 
-    async def counts(self) -> dict[str, int]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for status in _ALL_STATUSES:
-                pipe.zcard(f"{self.prefix}idx:{status}")
-            rows = await pipe.execute()
-        return dict(zip(_ALL_STATUSES, (int(r) for r in rows), strict=True))
+    async def tenants_seen(self) -> list[str]:
+        return sorted(_s(t) for t in await self.redis.smembers(f"{self.prefix}tenants:seen"))
 
-    async def pending_count(self) -> int:
+    async def counts(self, tenant: str | None = None) -> dict[str, int]:
+        """Tasks per status for one tenant, or summed over all tenants."""
+        tenants = [tenant] if tenant else await self.tenants_seen()
+        totals = dict.fromkeys(_ALL_STATUSES, 0)
+        if not tenants:
+            return totals
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for t in tenants:
+                for status in _ALL_STATUSES:
+                    pipe.zcard(f"{self.prefix}idx:{t}:{status}")
+            rows = await pipe.execute()
+        for i, count in enumerate(rows):
+            totals[_ALL_STATUSES[i % len(_ALL_STATUSES)]] += int(count)
+        return totals
+
+    async def pending_count(self, tenant: str | None = None) -> int:
         """Tasks waiting to run, including retries waiting out their backoff."""
+        if tenant is None:
+            return int(await self.redis.zcard(f"{self.prefix}queued"))
         queued, delayed = await _pipeline_results(
             self.redis,
-            lambda pipe: (pipe.zcard(f"{self.prefix}pending"), pipe.zcard(f"{self.prefix}delayed")),
+            lambda pipe: (pipe.zcard(f"{self.prefix}q:{tenant}"), pipe.zcard(f"{self.prefix}dq:{tenant}")),
         )
         return int(queued) + int(delayed)
 
-    async def release_doc(self, doc_id: str) -> None:
-        """Forget which task owns ``doc_id`` (the document was deleted from the knowledge base)."""
-        await self.redis.delete(f"{self.prefix}doc:{doc_id}")
+    async def running_count(self, tenant: str) -> int:
+        return int(await self.redis.hget(f"{self.prefix}run:count", tenant) or 0)
 
-    async def doc_holder(self, doc_id: str) -> TaskRecord | None:
+    async def release_doc(self, tenant: str, doc_id: str) -> None:
+        """Forget which task owns ``doc_id`` (the document was deleted from the knowledge base)."""
+        await self.redis.delete(f"{self.prefix}doc:{tenant}:{doc_id}")
+
+    async def doc_holder(self, tenant: str, doc_id: str) -> TaskRecord | None:
         """The live or completed task recorded for ``doc_id``, if its record still exists."""
-        holder = await self.redis.get(f"{self.prefix}doc:{doc_id}")
+        holder = await self.redis.get(f"{self.prefix}doc:{tenant}:{doc_id}")
         return await self.get(_s(holder)) if holder else None
 
-    async def live_task_for_doc(self, doc_id: str) -> str | None:
-        holder = await self.redis.get(f"{self.prefix}doc:{doc_id}")
-        if not holder:
-            return None
-        record = await self.get(_s(holder))
+    async def live_task_for_doc(self, tenant: str, doc_id: str) -> str | None:
+        record = await self.doc_holder(tenant, doc_id)
         return record.task_id if record and not record.status.is_final else None
 
-    # ----------------------------------------------------------------- transitions
     async def claim(self, owner: str, lease_seconds: float) -> TaskRecord | None:
         """Atomically take the next pending task: attempt += 1, lease until now + lease_seconds."""
         now = time.time()
-        raw = await self._claim(args=[self.prefix, f"{now:.6f}", f"{now + lease_seconds:.6f}", owner])
+        raw = await self._claim(
+            args=[
+                self.prefix,
+                f"{now:.6f}",
+                f"{now + lease_seconds:.6f}",
+                owner,
+                str(self.tenant_max_running),
+            ]
+        )
         if not raw:
             return None
         it = iter(raw)
@@ -480,14 +548,17 @@ class TaskStore:
         """Drop index entries of records whose TTL ended; returns their ids (for file cleanup)."""
         now = time.time()
         expiry = f"{self.prefix}expiry"
-        ids = [_s(i) for i in await self.redis.zrangebyscore(expiry, "-inf", now)]
-        if ids:
-            async with self.redis.pipeline(transaction=True) as pipe:
+        members = [_s(m) for m in await self.redis.zrangebyscore(expiry, "-inf", now)]
+        if not members:
+            return []
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for member in members:
+                tenant, _, task_id = member.partition("/")
                 for index in ["all", *_ALL_STATUSES]:
-                    pipe.zrem(f"{self.prefix}idx:{index}", *ids)
-                pipe.zrem(expiry, *ids)
-                await pipe.execute()
-        return ids
+                    pipe.zrem(f"{self.prefix}idx:{tenant}:{index}", task_id)
+            pipe.zrem(expiry, *members)
+            await pipe.execute()
+        return [m.partition("/")[2] for m in members]
 
     async def record_webhook(self, task_id: str, delivery: dict) -> None:
         """Attach webhook delivery attempts to a finished task (its TTL is kept)."""

@@ -1,0 +1,127 @@
+"""Tenants and API keys, stored in Redis.
+
+A tenant owns its tasks and its own LightRAG workspace. API keys map to tenants; only the
+SHA-256 of a key is stored (keys are 32 random bytes, so a fast hash is enough), and a key is
+shown once, when it is created. Keys look like ``rsk_<key id>_<secret>``: the id names the key
+in listings and revocations without revealing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_TENANT = re.compile(TENANT_PATTERN)
+DEFAULT_TENANT = "default"
+
+
+def valid_tenant(name: str) -> bool:
+    return bool(_TENANT.match(name))
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TenantQuota:
+    max_running: int | None = None
+    max_pending: int | None = None
+    requests_per_minute: int | None = None
+
+
+class TenantRegistry:
+    def __init__(self, redis: aioredis.Redis, prefix: str):
+        self.redis = redis
+        self.prefix = prefix
+
+    # ---------------------------------------------------------------- tenants
+    async def create_tenant(self, name: str, quota: TenantQuota) -> None:
+        fields = {"created_at": f"{time.time():.3f}"}
+        for field, value in (
+            ("max_running", quota.max_running),
+            ("max_pending", quota.max_pending),
+            ("rpm", quota.requests_per_minute),
+        ):
+            if value is not None:
+                fields[field] = str(value)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{self.prefix}tenant:{name}", mapping=fields)
+            pipe.sadd(f"{self.prefix}tenants", name)
+            await pipe.execute()
+
+    async def exists(self, name: str) -> bool:
+        return bool(await self.redis.sismember(f"{self.prefix}tenants", name))
+
+    async def quota(self, name: str) -> TenantQuota:
+        raw = await self.redis.hgetall(f"{self.prefix}tenant:{name}")
+
+        def num(field: str) -> int | None:
+            return int(raw[field]) if raw.get(field) not in (None, "") else None
+
+        return TenantQuota(num("max_running"), num("max_pending"), num("rpm"))
+
+    async def list_tenants(self) -> list[dict]:
+        names = sorted(await self.redis.smembers(f"{self.prefix}tenants"))
+        out = []
+        for name in names:
+            quota = await self.quota(name)
+            keys = await self.redis.scard(f"{self.prefix}keys:{name}")
+            out.append({"tenant": name, "keys": int(keys), **quota.__dict__})
+        return out
+
+    # ---------------------------------------------------------------- keys
+    async def create_key(self, tenant: str, label: str = "") -> tuple[str, str]:
+        """Returns (key_id, plaintext key). The plaintext is not stored anywhere."""
+        key_id = secrets.token_hex(6)
+        key = f"rsk_{key_id}_{secrets.token_urlsafe(32)}"
+        digest = _digest(key)
+        record = {"tenant": tenant, "key_id": key_id, "label": label, "created_at": f"{time.time():.3f}"}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{self.prefix}apikey:{digest}", mapping=record)
+            pipe.hset(f"{self.prefix}keyid:{key_id}", mapping={**record, "digest": digest})
+            pipe.sadd(f"{self.prefix}keys:{tenant}", key_id)
+            pipe.incr(f"{self.prefix}keys:total")
+            await pipe.execute()
+        return key_id, key
+
+    async def list_keys(self, tenant: str) -> list[dict]:
+        out = []
+        for key_id in sorted(await self.redis.smembers(f"{self.prefix}keys:{tenant}")):
+            raw = await self.redis.hgetall(f"{self.prefix}keyid:{key_id}")
+            if raw:
+                out.append({k: raw[k] for k in ("key_id", "tenant", "label", "created_at")})
+        return out
+
+    async def revoke_key(self, key_id: str) -> bool:
+        raw = await self.redis.hgetall(f"{self.prefix}keyid:{key_id}")
+        if not raw:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{self.prefix}apikey:{raw['digest']}", f"{self.prefix}keyid:{key_id}")
+            pipe.srem(f"{self.prefix}keys:{raw['tenant']}", key_id)
+            pipe.decr(f"{self.prefix}keys:total")
+            await pipe.execute()
+        return True
+
+    async def any_keys(self) -> bool:
+        return int(await self.redis.get(f"{self.prefix}keys:total") or 0) > 0
+
+    async def resolve(self, key: str) -> str | None:
+        """The tenant of an API key, or None. Lookup is by digest; the stored digest is compared
+        in constant time as well, so no timing depends on the key's bytes."""
+        if not key.startswith("rsk_") or len(key) > 200:
+            return None
+        digest = _digest(key)
+        raw = await self.redis.hgetall(f"{self.prefix}apikey:{digest}")
+        if not raw:
+            return None
+        stored = await self.redis.hget(f"{self.prefix}keyid:{raw['key_id']}", "digest") or ""
+        return raw["tenant"] if hmac.compare_digest(stored, digest) else None
