@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from api import routes_documents, routes_events, routes_health, routes_ingest, routes_query, routes_tasks
 from api.errors import install_error_handlers
+from api.routes_ui import router as ui_router
 from api.views import task_view
 from src.config import Settings, get_settings
 from src.logs import configure_logging
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
     install_error_handlers(app)
     for module in (routes_ingest, routes_tasks, routes_events, routes_query, routes_documents, routes_health):
         app.include_router(module.router)
+    app.include_router(ui_router)
     return app
 
 
