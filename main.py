@@ -21,6 +21,7 @@ from api import (
     routes_tasks,
 )
 from api.errors import install_error_handlers
+from api.routes_ui import router as ui_router
 from api.views import task_view
 from src.config import Settings, get_settings
 from src.logs import configure_logging
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
     )
     for module in routers:
         app.include_router(module.router)
+    app.include_router(ui_router)
     return app
 
 

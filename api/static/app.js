@@ -1,0 +1,448 @@
+// RAG ingestion dashboard: uploads, a live task table (Server-Sent Events), queue stats, queries.
+// Plain browser JavaScript, no dependencies. All server data is inserted with textContent or
+// attributes, never as HTML.
+"use strict";
+
+(function () {
+  const MAX_ROWS = 100;
+  const STATS_EVERY_MS = 2000;
+  const ACTIVE = new Set(["pending", "processing"]);
+
+  const $ = (id) => document.getElementById(id);
+
+  /** Create an element with optional class, text and attributes. */
+  function el(tag, opts) {
+    const node = document.createElement(tag);
+    if (!opts) return node;
+    if (opts.className) node.className = opts.className;
+    if (opts.text !== undefined && opts.text !== null) node.textContent = String(opts.text);
+    if (opts.attrs) {
+      for (const [k, v] of Object.entries(opts.attrs)) node.setAttribute(k, String(v));
+    }
+    return node;
+  }
+
+  /** Parse an error response into "message (code)". */
+  async function errorText(response) {
+    let detail = response.statusText || "request failed";
+    let code = "";
+    try {
+      const body = await response.json();
+      if (body && typeof body === "object") {
+        if (body.detail !== undefined) {
+          detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+        }
+        if (body.code) code = String(body.code);
+      }
+    } catch (_) {
+      /* not JSON: keep the status text */
+    }
+    let text = `HTTP ${response.status}: ${detail}`;
+    if (code) text += ` (${code})`;
+    const retry = response.headers.get("Retry-After");
+    if (retry) text += ` — retry after ${retry} s`;
+    return text;
+  }
+
+  function formatTime(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    return isNaN(d) ? String(iso) : d.toLocaleString();
+  }
+
+  function formatSize(bytes) {
+    if (typeof bytes !== "number" || !isFinite(bytes)) return "";
+    if (bytes < 1024) return `${bytes} B`;
+    if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+    return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+  }
+
+  function clampProgress(value) {
+    const n = Number(value);
+    if (!isFinite(n)) return 0;
+    return Math.max(0, Math.min(100, n));
+  }
+
+  // ---------------------------------------------------------------- live task table
+
+  const tasks = new Map(); // task_id -> {data, version, row, cells}
+  const tbody = $("tasks-body");
+  const announcer = $("announcer");
+
+  function announce(text) {
+    announcer.textContent = text;
+  }
+
+  function buildRow(taskId) {
+    const row = el("tr", { attrs: { "data-task-id": taskId } });
+    const cells = {};
+    cells.file = el("td", { className: "file" });
+    cells.fileName = el("span", { className: "filename" });
+    cells.fileSize = el("span", { className: "sub" });
+    cells.file.append(cells.fileName, cells.fileSize);
+    cells.doc = el("td", { className: "doc" });
+    cells.docId = el("code");
+    cells.doc.append(cells.docId);
+    cells.status = el("td", { className: "status" });
+    cells.badge = el("span", { className: "badge" });
+    cells.status.append(cells.badge);
+    cells.stage = el("td", { className: "stage" });
+    cells.progress = el("td", { className: "progress-cell" });
+    cells.bar = el("div", {
+      className: "progress",
+      attrs: { role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": 0 },
+    });
+    cells.fill = el("div", { className: "progress-fill" });
+    cells.bar.append(cells.fill);
+    cells.percent = el("span", { className: "percent" });
+    cells.progress.append(cells.bar, cells.percent);
+    cells.attempts = el("td", { className: "num attempts" });
+    cells.created = el("td", { className: "created" });
+    cells.time = el("time");
+    cells.created.append(cells.time);
+    cells.details = el("td", { className: "details" });
+    cells.actions = el("td", { className: "actions" });
+    cells.cancel = el("button", { className: "cancel", text: "Cancel", attrs: { type: "button" } });
+    cells.cancel.addEventListener("click", () => cancelTask(taskId));
+    cells.actions.append(cells.cancel);
+    row.append(
+      cells.file, cells.doc, cells.status, cells.stage, cells.progress,
+      cells.attempts, cells.created, cells.details, cells.actions,
+    );
+    return { row, cells };
+  }
+
+  function renderRow(entry) {
+    const t = entry.data;
+    const c = entry.cells;
+    const status = String(t.status || "unknown");
+    const progress = clampProgress(t.progress);
+    const label = t.filename || t.task_id;
+
+    entry.row.dataset.status = status;
+    c.fileName.textContent = label;
+    c.fileName.title = `task ${t.task_id}`;
+    c.fileSize.textContent = formatSize(t.file_size);
+    c.docId.textContent = t.doc_id || "";
+    c.docId.title = t.doc_id || "";
+    c.badge.textContent = status;
+    c.badge.className = `badge badge-${status.replace(/[^a-z_-]/gi, "")}`;
+    c.stage.textContent = t.stage || "";
+    c.bar.setAttribute("aria-valuenow", String(Math.round(progress)));
+    c.bar.setAttribute("aria-label", `Progress of ${label}`);
+    c.fill.style.width = `${progress}%`;
+    c.percent.textContent = `${Math.round(progress)} %`;
+    c.attempts.textContent = String(t.attempt ?? 0);
+    c.attempts.title = t.failures ? `${t.failures} failed attempt(s)` : "";
+    c.time.dateTime = t.created_at || "";
+    c.time.textContent = formatTime(t.created_at);
+
+    c.details.textContent = "";
+    c.details.classList.toggle("error-text", status === "failed");
+    if (status === "failed") {
+      c.details.textContent = t.error || "failed";
+    } else if (status === "completed" && t.result) {
+      const chunks = t.result.chunks_count;
+      c.details.textContent = chunks !== undefined && chunks !== null ? `${chunks} chunk(s)` : "";
+    } else if (status === "cancelling") {
+      c.details.textContent = "stopping and removing partial data…";
+    } else if (t.not_before && status === "pending" && t.failures) {
+      c.details.textContent = `retry after ${formatTime(t.not_before)}`;
+    }
+
+    const cancellable = ACTIVE.has(status);
+    c.cancel.hidden = !cancellable;
+    if (!cancellable) c.cancel.disabled = false;
+    c.cancel.setAttribute("aria-label", `Cancel ${label}`);
+  }
+
+  function placeRow(entry) {
+    // Newest first by created time; rows are only moved when out of place (keeps focus stable).
+    const created = Date.parse(entry.data.created_at) || 0;
+    let before = null;
+    for (const other of tbody.children) {
+      if (other === entry.row) continue;
+      const o = tasks.get(other.dataset.taskId);
+      if (o && (Date.parse(o.data.created_at) || 0) < created) {
+        before = other;
+        break;
+      }
+    }
+    if (entry.row.parentNode !== tbody || entry.row.nextSibling !== before) {
+      tbody.insertBefore(entry.row, before);
+    }
+  }
+
+  function trimRows() {
+    while (tbody.children.length > MAX_ROWS) {
+      const last = tbody.lastElementChild;
+      tasks.delete(last.dataset.taskId);
+      last.remove();
+    }
+  }
+
+  /** Insert or update one task view (same JSON as GET /task/{id}); stale versions are ignored. */
+  function upsertTask(task) {
+    if (!task || typeof task.task_id !== "string") return;
+    const version = Date.parse(task.updated_at) || 0;
+    let entry = tasks.get(task.task_id);
+    if (entry && version < entry.version) return;
+    const previous = entry ? entry.data.status : null;
+    if (!entry) {
+      entry = { ...buildRow(task.task_id), data: task, version };
+      tasks.set(task.task_id, entry);
+    }
+    entry.data = task;
+    entry.version = version;
+    renderRow(entry);
+    placeRow(entry);
+    trimRows();
+    $("tasks-empty").hidden = tasks.size > 0;
+    if (previous && previous !== task.status) {
+      announce(`${task.filename || task.task_id}: ${task.status}`);
+    }
+  }
+
+  async function cancelTask(taskId) {
+    const entry = tasks.get(taskId);
+    if (!entry) return;
+    entry.cells.cancel.disabled = true;
+    try {
+      const response = await fetch(`/task/${encodeURIComponent(taskId)}`, { method: "DELETE" });
+      if (!response.ok) {
+        const text = await errorText(response);
+        entry.cells.details.textContent = `cancel failed: ${text}`;
+        entry.cells.details.classList.add("error-text");
+        announce(`Cancel failed: ${text}`);
+        entry.cells.cancel.disabled = false;
+        return;
+      }
+      const body = await response.json();
+      announce(`${entry.data.filename || taskId}: ${body.status}`);
+      refreshTask(taskId);
+    } catch (err) {
+      entry.cells.details.textContent = `cancel failed: ${err}`;
+      entry.cells.cancel.disabled = false;
+    }
+  }
+
+  async function refreshTask(taskId) {
+    try {
+      const response = await fetch(`/task/${encodeURIComponent(taskId)}`);
+      if (response.ok) upsertTask(await response.json());
+    } catch (_) {
+      /* the event stream will catch up */
+    }
+  }
+
+  // ---------------------------------------------------------------- event stream
+
+  const connText = $("connection-text");
+  const conn = $("connection");
+  let source = null;
+
+  function setConnection(state, text) {
+    conn.dataset.state = state;
+    connText.textContent = text;
+  }
+
+  function connect() {
+    if (source) source.close();
+    setConnection("connecting", "Connecting…");
+    source = new EventSource("/events");
+    source.addEventListener("open", () => setConnection("live", "Live"));
+    source.addEventListener("task", (event) => {
+      try {
+        upsertTask(JSON.parse(event.data));
+      } catch (err) {
+        console.warn("bad task event", err);
+      }
+    });
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) {
+        // The browser gave up (e.g. an HTTP error): try again ourselves.
+        setConnection("down", "Disconnected — retrying…");
+        setTimeout(connect, 3000);
+      } else {
+        setConnection("connecting", "Reconnecting…");
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- uploads
+
+  const uploadLog = $("upload-log");
+  let uploadChain = Promise.resolve();
+
+  function logUpload(file) {
+    const item = el("li", { className: "upload-item" });
+    const name = el("span", { className: "filename", text: file.name });
+    const state = el("span", { className: "upload-state", text: "waiting…" });
+    item.append(name, state);
+    uploadLog.prepend(item);
+    while (uploadLog.children.length > 20) uploadLog.lastElementChild.remove();
+    return (text, kind) => {
+      state.textContent = text;
+      item.dataset.state = kind;
+    };
+  }
+
+  async function uploadOne(file, report) {
+    report("uploading…", "busy");
+    const form = new FormData();
+    form.append("file", file, file.name);
+    try {
+      const response = await fetch("/insert", { method: "POST", body: form });
+      if (!response.ok) {
+        report(await errorText(response), "error");
+        return;
+      }
+      const body = await response.json();
+      report(
+        body.duplicate ? `already known: task ${body.task_id} (${body.status})` : `queued as task ${body.task_id}`,
+        "ok",
+      );
+      refreshTask(body.task_id);
+    } catch (err) {
+      report(`network error: ${err}`, "error");
+    }
+  }
+
+  function uploadFiles(fileList) {
+    const files = Array.from(fileList || []);
+    for (const file of files) {
+      const report = logUpload(file);
+      // One at a time, in the order given: the queue order matches what the user dropped.
+      uploadChain = uploadChain.then(() => uploadOne(file, report));
+    }
+  }
+
+  function setupUpload() {
+    const input = $("file-input");
+    const zone = $("dropzone");
+    input.addEventListener("change", () => {
+      uploadFiles(input.files);
+      input.value = "";
+    });
+    let depth = 0;
+    zone.addEventListener("dragenter", (e) => {
+      e.preventDefault();
+      depth += 1;
+      zone.classList.add("dragging");
+    });
+    zone.addEventListener("dragleave", () => {
+      depth = Math.max(0, depth - 1);
+      if (depth === 0) zone.classList.remove("dragging");
+    });
+    zone.addEventListener("dragover", (e) => {
+      e.preventDefault();
+      if (e.dataTransfer) e.dataTransfer.dropEffect = "copy";
+    });
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      depth = 0;
+      zone.classList.remove("dragging");
+      if (e.dataTransfer) uploadFiles(e.dataTransfer.files);
+    });
+    // A file dropped next to the zone must not make the browser navigate away from the dashboard.
+    window.addEventListener("dragover", (e) => e.preventDefault());
+    window.addEventListener("drop", (e) => e.preventDefault());
+  }
+
+  // ---------------------------------------------------------------- queue stats
+
+  async function refreshStats() {
+    const meta = $("stats-meta");
+    try {
+      const response = await fetch("/api/queue/stats", { cache: "no-store" });
+      if (!response.ok) {
+        meta.textContent = `Stats unavailable: ${await errorText(response)}`;
+        meta.classList.add("error-text");
+        return;
+      }
+      const s = await response.json();
+      const counts = s.counts || {};
+      $("stat-pending").textContent = String(s.pending ?? counts.pending ?? 0);
+      $("stat-processing").textContent = String((counts.processing ?? 0) + (counts.cancelling ?? 0));
+      $("stat-completed").textContent = String(counts.completed ?? 0);
+      $("stat-failed").textContent = String(counts.failed ?? 0);
+      $("stat-cancelled").textContent = String(counts.cancelled ?? 0);
+      $("stat-running").textContent = `${s.running_here ?? 0} / ${s.capacity ?? "?"}`;
+      meta.classList.remove("error-text");
+      meta.textContent = `Instance ${s.instance_id || "?"} · updated ${new Date().toLocaleTimeString()}`;
+    } catch (err) {
+      meta.textContent = `Stats unavailable: ${err}`;
+      meta.classList.add("error-text");
+    } finally {
+      setTimeout(refreshStats, STATS_EVERY_MS);
+    }
+  }
+
+  // ---------------------------------------------------------------- query
+
+  function setupQuery() {
+    const form = $("query-form");
+    const submit = $("query-submit");
+    const result = $("query-result");
+    const meta = $("query-meta");
+    const answer = $("query-answer");
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const query = $("query-text").value;
+      if (!query.trim()) {
+        meta.textContent = "Type a question first.";
+        meta.classList.add("error-text");
+        return;
+      }
+      const payload = {
+        query,
+        mode: $("query-mode").value,
+        only_need_context: $("query-context").checked,
+      };
+      submit.disabled = true;
+      submit.textContent = "Asking…";
+      result.setAttribute("aria-busy", "true");
+      meta.classList.remove("error-text");
+      meta.textContent = "Waiting for the answer…";
+      const started = performance.now();
+      try {
+        const response = await fetch("/query", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify(payload),
+        });
+        if (!response.ok) {
+          meta.textContent = await errorText(response);
+          meta.classList.add("error-text");
+          answer.hidden = true;
+          return;
+        }
+        const body = await response.json();
+        const seconds = ((performance.now() - started) / 1000).toFixed(1);
+        const kind = body.only_need_context ? "context" : "answer";
+        meta.textContent = `${kind} · mode ${body.mode} · ${body.llm} · ${seconds} s`;
+        answer.textContent = body.response || "(empty response)";
+        answer.hidden = false;
+      } catch (err) {
+        meta.textContent = `network error: ${err}`;
+        meta.classList.add("error-text");
+      } finally {
+        submit.disabled = false;
+        submit.textContent = "Ask";
+        result.setAttribute("aria-busy", "false");
+      }
+    });
+    // Ctrl/Cmd+Enter submits from the textarea.
+    $("query-text").addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit();
+    });
+  }
+
+  // ---------------------------------------------------------------- start
+
+  setupUpload();
+  setupQuery();
+  connect();
+  refreshStats();
+  window.addEventListener("beforeunload", () => source && source.close());
+})();
