@@ -22,7 +22,8 @@ def _presented_key(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip() or None
-    return request.headers.get("x-api-key") or None
+    # EventSource (browsers) cannot send headers, so event streams also accept ?access_token=.
+    return request.headers.get("x-api-key") or request.query_params.get("access_token") or None
 
 
 async def get_tenant(request: Request, services: Services = Depends(get_services)) -> str:

@@ -131,9 +131,11 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
                 # (the browser logs each non-2xx fetch as "Failed to load resource"; those are expected)
                 page.on(
                     "console",
-                    lambda msg: errors.append(msg.text)
-                    if msg.type == "error" and not msg.text.startswith("Failed to load resource")
-                    else None,
+                    lambda msg: (
+                        errors.append(msg.text)
+                        if msg.type == "error" and not msg.text.startswith("Failed to load resource")
+                        else None
+                    ),
                 )
                 external: list[str] = []
                 page.on(

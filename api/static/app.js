@@ -9,6 +9,31 @@
   const ACTIVE = new Set(["pending", "processing"]);
 
   const $ = (id) => document.getElementById(id);
+  const KEY_STORAGE = "ragsvc_api_key";
+
+  /** The tenant's API key (kept in this browser only), sent with every request when set. */
+  function apiKey() {
+    return window.localStorage.getItem(KEY_STORAGE) || "";
+  }
+
+  function api(url, opts) {
+    const options = Object.assign({}, opts || {});
+    const key = apiKey();
+    if (key) options.headers = Object.assign({}, options.headers || {}, { Authorization: `Bearer ${key}` });
+    return fetch(url, options);
+  }
+
+  function setupApiKey() {
+    const input = $("api-key");
+    input.value = apiKey();
+    input.addEventListener("change", () => {
+      const value = input.value.trim();
+      if (value) window.localStorage.setItem(KEY_STORAGE, value);
+      else window.localStorage.removeItem(KEY_STORAGE);
+      connect();
+      refreshStats();
+    });
+  }
 
   /** Create an element with optional class, text and attributes. */
   function el(tag, opts) {
@@ -208,7 +233,7 @@
     if (!entry) return;
     entry.cells.cancel.disabled = true;
     try {
-      const response = await fetch(`/task/${encodeURIComponent(taskId)}`, { method: "DELETE" });
+      const response = await api(`/task/${encodeURIComponent(taskId)}`, { method: "DELETE" });
       if (!response.ok) {
         const text = await errorText(response);
         entry.cells.details.textContent = `cancel failed: ${text}`;
@@ -228,7 +253,7 @@
 
   async function refreshTask(taskId) {
     try {
-      const response = await fetch(`/task/${encodeURIComponent(taskId)}`);
+      const response = await api(`/task/${encodeURIComponent(taskId)}`);
       if (response.ok) upsertTask(await response.json());
     } catch (_) {
       /* the event stream will catch up */
@@ -249,7 +274,9 @@
   function connect() {
     if (source) source.close();
     setConnection("connecting", "Connecting…");
-    source = new EventSource("/events");
+    // EventSource cannot send headers: the key goes in the query string for this stream only.
+    const key = apiKey();
+    source = new EventSource(key ? `/events?access_token=${encodeURIComponent(key)}` : "/events");
     source.addEventListener("open", () => setConnection("live", "Live"));
     source.addEventListener("task", (event) => {
       try {
@@ -292,7 +319,7 @@
     const form = new FormData();
     form.append("file", file, file.name);
     try {
-      const response = await fetch("/insert", { method: "POST", body: form });
+      const response = await api("/insert", { method: "POST", body: form });
       if (!response.ok) {
         report(await errorText(response), "error");
         return;
@@ -354,7 +381,7 @@
   async function refreshStats() {
     const meta = $("stats-meta");
     try {
-      const response = await fetch("/api/queue/stats", { cache: "no-store" });
+      const response = await api("/api/queue/stats", { cache: "no-store" });
       if (!response.ok) {
         meta.textContent = `Stats unavailable: ${await errorText(response)}`;
         meta.classList.add("error-text");
@@ -406,7 +433,7 @@
       meta.textContent = "Waiting for the answer…";
       const started = performance.now();
       try {
-        const response = await fetch("/query", {
+        const response = await api("/query", {
           method: "POST",
           headers: { "Content-Type": "application/json" },
           body: JSON.stringify(payload),
@@ -440,6 +467,7 @@
 
   // ---------------------------------------------------------------- start
 
+  setupApiKey();
   setupUpload();
   setupQuery();
   connect();
