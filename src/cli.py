@@ -28,6 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console, Group
 from rich.live import Live
@@ -527,8 +528,9 @@ def health(ctx: typer.Context) -> None:
         )
         redis_text += " (embedded)" if redis.get("embedded") else ""
         table.add_row("redis", Text(redis_text, style="" if redis.get("ok") else "red"))
+        loaded = ", ".join(storage.get("loaded_tenants") or []) or "none"
         storage_text = (
-            f"{'writable' if storage.get('ok') else 'NOT writable'}, workspace {storage.get('workspace')}"
+            f"{'writable' if storage.get('ok') else 'NOT writable'}, knowledge bases loaded: {loaded}"
         )
         table.add_row("storage", Text(storage_text))
         table.add_row("llm", Text(str(body.get("llm", ""))))
@@ -559,6 +561,104 @@ def stats(ctx: typer.Context) -> None:
     table.add_row("pending queue", str(body.get("pending", 0)))
     table.add_row("running here", f"{body.get('running_here', 0)} / {body.get('capacity', '?')}")
     _out().print(table)
+
+
+# --- admin: tenants and API keys -------------------------------------------------------------
+
+admin = typer.Typer(help="Tenants and API keys (needs the service's ADMIN_TOKEN).", no_args_is_help=True)
+app.add_typer(admin, name="admin")
+AdminToken = Annotated[
+    str, typer.Option("--admin-token", envvar="RAGSVC_ADMIN_TOKEN", help="The service's ADMIN_TOKEN.")
+]
+
+
+def _admin_call(state: State, token: str, method: str, path: str, **kwargs: Any) -> Any:
+    """One admin request; errors are reported like every other command's."""
+    headers = {"Authorization": f"Bearer {token}"}
+    with _errors(state):
+        try:
+            response = httpx.request(
+                method, f"{state.url.rstrip('/')}{path}", headers=headers, timeout=state.timeout, **kwargs
+            )
+        except httpx.HTTPError as exc:
+            raise RagConnectionError(f"cannot reach {state.url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise RagApiError.from_response(response)
+        return response.json()
+
+
+def _print_rows(state: State, body: Any, rows: list[dict], title: str) -> None:
+    if state.json:
+        _emit_json(body)
+        return
+    table = Table(title=title, title_justify="left")
+    for column in rows[0] if rows else ["(none)"]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    _out().print(table)
+
+
+@admin.command("create-tenant")
+def admin_create_tenant(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Tenant name (a-z, 0-9, '-', '_').")],
+    token: AdminToken,
+    max_running: Annotated[int | None, typer.Option(help="Tasks of this tenant running at once.")] = None,
+    max_pending: Annotated[int | None, typer.Option(help="Tasks of this tenant waiting at once.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+) -> None:
+    """Create a tenant (or update its quotas)."""
+    state = _state(ctx)
+    body = {"name": name, "max_running": max_running, "max_pending": max_pending, "requests_per_minute": rpm}
+    result = _admin_call(state, token, "POST", "/admin/tenants", json=body)
+    _print_rows(state, result, [result], "Tenant")
+
+
+@admin.command("tenants")
+def admin_tenants(ctx: typer.Context, token: AdminToken) -> None:
+    """List tenants, their quotas and key counts."""
+    state = _state(ctx)
+    result = _admin_call(state, token, "GET", "/admin/tenants")
+    _print_rows(state, result, result["tenants"], "Tenants")
+
+
+@admin.command("create-key")
+def admin_create_key(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Argument(help="Tenant that the key acts as.")],
+    token: AdminToken,
+    label: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
+) -> None:
+    """Create an API key for a tenant. The key is printed once; store it."""
+    state = _state(ctx)
+    result = _admin_call(state, token, "POST", f"/admin/tenants/{tenant}/keys", json={"label": label})
+    if state.json:
+        _emit_json(result)
+        return
+    _out().print(f"key id [bold]{result['key_id']}[/] for tenant [bold]{tenant}[/]:")
+    _out().print(result["api_key"], markup=False, highlight=False)
+    _err().print("Store this key now: it is not shown again.")
+
+
+@admin.command("keys")
+def admin_keys(
+    ctx: typer.Context, tenant: Annotated[str, typer.Argument(help="Tenant.")], token: AdminToken
+) -> None:
+    """List a tenant's keys (ids and labels only)."""
+    state = _state(ctx)
+    result = _admin_call(state, token, "GET", f"/admin/tenants/{tenant}/keys")
+    _print_rows(state, result, result["keys"], f"Keys of {tenant}")
+
+
+@admin.command("revoke-key")
+def admin_revoke_key(
+    ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="Key id.")], token: AdminToken
+) -> None:
+    """Revoke an API key at once."""
+    state = _state(ctx)
+    result = _admin_call(state, token, "DELETE", f"/admin/keys/{key_id}")
+    _print_rows(state, result, [result], "Revoked")
 
 
 if __name__ == "__main__":

@@ -268,6 +268,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[L
         EMBEDDING_PROVIDER="hash",
         LLM_PROVIDER="offline",
         LOG_LEVEL="WARNING",
+        REDIS_PREFIX=f"cli{uuid.uuid4().hex[:8]}:",
+        ADMIN_TOKEN="cli-admin-token",
     )
     log = open(workdir / "service.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -379,3 +381,30 @@ def test_python_m_cli_connection_refused_exits_3(tmp_path: Path) -> None:
     )
     assert result.returncode == 3, result
     assert "cannot reach" in result.stderr and url in result.stderr
+
+
+def test_cli_admin_manages_tenants_and_keys(live: LiveService) -> None:
+    token = ["--admin-token", "cli-admin-token"]
+    assert ragsvc(live, "admin", "tenants", "--admin-token", "wrong").exit_code == 2
+    created = ragsvc(live, "admin", "create-tenant", "acme", "--max-running", "2", *token)
+    assert created.exit_code == 0, created.output
+    made = ragsvc(live, "--json", "admin", "create-key", "acme", "--label", "ci", *token)
+    assert made.exit_code == 0, made.output
+    key = json.loads(made.stdout)["api_key"]
+    try:
+        refused = ragsvc(live, "stats")
+        assert refused.exit_code == 2 and "missing_api_key" in refused.stderr
+        scoped = ragsvc(live, "--api-key", key, "--json", "stats")
+        assert scoped.exit_code == 0 and json.loads(scoped.stdout)["tenant"] == "acme"
+        listed = ragsvc(live, "--json", "admin", "keys", "acme", *token)
+        keys = json.loads(listed.stdout)["keys"]
+        assert len(keys) == 1 and keys[0]["label"] == "ci" and key not in listed.stdout
+        tenants = json.loads(ragsvc(live, "--json", "admin", "tenants", *token).stdout)["tenants"]
+        assert {"tenant": "acme", "keys": 1, "max_running": 2} == {
+            k: tenants[0][k] for k in ("tenant", "keys", "max_running")
+        }
+    finally:
+        key_id = key.split("_")[1]
+        assert ragsvc(live, "admin", "revoke-key", key_id, *token).exit_code == 0
+    assert ragsvc(live, "--api-key", key, "stats").exit_code == 2  # revoked key is refused
+    assert ragsvc(live, "stats").exit_code == 0  # no keys left: open mode again
