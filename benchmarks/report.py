@@ -210,18 +210,20 @@ def write_report(
             lrs_poll = a.get("poll_lrs") or {}
             rows += [("LightRAG Server", c, lrs_poll[c]) for c in sorted(lrs_poll, key=int)]
             for name, c, r in rows:
-                cpu = r.get("server_cpu_s", 0) / r.get("wall_s", 1) * 100
-                client = r.get("client_cpu_s", 0) / r.get("wall_s", 1) * 100
+                span = r.get("elapsed_s") or r.get("wall_s", 1)
+                cpu = r.get("server_cpu_s", 0) / span * 100
+                client = r.get("client_cpu_s", 0) / span * 100
                 L.append(
                     f"| {name} | {c} | {f(r['rps'], 0)} | {f(r['p50'])} | {f(r['p99'])} | {r['errors']} "
                     f"| {cpu:.0f}% | {client:.0f}%* |"
                 )
             L += [
                 "",
-                "CPU columns are % of one core over the measured window (server: psutil on its pid;",
-                "\\*load generator: its whole process CPU time, including start-up and warm-up, over the",
-                "window, so an upper bound). When the load generator is near 100% and the server well below,",
-                "the client, not the server, limits req/s: read those rows as lower bounds for the server.",
+                "CPU columns are % of one core, averaged over the load generator's whole lifetime (process",
+                "start, connection warm-up, the measured window, exit): server = psutil CPU time of its pid,",
+                "\\*load generator = its own process CPU time, so both understate the busy window's",
+                "figure a little. Two cores = 200 %. When the load generator is near 100 % (one Python",
+                "process can use one core) the client limits req/s: read those rows as lower bounds.",
                 "The load generator gives each simulated client its own connection (one httpx client each).",
             ]
             L += ["", f"![polling]({_plot_poll(poll, img)})", ""]
