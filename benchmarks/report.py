@@ -15,6 +15,12 @@ from benchmarks.scenarios import Params  # noqa: E402
 ANCHOR_RATIO = {(4, 2): 0.30, (16, 8): 0.12}
 
 
+def display(label: str) -> str:
+    if label.startswith("sync"):
+        return "sync: 1 doc at a time (ideal at A=1)"
+    return label.replace("ours", "this service").replace("lrs", "LightRAG Server")
+
+
 def f(x, nd: int = 1) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -78,7 +84,7 @@ def _plot_poll(poll: dict, img: Path) -> str:
 def _plot_throughput(t: dict, img: Path) -> str:
     rows = t["table"]
     fig, ax = plt.subplots(figsize=(9, 4))
-    names = [r["label"].replace("ours", "this service").replace("lrs", "LightRAG Server") for r in rows]
+    names = [display(r["label"]) for r in rows]
     ratios = [r["ratio"] for r in rows]
     colors = ["tab:blue" if r["system"] == "ours" else "tab:orange" if r["system"] == "lrs" else "tab:gray"
               for r in rows]  # fmt: skip
@@ -133,6 +139,9 @@ def write_report(
 ) -> None:
     img = out.parent / "img"
     img.mkdir(parents=True, exist_ok=True)
+    for key in ("poll", "poll_lrs"):  # JSON round trips turn the int keys into strings
+        if res.get("ack", {}).get(key):
+            res["ack"][key] = {int(k): v for k, v in res["ack"][key].items()}
     mode = "quick (`python -m benchmarks --quick`)" if p.quick else "full (`python -m benchmarks`)"
     L: list[str] = [
         "# Benchmarks",
@@ -248,7 +257,7 @@ def write_report(
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in t["table"]:
-            name = r["label"].replace("ours", "this service").replace("lrs", "LightRAG Server")
+            name = display(r["label"])
             anchor = ANCHOR_RATIO.get((r["max_async"], r["parallel"])) if r["system"] == "lrs" else None
             L.append(
                 f"| {name} | {r['repeats']} | {f(r['wall_s'], 2)} | {r['walls']} | {f(r['docs_per_min'])} | "

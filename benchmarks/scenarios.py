@@ -166,7 +166,7 @@ def scenario_ack_and_poll(ctx: Ctx) -> dict:
                     urls_file.write_text("\n".join(f"{srv.base}/task/{t}" for t in ids))
                 else:
                     urls_file.write_text("\n".join(f"{srv.base}/documents/track_status/{t}" for t in ids))
-                levels = p.poll_levels if system == "ours" else p.poll_levels[:2]
+                levels = p.poll_levels if system == "ours" else p.poll_levels[: 1 if p.quick else 2]
                 for c in levels:
                     ctx.log(f"  [2] {system}: polling at concurrency {c}")
                     server_proc = psutil.Process(srv.proc.pid)
