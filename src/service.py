@@ -61,6 +61,9 @@ async def start_services(
     await asyncio.to_thread(_remove_partial_uploads, settings.uploads_dir)
     instance_id = await asyncio.to_thread(resolve_instance_id, settings)
 
+    # The first use of the OpenAI client's chat/embeddings resources imports modules (~0.5 s); do it
+    # here, in a thread, instead of on the event loop in the middle of the first request.
+    await asyncio.to_thread(_preload_provider_modules)
     redis = await connect_redis(settings)
     store = TaskStore(
         redis.client,
@@ -122,6 +125,11 @@ async def stop_services(services: Services) -> None:
     finally:
         await services.limiter.close()
         await services.redis.close()
+
+
+def _preload_provider_modules() -> None:
+    import openai.resources.chat  # noqa: F401
+    import openai.resources.embeddings  # noqa: F401
 
 
 def _remove_partial_uploads(uploads_dir: Path) -> None:
