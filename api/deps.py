@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import Depends, Request
 
 from api.errors import ApiError
+from src.logs import current_tenant
 from src.service import Services
 from src.tasks.models import TaskRecord
 from src.tenants import DEFAULT_TENANT
@@ -44,6 +45,7 @@ async def get_tenant(request: Request, services: Services = Depends(get_services
         )
     else:
         tenant = DEFAULT_TENANT
+    current_tenant.set(tenant)  # every log line of this request names its tenant
     retry_after = await services.limiter.hit(tenant)
     if retry_after is not None:
         raise ApiError(

@@ -76,10 +76,16 @@ async def task_events(
 async def all_task_events(
     request: Request,
     limit: int = Query(default=100, ge=1, le=500),
+    last_event_id: str | None = Header(default=None),
     tenant: str = Depends(get_tenant),
     services: Services = Depends(get_services),
 ) -> StreamingResponse:
-    """Every change of the ``limit`` most recent tasks (first the current state of each); for dashboards."""
+    """Every change of the ``limit`` most recent tasks of the caller's tenant (first the current state
+    of each); for dashboards. With ``Last-Event-ID`` only changes after that event are sent."""
+    try:
+        since = float(last_event_id) if last_event_id else -1.0
+    except ValueError:
+        since = -1.0
 
     async def stream() -> AsyncIterator[bytes]:
         seen: dict[str, float] = {}
@@ -87,7 +93,7 @@ async def all_task_events(
         yield b"retry: 2000\n\n"
         while not await request.is_disconnected():
             _, records = await services.store.list(tenant=tenant, status=None, offset=0, limit=limit)
-            changed = [r for r in reversed(records) if seen.get(r.task_id, -1.0) < r.updated_at]
+            changed = [r for r in reversed(records) if max(since, seen.get(r.task_id, -1.0)) < r.updated_at]
             for record in changed:
                 seen[record.task_id] = record.updated_at
                 data = json.dumps(task_view(record).model_dump())

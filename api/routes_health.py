@@ -44,8 +44,9 @@ async def health(services: Services = Depends(get_services)) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(services: Services = Depends(get_services)) -> Response:
     m = services.metrics
-    for status, count in (await services.store.counts()).items():
-        m.tasks.labels(status).set(count)
+    for tenant in await services.store.tenants_seen():
+        for status, count in (await services.store.counts(tenant)).items():
+            m.tasks.labels(tenant, status).set(count)
     m.queue_depth.set(await services.store.pending_count())
     m.running.set(services.runner.running_count)
     m.capacity.set(services.runner.capacity)

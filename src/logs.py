@@ -9,11 +9,13 @@ import logging
 from datetime import UTC, datetime
 
 current_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_task_id", default=None)
+current_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_tenant", default=None)
 
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.task_id = current_task_id.get()
+        record.tenant = current_tenant.get()
         return True
 
 
@@ -25,9 +27,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        task_id = getattr(record, "task_id", None)
-        if task_id:
-            entry["task_id"] = task_id
+        for field in ("task_id", "tenant"):
+            value = getattr(record, field, None)
+            if value:
+                entry[field] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -40,7 +43,7 @@ def configure_logging(level: str, fmt: str = "json") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(task_id)s]: %(message)s")
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(tenant)s %(task_id)s]: %(message)s")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

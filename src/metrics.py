@@ -23,7 +23,9 @@ _LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.tasks = Gauge("ragsvc_tasks", "Tasks known to the store, by status", ["status"], registry=r)
+        self.tasks = Gauge(
+            "ragsvc_tasks", "Tasks known to the store, by tenant and status", ["tenant", "status"], registry=r
+        )
         self.queue_depth = Gauge(
             "ragsvc_queue_depth", "Tasks waiting to run (incl. retry backoff)", registry=r
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -71,3 +72,62 @@ async def test_client_wait_for_uses_the_event_stream(service: Service) -> None:
     assert final["status"] == "completed"
     assert updates and updates[-1]["status"] == "completed"
     assert (await wait_for_task(service.client, accepted["task_id"]))["status"] == "completed"
+
+
+async def read_events(client, path: str, seconds: float, headers: dict | None = None) -> list[dict]:
+    """Read an endless SSE stream for a while (over a real socket) and parse what arrived."""
+    raw = []
+    try:
+        async with asyncio.timeout(seconds):
+            async with client.stream("GET", path, headers=headers or {}) as response:
+                assert response.status_code == 200
+                async for chunk in response.aiter_text():
+                    raw.append(chunk)
+    except TimeoutError:
+        pass
+    return parse_sse("".join(raw))
+
+
+async def test_tenant_event_stream_and_last_event_id_resume(tmp_path, redis_url) -> None:
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from main import create_app
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, redis_url, embedding_provider="hash")
+    app = create_app(settings, redis_prefix=f"evt{id(tmp_path)}:")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for _ in range(200):
+                try:
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+            body = (await client.post("/insert/text", json={"text": story("dunes", "Allstream")})).json()
+            await wait_for_task(client, body["task_id"])
+            events = await read_events(client, "/events", 2.0)
+            mine = [e for e in events if e["task"]["task_id"] == body["task_id"]]
+            assert mine and mine[-1]["task"]["status"] == "completed"
+            # Resume after the last event seen: nothing is replayed.
+            again = await read_events(client, "/events", 1.5, headers={"Last-Event-ID": events[-1]["id"]})
+            assert again == []
+            # A change after that point is delivered on the resumed stream.
+            second = (await client.post("/insert/text", json={"text": story("fjords", "Allstream2")})).json()
+            await wait_for_task(client, second["task_id"])
+            later = await read_events(client, "/events", 1.5, headers={"Last-Event-ID": events[-1]["id"]})
+            assert {e["task"]["task_id"] for e in later} == {second["task_id"]}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -10,7 +10,7 @@ import logging
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from src.logs import JsonFormatter, _ContextFilter, current_task_id
+from src.logs import JsonFormatter, _ContextFilter, current_task_id, current_tenant
 from tests.conftest import Service, upload, wait_for_task
 from tests.docs_factory import story
 
@@ -32,7 +32,7 @@ async def test_metrics_describe_tasks_uploads_llm_and_loop(service: Service) -> 
     response = await service.client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     values = samples(response.text)
-    assert values[("ragsvc_tasks", (("status", "completed"),))] == 1
+    assert values[("ragsvc_tasks", (("status", "completed"), ("tenant", "default")))] == 1
     assert values[("ragsvc_queue_depth", ())] == 0
     assert values[("ragsvc_task_slots", ())] == service.settings.max_concurrent_tasks
     assert values[("ragsvc_upload_bytes_total", ())] == body["file_size"]
@@ -54,11 +54,14 @@ def test_json_log_lines_carry_the_task_id() -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     token = current_task_id.set("task-123")
+    tenant_token = current_tenant.set("acme")
     try:
         logger.info("indexing %s", "doc-1")
     finally:
         current_task_id.reset(token)
+        current_tenant.reset(tenant_token)
     logger.info("no task here")
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["task_id"] == "task-123" and first["msg"] == "indexing doc-1" and first["level"] == "info"
+    assert first["tenant"] == "acme"
     assert "task_id" not in second

@@ -26,7 +26,7 @@ from typing import Protocol
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from src.logs import current_task_id
+from src.logs import current_task_id, current_tenant
 from src.metrics import Metrics
 from src.tasks.models import Stage, TaskRecord, TaskStatus
 from src.tasks.store import TaskStore
@@ -202,6 +202,7 @@ class TaskRunner:
         task = running.task
         epoch = task.attempt
         current_task_id.set(task.task_id)
+        current_tenant.set(task.tenant)
         if epoch == 1:
             self.metrics.admission_wait.observe(max(0.0, time.time() - task.created_at))
         stage_started = [time.monotonic()]
