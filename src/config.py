@@ -45,7 +45,10 @@ class Settings(BaseSettings):
     max_query_chars: int = 8000
 
     # --- task engine ------------------------------------------------------------------
-    max_concurrent_tasks: int = Field(default=4, ge=1, le=256)
+    #: Admission semaphore: tasks in flight in this process (each holds a slot until its document is
+    #: indexed). LightRAG indexes MAX_PARALLEL_INSERT of them at once (default: half); the rest wait
+    #: inside the same LightRAG pass, which keeps the LLM busy across pass boundaries.
+    max_concurrent_tasks: int = Field(default=8, ge=1, le=256)
     #: Stable id of this service instance; a restarted instance reclaims its own leases at once.
     instance_id: str | None = None
     lease_seconds: float = 30.0
@@ -111,6 +114,7 @@ class Settings(BaseSettings):
     # --- LightRAG tuning --------------------------------------------------------------
     chunk_token_size: int = 1200
     chunk_overlap_token_size: int = 100
+    #: Documents LightRAG indexes in parallel (default: MAX_CONCURRENT_TASKS // 2).
     max_parallel_insert: int | None = None
     entity_extract_max_gleaning: int = 1
 

@@ -81,8 +81,13 @@ class DocumentGuard:
 class PipelineCoordinator:
     """Runs LightRAG's pipeline when documents are enqueued; deletes documents between runs."""
 
-    def __init__(self, rag: LightRAG, guard: DocumentGuard, busy_poll_seconds: float = 0.2):
+    def __init__(
+        self, rag: LightRAG, guard: DocumentGuard, busy_poll_seconds: float = 0.2, batch_window: float = 0.05
+    ):
         self.rag = rag
+        #: After a wake-up, wait this long for more documents, so that tasks admitted together
+        #: share one LightRAG pass instead of the later ones waiting for the earlier pass to end.
+        self.batch_window = batch_window
         self.guard = guard
         self.busy_poll_seconds = busy_poll_seconds
         self._wake = asyncio.Event()
@@ -133,6 +138,7 @@ class PipelineCoordinator:
     async def _drive(self) -> None:
         while not self._stopping:
             await self._wake.wait()
+            await asyncio.sleep(self.batch_window)
             self._wake.clear()
             try:
                 await self._run_deletions()

@@ -36,8 +36,10 @@ def lightrag_kwargs(settings: Any) -> dict[str, Any]:
     timeout = float(_setting(settings, "llm_timeout_seconds", 120.0))
     attempts = max(1, int(_setting(settings, "llm_max_retries", 3)))
     outer_timeout = int(math.ceil(timeout * attempts / 2)) + 30
-    max_parallel = getattr(settings, "max_parallel_insert", None) or _setting(
-        settings, "max_concurrent_tasks", 2
+    # Half of the admitted tasks are indexed in parallel; the other half are already enqueued in
+    # the same LightRAG pass, so no pass boundary leaves the LLM idle (see docs/benchmarks.md).
+    max_parallel = getattr(settings, "max_parallel_insert", None) or max(
+        1, int(_setting(settings, "max_concurrent_tasks", 2)) // 2
     )
     kwargs: dict[str, Any] = {
         "llm_model_name": _setting(settings, "llm_model", "gpt-4o-mini"),
