@@ -55,7 +55,7 @@ class Params:
     def make(cls, quick: bool) -> Params:
         if quick:
             return cls(
-                quick=True, ack_n=50, big_n=50, preload=20, poll_levels=(10, 100, 200), poll_seconds=1.0,
+                quick=True, ack_n=30, big_n=30, preload=12, poll_levels=(10, 100, 200), poll_seconds=1.0,
                 docs=8, repeats=1,
                 throughput_configs=(("ours", 4, 4), ("lrs", 4, 2), ("sync", 4, 4)),
                 engine_n=2000, pdf_pages=50, stream_bytes=100 * 2**20, many_tasks=500,
