@@ -516,7 +516,7 @@ async def test_openai_llm_retries_strips_kwargs_and_streams(
             return httpx.Response(200, json=_completion('```json\n{"high_level_keywords": ["a"]}\n```'))
         return httpx.Response(200, json=_completion("answer"))
 
-    llm._client = _mock_client(handler)  # type: ignore[attr-defined]
+    llm._client.set(_mock_client(handler))  # type: ignore[attr-defined]
     result = await llm(
         "q", system_prompt="s", history_messages=[{"role": "user", "content": "h"}],
         hashing_kv=object(), _priority=5, enable_cot=True, temperature=0.1,
@@ -541,14 +541,14 @@ async def test_openai_llm_retries_strips_kwargs_and_streams(
 
     import openai
 
-    llm._client = _mock_client(unauthorized)  # type: ignore[attr-defined]
+    llm._client.set(_mock_client(unauthorized))  # type: ignore[attr-defined]
     before = len(requests)
     with pytest.raises(openai.AuthenticationError):
         await llm("q")
     assert len(requests) == before + 1  # permanent: no retry
 
     failures["left"] = 5
-    llm._client = _mock_client(handler)  # type: ignore[attr-defined]
+    llm._client.set(_mock_client(handler))  # type: ignore[attr-defined]
     with pytest.raises(openai.APIStatusError):
         await llm("q")
     assert failures["left"] == 2  # gave up after llm_max_retries=3 attempts
@@ -586,7 +586,7 @@ async def test_openai_embedding_batches_with_one_client(tmp_path: Path, no_netwo
             },
         )
 
-    func.func.embedder._client = _mock_client(handler)  # the one shared client
+    func.func.embedder._client.set(_mock_client(handler))  # the one shared client
     vectors = await func(["a", "bb", "ccc", ""])
     assert vectors.shape == (4, 4)
     assert sizes == [2, 2]

@@ -18,10 +18,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
-import openai
 from lightrag.utils import EmbeddingFunc
 
-from .retry import build_retrying
+from .retry import LazyOpenAIClient, build_retrying
 
 logger = logging.getLogger(__name__)
 
@@ -248,18 +247,11 @@ class OpenAIEmbedder:
         native = KNOWN_OPENAI_DIMS.get(self._model)
         # Only text-embedding-3-* accept a shortened `dimensions`; others must return `dim`.
         self._send_dimensions = self._model.startswith("text-embedding-3") and native != dim
-        self._client: Any = None
-        self._client_lock = threading.Lock()
+        self._client = LazyOpenAIClient(self._base_url, self._api_key, self._timeout)
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            with self._client_lock:
-                if self._client is None:
-                    self._client = openai.AsyncOpenAI(
-                        base_url=self._base_url, api_key=self._api_key, timeout=self._timeout, max_retries=0
-                    )
-        return self._client
+        return self._client.get()
 
     async def _embed_batch(self, batch: list[str]) -> np.ndarray:
         kwargs: dict[str, Any] = {"model": self._model, "input": batch, "encoding_format": "float"}

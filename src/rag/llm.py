@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import re
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,7 +21,7 @@ from urllib.parse import urlparse
 
 import openai
 
-from .retry import build_retrying
+from .retry import LazyOpenAIClient, build_retrying
 
 logger = logging.getLogger(__name__)
 
@@ -93,26 +92,17 @@ class OpenAICompatibleLLM:
         self._api_key = getattr(settings, "llm_api_key", None) or "not-needed"
         self._timeout = float(_setting(settings, "llm_timeout_seconds", 120.0))
         self._attempts = int(_setting(settings, "llm_max_retries", 3))
-        self._client: Any = None
-        self._client_lock = threading.Lock()
+        self._client = LazyOpenAIClient(self.base_url, self._api_key, self._timeout)
         #: Set to False once the provider rejects response_format=json_object.
         self._json_mode = True
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            with self._client_lock:
-                if self._client is None:
-                    self._client = openai.AsyncOpenAI(
-                        base_url=self.base_url, api_key=self._api_key, timeout=self._timeout, max_retries=0
-                    )
-        return self._client
+        return self._client.get()
 
     async def aclose(self) -> None:
         """Close the shared HTTP connection pool (call at shutdown)."""
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        await self._client.aclose()
 
     async def _create(self, **request: Any) -> Any:
         async for attempt in build_retrying(self._attempts):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from typing import Any
 
 import openai
@@ -76,3 +77,36 @@ def build_retrying(attempts: int, **overrides: Any) -> tenacity.AsyncRetrying:
     }
     options.update(overrides)
     return tenacity.AsyncRetrying(**options)
+
+
+class LazyOpenAIClient:
+    """One shared ``openai.AsyncOpenAI`` per provider, built on first use (thread-safe).
+
+    Sharing it avoids LightRAG's per-call client construction (an SSL context each time);
+    ``max_retries=0`` because retries are ours (``build_retrying``), not the SDK's.
+    """
+
+    def __init__(self, base_url: str | None, api_key: str | None, timeout: float):
+        self.base_url = base_url
+        self._api_key = api_key
+        self._timeout = timeout
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = openai.AsyncOpenAI(
+                        base_url=self.base_url, api_key=self._api_key, timeout=self._timeout, max_retries=0
+                    )
+        return self._client
+
+    def set(self, client: Any) -> None:
+        """Use a ready client (e.g. one with a custom ``http_client``) instead of building one."""
+        self._client = client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
