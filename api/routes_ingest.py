@@ -34,23 +34,22 @@ not match its extension, 409 when the document id is already indexed or being in
 """
 
 
+def _too_busy(code: str, message: str) -> ApiError:
+    return ApiError(429, code, message, headers={"Retry-After": "30"})
+
+
 async def _refuse_when_full(services: Services, tenant: str) -> None:
-    """Backpressure before reading any bytes: a full queue answers 429 instead of growing."""
+    """Backpressure before reading any bytes: a full queue answers 429 instead of growing.
+
+    The store's create script checks the same bounds atomically; this early check only spares
+    the client the upload of a body that would be refused."""
     limit = services.settings.max_pending_tasks
     if limit and await services.store.pending_count() >= limit:
-        raise ApiError(
-            429,
-            "queue_full",
-            f"{limit} tasks are already waiting; retry later",
-            headers={"Retry-After": "30"},
-        )
+        raise _too_busy("queue_full", f"{limit} tasks are already waiting; retry later")
     tenant_limit = (await services.tenants.quota(tenant)).max_pending or services.settings.tenant_max_pending
     if tenant_limit and await services.store.pending_count(tenant) >= tenant_limit:
-        raise ApiError(
-            429,
-            "tenant_queue_full",
-            f"this tenant already has {tenant_limit} tasks waiting; retry later",
-            headers={"Retry-After": "30"},
+        raise _too_busy(
+            "tenant_queue_full", f"this tenant already has {tenant_limit} tasks waiting; retry later"
         )
 
 
@@ -136,16 +135,9 @@ async def _persist_and_accept(
                 task_id=outcome.task_id,
             )
         if outcome.kind == "tenant-busy":
-            raise ApiError(
-                429,
-                "tenant_queue_full",
-                "this tenant has too many tasks waiting; retry later",
-                headers={"Retry-After": "30"},
-            )
+            raise _too_busy("tenant_queue_full", "this tenant has too many tasks waiting; retry later")
         if outcome.kind == "busy":
-            raise ApiError(
-                429, "queue_full", "too many tasks are waiting; retry later", headers={"Retry-After": "30"}
-            )
+            raise _too_busy("queue_full", "too many tasks are waiting; retry later")
         if not outcome.created:
             raise ApiError(409, "task_exists", f"task {task_id} already exists")
     except BaseException:

@@ -46,9 +46,6 @@ class DocumentGuard:
     def unblock(self, doc_id: str) -> None:
         self._blocked.pop(doc_id, None)
 
-    def is_blocked(self, doc_id: str) -> bool:
-        return doc_id in self._blocked
-
     def blocked_owner(self, prompt_text: str) -> str | None:
         if not self._blocked:
             return None

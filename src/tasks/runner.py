@@ -67,6 +67,8 @@ class _Running:
     job: asyncio.Task | None = None
     last_report: tuple[str, float] = ("", -1.0)
     started: float = field(default_factory=time.monotonic)
+    #: When the stage named in last_report began (for the stage-duration histogram).
+    stage_started: float = field(default_factory=time.monotonic)
     #: Why the job was cancelled: 'user', 'lease-lost' or 'shutdown'.
     stop_reason: str | None = None
 
@@ -205,7 +207,6 @@ class TaskRunner:
         current_tenant.set(task.tenant)
         if epoch == 1:
             self.metrics.admission_wait.observe(max(0.0, time.time() - task.created_at))
-        stage_started = [time.monotonic()]
         log.info(
             "task %s attempt %d started (doc %s, status %s)", task.task_id, epoch, task.doc_id, task.status
         )
@@ -216,9 +217,9 @@ class TaskRunner:
                     now = time.monotonic()
                     if running.last_report[0]:
                         self.metrics.stage_duration.labels(running.last_report[0]).observe(
-                            now - stage_started[0]
+                            now - running.stage_started
                         )
-                    stage_started[0] = now
+                    running.stage_started = now
                 running.last_report = (stage, progress)
                 with contextlib.suppress(*_REDIS_DOWN):  # progress is best effort during an outage
                     await self.store.report_progress(task.task_id, epoch, stage, progress)

@@ -270,6 +270,11 @@ return 'requeued'
 """
 )
 
+_SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end
+return 0
+"""
+
 # ARGV: prefix, id, now, ttl_cancelled
 _REQUEST_CANCEL = (
     _COMMON
@@ -350,6 +355,7 @@ class TaskStore:
         self._finish = redis.register_script(_FINISH)
         self._requeue = redis.register_script(_REQUEUE)
         self._request_cancel = redis.register_script(_REQUEST_CANCEL)
+        self._set_if_exists = redis.register_script(_SET_IF_EXISTS)
 
     # ----------------------------------------------------------------- creation and reads
     @staticmethod
@@ -561,14 +567,9 @@ class TaskStore:
         return [m.partition("/")[2] for m in members]
 
     async def record_webhook(self, task_id: str, delivery: dict) -> None:
-        """Attach webhook delivery attempts to a finished task (its TTL is kept)."""
-        key = self._key(task_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.exists(key)
-            pipe.hset(key, "webhook", json.dumps(delivery))
-            exists, _ = await pipe.execute()
-        if not exists:  # expired meanwhile: don't resurrect a partial record
-            await self.redis.delete(key)
+        """Attach webhook delivery attempts to a finished task (its TTL is kept); a record that
+        expired meanwhile is not resurrected."""
+        await self._set_if_exists(keys=[self._key(task_id)], args=["webhook", json.dumps(delivery)])
 
     async def ping(self) -> float:
         """Round-trip time to Redis in milliseconds."""
