@@ -1,6 +1,10 @@
-"""Application factory and uvicorn entry point.
+"""Application factory and entry points.
 
-python main.py            # serve on HOST:PORT (default 127.0.0.1:8000)
+uvicorn main:app          # the FastAPI convention (also `fastapi run main.py`)
+python main.py            # same app, on HOST:PORT from the settings (default 127.0.0.1:8000)
+
+`app` is built at import time from the environment; tests call `create_app(settings)` instead.
+Building the app is cheap: every service starts in the lifespan.
 """
 
 from __future__ import annotations
@@ -11,21 +15,13 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from api import (
-    routes_admin,
-    routes_documents,
-    routes_events,
-    routes_health,
-    routes_ingest,
-    routes_query,
-    routes_tasks,
-)
 from api.errors import install_error_handlers
-from api.routes_ui import router as ui_router
+from api.routes import admin, documents, events, health, ingest, query, tasks
+from api.routes.ui import router as ui_router
 from api.views import task_view
-from src.config import Settings, get_settings
-from src.logs import configure_logging
-from src.service import start_services, stop_services
+from src.core.config import Settings, get_settings
+from src.core.logs import configure_logging
+from src.wiring import start_services, stop_services
 
 
 def create_app(settings: Settings | None = None, *, redis_prefix: str | None = None) -> FastAPI:
@@ -50,26 +46,21 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    routers = (
-        routes_ingest,
-        routes_tasks,
-        routes_events,
-        routes_query,
-        routes_documents,
-        routes_health,
-        routes_admin,
-    )
+    routers = (ingest, tasks, events, query, documents, health, admin)
     for module in routers:
         app.include_router(module.router)
     app.include_router(ui_router)
     return app
 
 
+settings = get_settings()
+configure_logging(settings.log_level, settings.log_format)
+app = create_app(settings)
+
+
 def main() -> None:
-    settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -9,10 +9,10 @@ from __future__ import annotations
 from fastapi import Depends, Request
 
 from api.errors import ApiError
-from src.logs import current_tenant
-from src.service import Services
+from src.core.logs import current_tenant
 from src.tasks.models import TaskRecord
-from src.tenants import DEFAULT_TENANT
+from src.tenancy.tenants import DEFAULT_TENANT
+from src.wiring import Services
 
 
 def get_services(request: Request) -> Services:

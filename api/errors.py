@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from src.uploads import UploadError
+from src.ingestion.uploads import UploadError
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import pytest
 import redis
 
 from main import create_app
-from src.config import Settings
-from src.service import Services
+from src.core.config import Settings
+from src.wiring import Services
 
 FINAL = {"completed", "failed", "cancelled"}
 

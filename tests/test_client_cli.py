@@ -20,9 +20,9 @@ import pytest
 from typer.testing import CliRunner
 
 from main import create_app
-from src.cli import app as cli_app
-from src.client import AsyncRagClient, RagApiError, RagClient, RagConnectionError, RagTimeoutError
-from src.tenants import TenantQuota
+from src.client.cli import app as cli_app
+from src.client.client import AsyncRagClient, RagApiError, RagClient, RagConnectionError, RagTimeoutError
+from src.tenancy.tenants import TenantQuota
 from tests.conftest import free_port, make_settings
 from tests.docs_factory import make_pdf, story
 from tests.procs import wait_http
@@ -372,7 +372,7 @@ def test_python_m_cli_connection_refused_exits_3(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "RAGSVC_URL": url}
     result = subprocess.run(
-        [sys.executable, "-m", "src.cli", "health"],
+        [sys.executable, "-m", "src.client.cli", "health"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -10,7 +10,7 @@ import logging
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from src.logs import JsonFormatter, _ContextFilter, current_task_id, current_tenant
+from src.core.logs import JsonFormatter, _ContextFilter, current_task_id, current_tenant
 from tests.conftest import Service, upload, wait_for_task
 from tests.docs_factory import story
 

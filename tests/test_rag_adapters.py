@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from src.config import Settings  # noqa: E402
+from src.core.config import Settings  # noqa: E402
 from src.rag.embedding import build_embedding_func, hash_embed_sync  # noqa: E402
 from src.rag.llm import (  # noqa: E402
     COMPLETION_DELIMITER,

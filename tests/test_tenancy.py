@@ -10,7 +10,7 @@ import time
 import pytest
 
 from src.tasks.models import TaskRecord
-from src.tenants import TenantQuota
+from src.tenancy.tenants import TenantQuota
 from tests.conftest import Service, make_settings, start_service, wait_for_task
 from tests.docs_factory import story
 

@@ -26,11 +26,11 @@ from typing import Protocol
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from src.logs import current_task_id, current_tenant
-from src.metrics import Metrics
+from src.core.logs import current_task_id, current_tenant
+from src.core.metrics import Metrics
+from src.ingestion.uploads import remove_file
 from src.tasks.models import Stage, TaskRecord, TaskStatus
 from src.tasks.store import TaskStore
-from src.uploads import remove_file
 
 log = logging.getLogger(__name__)
 

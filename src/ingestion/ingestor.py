@@ -24,7 +24,7 @@ from lightrag import LightRAG
 from lightrag.base import DocStatus
 from raganything.utils import separate_content_with_page_map
 
-from src.pipeline import DocumentGuard, PipelineCoordinator
+from src.ingestion.pipeline import DocumentGuard, PipelineCoordinator
 from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, read_text_document
 from src.tasks.models import Stage, TaskRecord
 

@@ -19,13 +19,13 @@ from typing import Any
 
 from lightrag import LightRAG
 
-from src.config import Settings
-from src.ingest import DocumentIngestor, IngestError, ProgressCallback, is_transient_message
-from src.metrics import Metrics
-from src.pipeline import DocumentGuard, PipelineCoordinator
+from src.core.config import Settings
+from src.core.metrics import Metrics
+from src.ingestion.ingestor import DocumentIngestor, IngestError, ProgressCallback, is_transient_message
+from src.ingestion.pipeline import DocumentGuard, PipelineCoordinator
 from src.rag.parsers import DocumentParseError
 from src.tasks.models import TaskRecord
-from src.tenants import DEFAULT_TENANT
+from src.tenancy.tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Both expose the same methods and return the service's JSON bodies as plain dicts::
 
-    from src.client import RagClient
+    from src.client.client import RagClient
 
     with RagClient("http://127.0.0.1:8000") as rag:
         accepted = rag.upload("report.pdf", doc_id="report-2024")

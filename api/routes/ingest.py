@@ -17,10 +17,10 @@ from lightrag.base import DocStatus
 from api.deps import get_services, get_tenant
 from api.errors import ApiError
 from api.schemas import DOC_ID_PATTERN, TaskAccepted, TextInsert
-from src.service import Services
+from src.ingestion.uploads import receive_upload, remove_file, sanitize_filename
 from src.tasks.models import Stage, TaskKind, TaskRecord, TaskStatus
 from src.tasks.store import TaskStore
-from src.uploads import receive_upload, remove_file, sanitize_filename
+from src.wiring import Services
 
 router = APIRouter(tags=["ingest"])
 _DOC_ID = re.compile(DOC_ID_PATTERN)

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from src.config import Settings
-from src.engines import IngestHandler, TenantEngines
-from src.metrics import Metrics
-from src.ratelimit import RateLimiter
-from src.redis_conn import RedisHandle, connect_redis
+from src.core.config import Settings
+from src.core.metrics import Metrics
+from src.core.redis_conn import RedisHandle, connect_redis
+from src.ingestion.knowledge_bases import IngestHandler, TenantEngines
 from src.tasks.models import TaskRecord
 from src.tasks.runner import RunnerConfig, TaskRunner
 from src.tasks.store import TaskStore
-from src.tenants import DEFAULT_TENANT, TenantRegistry
+from src.tenancy.ratelimit import RateLimiter
+from src.tenancy.tenants import DEFAULT_TENANT, TenantRegistry
 from src.webhooks import WebhookNotifier, load_or_create_secret
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from api.deps import get_services, get_tenant
 from api.schemas import QueueStats
 from src.rag.embedding import embedding_description
 from src.rag.llm import llm_description
-from src.service import Services
+from src.wiring import Services
 
 router = APIRouter(tags=["health"])
 

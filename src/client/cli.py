@@ -44,7 +44,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from src.client import (
+from src.client.client import (
     DEFAULT_URL,
     AsyncRagClient,
     RagApiError,

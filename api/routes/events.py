@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import get_owned_task, get_services, get_tenant
 from api.views import task_view
-from src.service import Services
+from src.wiring import Services
 
 router = APIRouter(tags=["tasks"])
 POLL_SECONDS = 0.25

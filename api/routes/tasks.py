@@ -9,9 +9,9 @@ from api.deps import get_owned_task, get_services, get_tenant
 from api.errors import ApiError
 from api.schemas import CancelResult, TaskList, TaskView
 from api.views import task_view
-from src.service import Services
+from src.ingestion.uploads import remove_file
 from src.tasks.models import TaskStatus
-from src.uploads import remove_file
+from src.wiring import Services
 
 router = APIRouter(tags=["tasks"])
 

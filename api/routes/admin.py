@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from api.deps import get_services
 from api.errors import ApiError
-from src.service import Services
-from src.tenants import TENANT_PATTERN, TenantQuota
+from src.tenancy.tenants import TENANT_PATTERN, TenantQuota
+from src.wiring import Services
 
 
 async def require_admin(request: Request, services: Services = Depends(get_services)) -> None:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends
 from api.deps import get_services, get_tenant
 from api.errors import ApiError
 from api.schemas import DocumentDeleted
-from src.service import Services
+from src.wiring import Services
 
 router = APIRouter(tags=["documents"])
 

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse
 from api.errors import ApiError
 
 router = APIRouter(tags=["ui"])
-STATIC_DIR = (Path(__file__).parent / "static").resolve()
+STATIC_DIR = (Path(__file__).parent.parent / "static").resolve()
 
 # Explicit types: Python's mimetypes (and /etc/mime.types) differ between versions and hosts.
 MEDIA_TYPES = {

@@ -14,7 +14,7 @@ from api.deps import get_services, get_tenant
 from api.errors import ApiError
 from api.schemas import QueryRequest, QueryResponse
 from src.rag.llm import llm_description
-from src.service import Services
+from src.wiring import Services
 
 router = APIRouter(tags=["query"])
 log = logging.getLogger(__name__)

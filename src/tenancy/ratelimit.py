@@ -9,7 +9,7 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from src.tenants import TenantRegistry
+from src.tenancy.tenants import TenantRegistry
 
 
 def _limits_uri(redis_url: str) -> str:
