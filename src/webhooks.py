@@ -1,30 +1,37 @@
 """Completion callbacks: when a task that carries a `callback_url` ends, POST a signed JSON event.
 
 Payload: {"event": "task.completed" | "task.failed" | "task.cancelled", "task": <GET /task view>}.
-Headers: `X-Ragsvc-Timestamp: <unix seconds>` and
-`X-Ragsvc-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>" with WEBHOOK_SECRET>`,
-so a receiver can verify origin and reject replays. Delivery is retried with exponential backoff
-and jitter (tenacity) on connection errors and non-2xx answers; every attempt is recorded on
-the task (`webhook.attempts`).
+Signed by the Standard Webhooks spec (https://www.standardwebhooks.com), so receivers verify with
+an off-the-shelf library (`standardwebhooks.Webhook(secret).verify(body, headers)`):
+`webhook-id` (`<task_id>.<status>`, the same on every retry, for de-duplication),
+`webhook-timestamp` (unix seconds) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
+"<id>.<timestamp>.<body>">`). `X-Ragsvc-Event` names the event for routing.
+
+Delivery goes only to public addresses (`src/core/netguard.py`; WEBHOOK_ALLOWED_HOSTS exempts
+named hosts or networks), pinned to the checked address, and never follows redirects. It is
+retried with exponential backoff and jitter (tenacity) on connection errors and non-2xx answers;
+every attempt is recorded on the task (`webhook.attempts`) with a status code or a generic error
+— never the low-level reason, which would turn callbacks into a port scanner.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import hmac
+import base64
 import json
 import logging
 import secrets
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import tenacity
+from standardwebhooks import Webhook
 
+from src.core.netguard import AllowList, BlockedDestination, resolve_destination
 from src.tasks.models import TaskRecord
 from src.tasks.store import TaskStore
 
@@ -32,28 +39,35 @@ log = logging.getLogger(__name__)
 
 
 def load_or_create_secret(configured: str | None, data_dir: Path) -> str:
-    """WEBHOOK_SECRET, or a random secret kept in DATA_DIR/webhook_secret for the operator to share."""
+    """WEBHOOK_SECRET, or a random `whsec_…` secret kept in DATA_DIR/webhook_secret for the operator."""
     if configured:
         return configured
     path = data_dir / "webhook_secret"
     if path.exists():
         return path.read_text().strip()
-    secret = secrets.token_hex(32)
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     path.write_text(secret)
     path.chmod(0o600)
     return secret
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
+def receiver_secret(secret: str) -> str:
+    """The secret in the form Standard Webhooks libraries take (`whsec_<base64 key>`).
+
+    A `whsec_…` secret is used as is; any other string (e.g. a pre-existing hex secret) is taken
+    as the raw key bytes, so secrets set before the switch keep working.
+    """
+    if secret.startswith("whsec_"):
+        return secret
+    return "whsec_" + base64.b64encode(secret.encode()).decode()
 
 
-def verify(secret: str, timestamp: str, body: bytes, signature: str, tolerance_seconds: float = 300) -> bool:
-    """What a receiver does (also used by the tests): constant-time compare, bounded clock skew."""
-    if abs(time.time() - float(timestamp)) > tolerance_seconds:
-        return False
-    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+def signature_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three Standard Webhooks headers for one delivery attempt."""
+    signed = Webhook(receiver_secret(secret)).sign(
+        msg_id, datetime.fromtimestamp(timestamp, tz=UTC), body.decode()
+    )
+    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp), "webhook-signature": signed}
 
 
 class _Undelivered(Exception):
@@ -70,13 +84,16 @@ class WebhookNotifier:
         attempts: int = 5,
         backoff_seconds: float = 1.0,
         timeout_seconds: float = 10.0,
+        allowed_hosts: str | None = None,
     ):
         self.store = store
         self.secret = secret
         self.view = view
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
-        self.client = httpx.AsyncClient(timeout=timeout_seconds, follow_redirects=False)
+        self.allow = AllowList.parse(allowed_hosts)
+        # trust_env=False: a proxy from the environment would bypass the address pinning.
+        self.client = httpx.AsyncClient(timeout=timeout_seconds, follow_redirects=False, trust_env=False)
         self._pending: set[asyncio.Task] = set()
 
     def notify(self, task_id: str) -> None:
@@ -105,11 +122,15 @@ class WebhookNotifier:
             reraise=True,
         )
         delivered = False
-        with contextlib.suppress(_Undelivered, httpx.HTTPError):
+        try:
             async for attempt in retrying:
                 with attempt:
                     await self._post_once(record, body, attempts)
             delivered = True
+        except BlockedDestination:
+            pass  # recorded on the attempt; retrying cannot make an internal address public
+        except (_Undelivered, httpx.HTTPError):
+            pass
         await self.store.record_webhook(
             task_id, {"url": record.callback_url, "delivered": delivered, "attempts": attempts}
         )
@@ -122,19 +143,29 @@ class WebhookNotifier:
         )
 
     async def _post_once(self, record: TaskRecord, body: bytes, attempts: list[dict[str, Any]]) -> None:
-        timestamp = f"{time.time():.0f}"
-        headers = {
-            "content-type": "application/json",
-            "x-ragsvc-timestamp": timestamp,
-            "x-ragsvc-signature": sign(self.secret, timestamp, body),
-            "x-ragsvc-event": f"task.{record.status.value}",
-        }
         entry: dict[str, Any] = {"at": time.time()}
         attempts.append(entry)
         try:
-            response = await self.client.post(record.callback_url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            entry["error"] = f"{type(exc).__name__}: {exc}"
+            destination = await resolve_destination(record.callback_url, self.allow)
+        except BlockedDestination:
+            entry["error"] = "destination not allowed"
+            raise
+        event_id = f"{record.task_id}.{record.status.value}"
+        headers = {
+            "content-type": "application/json",
+            "host": destination.host_header,
+            "x-ragsvc-event": f"task.{record.status.value}",
+            **signature_headers(self.secret, event_id, int(time.time()), body),
+        }
+        try:
+            response = await self.client.post(
+                destination.url,
+                content=body,
+                headers=headers,
+                extensions={"sni_hostname": destination.sni_hostname},
+            )
+        except httpx.HTTPError:
+            entry["error"] = "connection failed"
             raise
         entry["status_code"] = response.status_code
         if not 200 <= response.status_code < 300:

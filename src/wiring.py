@@ -91,6 +91,7 @@ async def start_services(
         task_view,
         attempts=settings.webhook_attempts,
         backoff_seconds=settings.webhook_backoff_seconds,
+        allowed_hosts=settings.webhook_allowed_hosts,
     )
     runner = TaskRunner(
         store,

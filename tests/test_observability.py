@@ -65,3 +65,29 @@ def test_json_log_lines_carry_the_task_id() -> None:
     assert first["task_id"] == "task-123" and first["msg"] == "indexing doc-1" and first["level"] == "info"
     assert first["tenant"] == "acme"
     assert "task_id" not in second
+
+
+def test_third_party_tracebacks_stay_json_lines(capsys) -> None:
+    """Catches LightRAG's own plain-text handler (propagate=False) writing multi-line tracebacks
+    into the JSON log stream (issue 12 item 16): every line on stderr must parse as JSON."""
+    from src.core.logs import configure_logging
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", "json")
+        lightrag_logger = logging.getLogger("lightrag")
+        assert lightrag_logger.handlers == [] and lightrag_logger.propagate
+        try:
+            raise ValueError("boom\nsecond line")
+        except ValueError:
+            lightrag_logger.exception("extraction failed:\n  detail line")
+        lightrag_logger.error("Traceback (most recent call last):\n  File x, line 1\nValueError: y")
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 2
+    entries = [json.loads(line) for line in lines]
+    assert entries[0]["logger"] == "lightrag" and "ValueError: boom" in entries[0]["exc"]
+    assert entries[1]["msg"].startswith("Traceback")

@@ -1,4 +1,5 @@
-"""Completion callbacks: signed, retried with backoff, attempts recorded on the task."""
+"""Completion callbacks: signed (Standard Webhooks), retried with backoff, attempts recorded on the
+task, and never delivered to internal addresses unless the operator allows them."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
-from src.webhooks import sign, verify
+from src.webhooks import receiver_secret, signature_headers
 from tests.conftest import make_settings, start_service, upload, wait_for_task
 from tests.docs_factory import make_pdf, story
 
 pytestmark = pytest.mark.timeout(120)
 SECRET = "test-webhook-secret"
+#: The receivers below listen on loopback, which callbacks may only reach when allowed.
+LOOPBACK = {"webhook_allowed_hosts": "127.0.0.1"}
 
 
 class Receiver:
@@ -70,7 +74,9 @@ async def wait_webhook(client, task_id: str, timeout: float = 30) -> dict:
 
 async def test_completed_task_posts_a_signed_event_after_retries(tmp_path, redis_url, receiver) -> None:
     hook = receiver(fail_first=2)
-    settings = make_settings(tmp_path, redis_url, webhook_secret=SECRET, webhook_backoff_seconds=0.01)
+    settings = make_settings(
+        tmp_path, redis_url, webhook_secret=SECRET, webhook_backoff_seconds=0.01, **LOOPBACK
+    )
     async with start_service(settings) as svc:
         response = await svc.client.post(
             "/insert",
@@ -87,13 +93,16 @@ async def test_completed_task_posts_a_signed_event_after_retries(tmp_path, redis
     assert len(hook.deliveries) == 3
     final = hook.deliveries[-1]
     headers = {k.lower(): v for k, v in final["headers"].items()}
-    assert verify(SECRET, headers["x-ragsvc-timestamp"], final["body"], headers["x-ragsvc-signature"])
-    assert not verify(
-        "other-secret", headers["x-ragsvc-timestamp"], final["body"], headers["x-ragsvc-signature"]
-    )
-    assert not verify(
-        SECRET, headers["x-ragsvc-timestamp"], final["body"] + b" ", headers["x-ragsvc-signature"]
-    )
+    # A receiver verifies with the off-the-shelf Standard Webhooks library.
+    verifier = Webhook(receiver_secret(SECRET))
+    assert verifier.verify(final["body"], headers)["task"]["task_id"] == task_id
+    with pytest.raises(WebhookVerificationError):
+        Webhook(receiver_secret("other-secret")).verify(final["body"], headers)
+    with pytest.raises(WebhookVerificationError):
+        verifier.verify(final["body"] + b" ", headers)
+    # Retries of one event keep one id, so receivers can de-duplicate.
+    ids = {d["headers"].get("webhook-id") or d["headers"].get("Webhook-Id") for d in hook.deliveries}
+    assert ids == {f"{task_id}.completed"}
     event = json.loads(final["body"])
     assert event["event"] == "task.completed" and event["task"]["task_id"] == task_id
     assert event["task"]["status"] == "completed" and event["task"]["result"]["chunks_count"] >= 1
@@ -101,7 +110,7 @@ async def test_completed_task_posts_a_signed_event_after_retries(tmp_path, redis
 
 async def test_failed_and_cancelled_tasks_are_reported_too(tmp_path, redis_url, receiver) -> None:
     hook = receiver()
-    settings = make_settings(tmp_path, redis_url, webhook_secret=SECRET, max_concurrent_tasks=1)
+    settings = make_settings(tmp_path, redis_url, webhook_secret=SECRET, max_concurrent_tasks=1, **LOOPBACK)
     async with start_service(settings) as svc:
         broken = await svc.client.post(
             "/insert", params={"callback_url": hook.url}, files={"file": ("x.pdf", make_pdf(["text"])[:200])}
@@ -123,12 +132,14 @@ async def test_failed_and_cancelled_tasks_are_reported_too(tmp_path, redis_url, 
 async def test_undeliverable_webhook_is_recorded_not_retried_forever(tmp_path, redis_url, receiver) -> None:
     hook = receiver(fail_first=100)
     settings = make_settings(
-        tmp_path, redis_url, webhook_secret=SECRET, webhook_attempts=3, webhook_backoff_seconds=0.01
+        tmp_path,
+        redis_url,
+        webhook_secret=SECRET,
+        webhook_attempts=3,
+        webhook_backoff_seconds=0.01,
+        **LOOPBACK,
     )
     async with start_service(settings) as svc:
-        response = await upload(svc.client, "a.txt", b"short text about Hookless rivers")
-        # No callback: nothing is sent.
-        await wait_for_task(svc.client, response.json()["task_id"])
         with_hook = await svc.client.post(
             "/insert", params={"callback_url": hook.url}, files={"file": ("b.txt", b"Unreachable hook text")}
         )
@@ -150,11 +161,99 @@ async def test_invalid_callback_url_is_422(service, bad: str) -> None:
     assert list(service.settings.uploads_dir.iterdir()) == []
 
 
-def test_signature_is_hmac_of_timestamp_and_body() -> None:
+def test_signature_follows_the_standard_webhooks_spec() -> None:
+    """Catches a signature over the wrong message or key: the spec signs "<id>.<timestamp>.<body>"
+    with the base64-decoded `whsec_` key, and receivers reject stale timestamps."""
+    import base64
     import hashlib
     import hmac
 
     body = b'{"event": "task.completed"}'
-    expected = "sha256=" + hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
-    assert sign(SECRET, "1700000000", body) == expected
-    assert not verify(SECRET, "1700000000", body, expected)  # far outside the replay window
+    headers = signature_headers(SECRET, "t1.completed", 1700000000, body)
+    digest = hmac.new(SECRET.encode(), b"t1.completed.1700000000." + body, hashlib.sha256).digest()
+    assert headers["webhook-signature"] == "v1," + base64.b64encode(digest).decode()
+    assert headers["webhook-id"] == "t1.completed" and headers["webhook-timestamp"] == "1700000000"
+    with pytest.raises(WebhookVerificationError):  # far outside the replay window
+        Webhook(receiver_secret(SECRET)).verify(body, headers)
+    fresh = signature_headers(SECRET, "t1.completed", int(time.time()), body)
+    assert Webhook(receiver_secret(SECRET)).verify(body, fresh) == {"event": "task.completed"}
+    assert receiver_secret("whsec_abc") == "whsec_abc"
+
+
+async def test_no_callback_url_sends_nothing(tmp_path, redis_url, receiver) -> None:
+    """Catches a notifier that posts for every final task: a task without callback_url must not
+    reach a receiver, and its view carries no webhook record."""
+    hook = receiver()
+    settings = make_settings(tmp_path, redis_url, webhook_secret=SECRET, **LOOPBACK)
+    async with start_service(settings) as svc:
+        plain = await upload(svc.client, "a.txt", b"short text about Hookless rivers")
+        assert (await wait_for_task(svc.client, plain.json()["task_id"]))["status"] == "completed"
+        # A second task with a hook, finished after the first: once its delivery is recorded, any
+        # delivery for the first task would have been made too.
+        hooked = await svc.client.post(
+            "/insert", params={"callback_url": hook.url}, files={"file": ("b.txt", b"Hooked text")}
+        )
+        await wait_webhook(svc.client, hooked.json()["task_id"])
+        first = (await svc.client.get(f"/task/{plain.json()['task_id']}")).json()
+    assert first.get("webhook") is None
+    assert [json.loads(d["body"])["task"]["task_id"] for d in hook.deliveries] == [hooked.json()["task_id"]]
+
+
+def _internal_urls(port: int) -> list[str]:
+    return [
+        f"http://127.0.0.1:{port}/hook",
+        f"http://localhost:{port}/hook",
+        f"http://2130706433:{port}/hook",  # 127.0.0.1 written as one decimal number
+        f"http://[::1]:{port}/hook",
+        f"http://[::ffff:127.0.0.1]:{port}/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/hook",
+        "http://192.168.1.1/hook",
+        "http://0.0.0.0/hook",
+    ]
+
+
+async def test_callbacks_never_reach_internal_addresses(tmp_path, redis_url, receiver) -> None:
+    """Catches SSRF (issue 12 item 7): loopback in every spelling, metadata and private ranges are
+    refused after resolution, nothing reaches the receiver, and the record says only
+    'destination not allowed' (no connection detail that would make a port scanner)."""
+    hook = receiver()
+    port = hook.server.server_address[1]
+    settings = make_settings(
+        tmp_path, redis_url, webhook_secret=SECRET, webhook_attempts=2, webhook_backoff_seconds=0.01
+    )
+    async with start_service(settings) as svc:
+        task_ids = []
+        for i, url in enumerate(_internal_urls(port)):
+            response = await svc.client.post(
+                "/insert/text", json={"text": f"internal probe number {i}", "callback_url": url}
+            )
+            assert response.status_code in (202, 422), response.text
+            if response.status_code == 202:
+                task_ids.append(response.json()["task_id"])
+        for task_id in task_ids:
+            view = await wait_webhook(svc.client, task_id)
+            assert view["webhook"]["delivered"] is False
+            assert {a.get("error") for a in view["webhook"]["attempts"]} == {"destination not allowed"}
+            assert all("status_code" not in a for a in view["webhook"]["attempts"])
+    assert hook.deliveries == []
+
+
+async def test_destination_guard_resolves_and_pins() -> None:
+    """Catches a guard that checks the URL text instead of the resolved address, or that lets the
+    request resolve the name again (DNS rebinding)."""
+    from src.core.netguard import AllowList, BlockedDestination, resolve_destination
+
+    none = AllowList.parse("")
+    for url in _internal_urls(8080) + ["ftp://example.org/x", "http:///nohost"]:
+        with pytest.raises(BlockedDestination):
+            await resolve_destination(url, none)
+    public = await resolve_destination("https://93.184.216.34:8443/hook?x=1", none)
+    assert public.url == "https://93.184.216.34:8443/hook?x=1" and public.sni_hostname == "93.184.216.34"
+    allowed = await resolve_destination("http://localhost:9/hook", AllowList.parse("localhost"))
+    assert allowed.url in ("http://127.0.0.1:9/hook", "http://[::1]:9/hook")
+    assert allowed.host_header == "localhost:9"
+    by_network = AllowList.parse("10.0.0.0/8, hooks.internal")
+    assert (await resolve_destination("http://10.1.2.3/h", by_network)).url == "http://10.1.2.3/h"
+    with pytest.raises(BlockedDestination):
+        await resolve_destination("http://192.168.0.1/h", by_network)

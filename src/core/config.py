@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     #: HMAC key for callback signatures; unset -> a random one kept in DATA_DIR/webhook_secret.
     webhook_secret: str | None = None
     webhook_attempts: int = 5
+    #: Comma-separated hosts or networks that callbacks may reach although they are not public
+    #: addresses (e.g. "127.0.0.1,10.0.0.0/8,hooks.internal"). Empty: public addresses only.
+    webhook_allowed_hosts: str = ""
     webhook_backoff_seconds: float = 1.0
 
     # --- LLM --------------------------------------------------------------------------

@@ -3,6 +3,7 @@ task id (and later the tenant) of the asyncio task that logged it on every line.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -36,6 +37,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def _route_library_loggers_to_root() -> None:
+    """Libraries that install their own plain-text handlers (LightRAG's `lightrag` logger has one
+    and sets propagate=False) would print multi-line tracebacks into a JSON log stream. Import
+    them now, so their handlers exist, then send everything through the root handler."""
+    with contextlib.suppress(ImportError):
+        import lightrag.utils  # noqa: F401  (installs LightRAG's handler on import)
+    for logger in list(logging.root.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger) and (logger.handlers or not logger.propagate):
+            logger.handlers.clear()
+            logger.propagate = True
+
+
 def configure_logging(level: str, fmt: str = "json") -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_ContextFilter())
@@ -48,6 +61,7 @@ def configure_logging(level: str, fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    _route_library_loggers_to_root()
     # LightRAG is chatty at INFO (one line per chunk and per entity): keep it to warnings.
     for noisy in ("lightrag", "nano-vectordb", "raganything", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
