@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -68,12 +67,18 @@ def statuses(base: str, task_ids: list[str]) -> list[str]:
     return [httpx.get(f"{base}/task/{t}", timeout=10).json()["status"] for t in task_ids]
 
 
+def embedded_redis_pid(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / "redis" / "redis.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def kill_embedded_redis(data_dir: Path) -> None:
-    settings_file = data_dir / "redis" / "tasks.rdb.settings"
-    if settings_file.exists():
-        pidfile = Path(json.loads(settings_file.read_text()).get("pidfile", "/nonexistent"))
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+    """Kill the embedded redis-server a service left running (it outlives the service by design)."""
+    pid = embedded_redis_pid(data_dir)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

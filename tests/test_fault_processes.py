@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from datetime import datetime
@@ -12,7 +13,14 @@ import pytest
 
 from tests.conftest import free_port
 from tests.docs_factory import story
-from tests.procs import kill_embedded_redis, service_env, start_mock_llm, start_service, statuses
+from tests.procs import (
+    embedded_redis_pid,
+    kill_embedded_redis,
+    service_env,
+    start_mock_llm,
+    start_service,
+    statuses,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 FINAL = ("completed", "failed", "cancelled")
@@ -126,3 +134,48 @@ def test_two_instances_share_one_redis_without_double_runs_and_take_over_a_crash
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path) -> None:
+    """Catches an unsupervised embedded Redis (issue 12 item 15): after kill -9 of the server every
+    route answered 503 forever. Now the service restarts it on the same data (AOF) and socket:
+    routes recover, a task accepted before the crash is still there, /health counts the restart."""
+    data_dir = tmp_path / "data"
+    llm_port, port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    mock = start_mock_llm(llm_port, latency=0.05)
+    service = start_service(service_env(data_dir, port, llm_port), tmp_path / "service.log")
+    try:
+        [task_id] = upload_docs(base, 1, "Supervised")
+        assert wait_all_final(base, [task_id], 120) == ["completed"]
+        time.sleep(1.5)  # appendfsync everysec: the completed record is on disk
+        first_pid = embedded_redis_pid(data_dir)
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+
+        deadline = time.monotonic() + 60
+        recovered = None
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"{base}/task/{task_id}", timeout=5)
+            except httpx.HTTPError:
+                response = None
+            if response is not None and response.status_code == 200:
+                recovered = response.json()
+                break
+            time.sleep(0.2)
+        assert recovered is not None, "routes never recovered after the embedded Redis died"
+        assert recovered["status"] == "completed"
+        new_pid = embedded_redis_pid(data_dir)
+        assert new_pid is not None and new_pid != first_pid
+        health = httpx.get(f"{base}/health", timeout=10).json()
+        assert health["redis"]["embedded"]["restarts"] >= 1
+        assert health["redis"]["embedded"]["state"] == "running"
+        [later] = upload_docs(base, 1, "AfterRestart")
+        assert wait_all_final(base, [later], 120) == ["completed"]
+    finally:
+        for proc in (service, mock):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        kill_embedded_redis(data_dir)

@@ -25,7 +25,8 @@ async def health(services: Services = Depends(get_services)) -> JSONResponse:
         redis = {"ok": True, "latency_ms": round(await services.store.ping(), 3)}
     except Exception as exc:
         redis = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    redis["embedded"] = services.redis.embedded is not None
+    embedded = services.redis.embedded
+    redis["embedded"] = embedded.describe() if embedded is not None else False
     writable = await asyncio.to_thread(os.access, settings.uploads_dir, os.W_OK)
     storage = {"ok": writable, "loaded_tenants": services.engines.loaded()}
     healthy = redis["ok"] and writable

