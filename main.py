@@ -20,6 +20,7 @@ from api.routes import admin, documents, events, health, ingest, query, tasks
 from api.routes.ui import router as ui_router
 from api.views import task_view
 from src.core.config import Settings, get_settings
+from src.core.http_limits import bounded_protocol
 from src.core.logs import configure_logging
 from src.wiring import start_services, stop_services
 
@@ -61,6 +62,9 @@ app = create_app(settings)
 def main() -> None:
     uvicorn.run(
         app,
+        http=bounded_protocol(
+            settings.max_header_bytes, settings.max_header_count, settings.header_timeout_seconds
+        ),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     upload_chunk_bytes: int = 1024 * 1024
     max_text_chars: int = 5_000_000
     max_query_chars: int = 8000
+    #: Request line + headers may total this many bytes and fields, and must arrive within the
+    #: timeout (431 / 408 otherwise; `python main.py` enforces them, see src/core/http_limits.py).
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096)
+    max_header_count: int = Field(default=100, ge=10)
+    header_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # --- task engine ------------------------------------------------------------------
     #: Admission semaphore: tasks in flight in this process (each holds a slot until its document is
