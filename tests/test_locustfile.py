@@ -1,0 +1,42 @@
+"""The locustfile users run against their deployment works against a real server (short headless run)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.procs import ROOT, kill_embedded_redis, service_env, start_service
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_locustfile_runs_headless_without_failures(tmp_path: Path) -> None:
+    """Catches a locustfile that no longer matches the API (wrong paths or bodies show up as
+    failures) or that never reaches the endpoints it claims to exercise."""
+    port = free_port()
+    env = service_env(tmp_path / "data", port, free_port(), LLM_PROVIDER="offline")
+    service = start_service(env, tmp_path / "service.log")
+    try:
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"),
+                "--host", f"http://127.0.0.1:{port}", "--headless", "-u", "6", "-r", "6", "-t", "20s",
+                "--csv", str(tmp_path / "run"), "--only-summary", "--stop-timeout", "30",
+            ],
+            cwd=ROOT, capture_output=True, text=True, timeout=180,
+            env={**env, "LOCUST_DOC_SENTENCES": "10", "LOCUST_POLL_SECONDS": "60"},
+        )  # fmt: skip
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+        kill_embedded_redis(tmp_path / "data")
+    with open(tmp_path / "run_stats.csv") as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    assert int(rows["Aggregated"]["Failure Count"]) == 0, result.stderr[-3000:]
+    for name in ("/insert", "/query", "/tasks", "/api/queue/stats"):
+        assert int(rows[name]["Request Count"]) > 0, f"{name} never requested: {sorted(rows)}"
