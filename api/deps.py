@@ -15,7 +15,8 @@ from src.tenancy.tenants import DEFAULT_TENANT
 from src.wiring import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: a plain def dependency would run in the thread pool on every request (hot path).
     return request.app.state.services
 
 

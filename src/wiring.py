@@ -73,7 +73,7 @@ async def start_services(
         tenant_max_pending=settings.tenant_max_pending,
         tenant_max_running=settings.tenant_max_running,
     )
-    tenants = TenantRegistry(redis.client, redis_prefix)
+    tenants = TenantRegistry(redis.client, redis_prefix, cache_seconds=settings.auth_cache_seconds)
     limiter = RateLimiter(redis.url, redis_prefix, tenants, default_rpm=settings.tenant_requests_per_minute)
     metrics = Metrics()
     engines = TenantEngines(

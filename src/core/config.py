@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     auth_mode: Literal["auto", "open", "required"] = "auto"
     #: Bearer token for /admin (tenants and keys); unset disables the admin API.
     admin_token: str | None = None
+    #: How long an instance may reuse "this key belongs to tenant X" / quotas / "keys exist"
+    #: before asking Redis again (a revocation elsewhere takes effect within this time). 0 = never.
+    auth_cache_seconds: float = Field(default=2.0, ge=0, le=60)
     #: Defaults for tenants without their own quota (0 = unlimited).
     tenant_max_running: int = 0
     tenant_max_pending: int = 0

@@ -4,6 +4,11 @@ A tenant owns its tasks and its own LightRAG workspace. API keys map to tenants;
 SHA-256 of a key is stored (keys are 32 random bytes, so a fast hash is enough), and a key is
 shown once, when it is created. Keys look like ``rsk_<key id>_<secret>``: the id names the key
 in listings and revocations without revealing it.
+
+Every authenticated request needs "are there any keys?", the key's tenant and the tenant's quota.
+Those answers are cached in process for AUTH_CACHE_SECONDS (default 2 s), which takes three Redis
+round trips off the GET /task hot path. Changes made through this instance invalidate its cache
+at once; other instances see a revocation or quota change within that many seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from cachetools import TTLCache
 
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _TENANT = re.compile(TENANT_PATTERN)
@@ -38,9 +44,25 @@ class TenantQuota:
 
 
 class TenantRegistry:
-    def __init__(self, redis: aioredis.Redis, prefix: str):
+    def __init__(self, redis: aioredis.Redis, prefix: str, cache_seconds: float = 2.0):
         self.redis = redis
         self.prefix = prefix
+        # Bounded: only valid keys and known tenants enter (a flood of made-up keys is not cached).
+        self._cache: TTLCache | None = None
+        if cache_seconds > 0:
+            self._cache = TTLCache(maxsize=10_000, ttl=cache_seconds)
+
+    def _cached(self, key: tuple) -> object | None:
+        return self._cache.get(key) if self._cache is not None else None
+
+    def _remember(self, key: tuple, value: object) -> None:
+        if self._cache is not None:
+            self._cache[key] = value
+
+    def invalidate(self) -> None:
+        """Forget cached answers (after a change made through this instance)."""
+        if self._cache is not None:
+            self._cache.clear()
 
     # ---------------------------------------------------------------- tenants
     async def create_tenant(self, name: str, quota: TenantQuota) -> None:
@@ -56,17 +78,23 @@ class TenantRegistry:
             pipe.hset(f"{self.prefix}tenant:{name}", mapping=fields)
             pipe.sadd(f"{self.prefix}tenants", name)
             await pipe.execute()
+        self.invalidate()
 
     async def exists(self, name: str) -> bool:
         return bool(await self.redis.sismember(f"{self.prefix}tenants", name))
 
     async def quota(self, name: str) -> TenantQuota:
+        cached = self._cached(("quota", name))
+        if isinstance(cached, TenantQuota):
+            return cached
         raw = await self.redis.hgetall(f"{self.prefix}tenant:{name}")
 
         def num(field: str) -> int | None:
             return int(raw[field]) if raw.get(field) not in (None, "") else None
 
-        return TenantQuota(num("max_running"), num("max_pending"), num("rpm"))
+        quota = TenantQuota(num("max_running"), num("max_pending"), num("rpm"))
+        self._remember(("quota", name), quota)
+        return quota
 
     async def list_tenants(self) -> list[dict]:
         names = sorted(await self.redis.smembers(f"{self.prefix}tenants"))
@@ -90,6 +118,7 @@ class TenantRegistry:
             pipe.sadd(f"{self.prefix}keys:{tenant}", key_id)
             pipe.incr(f"{self.prefix}keys:total")
             await pipe.execute()
+        self.invalidate()
         return key_id, key
 
     async def list_keys(self, tenant: str) -> list[dict]:
@@ -109,10 +138,16 @@ class TenantRegistry:
             pipe.srem(f"{self.prefix}keys:{raw['tenant']}", key_id)
             pipe.decr(f"{self.prefix}keys:total")
             await pipe.execute()
+        self.invalidate()
         return True
 
     async def any_keys(self) -> bool:
-        return int(await self.redis.get(f"{self.prefix}keys:total") or 0) > 0
+        cached = self._cached(("any_keys",))
+        if isinstance(cached, bool):
+            return cached
+        answer = int(await self.redis.get(f"{self.prefix}keys:total") or 0) > 0
+        self._remember(("any_keys",), answer)
+        return answer
 
     async def resolve(self, key: str) -> str | None:
         """The tenant of an API key, or None. Lookup is by digest; the stored digest is compared
@@ -120,8 +155,14 @@ class TenantRegistry:
         if not key.startswith("rsk_") or len(key) > 200:
             return None
         digest = _digest(key)
+        cached = self._cached(("key", digest))
+        if isinstance(cached, str):
+            return cached
         raw = await self.redis.hgetall(f"{self.prefix}apikey:{digest}")
         if not raw:
             return None
         stored = await self.redis.hget(f"{self.prefix}keyid:{raw['key_id']}", "digest") or ""
-        return raw["tenant"] if hmac.compare_digest(stored, digest) else None
+        if not hmac.compare_digest(stored, digest):
+            return None
+        self._remember(("key", digest), raw["tenant"])
+        return raw["tenant"]
