@@ -54,9 +54,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-TUPLE_DELIMITER = "<|#|>"
-COMPLETION_DELIMITER = "<|COMPLETE|>"
-KINDS = ("extract", "glean", "summary", "keywords", "answer")
+from src.rag.prompts import (
+    COMPLETION_DELIMITER,
+    KINDS,
+    TUPLE_DELIMITER,
+    classify_prompt,
+    extraction_input,
+    keyword_query,
+)
+
 ENDPOINTS = ("chat", "embeddings", "models")
 
 __all__ = [
@@ -266,55 +272,12 @@ def _wants_keywords(response_format: Any) -> bool:
 
 
 def classify_request(messages: Any, response_format: Any = None) -> str:
-    """Which LightRAG call this is: one of ``KINDS``."""
+    """Which LightRAG call this is: one of ``KINDS`` (shared classifier: src/rag/prompts.py)."""
     system, _other, last_user = _split_messages(messages)
-    if "Based on the last extraction task" in last_user and "missed" in last_user:
-        return "glean"
-    if "Extract entities and relationships from the input text" in last_user or (
-        "<Input Text>" in last_user and "responsible for extracting entities" in system
-    ):
-        return "extract"
-    if "synthesize a list of descriptions" in last_user or "Description List:" in last_user:
-        return "summary"
-    if (
-        "expert keyword extractor" in last_user
-        or "expert keyword extractor" in system
-        or _wants_keywords(response_format)
-    ):
-        return "keywords"
-    return "answer"
+    return classify_prompt(last_user, system, keyword_extraction=_wants_keywords(response_format))
 
 
 # --- extraction -------------------------------------------------------------------------------
-
-
-def _extraction_input(prompt: str) -> tuple[str, list[str]]:
-    """Input text and entity types from LightRAG's entity_extraction_user_prompt."""
-    text = prompt
-    start = prompt.rfind("<Input Text>")
-    if start >= 0:
-        body = prompt[start + len("<Input Text>") :]
-        open_fence = body.find("```")
-        end = body.rfind("<Output>")
-        if end < 0:
-            end = len(body)
-        close_fence = body.rfind("```", 0, end)
-        if 0 <= open_fence < close_fence:
-            text = body[open_fence + 3 : close_fence]
-        else:
-            text = body[:end]
-    types: list[str] = []
-    tstart = prompt.rfind("<Entity_types>", 0, start if start >= 0 else len(prompt))
-    if tstart >= 0:
-        lb = prompt.find("[", tstart)
-        rb = prompt.find("]", lb + 1) if lb >= 0 else -1
-        if 0 <= lb < rb:
-            raw = prompt[lb + 1 : rb]
-            for t in raw.split(","):
-                t = t.strip().strip("\"'` ")
-                if t and not any(c in t for c in "'()<>|/\\"):
-                    types.append(t)
-    return text.strip(), types
 
 
 def extraction_records(text: str, entity_types: list[str] | None = None, max_entities: int = 8) -> str:
@@ -391,17 +354,8 @@ def summary_answer(prompt: str, limit: int = 600) -> str:
     return out or "No description available."
 
 
-def _keyword_query(prompt: str) -> str:
-    i = prompt.rfind("User Query:")
-    if i < 0:
-        return prompt
-    q = prompt[i + len("User Query:") :]
-    j = q.find("---Output---")
-    return (q[:j] if j >= 0 else q).strip()
-
-
 def keywords_answer(prompt: str) -> str:
-    query = _keyword_query(prompt)
+    query = keyword_query(prompt)
     phrases: list[str] = []
     for p in _proper_phrases(query):
         if p not in phrases:
@@ -475,7 +429,7 @@ def chat_answer(body: dict[str, Any], cfg: MockConfig) -> tuple[str, str]:
     kind = classify_request(messages, body.get("response_format"))
     system, other, last_user = _split_messages(messages)
     if kind == "extract":
-        text, types = _extraction_input(last_user)
+        text, types = extraction_input(last_user)
         return kind, extraction_records(text, types, cfg.max_entities)
     if kind == "glean":
         return kind, COMPLETION_DELIMITER

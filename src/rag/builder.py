@@ -11,6 +11,8 @@ from typing import Any
 
 from lightrag import LightRAG
 
+from src.core.config import Settings
+
 from .embedding import build_embedding_func
 from .llm import build_llm_func
 from .tokenizer import build_tokenizer
@@ -21,47 +23,44 @@ logger = logging.getLogger(__name__)
 HASH_COSINE_THRESHOLD = 0.05
 
 
-def _setting(settings: Any, name: str, default: Any) -> Any:
-    value = getattr(settings, name, default)
-    return default if value is None else value
-
-
-def lightrag_kwargs(settings: Any) -> dict[str, Any]:
+def lightrag_kwargs(settings: Settings) -> dict[str, Any]:
     """Tuning arguments passed to ``LightRAG(...)`` (exposed for tests and diagnostics).
 
     LightRAG kills an LLM call after ``2 * default_llm_timeout`` (+15 s for the health check,
     lightrag/utils.py priority_limit_async_func_call); our client already bounds each attempt
     by ``llm_timeout_seconds`` and retries, so the outer bound must cover all attempts.
     """
-    timeout = float(_setting(settings, "llm_timeout_seconds", 120.0))
-    attempts = max(1, int(_setting(settings, "llm_max_retries", 3)))
-    outer_timeout = int(math.ceil(timeout * attempts / 2)) + 30
+    outer_timeout = outer_timeout_seconds(settings)
     # Half of the admitted tasks are indexed in parallel; the other half are already enqueued in
     # the same LightRAG pass, so no pass boundary leaves the LLM idle (see docs/benchmarks.md).
-    max_parallel = getattr(settings, "max_parallel_insert", None) or max(
-        1, int(_setting(settings, "max_concurrent_tasks", 2)) // 2
-    )
+    max_parallel = settings.max_parallel_insert or max(1, settings.max_concurrent_tasks // 2)
     kwargs: dict[str, Any] = {
-        "llm_model_name": _setting(settings, "llm_model", "gpt-4o-mini"),
-        "llm_model_max_async": int(_setting(settings, "llm_max_async", 4)),
+        "llm_model_name": settings.llm_model,
+        "llm_model_max_async": settings.llm_max_async,
         "default_llm_timeout": outer_timeout,
         "default_embedding_timeout": outer_timeout,
-        "embedding_batch_num": int(_setting(settings, "embedding_batch_size", 32)),
-        "embedding_func_max_async": int(_setting(settings, "embedding_max_async", 4)),
-        "chunk_token_size": int(_setting(settings, "chunk_token_size", 1200)),
-        "chunk_overlap_token_size": int(_setting(settings, "chunk_overlap_token_size", 100)),
-        "entity_extract_max_gleaning": int(_setting(settings, "entity_extract_max_gleaning", 1)),
+        "embedding_batch_num": settings.embedding_batch_size,
+        "embedding_func_max_async": settings.embedding_max_async,
+        "chunk_token_size": settings.chunk_token_size,
+        "chunk_overlap_token_size": settings.chunk_overlap_token_size,
+        "entity_extract_max_gleaning": settings.entity_extract_max_gleaning,
         "max_parallel_insert": int(max_parallel),
         "enable_llm_cache": True,
         "enable_llm_cache_for_entity_extract": True,
     }
-    if getattr(settings, "resolved_embedding_provider", None) == "hash":
+    if settings.resolved_embedding_provider == "hash":
         kwargs["cosine_better_than_threshold"] = HASH_COSINE_THRESHOLD
     return kwargs
 
 
+def outer_timeout_seconds(settings: Settings) -> int:
+    """Seconds one provider call may take, all retry attempts included."""
+    attempts = max(1, settings.llm_max_retries)
+    return int(math.ceil(settings.llm_timeout_seconds * attempts / 2)) + 30
+
+
 async def build_lightrag(
-    settings: Any,
+    settings: Settings,
     workspace: str | None = None,
     llm_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
 ) -> LightRAG:
@@ -75,7 +74,7 @@ async def build_lightrag(
     """
     data_dir = Path(settings.data_dir)
     working_dir = Path(settings.rag_dir)
-    workspace = workspace or _setting(settings, "workspace", "default")
+    workspace = workspace or settings.workspace
 
     tokenizer = await asyncio.to_thread(build_tokenizer, data_dir / "tiktoken")
     embedding_func = build_embedding_func(settings)
