@@ -74,7 +74,8 @@ class EmbeddingBatcher:
         self.provider = provider
         self._pending: dict[tuple[tuple[str, str], ...], _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Provider calls made and texts sent by this batcher (also in the prometheus counters).
+        #: Requests received, provider calls made and texts sent (also in the prometheus counters).
+        self.requests = 0
         self.calls = 0
         self.texts = 0
 
@@ -82,6 +83,7 @@ class EmbeddingBatcher:
         for name in LIMITER_KWARGS:
             kwargs.pop(name, None)
         texts = list(texts)
+        self.requests += 1
         PROVIDER_BATCHED_REQUESTS.inc()
         if not texts:
             return await self.func(texts, **kwargs)
