@@ -121,6 +121,7 @@ class CallScheduler:
         waiter = _Waiter(self._loop.create_future(), ctx.priority, ctx.tenant, next(self._seq))
         self._queues.setdefault(waiter.priority, {}).setdefault(waiter.tenant, deque()).append(waiter)
         PROVIDER_QUEUED.labels(self.name).inc()
+        self._dispatch()  # a free slot behind stale (cancelled) entries must not strand this call
         try:
             await waiter.future
         except asyncio.CancelledError:
