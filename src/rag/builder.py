@@ -32,9 +32,11 @@ HASH_COSINE_THRESHOLD = 0.05
 def lightrag_kwargs(settings: Settings) -> dict[str, Any]:
     """Tuning arguments passed to ``LightRAG(...)`` (exposed for tests and diagnostics).
 
-    LightRAG kills an LLM call after ``2 * default_llm_timeout`` (+15 s for the health check,
-    lightrag/utils.py priority_limit_async_func_call); our client already bounds each attempt
-    by ``llm_timeout_seconds`` and retries, so the outer bound must cover all attempts.
+    A provider call is killed after ``2 * default_llm_timeout`` (LightRAG's own limiter did so,
+    lightrag/utils.py priority_limit_async_func_call; our installed function keeps that bound); our
+    client already bounds each attempt by ``llm_timeout_seconds`` and retries, so the outer bound
+    must cover all attempts. ``llm_model_max_async`` still sets LightRAG's per-document extraction
+    and merge concurrency; the process-wide bound on calls is our scheduler's.
     """
     outer_timeout = outer_timeout_seconds(settings)
     # Half of the admitted tasks are indexed in parallel; the other half are already enqueued in
