@@ -231,3 +231,31 @@ async def test_built_lightrag_routes_llm_and_embeddings_through_our_schedulers(t
         assert schedulers.llm.peak <= 3 and schedulers.embedding.peak <= 2
     finally:
         await rag.finalize_storages()
+
+
+async def test_installed_llm_binds_lightrag_kwargs_and_bounds_a_hung_call(tmp_path: Path) -> None:
+    """Catches the installed LLM function losing LightRAG's bound kwargs (hashing_kv), passing its
+    limiter kwargs (_priority) to the provider, or a hung provider call keeping its slot forever."""
+    from src.rag.builder import build_lightrag, install_provider_functions
+
+    schedulers = ProviderSchedulers(1, 1)
+    rag = await build_lightrag(_settings(tmp_path), workspace="sched_timeout", schedulers=schedulers)
+    try:
+        seen: list[dict[str, Any]] = []
+
+        async def provider(prompt: str, **kwargs: Any) -> str:
+            seen.append(kwargs)
+            if prompt == "hang":
+                await asyncio.Event().wait()
+            return "ok"
+
+        install_provider_functions(rag, provider, rag.embedding_func, schedulers, llm_timeout=0.05)
+        assert await rag.llm_model_func("hi", system_prompt="s", _priority=8) == "ok"
+        assert seen[0]["hashing_kv"] is rag.llm_response_cache
+        assert seen[0]["system_prompt"] == "s" and "_priority" not in seen[0]
+        with pytest.raises(TimeoutError):
+            await rag.llm_model_func("hang")
+        assert schedulers.llm.active == 0
+        assert await rag.llm_model_func("again") == "ok"  # the one slot is free again
+    finally:
+        await rag.finalize_storages()
