@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from src.core.config import Settings
+from src.core.metrics import PROVIDER_REGISTRY
 from src.rag.batching import EmbeddingBatcher
 from src.rag.embedding import hash_embed_sync
 from src.rag.scheduler import CallScheduler, ProviderSchedulers, call_context, current_call_context
@@ -46,10 +47,13 @@ class Provider:
 async def test_concurrent_requests_share_one_provider_call() -> None:
     """Catches one provider call per request (LightRAG's one-text-per-call pattern unbatched)."""
     provider = Provider()
-    batcher = EmbeddingBatcher(provider, max_batch=32, wait_ms=5)
+    batcher = EmbeddingBatcher(provider, max_batch=32, wait_ms=5, provider="t-coalesce")
     texts = [f"entity number {i}" for i in range(10)]
     results = await asyncio.gather(*(batcher([t]) for t in texts))
     assert len(provider.batches) == 1
+    labels = {"provider": "t-coalesce"}  # what benchmarks read from /metrics
+    assert PROVIDER_REGISTRY.get_sample_value("ragsvc_provider_calls_total", labels) == 1
+    assert PROVIDER_REGISTRY.get_sample_value("ragsvc_provider_texts_total", labels) == 10
     assert provider.batches[0][0] == texts
     for text, rows in zip(texts, results, strict=True):  # every caller gets its own row
         assert rows.shape == (1, DIM)
