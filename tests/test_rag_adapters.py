@@ -383,7 +383,7 @@ async def _doc_status(rag: object, doc_id: str) -> dict:
 async def test_lightrag_end_to_end_offline(tmp_path: Path, no_network: None) -> None:
     from lightrag import QueryParam
 
-    from src.rag.engine import build_lightrag
+    from src.rag.builder import build_lightrag
 
     rag = await build_lightrag(make_settings(tmp_path), workspace="e2e_text")
     try:
@@ -410,7 +410,7 @@ async def test_lightrag_end_to_end_offline(tmp_path: Path, no_network: None) -> 
 async def test_raganything_pdf_and_docx_offline(tmp_path: Path, no_network: None) -> None:
     from lightrag import QueryParam
 
-    from src.rag.engine import build_lightrag
+    from src.rag.builder import build_lightrag
     from src.rag.parsers import build_raganything
 
     settings = make_settings(tmp_path, entity_extract_max_gleaning=0)

@@ -109,7 +109,8 @@ class Settings(BaseSettings):
     llm_api_key: str | None = None
     llm_model: str = "gpt-4o-mini"
     llm_timeout_seconds: float = 120.0
-    llm_max_async: int = 8
+    #: Concurrent LLM calls of this process, admitted by task priority (src/rag/scheduler.py).
+    llm_max_async: int = Field(default=8, ge=1)
     llm_max_retries: int = 3
 
     # --- embeddings -------------------------------------------------------------------
@@ -119,8 +120,13 @@ class Settings(BaseSettings):
     embedding_api_key: str | None = None
     embedding_model: str = "text-embedding-3-small"
     embedding_dim: int | None = None
-    embedding_batch_size: int = 32
-    embedding_max_async: int = 4
+    #: Texts per provider call; concurrent requests are coalesced up to this size (src/rag/batching.py).
+    embedding_batch_size: int = Field(default=32, ge=1)
+    embedding_max_async: int = Field(default=4, ge=1)
+    #: How long the first embedding request of a batch waits for others to join it (0 = no waiting).
+    embedding_batch_wait_ms: float = Field(default=5.0, ge=0)
+    #: onnxruntime intra-op threads of the local embedding model (unset: min(2, CPU count)).
+    embedding_threads: int | None = Field(default=None, ge=1)
 
     # --- LightRAG tuning --------------------------------------------------------------
     chunk_token_size: int = 1200

@@ -20,6 +20,29 @@ _TASK_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
+#: Provider traffic is process-wide (the LLM and embedding schedulers and batchers are shared by
+#: every knowledge base and outlive any one app), so it lives in its own registry that every
+#: ``Metrics.render`` appends; benchmarks read calls and texts per document from it.
+PROVIDER_REGISTRY = CollectorRegistry()
+PROVIDER_CALLS = Counter(
+    "ragsvc_provider_calls", "Calls sent to a model provider", ["provider"], registry=PROVIDER_REGISTRY
+)
+PROVIDER_TEXTS = Counter(
+    "ragsvc_provider_texts", "Texts sent to an embedding provider", ["provider"], registry=PROVIDER_REGISTRY
+)
+PROVIDER_BATCHED_REQUESTS = Counter(
+    "ragsvc_embedding_requests",
+    "Embedding requests made by LightRAG before micro-batching",
+    registry=PROVIDER_REGISTRY,
+)
+PROVIDER_QUEUED = Gauge(
+    "ragsvc_provider_queued", "Provider calls waiting for a slot", ["provider"], registry=PROVIDER_REGISTRY
+)
+PROVIDER_RUNNING = Gauge(
+    "ragsvc_provider_running", "Provider calls holding a slot", ["provider"], registry=PROVIDER_REGISTRY
+)
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -73,7 +96,7 @@ class Metrics:
         self._sampler: asyncio.Task | None = None
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + generate_latest(PROVIDER_REGISTRY)
 
     def wrap_llm(self, llm_func: Callable[..., Any]) -> Callable[..., Any]:
         """Time every LLM call and count its errors by exception type."""

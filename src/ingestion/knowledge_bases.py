@@ -99,7 +99,7 @@ class TenantEngines:
             return engine
 
     async def _build(self, tenant: str) -> TenantEngine:
-        from src.rag.engine import build_lightrag
+        from src.rag.builder import build_lightrag
         from src.rag.parsers import build_raganything
 
         guard = DocumentGuard()

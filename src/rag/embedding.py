@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 import numpy as np
 from lightrag.utils import EmbeddingFunc
 
+from src.core.config import Settings
+
 from .retry import LazyOpenAIClient, build_retrying
 
 logger = logging.getLogger(__name__)
@@ -37,11 +39,6 @@ KNOWN_OPENAI_DIMS = {
     "text-embedding-3-large": 3072,
     "text-embedding-ada-002": 1536,
 }
-
-
-def _setting(settings: Any, name: str, default: Any) -> Any:
-    value = getattr(settings, name, default)
-    return default if value is None else value
 
 
 def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -153,9 +150,9 @@ class OnnxMiniLMEmbedder:
         return self  # holds a session and locks; LightRAG's asdict() must not copy it
 
 
-def _build_onnx(settings: Any) -> EmbeddingFunc:
-    embedder = OnnxMiniLMEmbedder(intra_op_threads=getattr(settings, "embedding_threads", None))
-    batch_size = int(_setting(settings, "embedding_batch_size", 32))
+def _build_onnx(settings: Settings) -> EmbeddingFunc:
+    embedder = OnnxMiniLMEmbedder(intra_op_threads=settings.embedding_threads)
+    batch_size = int(settings.embedding_batch_size)
 
     async def onnx_embed(texts: list[str], **_: Any) -> np.ndarray:
         return await asyncio.to_thread(embedder.embed, list(texts), batch_size)
@@ -211,8 +208,8 @@ def hash_embed_sync(texts: Sequence[str], dim: int) -> np.ndarray:
     return out
 
 
-def _build_hash(settings: Any) -> EmbeddingFunc:
-    dim = int(_setting(settings, "embedding_dim", HASH_DEFAULT_DIM))
+def _build_hash(settings: Settings) -> EmbeddingFunc:
+    dim = int(settings.embedding_dim or HASH_DEFAULT_DIM)
 
     async def hash_embed(texts: list[str], **_: Any) -> np.ndarray:
         texts = list(texts)
@@ -236,13 +233,13 @@ class OpenAIEmbedder:
     transient failures with jittered exponential backoff and fails fast on permanent ones.
     """
 
-    def __init__(self, settings: Any, dim: int) -> None:
-        self._base_url = getattr(settings, "embedding_base_url", None)
-        self._api_key = getattr(settings, "embedding_api_key", None) or "not-needed"
-        self._model = _setting(settings, "embedding_model", "text-embedding-3-small")
-        self._timeout = float(_setting(settings, "llm_timeout_seconds", 120.0))
-        self._attempts = int(_setting(settings, "llm_max_retries", 3))
-        self._batch_size = int(_setting(settings, "embedding_batch_size", 32))
+    def __init__(self, settings: Settings, dim: int) -> None:
+        self._base_url = settings.embedding_base_url
+        self._api_key = settings.embedding_api_key or "not-needed"
+        self._model = settings.embedding_model
+        self._timeout = float(settings.llm_timeout_seconds)
+        self._attempts = int(settings.llm_max_retries)
+        self._batch_size = int(settings.embedding_batch_size)
         self._dim = dim
         native = KNOWN_OPENAI_DIMS.get(self._model)
         # Only text-embedding-3-* accept a shortened `dimensions`; others must return `dim`.
@@ -287,9 +284,9 @@ class OpenAIEmbedder:
         return self
 
 
-def _build_openai(settings: Any) -> EmbeddingFunc:
-    model = _setting(settings, "embedding_model", "text-embedding-3-small")
-    dim = getattr(settings, "embedding_dim", None) or KNOWN_OPENAI_DIMS.get(model)
+def _build_openai(settings: Settings) -> EmbeddingFunc:
+    model = settings.embedding_model
+    dim = settings.embedding_dim or KNOWN_OPENAI_DIMS.get(model)
     if not dim:
         raise ValueError(
             f"EMBEDDING_DIM must be set for embedding model {model!r} (the vector store is created "
@@ -305,13 +302,13 @@ def _build_openai(settings: Any) -> EmbeddingFunc:
     return EmbeddingFunc(embedding_dim=int(dim), max_token_size=8192, func=openai_embed, model_name=model)
 
 
-def build_embedding_func(settings: Any) -> EmbeddingFunc:
+def build_embedding_func(settings: Settings) -> EmbeddingFunc:
     """Build the embedding function chosen by ``settings.resolved_embedding_provider``.
 
     "onnx" is the offline default (semantic, local), "hash" is a lexical toy for fast tests,
     "openai" calls any OpenAI-compatible endpoint.
     """
-    provider = getattr(settings, "resolved_embedding_provider", None) or "onnx"
+    provider = settings.resolved_embedding_provider
     if provider == "onnx":
         return _build_onnx(settings)
     if provider == "hash":
@@ -322,16 +319,16 @@ def build_embedding_func(settings: Any) -> EmbeddingFunc:
     raise ValueError(f"unknown embedding provider {provider!r} (expected onnx, hash or openai)")
 
 
-def embedding_description(settings: Any) -> str:
+def embedding_description(settings: Settings) -> str:
     """Human-readable embedding backend for /health."""
-    provider = getattr(settings, "resolved_embedding_provider", None) or "onnx"
+    provider = settings.resolved_embedding_provider
     if provider == "onnx":
         return f"onnx all-MiniLM-L6-v2 int8 (local, dim={MINILM_DIM})"
     if provider == "hash":
-        dim = int(_setting(settings, "embedding_dim", HASH_DEFAULT_DIM))
+        dim = int(settings.embedding_dim or HASH_DEFAULT_DIM)
         return f"hash (lexical test embedding, dim={dim})"
-    model = _setting(settings, "embedding_model", "text-embedding-3-small")
-    base_url = getattr(settings, "embedding_base_url", None)
+    model = settings.embedding_model
+    base_url = settings.embedding_base_url
     host = urlparse(base_url).netloc if base_url else "api.openai.com"
-    dim = getattr(settings, "embedding_dim", None) or KNOWN_OPENAI_DIMS.get(model, "?")
+    dim = settings.embedding_dim or KNOWN_OPENAI_DIMS.get(model, "?")
     return f"openai-compatible model={model} dim={dim} at {host}"

@@ -21,8 +21,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from lightrag import LightRAG
 from raganything import RAGAnything, RAGAnythingConfig
 from raganything.parser import Parser, list_parsers, register_parser
+
+from src.core.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +340,7 @@ def register_offline_parser() -> None:
         register_parser(OFFLINE_PARSER_NAME, OfflineParser)
 
 
-def build_raganything(rag: Any, settings: Any) -> RAGAnything:
+def build_raganything(rag: LightRAG, settings: Settings) -> RAGAnything:
     """RAG-Anything around an initialised LightRAG, configured to stay offline.
 
     Text-only: image/table/equation/audio/video processing is off (no vision model), the

@@ -1,0 +1,342 @@
+"""The FastAPI app of the mock: OpenAI-compatible routes and the /_mock control routes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from .answers import _STREAM_PIECE_RE, _approx_tokens, _message_text, chat_answer, embed_vector
+from .config import MockConfig
+from .state import MockState, _error_payload, _json_response
+
+# ----------------------------------------------------------------------------------------------
+# app
+# ----------------------------------------------------------------------------------------------
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return (
+        b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
+    )
+
+
+def _stream_pieces(content: str, words: int) -> list[str]:
+    parts = _STREAM_PIECE_RE.findall(content)
+    return ["".join(parts[i : i + words]) for i in range(0, len(parts), words)] or [content]
+
+
+def create_mock_app(config: MockConfig | None = None) -> FastAPI:
+    """Build a fresh mock app; its state is ``app.state.mock`` (a ``MockState``)."""
+    state = MockState(config or MockConfig())
+    app = FastAPI(title="mock-openai", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.mock = state
+    seq = {"n": 0}
+
+    def next_id(prefix: str) -> str:
+        seq["n"] += 1
+        return f"{prefix}-mock-{seq['n']:08d}"
+
+    def check_auth(request: Request, cfg: MockConfig) -> Response | None:
+        if cfg.api_key is None:
+            return None
+        if request.headers.get("authorization", "") == f"Bearer {cfg.api_key}":
+            return None
+        state.auth_failures += 1
+        return _json_response(
+            _error_payload("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"), 401
+        )
+
+    async def read_json(request: Request) -> dict[str, Any] | Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            state.bad_requests += 1
+            return _json_response(
+                _error_payload("Request body must be a JSON object.", "invalid_request_error", None), 400
+            )
+        return body
+
+    async def fault_response(endpoint: str, cfg: MockConfig, started: float) -> Response | None:
+        """Apply hang / injected errors. Caller holds the in-flight slot."""
+        fault, hang = state.draw_fault(endpoint, cfg)
+        if hang:
+            state.hangs += 1
+            await asyncio.sleep(cfg.hang_seconds)
+        if fault is None:
+            return None
+        if cfg.error_latency:
+            await asyncio.sleep(cfg.error_latency)
+        permanent = fault == "permanent"
+        status = cfg.permanent_error_status if permanent else cfg.error_status
+        resp = state.error_response(status, permanent, cfg)
+        state.record(endpoint, status, started, fault=fault)
+        return resp
+
+    # --- OpenAI surface -----------------------------------------------------------------------
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        started = time.perf_counter()
+        state.calls["chat"] += 1
+        cfg = state.config
+        denied = check_auth(request, cfg)
+        if denied is not None:
+            return denied
+        body = await read_json(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            state.bad_requests += 1
+            return _json_response(
+                _error_payload(
+                    "'messages' must be a non-empty array.", "invalid_request_error", None, "messages"
+                ),
+                400,
+            )
+        stream = bool(body.get("stream"))
+        state.enter()
+        handed_off = False
+        try:
+            err = await fault_response("chat", cfg, started)
+            if err is not None:
+                return err
+            delay = state.call_latency("chat", cfg)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            kind, content = chat_answer(body, cfg)
+            state.kinds[kind] += 1
+            model = str(body.get("model") or cfg.model)
+            cid = next_id("chatcmpl")
+            created = int(time.time())
+            prompt_tokens = sum(
+                _approx_tokens(_message_text(m.get("content")))
+                for m in body["messages"]
+                if isinstance(m, dict)
+            )
+            completion_tokens = _approx_tokens(content)
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            if not stream:
+                state.record("chat", 200, started, kind=kind)
+                return _json_response(
+                    {
+                        "id": cid,
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": model,
+                        "system_fingerprint": "mock",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": content, "refusal": None},
+                                "logprobs": None,
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": usage,
+                    }
+                )
+
+            state.streams += 1
+            opts = body.get("stream_options")
+            include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+            pieces = _stream_pieces(content, cfg.stream_chunk_words)
+            chunk_delay = cfg.stream_chunk_delay
+            released = {"done": False}
+
+            def release() -> None:
+                if not released["done"]:
+                    released["done"] = True
+                    state.leave()
+                    state.record("chat", 200, started, kind=kind, stream=True)
+
+            async def events():
+                base = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "system_fingerprint": "mock",
+                }
+                try:
+                    yield _sse(
+                        {
+                            **base,
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ],
+                        }
+                    )
+                    for piece in pieces:
+                        if chunk_delay:
+                            await asyncio.sleep(chunk_delay)
+                        yield _sse(
+                            {
+                                **base,
+                                "choices": [
+                                    {
+                                        "index": 0,
+                                        "delta": {"content": piece},
+                                        "logprobs": None,
+                                        "finish_reason": None,
+                                    }
+                                ],
+                            }
+                        )
+                    yield _sse(
+                        {
+                            **base,
+                            "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+                        }
+                    )
+                    if include_usage:
+                        yield _sse({**base, "choices": [], "usage": usage})
+                    yield b"data: [DONE]\n\n"
+                finally:
+                    release()
+
+            handed_off = True
+            return StreamingResponse(
+                events(),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        finally:
+            if not handed_off:
+                state.leave()
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        started = time.perf_counter()
+        state.calls["embeddings"] += 1
+        cfg = state.config
+        denied = check_auth(request, cfg)
+        if denied is not None:
+            return denied
+        body = await read_json(request)
+        if isinstance(body, Response):
+            return body
+        raw = body.get("input")
+        inputs: list[str | list[int]]
+        if isinstance(raw, str):
+            inputs = [raw]
+        elif isinstance(raw, list) and raw and all(isinstance(x, int) for x in raw):
+            inputs = [raw]  # one pre-tokenised input
+        elif isinstance(raw, list) and raw and all(isinstance(x, (str, list)) for x in raw):
+            inputs = raw
+        else:
+            state.bad_requests += 1
+            return _json_response(
+                _error_payload(
+                    "'input' must be a string, an array of strings or an array of token arrays, "
+                    "and must not be empty.",
+                    "invalid_request_error",
+                    None,
+                    "input",
+                ),
+                400,
+            )
+        dim = body.get("dimensions") or cfg.embedding_dim
+        if not isinstance(dim, int) or dim < 1 or dim > 65536:
+            state.bad_requests += 1
+            return _json_response(
+                _error_payload("'dimensions' must be a positive integer.", "invalid_request_error", None),
+                400,
+            )
+        use_b64 = body.get("encoding_format") == "base64"
+        state.enter()
+        try:
+            err = await fault_response("embeddings", cfg, started)
+            if err is not None:
+                return err
+            delay = state.call_latency("embeddings", cfg)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            data = []
+            tokens = 0
+            for i, item in enumerate(inputs):
+                vec = embed_vector(item, dim)
+                tokens += len(item) if isinstance(item, list) else _approx_tokens(item)
+                emb: Any = (
+                    base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii") if use_b64 else vec.tolist()
+                )
+                data.append({"object": "embedding", "index": i, "embedding": emb})
+            state.embedding_inputs += len(inputs)
+            state.record("embeddings", 200, started, inputs=len(inputs))
+            return _json_response(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": str(body.get("model") or cfg.embedding_model),
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                }
+            )
+        finally:
+            state.leave()
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        state.calls["models"] += 1
+        cfg = state.config
+        denied = check_auth(request, cfg)
+        if denied is not None:
+            return denied
+        return _json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": cfg.model, "object": "model", "created": 0, "owned_by": "mock"},
+                    {"id": cfg.embedding_model, "object": "model", "created": 0, "owned_by": "mock"},
+                ],
+            }
+        )
+
+    # --- control ------------------------------------------------------------------------------
+    @app.get("/_mock/health")
+    async def health() -> Response:
+        return _json_response({"status": "ok"})
+
+    @app.get("/_mock/stats")
+    async def stats(include_calls: bool = False) -> Response:
+        return _json_response(state.snapshot(include_calls=include_calls))
+
+    @app.get("/_mock/config")
+    async def get_config() -> Response:
+        return _json_response(state.config.model_dump())
+
+    @app.post("/_mock/config")
+    async def set_config(request: Request) -> Response:
+        try:
+            changes = json.loads(await request.body() or b"{}")
+        except ValueError:
+            changes = None
+        if not isinstance(changes, dict):
+            return _json_response({"detail": "body must be a JSON object of MockConfig fields"}, 400)
+        try:
+            new = state.update_config(changes)
+        except ValidationError as exc:
+            return _json_response({"detail": json.loads(exc.json())}, 422)
+        return _json_response(new.model_dump())
+
+    @app.post("/_mock/reset")
+    async def reset(restore_config: bool = False) -> Response:
+        state.reset(restore_config=restore_config)
+        return _json_response({"status": "reset", "config": state.config.model_dump()})
+
+    return app

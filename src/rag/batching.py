@@ -1,0 +1,183 @@
+"""Embedding micro-batching: concurrent embedding requests share one provider call.
+
+LightRAG embeds entities and relations one text per call while it merges a document (a dozen
+calls for a one-chunk document). ``EmbeddingBatcher`` holds the first request of a batch for
+``EMBEDDING_BATCH_WAIT_MS`` so that requests arriving meanwhile join it, then sends one call of
+up to ``EMBEDDING_BATCH_SIZE`` texts (through the embedding scheduler, at the highest priority of
+its callers) and hands every caller its own rows. It wraps the provider function of any
+``EmbeddingFunc`` (OpenAI-compatible, ONNX, hash) alike. Requests with different keyword
+arguments (e.g. the asymmetric ``context="query"`` / ``"document"``) are never mixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from src.core.metrics import PROVIDER_BATCHED_REQUESTS, PROVIDER_CALLS, PROVIDER_TEXTS
+
+from .scheduler import CallContext, CallScheduler, call_context, current_call_context
+
+#: LightRAG's limiter kwargs (lightrag/utils.py priority_limit_async_func_call); ours replaces it.
+LIMITER_KWARGS = ("_priority", "_timeout", "_queue_timeout")
+
+EmbedFn = Callable[..., Awaitable[np.ndarray]]
+
+
+class _Segment:
+    __slots__ = ("texts", "future", "ctx")
+
+    def __init__(self, texts: list[str], future: asyncio.Future[np.ndarray], ctx: CallContext) -> None:
+        self.texts = texts
+        self.future = future
+        self.ctx = ctx
+
+
+class _Pending:
+    __slots__ = ("kwargs", "segments", "count", "timer")
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        self.kwargs = kwargs
+        self.segments: list[_Segment] = []
+        self.count = 0
+        self.timer: asyncio.TimerHandle | asyncio.Handle | None = None
+
+
+def _kwargs_key(kwargs: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
+
+
+class EmbeddingBatcher:
+    """Callable ``(texts, **kwargs) -> ndarray`` that coalesces concurrent calls of ``func``.
+
+    An error of a batch call reaches every caller of that batch; a caller cancelled while its
+    texts wait is dropped from the batch, one cancelled while the batch runs just ignores it.
+    """
+
+    def __init__(
+        self,
+        func: EmbedFn,
+        *,
+        max_batch: int = 32,
+        wait_ms: float = 5.0,
+        scheduler: CallScheduler | None = None,
+        provider: str = "embedding",
+    ) -> None:
+        self.func = func
+        self.max_batch = max(1, int(max_batch))
+        self.wait = max(0.0, float(wait_ms)) / 1000.0
+        self.scheduler = scheduler
+        self.provider = provider
+        self._pending: dict[tuple[tuple[str, str], ...], _Pending] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Requests received, provider calls made and texts sent (also in the prometheus counters).
+        self.requests = 0
+        self.calls = 0
+        self.texts = 0
+
+    async def __call__(self, texts: list[str], **kwargs: Any) -> np.ndarray:
+        for name in LIMITER_KWARGS:
+            kwargs.pop(name, None)
+        texts = list(texts)
+        self.requests += 1
+        PROVIDER_BATCHED_REQUESTS.inc()
+        if not texts:
+            return await self.func(texts, **kwargs)
+        loop = asyncio.get_running_loop()
+        ctx = current_call_context()
+        segments = []
+        for start in range(0, len(texts), self.max_batch):
+            segment = _Segment(texts[start : start + self.max_batch], loop.create_future(), ctx)
+            self._add(segment, kwargs)
+            segments.append(segment)
+        results = await asyncio.gather(*(s.future for s in segments), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results[0] if len(results) == 1 else np.concatenate(results, axis=0)
+
+    def _add(self, segment: _Segment, kwargs: dict[str, Any]) -> None:
+        key = _kwargs_key(kwargs)
+        pending = self._pending.get(key)
+        if pending is not None and pending.count + len(segment.texts) > self.max_batch:
+            self._flush(key)
+            pending = None
+        if pending is None:
+            pending = self._pending[key] = _Pending(dict(kwargs))
+        pending.segments.append(segment)
+        pending.count += len(segment.texts)
+        if pending.count >= self.max_batch:
+            self._flush(key)
+        elif pending.timer is None:
+            loop = asyncio.get_running_loop()
+            # wait 0: still let callers of the same loop iteration join (asyncio.gather of many).
+            if self.wait:
+                pending.timer = loop.call_later(self.wait, self._flush, key)
+            else:
+                pending.timer = loop.call_soon(self._flush, key)
+
+    def _flush(self, key: tuple[tuple[str, str], ...]) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        live = [s for s in pending.segments if not s.future.done()]
+        if not live:
+            return
+        task = asyncio.get_running_loop().create_task(self._send(live, pending.kwargs))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, segments: list[_Segment], kwargs: dict[str, Any]) -> None:
+        texts = [t for s in segments for t in s.texts]
+        # The batch runs at the most urgent of its callers' priorities, for that caller's tenant.
+        lead = max(segments, key=lambda s: s.ctx.priority)
+        try:
+            with call_context(priority=lead.ctx.priority, tenant=lead.ctx.tenant):
+                if self.scheduler is not None:
+                    result = await self.scheduler.run(self._call, texts, kwargs)
+                else:
+                    result = await self._call(texts, kwargs)
+            rows = np.asarray(result)
+            if rows.ndim != 2 or rows.shape[0] != len(texts):
+                raise ValueError(
+                    f"embedding provider returned {rows.shape} for a batch of {len(texts)} texts"
+                )
+        except asyncio.CancelledError:
+            for s in segments:
+                if not s.future.done():
+                    s.future.cancel()
+            raise
+        except Exception as exc:
+            for s in segments:
+                if not s.future.done():
+                    s.future.set_exception(exc)
+            return
+        offset = 0
+        for s in segments:
+            if not s.future.done():
+                s.future.set_result(rows[offset : offset + len(s.texts)])
+            offset += len(s.texts)
+
+    async def _call(self, texts: list[str], kwargs: dict[str, Any]) -> np.ndarray:
+        self.calls += 1
+        self.texts += len(texts)
+        PROVIDER_CALLS.labels(self.provider).inc()
+        PROVIDER_TEXTS.labels(self.provider).inc(len(texts))
+        return await self.func(texts, **kwargs)
+
+    async def aclose(self) -> None:
+        """Send what is pending and wait for batches in flight (call before the loop closes)."""
+        for key in list(self._pending):
+            self._flush(key)
+        if self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EmbeddingBatcher:
+        return self  # LightRAG's asdict() deep-copies the embedding function: share the batcher

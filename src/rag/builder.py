@@ -1,0 +1,174 @@
+"""Assemble a ready-to-use LightRAG instance from the service settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lightrag import LightRAG
+from lightrag.base import StorageNameSpace
+from lightrag.utils import EmbeddingFunc
+
+from src.core.config import Settings
+from src.core.metrics import PROVIDER_CALLS
+
+from .batching import LIMITER_KWARGS, EmbeddingBatcher
+from .embedding import build_embedding_func
+from .llm import build_llm_func
+from .scheduler import ProviderSchedulers, shared_schedulers
+from .tokenizer import build_tokenizer
+
+logger = logging.getLogger(__name__)
+
+#: Cosine threshold for the lexical hash embedding, whose scores run far lower than MiniLM's.
+HASH_COSINE_THRESHOLD = 0.05
+
+
+def lightrag_kwargs(settings: Settings) -> dict[str, Any]:
+    """Tuning arguments passed to ``LightRAG(...)`` (exposed for tests and diagnostics).
+
+    A provider call is killed after ``2 * default_llm_timeout`` (LightRAG's own limiter did so,
+    lightrag/utils.py priority_limit_async_func_call; our installed function keeps that bound); our
+    client already bounds each attempt by ``llm_timeout_seconds`` and retries, so the outer bound
+    must cover all attempts. ``llm_model_max_async`` still sets LightRAG's per-document extraction
+    and merge concurrency; the process-wide bound on calls is our scheduler's.
+    """
+    outer_timeout = outer_timeout_seconds(settings)
+    # Half of the admitted tasks are indexed in parallel; the other half are already enqueued in
+    # the same LightRAG pass, so no pass boundary leaves the LLM idle (see docs/benchmarks.md).
+    max_parallel = settings.max_parallel_insert or max(1, settings.max_concurrent_tasks // 2)
+    kwargs: dict[str, Any] = {
+        "llm_model_name": settings.llm_model,
+        "llm_model_max_async": settings.llm_max_async,
+        "default_llm_timeout": outer_timeout,
+        "default_embedding_timeout": outer_timeout,
+        "embedding_batch_num": settings.embedding_batch_size,
+        "embedding_func_max_async": settings.embedding_max_async,
+        "chunk_token_size": settings.chunk_token_size,
+        "chunk_overlap_token_size": settings.chunk_overlap_token_size,
+        "entity_extract_max_gleaning": settings.entity_extract_max_gleaning,
+        "max_parallel_insert": int(max_parallel),
+        "enable_llm_cache": True,
+        "enable_llm_cache_for_entity_extract": True,
+    }
+    if settings.resolved_embedding_provider == "hash":
+        kwargs["cosine_better_than_threshold"] = HASH_COSINE_THRESHOLD
+    return kwargs
+
+
+def outer_timeout_seconds(settings: Settings) -> int:
+    """Seconds one provider call may take, all retry attempts included."""
+    attempts = max(1, settings.llm_max_retries)
+    return int(math.ceil(settings.llm_timeout_seconds * attempts / 2)) + 30
+
+
+async def build_lightrag(
+    settings: Settings,
+    workspace: str | None = None,
+    llm_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+    schedulers: ProviderSchedulers | None = None,
+) -> LightRAG:
+    """Create, initialise and return a LightRAG instance; never touches the network.
+
+    The tokenizer is the offline tiktoken o200k_base (LightRAG's default would download it in
+    the constructor); slow synchronous steps (tokenizer load, constructor, JSON storage loads)
+    run in worker threads so the event loop keeps serving. Call ``await rag.finalize_storages()``
+    when done. Every instance must get its own workspace: instances with the same workspace
+    share LightRAG's process-global pipeline status and doc-status namespace.
+
+    LLM and embedding calls go through ``schedulers`` (default: the process-wide pair bounded by
+    LLM_MAX_ASYNC / EMBEDDING_MAX_ASYNC) and embeddings through a micro-batcher; see
+    ``install_provider_functions`` for how they replace LightRAG's own limiter.
+    """
+    data_dir = Path(settings.data_dir)
+    working_dir = Path(settings.rag_dir)
+    workspace = workspace or settings.workspace
+    schedulers = schedulers or shared_schedulers(settings.llm_max_async, settings.embedding_max_async)
+
+    tokenizer = await asyncio.to_thread(build_tokenizer, data_dir / "tiktoken")
+    provider_embedding = build_embedding_func(settings)
+    batcher = EmbeddingBatcher(
+        provider_embedding.func,
+        max_batch=settings.embedding_batch_size,
+        wait_ms=settings.embedding_batch_wait_ms,
+        scheduler=schedulers.embedding,
+    )
+    embedding_func = replace(provider_embedding, func=batcher)
+    llm_func = build_llm_func(settings)
+    if llm_wrapper is not None:  # e.g. the document guard that stops LLM work of cancelled tasks
+        llm_func = llm_wrapper(llm_func)
+
+    def construct() -> LightRAG:
+        working_dir.mkdir(parents=True, exist_ok=True)
+        return LightRAG(
+            working_dir=str(working_dir),
+            workspace=workspace,
+            tokenizer=tokenizer,
+            embedding_func=embedding_func,
+            llm_model_func=llm_func,
+            **lightrag_kwargs(settings),
+        )
+
+    rag = await asyncio.to_thread(construct)
+    install_provider_functions(rag, llm_func, embedding_func, schedulers, 2 * outer_timeout_seconds(settings))
+    # initialize_storages() also initialises this workspace's pipeline status in 1.4.16
+    # (lightrag.py initialize_storages); calling it again is a no-op kept for older releases.
+    await rag.initialize_storages()
+    from lightrag.kg.shared_storage import initialize_pipeline_status
+
+    await initialize_pipeline_status(workspace=workspace)
+    logger.info("LightRAG ready: working_dir=%s workspace=%s", working_dir, workspace)
+    return rag
+
+
+def install_provider_functions(
+    rag: LightRAG,
+    llm_func: Callable[..., Any],
+    embedding_func: EmbeddingFunc,
+    schedulers: ProviderSchedulers,
+    llm_timeout: float,
+) -> None:
+    """Replace LightRAG's limiter-wrapped LLM and embedding functions with our scheduled ones.
+
+    ``LightRAG.__post_init__`` (1.4.16) wraps ``llm_model_func`` (bound to ``hashing_kv`` and
+    ``llm_model_kwargs`` with a partial) and ``embedding_func.func`` in
+    ``priority_limit_async_func_call``, whose long-lived worker tasks run the calls: a ContextVar
+    read there belongs to whichever task started the workers, not to the caller, so priorities
+    could not reach the scheduler. Where LightRAG reads them afterwards:
+
+    - ``self.llm_model_func`` via ``asdict(self)`` -> ``global_config["llm_model_func"]`` in
+      ``process_document`` / ``extract_entities`` / ``merge_nodes_and_edges`` / ``aquery`` (read at
+      call time, so assigning the attribute is enough; it must be a plain function because
+      ``asdict`` deep-copies it);
+    - ``self.embedding_func`` and each storage's ``embedding_func`` (captured at construction:
+      vector upserts/queries and ``text_chunks_db.embedding_func`` for query embeddings).
+    Both run in the caller's task here, bounded by our schedulers instead of LightRAG's workers.
+    """
+    hashing_kv = rag.llm_response_cache
+    bound = dict(rag.llm_model_kwargs)
+    scheduler = schedulers.llm
+
+    async def scheduled_llm(*args: Any, **kwargs: Any) -> Any:
+        for name in LIMITER_KWARGS:
+            kwargs.pop(name, None)
+        call_kwargs = {"hashing_kv": hashing_kv, **bound, **kwargs}
+        await scheduler.acquire()
+        try:
+            PROVIDER_CALLS.labels("llm").inc()
+            async with asyncio.timeout(llm_timeout):  # LightRAG's worker enforced the same bound
+                return await llm_func(*args, **call_kwargs)
+        finally:
+            scheduler.release()
+
+    scheduled_llm.scheduler = scheduler  # type: ignore[attr-defined]
+    scheduled_llm.provider_func = llm_func  # type: ignore[attr-defined]
+    rag.llm_model_func = scheduled_llm
+    rag.embedding_func = embedding_func
+    for value in list(vars(rag).values()):
+        if isinstance(value, StorageNameSpace) and getattr(value, "embedding_func", None) is not None:
+            value.embedding_func = embedding_func

@@ -1,0 +1,210 @@
+"""Admission of provider calls (LLM, embeddings) by task priority, tenant fairness and age.
+
+One ``CallScheduler`` per provider bounds the calls in flight in this process (``LLM_MAX_ASYNC``,
+``EMBEDDING_MAX_ASYNC``). When a slot frees, the waiting call admitted next is the one with the
+highest task priority (0-9, higher first); among equal priorities the tenant served least
+recently goes first (round robin), and within a tenant the oldest call. So a priority-9
+document's calls overtake queued priority-1 calls, and one tenant's flood does not starve another.
+
+A call's priority and tenant travel in a ContextVar that the task sets once
+(``with call_context(priority=7, tenant="acme"): ...``); tasks spawned inside copy it. That is
+why the scheduled function must run in the caller's context: LightRAG's own limiter
+(``priority_limit_async_func_call``) runs calls in long-lived worker tasks, so the builder installs
+our function in place of LightRAG's wrapped one (see src/rag/builder.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from src.core.metrics import PROVIDER_QUEUED, PROVIDER_RUNNING
+
+T = TypeVar("T")
+
+#: Priority of calls made outside any task (queries over HTTP, warm-ups): the task default.
+DEFAULT_PRIORITY = 5
+DEFAULT_TENANT = "default"
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    priority: int = DEFAULT_PRIORITY
+    tenant: str = DEFAULT_TENANT
+
+
+_DEFAULT_CONTEXT = CallContext()
+_CALL_CONTEXT: ContextVar[CallContext] = ContextVar(  # noqa: B039 - frozen dataclass, immutable
+    "ragsvc_call_context", default=_DEFAULT_CONTEXT
+)
+
+
+def current_call_context() -> CallContext:
+    return _CALL_CONTEXT.get()
+
+
+@contextlib.contextmanager
+def call_context(priority: int | None = None, tenant: str | None = None) -> Iterator[CallContext]:
+    """Set the priority / tenant of every provider call made inside (and in tasks spawned inside)."""
+    outer = _CALL_CONTEXT.get()
+    ctx = CallContext(
+        priority=outer.priority if priority is None else min(MAX_PRIORITY, max(MIN_PRIORITY, int(priority))),
+        tenant=outer.tenant if tenant is None else str(tenant),
+    )
+    token = _CALL_CONTEXT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CALL_CONTEXT.reset(token)
+
+
+class _Waiter:
+    __slots__ = ("future", "priority", "tenant", "seq")
+
+    def __init__(self, future: asyncio.Future[None], priority: int, tenant: str, seq: int) -> None:
+        self.future = future
+        self.priority = priority
+        self.tenant = tenant
+        self.seq = seq
+
+
+class CallScheduler:
+    """A counting semaphore whose waiters are admitted by (priority, tenant round robin, age).
+
+    Cancellation is safe at every point: a waiter cancelled before admission leaves the queue; one
+    cancelled after it was granted a slot (but before it resumed) hands the slot on; a running
+    call's slot is released in ``finally``.
+    """
+
+    def __init__(self, limit: int, name: str = "provider") -> None:
+        if limit < 1:
+            raise ValueError("a scheduler needs at least one slot")
+        self.limit = int(limit)
+        self.name = name
+        self.active = 0
+        #: priority -> tenant -> FIFO of waiters (empty containers are removed).
+        self._queues: dict[int, dict[str, deque[_Waiter]]] = {}
+        #: tenant -> admission counter value when it was last served (round robin).
+        self._served: dict[str, int] = {}
+        self._admissions = itertools.count(1)
+        self._seq = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Highest number of calls ever in flight at once (for tests and diagnostics).
+        self.peak = 0
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for tenants in self._queues.values() for q in tenants.values())
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # Process-wide schedulers outlive an event loop in tests: start clean on a new loop.
+            self._loop = loop
+            self.active = 0
+            self._queues.clear()
+
+    async def acquire(self) -> None:
+        self._bind_loop()
+        ctx = _CALL_CONTEXT.get()
+        if self.active < self.limit and not self._queues:
+            self._take()
+            return
+        assert self._loop is not None
+        waiter = _Waiter(self._loop.create_future(), ctx.priority, ctx.tenant, next(self._seq))
+        self._queues.setdefault(waiter.priority, {}).setdefault(waiter.tenant, deque()).append(waiter)
+        PROVIDER_QUEUED.labels(self.name).inc()
+        self._dispatch()  # a free slot behind stale (cancelled) entries must not strand this call
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.release()  # granted a slot just before the cancel: hand it on
+            else:
+                self._remove(waiter)
+            raise
+        finally:
+            PROVIDER_QUEUED.labels(self.name).dec()
+
+    def _take(self) -> None:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        PROVIDER_RUNNING.labels(self.name).inc()
+
+    def release(self) -> None:
+        self.active -= 1
+        PROVIDER_RUNNING.labels(self.name).dec()
+        self._dispatch()
+
+    def _remove(self, waiter: _Waiter) -> None:
+        tenants = self._queues.get(waiter.priority)
+        queue = tenants.get(waiter.tenant) if tenants else None
+        if queue is None:
+            return
+        with contextlib.suppress(ValueError):
+            queue.remove(waiter)
+        self._prune(waiter.priority, waiter.tenant)
+
+    def _prune(self, priority: int, tenant: str) -> None:
+        tenants = self._queues[priority]
+        if not tenants[tenant]:
+            del tenants[tenant]
+        if not tenants:
+            del self._queues[priority]
+
+    def _next_waiter(self) -> _Waiter | None:
+        while self._queues:
+            priority = max(self._queues)
+            tenants = self._queues[priority]
+            # Round robin: the tenant served longest ago (never served = 0); ties by age.
+            tenant = min(tenants, key=lambda t: (self._served.get(t, 0), tenants[t][0].seq))
+            waiter = tenants[tenant].popleft()
+            self._prune(priority, tenant)
+            if waiter.future.done():  # cancelled while queued; its own handler is running
+                continue
+            self._served[tenant] = next(self._admissions)
+            return waiter
+        return None
+
+    def _dispatch(self) -> None:
+        while self.active < self.limit:
+            waiter = self._next_waiter()
+            if waiter is None:
+                return
+            self._take()
+            waiter.future.set_result(None)
+
+    async def run(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Await ``func(*args, **kwargs)`` once admitted; the slot is held until it returns."""
+        await self.acquire()
+        try:
+            return await func(*args, **kwargs)
+        finally:
+            self.release()
+
+
+class ProviderSchedulers:
+    """The LLM and embedding schedulers of this process (all tenants' knowledge bases share them)."""
+
+    def __init__(self, llm_max_async: int, embedding_max_async: int) -> None:
+        self.llm = CallScheduler(llm_max_async, "llm")
+        self.embedding = CallScheduler(embedding_max_async, "embedding")
+
+
+_SHARED: dict[tuple[int, int], ProviderSchedulers] = {}
+
+
+def shared_schedulers(llm_max_async: int, embedding_max_async: int) -> ProviderSchedulers:
+    """Process-wide schedulers for these bounds, so every knowledge base counts against one limit."""
+    key = (int(llm_max_async), int(embedding_max_async))
+    schedulers = _SHARED.get(key)
+    if schedulers is None:
+        schedulers = _SHARED[key] = ProviderSchedulers(*key)
+    return schedulers

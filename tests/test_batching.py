@@ -1,0 +1,265 @@
+"""EmbeddingBatcher and the provider functions the builder installs into LightRAG.
+
+The batcher tests use a recording provider (hash embeddings, so rows are checkable); the last
+tests build a real LightRAG with the builder (offline LLM, hash embeddings, tmp dir) and check its
+LLM and embedding calls really go through our schedulers and batcher, in the caller's context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from src.core.config import Settings
+from src.core.metrics import PROVIDER_REGISTRY
+from src.rag.batching import EmbeddingBatcher
+from src.rag.embedding import hash_embed_sync
+from src.rag.scheduler import CallScheduler, ProviderSchedulers, call_context, current_call_context
+
+pytestmark = pytest.mark.unit
+
+DIM = 16
+
+
+class Provider:
+    """Records each batch it receives (texts, kwargs, call context); optionally fails or blocks."""
+
+    def __init__(self, fail: BaseException | None = None, wrong_rows: bool = False) -> None:
+        self.batches: list[tuple[list[str], dict[str, Any], Any]] = []
+        self.fail = fail
+        self.wrong_rows = wrong_rows
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, texts: list[str], **kwargs: Any) -> np.ndarray:
+        self.batches.append((list(texts), dict(kwargs), current_call_context()))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        rows = hash_embed_sync(texts, DIM)
+        return rows[:-1] if self.wrong_rows else rows
+
+
+async def test_concurrent_requests_share_one_provider_call() -> None:
+    """Catches one provider call per request (LightRAG's one-text-per-call pattern unbatched)."""
+    provider = Provider()
+    batcher = EmbeddingBatcher(provider, max_batch=32, wait_ms=5, provider="t-coalesce")
+    texts = [f"entity number {i}" for i in range(10)]
+    results = await asyncio.gather(*(batcher([t]) for t in texts))
+    assert len(provider.batches) == 1
+    labels = {"provider": "t-coalesce"}  # what benchmarks read from /metrics
+    assert PROVIDER_REGISTRY.get_sample_value("ragsvc_provider_calls_total", labels) == 1
+    assert PROVIDER_REGISTRY.get_sample_value("ragsvc_provider_texts_total", labels) == 10
+    assert provider.batches[0][0] == texts
+    for text, rows in zip(texts, results, strict=True):  # every caller gets its own row
+        assert rows.shape == (1, DIM)
+        np.testing.assert_allclose(rows[0], hash_embed_sync([text], DIM)[0])
+    assert batcher.calls == 1 and batcher.texts == 10
+
+
+async def test_batches_are_capped_at_max_batch() -> None:
+    """Catches a batch that grows past EMBEDDING_BATCH_SIZE, incl. one large request split up."""
+    provider = Provider()
+    batcher = EmbeddingBatcher(provider, max_batch=4, wait_ms=5)
+    small = [batcher([f"s{i}"]) for i in range(6)]
+    big = batcher([f"b{i}" for i in range(9)])
+    results = await asyncio.gather(*small, big)
+    assert all(len(texts) <= 4 for texts, _, _ in provider.batches)
+    assert sum(len(texts) for texts, _, _ in provider.batches) == 15
+    assert results[-1].shape == (9, DIM)
+    np.testing.assert_allclose(results[-1], hash_embed_sync([f"b{i}" for i in range(9)], DIM))
+
+
+async def test_wait_zero_still_coalesces_one_loop_iteration() -> None:
+    """Catches EMBEDDING_BATCH_WAIT_MS=0 degenerating to one call per request."""
+    provider = Provider()
+    batcher = EmbeddingBatcher(provider, max_batch=8, wait_ms=0)
+    await asyncio.gather(*(batcher([f"t{i}"]) for i in range(5)))
+    assert len(provider.batches) == 1
+
+
+async def test_error_reaches_every_caller_of_the_batch() -> None:
+    """Catches an error delivered to one caller while the others hang or get garbage."""
+    provider = Provider(fail=RuntimeError("provider down"))
+    batcher = EmbeddingBatcher(provider, max_batch=8, wait_ms=5)
+    results = await asyncio.gather(*(batcher([f"t{i}"]) for i in range(4)), return_exceptions=True)
+    assert len(provider.batches) == 1
+    assert all(isinstance(r, RuntimeError) and "provider down" in str(r) for r in results)
+
+
+async def test_row_count_mismatch_is_an_error_for_every_caller() -> None:
+    """Catches rows handed out misaligned when the provider returns too few vectors."""
+    batcher = EmbeddingBatcher(Provider(wrong_rows=True), max_batch=8, wait_ms=5)
+    results = await asyncio.gather(*(batcher([f"t{i}"]) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
+
+
+async def test_different_contexts_are_never_mixed() -> None:
+    """Catches query and document texts sent in one asymmetric call (wrong e5 prefixes)."""
+    provider = Provider()
+    batcher = EmbeddingBatcher(provider, max_batch=8, wait_ms=5)
+    await asyncio.gather(
+        batcher(["d1"], context="document"),
+        batcher(["q1"], context="query"),
+        batcher(["d2"], context="document"),
+        batcher(["q2"], context="query"),
+        batcher(["plain"]),
+    )
+    by_kwargs = {tuple(sorted(kw.items())): texts for texts, kw, _ in provider.batches}
+    assert by_kwargs == {
+        (("context", "document"),): ["d1", "d2"],
+        (("context", "query"),): ["q1", "q2"],
+        (): ["plain"],
+    }
+
+
+async def test_limiter_kwargs_are_dropped_and_batch_runs_at_top_priority() -> None:
+    """Catches LightRAG's _priority reaching the provider, and a batch admitted at a low priority."""
+    provider = Provider()
+    scheduler = CallScheduler(2, "t-batch")
+    batcher = EmbeddingBatcher(provider, max_batch=8, wait_ms=5, scheduler=scheduler)
+
+    async def at(priority: int, text: str) -> np.ndarray:
+        with call_context(priority=priority, tenant=f"tenant{priority}"):
+            return await batcher([text], _priority=5)
+
+    await asyncio.gather(at(1, "a"), at(8, "b"), at(3, "c"))
+    (texts, kwargs, ctx) = provider.batches[0]
+    assert kwargs == {}
+    assert ctx.priority == 8 and ctx.tenant == "tenant8"
+    assert scheduler.active == 0
+
+
+async def test_cancelled_caller_is_dropped_and_others_still_served() -> None:
+    """Catches a cancelled caller's texts still sent, or its cancel breaking the batch for others."""
+    provider = Provider()
+    batcher = EmbeddingBatcher(provider, max_batch=8, wait_ms=50)
+    gone = asyncio.create_task(batcher(["gone"]))
+    stay = asyncio.create_task(batcher(["stay"]))
+    await asyncio.sleep(0)
+    gone.cancel()
+    rows = await stay
+    assert rows.shape == (1, DIM)
+    assert provider.batches[0][0] == ["stay"]
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+
+
+async def test_cancelled_caller_while_batch_runs_does_not_break_it() -> None:
+    """Catches InvalidStateError when a batch resolves a future whose caller was cancelled."""
+    provider = Provider()
+    provider.gate = asyncio.Event()
+    batcher = EmbeddingBatcher(provider, max_batch=2, wait_ms=50)
+    gone = asyncio.create_task(batcher(["gone"]))
+    stay = asyncio.create_task(batcher(["stay"]))  # fills the batch: sent at once
+    while not provider.batches:
+        await asyncio.sleep(0)
+    gone.cancel()
+    provider.gate.set()
+    rows = await stay
+    np.testing.assert_allclose(rows[0], hash_embed_sync(["stay"], DIM)[0])
+    assert gone.cancelled()
+
+
+# --------------------------------------------------------------------------------------------
+# a LightRAG built by the builder routes its calls through our schedulers
+# --------------------------------------------------------------------------------------------
+
+
+class Spy(CallScheduler):
+    """A real CallScheduler that records the call context of every admission."""
+
+    def __init__(self, limit: int, name: str) -> None:
+        super().__init__(limit, name)
+        self.seen: list[Any] = []
+
+    async def acquire(self) -> None:
+        self.seen.append(current_call_context())
+        await super().acquire()
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        llm_provider="offline",
+        embedding_provider="hash",
+        entity_extract_max_gleaning=1,
+        llm_max_async=3,
+        embedding_max_async=2,
+        # generous, so that coalescing does not depend on the speed of a busy machine
+        embedding_batch_wait_ms=100,
+    )
+
+
+DOC = (
+    "The Zorblax reactor was designed by Helena Marwick at the Northfield Energy Institute. "
+    "Northfield Energy Institute partnered with Caldera Systems to build a pilot plant near Lake Varna. "
+    "Helena Marwick said the Zorblax reactor powers buses in Varna Falls."
+)
+
+
+async def test_built_lightrag_routes_llm_and_embeddings_through_our_schedulers(tmp_path: Path) -> None:
+    """Catches calls still going through LightRAG's worker-task limiter, where the task's
+    priority/tenant ContextVar is lost (they would be admitted with the default context or bypass
+    the scheduler altogether)."""
+    from lightrag import QueryParam
+
+    from src.rag.builder import build_lightrag
+
+    schedulers = ProviderSchedulers(3, 2)
+    schedulers.llm = Spy(3, "llm")
+    schedulers.embedding = Spy(2, "embedding")
+    rag = await build_lightrag(_settings(tmp_path), workspace="sched", schedulers=schedulers)
+    try:
+        batcher = rag.embedding_func.func
+        assert isinstance(batcher, EmbeddingBatcher)
+        for store in (rag.entities_vdb, rag.relationships_vdb, rag.chunks_vdb, rag.text_chunks):
+            assert store.embedding_func.func is batcher
+        with call_context(priority=7, tenant="acme"):
+            await rag.ainsert(DOC, ids=["doc-1"])
+            answer = await rag.aquery("Who designed the Zorblax reactor?", param=QueryParam(mode="hybrid"))
+        assert answer
+        llm_seen = schedulers.llm.seen
+        emb_seen = schedulers.embedding.seen
+        assert len(llm_seen) >= 3  # extraction, gleaning, keywords (+ answer)
+        assert emb_seen  # chunk, entity, relation and query embeddings
+        assert {(c.priority, c.tenant) for c in llm_seen + emb_seen} == {(7, "acme")}
+        # micro-batching: LightRAG's concurrent one-text requests of the merge phase were coalesced
+        assert batcher.calls == len(emb_seen) < batcher.requests
+        assert schedulers.llm.active == 0 and schedulers.embedding.active == 0
+        assert schedulers.llm.peak <= 3 and schedulers.embedding.peak <= 2
+    finally:
+        await rag.finalize_storages()
+
+
+async def test_installed_llm_binds_lightrag_kwargs_and_bounds_a_hung_call(tmp_path: Path) -> None:
+    """Catches the installed LLM function losing LightRAG's bound kwargs (hashing_kv), passing its
+    limiter kwargs (_priority) to the provider, or a hung provider call keeping its slot forever."""
+    from src.rag.builder import build_lightrag, install_provider_functions
+
+    schedulers = ProviderSchedulers(1, 1)
+    rag = await build_lightrag(_settings(tmp_path), workspace="sched_timeout", schedulers=schedulers)
+    try:
+        seen: list[dict[str, Any]] = []
+
+        async def provider(prompt: str, **kwargs: Any) -> str:
+            seen.append(kwargs)
+            if prompt == "hang":
+                await asyncio.Event().wait()
+            return "ok"
+
+        install_provider_functions(rag, provider, rag.embedding_func, schedulers, llm_timeout=0.05)
+        assert await rag.llm_model_func("hi", system_prompt="s", _priority=8) == "ok"
+        assert seen[0]["hashing_kv"] is rag.llm_response_cache
+        assert seen[0]["system_prompt"] == "s" and "_priority" not in seen[0]
+        with pytest.raises(TimeoutError):
+            await rag.llm_model_func("hang")
+        assert schedulers.llm.active == 0
+        assert await rag.llm_model_func("again") == "ok"  # the one slot is free again
+    finally:
+        await rag.finalize_storages()
