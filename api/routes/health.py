@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,7 +22,7 @@ async def health(services: ServicesDep) -> JSONResponse:
     except Exception as exc:
         redis = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     redis["embedded"] = services.redis.embedded is not None
-    writable = await asyncio.to_thread(os.access, settings.uploads_dir, os.W_OK)
+    writable = await services.ingestion.files.writable()
     storage = {"ok": writable, "loaded_tenants": services.engines.loaded()}
     healthy = redis["ok"] and writable
     body = {

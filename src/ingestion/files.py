@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import aiofiles
@@ -51,6 +52,10 @@ class UploadFiles:
         for leftover in leftovers:
             await remove_file(leftover)
         return len(leftovers)
+
+    async def writable(self) -> bool:
+        """Can uploads be stored at all (a health check)?"""
+        return await asyncio.to_thread(os.access, self.dir, os.W_OK)
 
     def remove_partials(self) -> int:
         """Blocking; run at start-up in a thread. A crash mid-upload leaves a ``.part`` file that no
