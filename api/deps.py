@@ -1,15 +1,19 @@
-"""FastAPI dependencies: the long-lived services, and the caller's tenant.
+"""FastAPI dependencies as Annotated aliases (the FastAPI full-stack template's style).
 
-Every scoped route depends on `get_tenant`: it authenticates the API key (Bearer or X-API-Key),
+Every scoped route depends on `TenantDep`: it authenticates the API key (Bearer or X-API-Key),
 maps it to a tenant, and applies the tenant's request rate limit. Keys are never logged.
+`OwnedTaskDep` resolves the `{task_id}` path parameter to a task of the caller's tenant.
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 from fastapi import Depends, Request
 
 from api.errors import ApiError
 from src.core.logs import current_tenant
+from src.ingestion.service import IngestionService
 from src.tasks.models import TaskRecord
 from src.tenancy.tenants import DEFAULT_TENANT
 from src.wiring import Services
@@ -20,6 +24,9 @@ async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
 def _presented_key(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
@@ -28,7 +35,7 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or request.query_params.get("access_token") or None
 
 
-async def get_tenant(request: Request, services: Services = Depends(get_services)) -> str:
+async def get_tenant(request: Request, services: ServicesDep) -> str:
     key = _presented_key(request)
     mode = services.settings.auth_mode
     if key:
@@ -58,13 +65,19 @@ async def get_tenant(request: Request, services: Services = Depends(get_services
     return tenant
 
 
-def not_found(task_id: str) -> ApiError:
-    return ApiError(404, "task_not_found", f"task {task_id} not found (unknown, or expired after its TTL)")
+TenantDep = Annotated[str, Depends(get_tenant)]
 
 
-async def get_owned_task(services: Services, tenant: str, task_id: str) -> TaskRecord:
+def get_ingestion(services: ServicesDep) -> IngestionService:
+    return services.ingestion
+
+
+IngestionDep = Annotated[IngestionService, Depends(get_ingestion)]
+
+
+async def get_owned_task(task_id: str, tenant: TenantDep, ingestion: IngestionDep) -> TaskRecord:
     """The task if it exists *and belongs to the caller*; otherwise the same 404 (no existence leak)."""
-    record = await services.store.get(task_id) if len(task_id) <= 64 else None
-    if record is None or record.tenant != tenant:
-        raise not_found(task_id)
-    return record
+    return await ingestion.task(tenant, task_id)
+
+
+OwnedTaskDep = Annotated[TaskRecord, Depends(get_owned_task)]

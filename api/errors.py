@@ -1,12 +1,15 @@
-"""One JSON error shape for every failure: {"detail": <message>, "code": <stable code>}.
+"""One JSON error shape for every failure: {"detail": <message>, "code": <stable code>, ...context}.
 
-Clients get a 4xx for anything they can fix, 503 + Retry-After when Redis is unreachable,
-and never a stack trace.
+`DOMAIN_ERRORS` is the one table from a domain error (`src.ingestion.errors`) to its HTTP status
+and stable code: "where is the 413?" is answered here. Clients get a 4xx for anything they can
+fix, 503 + Retry-After when Redis is unreachable, and never a stack trace. `ApiError` remains
+for the few errors that only exist in HTTP (authentication, rate limits, the admin API).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +17,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from src.ingestion.uploads import UploadError
+from src.ingestion import errors as domain
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,50 @@ class ApiError(Exception):
         self.extra = extra
 
 
+@dataclass(frozen=True)
+class HttpError:
+    status: int
+    code: str
+    retry_after: int | None = None
+
+
+#: Domain error -> HTTP. A subclass without an entry answers like its nearest listed parent.
+DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
+    domain.InvalidRequest: HttpError(422, "invalid_request"),
+    domain.InvalidDocId: HttpError(422, "invalid_doc_id"),
+    domain.InvalidCallbackUrl: HttpError(422, "invalid_callback_url"),
+    domain.InvalidIdempotencyKey: HttpError(422, "invalid_idempotency_key"),
+    domain.QueryTooLong: HttpError(422, "query_too_long"),
+    domain.MalformedUpload: HttpError(400, "bad_multipart"),
+    domain.NotMultipart: HttpError(400, "not_multipart"),
+    domain.MissingFilePart: HttpError(400, "missing_file"),
+    domain.TruncatedUpload: HttpError(400, "truncated"),
+    domain.EmptyUpload: HttpError(400, "empty_file"),
+    domain.EmptyText: HttpError(400, "empty_text"),
+    domain.TooLarge: HttpError(413, "too_large"),
+    domain.UnsupportedType: HttpError(415, "unsupported_type"),
+    domain.ContentMismatch: HttpError(415, "content_mismatch"),
+    domain.QueueFull: HttpError(429, "queue_full", retry_after=30),
+    domain.TenantQueueFull: HttpError(429, "tenant_queue_full", retry_after=30),
+    domain.DocConflict: HttpError(409, "doc_in_progress"),
+    domain.DocExists: HttpError(409, "doc_exists"),
+    domain.TaskExists: HttpError(409, "task_exists"),
+    domain.NotCancellable: HttpError(409, "task_finished"),
+    domain.TaskNotFound: HttpError(404, "task_not_found"),
+    domain.DocumentNotFound: HttpError(404, "doc_not_found"),
+    domain.ProviderError: HttpError(502, "query_failed"),
+    domain.DeleteFailed: HttpError(502, "delete_failed"),
+}
+
+
+def http_error_for(exc: domain.IngestionError) -> HttpError | None:
+    """The answer for ``exc``: its class's entry, else its nearest listed parent's."""
+    for cls in type(exc).__mro__:
+        if cls in DOMAIN_ERRORS:
+            return DOMAIN_ERRORS[cls]  # type: ignore[index]
+    return None
+
+
 def error_response(
     status_code: int, code: str, message: str, headers: dict | None = None, **extra
 ) -> JSONResponse:
@@ -49,9 +96,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers, **exc.extra)
 
-    @app.exception_handler(UploadError)
-    async def _upload_error(_: Request, exc: UploadError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message)
+    @app.exception_handler(domain.IngestionError)
+    async def _domain_error(_: Request, exc: domain.IngestionError) -> JSONResponse:
+        http = http_error_for(exc)
+        if http is None:  # a test keeps this unreachable: every domain error is in the table
+            log.error("domain error %s has no HTTP mapping: %s", type(exc).__name__, exc)
+            return error_response(500, "internal_error", "internal server error")
+        headers = {"Retry-After": str(http.retry_after)} if http.retry_after is not None else None
+        return error_response(http.status, http.code, exc.message, headers=headers, **exc.context)
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-DOC_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+from src.ingestion.service import DOC_ID_PATTERN
+
 QueryMode = Literal["naive", "local", "global", "hybrid", "mix"]
 
 

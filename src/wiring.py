@@ -7,13 +7,15 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from src.core.config import Settings
 from src.core.metrics import Metrics
 from src.core.redis_conn import RedisHandle, connect_redis
-from src.ingestion.knowledge_bases import IngestHandler, TenantEngines
+from src.ingestion.files import UploadFiles
+from src.ingestion.handler import IngestHandler
+from src.ingestion.knowledge_bases import TenantEngines
+from src.ingestion.service import IngestionService
 from src.tasks.models import TaskRecord
 from src.tasks.runner import RunnerConfig, TaskRunner
 from src.tasks.store import TaskStore
@@ -36,6 +38,8 @@ class Services:
     metrics: Metrics
     webhooks: WebhookNotifier
     instance_id: str
+    #: The use-cases (submit, cancel, delete, query...); the HTTP routes call only this.
+    ingestion: IngestionService
 
 
 def resolve_instance_id(settings: Settings) -> str:
@@ -58,7 +62,8 @@ async def start_services(
 ) -> Services:
     for directory in (settings.data_dir, settings.uploads_dir, settings.rag_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    await asyncio.to_thread(_remove_partial_uploads, settings.uploads_dir)
+    files = UploadFiles(settings.uploads_dir)
+    await asyncio.to_thread(files.remove_partials)
     instance_id = await asyncio.to_thread(resolve_instance_id, settings)
 
     # The first use of the OpenAI client's chat/embeddings resources imports modules (~0.5 s); do it
@@ -93,9 +98,10 @@ async def start_services(
         backoff_seconds=settings.webhook_backoff_seconds,
         allowed_hosts=settings.webhook_allowed_hosts,
     )
+    handler = IngestHandler(engines, files)
     runner = TaskRunner(
         store,
-        IngestHandler(engines),
+        handler,
         RunnerConfig(
             max_concurrent=settings.max_concurrent_tasks,
             lease_seconds=settings.lease_seconds,
@@ -114,7 +120,10 @@ async def start_services(
     await runner.start()
     metrics.start_sampling(store.ping)
     log.info("service ready: instance %s, %d task slot(s)", instance_id, settings.max_concurrent_tasks)
-    return Services(settings, redis, store, runner, engines, tenants, limiter, metrics, webhooks, instance_id)
+    ingestion = IngestionService(settings, store, engines, tenants, runner, handler, files, webhooks, metrics)
+    return Services(
+        settings, redis, store, runner, engines, tenants, limiter, metrics, webhooks, instance_id, ingestion
+    )
 
 
 async def stop_services(services: Services) -> None:
@@ -132,8 +141,3 @@ def _preload_provider_modules() -> None:
     import openai.resources.chat  # noqa: F401
     import openai.resources.embeddings  # noqa: F401
 
-
-def _remove_partial_uploads(uploads_dir: Path) -> None:
-    """A crash mid-upload leaves a .part file that no task refers to (no 202 was sent for it)."""
-    for leftover in uploads_dir.glob("*.part"):
-        leftover.unlink(missing_ok=True)

@@ -8,13 +8,12 @@ import hmac
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from api.deps import get_services
+from api.deps import ServicesDep
 from api.errors import ApiError
 from src.tenancy.tenants import TENANT_PATTERN, TenantQuota
-from src.wiring import Services
 
 
-async def require_admin(request: Request, services: Services = Depends(get_services)) -> None:
+async def require_admin(request: Request, services: ServicesDep) -> None:
     token = services.settings.admin_token
     if not token:
         raise ApiError(404, "not_found", "the admin API is disabled (set ADMIN_TOKEN to enable it)")
@@ -41,19 +40,19 @@ class KeyCreate(BaseModel):
 
 
 @router.post("/tenants", status_code=201, summary="Create (or update the quotas of) a tenant")
-async def create_tenant(body: TenantCreate, services: Services = Depends(get_services)) -> dict:
+async def create_tenant(body: TenantCreate, services: ServicesDep) -> dict:
     quota = TenantQuota(body.max_running, body.max_pending, body.requests_per_minute)
     await services.tenants.create_tenant(body.name, quota)
     return {"tenant": body.name, **quota.__dict__}
 
 
 @router.get("/tenants", summary="List tenants with their quotas and key counts")
-async def list_tenants(services: Services = Depends(get_services)) -> dict:
+async def list_tenants(services: ServicesDep) -> dict:
     return {"tenants": await services.tenants.list_tenants()}
 
 
 @router.post("/tenants/{tenant}/keys", status_code=201, summary="Create an API key (shown once)")
-async def create_key(tenant: str, body: KeyCreate, services: Services = Depends(get_services)) -> dict:
+async def create_key(tenant: str, body: KeyCreate, services: ServicesDep) -> dict:
     if not await services.tenants.exists(tenant):
         raise ApiError(404, "tenant_not_found", f"tenant {tenant} does not exist; create it first")
     key_id, key = await services.tenants.create_key(tenant, body.label)
@@ -66,14 +65,14 @@ async def create_key(tenant: str, body: KeyCreate, services: Services = Depends(
 
 
 @router.get("/tenants/{tenant}/keys", summary="List a tenant's keys (ids and labels, never secrets)")
-async def list_keys(tenant: str, services: Services = Depends(get_services)) -> dict:
+async def list_keys(tenant: str, services: ServicesDep) -> dict:
     if not await services.tenants.exists(tenant):
         raise ApiError(404, "tenant_not_found", f"tenant {tenant} does not exist")
     return {"tenant": tenant, "keys": await services.tenants.list_keys(tenant)}
 
 
 @router.delete("/keys/{key_id}", summary="Revoke an API key")
-async def revoke_key(key_id: str, services: Services = Depends(get_services)) -> dict:
+async def revoke_key(key_id: str, services: ServicesDep) -> dict:
     if not await services.tenants.revoke_key(key_id):
         raise ApiError(404, "key_not_found", f"key {key_id} not found")
     return {"key_id": key_id, "revoked": True}

@@ -12,12 +12,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import get_owned_task, get_services, get_tenant
+from api.deps import OwnedTaskDep, ServicesDep, TenantDep
 from api.views import task_view
-from src.wiring import Services
+from src.tasks.models import TaskRecord
 
 router = APIRouter(tags=["tasks"])
 POLL_SECONDS = 0.25
@@ -32,11 +32,11 @@ KEEPALIVE_SECONDS = 15.0
 async def task_events(
     task_id: str,
     request: Request,
+    owned: OwnedTaskDep,
+    services: ServicesDep,
     last_event_id: str | None = Header(default=None),
-    tenant: str = Depends(get_tenant),
-    services: Services = Depends(get_services),
 ) -> StreamingResponse:
-    record = await get_owned_task(services, tenant, task_id)
+    record: TaskRecord | None = owned
     try:
         last_seen = float(last_event_id) if last_event_id else -1.0
     except ValueError:
@@ -75,10 +75,10 @@ async def task_events(
 )
 async def all_task_events(
     request: Request,
+    tenant: TenantDep,
+    services: ServicesDep,
     limit: int = Query(default=100, ge=1, le=500),
     last_event_id: str | None = Header(default=None),
-    tenant: str = Depends(get_tenant),
-    services: Services = Depends(get_services),
 ) -> StreamingResponse:
     """Every change of the ``limit`` most recent tasks of the caller's tenant (first the current state
     of each); for dashboards. With ``Last-Event-ID`` only changes after that event are sent."""

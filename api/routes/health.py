@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from api.deps import get_services, get_tenant
+from api.deps import ServicesDep, TenantDep
 from api.schemas import QueueStats
 from src.rag.embedding import embedding_description
 from src.rag.llm import llm_description
-from src.wiring import Services
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", summary="Redis, storage and model bindings")
-async def health(services: Services = Depends(get_services)) -> JSONResponse:
+async def health(services: ServicesDep) -> JSONResponse:
     settings = services.settings
     try:
         redis = {"ok": True, "latency_ms": round(await services.store.ping(), 3)}
@@ -27,7 +23,7 @@ async def health(services: Services = Depends(get_services)) -> JSONResponse:
         redis = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     embedded = services.redis.embedded
     redis["embedded"] = embedded.describe() if embedded is not None else False
-    writable = await asyncio.to_thread(os.access, settings.uploads_dir, os.W_OK)
+    writable = await services.ingestion.files.writable()
     storage = {"ok": writable, "loaded_tenants": services.engines.loaded()}
     healthy = redis["ok"] and writable
     body = {
@@ -43,7 +39,7 @@ async def health(services: Services = Depends(get_services)) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(services: Services = Depends(get_services)) -> Response:
+async def metrics(services: ServicesDep) -> Response:
     m = services.metrics
     for tenant in await services.store.tenants_seen():
         for status, count in (await services.store.counts(tenant)).items():
@@ -56,7 +52,7 @@ async def metrics(services: Services = Depends(get_services)) -> Response:
 
 @router.get("/api/queue/stats", response_model=QueueStats, summary="Task counts per status and capacity")
 async def queue_stats(
-    tenant: str = Depends(get_tenant), services: Services = Depends(get_services)
+    tenant: TenantDep, services: ServicesDep
 ) -> QueueStats:
     """The caller's tasks per status, waiting and running; this instance's slots."""
     return QueueStats(

@@ -21,10 +21,8 @@ from lightrag import LightRAG
 
 from src.core.config import Settings
 from src.core.metrics import Metrics
-from src.ingestion.ingestor import DocumentIngestor, IngestError, ProgressCallback, is_transient_message
+from src.ingestion.ingestor import DocumentIngestor
 from src.ingestion.pipeline import DocumentGuard, PipelineCoordinator
-from src.rag.parsers import DocumentParseError
-from src.tasks.models import TaskRecord
 from src.tenancy.tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
@@ -148,25 +146,3 @@ class TenantEngines:
             self._engines.pop(engine.tenant, None)
             await engine.close()
 
-
-class IngestHandler:
-    """The runner's view of ingestion: run a task in its tenant's knowledge base, undo its
-    effects, classify its errors."""
-
-    def __init__(self, engines: TenantEngines):
-        self.engines = engines
-
-    async def run(self, task: TaskRecord, report: ProgressCallback) -> dict:
-        async with self.engines.use(task.tenant) as engine:
-            return (await engine.ingestor.ingest(task, report)).as_dict()
-
-    async def discard(self, task: TaskRecord) -> None:
-        async with self.engines.use(task.tenant) as engine:
-            await engine.ingestor.purge(task.doc_id)
-
-    def is_transient(self, exc: BaseException) -> bool:
-        if isinstance(exc, IngestError):
-            return exc.transient
-        if isinstance(exc, DocumentParseError):
-            return False
-        return is_transient_message(f"{type(exc).__name__}: {exc}")

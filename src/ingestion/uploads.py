@@ -2,9 +2,9 @@
 
 The body is never spooled in memory or in a temp file first: each chunk from the ASGI
 receive channel goes through `streaming-form-data`'s incremental parser and is appended with
-aiofiles to ``<task_id><ext>.part``. The size limit, the file type (extension and magic
-bytes) and emptiness are checked as the data flows; on any failure the partial file is
-removed. Only a complete, valid upload is renamed to its final name.
+aiofiles to the task's partial file (named by `UploadFiles`). The size limit, the file type
+(extension and magic bytes) and emptiness are checked as the data flows; on any failure the
+partial file is removed. Only a complete, valid upload is renamed to its final name.
 """
 
 from __future__ import annotations
@@ -23,25 +23,29 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget, ValueTarget
 
+from src.ingestion.errors import (
+    ContentMismatch,
+    EmptyUpload,
+    MalformedUpload,
+    MissingFilePart,
+    NotMultipart,
+    TooLarge,
+    TruncatedUpload,
+    UnsupportedType,
+)
+from src.ingestion.files import UploadFiles, remove_file
 from src.rag.parsers import SUPPORTED_EXTENSIONS
+
+__all__ = ["SavedUpload", "receive_upload", "remove_file", "sanitize_filename"]
 
 #: Room for multipart boundaries and part headers on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
 _MAX_NAME = 200
 
 
-class UploadError(Exception):
-    """A client error in the upload; carries the HTTP status and a stable error code."""
-
-    def __init__(self, status_code: int, code: str, message: str):
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-        self.message = message
-
-
 @dataclass(frozen=True)
 class SavedUpload:
+    task_id: str
     path: Path
     original_name: str
     extension: str
@@ -67,17 +71,15 @@ def sanitize_filename(raw: str | None) -> str:
 def _check_magic(extension: str, head: bytes) -> None:
     """The extension must match the content (a renamed binary is rejected before indexing)."""
     if extension == ".pdf" and b"%PDF-" not in head[:1024]:
-        raise UploadError(415, "content_mismatch", "file has a .pdf extension but is not a PDF")
+        raise ContentMismatch("file has a .pdf extension but is not a PDF")
     if extension == ".docx" and not head.startswith(b"PK\x03\x04"):
-        raise UploadError(415, "content_mismatch", "file has a .docx extension but is not a DOCX (zip) file")
+        raise ContentMismatch("file has a .docx extension but is not a DOCX (zip) file")
     if (
         extension not in (".pdf", ".docx")
         and b"\x00" in head[:8192]
         and not head.startswith((b"\xff\xfe", b"\xfe\xff"))
     ):
-        raise UploadError(
-            415, "content_mismatch", f"file has a {extension} extension but contains binary data"
-        )
+        raise ContentMismatch(f"file has a {extension} extension but contains binary data")
 
 
 class _DiskTarget(BaseTarget):
@@ -100,7 +102,7 @@ class _DiskTarget(BaseTarget):
         if self.extension not in SUPPORTED_EXTENSIONS:
             allowed = ", ".join(sorted(SUPPORTED_EXTENSIONS))
             shown = self.extension or "(none)"
-            raise UploadError(415, "unsupported_type", f"unsupported file type {shown}; allowed: {allowed}")
+            raise UnsupportedType(f"unsupported file type {shown}; allowed: {allowed}")
         self._file = await aiofiles.open(self.part_path, "wb")
 
     async def on_data_received_async(self, chunk: bytes) -> None:
@@ -108,7 +110,7 @@ class _DiskTarget(BaseTarget):
             return
         self.size += len(chunk)
         if self.size > self.max_bytes:
-            raise UploadError(413, "too_large", f"file exceeds the upload limit of {self.max_bytes} bytes")
+            raise TooLarge(f"file exceeds the upload limit of {self.max_bytes} bytes")
         if len(self._head) < 8192:
             self._head += chunk[: 8192 - len(self._head)]
         self.digest.update(chunk)
@@ -128,28 +130,26 @@ class _DiskTarget(BaseTarget):
 async def receive_upload(
     headers: dict[str, str],
     body: AsyncIterator[bytes],
-    dest_dir: Path,
-    stem: str,
+    files: UploadFiles,
+    task_id: str,
     *,
     max_bytes: int,
     field: str = "file",
     extra_fields: tuple[str, ...] = (),
 ) -> SavedUpload:
-    """Parse ``body`` as multipart/form-data and store the ``field`` part as ``dest_dir/<stem><ext>``."""
+    """Parse ``body`` as multipart/form-data and store the ``field`` part as the upload of ``task_id``."""
     content_type = headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
-        raise UploadError(
-            400, "not_multipart", "send the document as multipart/form-data with a 'file' field"
-        )
+        raise NotMultipart("send the document as multipart/form-data with a 'file' field")
     declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
-        raise UploadError(413, "too_large", f"request body exceeds the upload limit of {max_bytes} bytes")
+        raise TooLarge(f"request body exceeds the upload limit of {max_bytes} bytes")
     try:
         parser = StreamingFormDataParser(headers=headers)
     except ParseFailedException as exc:
-        raise UploadError(400, "bad_multipart", f"malformed multipart request: {exc}") from exc
+        raise MalformedUpload(f"malformed multipart request: {exc}") from exc
 
-    part_path = dest_dir / f"{stem}.part"
+    part_path = files.part_path(task_id)
     target = _DiskTarget(part_path, max_bytes)
     parser.register(field, target)
     values = {name: ValueTarget() for name in extra_fields}
@@ -160,27 +160,26 @@ async def receive_upload(
         async for chunk in body:
             received += len(chunk)
             if received > max_bytes + MULTIPART_OVERHEAD:
-                raise UploadError(
-                    413, "too_large", f"request body exceeds the upload limit of {max_bytes} bytes"
-                )
+                raise TooLarge(f"request body exceeds the upload limit of {max_bytes} bytes")
             try:
                 await parser.adata_received(chunk)
             except ParseFailedException as exc:
-                raise UploadError(400, "bad_multipart", f"malformed multipart request: {exc}") from exc
+                raise MalformedUpload(f"malformed multipart request: {exc}") from exc
         if target.multipart_filename is None and not target.finished and target.size == 0:
-            raise UploadError(400, "missing_file", f"the request has no '{field}' file part")
+            raise MissingFilePart(f"the request has no '{field}' file part")
         if not target.finished:
-            raise UploadError(400, "truncated", "the multipart body ended before the file part was complete")
+            raise TruncatedUpload("the multipart body ended before the file part was complete")
         if target.size == 0:
-            raise UploadError(400, "empty_file", "the uploaded file is empty")
+            raise EmptyUpload("the uploaded file is empty")
         _check_magic(target.extension, target._head)
-        final_path = dest_dir / f"{stem}{target.extension}"
+        final_path = files.final_path(task_id, target.extension)
         await aiofiles.os.replace(part_path, final_path)
     except BaseException:
         await target.close()
         await remove_file(part_path)
         raise
     return SavedUpload(
+        task_id=task_id,
         path=final_path,
         original_name=sanitize_filename(target.multipart_filename),
         extension=target.extension,
@@ -190,10 +189,3 @@ async def receive_upload(
         form_fields={name: v.value.decode("utf-8", "replace") for name, v in values.items() if v.value},
     )
 
-
-async def remove_file(path: Path) -> None:
-    """Delete a file off the event loop; a file that is already gone is fine."""
-    try:
-        await aiofiles.os.remove(path)
-    except FileNotFoundError:
-        pass

@@ -1,0 +1,119 @@
+"""What can go wrong in an ingestion use-case, in domain words (no HTTP status codes here).
+
+Every error carries a human message and, in ``context``, the ids a client needs to act on it
+(the task that holds a document, the status of a task that cannot be cancelled...). The HTTP
+layer maps each class to a status and a stable error code in one table (`api/errors.py`);
+a subclass without its own entry inherits its parent's.
+"""
+
+from __future__ import annotations
+
+
+class IngestionError(Exception):
+    """Base of every expected failure of a use-case."""
+
+    def __init__(self, message: str, **context: object):
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+
+# ----------------------------------------------------------------- the request itself
+class InvalidRequest(IngestionError):
+    """A parameter the client can fix (bad doc id, callback URL, idempotency key...)."""
+
+
+class InvalidDocId(InvalidRequest):
+    pass
+
+
+class InvalidCallbackUrl(InvalidRequest):
+    pass
+
+
+class InvalidIdempotencyKey(InvalidRequest):
+    pass
+
+
+class QueryTooLong(InvalidRequest):
+    pass
+
+
+# ----------------------------------------------------------------- the uploaded content
+class MalformedUpload(IngestionError):
+    """The multipart body cannot be parsed."""
+
+
+class NotMultipart(MalformedUpload):
+    pass
+
+
+class MissingFilePart(MalformedUpload):
+    pass
+
+
+class TruncatedUpload(MalformedUpload):
+    pass
+
+
+class EmptyUpload(IngestionError):
+    """The uploaded file has no bytes."""
+
+
+class EmptyText(IngestionError):
+    """Raw text that is empty or only whitespace."""
+
+
+class TooLarge(IngestionError):
+    """Over the upload byte limit or the text character limit."""
+
+
+class UnsupportedType(IngestionError):
+    """An extension the parsers do not handle."""
+
+
+class ContentMismatch(UnsupportedType):
+    """The content does not match its extension (a renamed binary)."""
+
+
+# ----------------------------------------------------------------- admission and conflicts
+class QueueFull(IngestionError):
+    """Too many tasks are waiting service-wide; the client should retry later."""
+
+
+class TenantQueueFull(QueueFull):
+    """Too many tasks of this tenant are waiting."""
+
+
+class DocConflict(IngestionError):
+    """The document id is being indexed by another live task (context: task_id)."""
+
+
+class DocExists(DocConflict):
+    """The document id is already indexed from other content (context: doc_id)."""
+
+
+class TaskExists(IngestionError):
+    """A task with this id already exists (a task-id collision; practically never)."""
+
+
+# ----------------------------------------------------------------- tasks and documents
+class TaskNotFound(IngestionError):
+    """Unknown, expired, or owned by another tenant (the same answer, so nothing leaks)."""
+
+
+class DocumentNotFound(IngestionError):
+    pass
+
+
+class NotCancellable(IngestionError):
+    """The task already reached a final status (context: status)."""
+
+
+# ----------------------------------------------------------------- the knowledge base and its model
+class ProviderError(IngestionError):
+    """The LLM/embedding provider (or LightRAG around it) failed to answer a query."""
+
+
+class DeleteFailed(IngestionError):
+    """LightRAG could not delete the document."""

@@ -1,0 +1,432 @@
+"""IngestionService: every use-case of the service, each in one place.
+
+Submitting a document (file or text), cancelling a task whatever its state, deleting a
+document, looking one up and querying the knowledge base. Methods return domain results and
+raise `src.ingestion.errors` exceptions; the HTTP layer only parses requests and maps results
+and errors to responses.
+
+What happens on cancel: a *pending* task becomes `cancelled` at once here, and the handler's
+end-of-task side effects run (its upload is removed) before the webhook is sent. A *running*
+task becomes `cancelling`; the runner that holds it stops its job, which purges its partial
+data through `IngestHandler.purge` (the same path `delete_document` uses) and records
+`cancelled`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lightrag import LightRAG, QueryParam
+from lightrag.base import DocStatus
+
+from src.core.config import Settings
+from src.core.metrics import Metrics
+from src.ingestion.errors import (
+    DeleteFailed,
+    DocConflict,
+    DocExists,
+    DocumentNotFound,
+    EmptyText,
+    InvalidCallbackUrl,
+    InvalidDocId,
+    InvalidIdempotencyKey,
+    NotCancellable,
+    ProviderError,
+    QueryTooLong,
+    QueueFull,
+    TaskExists,
+    TaskNotFound,
+    TenantQueueFull,
+    TooLarge,
+)
+from src.ingestion.files import UploadFiles
+from src.ingestion.handler import IngestHandler
+from src.ingestion.knowledge_bases import TenantEngine, TenantEngines
+from src.ingestion.uploads import SavedUpload, receive_upload, sanitize_filename
+from src.tasks.models import Stage, TaskKind, TaskRecord, TaskStatus
+from src.tasks.runner import TaskRunner
+from src.tasks.store import TaskStore
+from src.tenancy.tenants import TenantRegistry
+from src.webhooks import WebhookNotifier
+
+log = logging.getLogger(__name__)
+
+DOC_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_DOC_ID = re.compile(DOC_ID_PATTERN)
+#: LightRAG doc-status fields a document lookup shows.
+_DOC_FIELDS = (
+    "status", "chunks_count", "content_length", "file_path", "created_at", "updated_at", "error_msg"
+)
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What a client may say about a new task besides its content."""
+
+    doc_id: str | None = None
+    callback_url: str | None = None
+    priority: int = 5
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The task that covers a submission: a new one, or (``duplicate``) the one already known."""
+
+    record: TaskRecord
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    task_id: str
+    #: CANCELLED (it never ran; done) or CANCELLING (running; its runner stops and cleans it up).
+    status: TaskStatus
+
+
+@dataclass(frozen=True)
+class DocumentRemoved:
+    doc_id: str
+    status: str
+    message: str
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    text: str
+    mode: str = "hybrid"
+    only_need_context: bool = False
+    top_k: int | None = None
+    chunk_top_k: int | None = None
+    response_type: str | None = None
+
+
+class IngestionService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: TaskStore,
+        engines: TenantEngines,
+        tenants: TenantRegistry,
+        runner: TaskRunner,
+        handler: IngestHandler,
+        files: UploadFiles,
+        webhooks: WebhookNotifier,
+        metrics: Metrics,
+    ):
+        self.settings = settings
+        self.store = store
+        self.engines = engines
+        self.tenants = tenants
+        self.runner = runner
+        self.handler = handler
+        self.files = files
+        self.webhooks = webhooks
+        self.metrics = metrics
+
+    # ------------------------------------------------------------------ submit
+    async def receive_upload(
+        self, tenant: str, headers: Mapping[str, str], body: AsyncIterator[bytes], options: SubmitOptions
+    ) -> SavedUpload:
+        """Check what can be checked before the body is read, then stream it to disk."""
+        self._check_options(options)
+        await self._refuse_when_full(tenant)
+        return await receive_upload(
+            dict(headers),
+            body,
+            self.files,
+            TaskStore.new_task_id(),
+            max_bytes=self.settings.max_upload_bytes,
+            extra_fields=("doc_id", "callback_url"),
+        )
+
+    async def submit_file(self, tenant: str, saved: SavedUpload, options: SubmitOptions) -> Accepted:
+        """Queue a streamed upload; form fields fill in options the query string left out."""
+        try:
+            options = replace(
+                options,
+                doc_id=options.doc_id or saved.form_fields.get("doc_id"),
+                callback_url=options.callback_url or saved.form_fields.get("callback_url"),
+            )
+            self._check_options(options)
+            if options.doc_id:
+                await self._refuse_indexed_doc(tenant, options.doc_id, saved.sha256)
+        except BaseException:
+            await self.files.remove(saved.path.name)
+            raise
+        return await self._persist(
+            tenant,
+            options,
+            task_id=saved.task_id,
+            doc_id=options.doc_id or f"doc-{saved.sha256[:32]}",
+            filename=saved.original_name,
+            stored=saved.path,
+            size=saved.size,
+            sha256=saved.sha256,
+            kind=TaskKind.FILE,
+        )
+
+    async def submit_text(
+        self, tenant: str, text: str, options: SubmitOptions, filename: str | None = None
+    ) -> Accepted:
+        if not text.strip():
+            raise EmptyText("text is empty")
+        if len(text) > self.settings.max_text_chars:
+            raise TooLarge(f"text exceeds {self.settings.max_text_chars} characters")
+        data = text.encode("utf-8")
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._check_options(options)
+        await self._refuse_when_full(tenant)
+        doc_id = options.doc_id or f"doc-{sha256[:32]}"
+        if options.doc_id:
+            await self._refuse_indexed_doc(tenant, doc_id, sha256)
+        task_id = TaskStore.new_task_id()
+        stored = await self.files.write(task_id, ".txt", data)
+        return await self._persist(
+            tenant,
+            options,
+            task_id=task_id,
+            doc_id=doc_id,
+            filename=sanitize_filename(filename) if filename else f"{doc_id}.txt",
+            stored=stored,
+            size=len(data),
+            sha256=sha256,
+            kind=TaskKind.TEXT,
+        )
+
+    def _check_options(self, options: SubmitOptions) -> None:
+        if options.doc_id is not None and not _DOC_ID.match(options.doc_id):
+            raise InvalidDocId("doc_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+        url = options.callback_url
+        if url is not None:
+            parsed = urlparse(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname or len(url) > 2048:
+                raise InvalidCallbackUrl("callback_url must be an absolute http(s) URL (max 2048 chars)")
+        key = options.idempotency_key
+        if key is not None and not (1 <= len(key) <= 200 and key.isprintable()):
+            raise InvalidIdempotencyKey("Idempotency-Key must be 1-200 printable characters")
+
+    async def _refuse_when_full(self, tenant: str) -> None:
+        """Backpressure before reading any bytes: a full queue refuses instead of growing.
+
+        The store's create script checks the same bounds atomically; this early check only spares
+        the client the upload of a body that would be refused."""
+        limit = self.settings.max_pending_tasks
+        if limit and await self.store.pending_count() >= limit:
+            raise QueueFull(f"{limit} tasks are already waiting; retry later")
+        tenant_limit = (await self.tenants.quota(tenant)).max_pending or self.settings.tenant_max_pending
+        if tenant_limit and await self.store.pending_count(tenant) >= tenant_limit:
+            raise TenantQueueFull(f"this tenant already has {tenant_limit} tasks waiting; retry later")
+
+    async def _refuse_indexed_doc(self, tenant: str, doc_id: str, sha256: str) -> None:
+        """An explicit doc id LightRAG already holds is not re-indexed from other content.
+
+        The same content is fine: the store answers with the existing task, or a new task finds the
+        document PROCESSED and completes without indexing anything again.
+        """
+        record = await self._doc_status(tenant, doc_id)
+        if not record or record.get("status") != DocStatus.PROCESSED:
+            return
+        holder = await self.store.doc_holder(tenant, doc_id)
+        if holder is not None and holder.content_sha256 == sha256:
+            return
+        raise DocExists(
+            f"document {doc_id} is already in the knowledge base; "
+            f"DELETE /documents/{doc_id} first to replace it",
+            doc_id=doc_id,
+        )
+
+    async def _persist(
+        self,
+        tenant: str,
+        options: SubmitOptions,
+        *,
+        task_id: str,
+        doc_id: str,
+        filename: str,
+        stored: Path,
+        size: int,
+        sha256: str,
+        kind: TaskKind,
+    ) -> Accepted:
+        """Write the task record (the durable promise); undo the stored file on any failure."""
+        now = time.time()
+        record = TaskRecord(
+            task_id=task_id,
+            tenant=tenant,
+            priority=options.priority,
+            kind=kind,
+            doc_id=doc_id,
+            filename=filename,
+            file_size=size,
+            content_sha256=sha256,
+            stored_name=stored.name,
+            callback_url=options.callback_url,
+            stage=Stage.SAVED,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            outcome = await self.store.create(record, idempotency_key=options.idempotency_key)
+            if outcome.kind in ("duplicate", "idempotent"):
+                self.metrics.uploads.labels("duplicate").inc()
+                await self.files.remove(stored.name)
+                return await self._existing(tenant, outcome.task_id)
+            if outcome.kind == "conflict":
+                raise DocConflict(
+                    f"document {doc_id} is being indexed from different content by task {outcome.task_id}",
+                    task_id=outcome.task_id,
+                )
+            if outcome.kind == "tenant-busy":
+                raise TenantQueueFull("this tenant has too many tasks waiting; retry later")
+            if outcome.kind == "busy":
+                raise QueueFull("too many tasks are waiting; retry later")
+            if not outcome.created:
+                raise TaskExists(f"task {task_id} already exists")
+        except BaseException:
+            await self.files.remove(stored.name)
+            raise
+        self.runner.notify()
+        self.metrics.uploads.labels("accepted").inc()
+        self.metrics.upload_bytes.inc(size)
+        return Accepted(record)
+
+    async def _existing(self, tenant: str, task_id: str) -> Accepted:
+        """The task that already covers the request (duplicate content or a retried key)."""
+        record = await self.store.get(task_id)
+        if record is None or record.tenant != tenant:
+            raise DocConflict("the document is already being indexed", task_id=task_id)
+        return Accepted(record, duplicate=True)
+
+    # ------------------------------------------------------------------ tasks
+    async def task(self, tenant: str, task_id: str) -> TaskRecord:
+        """The task if it exists *and belongs to the caller*; otherwise the same error (no leak)."""
+        record = await self.store.get(task_id) if len(task_id) <= 64 else None
+        if record is None or record.tenant != tenant:
+            raise TaskNotFound(f"task {task_id} not found (unknown, or expired after its TTL)")
+        return record
+
+    async def tasks(
+        self, tenant: str, *, status: TaskStatus | None, offset: int, limit: int
+    ) -> tuple[int, list[TaskRecord]]:
+        return await self.store.list(tenant=tenant, status=status, offset=offset, limit=limit)
+
+    async def cancel(self, tenant: str, task_id: str) -> Cancellation:
+        """Cancel a task whatever its state (see the module docstring); a finished one is refused."""
+        record = await self.task(tenant, task_id)
+        outcome = await self.store.request_cancel(task_id)
+        if outcome.status == "missing":
+            raise TaskNotFound(f"task {task_id} not found (unknown, or expired after its TTL)")
+        if outcome.accepted and outcome.status == TaskStatus.CANCELLED:
+            # It never ran, so no runner will: the end-of-task side effects happen here.
+            await self.handler.after_final(record, TaskStatus.CANCELLED)
+            self.webhooks.notify(task_id)
+            return Cancellation(task_id, TaskStatus.CANCELLED)
+        if outcome.status == TaskStatus.CANCELLING:  # also a repeated cancel while it is being cancelled
+            self.runner.cancel_local(task_id)  # other instances notice at their next heartbeat
+            return Cancellation(task_id, TaskStatus.CANCELLING)
+        raise NotCancellable(f"task already {outcome.status}; nothing to cancel", status=str(outcome.status))
+
+    # ------------------------------------------------------------------ documents
+    async def document(self, tenant: str, doc_id: str) -> dict[str, Any]:
+        """LightRAG's status record of one document."""
+        record = await self._doc_status(tenant, doc_id)
+        if not record:
+            raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
+        return {"doc_id": doc_id, **{k: record.get(k) for k in _DOC_FIELDS}}
+
+    async def delete_document(self, tenant: str, doc_id: str) -> DocumentRemoved:
+        """Remove a document and all data derived from it, through the purge a cancel uses (which
+        first stops any LLM work still running for it, e.g. a document LightRAG resumed)."""
+        live = await self.store.live_task_for_doc(tenant, doc_id)
+        if live:
+            raise DocConflict(f"document {doc_id} is being indexed by task {live}", task_id=live)
+        if not await self._doc_status(tenant, doc_id):
+            raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
+        # Deletion waits for the current pipeline batch to end (LightRAG refuses it while busy).
+        status = str(await self.handler.purge(tenant, doc_id))
+        if status == "not_found":
+            raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
+        if status != "success":
+            raise DeleteFailed(f"LightRAG could not delete document {doc_id} (status {status})")
+        await self.store.release_doc(tenant, doc_id)
+        return DocumentRemoved(doc_id, status, f"document {doc_id} and all data derived from it were deleted")
+
+    async def _doc_status(self, tenant: str, doc_id: str) -> dict[str, Any] | None:
+        async with self.engines.use(tenant) as engine:
+            return await engine.rag.doc_status.get_by_id(doc_id)
+
+    # ------------------------------------------------------------------ query
+    async def query(self, tenant: str, spec: QuerySpec) -> str:
+        self._check_query(spec)
+        async with self.engines.use(tenant) as engine:
+            answer = await self._ask(engine.rag, spec, stream=False)
+            if not isinstance(answer, str):  # some bindings stream even when not asked to
+                try:
+                    answer = "".join([part async for part in answer])
+                except Exception as exc:
+                    raise _provider_error(exc) from exc
+        return answer or ""
+
+    async def query_stream(self, tenant: str, spec: QuerySpec) -> AsyncGenerator[str, None]:
+        """Start answering; errors before the first piece raise here, later ones from the iterator
+        (as ProviderError). Close the iterator when done: it holds the tenant's engine."""
+        self._check_query(spec)
+        # The engine stays borrowed until the stream ends, so it cannot be evicted mid-answer.
+        engine = await self.engines.acquire(tenant)
+        try:
+            answer = await self._ask(engine.rag, spec, stream=True)
+        except BaseException:
+            self.engines.release(engine)
+            raise
+        return self._pieces(engine, answer)
+
+    async def _pieces(
+        self, engine: TenantEngine, answer: str | AsyncIterator[str]
+    ) -> AsyncGenerator[str, None]:
+        try:
+            if isinstance(answer, str):
+                yield answer
+                return
+            try:
+                async for piece in answer:
+                    if piece:
+                        yield piece
+            except Exception as exc:
+                log.warning("streamed query failed: %s", exc)
+                raise ProviderError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.engines.release(engine)
+
+    def _check_query(self, spec: QuerySpec) -> None:
+        if len(spec.text) > self.settings.max_query_chars:
+            raise QueryTooLong(f"query exceeds {self.settings.max_query_chars} characters")
+
+    @staticmethod
+    async def _ask(rag: LightRAG, spec: QuerySpec, stream: bool) -> str | AsyncIterator[str]:
+        param = QueryParam(
+            mode=spec.mode, only_need_context=spec.only_need_context, stream=stream, enable_rerank=False
+        )
+        if spec.top_k is not None:
+            param.top_k = spec.top_k
+        if spec.chunk_top_k is not None:
+            param.chunk_top_k = spec.chunk_top_k
+        if spec.response_type:
+            param.response_type = spec.response_type
+        try:
+            return await rag.aquery(spec.text, param=param)
+        except Exception as exc:  # provider failures are the provider's, not a bug of ours
+            raise _provider_error(exc) from exc
+
+
+def _provider_error(exc: Exception) -> ProviderError:
+    log.warning("query failed: %s", exc)
+    return ProviderError(f"the query could not be answered: {type(exc).__name__}: {exc}")

@@ -1,0 +1,85 @@
+"""The domain-error table of api/errors.py: every domain error has an HTTP answer, and the answers
+keep the public JSON shape, codes and Retry-After. A bare FastAPI app, no Redis or LightRAG."""
+
+from __future__ import annotations
+
+import inspect
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from api.errors import DOMAIN_ERRORS, http_error_for, install_error_handlers
+from src.ingestion import errors as domain
+
+pytestmark = pytest.mark.timeout(30)
+
+DOMAIN_CLASSES = [
+    cls
+    for _, cls in inspect.getmembers(domain, inspect.isclass)
+    if issubclass(cls, domain.IngestionError) and cls is not domain.IngestionError
+]
+
+
+@pytest.mark.parametrize("cls", DOMAIN_CLASSES, ids=lambda c: c.__name__)
+def test_every_domain_error_has_an_http_answer(cls: type[domain.IngestionError]) -> None:
+    """Catches a new domain error that would fall through to the 500 fallback."""
+    answer = http_error_for(cls("x"))
+    assert answer is not None and 400 <= answer.status < 600
+
+
+def test_codes_are_unique_per_class() -> None:
+    """Catches two errors answering with the same code, which clients could not tell apart."""
+    codes = [answer.code for answer in DOMAIN_ERRORS.values()]
+    assert len(codes) == len(set(codes))
+
+
+async def call(exc: Exception) -> httpx.Response:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise exc
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        return await client.get("/boom")
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code", "retry_after"),
+    [
+        (domain.QueueFull("full"), 429, "queue_full", "30"),
+        (domain.TenantQueueFull("full"), 429, "tenant_queue_full", "30"),
+        (domain.TooLarge("big"), 413, "too_large", None),
+        (domain.ContentMismatch("renamed"), 415, "content_mismatch", None),
+        (domain.NotMultipart("form"), 400, "not_multipart", None),
+        (domain.DeleteFailed("busy"), 502, "delete_failed", None),
+    ],
+)
+async def test_domain_errors_answer_with_status_code_and_retry_after(exc, status, code, retry_after) -> None:
+    """Catches a wrong status/code in the table, or a lost Retry-After on the 429s."""
+    response = await call(exc)
+    assert response.status_code == status
+    assert response.json() == {"detail": exc.message, "code": code}
+    assert response.headers.get("retry-after") == retry_after
+
+
+async def test_context_is_part_of_the_body() -> None:
+    """Catches the ids a client needs (the task holding a document, a task's status) being dropped."""
+    conflict = await call(domain.DocConflict("held", task_id="t-1"))
+    assert conflict.status_code == 409
+    assert conflict.json() == {"detail": "held", "code": "doc_in_progress", "task_id": "t-1"}
+    finished = await call(domain.NotCancellable("done", status="completed"))
+    assert finished.json() == {"detail": "done", "code": "task_finished", "status": "completed"}
+
+
+async def test_an_unmapped_domain_error_is_a_generic_500() -> None:
+    """The fallback stays safe (no message leak) should the table ever miss a class."""
+
+    class Unmapped(domain.IngestionError):
+        pass
+
+    response = await call(Unmapped("secret detail"))
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error" and "secret" not in response.text

@@ -1,0 +1,99 @@
+"""IngestHandler's end-of-task hooks, called directly (no Redis, no LightRAG): `after_final` drops a
+finished task's upload, `forget` removes the files of an expired task. Both must never raise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from src.core.metrics import Metrics
+from src.ingestion.files import UploadFiles
+from src.ingestion.handler import IngestHandler
+from src.ingestion.knowledge_bases import TenantEngines
+from src.tasks.models import TaskRecord, TaskStatus
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def handler(tmp_path: Path) -> IngestHandler:
+    settings = make_settings(tmp_path, None)
+    settings.uploads_dir.mkdir(parents=True)
+    engines = TenantEngines(settings, Metrics(), max_cached=1, idle_seconds=60)  # never used here
+    return IngestHandler(engines, UploadFiles(settings.uploads_dir))
+
+
+def stored(handler: IngestHandler, task_id: str, suffix: str = ".txt") -> TaskRecord:
+    path = handler.files.dir / f"{task_id}{suffix}"
+    path.write_text("some document")
+    return TaskRecord(
+        task_id=task_id,
+        doc_id=f"doc-{task_id}",
+        filename="a.txt",
+        stored_name=path.name,
+        created_at=1.0,
+        updated_at=1.0,
+    )
+
+
+@pytest.mark.parametrize("status", [TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.FAILED])
+async def test_after_final_removes_the_upload_of_a_finished_task(handler: IngestHandler, status) -> None:
+    """Catches uploads kept on disk after the task ended; FAILED included: a permanently failed
+    task is never retried, so keeping its file only fills the disk (issue #12 item 13)."""
+    task = stored(handler, f"t-{status.value}")
+    other = stored(handler, "bystander")
+    await handler.after_final(task, status)
+    assert not handler.files.path(task.stored_name).exists()
+    assert handler.files.path(other.stored_name).exists()
+
+
+@pytest.mark.parametrize("status", [TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.CANCELLING])
+async def test_after_final_keeps_the_upload_of_a_task_that_may_still_run(
+    handler: IngestHandler, status
+) -> None:
+    """Catches deleting the file a retried or still-cancelling task needs."""
+    task = stored(handler, "live")
+    await handler.after_final(task, status)
+    assert handler.files.path(task.stored_name).exists()
+
+
+async def test_after_final_never_raises(handler: IngestHandler) -> None:
+    """Catches a cleanup failure escaping into the runner after the outcome was recorded: a file
+    already gone, a record without a file, and a removal the OS refuses (a directory)."""
+    gone = stored(handler, "gone")
+    handler.files.path(gone.stored_name).unlink()
+    await handler.after_final(gone, TaskStatus.COMPLETED)
+    await handler.after_final(gone.model_copy(update={"stored_name": ""}), TaskStatus.COMPLETED)
+    (handler.files.dir / "dir.txt").mkdir()
+    refused = gone.model_copy(update={"task_id": "dir", "stored_name": "dir.txt"})
+    await handler.after_final(refused, TaskStatus.FAILED)
+    assert (handler.files.dir / "dir.txt").is_dir()
+
+
+async def test_forget_removes_every_leftover_of_that_task_only(handler: IngestHandler) -> None:
+    """Catches expired tasks' files staying forever, and a glob that also matches other ids."""
+    stored(handler, "expired", ".txt")
+    stored(handler, "expired", ".part")
+    stored(handler, "expired-not", ".txt")
+    stored(handler, "kept", ".pdf")
+    await handler.forget("expired")
+    assert sorted(p.name for p in handler.files.dir.iterdir()) == ["expired-not.txt", "kept.pdf"]
+    await handler.forget("expired")  # nothing left: still fine
+
+
+async def test_forget_never_raises(handler: IngestHandler) -> None:
+    """Catches a removal error escaping into the runner's sweep loop."""
+    (handler.files.dir / "stuck.d").mkdir()
+    await handler.forget("stuck")
+    assert (handler.files.dir / "stuck.d").is_dir()
+
+
+def test_remove_partials_only_touches_part_files(tmp_path: Path) -> None:
+    """Catches start-up cleanup deleting complete uploads that queued tasks still need."""
+    files = UploadFiles(tmp_path)
+    (tmp_path / "a.part").write_text("x")
+    (tmp_path / "b.txt").write_text("x")
+    assert files.remove_partials() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["b.txt"]
