@@ -94,21 +94,19 @@ async def start_services(
     )
     runner = TaskRunner(
         store,
-        IngestHandler(engines),
+        IngestHandler(engines, on_final=webhooks.notify),
         RunnerConfig(
             max_concurrent=settings.max_concurrent_tasks,
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
             sweep_seconds=settings.sweep_seconds,
             max_attempts=settings.max_attempts,
-            uploads_dir=settings.uploads_dir,
             task_timeout_seconds=settings.task_timeout_seconds,
             retry_base_seconds=settings.retry_base_seconds,
             retry_max_seconds=settings.retry_max_seconds,
         ),
         instance_id,
         metrics=metrics,
-        on_final=lambda task_id: webhooks.notify(task_id),
     )
     await runner.start()
     metrics.start_sampling(store.ping)

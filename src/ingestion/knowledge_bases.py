@@ -23,8 +23,9 @@ from src.core.config import Settings
 from src.core.metrics import Metrics
 from src.ingestion.ingestor import DocumentIngestor, IngestError, ProgressCallback, is_transient_message
 from src.ingestion.pipeline import DocumentGuard, PipelineCoordinator
+from src.ingestion.uploads import remove_file
 from src.rag.parsers import DocumentParseError
-from src.tasks.models import TaskRecord
+from src.tasks.models import TaskRecord, TaskStatus
 from src.tenancy.tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,9 @@ class IngestHandler:
     """The runner's view of ingestion: run a task in its tenant's knowledge base, undo its
     effects, classify its errors."""
 
-    def __init__(self, engines: TenantEngines):
+    def __init__(self, engines: TenantEngines, on_final: Callable[[str], None] | None = None):
         self.engines = engines
+        self.on_final = on_final or (lambda task_id: None)
 
     async def run(self, task: TaskRecord, report: ProgressCallback) -> dict:
         async with self.engines.use(task.tenant) as engine:
@@ -170,3 +172,16 @@ class IngestHandler:
         if isinstance(exc, DocumentParseError):
             return False
         return is_transient_message(f"{type(exc).__name__}: {exc}")
+
+    async def after_final(self, task: TaskRecord, status: TaskStatus) -> None:
+        """An indexed or cancelled task no longer needs its upload (a failed one keeps it until its
+        record expires); then the completion webhook."""
+        if task.stored_name and status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED):
+            await remove_file(self.engines.settings.uploads_dir / task.stored_name)
+        self.on_final(task.task_id)
+
+    async def forget(self, task_id: str) -> None:
+        """The record expired: remove any upload left behind (failed tasks, crashes)."""
+        uploads_dir = self.engines.settings.uploads_dir
+        for leftover in await asyncio.to_thread(list, uploads_dir.glob(f"{task_id}.*")):
+            await remove_file(leftover)
