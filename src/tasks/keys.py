@@ -101,7 +101,7 @@ def _lua_keys() -> str:
     lines = ["local p = ARGV[1]", "local K = {}"]
     lines += [f"K.{name} = p..'{value}'" for name, value in fixed.items()]
     lines += [f"function K.{name}(x) return p..'{value}'..x end" for name, value in by_id.items()]
-    lines += [f"function K.{name}(t, x) return p..'{value}'..t..':'..x end" 
+    lines += [f"function K.{name}(t, x) return p..'{value}'..t..':'..x end"
               for name, value in by_pair.items()]
     lines.append(f"K.INDEX_ALL = '{INDEX_ALL}'")
     return "\n".join(lines) + "\n"
