@@ -98,6 +98,9 @@ class _Running:
     #: When the stage named in last_report began (for the stage-duration histogram).
     stage_started: float = field(default_factory=time.monotonic)
     stop_reason: StopReason | None = None
+    #: The handler's work is over and its outcome is being recorded: a user cancel or a lost lease
+    #: must not interrupt that (the fenced final write decides), or the outcome and its hook are lost.
+    finishing: bool = False
 
 
 class TaskRunner:
@@ -178,7 +181,7 @@ class TaskRunner:
         running = self._running.get(task_id)
         if running is None or running.job is None or running.job.done():
             return False
-        if running.stop_reason is None:
+        if running.stop_reason is None and not running.finishing:
             running.stop_reason = StopReason.USER
             running.job.cancel()
         return True
@@ -251,12 +254,16 @@ class TaskRunner:
 
         try:
             if task.status == TaskStatus.CANCELLING:
+                running.finishing = True
                 await self._cancel(task, epoch)
                 return
             deadline = asyncio.timeout(self.config.task_timeout_seconds)
             try:
                 async with deadline:
-                    result = await self.handler.run(task, report)
+                    try:
+                        result = await self.handler.run(task, report)
+                    finally:
+                        running.finishing = True
             except asyncio.CancelledError:
                 reason = running.stop_reason
                 if reason == StopReason.USER:
@@ -402,7 +409,7 @@ class TaskRunner:
                 except _REDIS_DOWN as exc:
                     log.warning("heartbeat for task %s failed: %s", task_id, exc)
                     continue
-                if not running.job or running.job.done() or running.stop_reason:
+                if not running.job or running.job.done() or running.stop_reason or running.finishing:
                     continue
                 if state == HeartbeatResult.LOST:
                     log.error("task %s lost its lease; stopping this attempt", task_id)
