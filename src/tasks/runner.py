@@ -101,6 +101,8 @@ class _Running:
     #: The handler's work is over and its outcome is being recorded: a user cancel or a lost lease
     #: must not interrupt that (the fenced final write decides), or the outcome and its hook are lost.
     finishing: bool = False
+    #: When the job was last asked to stop (monotonic); a stop not obeyed is asked again.
+    stop_asked: float = 0.0
 
 
 class TaskRunner:
@@ -183,6 +185,7 @@ class TaskRunner:
             return False
         if running.stop_reason is None and not running.finishing:
             running.stop_reason = StopReason.USER
+            running.stop_asked = time.monotonic()
             running.job.cancel()
         return True
 
@@ -268,7 +271,7 @@ class TaskRunner:
                 reason = running.stop_reason
                 if reason == StopReason.USER:
                     current = asyncio.current_task()
-                    if current is not None:
+                    while current is not None and current.cancelling():
                         current.uncancel()
                     await self._cancel(task, epoch)
                     return
@@ -409,14 +412,27 @@ class TaskRunner:
                 except _REDIS_DOWN as exc:
                     log.warning("heartbeat for task %s failed: %s", task_id, exc)
                     continue
-                if not running.job or running.job.done() or running.stop_reason or running.finishing:
+                if not running.job or running.job.done() or running.finishing:
+                    continue
+                if running.stop_reason:
+                    self._ask_again(running)
                     continue
                 if state == HeartbeatResult.LOST:
                     log.error("task %s lost its lease; stopping this attempt", task_id)
                     running.stop_reason = StopReason.LEASE_LOST
+                    running.stop_asked = time.monotonic()
                     running.job.cancel()
                 elif state == HeartbeatResult.CANCEL_REQUESTED:
                     self.cancel_local(task_id)
+
+    def _ask_again(self, running: _Running) -> None:
+        """A cancellation swallowed inside a library call would leave the handler running for good:
+        while its work goes on, cancel it again every couple of heartbeats."""
+        if running.job and time.monotonic() - running.stop_asked > 2 * self.config.heartbeat_seconds:
+            log.warning("task %s ignored its cancellation (%s); cancelling again",
+                        running.task.task_id, running.stop_reason)
+            running.stop_asked = time.monotonic()
+            running.job.cancel()
 
     async def _sweep_loop(self) -> None:
         while True:

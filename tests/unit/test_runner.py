@@ -7,6 +7,7 @@ Each task's behaviour per attempt is scripted by the fake handler ("ok", "transi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,13 +54,21 @@ class FakeHandler:
         self.runs[task.task_id] += 1
         steps = self.script.get(task.task_id, [])
         action = steps[attempt] if attempt < len(steps) else self.default
-        self.started_event(task.task_id).set()
         await report(Stage.EXTRACTING, 50.0)
+        self.started_event(task.task_id).set()
         if action == "transient":
             raise Transient("provider 503")
         if action == "permanent":
             raise Permanent("unsupported content")
         if action == "block":
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(task.task_id)
+                raise
+        if action == "swallow":
+            with contextlib.suppress(asyncio.CancelledError):  # as a careless library call might
+                await self.release.wait()
             try:
                 await self.release.wait()
             except asyncio.CancelledError:
@@ -125,8 +134,6 @@ async def wait_for(
         if rec is not None and condition(rec):
             return rec
         if time.monotonic() > deadline:
-            for t in asyncio.all_tasks():
-                t.print_stack()
             raise AssertionError(f"task {task_id} did not reach the expected state in {timeout}s: {rec}")
         await asyncio.sleep(0.02)
 
@@ -233,6 +240,19 @@ async def test_cancel_from_another_instance_reaches_the_worker(store: TaskStore)
         rec = await wait_final(store, "cx")
     assert rec.status == TaskStatus.CANCELLED and handler.cancelled == ["cx"]
     assert handler.finals == [("cx", TaskStatus.CANCELLED)]
+
+
+async def test_a_swallowed_cancellation_is_repeated(store: TaskStore) -> None:
+    """Catches a cancel that a library call swallowed leaving the task 'cancelling' for good."""
+    handler = FakeHandler({"sw": ["swallow"]})
+    await store.create(record("sw"))
+    async with running(store, handler) as runner:
+        await asyncio.wait_for(handler.started_event("sw").wait(), 10)
+        await store.request_cancel("sw")
+        assert runner.cancel_local("sw")
+        rec = await wait_final(store, "sw")
+    assert rec.status == TaskStatus.CANCELLED and handler.cancelled == ["sw"]
+    assert handler.finals == [("sw", TaskStatus.CANCELLED)]
 
 
 async def test_lost_lease_hands_the_task_over(store: TaskStore) -> None:

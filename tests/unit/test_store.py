@@ -90,7 +90,7 @@ async def test_doc_lock_is_released_by_failure_but_kept_by_completion(store: Tas
     assert (await store.create(record("k3", doc_id="dk", sha="new"))).created  # new content replaces
 
 
-async def test_idempotency_key_returns_the_first_task_until_it_fails_or_is_cancelled(store: TaskStore) -> None:
+async def test_idempotency_key_returns_the_first_task_until_it_is_cancelled(store: TaskStore) -> None:
     """Catches an Idempotency-Key that is ignored (two tasks) or that pins a cancelled task forever."""
     first = await store.create(record("i1"), idempotency_key="key")
     again = await store.create(record("i2"), idempotency_key="key")
