@@ -122,13 +122,14 @@ def edge_set(kg: Any) -> set[tuple[str, str]]:
 
 
 async def test_node_upsert_get_has_and_merge(graph: BaseGraphStorage) -> None:
-    """Catches: lost or replaced properties (upsert must merge like nx add_node), wrong missing-node answers."""
+    """Catches: lost or replaced properties (upsert merges like nx add_node), wrong missing-node answers."""
     assert await graph.get_node("Alice") is None
     assert not await graph.has_node("Alice")
     await graph.upsert_node("Alice", {"entity_id": "Alice", "description": "first"})
     await graph.upsert_node("Alice", {"description": "second", "entity_type": "person"})
     assert await graph.has_node("Alice")
-    assert await graph.get_node("Alice") == {"entity_id": "Alice", "description": "second", "entity_type": "person"}
+    expected = {"entity_id": "Alice", "description": "second", "entity_type": "person"}
+    assert await graph.get_node("Alice") == expected
 
 
 async def test_unicode_and_quotes_survive(graph: BaseGraphStorage) -> None:
@@ -191,7 +192,8 @@ async def test_batch_reads(graph: BaseGraphStorage) -> None:
     assert set(nodes) == {"A", "F"} and nodes["F"] == node("F")
     assert await graph.node_degrees_batch(["A", "E", "nobody"]) == {"A": 3, "E": 2, "nobody": 0}
     assert await graph.edge_degrees_batch([("A", "B"), ("F", "E")]) == {("A", "B"): 6, ("F", "E"): 3}
-    edges = await graph.get_edges_batch([{"src": "B", "tgt": "A"}, {"src": "E", "tgt": "F"}, {"src": "A", "tgt": "F"}])
+    pairs = [{"src": "B", "tgt": "A"}, {"src": "E", "tgt": "F"}, {"src": "A", "tgt": "F"}]
+    edges = await graph.get_edges_batch(pairs)
     assert set(edges) == {("B", "A"), ("E", "F")}
     assert edges[("B", "A")]["description"] == "A->B"
     node_edges = await graph.get_nodes_edges_batch(["E", "nobody"])
@@ -267,7 +269,7 @@ async def test_knowledge_graph_depth(graph: BaseGraphStorage) -> None:
 
 
 async def test_knowledge_graph_max_nodes_prefers_near_and_connected(graph: BaseGraphStorage) -> None:
-    """Catches: truncation that keeps arbitrary nodes instead of (depth, degree) order, or no is_truncated flag."""
+    """Catches: truncation not in (depth, degree) order, or a missing is_truncated flag."""
     await build_tree(graph)
     kg = await graph.get_knowledge_graph("A", max_depth=3, max_nodes=2)
     assert {n.id for n in kg.nodes} == {"A", "B"} and kg.is_truncated

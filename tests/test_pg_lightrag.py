@@ -17,7 +17,7 @@ from src.rag.llm import build_llm_func
 from src.rag.storage.selection import storage_kwargs_from_env
 from src.rag.tokenizer import build_tokenizer
 from tests.conftest import make_settings
-from tests.pg import pg_env  # noqa: F401
+from tests.pg import pg_env  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,9 @@ async def make_rag(tmp_path: Path, workspace: str) -> LightRAG:
 
 @pytest.fixture
 async def tenants(
-    pg_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_env: dict[str, str],  # noqa: F811  (the imported fixture)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[dict[str, LightRAG]]:
     for name, value in pg_env.items():
         monkeypatch.setenv(name, value)

@@ -65,7 +65,7 @@ def test_storage_in_wrong_slot_is_named() -> None:
 def test_missing_variables_are_named() -> None:
     """Catches: a PG storage starting without a password (LightRAG would fail on the first document)."""
     with pytest.raises(StorageConfigError) as err:
-        storage_kwargs_from_env({**ALL_PG, "POSTGRES_USER": "u", "POSTGRES_DATABASE": "d", "POSTGRES_PASSWORD": ""})
+        storage_kwargs_from_env({**ALL_PG, **PG, "POSTGRES_PASSWORD": ""})
     message = str(err.value)
     for variable in ALL_PG:
         assert f"{variable}=" in message
@@ -87,7 +87,8 @@ def test_missing_driver_is_named() -> None:
     pytest.importorskip("lightrag")
     if __import__("importlib").util.find_spec("neo4j") is not None:
         pytest.skip("neo4j driver installed here")
-    env = {"LIGHTRAG_GRAPH_STORAGE": "Neo4JStorage", "NEO4J_URI": "bolt://x", "NEO4J_USERNAME": "a", "NEO4J_PASSWORD": "b"}
+    env = {"LIGHTRAG_GRAPH_STORAGE": "Neo4JStorage", "NEO4J_URI": "bolt://x"}
+    env |= {"NEO4J_USERNAME": "a", "NEO4J_PASSWORD": "b"}
     with pytest.raises(StorageConfigError, match="Python package\\(s\\) neo4j"):
         storage_kwargs_from_env(env)
 
@@ -155,5 +156,6 @@ def test_guard_turns_runtime_install_into_named_import_error() -> None:
     )
     out = result.stdout + result.stderr
     assert "PIP-SPAWNED" not in out
-    assert "BLOCKED: LightRAG asked pipmaster.install('some-package-that-must-not-install')" in result.stdout, out
+    expected = "BLOCKED: LightRAG asked pipmaster.install('some-package-that-must-not-install')"
+    assert expected in result.stdout, out
     assert "NEO4J-BLOCKED:" in result.stdout and "'neo4j'" in result.stdout, out

@@ -103,7 +103,8 @@ class PGPlainGraphStorage(BaseGraphStorage):
     async def initialize(self) -> None:
         async with get_data_init_lock():
             if self.db is None:
-                self.db = await ClientManager.get_client(vector_storage=self.global_config.get("vector_storage"))
+                vector_storage = self.global_config.get("vector_storage")
+                self.db = await ClientManager.get_client(vector_storage=vector_storage)
             # Same priority as LightRAG's PG storages so all four agree; src.rag.storage.selection
             # refuses POSTGRES_WORKSPACE because it would merge every tenant into one workspace.
             if self.db.workspace:
@@ -188,7 +189,8 @@ class PGPlainGraphStorage(BaseGraphStorage):
         if not node_ids:
             return {}
         rows = await self._fetch(
-            f"SELECT id, properties FROM {NODES} WHERE workspace = $1 AND graph = $2 AND id = ANY($3::text[])",
+            f"SELECT id, properties FROM {NODES}"
+            " WHERE workspace = $1 AND graph = $2 AND id = ANY($3::text[])",
             list(node_ids),
         )
         found = {row["id"]: _props(row["properties"]) for row in rows}
@@ -222,7 +224,8 @@ class PGPlainGraphStorage(BaseGraphStorage):
     async def get_edge(self, source_node_id: str, target_node_id: str) -> dict[str, str] | None:
         source, target = _pair(source_node_id, target_node_id)
         value = await self._fetchval(
-            f"SELECT properties FROM {EDGES} WHERE workspace = $1 AND graph = $2 AND source = $3 AND target = $4",
+            f"SELECT properties FROM {EDGES}"
+            " WHERE workspace = $1 AND graph = $2 AND source = $3 AND target = $4",
             source,
             target,
         )
@@ -242,7 +245,9 @@ class PGPlainGraphStorage(BaseGraphStorage):
         )
         found = {(row["source"], row["target"]): _props(row["properties"]) for row in rows}
         return {
-            (pair["src"], pair["tgt"]): found[key] for pair, key in zip(pairs, keys, strict=True) if key in found
+            (pair["src"], pair["tgt"]): found[key]
+            for pair, key in zip(pairs, keys, strict=True)
+            if key in found
         }
 
     async def get_nodes_edges_batch(self, node_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -284,7 +289,9 @@ class PGPlainGraphStorage(BaseGraphStorage):
             f"SELECT source, target, properties FROM {EDGES} WHERE workspace = $1 AND graph = $2"
             " ORDER BY source, target"
         )
-        return [{**_props(row["properties"]), "source": row["source"], "target": row["target"]} for row in rows]
+        return [
+            {**_props(row["properties"]), "source": row["source"], "target": row["target"]} for row in rows
+        ]
 
     async def get_popular_labels(self, limit: int = 300) -> list[str]:
         rows = await self._fetch(
@@ -404,7 +411,8 @@ class PGPlainGraphStorage(BaseGraphStorage):
         merged = _merge_rows(list(nodes))
         await self._execute(
             f"""INSERT INTO {NODES} (workspace, graph, id, properties)
-                SELECT $1, $2, k.id, k.properties::jsonb FROM unnest($3::text[], $4::text[]) AS k(id, properties)
+                SELECT $1, $2, k.id, k.properties::jsonb
+                FROM unnest($3::text[], $4::text[]) AS k(id, properties)
                 ON CONFLICT (workspace, graph, id)
                 DO UPDATE SET properties = {NODES}.properties || EXCLUDED.properties, updated_at = now()""",
             list(merged),
@@ -439,7 +447,8 @@ class PGPlainGraphStorage(BaseGraphStorage):
                         SELECT $1, $2, k.source, k.target, k.properties::jsonb
                         FROM unnest($3::text[], $4::text[], $5::text[]) AS k(source, target, properties)
                         ON CONFLICT (workspace, graph, source, target)
-                        DO UPDATE SET properties = {EDGES}.properties || EXCLUDED.properties, updated_at = now()""",
+                        DO UPDATE SET properties = {EDGES}.properties || EXCLUDED.properties,
+                                      updated_at = now()""",
                     self.workspace,
                     self.graph,
                     sources,
@@ -498,7 +507,9 @@ class PGPlainGraphStorage(BaseGraphStorage):
                 async with conn.transaction():
                     for table in (EDGES, NODES):
                         await conn.execute(
-                            f"DELETE FROM {table} WHERE workspace = $1 AND graph = $2", self.workspace, self.graph
+                            f"DELETE FROM {table} WHERE workspace = $1 AND graph = $2",
+                            self.workspace,
+                            self.graph,
                         )
 
             await self._run(op)
@@ -508,4 +519,6 @@ class PGPlainGraphStorage(BaseGraphStorage):
             return {"status": "error", "message": str(exc)}
 
 
-register_storage("GRAPH_STORAGE", STORAGE_NAME, __name__, ["POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DATABASE"])
+register_storage(
+    "GRAPH_STORAGE", STORAGE_NAME, __name__, ["POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DATABASE"]
+)

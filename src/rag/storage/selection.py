@@ -156,9 +156,11 @@ def storage_kwargs_from_env(env: Mapping[str, str] | None = None) -> dict[str, A
         kwargs[keyword] = name
         allowed = kg.STORAGE_IMPLEMENTATIONS[storage_type]["implementations"]
         if name not in allowed:
-            problems.append(f"{variable}={name!r} is not a {storage_type}; choose one of: {', '.join(allowed)}")
+            choices = ", ".join(allowed)
+            problems.append(f"{variable}={name!r} is not a {storage_type}; choose one of: {choices}")
             continue
-        missing = [var for var in kg.STORAGE_ENV_REQUIREMENTS.get(name, []) if not (env.get(var) or "").strip()]
+        required = kg.STORAGE_ENV_REQUIREMENTS.get(name, [])
+        missing = [var for var in required if not (env.get(var) or "").strip()]
         if missing:
             problems.append(f"{variable}={name} needs the environment variable(s) {', '.join(missing)}")
         absent = [dist for module, dist in _drivers_for(name) if importlib.util.find_spec(module) is None]
