@@ -7,6 +7,7 @@ behave the same on everything LightRAG relies on. To add an implementation, writ
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -336,3 +337,38 @@ async def test_workspaces_are_isolated(make_graph: Callable[[str], Awaitable[Bas
     await two.drop()
     assert len(await one.get_all_labels()) == 7
     assert await one.node_degree("A") == 3
+
+
+async def _connect(env: dict[str, str], database: str) -> Any:
+    import asyncpg
+
+    return await asyncpg.connect(
+        host=env["POSTGRES_HOST"],
+        port=int(env["POSTGRES_PORT"]),
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"],
+        database=database,
+    )
+
+
+@pytest.mark.parametrize("round_", range(3))
+async def test_pg_schema_creation_is_safe_under_concurrency(pg_env: dict[str, str], round_: int) -> None:  # noqa: F811
+    """Catches: instances initialising a fresh database at once failing with DuplicateTable /
+    unique violations (plain CREATE ... IF NOT EXISTS races in PostgreSQL's catalog)."""
+    from src.rag.storage.pg_graph import EDGES, NODES, PGPlainGraphStorage
+
+    database = f"fresh_{uuid.uuid4().hex[:10]}"
+    admin = await _connect(pg_env, pg_env["POSTGRES_DATABASE"])
+    await admin.execute(f"CREATE DATABASE {database}")
+    conns = [await _connect(pg_env, database) for _ in range(8)]
+    try:
+        await asyncio.gather(*(PGPlainGraphStorage._create_schema(conn) for conn in conns))
+        tables = await conns[0].fetch(
+            "SELECT tablename FROM pg_tables WHERE tablename = ANY($1::text[])", [NODES, EDGES]
+        )
+        assert {row["tablename"] for row in tables} == {NODES, EDGES}
+    finally:
+        for conn in conns:
+            await conn.close()
+        await admin.execute(f"DROP DATABASE {database}")
+        await admin.close()
