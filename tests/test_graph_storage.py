@@ -372,3 +372,40 @@ async def test_pg_schema_creation_is_safe_under_concurrency(pg_env: dict[str, st
             await conn.close()
         await admin.execute(f"DROP DATABASE {database}")
         await admin.close()
+
+
+async def test_lightrag_check_tables_is_safe_under_concurrency(
+    pg_env: dict[str, str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Catches: LightRAG's own check_tables (no IF NOT EXISTS) failing with DuplicateTableError when
+    several instances (separate pools, as separate processes have) initialise a fresh database."""
+    from lightrag.kg.postgres_impl import ClientManager, PostgreSQLDB
+
+    import src.rag.storage.pg_graph  # noqa: F401  (installs the lock)
+
+    database = f"fresh_{uuid.uuid4().hex[:10]}"
+    admin = await _connect(pg_env, pg_env["POSTGRES_DATABASE"])
+    await admin.execute(f"CREATE DATABASE {database}")
+    for name, value in pg_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("POSTGRES_DATABASE", database)
+    monkeypatch.setenv("POSTGRES_MAX_CONNECTIONS", "4")
+    dbs = [PostgreSQLDB(ClientManager.get_config(vector_storage="PGVectorStorage")) for _ in range(4)]
+    try:
+
+        async def start(db: PostgreSQLDB) -> None:
+            await db.initdb()
+            await db.check_tables()
+
+        await asyncio.gather(*(start(db) for db in dbs))
+        count = await dbs[0].pool.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('lightrag_doc_full', 'lightrag_doc_status')"
+        )
+        assert count == 2
+    finally:
+        for db in dbs:
+            if db.pool is not None:
+                await db.pool.close()
+        await admin.execute(f"DROP DATABASE {database}")
+        await admin.close()

@@ -14,6 +14,7 @@ properties, degrees count a self-loop twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,42 @@ DEGREES_CTE = f"""
         SELECT target AS id FROM {EDGES} WHERE workspace = $1 AND graph = $2
     ),
     degrees AS (SELECT id, count(*) AS degree FROM ends GROUP BY id)"""
+
+
+#: Serialises LightRAG's own table creation (PostgreSQLDB.check_tables) across instances.
+LIGHTRAG_SCHEMA_LOCK_KEY = 0x5047_4C52_5343_48  # "PGLRSCH"
+
+
+def install_check_tables_lock() -> None:
+    """Run LightRAG's `PostgreSQLDB.check_tables` under a cluster-wide advisory lock (idempotent).
+
+    Why: check_tables probes each table and creates it without IF NOT EXISTS, so instances that
+    start together on a fresh database fail with DuplicateTableError (measured: 1 run in 3).
+    The lock is session-level on one pooled connection; check_tables itself runs on others, so
+    the pool needs at least two connections (LightRAG's default is 50).
+    """
+    original = PostgreSQLDB.check_tables
+    if getattr(original, "_rag_locked", False):
+        return
+
+    async def check_tables(self: PostgreSQLDB) -> None:
+        await self._ensure_pool()
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            # Poll rather than block: check_tables may CREATE INDEX CONCURRENTLY, which waits for
+            # every open statement, including a session blocked in pg_advisory_lock (a deadlock).
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LIGHTRAG_SCHEMA_LOCK_KEY):
+                await asyncio.sleep(0.05)
+            try:
+                await original(self)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", LIGHTRAG_SCHEMA_LOCK_KEY)
+
+    check_tables._rag_locked = True  # type: ignore[attr-defined]
+    PostgreSQLDB.check_tables = check_tables  # type: ignore[method-assign]
+
+
+install_check_tables_lock()
 
 
 def _pair(a: str, b: str) -> tuple[str, str]:

@@ -180,4 +180,8 @@ def storage_kwargs_from_env(env: Mapping[str, str] | None = None) -> dict[str, A
             )
     if problems:
         raise StorageConfigError("Storage configuration invalid: " + "; ".join(problems))
+    if any(name.startswith("PG") for name in kwargs.values()):
+        from .pg_graph import install_check_tables_lock  # LightRAG's table creation races otherwise
+
+        install_check_tables_lock()
     return kwargs
