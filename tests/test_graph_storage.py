@@ -409,3 +409,19 @@ async def test_lightrag_check_tables_is_safe_under_concurrency(
                 await db.pool.close()
         await admin.execute(f"DROP DATABASE {database}")
         await admin.close()
+
+
+async def test_pg_storage_errors_are_clear(make_graph: Callable[[str], Awaitable[BaseGraphStorage]]) -> None:
+    """Catches: a finalised PG storage failing obscurely (AttributeError on None) instead of saying
+    it is not initialised, and drop() raising instead of reporting {"status": "error"}."""
+    storage = await make_graph("closed")
+    from src.rag.storage.pg_graph import PGPlainGraphStorage
+
+    if not isinstance(storage, PGPlainGraphStorage):
+        pytest.skip("PostgreSQL-specific error paths")
+    await storage.finalize()
+    with pytest.raises(RuntimeError, match="before initialize"):
+        await storage.has_node("A")
+    result = await storage.drop()
+    assert result["status"] == "error" and "before initialize" in result["message"]
+    await storage.initialize()  # the fixture's teardown drops and finalises it again

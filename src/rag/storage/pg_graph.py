@@ -94,7 +94,9 @@ def install_check_tables_lock() -> None:
         async with self.pool.acquire() as conn:
             # Poll rather than block: check_tables may CREATE INDEX CONCURRENTLY, which waits for
             # every open statement, including a session blocked in pg_advisory_lock (a deadlock).
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LIGHTRAG_SCHEMA_LOCK_KEY):
+            while True:  # noqa: ASYNC110 (the lock lives in another process: nothing to await but time)
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LIGHTRAG_SCHEMA_LOCK_KEY):
+                    break
                 await asyncio.sleep(0.05)
             try:
                 await original(self)
