@@ -110,3 +110,19 @@ async def test_all_query_modes_on_postgres_and_tenants_isolated(tenants: dict[st
             assert not leaked, (name, mode, leaked)
             answer = await rag.aquery(questions[name], param=QueryParam(mode=mode))
             assert isinstance(answer, str) and answer.strip(), (name, mode)
+
+
+@pytest.mark.timeout(600)
+async def test_delete_document_on_postgres_leaves_other_tenant(tenants: dict[str, LightRAG]) -> None:
+    """Catches: LightRAG's deletion path (remove_nodes/remove_edges/entity rebuild) failing on the
+    plain PG graph, or deleting another tenant's entities that share a name."""
+    shared = "Common Entity Foundation funds research. "
+    for name, rag in tenants.items():
+        await rag.ainsert(shared + DOCS[name], ids=[f"doc-{name}"], file_paths=[f"{name}.txt"])
+    before_beta = await tenants["beta"].chunk_entity_relation_graph.get_all_labels()
+    assert any("Common Entity Foundation" in label for label in before_beta), before_beta
+    result = await tenants["alpha"].adelete_by_doc_id("doc-alpha")
+    assert result.status == "success", result
+    assert await tenants["alpha"].doc_status.get_by_id("doc-alpha") is None
+    assert await tenants["alpha"].chunk_entity_relation_graph.get_all_labels() == []
+    assert await tenants["beta"].chunk_entity_relation_graph.get_all_labels() == before_beta
