@@ -239,11 +239,13 @@ class PGPlainGraphStorage(BaseGraphStorage):
         if not node_ids:
             return {}
         rows = await self._fetch(
-            f"""SELECT n.id, (SELECT count(*) FROM {EDGES} e WHERE e.workspace = $1 AND e.graph = $2
-                                AND e.source = n.id)
-                          + (SELECT count(*) FROM {EDGES} e WHERE e.workspace = $1 AND e.graph = $2
-                                AND e.target = n.id) AS degree
-                FROM unnest($3::text[]) AS n(id)""",
+            f"""SELECT id, count(*) AS degree FROM (
+                    SELECT source AS id FROM {EDGES}
+                    WHERE workspace = $1 AND graph = $2 AND source = ANY($3::text[])
+                    UNION ALL
+                    SELECT target AS id FROM {EDGES}
+                    WHERE workspace = $1 AND graph = $2 AND target = ANY($3::text[])
+                ) AS ends GROUP BY id""",
             list(set(node_ids)),
         )
         degrees = {row["id"]: int(row["degree"]) for row in rows}
