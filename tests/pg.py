@@ -17,6 +17,7 @@ Several modules importing it share one server per pytest process (reference coun
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -180,8 +181,16 @@ def acquire_server(base: Path | None = None) -> dict[str, str]:
                 server.stop()
                 raise
             _shared["server"] = server
+            atexit.register(_stop_at_exit)  # a script that crashes before release_server() leaks no server
         _shared["refs"] = int(_shared["refs"]) + 1
         return dict(server.env)  # type: ignore[union-attr]
+
+
+def _stop_at_exit() -> None:
+    server = _shared["server"]
+    if server is not None:
+        server.stop()  # type: ignore[union-attr]
+        _shared["server"] = None
 
 
 def release_server() -> None:
