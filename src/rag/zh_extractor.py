@@ -430,7 +430,11 @@ def extract(text: str) -> Extraction:
 
         if _is_cjk(masked):
             tokens = _pos_tokens(masked, 0)
-            verbs[s_index] = [t for t in tokens if t.flag in _VERB_TAGS - {"vn"}]
+            verbs[s_index] = [
+                t
+                for t in tokens
+                if len(t.word) >= 2 and t.word not in _ZH_STOP and t.flag[:1] in {"v", "n"}
+            ]
             # phrases never cross clause punctuation
             for c_start, c_end in clause_spans[s_index]:
                 clause_tokens = [t for t in tokens if c_start <= t.start < c_end]
@@ -507,7 +511,12 @@ def extract(text: str) -> Extraction:
                     continue
                 if clause_of(a.start) != clause_of(b.start):
                     continue
-                between_verbs = [t.word for t in verbs[s_index] if a.start < t.start < b.start]
+                a_end = a.start + len(collector.candidates[a.key].name)
+                between = [t for t in verbs[s_index] if a_end <= t.start and t.start + len(t.word) <= b.start]
+                # the verbs between the two phrases; else a word jieba tagged as noun (委托 is "n")
+                between_verbs = [t.word for t in between if t.flag in _VERB_TAGS - {"vn"}] or [
+                    t.word for t in between
+                ][:2]
                 if not between_verbs and not _is_cjk(sentence):
                     between_verbs = [
                         w.lower()
@@ -518,7 +527,7 @@ def extract(text: str) -> Extraction:
                     clause_verbs = [
                         t.word
                         for t in verbs[s_index]
-                        if clause_of(t.start) == clause_of(a.start)
+                        if clause_of(t.start) == clause_of(a.start) and t.flag in _VERB_TAGS - {"vn"}
                     ]
                     between_verbs = clause_verbs[:1]
                 keywords = ",".join(dict.fromkeys(between_verbs)) or "related"
