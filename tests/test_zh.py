@@ -94,7 +94,9 @@ def test_extractor_english_names_and_terms() -> None:
 
 def test_graph_records_format_is_lightrag_parsable_and_deterministic() -> None:
     """Catches broken record lines (delimiters, newlines in fields) and nondeterminism."""
-    text = ZH_PROSE + "\nThe Ministry of Water Resources asked Zhejiang University for help. 使用 main.py 上传。"
+    text = (
+        ZH_PROSE + "\nThe Ministry of Water Resources asked Zhejiang University for help. 使用 main.py 上传。"
+    )
     out = extract_graph_records(text, ["Person", "Organization", "Location", "Concept", "Artifact"])
     assert out == extract_graph_records(text, ["Person", "Organization", "Location", "Concept", "Artifact"])
     lines = out.splitlines()
@@ -104,7 +106,9 @@ def test_graph_records_format_is_lightrag_parsable_and_deterministic() -> None:
         assert fields[0] in {"entity", "relation"}
         assert len(fields) == (4 if fields[0] == "entity" else 5)
         assert all(f.strip() for f in fields)
-    entity_types = {f.split(TUPLE_DELIMITER)[1]: f.split(TUPLE_DELIMITER)[2] for f in lines if f.startswith("entity")}
+    entity_types = {
+        f.split(TUPLE_DELIMITER)[1]: f.split(TUPLE_DELIMITER)[2] for f in lines if f.startswith("entity")
+    }
     assert entity_types["青龙水库"] == "location"
     assert entity_types["main.py"] == "artifact"
     assert extract_graph_records("") == COMPLETION_DELIMITER
@@ -275,7 +279,9 @@ def test_malformed_signature_is_an_error(tmp_path: Path) -> None:
 ZH_TEXT = "青龙水库位于西湖街道，2023年完成除险加固。使用 main.py 调用 /insert 接口，用Python写。"
 
 
-@pytest.mark.parametrize("encoding", ["gbk", "gb18030", "utf-8", "utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
+@pytest.mark.parametrize(
+    "encoding", ["gbk", "gb18030", "utf-8", "utf-8-sig", "utf-16", "utf-16-be", "utf-32"]
+)
 def test_decode_chinese_in_every_supported_encoding(encoding: str) -> None:
     """Catches GBK text decoded as Windows-1252 (mojibake) and BOMs left in the text."""
     data = ZH_TEXT.encode(encoding)
@@ -302,3 +308,15 @@ def test_undecodable_bytes_raise_a_clear_error(data: bytes, message: str) -> Non
     """Catches binary files being 'decoded' into garbage instead of a clear 4xx error."""
     with pytest.raises(TextDecodingError, match=message):
         decode_text_bytes(data)
+
+
+def test_query_keywords_keep_chinese_names_whole() -> None:
+    """Catches CJK bigram keywords ("青龙", "龙水") that match no entity name in the graph."""
+    from src.rag.zh_extractor import extract_keywords_json
+
+    keywords = json.loads(extract_keywords_json("青龙水库在哪里？upload_file() 返回什么？"))
+    assert "青龙水库" in keywords["low_level_keywords"]
+    assert "upload_file()" in keywords["low_level_keywords"]
+    assert not {"哪里", "什么"} & set(keywords["low_level_keywords"] + keywords["high_level_keywords"])
+    english = json.loads(extract_keywords_json("Who asked Zhejiang University to audit the reservoir?"))
+    assert "Zhejiang University" in english["low_level_keywords"]

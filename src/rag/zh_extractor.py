@@ -55,7 +55,9 @@ _CLAUSE_RE = re.compile(r"[，,、：:（）()\[\]【】“”\"|]")
 
 # --- Chinese --------------------------------------------------------------------------
 #: jieba POS tags that can be part of a noun phrase.
-_NOUN_TAGS = frozenset({"n", "nr", "nrfg", "nrt", "ns", "nt", "nz", "ng", "vn", "an", "eng", "j", "nl", "code"})
+_NOUN_TAGS = frozenset(
+    {"n", "nr", "nrfg", "nrt", "ns", "nt", "nz", "ng", "vn", "an", "eng", "j", "nl", "code"}
+)
 _PROPER_TAGS = {"nr": "person", "nrfg": "person", "nrt": "person", "ns": "location", "nt": "organization"}
 _VERB_TAGS = frozenset({"v", "vd", "vg", "vi", "vq", "vn"})
 _LOCATION_SUFFIXES = (
@@ -69,7 +71,8 @@ _ORG_SUFFIXES = (
 #: Single-token phrases that carry no entity on their own (fillers, quantities, generic nouns).
 _ZH_STOP = frozenset(
     """
-    要求 问题 情况 方面 时候 部分 内容 方式 方法 过程 结果 目标 需要 东西 地方 时间 百分 方米 平方米 左右 以上 以下
+    要求 问题 情况 方面 时候 部分 内容 方式 方法 过程 结果 目标 需要 东西 地方 时间 百分 方米 平方米
+    左右 以上 以下
     之间 其中 什么 这个 那个 这些 那些 一些 所有 每个 各个 我们 你们 他们 它们 自己 大家 作用 影响 意义 特点
     原因 条件 程度 水平 效果 基础 关系 状态 数量 类型 步骤 阶段 版本 文档 文件 说明 示例 例子 注意 建议 说明书
     城市 国家 地区 全国 本地 当地 国内 国外 海外 全球 全市 全省
@@ -105,8 +108,9 @@ _CODE_STOP = frozenset(
     """.split()
 )
 _CAP_WORD = r"[A-Z][A-Za-z0-9'’&+.-]*"
+_CONNECTOR = r"(?:of|the|and|for|de|von|van|der|&)"
 _CAP_PHRASE_RE = re.compile(
-    rf"(?<![A-Za-z0-9_-]){_CAP_WORD}(?:[ \t]+(?:(?:of|the|and|for|de|von|van|der|&)[ \t]+)?{_CAP_WORD}){{0,5}}"
+    rf"(?<![A-Za-z0-9_-]){_CAP_WORD}(?:[ \t]+(?:{_CONNECTOR}[ \t]+)?{_CAP_WORD}){{0,5}}"
 )
 _EN_WORD_RE = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*(?![A-Za-z0-9_])")
 _ORG_CUES = frozenset(
@@ -431,9 +435,7 @@ def extract(text: str) -> Extraction:
         if _is_cjk(masked):
             tokens = _pos_tokens(masked, 0)
             verbs[s_index] = [
-                t
-                for t in tokens
-                if len(t.word) >= 2 and t.word not in _ZH_STOP and t.flag[:1] in {"v", "n"}
+                t for t in tokens if len(t.word) >= 2 and t.word not in _ZH_STOP and t.flag[:1] in {"v", "n"}
             ]
             # phrases never cross clause punctuation
             for c_start, c_end in clause_spans[s_index]:
@@ -477,11 +479,7 @@ def extract(text: str) -> Extraction:
                     mentions[s_index].append((0, _Mention(key, m.start())))
 
     # Single weak mentions (a bare common noun once, a sentence-initial capital) are dropped.
-    chosen = [
-        c
-        for c in collector.candidates.values()
-        if c.score >= 1.5 or c.count >= 2
-    ]
+    chosen = [c for c in collector.candidates.values() if c.score >= 1.5 or c.count >= 2]
     chosen.sort(key=lambda c: (-c.score, c.first))
     chosen = chosen[:MAX_ENTITIES]
     keep = {c.name.lower() for c in chosen}
@@ -560,7 +558,9 @@ def _entity_type(kind: str, allowed: dict[str, str]) -> str:
 
 def extract_graph_records(text: str, entity_types: list[str] | None = None) -> str:
     """Entities/relations of ``text`` in LightRAG 1.4.16's extraction output format."""
-    allowed = {t.strip().lower().replace(" ", ""): t.strip().lower().replace(" ", "") for t in entity_types or []}
+    allowed = {
+        t.strip().lower().replace(" ", ""): t.strip().lower().replace(" ", "") for t in entity_types or []
+    }
     allowed = {k: v for k, v in allowed.items() if k and not re.search(r"['()<>|/\\]", k)}
     if not allowed:
         allowed = {k: k for k in ("person", "organization", "location", "concept", "artifact", "other")}
@@ -585,3 +585,52 @@ def extract_graph_records(text: str, entity_types: list[str] | None = None) -> s
     )
     lines.append(COMPLETION_DELIMITER)
     return "\n".join(lines)
+
+
+_QUESTION_WORDS = frozenset(
+    """
+    什么 哪个 哪些 哪里 哪儿 如何 怎么 怎样 怎么样 为什么 为何 是否 多少 几个 多久 请问 吗 呢 谁
+    what which who whom whose why how when where does do did is are was were can could should
+    """.split()
+)
+
+
+def extract_keywords_json(query: str) -> str:
+    """LightRAG's query keywords JSON from the query's own phrases (no model).
+
+    low-level (matched against entities): noun phrases, names and identifiers of the query;
+    high-level (matched against relation keywords): its verbs and content words.
+    """
+    import json
+
+    low: list[str] = []
+    high: list[str] = []
+    text = query.strip()
+    masked = list(text)
+    for match in _CODE_RE.finditer(text):
+        if name := _code_name(match):
+            low.append(name)
+        for i in range(match.start(), match.end()):
+            masked[i] = " "
+    prose = "".join(masked)
+    if _is_cjk(prose):
+        tokens = [t for t in _pos_tokens(prose, 0) if t.word not in _QUESTION_WORDS]
+        spans = [0] + [m.end() for m in _CLAUSE_RE.finditer(prose)] + [len(prose) + 1]
+        for a, b in zip(spans, spans[1:], strict=False):
+            for name, _kind, _w, _pos, toks in _chinese_phrases([t for t in tokens if a <= t.start < b]):
+                low.append(name)
+                if len(toks) > 1:
+                    low.extend(t.word for t in toks if len(t.word) >= 2 and t.word not in _ZH_STOP)
+        high.extend(
+            t.word
+            for t in tokens
+            if len(t.word) >= 2 and t.flag[:1] in {"v", "n"} and t.word not in _ZH_STOP
+        )
+    else:
+        low.extend(name for name, *_ in _english_phrases(prose, 0))
+        words = [w for w in _EN_WORD_RE.findall(prose) if w.lower() not in _EN_STOP | _QUESTION_WORDS]
+        low.extend(w for w in words if len(w) > 2)
+        high.extend(w.lower() for w in words if len(w) > 3)
+    low = list(dict.fromkeys(k for k in low if k.lower() not in _QUESTION_WORDS))[:10]
+    high = list(dict.fromkeys(high))[:10] or low[:3]
+    return json.dumps({"high_level_keywords": high, "low_level_keywords": low}, ensure_ascii=False)
