@@ -320,3 +320,34 @@ def test_query_keywords_keep_chinese_names_whole() -> None:
     assert not {"哪里", "什么"} & set(keywords["low_level_keywords"] + keywords["high_level_keywords"])
     english = json.loads(extract_keywords_json("Who asked Zhejiang University to audit the reservoir?"))
     assert "Zhejiang University" in english["low_level_keywords"]
+
+
+@pytest.mark.asyncio
+async def test_lightrag_naive_query_in_chinese_finds_the_right_chunk(tmp_path: Path) -> None:
+    """Catches e5 not wired through LightRAG (context lost, wrong prefixes, signature not written)."""
+    from lightrag import QueryParam
+
+    from src.rag.engine import build_lightrag
+
+    s = settings(tmp_path, embedding_provider="e5")
+    paragraphs = [
+        "青龙水库位于城市东北部，总库容约一千二百万立方米，主要承担下游三个街道的防洪任务。",
+        "西湖街道今年新建了两处社区养老服务站，为八十岁以上的独居老人提供上门送餐。",
+        "地铁三号线延伸段预计明年六月通车，将新增五座车站，并与高铁站换乘。",
+        "垃圾分类工作中，厨余垃圾的分出率已经提高到百分之三十五，其他垃圾减少了一成。",
+    ]
+    rag = await build_lightrag(s, workspace="zh_e2e")
+    try:
+        await rag.ainsert(
+            paragraphs, ids=[f"doc-{i}" for i in range(4)], file_paths=[f"城市{i}.txt" for i in range(4)]
+        )
+        context = await rag.aquery(
+            "给高龄独居老人送饭的服务在哪里开展？",
+            param=QueryParam(mode="naive", chunk_top_k=1, only_need_context=True, enable_rerank=False),
+        )
+        assert "养老服务站" in context, context
+        assert "青龙水库" not in context and "三号线" not in context, context
+    finally:
+        await rag.finalize_storages()
+    signature = read_embedding_signature(s.rag_dir / "zh_e2e")
+    assert signature is None or signature["model"] == E5_MODEL_NAME  # written once the lead wires it
