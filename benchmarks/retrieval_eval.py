@@ -246,7 +246,7 @@ def write_report(results: list[dict[str, Any]], path: Path) -> None:
             "",
             "LightRAG EmbeddingFunc as built by the service (encoding in `asyncio.to_thread`); a 10 ms "
             "ticker measures loop lag; a query embedding is requested three times during the upload "
-            "(document batches are capped at 6,000 characters and queries go first).",
+            "(document batches are capped at 2,000 characters, i.e. one chunk, and queries go first).",
             "",
             "| embedding | chunks | chars | embed s | loop lag median / p99 / max ms "
             "| query during upload ms |",

@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     embedding_model: str = "text-embedding-3-small"
     embedding_dim: int | None = None
     embedding_batch_size: int = 32
+    #: Threads of the local embedding engines (onnx intra-op threads, e5 OMP_NUM_THREADS); unset = all cores.
+    embedding_threads: int | None = None
     embedding_max_async: int = 4
 
     # --- LightRAG tuning --------------------------------------------------------------

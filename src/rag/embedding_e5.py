@@ -28,9 +28,10 @@ E5_MODEL_NAME = "multilingual-e5-small-q4"
 E5_DIM = 384
 #: The model's attention window; longer texts are embedded window by window and averaged.
 E5_MAX_TOKENS = 512
-#: Characters per native call. A 1,200-token chunk costs ~1 s on 2 cores, so a small budget
-#: keeps every call short: a query waiting behind a document's chunks waits for one call only.
-E5_BATCH_CHARS = 6000
+#: Characters per native call. A 1,200-token chunk costs ~1 s on 2 cores (several under load),
+#: so a small budget - one chunk per call - keeps every call short: a query waiting behind a
+#: document's chunks waits for one chunk only. Short texts (entities, relations) still batch.
+E5_BATCH_CHARS = 2000
 
 
 class _PriorityLock:
