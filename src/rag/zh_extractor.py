@@ -310,8 +310,8 @@ def _chinese_phrases(tokens: list[_Token]) -> list[tuple[str, str, float, int, l
             t.word if i == 0 or not (toks[i - 1].flag == "eng" and t.flag == "eng") else " " + t.word
             for i, t in enumerate(toks)
         )
-        if len(name) > MAX_PHRASE_CHARS or re.fullmatch(r"[\W\d_]+", name):
-            return
+        if len(name) > MAX_PHRASE_CHARS or re.fullmatch(r"[\W\d_]+", name) or len(name) < 2:
+            return  # a lone character (中, 表) is a fragment, never an entity
         flags = {t.flag for t in toks}
         kind = "concept"
         weight = 1.0
