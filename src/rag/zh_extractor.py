@@ -51,7 +51,7 @@ _CODE_RE = re.compile(
     r"|(?<![\w.])[A-Za-z_]\w*\(\))"
 )
 _SENTENCE_RE = re.compile(r"(?<=[。！？；!?;])|\n+|(?<=[.])\s+(?=[A-Z\"'(\[])")
-_CLAUSE_RE = re.compile(r"[，,、：:（）()\[\]【】“”\"|]")
+_CLAUSE_RE = re.compile(r"[，,（）()\[\]【】“”\"|]")  # not 、 or ：, which join list items and definitions
 
 # --- Chinese --------------------------------------------------------------------------
 #: jieba POS tags that can be part of a noun phrase.
