@@ -327,7 +327,7 @@ async def test_lightrag_naive_query_in_chinese_finds_the_right_chunk(tmp_path: P
     """Catches e5 not wired through LightRAG (context lost, wrong prefixes, signature not written)."""
     from lightrag import QueryParam
 
-    from src.rag.engine import build_lightrag
+    from src.rag.builder import build_lightrag
 
     s = settings(tmp_path, embedding_provider="e5")
     paragraphs = [
