@@ -75,6 +75,7 @@ DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
     domain.ProviderError: HttpError(502, "query_failed"),
     domain.DeleteFailed: HttpError(502, "delete_failed"),
     domain.KnowledgeBaseUnavailable: HttpError(503, "knowledge_base_unavailable"),
+    domain.WorkspaceOwnedElsewhere: HttpError(503, "workspace_owned_elsewhere", retry_after=5),
 }
 
 

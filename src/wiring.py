@@ -6,7 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from src.core.config import Settings
@@ -15,6 +15,7 @@ from src.core.redis_conn import RedisHandle, connect_redis
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge_bases import TenantEngines
+from src.ingestion.ownership import LocalOwnership, Ownership, build_ownership
 from src.ingestion.service import IngestionService
 from src.tasks.models import TaskRecord
 from src.tasks.runner import RunnerConfig, TaskRunner
@@ -40,6 +41,8 @@ class Services:
     instance_id: str
     #: The use-cases (submit, cancel, delete, query...); the HTTP routes call only this.
     ingestion: IngestionService
+    #: Which workspaces this instance may ingest into (all of them with the file storages).
+    ownership: Ownership = field(default_factory=LocalOwnership)
 
 
 def resolve_instance_id(settings: Settings) -> str:
@@ -81,9 +84,17 @@ async def start_services(
     tenants = TenantRegistry(redis.client, redis_prefix, cache_seconds=settings.auth_cache_seconds)
     limiter = RateLimiter(redis.url, redis_prefix, tenants, default_rpm=settings.tenant_requests_per_minute)
     metrics = Metrics()
+    ownership = build_ownership(settings, instance_id, redis_prefix, live_instances=store.live_instances)
     engines = TenantEngines(
-        settings, metrics, max_cached=settings.max_cached_tenants, idle_seconds=settings.tenant_idle_seconds
+        settings, metrics, max_cached=settings.max_cached_tenants, idle_seconds=settings.tenant_idle_seconds,
+        owns=ownership.owns,
+        acquire=getattr(ownership, "try_acquire", None),
     )
+    ownership.workspace_for = engines.workspace_for  # type: ignore[attr-defined]
+    await ownership.start()
+    if ownership.shared:
+        # Take the default tenant's workspace if it is free, so that its unfinished documents resume.
+        await ownership.try_acquire(DEFAULT_TENANT)  # type: ignore[attr-defined]
     # The default tenant's knowledge base is loaded up front: it also resumes its unfinished documents.
     async with engines.use(DEFAULT_TENANT):
         pass
@@ -114,13 +125,23 @@ async def start_services(
         ),
         instance_id,
         metrics=metrics,
+        gate=ownership if ownership.shared else None,
     )
+
+    async def on_lost(tenant: str) -> None:
+        # Stop the tasks first (they are handed back to the queue), then the workspace's pipeline,
+        # so nothing of this instance writes into the workspace once another instance may own it.
+        runner.abandon_tenant(tenant)
+        await engines.stop_ingestion(tenant)
+
+    ownership.add_listener(on_lost=on_lost)
     await runner.start()
     metrics.start_sampling(store.ping)
     log.info("service ready: instance %s, %d task slot(s)", instance_id, settings.max_concurrent_tasks)
     ingestion = IngestionService(settings, store, engines, runner, handler, files, metrics)
     return Services(
-        settings, redis, store, runner, engines, tenants, limiter, metrics, webhooks, instance_id, ingestion
+        settings, redis, store, runner, engines, tenants, limiter, metrics, webhooks, instance_id, ingestion,
+        ownership,
     )
 
 
@@ -131,6 +152,7 @@ async def stop_services(services: Services) -> None:
     try:
         await services.engines.close()
     finally:
+        await services.ownership.stop()  # the locks go after the engines: nothing of ours writes later
         await services.limiter.close()
         await services.redis.close()
 

@@ -76,6 +76,19 @@ class Settings(BaseSettings):
     #: On shutdown, running tasks get this long to finish before they are handed back to the queue.
     shutdown_grace_seconds: float = 10.0
 
+    # --- several instances (docs/scaling.md) ---------------------------------------------
+    #: Who may ingest into a workspace. auto: "postgres" as soon as any LightRAG storage is shared
+    #: (LIGHTRAG_*_STORAGE not a file storage), else "local" (this instance owns everything).
+    #: postgres: one owner per workspace across instances, by a PostgreSQL advisory lock (POSTGRES_*).
+    ownership: Literal["auto", "local", "postgres"] = "auto"
+    #: A stalled owner (no ping) loses its workspaces after this long (the lock connection's
+    #: idle_session_timeout); it must stay above 2 x OWNER_PING_SECONDS.
+    owner_lock_timeout_seconds: float = Field(default=5.0, ge=1.0, le=600.0)
+    owner_ping_seconds: float = Field(default=1.0, gt=0, le=60.0)
+    #: An owned workspace with no pending or running task for this long is released, so that
+    #: ownership can move to instances with free capacity.
+    owner_idle_release_seconds: float = Field(default=30.0, ge=0)
+
     # --- tenants, auth, quotas ----------------------------------------------------------
     #: auto: API keys required as soon as one exists, else one open "default" tenant;
     #: open: never require keys (local single-tenant use); required: always require a key.

@@ -122,3 +122,8 @@ class DeleteFailed(IngestionError):
 class KnowledgeBaseUnavailable(IngestionError):
     """The tenant's knowledge base cannot be opened as configured (e.g. it was indexed with another
     embedding model); an operator must fix the configuration."""
+
+
+class WorkspaceOwnedElsewhere(KnowledgeBaseUnavailable):
+    """Several instances share the knowledge bases and another one owns this tenant's workspace:
+    only that one may write into it (a retry may land on it or find it free)."""

@@ -35,7 +35,7 @@ class IngestHandler:
         self.on_final = on_final or (lambda task_id: None)
 
     async def run(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict:
-        async with self.engines.use(task.tenant) as engine:
+        async with self.engines.use_for_ingestion(task.tenant) as engine:
             return (await engine.ingestor.ingest(task, report)).as_dict()
 
     async def discard(self, task: TaskRecord) -> None:
@@ -45,7 +45,7 @@ class IngestHandler:
         """Stop the document's LLM work and delete all it left in the tenant's knowledge base.
 
         Returns LightRAG's deletion status ('success', 'not_found', ...)."""
-        async with self.engines.use(tenant) as engine:
+        async with self.engines.use_for_ingestion(tenant) as engine:
             return await engine.ingestor.purge(doc_id)
 
     def is_transient(self, exc: BaseException) -> bool:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +21,9 @@ from lightrag import LightRAG
 
 from src.core.config import Settings
 from src.core.metrics import Metrics
-from src.ingestion.errors import KnowledgeBaseUnavailable
+from src.ingestion.errors import KnowledgeBaseUnavailable, WorkspaceOwnedElsewhere
 from src.ingestion.ingestor import DocumentIngestor
+from src.ingestion.ownership import fence_llm
 from src.ingestion.pipeline import DocumentGuard, PipelineCoordinator
 from src.tenancy.tenants import DEFAULT_TENANT
 
@@ -39,6 +40,8 @@ class TenantEngine:
     ingestor: DocumentIngestor
     users: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    #: The pipeline driver runs (this instance owns the workspace; always so with file storages).
+    ingesting: bool = False
 
     async def close(self) -> None:
         await self.coordinator.stop()
@@ -47,8 +50,21 @@ class TenantEngine:
 
 
 class TenantEngines:
-    def __init__(self, settings: Settings, metrics: Metrics, *, max_cached: int, idle_seconds: float):
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        max_cached: int,
+        idle_seconds: float,
+        owns: Callable[[str], bool] = lambda tenant: True,
+        acquire: Callable[[str], Awaitable[bool]] | None = None,
+    ):
         self.settings = settings
+        #: Whether this instance owns a tenant's workspace (src/ingestion/ownership.py): only the
+        #: owner runs LightRAG's pipeline (processing, merges, deletions) on shared storages.
+        self.owns = owns
+        self._acquire_owner = acquire
         self.metrics = metrics
         self.max_cached = max_cached
         self.idle_seconds = idle_seconds
@@ -103,7 +119,13 @@ class TenantEngines:
         from src.rag.parsers import build_raganything
 
         guard = DocumentGuard()
-        wrap: Callable[[Any], Any] = lambda llm: guard.wrap(self.metrics.wrap_llm(llm))  # noqa: E731
+        owns = self.owns
+
+        def wrap(llm: Callable[..., Any]) -> Callable[..., Any]:
+            # Outermost: a stalled owner that resumes makes no ingestion LLM call (and so no merge
+            # write) once its ownership is in doubt, even before the loss is handled.
+            return fence_llm(guard.wrap(self.metrics.wrap_llm(llm)), lambda: owns(tenant))
+
         try:
             rag = await build_lightrag(self.settings, workspace=self.workspace_for(tenant), llm_wrapper=wrap)
         except EmbeddingMismatchError as exc:
@@ -111,9 +133,43 @@ class TenantEngines:
         rag_anything = build_raganything(rag, self.settings)
         coordinator = PipelineCoordinator(rag, guard)
         ingestor = DocumentIngestor(rag, rag_anything, coordinator, guard, self.settings.uploads_dir)
-        await coordinator.start()
+        engine = TenantEngine(tenant, rag, rag_anything, coordinator, guard, ingestor)
+        if self.owns(tenant):  # a non-owner never runs the pipeline: it would redo the owner's work
+            await coordinator.start()
+            engine.ingesting = True
         log.info("knowledge base of tenant %s loaded (workspace %s)", tenant, rag.workspace)
-        return TenantEngine(tenant, rag, rag_anything, coordinator, guard, ingestor)
+        return engine
+
+    @contextlib.asynccontextmanager
+    async def use_for_ingestion(self, tenant: str) -> AsyncIterator[TenantEngine]:
+        """Borrow an engine to write into its workspace (index, purge): this instance must own the
+        workspace (it takes it if nobody does), and its pipeline driver is started on first use."""
+        if not self.owns(tenant):
+            if self._acquire_owner is None or not await self._acquire_owner(tenant):
+                raise WorkspaceOwnedElsewhere(
+                    f"another instance is ingesting into the knowledge base of tenant {tenant}; retry later"
+                )
+        async with self.use(tenant) as engine:
+            if not engine.ingesting:
+                await engine.coordinator.start()
+                engine.ingesting = True
+            yield engine
+
+    async def stop_ingestion(self, tenant: str) -> None:
+        """This instance no longer owns the tenant's workspace: stop its pipeline now (cancelling
+        the LightRAG run in flight) and unload the engine, so nothing of ours writes there again."""
+        engine = self._engines.pop(tenant, None)
+        if engine is None:
+            return
+        await engine.coordinator.stop()
+        engine.ingesting = False
+        log.warning("stopped ingestion into the knowledge base of tenant %s (ownership lost)", tenant)
+        for _ in range(300):  # queries in flight may finish first (they only read)
+            if engine.users <= 0:
+                break
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(Exception):
+            await engine.close()
 
     async def _evict_over_capacity(self) -> None:
         idle = sorted((e for e in self._engines.values() if e.users == 0), key=lambda e: e.last_used)

@@ -74,6 +74,21 @@ class StopReason(StrEnum):
     USER = "user"
     LEASE_LOST = "lease-lost"
     SHUTDOWN = "shutdown"
+    #: This instance stopped owning the task's workspace: hand the task back for the new owner.
+    OWNERSHIP_LOST = "ownership-lost"
+
+
+class ClaimGate(Protocol):
+    """Which tenants this instance may take tasks of (one ingestion owner per workspace when
+    several instances share the knowledge bases; see src/ingestion/ownership.py)."""
+
+    def claimable(self) -> list[str] | None:
+        """The tenants whose tasks may be claimed now; None means every tenant."""
+        ...
+
+    async def acquire_more(self, pending: list[str], running: dict[str, int], free_slots: int) -> bool:
+        """Nothing claimable and slots free: try to take more tenants with pending work."""
+        ...
 
 
 @dataclass
@@ -115,8 +130,10 @@ class TaskRunner:
         config: RunnerConfig,
         instance_id: str,
         metrics: Metrics | None = None,
+        gate: ClaimGate | None = None,
     ):
         self.store = store
+        self.gate = gate
         self.metrics = metrics or Metrics()
         self.handler = handler
         self.config = config
@@ -147,6 +164,8 @@ class TaskRunner:
             log.warning("took back %d task(s) left running by this instance's previous run", resumed)
         self._accepting = True
         self._stopped = asyncio.Event()
+        with contextlib.suppress(*_REDIS_DOWN):
+            await self.store.touch_instance(self.instance_id)
         self._loops = [
             asyncio.create_task(self._dispatch_loop(), name="task-dispatcher"),
             asyncio.create_task(self._heartbeat_loop(), name="task-heartbeat"),
@@ -189,6 +208,26 @@ class TaskRunner:
             running.job.cancel()
         return True
 
+    def abandon_tenant(self, tenant: str) -> int:
+        """Stop every task of ``tenant`` running here without touching its knowledge base, and hand
+        them back to the queue (this instance no longer owns the tenant's workspace)."""
+        stopped = 0
+        for running in list(self._running.values()):
+            if running.task.tenant != tenant or running.job is None or running.job.done():
+                continue
+            if running.stop_reason is None:
+                running.stop_reason = StopReason.OWNERSHIP_LOST
+                running.stop_asked = time.monotonic()
+                running.job.cancel()
+                stopped += 1
+        return stopped
+
+    def running_by_tenant(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for running in self._running.values():
+            counts[running.task.tenant] = counts.get(running.task.tenant, 0) + 1
+        return counts
+
     @property
     def running_count(self) -> int:
         return len(self._running)
@@ -204,7 +243,14 @@ class TaskRunner:
             claimed: TaskRecord | None = None
             try:
                 self._wake.clear()
-                claimed = await self.store.claim(self.instance_id, self.config.lease_seconds)
+                tenants = self.gate.claimable() if self.gate else None
+                claimed = await self.store.claim(self.instance_id, self.config.lease_seconds, tenants)
+                if claimed is None and self.gate is not None and self._accepting:
+                    free = self.config.max_concurrent - len(self._running)
+                    pending = await self.store.tenants_with_pending()
+                    if await self.gate.acquire_more(pending, self.running_by_tenant(), free):
+                        tenants = self.gate.claimable()
+                        claimed = await self.store.claim(self.instance_id, self.config.lease_seconds, tenants)
             except asyncio.CancelledError:
                 self._slots.release()
                 raise
@@ -277,6 +323,12 @@ class TaskRunner:
                     return
                 if reason == StopReason.LEASE_LOST:
                     return  # another worker owns the task now; its epoch fences us out
+                if reason == StopReason.OWNERSHIP_LOST:
+                    current = asyncio.current_task()
+                    while current is not None and current.cancelling():
+                        current.uncancel()
+                    await self._hand_back(task, epoch, "this instance lost the ownership of the workspace")
+                    return
                 await self._hand_back(task, epoch)
                 raise
             except TimeoutError as exc:
@@ -349,15 +401,15 @@ class TaskRunner:
         if running is not None:
             self.metrics.task_duration.labels(outcome).observe(time.monotonic() - running.started)
 
-    async def _hand_back(self, task: TaskRecord, epoch: int) -> None:
-        log.warning("task %s interrupted by shutdown; it will be resumed", task.task_id)
+    async def _hand_back(self, task: TaskRecord, epoch: int, why: str = "service shut down") -> None:
+        log.warning("task %s interrupted (%s); it will be resumed", task.task_id, why)
         with contextlib.suppress(Exception):
             await self.store.requeue(
                 task.task_id,
                 owner=self.instance_id,
                 max_failures=self.config.max_attempts,
                 outcome=AttemptOutcome.INTERRUPTED,
-                error="service shut down",
+                error=why,
                 counts_as_failure=False,
                 epoch=epoch,
             )
@@ -404,6 +456,9 @@ class TaskRunner:
     # ------------------------------------------------------------------ background loops
     async def _heartbeat_loop(self) -> None:
         while await self._pause(self.config.heartbeat_seconds):
+            if self.gate is not None:
+                with contextlib.suppress(*_REDIS_DOWN):
+                    await self.store.touch_instance(self.instance_id)
             for task_id, running in list(self._running.items()):
                 try:
                     state = await self.store.heartbeat(

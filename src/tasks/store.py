@@ -202,8 +202,15 @@ class TaskStore:
         record = await self.doc_holder(tenant, doc_id)
         return record.task_id if record and not record.status.is_final else None
 
-    async def claim(self, owner: str, lease_seconds: float) -> TaskRecord | None:
-        """Atomically take the next pending task: attempt += 1, lease until now + lease_seconds."""
+    async def claim(
+        self, owner: str, lease_seconds: float, tenants: list[str] | None = None
+    ) -> TaskRecord | None:
+        """Atomically take the next pending task: attempt += 1, lease until now + lease_seconds.
+
+        ``tenants``: only tasks of these tenants may be taken (the workspaces this instance owns);
+        None means any tenant."""
+        if tenants is not None and not tenants:
+            return None
         now = time.time()
         raw = await self._claim(
             args=[
@@ -213,12 +220,41 @@ class TaskStore:
                 owner,
                 str(self.tenant_max_running),
                 str(PRIORITY_STEP),
+                "0" if tenants is None else "1",
+                *(tenants or []),
             ]
         )
         if not raw:
             return None
         it = iter(raw)
         return TaskRecord.from_redis(_decode(dict(zip(it, it, strict=True))))
+
+    async def tenants_with_pending(self) -> list[str]:
+        """Tenants with tasks waiting in their queue (due now), for spreading workspace ownership."""
+        tenants = [_s(t) for t in await self.redis.smembers(self.keys.active)]
+        if not tenants:
+            return []
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for t in tenants:
+                pipe.zcard(self.keys.queue(t))
+                pipe.zcount(self.keys.delayed(t), "-inf", now)  # due retries count too
+            sizes = await pipe.execute()
+        return [t for i, t in enumerate(tenants) if int(sizes[2 * i]) + int(sizes[2 * i + 1]) > 0]
+
+    async def touch_instance(self, instance_id: str) -> None:
+        """Say this instance is alive (the fleet size decides each instance's share of workspaces)."""
+        await self.redis.zadd(self.prefix + "instances", {instance_id: time.time()})
+
+    async def live_instances(self, within_seconds: float = 15.0) -> int:
+        """Instances that said they were alive within ``within_seconds`` (old entries are dropped)."""
+        key = self.prefix + "instances"
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now - 10 * within_seconds)
+            pipe.zcount(key, now - within_seconds, "+inf")
+            _, count = await pipe.execute()
+        return int(count)
 
     async def heartbeat(self, task_id: str, epoch: int, owner: str, lease_seconds: float) -> HeartbeatResult:
         """Renew the lease of attempt ``epoch`` (refused unless it is the current attempt of ``owner``)."""

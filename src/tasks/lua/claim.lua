@@ -3,12 +3,21 @@
 -- another's single file); tenants at their running-task quota are skipped. Due retries move from
 -- dq:<t> to q:<t> first.
 -- ARGV: prefix, now, lease_until, owner, default max running per tenant (0 = unbounded),
---       priority step of the queue score  ->  the claimed record (HGETALL) or false
+--       priority step of the queue score, '1' when only the tenants ARGV[8..] may be claimed (the
+--       workspaces this instance owns) else '0'  ->  the claimed record (HGETALL) or false
 local now = ARGV[2]
 local step = tonumber(ARGV[6])
+local tenants = nil
+if ARGV[7] == '1' then
+  tenants = {}
+  for i = 8, #ARGV do tenants[#tenants + 1] = ARGV[i] end
+  if #tenants == 0 then return false end
+end
 for _ = 1, 50 do
   local best_t, best_id, best_class, best_served, best_score = nil, nil, nil, nil, nil
-  for _, t in ipairs(redis.call('SMEMBERS', K.active)) do
+  local candidates = tenants
+  if candidates == nil then candidates = redis.call('SMEMBERS', K.active) end
+  for _, t in ipairs(candidates) do
     local due = redis.call('ZRANGEBYSCORE', K.delayed(t), '-inf', now, 'LIMIT', 0, 100)
     for _, id in ipairs(due) do
       redis.call('ZREM', K.delayed(t), id)

@@ -1,0 +1,404 @@
+"""Who may ingest into a workspace: one owner per workspace across every instance.
+
+LightRAG's locks are process-local. With the embedded file storages each instance has its own
+knowledge base, so the instance is trivially the owner of everything (`LocalOwnership`). With
+shared storages (PostgreSQL, Neo4j, Redis ...) two instances running LightRAG's pipeline on one
+workspace extract the same documents twice and merge the same entities concurrently. So exactly one
+instance, the *owner*, runs document processing, merges and deletions of a workspace; every
+instance still accepts uploads, serves polls and answers queries.
+
+`PgOwnership` makes the owner the holder of a PostgreSQL *session advisory lock* per workspace, all
+held on one dedicated connection of this instance (not LightRAG's pool):
+
+* taken only with `pg_try_advisory_lock` - the blocking form would wait behind LightRAG's
+  `CREATE INDEX CONCURRENTLY` (which waits for every open transaction) and deadlock;
+* a dead owner's locks go with its connection (kill -9 closes the socket at once);
+* the connection sets `idle_session_timeout`, and this instance pings it every `ping_seconds`: a
+  *stalled* owner (SIGSTOP, a frozen VM, a partition) stops pinging, the server ends the session
+  after `lock_timeout` seconds and the lock is free for another instance;
+* a resumed owner notices before doing more work: `owns()` is false as soon as the last good ping is
+  older than the lock timeout (monotonic clock), and the ping loop then reports every workspace as
+  lost, which stops that workspace's running tasks and its LightRAG pipeline (`on_lost` listeners).
+
+Why not a Redis lease: a lease needs a fencing token checked by the *storage* on every write, and
+LightRAG's storages cannot check one. The advisory lock lives in the same server as the data, so a
+partition that cuts the owner off from the lock also cuts it off from the tables.
+
+Spreading: the task runner asks `claimable()` which tenants it may claim tasks of, and when it has
+free slots and nothing to claim it calls `acquire_more()`, which tries to take workspaces that have
+pending tasks and no live owner, up to a fair share (workspaces with work / live instances), so
+different workspaces end up owned by different instances. An owned workspace with no work for
+`idle_release_seconds` is released, so ownership keeps moving to where the capacity is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str], Awaitable[None]]
+
+#: Storage names whose data lives in this instance's DATA_DIR (nothing shared between instances).
+FILE_STORAGES = frozenset({"JsonKVStorage", "NanoVectorDBStorage", "NetworkXStorage", "JsonDocStatusStorage",
+                           "FaissVectorDBStorage"})
+
+
+class OwnershipConfigError(ValueError):
+    """Shared storages are selected but no ownership backend is configured."""
+
+
+class Ownership(Protocol):
+    """What the task runner and the knowledge bases need to know about workspace ownership."""
+
+    #: True when several instances share the knowledge bases (ownership matters).
+    shared: bool
+
+    def owns(self, tenant: str) -> bool: ...
+
+    def claimable(self) -> list[str] | None:
+        """Tenants whose tasks this instance may claim; None means every tenant."""
+        ...
+
+    async def acquire_more(self, pending: list[str], running: Mapping[str, int], free_slots: int) -> bool:
+        """Called by an idle dispatcher: take more workspaces with work; True if one was taken."""
+        ...
+
+    def add_listener(self, *, on_lost: Listener | None = None) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class LocalOwnership:
+    """Embedded file storages: this instance owns every workspace it touches (nothing changes)."""
+
+    shared = False
+
+    def owns(self, tenant: str) -> bool:
+        return True
+
+    def claimable(self) -> list[str] | None:
+        return None
+
+    async def acquire_more(self, pending: list[str], running: Mapping[str, int], free_slots: int) -> bool:
+        return False
+
+    def add_listener(self, *, on_lost: Listener | None = None) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": "local"}
+
+
+class OwnershipLost(asyncio.CancelledError):
+    """Raised inside an ingestion LLM call of a workspace this instance no longer owns.
+
+    A CancelledError on purpose: LightRAG catches `Exception` around a document and then records
+    it FAILED - a write into a workspace that another instance may own by now. A cancellation
+    unwinds the pipeline run without any more writes."""
+
+
+def fence_llm(llm: Callable[..., Any], owns: Callable[[], bool]) -> Callable[..., Any]:
+    """Wrap an LLM function so that ingestion calls (extraction, gleaning, description summaries)
+    of a workspace no longer owned fail at once; queries (keywords, answers) are never fenced."""
+    from src.rag.prompts import classify_prompt
+
+    async def fenced(prompt: str, *args: Any, **kwargs: Any) -> Any:
+        if not owns():
+            kind = classify_prompt(prompt, kwargs.get("system_prompt") or "",
+                                   bool(kwargs.get("keyword_extraction")))
+            if kind in ("extract", "glean", "summary"):
+                raise OwnershipLost("this instance no longer owns the workspace; ingestion stopped")
+        return await llm(prompt, *args, **kwargs)
+
+    return fenced
+
+
+def lock_key(namespace: str, workspace: str) -> int:
+    """A stable signed 64-bit advisory lock key for ``workspace`` (same in every instance)."""
+    digest = hashlib.blake2b(f"ragsvc-owner:{namespace}:{workspace}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class PgOwnership:
+    """Workspace ownership by PostgreSQL session advisory locks on one dedicated connection."""
+
+    shared = True
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Any]],
+        *,
+        instance_id: str,
+        workspace_for: Callable[[str], str],
+        namespace: str = "ragsvc:",
+        lock_timeout: float = 5.0,
+        ping_seconds: float = 1.0,
+        idle_release_seconds: float = 30.0,
+        live_instances: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
+        if ping_seconds * 2 >= lock_timeout:
+            raise OwnershipConfigError(
+                "OWNER_PING_SECONDS must be less than half of OWNER_LOCK_TIMEOUT_SECONDS"
+            )
+        self._connect = connect
+        self.instance_id = instance_id
+        self.workspace_for = workspace_for
+        self.namespace = namespace
+        self.lock_timeout = lock_timeout
+        self.ping_seconds = ping_seconds
+        self.idle_release_seconds = idle_release_seconds
+        self._live_instances = live_instances
+        self._conn: Any = None
+        self._io = asyncio.Lock()  # one asyncpg connection runs one query at a time
+        self._owned: dict[str, float] = {}  # tenant -> monotonic time it last had work
+        self._last_ok = 0.0
+        self._lost_listeners: list[Listener] = []
+        self._pinger: asyncio.Task | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ queries
+    def owns(self, tenant: str) -> bool:
+        """Held, and the lock is provably still ours (a ping succeeded within the lock timeout)."""
+        return tenant in self._owned and self._fresh()
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._last_ok < self.lock_timeout - self.ping_seconds
+
+    def claimable(self) -> list[str] | None:
+        return sorted(self._owned) if self._fresh() else []
+
+    def owned(self) -> list[str]:
+        return sorted(self._owned)
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": "postgres", "instance_id": self.instance_id, "owned": self.owned(),
+                "connected": self._conn is not None and self._fresh()}
+
+    def add_listener(self, *, on_lost: Listener | None = None) -> None:
+        if on_lost is not None:
+            self._lost_listeners.append(on_lost)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._stopping = False
+        await self._ensure_connection()
+        self._pinger = asyncio.create_task(self._ping_loop(), name="ownership-ping")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._pinger:
+            self._pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pinger
+        conn, self._conn = self._conn, None
+        self._owned.clear()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=5)  # closing the session frees every lock
+
+    async def _ensure_connection(self) -> Any:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        conn = await self._connect()
+        timeout_ms = int(self.lock_timeout * 1000)
+        await conn.execute(f"SET idle_session_timeout = {timeout_ms}")
+        # A half-open TCP connection (the owner's host vanished) is noticed by the server too.
+        for setting, value in (("tcp_keepalives_idle", 2), ("tcp_keepalives_interval", 1),
+                               ("tcp_keepalives_count", 3), ("tcp_user_timeout", timeout_ms)):
+            with contextlib.suppress(Exception):
+                await conn.execute(f"SET {setting} = {value}")
+        await conn.execute(
+            "SELECT set_config('application_name', $1, false)", f"ragsvc-owner:{self.instance_id}"
+        )
+        self._conn = conn
+        self._last_ok = time.monotonic()
+        return conn
+
+    # ------------------------------------------------------------------ acquire / release
+    async def try_acquire(self, tenant: str) -> bool:
+        """Take the workspace of ``tenant`` if nobody holds it (never waits for a holder)."""
+        if self.owns(tenant):
+            return True
+        key = lock_key(self.namespace, self.workspace_for(tenant))
+        try:
+            async with self._io:
+                conn = await self._ensure_connection()
+                got = await asyncio.wait_for(
+                    conn.fetchval("SELECT pg_try_advisory_lock($1)", key), timeout=self.lock_timeout
+                )
+                self._last_ok = time.monotonic()
+        except (asyncio.TimeoutError, OSError, Exception) as exc:  # noqa: UP041 - asyncpg raises many kinds
+            log.warning("ownership: could not try the lock of tenant %s: %s", tenant, exc)
+            await self._connection_lost(str(exc))
+            return False
+        if got:
+            self._owned[tenant] = time.monotonic()
+            log.info("ownership: this instance now owns the workspace of tenant %s", tenant)
+        return bool(got)
+
+    async def release(self, tenant: str) -> None:
+        if tenant not in self._owned:
+            return
+        key = lock_key(self.namespace, self.workspace_for(tenant))
+        self._owned.pop(tenant, None)
+        await self._notify_lost([tenant])
+        try:
+            async with self._io:
+                if self._conn is not None:
+                    await asyncio.wait_for(self._conn.fetchval("SELECT pg_advisory_unlock($1)", key),
+                                           timeout=self.lock_timeout)
+        except Exception as exc:
+            await self._connection_lost(str(exc))
+        log.info("ownership: released the workspace of tenant %s (idle)", tenant)
+
+    async def acquire_more(self, pending: list[str], running: Mapping[str, int], free_slots: int) -> bool:
+        now = time.monotonic()
+        pending_set = set(pending)
+        for tenant in list(self._owned):
+            if tenant in pending_set or running.get(tenant, 0) > 0:
+                self._owned[tenant] = now
+            elif now - self._owned[tenant] > self.idle_release_seconds:
+                await self.release(tenant)
+        if free_slots <= 0:
+            return False
+        candidates = [t for t in pending if t not in self._owned]
+        if not candidates:
+            return False
+        live = max(1, await self._count_live())
+        share = math.ceil(len(pending_set | set(self._owned)) / live)
+        if len([t for t in self._owned if t in pending_set]) >= share:
+            return False
+        random.shuffle(candidates)
+        for tenant in candidates[:3]:
+            if await self.try_acquire(tenant):
+                return True
+        return False
+
+    async def _count_live(self) -> int:
+        if self._live_instances is None:
+            return 1
+        try:
+            return await self._live_instances()
+        except Exception:
+            return 1
+
+    # ------------------------------------------------------------------ liveness
+    async def _ping_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.ping_seconds)
+            if self._owned and not self._fresh():
+                # We were stalled past the server's idle timeout: the session (and the locks) are
+                # gone. Say so before anything else of ours runs another step.
+                await self._connection_lost("no ping within the lock timeout (stalled)")
+                continue
+            if not self._owned and (self._conn is None or self._conn.is_closed()):
+                continue  # reconnect lazily, on the next try_acquire
+            try:
+                async with self._io:
+                    conn = await self._ensure_connection()
+                    await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.lock_timeout / 2)
+                self._last_ok = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._connection_lost(str(exc))
+
+    async def _connection_lost(self, reason: str) -> None:
+        conn, self._conn = self._conn, None
+        lost = list(self._owned)
+        self._owned.clear()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.terminate()
+        if lost:
+            log.error("ownership: lost the lock connection (%s); no longer owner of %s", reason, lost)
+            await self._notify_lost(lost)
+
+    async def _notify_lost(self, tenants: list[str]) -> None:
+        for tenant in tenants:
+            for listener in self._lost_listeners:
+                try:
+                    await listener(tenant)
+                except Exception:
+                    log.exception("ownership: on_lost listener failed for tenant %s", tenant)
+
+
+def shared_storages_selected(storage_kwargs: Mapping[str, str]) -> bool:
+    """True when any selected LightRAG storage lives outside this instance's DATA_DIR."""
+    return any(name not in FILE_STORAGES for name in storage_kwargs.values())
+
+
+def pg_connector(env: Mapping[str, str]) -> Callable[[], Awaitable[Any]]:
+    """An asyncpg connect function built from LightRAG's POSTGRES_* variables."""
+    missing = [v for v in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DATABASE") if not env.get(v)]
+    if missing:
+        raise OwnershipConfigError(
+            "shared storages need one ingestion owner per workspace, decided by PostgreSQL advisory "
+            f"locks: set {', '.join(missing)}"
+        )
+
+    async def connect() -> Any:
+        import asyncpg
+
+        return await asyncpg.connect(
+            host=env.get("POSTGRES_HOST") or "localhost",
+            port=int(env.get("POSTGRES_PORT") or 5432),
+            user=env["POSTGRES_USER"],
+            password=env["POSTGRES_PASSWORD"],
+            database=env["POSTGRES_DATABASE"],
+            timeout=10,
+        )
+
+    return connect
+
+
+def build_ownership(
+    settings: Any,
+    instance_id: str,
+    namespace: str,
+    *,
+    live_instances: Callable[[], Awaitable[int]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> LocalOwnership | PgOwnership:
+    """The ownership backend the configuration asks for (OWNERSHIP, LIGHTRAG_*_STORAGE, POSTGRES_*).
+
+    ``workspace_for`` is set by the caller once the knowledge bases exist."""
+    import os
+
+    from src.rag.storage.selection import storage_kwargs_from_env
+
+    env = os.environ if env is None else env
+    mode = settings.ownership
+    if mode == "auto":
+        mode = "postgres" if shared_storages_selected(storage_kwargs_from_env(env)) else "local"
+    if mode == "local":
+        return LocalOwnership()
+    return PgOwnership(
+        pg_connector(env),
+        instance_id=instance_id,
+        workspace_for=lambda tenant: tenant,
+        namespace=namespace,
+        lock_timeout=settings.owner_lock_timeout_seconds,
+        ping_seconds=settings.owner_ping_seconds,
+        idle_release_seconds=settings.owner_idle_release_seconds,
+        live_instances=live_instances,
+    )
