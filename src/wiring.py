@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -134,7 +135,11 @@ async def start_services(
         runner.abandon_tenant(tenant)
         await engines.stop_ingestion(tenant)
 
-    ownership.add_listener(on_lost=on_lost)
+    async def on_acquired(tenant: str) -> None:
+        with contextlib.suppress(Exception):  # best effort: the sweeper requeues at lease expiry anyway
+            await runner.reclaim_tenant(tenant)
+
+    ownership.add_listener(on_lost=on_lost, on_acquired=on_acquired)
     await runner.start()
     metrics.start_sampling(store.ping)
     log.info("service ready: instance %s, %d task slot(s)", instance_id, settings.max_concurrent_tasks)

@@ -208,22 +208,23 @@ def check_each_entity_merged_once(pg: dict[str, str], workspace: str) -> None:
     from collections import Counter
 
     chunks_of: dict[str, list[str]] = {}
-    for row in pg_fetch(pg, "SELECT id, full_doc_id FROM lightrag_doc_chunks WHERE workspace = $1", workspace):
+    def rows(columns: str, table: str) -> list[dict]:
+        return pg_fetch(pg, f"SELECT {columns} FROM {table} WHERE workspace = $1", workspace)
+
+    for row in rows("id, full_doc_id", "lightrag_doc_chunks"):
         chunks_of.setdefault(row["full_doc_id"], []).append(row["id"])
     expected: dict[str, Counter] = {}
-    rows = pg_fetch(pg, "SELECT id, entity_names FROM lightrag_full_entities WHERE workspace = $1", workspace)
-    assert rows, f"no entities recorded in {workspace}"
-    for row in rows:
+    recorded = rows("id, entity_names", "lightrag_full_entities")
+    assert recorded, f"no entities recorded in {workspace}"
+    for row in recorded:
         for name in json.loads(row["entity_names"]):
             expected.setdefault(name, Counter()).update(chunks_of[row["id"]])
     actual = {
         row["id"]: Counter(json.loads(row["chunk_ids"]))
-        for row in pg_fetch(pg, "SELECT id, chunk_ids FROM lightrag_entity_chunks WHERE workspace = $1", workspace)
+        for row in rows("id, chunk_ids", "lightrag_entity_chunks")
     }
     assert actual == expected
-    nodes = pg_fetch(pg, "SELECT id, properties->>'source_id' AS src FROM lightrag_plain_graph_nodes WHERE workspace = $1",
-                     workspace)
-    for node in nodes:
+    for node in rows("id, properties->>'source_id' AS src", "lightrag_plain_graph_nodes"):
         ids = node["src"].split("<SEP>")
         assert len(ids) == len(set(ids)), f"entity {node['id']} lists a chunk twice"
         assert Counter(ids) == expected[node["id"]], node["id"]

@@ -163,7 +163,7 @@ class TenantEngines:
             return
         await engine.coordinator.stop()
         engine.ingesting = False
-        log.warning("stopped ingestion into the knowledge base of tenant %s (ownership lost)", tenant)
+        log.warning("stopped ingestion into the knowledge base of tenant %s (no longer its owner)", tenant)
         for _ in range(300):  # queries in flight may finish first (they only read)
             if engine.users <= 0:
                 break

@@ -72,7 +72,8 @@ class Ownership(Protocol):
         """Called by an idle dispatcher: take more workspaces with work; True if one was taken."""
         ...
 
-    def add_listener(self, *, on_lost: Listener | None = None) -> None: ...
+    def add_listener(self, *, on_lost: Listener | None = None, on_acquired: Listener | None = None) -> None:
+        ...
 
     async def start(self) -> None: ...
 
@@ -95,7 +96,7 @@ class LocalOwnership:
     async def acquire_more(self, pending: list[str], running: Mapping[str, int], free_slots: int) -> bool:
         return False
 
-    def add_listener(self, *, on_lost: Listener | None = None) -> None:
+    def add_listener(self, *, on_lost: Listener | None = None, on_acquired: Listener | None = None) -> None:
         pass
 
     async def start(self) -> None:
@@ -172,6 +173,7 @@ class PgOwnership:
         self._owned: dict[str, float] = {}  # tenant -> monotonic time it last had work
         self._last_ok = 0.0
         self._lost_listeners: list[Listener] = []
+        self._acquired_listeners: list[Listener] = []
         self._pinger: asyncio.Task | None = None
         self._stopping = False
 
@@ -193,9 +195,11 @@ class PgOwnership:
         return {"mode": "postgres", "instance_id": self.instance_id, "owned": self.owned(),
                 "connected": self._conn is not None and self._fresh()}
 
-    def add_listener(self, *, on_lost: Listener | None = None) -> None:
+    def add_listener(self, *, on_lost: Listener | None = None, on_acquired: Listener | None = None) -> None:
         if on_lost is not None:
             self._lost_listeners.append(on_lost)
+        if on_acquired is not None:
+            self._acquired_listeners.append(on_acquired)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -253,6 +257,7 @@ class PgOwnership:
         if got:
             self._owned[tenant] = time.monotonic()
             log.info("ownership: this instance now owns the workspace of tenant %s", tenant)
+            await self._notify(self._acquired_listeners, [tenant])
         return bool(got)
 
     async def release(self, tenant: str) -> None:
@@ -260,7 +265,7 @@ class PgOwnership:
             return
         key = lock_key(self.namespace, self.workspace_for(tenant))
         self._owned.pop(tenant, None)
-        await self._notify_lost([tenant])
+        await self._notify(self._lost_listeners, [tenant])
         try:
             async with self._io:
                 if self._conn is not None:
@@ -331,15 +336,15 @@ class PgOwnership:
                 conn.terminate()
         if lost:
             log.error("ownership: lost the lock connection (%s); no longer owner of %s", reason, lost)
-            await self._notify_lost(lost)
+            await self._notify(self._lost_listeners, lost)
 
-    async def _notify_lost(self, tenants: list[str]) -> None:
+    async def _notify(self, listeners: list[Listener], tenants: list[str]) -> None:
         for tenant in tenants:
-            for listener in self._lost_listeners:
+            for listener in listeners:
                 try:
                     await listener(tenant)
                 except Exception:
-                    log.exception("ownership: on_lost listener failed for tenant %s", tenant)
+                    log.exception("ownership: listener %s failed for tenant %s", listener, tenant)
 
 
 def shared_storages_selected(storage_kwargs: Mapping[str, str]) -> bool:

@@ -222,6 +222,33 @@ class TaskRunner:
                 stopped += 1
         return stopped
 
+    async def reclaim_tenant(self, tenant: str) -> int:
+        """This instance just became the only one allowed to run ``tenant``'s tasks: requeue the ones
+        other instances still hold (their owner died or lost the workspace) now, instead of waiting
+        for their leases to lapse. Each requeue is fenced by the attempt it names."""
+        reclaimed = 0
+        for task_id in await self.store.running_ids():
+            if task_id in self._running:
+                continue
+            record = await self.store.get(task_id)
+            if record is None or record.tenant != tenant or record.owner in ("", self.instance_id):
+                continue
+            outcome = await self.store.requeue(
+                task_id,
+                owner=record.owner,
+                max_failures=self.config.max_attempts,
+                outcome=AttemptOutcome.LEASE_EXPIRED,
+                error="the instance running this attempt lost the workspace's ownership",
+                epoch=record.attempt,
+            )
+            if outcome == RequeueOutcome.DEAD_LETTERED:
+                await self._after_dead_letter(task_id)
+            reclaimed += outcome in (RequeueOutcome.REQUEUED, RequeueOutcome.DEAD_LETTERED)
+        if reclaimed:
+            log.warning("took over %d task(s) of tenant %s from its previous owner", reclaimed, tenant)
+            self._wake.set()
+        return reclaimed
+
     def running_by_tenant(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for running in self._running.values():
