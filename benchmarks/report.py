@@ -390,6 +390,11 @@ def write_report(
             "",
         ]
 
+    if res.get("scale"):
+        from benchmarks.scale import report_lines
+
+        L += report_lines(res["scale"])
+
     L += analysis(res, p)
     out.write_text("\n".join(L) + "\n")
 

@@ -559,3 +559,7 @@ SCENARIOS = {
     "memory": scenario_memory,
     "restart": scenario_restart,
 }
+
+from benchmarks.scale import scenario_scale  # noqa: E402  (imports Ctx from here only for typing)
+
+SCENARIOS["scale"] = scenario_scale
