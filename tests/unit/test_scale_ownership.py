@@ -181,3 +181,72 @@ async def test_claim_takes_only_tasks_of_the_given_tenants(make_store: Callable[
     await store.touch_instance("me")
     await store.touch_instance("you")
     assert await store.live_instances() == 2
+
+
+class Gate:
+    """A claim gate with a fixed set of owned tenants that can take one more tenant on demand."""
+
+    def __init__(self, owned: set[str], grantable: set[str] = frozenset()) -> None:
+        self.owned = set(owned)
+        self.grantable = set(grantable)
+
+    def claimable(self) -> list[str] | None:
+        return sorted(self.owned)
+
+    async def acquire_more(self, pending: list[str], running: dict[str, int], free_slots: int) -> bool:
+        for tenant in pending:
+            if tenant in self.grantable and tenant not in self.owned:
+                self.owned.add(tenant)
+                return True
+        return False
+
+
+async def test_runner_claims_only_owned_tenants_and_hands_back_on_loss(
+    make_store: Callable[..., TaskStore],
+) -> None:
+    """Catches: a gated runner running another owner's task, an idle runner never taking a free
+    workspace, and a lost workspace's task left running (or counted as a failure) on this instance."""
+    from src.tasks.models import TaskStatus
+    from src.tasks.runner import TaskRunner
+    from tests.unit.test_runner import FakeHandler, _config, wait_for
+
+    store = make_store()
+    handler = FakeHandler(default="block")
+    gate = Gate({"mine"}, grantable={"free"})
+    runner = TaskRunner(store, handler, _config(), "inst-g", gate=gate)
+    await store.create(record("theirs1", tenant="theirs"))
+    await store.create(record("mine1", tenant="mine"))
+    await runner.start()
+    try:
+        await asyncio.wait_for(handler.started_event("mine1").wait(), 10)
+        await store.create(record("free1", tenant="free"))
+        await asyncio.wait_for(handler.started_event("free1").wait(), 10)  # took the free workspace
+        assert (await store.get("theirs1")).status == TaskStatus.PENDING
+        gate.owned.discard("mine")  # the ownership backend drops the tenant, then tells the runner
+        assert runner.abandon_tenant("mine") == 1
+        back = await wait_for(store, "mine1", lambda r: r.status == TaskStatus.PENDING)
+        assert back.failures == 0 and back.owner in ("", None)
+        assert back.history[-1]["outcome"] == "interrupted"
+    finally:
+        handler.release.set()
+        await runner.stop(grace_seconds=0)
+
+
+async def test_new_owner_requeues_tasks_held_by_the_previous_owner(
+    make_store: Callable[..., TaskStore],
+) -> None:
+    """Catches: a takeover that waits for the dead owner's leases to lapse (or steals live tasks of
+    other tenants)."""
+    from src.tasks.models import TaskStatus
+    from src.tasks.runner import TaskRunner
+    from tests.unit.test_runner import FakeHandler, _config
+
+    store = make_store()
+    await store.create(record("dead1", tenant="t"))
+    await store.create(record("other1", tenant="u"))
+    assert (await store.claim("dead-instance", 600, tenants=["t"])).task_id == "dead1"
+    assert (await store.claim("live-instance", 600, tenants=["u"])).task_id == "other1"
+    runner = TaskRunner(store, FakeHandler(), _config(), "new-owner", gate=Gate(set()))
+    assert await runner.reclaim_tenant("t") == 1
+    assert (await store.get("dead1")).status == TaskStatus.PENDING
+    assert (await store.get("other1")).status == TaskStatus.PROCESSING
