@@ -263,7 +263,7 @@ def query_body(query: str, options: Mapping[str, Any], where: str) -> Json:
 @dataclass
 class Settings:
     """Where and as whom to connect; resolved from arguments, then $RAGSVC_URL / $RAGSVC_API_KEY /
-    $RAGSVC_ADMIN_TOKEN, then defaults."""
+    $RAGSVC_ADMIN_TOKEN, then defaults. An explicit empty key means "none" (the env is not used)."""
 
     base_url: str
     api_key: str | None
@@ -274,8 +274,8 @@ class Settings:
         env = os.environ
         return cls(
             (base_url or env.get("RAGSVC_URL") or DEFAULT_URL).rstrip("/"),
-            api_key if api_key is not None else env.get("RAGSVC_API_KEY") or None,
-            admin_token if admin_token is not None else env.get("RAGSVC_ADMIN_TOKEN") or None,
+            (api_key if api_key is not None else env.get("RAGSVC_API_KEY")) or None,
+            (admin_token if admin_token is not None else env.get("RAGSVC_ADMIN_TOKEN")) or None,
         )
 
     def headers(self) -> dict[str, str]:
