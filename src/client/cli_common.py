@@ -124,6 +124,8 @@ def errors(state: State) -> Iterator[None]:
             emit_json({"error": error})
         raise typer.Exit(exit_code(exc)) from None
     except ValueError as exc:  # the client refused the arguments before sending anything
+        if isinstance(exc, json.JSONDecodeError):
+            raise  # a malformed answer is not a usage error
         raise typer.BadParameter(str(exc)) from None
 
 
