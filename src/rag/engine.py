@@ -13,6 +13,7 @@ from lightrag import LightRAG
 
 from .embedding import build_embedding_func
 from .llm import build_llm_func
+from .storage.embedded import embedded_storage_kwargs
 from .tokenizer import build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def lightrag_kwargs(settings: Any) -> dict[str, Any]:
         "enable_llm_cache": True,
         "enable_llm_cache_for_entity_extract": True,
     }
+    kwargs.update(embedded_storage_kwargs(settings))  # SQLite storages unless LIGHTRAG_*_STORAGE override
     if getattr(settings, "resolved_embedding_provider", None) == "hash":
         kwargs["cosine_better_than_threshold"] = HASH_COSINE_THRESHOLD
     return kwargs
