@@ -79,7 +79,7 @@ class _SqliteKVMixin:
     _file_name: str
 
     def _init_dirty(self) -> None:
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, None] = {}  # ordered: rows are written in change order
         self._dropped = False
         self._store: WorkspaceStore | None = None
 
@@ -116,7 +116,7 @@ class _SqliteKVMixin:
         await self._store.import_legacy("kv", ns, load, path)
 
     def _touch(self, keys: Any) -> None:
-        self._dirty.update(keys)
+        self._dirty.update(dict.fromkeys(keys))
         if self._store is not None:
             self._store.mark_dirty()
 
@@ -158,7 +158,7 @@ class _SqliteKVMixin:
         if not self._dirty and not self._dropped:
             return []
         keys, dropped = self._dirty, self._dropped
-        self._dirty, self._dropped = set(), False
+        self._dirty, self._dropped = {}, False
         ws = WriteSet("kv", self.namespace, drop=dropped)
         for k in keys:
             v = self._data.get(k)
@@ -168,7 +168,7 @@ class _SqliteKVMixin:
                 ws.upserts.append((k, _dumps(v)))
 
         def restore() -> None:
-            self._dirty |= keys
+            self._dirty = {**keys, **self._dirty}
             self._dropped = self._dropped or dropped
 
         ws.restore = restore
@@ -197,13 +197,12 @@ class SqliteDocStatusStorage(_SqliteKVMixin, JsonDocStatusStorage):
 
 # --- vectors ---------------------------------------------------------------------------------------
 def _top_k(matrix: np.ndarray, query: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine scores of normalised rows, best first (thread side; numpy releases the GIL)."""
+    """Cosine scores of normalised rows, best first, ties broken exactly like NanoVectorDB.
+
+    Runs in a worker thread; numpy releases the GIL for the product and the sort.
+    """
     scores = matrix @ query
-    if top_k <= 0 or top_k >= len(scores):  # NanoVectorDB: argsort()[-0:] keeps everything
-        order = np.argsort(scores)[::-1]
-    else:
-        part = np.argpartition(scores, -top_k)[-top_k:]
-        order = part[np.argsort(scores[part])[::-1]]
+    order = np.argsort(scores)[-top_k:][::-1]  # NanoVectorDB's slice: top_k <= 0 keeps everything
     return order, scores[order]
 
 
@@ -234,7 +233,7 @@ class SqliteVectorStorage(BaseVectorStorage):
         self._reset()
         self._storage_lock = None
         self.storage_updated = None
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, None] = {}  # ordered: rows are written in change order
         self._dropped = False
         self._store: WorkspaceStore | None = None
 
@@ -296,7 +295,7 @@ class SqliteVectorStorage(BaseVectorStorage):
         await self._store.import_legacy("vectors", ns, load, path)
 
     def _touch(self, ids: Any) -> None:
-        self._dirty.update(ids)
+        self._dirty.update(dict.fromkeys(ids))
         if self._store is not None:
             self._store.mark_dirty()
 
@@ -468,9 +467,9 @@ class SqliteVectorStorage(BaseVectorStorage):
         if not self._dirty and not self._dropped:
             return []
         keys, dropped = self._dirty, self._dropped
-        self._dirty, self._dropped = set(), False
+        self._dirty, self._dropped = {}, False
         ws = WriteSet("vectors", self.namespace, drop=dropped)
-        for k in keys:
+        for k in sorted(keys, key=lambda k: self._index.get(k, -1)):  # rows keep the in-memory order
             i = self._index.get(k)
             if i is None:
                 ws.deletes.append((k,))
@@ -478,7 +477,7 @@ class SqliteVectorStorage(BaseVectorStorage):
                 ws.upserts.append((k, _dumps(self._meta[i]), self._matrix[i].tobytes()))
 
         def restore() -> None:
-            self._dirty |= keys
+            self._dirty = {**keys, **self._dirty}
             self._dropped = self._dropped or dropped
 
         ws.restore = restore
@@ -505,8 +504,8 @@ class SqliteGraphStorage(NetworkXStorage):
         self._storage_lock = None
         self.storage_updated = None
         self._graph = nx.Graph()
-        self._dirty_nodes: set[str] = set()
-        self._dirty_edges: set[tuple[str, str]] = set()
+        self._dirty_nodes: dict[str, None] = {}  # ordered, like _dirty
+        self._dirty_edges: dict[tuple[str, str], None] = {}
         self._dropped = False
         self._store: WorkspaceStore | None = None
 
@@ -556,8 +555,8 @@ class SqliteGraphStorage(NetworkXStorage):
         return self._graph  # one process owns the workspace: no reload from another writer's file
 
     def _touch(self, nodes: Any = (), edges: Any = ()) -> None:
-        self._dirty_nodes.update(nodes)
-        self._dirty_edges.update(_edge_key(u, v) for u, v in edges)
+        self._dirty_nodes.update(dict.fromkeys(nodes))
+        self._dirty_edges.update(dict.fromkeys(_edge_key(u, v) for u, v in edges))
         if self._store is not None:
             self._store.mark_dirty()
 
@@ -622,7 +621,7 @@ class SqliteGraphStorage(NetworkXStorage):
         if not (self._dirty_nodes or self._dirty_edges or self._dropped):
             return []
         nodes, edges, dropped = self._dirty_nodes, self._dirty_edges, self._dropped
-        self._dirty_nodes, self._dirty_edges, self._dropped = set(), set(), False
+        self._dirty_nodes, self._dirty_edges, self._dropped = {}, {}, False
         g = self._graph
         nws = WriteSet("graph_nodes", self.namespace, drop=dropped)
         for n in nodes:
@@ -638,8 +637,8 @@ class SqliteGraphStorage(NetworkXStorage):
                 ews.deletes.append((u, v))
 
         def restore() -> None:
-            self._dirty_nodes |= nodes
-            self._dirty_edges |= edges
+            self._dirty_nodes = {**nodes, **self._dirty_nodes}
+            self._dirty_edges = {**edges, **self._dirty_edges}
             self._dropped = self._dropped or dropped
 
         nws.restore = restore
@@ -678,32 +677,32 @@ def embedded_storage_kwargs(settings: Any = None) -> dict[str, str]:
 def commit_for(rag: Any) -> Callable[[], Awaitable[None]]:
     """What the indexer awaits after a document is PROCESSED: returns once it is durable.
 
-    With the embedded storages this is the workspace flusher's group commit; with any other
-    storages it falls back to LightRAG's own persistence hooks (doc status last).
+    With the embedded storages this is the workspace flusher's group commit; storages chosen
+    otherwise (LIGHTRAG_*_STORAGE) get LightRAG's own ``index_done_callback``. Doc status last.
     """
+    names = (
+        "full_docs",
+        "text_chunks",
+        "full_entities",
+        "full_relations",
+        "entity_chunks",
+        "relation_chunks",
+        "entities_vdb",
+        "relationships_vdb",
+        "chunks_vdb",
+        "chunk_entity_relation_graph",
+        "llm_response_cache",
+    )
 
     async def commit() -> None:
+        foreign = [
+            s for n in names if (s := getattr(rag, n, None)) is not None and not hasattr(s, "collect_dirty")
+        ]
+        await asyncio.gather(*(s.index_done_callback() for s in foreign))
         store = store_for(rag.working_dir, rag.workspace)
         if store is not None:
             await store.commit()
-            return
-        others = [
-            getattr(rag, n, None)
-            for n in (
-                "full_docs",
-                "text_chunks",
-                "full_entities",
-                "full_relations",
-                "entity_chunks",
-                "relation_chunks",
-                "entities_vdb",
-                "relationships_vdb",
-                "chunks_vdb",
-                "chunk_entity_relation_graph",
-                "llm_response_cache",
-            )
-        ]
-        await asyncio.gather(*(s.index_done_callback() for s in others if s is not None))
-        await rag.doc_status.index_done_callback()
+        if not hasattr(rag.doc_status, "collect_dirty"):
+            await rag.doc_status.index_done_callback()
 
     return commit
