@@ -344,3 +344,15 @@ def acquire_store(global_config: dict[str, Any], workspace: str) -> WorkspaceSto
 def store_for(working_dir: str | Path, workspace: str) -> WorkspaceStore | None:
     """The open store of a workspace, if its storages are the embedded SQLite ones."""
     return _STORES.get(db_path_for({"working_dir": str(working_dir)}, workspace).resolve())
+
+
+def read_kv_namespace(workspace_dir: str | Path, namespace: str) -> dict[str, Any]:
+    """Everything on disk for one KV/doc-status namespace (offline inspection, tests, tools)."""
+    import json
+
+    con = sqlite3.connect(f"file:{Path(workspace_dir) / DB_FILE_NAME}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT id, value FROM kv WHERE ns = ? ORDER BY rowid", (namespace,)).fetchall()
+    finally:
+        con.close()
+    return {k: json.loads(v) for k, v in rows}
