@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import shutil
@@ -164,6 +165,7 @@ async def run_load(
                     "query_p50_ms": _ms(window[2], 50),
                     "lag_p99_ms": None if lag is None else round(lag * 1000, 1),
                     "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+                    "load1": round(os.getloadavg()[0], 1),  # a busy machine explains outliers
                     "errors": dict(errors),
                 }
                 samples.append(sample)
@@ -243,14 +245,14 @@ def markdown(results: dict[str, list[dict]], args: argparse.Namespace, png: Path
             f"**{name}**",
             "",
             "| t (s) | docs in KB | backlog | ack p50 / p99 (ms) | GET /task p99 | query p50 "
-            "| loop lag p99 | RSS MB |",
-            "|---|---|---|---|---|---|---|---|",
+            "| loop lag p99 | RSS MB | load avg |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         step = max(1, len(samples) // 12)
         for s in samples[::step] + ([samples[-1]] if samples and (len(samples) - 1) % step else []):
             lines.append(
                 f"| {s['t_s']:g} | {s['docs']} | {s['backlog']} | {s['ack_p50_ms']} / {s['ack_p99_ms']} | "
-                f"{s['task_p99_ms']} | {s['query_p50_ms']} | ≤ {s['lag_p99_ms']} | {s['rss_mb']} |"
+                f"{s['task_p99_ms']} | {s['query_p50_ms']} | ≤ {s['lag_p99_ms']} | {s['rss_mb']} | {s.get('load1')} |"
             )
         if len(samples) >= 2 and samples[-1]["docs"] > samples[0]["docs"]:
             per_k = (
