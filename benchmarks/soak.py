@@ -252,7 +252,8 @@ def markdown(results: dict[str, list[dict]], args: argparse.Namespace, png: Path
         for s in samples[::step] + ([samples[-1]] if samples and (len(samples) - 1) % step else []):
             lines.append(
                 f"| {s['t_s']:g} | {s['docs']} | {s['backlog']} | {s['ack_p50_ms']} / {s['ack_p99_ms']} | "
-                f"{s['task_p99_ms']} | {s['query_p50_ms']} | ≤ {s['lag_p99_ms']} | {s['rss_mb']} | {s.get('load1')} |"
+                f"{s['task_p99_ms']} | {s['query_p50_ms']} | ≤ {s['lag_p99_ms']} | {s['rss_mb']} "
+                f"| {s.get('load1')} |"
             )
         if len(samples) >= 2 and samples[-1]["docs"] > samples[0]["docs"]:
             per_k = (
