@@ -11,8 +11,8 @@ import pytest
 from lightrag import LightRAG, QueryParam
 from lightrag.kg.shared_storage import initialize_pipeline_status
 
-from src.rag.embedding import build_embedding_func
 from src.rag.builder import lightrag_kwargs
+from src.rag.embedding import build_embedding_func
 from src.rag.llm import build_llm_func
 from src.rag.storage.selection import storage_kwargs_from_env
 from src.rag.tokenizer import build_tokenizer
