@@ -47,9 +47,12 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[str], Awaitable[None]]
 
-#: Storage names whose data lives in this instance's DATA_DIR (nothing shared between instances).
-FILE_STORAGES = frozenset({"JsonKVStorage", "NanoVectorDBStorage", "NetworkXStorage", "JsonDocStatusStorage",
-                           "FaissVectorDBStorage"})
+#: Storage names whose data lives in this instance's DATA_DIR (nothing shared between instances):
+#: LightRAG's file storages and our embedded SQLite ones (src/rag/storage/embedded.py).
+FILE_STORAGES = frozenset({
+    "JsonKVStorage", "NanoVectorDBStorage", "NetworkXStorage", "JsonDocStatusStorage", "FaissVectorDBStorage",
+    "SqliteKVStorage", "SqliteVectorStorage", "SqliteGraphStorage", "SqliteDocStatusStorage",
+})
 
 
 class OwnershipConfigError(ValueError):
