@@ -18,6 +18,7 @@ from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge_bases import TenantEngines
 from src.ingestion.ownership import LocalOwnership, Ownership, build_ownership
 from src.ingestion.service import IngestionService
+from src.rag.storage.fence import register_write_fence
 from src.tasks.models import TaskRecord
 from src.tasks.runner import RunnerConfig, TaskRunner
 from src.tasks.store import TaskStore
@@ -44,6 +45,8 @@ class Services:
     ingestion: IngestionService
     #: Which workspaces this instance may ingest into (all of them with the file storages).
     ownership: Ownership = field(default_factory=LocalOwnership)
+    #: Removes this instance's storage write fence (set with shared storages only).
+    remove_fence: Callable[[], None] | None = None
 
 
 def resolve_instance_id(settings: Settings) -> str:
@@ -93,7 +96,10 @@ async def start_services(
     )
     ownership.workspace_for = engines.workspace_for  # type: ignore[attr-defined]
     await ownership.start()
+    services_fence = None
     if ownership.shared:
+        # Our storages refuse writes into workspaces this instance does not own (a stale owner).
+        services_fence = register_write_fence(ownership.owns_workspace)  # type: ignore[attr-defined]
         # Take the default tenant's workspace if it is free, so that its unfinished documents resume.
         await ownership.try_acquire(DEFAULT_TENANT)  # type: ignore[attr-defined]
     # The default tenant's knowledge base is loaded up front: it also resumes its unfinished documents.
@@ -146,7 +152,7 @@ async def start_services(
     ingestion = IngestionService(settings, store, engines, runner, handler, files, metrics)
     return Services(
         settings, redis, store, runner, engines, tenants, limiter, metrics, webhooks, instance_id, ingestion,
-        ownership,
+        ownership, services_fence,
     )
 
 
@@ -158,6 +164,8 @@ async def stop_services(services: Services) -> None:
         await services.engines.close()
     finally:
         await services.ownership.stop()  # the locks go after the engines: nothing of ours writes later
+        if services.remove_fence is not None:
+            services.remove_fence()
         await services.limiter.close()
         await services.redis.close()
 

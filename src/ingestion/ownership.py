@@ -43,6 +43,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from src.rag.storage.fence import OwnershipLost
+
+__all__ = ["LocalOwnership", "OwnershipLost", "PgOwnership", "build_ownership", "fence_llm", "lock_key"]
+
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str], Awaitable[None]]
@@ -110,14 +114,6 @@ class LocalOwnership:
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "local"}
-
-
-class OwnershipLost(asyncio.CancelledError):
-    """Raised inside an ingestion LLM call of a workspace this instance no longer owns.
-
-    A CancelledError on purpose: LightRAG catches `Exception` around a document and then records
-    it FAILED - a write into a workspace that another instance may own by now. A cancellation
-    unwinds the pipeline run without any more writes."""
 
 
 def fence_llm(llm: Callable[..., Any], owns: Callable[[], bool]) -> Callable[..., Any]:
@@ -193,6 +189,10 @@ class PgOwnership:
 
     def owned(self) -> list[str]:
         return sorted(self._owned)
+
+    def owns_workspace(self, workspace: str) -> bool:
+        """The write fence of src/rag/storage/fence.py: is ``workspace`` one of ours, provably?"""
+        return self._fresh() and any(self.workspace_for(t) == workspace for t in self._owned)
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "postgres", "instance_id": self.instance_id, "owned": self.owned(),

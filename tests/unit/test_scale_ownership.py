@@ -250,3 +250,36 @@ async def test_new_owner_requeues_tasks_held_by_the_previous_owner(
     assert await runner.reclaim_tenant("t") == 1
     assert (await store.get("dead1")).status == TaskStatus.PENDING
     assert (await store.get("other1")).status == TaskStatus.PROCESSING
+
+
+async def test_graph_writes_into_a_workspace_not_owned_are_refused(
+    pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Catches: a stalled owner resuming mid-merge and upserting entities into a workspace another
+    instance owns by now (the merge needs no LLM call, so only the storage can refuse it)."""
+    from lightrag.kg.shared_storage import initialize_share_data
+
+    from src.rag.storage.fence import check_write, register_write_fence
+    from src.rag.storage.pg_graph import PGPlainGraphStorage
+
+    for name, value in pg_env.items():
+        monkeypatch.setenv(name, value)
+    initialize_share_data()
+    owned = {"ws-fence"}
+    remove = register_write_fence(lambda ws: ws in owned)
+    graph = PGPlainGraphStorage(namespace="chunk_entity_relation", workspace="ws-fence",
+                                global_config={"embedding_batch_num": 8}, embedding_func=None)
+    try:
+        await graph.initialize()
+        await graph.upsert_node("A", {"entity_id": "A", "source_id": "c1"})
+        owned.clear()  # the workspace moved to another instance
+        with pytest.raises(OwnershipLost):
+            await graph.upsert_node("B", {"entity_id": "B", "source_id": "c2"})
+        with pytest.raises(OwnershipLost):
+            await graph.remove_nodes(["A"])
+        assert await graph.has_node("A") and not await graph.has_node("B")  # reads still work
+    finally:
+        remove()
+        check_write("ws-fence")  # no fence left: every write allowed again
+        await graph.drop()
+        await graph.finalize()

@@ -32,6 +32,8 @@ import asyncpg  # noqa: E402
 from lightrag.kg.postgres_impl import ClientManager, PostgreSQLDB  # noqa: E402
 from lightrag.kg.shared_storage import get_data_init_lock  # noqa: E402
 
+from src.rag.storage.fence import check_write  # noqa: E402
+
 T = TypeVar("T")
 
 STORAGE_NAME = "PGPlainGraphStorage"
@@ -447,6 +449,7 @@ class PGPlainGraphStorage(BaseGraphStorage):
         await self.upsert_nodes_batch([(node_id, node_data)])
 
     async def upsert_nodes_batch(self, nodes: list[tuple[str, dict[str, str]]]) -> None:
+        check_write(self.workspace)  # a stale owner must not merge (src/rag/storage/fence.py)
         if not nodes:
             return
         merged = _merge_rows(list(nodes))
@@ -465,6 +468,7 @@ class PGPlainGraphStorage(BaseGraphStorage):
 
     async def upsert_edges_batch(self, edges: list[tuple[str, str, dict[str, str]]]) -> None:
         """Missing endpoints are created without properties, as `nx.Graph.add_edge` does."""
+        check_write(self.workspace)  # a stale owner must not merge (src/rag/storage/fence.py)
         if not edges:
             return
         merged = _merge_rows([(_pair(src, tgt), data) for src, tgt, data in edges])
@@ -504,6 +508,7 @@ class PGPlainGraphStorage(BaseGraphStorage):
 
     async def remove_nodes(self, nodes: list[str]) -> None:
         """Deletes the nodes and every edge touching them, atomically."""
+        check_write(self.workspace)  # a stale owner must not merge (src/rag/storage/fence.py)
         if not nodes:
             return
         ids = sorted(set(nodes))
@@ -527,6 +532,7 @@ class PGPlainGraphStorage(BaseGraphStorage):
         await self._run(op)
 
     async def remove_edges(self, edges: list[tuple[str, str]]) -> None:
+        check_write(self.workspace)  # a stale owner must not merge (src/rag/storage/fence.py)
         if not edges:
             return
         keys = sorted({_pair(src, tgt) for src, tgt in edges})

@@ -1,0 +1,41 @@
+"""Write fence for shared storages: refuse writes into a workspace this instance does not own.
+
+With several instances on shared storages, only a workspace's owner may write into it
+(src/ingestion/ownership.py). An owner that was stalled (SIGSTOP, frozen VM) may resume in the
+middle of an entity merge, after another instance took the workspace over. Its ingestion LLM calls
+are fenced already; this fence also stops its graph writes (the merge's upserts and deletions),
+which need no LLM call. Storages we own call `check_write(workspace)` before each write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+_fences: list[Callable[[str], bool]] = []
+
+
+class OwnershipLost(asyncio.CancelledError):
+    """Raised on a write (or an ingestion LLM call) into a workspace this instance no longer owns.
+
+    A CancelledError on purpose: LightRAG catches `Exception` around a document and then records it
+    FAILED - a write into a workspace that another instance may own by now. A cancellation unwinds
+    the pipeline run without any more writes."""
+
+
+def register_write_fence(owns_workspace: Callable[[str], bool]) -> Callable[[], None]:
+    """Install a fence (this instance may write into the workspaces it returns True for); returns
+    the function that removes it."""
+    _fences.append(owns_workspace)
+
+    def remove() -> None:
+        if owns_workspace in _fences:
+            _fences.remove(owns_workspace)
+
+    return remove
+
+
+def check_write(workspace: str) -> None:
+    """Raise OwnershipLost unless no fence is installed or one of them allows ``workspace``."""
+    if _fences and not any(fence(workspace) for fence in _fences):
+        raise OwnershipLost(f"this instance does not own workspace {workspace!r}; write refused")
