@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tests.docs_factory import story
 pytestmark = pytest.mark.timeout(300)
 
 SEP = "<SEP>"
-VICTIM = story("canals", "Victimora", 14)
+VICTIM = story("canals", "Victimora", 30)
 BYSTANDER = story("ferries", "Bystandor", 6)
 
 
@@ -67,6 +68,8 @@ async def _build(tmp_path: Path, workspace: str, control: LLMControl | None = No
     settings = make_settings(
         tmp_path, None, embedding_provider="hash", chunk_token_size=200, chunk_overlap_token_size=20, **overrides
     )
+    # Unique workspaces: LightRAG's shared locks are process-global and bound to the first loop.
+    workspace = f"{workspace}-{uuid.uuid4().hex[:8]}"
     return await build_lightrag(settings, workspace=workspace, llm_wrapper=control.wrap if control else None)
 
 
@@ -122,7 +125,7 @@ async def vector_ids(rag: LightRAG) -> dict[str, set[str]]:
     out = {}
     for name in ("chunks_vdb", "entities_vdb", "relationships_vdb"):
         storage = getattr(rag, name)
-        out[name] = {d["__id__"] for d in storage.client_storage["data"]}
+        out[name] = {d["__id__"] for d in (await storage.client_storage)["data"]}
     return out
 
 
@@ -374,6 +377,7 @@ async def test_delete_from_outside_stops_the_running_document(pair) -> None:
     await asyncio.wait_for(control.entered["Victimora"].wait(), 60)
     assert indexer.indexing("doc-v")
     result = await indexer.delete("doc-v")
+    control.release("Victimora")  # the provider call itself was only abandoned, not answered
     assert result.status == "success"
     with pytest.raises(IndexingError, match="deleted while it was being indexed"):
         await running
