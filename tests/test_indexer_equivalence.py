@@ -409,3 +409,24 @@ async def test_hundreds_of_concurrent_tiny_documents_all_finish(tmp_path: Path) 
         assert node is not None and len(node["source_id"].split(SEP)) >= 200
     finally:
         await rag.finalize_storages()
+
+
+async def test_missing_text_and_a_busy_lightrag_pipeline(pair) -> None:
+    """Catches an unclear error for a document with no text anywhere, and a delete that gives up
+    (or fails) while an outside caller runs LightRAG's own pipeline (its `busy` flag)."""
+    from lightrag.kg.shared_storage import get_namespace_data
+
+    from src.ingestion.indexer import DocumentMissingError
+
+    ours, _, _ = pair
+    indexer = DocumentIndexer(ours)
+    with pytest.raises(DocumentMissingError):
+        await indexer.index("doc-none", None)
+    await indexer.index("doc-b", BYSTANDER, file_path="b.txt", track_id="tb")
+    status = await get_namespace_data("pipeline_status", workspace=ours.workspace)
+    status.update({"busy": True, "job_name": "Default Job"})
+    deleting = asyncio.create_task(indexer.delete("doc-b"))
+    await asyncio.sleep(0.5)
+    assert not deleting.done()  # LightRAG said not_allowed; we retry instead of failing
+    status["busy"] = False
+    assert (await asyncio.wait_for(deleting, 30)).status == "success"
