@@ -24,7 +24,7 @@ from lightrag.kg.shared_storage import get_storage_keyed_lock
 from lightrag.utils import make_relation_chunk_key
 
 from src.ingestion.indexer import DocumentIndexer, IndexingError, IndexProgress
-from src.rag.engine import build_lightrag
+from src.rag.builder import build_lightrag
 from tests.conftest import make_settings
 from tests.docs_factory import story
 
