@@ -39,11 +39,6 @@ class TenantEngine:
     users: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
-    @property
-    def coordinator(self) -> DocumentIndexer:
-        """Old name kept for `coordinator.delete(doc_id)` callers (api/routes/documents.py)."""
-        return self.indexer
-
     async def close(self) -> None:
         await self.ingestor.close()  # in-flight documents stop here and resume on a later attempt
         # Closes RAG-Anything's parse cache and, with it, LightRAG's storages.
