@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from src.ingestion.files import UploadFiles
 from src.ingestion.ingestor import IngestError, is_transient_message
 from src.ingestion.knowledge_bases import TenantEngines
+from src.ingestion.ownership import OwnershipLost
 from src.rag.parsers import DocumentParseError
 from src.tasks.models import TaskRecord, TaskStatus
 
@@ -36,7 +37,14 @@ class IngestHandler:
 
     async def run(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict:
         async with self.engines.use_for_ingestion(task.tenant) as engine:
-            return (await engine.ingestor.ingest(task, report)).as_dict()
+            try:
+                return (await engine.ingestor.ingest(task, report)).as_dict()
+            except Exception as exc:
+                if not self.engines.owns(task.tenant):
+                    # The workspace moved to another instance mid-way (this one was stalled): that is
+                    # no failure of the document, and purging it now would delete the new owner's work.
+                    raise OwnershipLost(f"lost the workspace of tenant {task.tenant} while indexing") from exc
+                raise
 
     async def discard(self, task: TaskRecord) -> None:
         await self.purge(task.tenant, task.doc_id)

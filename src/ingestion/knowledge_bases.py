@@ -1,7 +1,7 @@
 """One LightRAG knowledge base per tenant, created on first use, cached, evicted when idle.
 
 Each tenant gets its own LightRAG workspace (graph, vectors, doc status under
-DATA_DIR/rag/<workspace>), its own pipeline coordinator and document guard. Instances are
+DATA_DIR/rag/<workspace>) and its own document indexer. Instances are
 expensive (storages in memory), so at most MAX_CACHED_TENANTS stay loaded; an engine is only
 evicted when nothing uses it (no running task, no query in flight) and its storages are
 finalized (flushed to disk) first.
@@ -22,9 +22,9 @@ from lightrag import LightRAG
 from src.core.config import Settings
 from src.core.metrics import Metrics
 from src.ingestion.errors import KnowledgeBaseUnavailable, WorkspaceOwnedElsewhere
+from src.ingestion.indexer import DocumentIndexer
 from src.ingestion.ingestor import DocumentIngestor
 from src.ingestion.ownership import fence_llm
-from src.ingestion.pipeline import DocumentGuard, PipelineCoordinator
 from src.tenancy.tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,13 @@ class TenantEngine:
     tenant: str
     rag: LightRAG
     rag_anything: Any
-    coordinator: PipelineCoordinator
-    guard: DocumentGuard
+    indexer: DocumentIndexer
     ingestor: DocumentIngestor
     users: int = 0
     last_used: float = field(default_factory=time.monotonic)
-    #: The pipeline driver runs (this instance owns the workspace; always so with file storages).
-    ingesting: bool = False
 
     async def close(self) -> None:
-        await self.coordinator.stop()
+        await self.ingestor.close()  # in-flight documents stop here and resume on a later attempt
         # Closes RAG-Anything's parse cache and, with it, LightRAG's storages.
         await self.rag_anything.finalize_storages()
 
@@ -62,7 +59,7 @@ class TenantEngines:
     ):
         self.settings = settings
         #: Whether this instance owns a tenant's workspace (src/ingestion/ownership.py): only the
-        #: owner runs LightRAG's pipeline (processing, merges, deletions) on shared storages.
+        #: owner indexes and deletes documents there when several instances share the storages.
         self.owns = owns
         self._acquire_owner = acquire
         self.metrics = metrics
@@ -117,52 +114,45 @@ class TenantEngines:
         from src.rag.builder import build_lightrag
         from src.rag.embedding_signature import EmbeddingMismatchError
         from src.rag.parsers import build_raganything
+        from src.rag.storage.embedded import commit_for
 
-        guard = DocumentGuard()
         owns = self.owns
 
         def wrap(llm: Callable[..., Any]) -> Callable[..., Any]:
-            # Outermost: a stalled owner that resumes makes no ingestion LLM call (and so no merge
-            # write) once its ownership is in doubt, even before the loss is handled.
-            return fence_llm(guard.wrap(self.metrics.wrap_llm(llm)), lambda: owns(tenant))
+            # Outermost: an owner that was stalled and resumes makes no more ingestion LLM calls once
+            # its ownership is in doubt, even before the loss is handled (queries are not fenced).
+            return fence_llm(self.metrics.wrap_llm(llm), lambda: owns(tenant))
 
         try:
             rag = await build_lightrag(self.settings, workspace=self.workspace_for(tenant), llm_wrapper=wrap)
         except EmbeddingMismatchError as exc:
             raise KnowledgeBaseUnavailable(str(exc)) from exc
         rag_anything = build_raganything(rag, self.settings)
-        coordinator = PipelineCoordinator(rag, guard)
-        ingestor = DocumentIngestor(rag, rag_anything, coordinator, guard, self.settings.uploads_dir)
-        engine = TenantEngine(tenant, rag, rag_anything, coordinator, guard, ingestor)
-        if self.owns(tenant):  # a non-owner never runs the pipeline: it would redo the owner's work
-            await coordinator.start()
-            engine.ingesting = True
+        # A document counts as indexed once the group commit that includes it is on disk.
+        indexer = DocumentIndexer(rag, flush=commit_for(rag))
+        ingestor = DocumentIngestor(rag, rag_anything, indexer, self.settings.uploads_dir)
         log.info("knowledge base of tenant %s loaded (workspace %s)", tenant, rag.workspace)
-        return engine
+        return TenantEngine(tenant, rag, rag_anything, indexer, ingestor)
 
     @contextlib.asynccontextmanager
     async def use_for_ingestion(self, tenant: str) -> AsyncIterator[TenantEngine]:
         """Borrow an engine to write into its workspace (index, purge): this instance must own the
-        workspace (it takes it if nobody does), and its pipeline driver is started on first use."""
+        workspace, and takes it if nobody does."""
         if not self.owns(tenant):
             if self._acquire_owner is None or not await self._acquire_owner(tenant):
                 raise WorkspaceOwnedElsewhere(
                     f"another instance is ingesting into the knowledge base of tenant {tenant}; retry later"
                 )
         async with self.use(tenant) as engine:
-            if not engine.ingesting:
-                await engine.coordinator.start()
-                engine.ingesting = True
             yield engine
 
     async def stop_ingestion(self, tenant: str) -> None:
-        """This instance no longer owns the tenant's workspace: stop its pipeline now (cancelling
-        the LightRAG run in flight) and unload the engine, so nothing of ours writes there again."""
+        """This instance no longer owns the tenant's workspace: stop its documents' indexing now and
+        unload the engine, so nothing of ours writes there again (queries load a fresh one)."""
         engine = self._engines.pop(tenant, None)
         if engine is None:
             return
-        await engine.coordinator.stop()
-        engine.ingesting = False
+        await engine.indexer.close()
         log.warning("stopped ingestion into the knowledge base of tenant %s (no longer its owner)", tenant)
         for _ in range(300):  # queries in flight may finish first (they only read)
             if engine.users <= 0:
