@@ -136,7 +136,7 @@ async def start_services(
     )
 
     async def on_lost(tenant: str) -> None:
-        # Stop the tasks first (they are handed back to the queue), then the workspace's pipeline,
+        # Stop the tasks first (they are handed back to the queue), then the workspace's indexing,
         # so nothing of this instance writes into the workspace once another instance may own it.
         runner.abandon_tenant(tenant)
         await engines.stop_ingestion(tenant)

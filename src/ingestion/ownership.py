@@ -1,11 +1,11 @@
 """Who may ingest into a workspace: one owner per workspace across every instance.
 
-LightRAG's locks are process-local. With the embedded file storages each instance has its own
-knowledge base, so the instance is trivially the owner of everything (`LocalOwnership`). With
-shared storages (PostgreSQL, Neo4j, Redis ...) two instances running LightRAG's pipeline on one
-workspace extract the same documents twice and merge the same entities concurrently. So exactly one
-instance, the *owner*, runs document processing, merges and deletions of a workspace; every
-instance still accepts uploads, serves polls and answers queries.
+LightRAG's locks and our indexer's merge gate are process-local. With the embedded storages each
+instance has its own knowledge base, so the instance is trivially the owner of everything
+(`LocalOwnership`). With shared storages (PostgreSQL, Neo4j, Redis ...) two instances indexing into
+one workspace merge the same entities concurrently (lost updates) and delete beside each other's
+merges. So exactly one instance, the *owner*, runs document processing, merges and deletions of a
+workspace; every instance still accepts uploads, serves polls and answers queries.
 
 `PgOwnership` makes the owner the holder of a PostgreSQL *session advisory lock* per workspace, all
 held on one dedicated connection of this instance (not LightRAG's pool):
@@ -18,7 +18,7 @@ held on one dedicated connection of this instance (not LightRAG's pool):
   after `lock_timeout` seconds and the lock is free for another instance;
 * a resumed owner notices before doing more work: `owns()` is false as soon as the last good ping is
   older than the lock timeout (monotonic clock), and the ping loop then reports every workspace as
-  lost, which stops that workspace's running tasks and its LightRAG pipeline (`on_lost` listeners).
+  lost, which stops that workspace's running tasks and its indexing (`on_lost` listeners).
 
 Why not a Redis lease: a lease needs a fencing token checked by the *storage* on every write, and
 LightRAG's storages cannot check one. The advisory lock lives in the same server as the data, so a
