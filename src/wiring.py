@@ -100,8 +100,6 @@ async def start_services(
     if ownership.shared:
         # Our storages refuse writes into workspaces this instance does not own (a stale owner).
         services_fence = register_write_fence(ownership.owns_workspace)  # type: ignore[attr-defined]
-        # Take the default tenant's workspace if it is free, so that its unfinished documents resume.
-        await ownership.try_acquire(DEFAULT_TENANT)  # type: ignore[attr-defined]
     # The default tenant's knowledge base is loaded up front: it also resumes its unfinished documents.
     async with engines.use(DEFAULT_TENANT):
         pass
