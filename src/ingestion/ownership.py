@@ -243,8 +243,10 @@ class PgOwnership:
     # ------------------------------------------------------------------ acquire / release
     async def try_acquire(self, tenant: str) -> bool:
         """Take the workspace of ``tenant`` if nobody holds it (never waits for a holder)."""
-        if self.owns(tenant):
-            return True
+        if tenant in self._owned:
+            # Session locks stack: taking it twice would need two unlocks. Held but unconfirmed
+            # (a stall) is not ownership; the ping loop drops it.
+            return self.owns(tenant)
         key = lock_key(self.namespace, self.workspace_for(tenant))
         try:
             async with self._io:
@@ -253,7 +255,7 @@ class PgOwnership:
                     conn.fetchval("SELECT pg_try_advisory_lock($1)", key), timeout=self.lock_timeout
                 )
                 self._last_ok = time.monotonic()
-        except (asyncio.TimeoutError, OSError, Exception) as exc:  # noqa: UP041 - asyncpg raises many kinds
+        except Exception as exc:  # asyncpg, OSError, TimeoutError: the connection is not trustworthy
             log.warning("ownership: could not try the lock of tenant %s: %s", tenant, exc)
             await self._connection_lost(str(exc))
             return False

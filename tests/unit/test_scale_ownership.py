@@ -4,6 +4,7 @@ the task store against the real Redis: the pieces the multi-instance process tes
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -283,3 +284,18 @@ async def test_graph_writes_into_a_workspace_not_owned_are_refused(
         check_write("ws-fence")  # no fence left: every write allowed again
         await graph.drop()
         await graph.finalize()
+
+
+async def test_taking_an_owned_workspace_again_does_not_stack_the_lock(
+    pair: tuple[PgOwnership, PgOwnership],
+) -> None:
+    """Catches: a second pg_try_advisory_lock on the same session (locks stack), after which one
+    release leaves the workspace locked for good."""
+    a, b = pair
+    assert await a.try_acquire("t2")
+    assert await a.try_acquire("t2")
+    a._last_ok -= 100  # a moment of doubt (the loop was blocked): held but unconfirmed
+    assert not await a.try_acquire("t2")
+    a._last_ok = time.monotonic()
+    await a.release("t2")
+    assert await b.try_acquire("t2")
