@@ -5,7 +5,7 @@ report in docs/benchmarks.md untouched when only this scenario runs).
 
 1. Ingestion of ``docs`` documents (wall time from the first upload to the last completion) and
    query latency (p50/p99 of ``queries`` naive and ``queries`` hybrid queries, mock LLM at zero
-   latency so the storages dominate), once on the embedded file storages and once on PostgreSQL
+   latency so the storages dominate), once on the embedded storages (SQLite) and once on PostgreSQL
    (PGKV + PGVector + PGDocStatus + PGPlainGraphStorage; a private server from tests/pg.py, or the
    one named by TEST_POSTGRES_*).
 2. GET /task throughput with one instance, then with two instances on the same Redis (the load
@@ -161,10 +161,11 @@ def report_lines(s: dict) -> list[str]:
         "| storages | ingest s | naive p50 ms | naive p99 ms | hybrid p50 ms | hybrid p99 ms | errors |",
         "|---|---|---|---|---|---|---|",
     ]
+    labels = {"file": "embedded (SQLite, the default)", "postgres": "PostgreSQL + pgvector"}
     for name, row in s["backends"].items():
         n, h = row["naive"], row["hybrid"]
-        L.append(f"| {name} | {f(row['ingest_s'])} | {f(n['p50'])} | {f(n['p99'])} | {f(h['p50'])} | "
-                 f"{f(h['p99'])} | {n['errors'] + h['errors']} |")  # fmt: skip
+        L.append(f"| {labels.get(name, name)} | {f(row['ingest_s'])} | {f(n['p50'])} | {f(n['p99'])} | "
+                 f"{f(h['p50'])} | {f(h['p99'])} | {n['errors'] + h['errors']} |")  # fmt: skip
     if s.get("poll_1") and s.get("poll_2"):
         one, two = s["poll_1"], s["poll_2"]
         L += [
