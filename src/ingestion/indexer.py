@@ -8,6 +8,10 @@ caller's task: the same doc-status and full_docs records, `rag.chunking_func`, c
 `operate.extract_entities`, `operate.merge_nodes_and_edges` (with LightRAG's keyed locks), the
 entity/relation chunk-tracking storages and the LLM cache. No document waits for another.
 
+One module (~700 lines) because it is one concept that must be read as a whole: the mirror of
+LightRAG's `process_document`, its cancellation and its resume/purge rules depend on each other
+line by line, and the equivalence test (tests/test_indexer_equivalence.py) pins them together.
+
 Cancellation is per document and needs no prompt matching: every document gets its own
 `pipeline_status` dict (LightRAG checks its `cancellation_requested` flag at each chunk, entity
 and relation) and its own LLM function (a thin wrapper in its `global_config`) that can abort
