@@ -14,8 +14,9 @@ Keys (all under ``prefix``; <t> is a tenant):
   idx:<t>:all          zset id -> created_at   (listing, newest first)
   idx:<t>:<status>     zset id -> created_at   (filters and counts)
   expiry               zset "<t>/<id>" -> expires_at (prunes the indexes when a record's TTL ends)
-  doc:<t>:<doc_id>     string, the live or completed task that owns a doc id (duplicate detection)
-  idem:<t>:<key>       string, the task created under an Idempotency-Key (24 h)
+  doc:<t>:<doc_id>     string, the live or completed task that owns a doc id (duplicate detection),
+                       or "!deleting:<token>" while DELETE /documents/<doc_id> runs
+  idem:<t>:<key>       string "<task id>|<request fingerprint>" of an Idempotency-Key (24 h)
   tenant:<t>           hash, per-tenant quotas (max_running, max_pending, rpm); tenants:seen: set
 """
 
@@ -74,7 +75,7 @@ end
 
 # ARGV: prefix, task_id, tenant, doc_id, queue_score, created_at, sha256, idempotency key ('' = none),
 #       max queued overall (0 = unbounded), default max queued per tenant (0 = unbounded),
-#       idempotency ttl, then field/value pairs.
+#       idempotency ttl, fingerprint of the request (compared on a reused key), then field/value pairs.
 _CREATE = (
     _COMMON
     + """
@@ -82,14 +83,26 @@ local id = ARGV[2]
 local t = ARGV[3]
 local function status_of(other) return redis.call('HGET', tkey(other), 'status') end
 if ARGV[8] ~= '' then
-  local held = redis.call('GET', p..'idem:'..t..':'..ARGV[8])
-  if held then
+  -- The key's value is "<task id>|<fingerprint of the request that created it>".
+  local raw = redis.call('GET', p..'idem:'..t..':'..ARGV[8])
+  if raw then
+    local held, fp = raw, ''
+    local bar = string.find(raw, '|', 1, true)
+    if bar then held, fp = string.sub(raw, 1, bar - 1), string.sub(raw, bar + 1) end
     local st = status_of(held)
-    if st and st ~= 'failed' and st ~= 'cancelled' then return {0, held, 'idempotent'} end
+    if st and fp ~= '' and fp ~= ARGV[12] then return {0, held, 'idempotency-mismatch'} end
+    if st and st ~= 'failed' and st ~= 'cancelled' then
+      -- A completed task whose document was deleted since no longer answers the request.
+      local doc = redis.call('HGET', tkey(held), 'doc_id')
+      if st ~= 'completed' or redis.call('GET', p..'doc:'..t..':'..doc) == held then
+        return {0, held, 'idempotent'}
+      end
+    end
   end
 end
 local lock = p..'doc:'..t..':'..ARGV[4]
 local holder = redis.call('GET', lock)
+if holder and string.sub(holder, 1, 1) == '!' then return {0, '', 'deleting'} end
 if holder and holder ~= id then
   local st = status_of(holder)
   if st == 'pending' or st == 'processing' or st == 'cancelling' or st == 'completed' then
@@ -105,10 +118,10 @@ if tenant_limit > 0 and tenant_queued >= tenant_limit then return {0, '', 'tenan
 local key = tkey(id)
 if redis.call('EXISTS', key) == 1 then return {0, id, 'exists'} end
 local fields = {}
-for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', key, unpack(fields))
 redis.call('SET', lock, id)
-if ARGV[8] ~= '' then redis.call('SET', p..'idem:'..t..':'..ARGV[8], id, 'EX', ARGV[11]) end
+if ARGV[8] ~= '' then redis.call('SET', p..'idem:'..t..':'..ARGV[8], id..'|'..ARGV[12], 'EX', ARGV[11]) end
 redis.call('ZADD', p..'q:'..t, ARGV[5], id)
 redis.call('ZADD', p..'queued', ARGV[6], id)
 redis.call('SADD', p..'active', t)
@@ -270,6 +283,28 @@ return 'requeued'
 """
 )
 
+# Before a document is purged, its doc lock becomes a "being deleted" marker (never a task id), so
+# `create` neither answers "duplicate" with the task whose document is going away nor starts a new
+# one mid-deletion. KEYS: the doc lock. ARGV: prefix, marker, marker ttl.
+_MARK_DELETING = """
+local holder = redis.call('GET', KEYS[1])
+if holder and string.sub(holder, 1, 1) == '!' then return {'deleting', ''} end
+if holder then
+  local st = redis.call('HGET', ARGV[1]..'task:'..holder, 'status')
+  if st == 'pending' or st == 'processing' or st == 'cancelling' then return {'live', holder} end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return {'marked', holder or ''}
+"""
+
+# End of a deletion: drop the marker (deleted), or put back the previous holder (nothing deleted).
+# KEYS: the doc lock. ARGV: marker, previous holder ('' = none).
+_UNMARK_DELETING = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+"""
+
 _SET_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end
 return 0
@@ -309,6 +344,7 @@ return cur[1]
 @dataclass(frozen=True)
 class CreateOutcome:
     #: 'created', 'duplicate' (same content already live/completed), 'idempotent' (same key),
+    #: 'idempotency-mismatch' (same key, another request), 'deleting' (the doc id is being deleted),
     #: 'conflict' (doc id held by a live task with other content) or 'busy' (queue full).
     kind: str
     #: The new task, or the existing task the caller should be pointed to.
@@ -356,14 +392,21 @@ class TaskStore:
         self._requeue = redis.register_script(_REQUEUE)
         self._request_cancel = redis.register_script(_REQUEST_CANCEL)
         self._set_if_exists = redis.register_script(_SET_IF_EXISTS)
+        self._mark_deleting = redis.register_script(_MARK_DELETING)
+        self._unmark_deleting = redis.register_script(_UNMARK_DELETING)
 
     # ----------------------------------------------------------------- creation and reads
     @staticmethod
     def new_task_id() -> str:
         return str(uuid.uuid4())
 
-    async def create(self, record: TaskRecord, *, idempotency_key: str | None = None) -> CreateOutcome:
-        """Persist a pending task and enqueue it atomically (before the 202 is sent)."""
+    async def create(
+        self, record: TaskRecord, *, idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> CreateOutcome:
+        """Persist a pending task and enqueue it atomically (before the 202 is sent).
+
+        ``fingerprint`` identifies the request: a reused ``idempotency_key`` with another fingerprint
+        is refused ('idempotency-mismatch') instead of silently answering with the first task."""
         fields = record.to_redis()
         queue_score = f"{(9 - record.priority) * PRIORITY_STEP + record.created_at:.6f}"
         fields["queue_score"] = queue_score
@@ -383,6 +426,7 @@ class TaskStore:
                 str(self.max_queued),
                 str(self.tenant_max_pending),
                 str(self.idempotency_ttl),
+                fingerprint,
                 *flat,
             ]
         )
@@ -446,10 +490,31 @@ class TaskStore:
         """Forget which task owns ``doc_id`` (the document was deleted from the knowledge base)."""
         await self.redis.delete(f"{self.prefix}doc:{tenant}:{doc_id}")
 
+    async def mark_deleting(
+        self, tenant: str, doc_id: str, *, ttl_seconds: int = 3600
+    ) -> tuple[str, str, str]:
+        """Mark ``doc_id`` as being deleted, unless a live task holds it or a deletion already runs.
+
+        Returns (outcome, marker, previous holder): 'marked', 'live' (previous = the live task) or
+        'deleting'. The marker expires after ``ttl_seconds`` should the deleting process die."""
+        marker = f"!deleting:{uuid.uuid4().hex}"
+        outcome, holder = await self._mark_deleting(
+            keys=[f"{self.prefix}doc:{tenant}:{doc_id}"], args=[self.prefix, marker, str(ttl_seconds)]
+        )
+        return _s(outcome), marker, _s(holder)
+
+    async def unmark_deleting(self, tenant: str, doc_id: str, marker: str, *, restore: str = "") -> None:
+        """End a deletion: forget the doc id (``restore`` = ''), or give it back to ``restore``."""
+        await self._unmark_deleting(keys=[f"{self.prefix}doc:{tenant}:{doc_id}"], args=[marker, restore])
+
+    async def doc_being_deleted(self, tenant: str, doc_id: str) -> bool:
+        holder = await self.redis.get(f"{self.prefix}doc:{tenant}:{doc_id}")
+        return bool(holder) and _s(holder).startswith("!")
+
     async def doc_holder(self, tenant: str, doc_id: str) -> TaskRecord | None:
         """The live or completed task recorded for ``doc_id``, if its record still exists."""
         holder = await self.redis.get(f"{self.prefix}doc:{tenant}:{doc_id}")
-        return await self.get(_s(holder)) if holder else None
+        return await self.get(_s(holder)) if holder and not _s(holder).startswith("!") else None
 
     async def live_task_for_doc(self, tenant: str, doc_id: str) -> str | None:
         record = await self.doc_holder(tenant, doc_id)
