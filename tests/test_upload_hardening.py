@@ -296,6 +296,43 @@ async def test_uploads_are_refused_with_507_when_storage_is_short(tmp_path, redi
         assert stored_files(svc) == []
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"permanent_error": True}, id="permanent-provider-error"),
+        pytest.param({"error_rate": 1.0, "error_status": 503}, id="dead-lettered-after-retries"),
+        pytest.param(None, id="parse-error"),
+    ],
+)
+async def test_failed_tasks_lose_their_upload_but_keep_their_error(tmp_path, redis_url, fault) -> None:
+    """Bug: a permanently failed task kept its upload for the 7-day failed-task TTL (a way to fill the
+    disk). The runner must call the handler's end-of-task hook for every final status, including a
+    failure after the last retry (dead letter): the file goes, the error stays in the record."""
+    from benchmarks.mock_llm import MockConfig, MockServer
+    from tests.test_reliability import llm_settings
+
+    with MockServer(MockConfig(error_endpoints=["chat"], **(fault or {}))) as mock:
+        settings = llm_settings(tmp_path, redis_url, mock, llm_max_retries=0, max_attempts=2)
+        async with start_service(settings) as svc:
+            if fault is None:
+                response = await upload(svc.client, "broken.pdf", b"%PDF-1.4\nthis is no pdf at all\n")
+            else:
+                response = await upload(svc.client, "f.txt", story("mires", "Failing").encode())
+            assert response.status_code == 202, response.text
+            task_id = response.json()["task_id"]
+            assert len(stored_files(svc)) == 1
+            final = await wait_for_task(svc.client, task_id, timeout=120)
+            assert final["status"] == "failed" and final["error"], final
+            if fault and "error_rate" in fault:
+                assert final["failures"] == 2 and "gave up" in final["error"], final
+            deadline = time.monotonic() + 30
+            while stored_files(svc) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert stored_files(svc) == [], "the failed task's upload was kept"
+            assert svc.services.ingestion.files.bytes_used == 0
+            assert (await svc.client.get(f"/task/{task_id}")).json()["error"] == final["error"]
+
+
 async def test_size_is_measured_at_start_up(tmp_path, redis_url) -> None:
     """The tracked size starts from what is on disk (files of tasks queued before a restart)."""
     settings = make_settings(tmp_path, redis_url)
