@@ -144,9 +144,10 @@ async def test_idempotency_keys_are_scoped_per_tenant(tmp_path, redis_url) -> No
     async with start_service(make_settings(tmp_path, redis_url, admin_token="admin-secret")) as svc:
         headers = {}
         for name in ("alpha", "beta"):
-            assert (await svc.client.post("/admin/tenants", json={"name": name}, headers=ADMIN)).status_code == 201
-            created = await svc.client.post(f"/admin/tenants/{name}/keys", json={"label": "t"}, headers=ADMIN)
-            headers[name] = {"Authorization": f"Bearer {created.json()['api_key']}", "Idempotency-Key": "k1"}
+            tenant = await svc.client.post("/admin/tenants", json={"name": name}, headers=ADMIN)
+            assert tenant.status_code == 201, tenant.text
+            key = await svc.client.post(f"/admin/tenants/{name}/keys", json={"label": "t"}, headers=ADMIN)
+            headers[name] = {"Authorization": f"Bearer {key.json()['api_key']}", "Idempotency-Key": "k1"}
         a = await svc.client.post("/insert/text", json={"text": "alpha text"}, headers=headers["alpha"])
         b = await svc.client.post("/insert/text", json={"text": "beta text"}, headers=headers["beta"])
         assert a.status_code == 202 and b.status_code == 202, (a.text, b.text)
@@ -234,7 +235,7 @@ async def test_delete_and_reuploads_racing_for_real(service: Service) -> None:
         lock = f"{service.prefix}doc:default:{doc_id}"
         deleting = asyncio.create_task(service.client.delete(f"/documents/{doc_id}"))
 
-        async def uploader() -> None:
+        async def uploader(deleting: asyncio.Task, lock: str, first: dict, round_no: int) -> None:
             nonlocal observed
             while not deleting.done():
                 holder = await redis.get(lock) or ""
@@ -248,7 +249,7 @@ async def test_delete_and_reuploads_racing_for_real(service: Service) -> None:
                     else:
                         assert response.json()["task_id"] != first["task_id"], f"round {round_no}"
 
-        await asyncio.gather(uploader(), uploader(), uploader())
+        await asyncio.gather(*(uploader(deleting, lock, first, round_no) for _ in range(3)))
         deleted = await deleting
         assert deleted.status_code in (200, 409), deleted.text
         after = await upload(service.client, "r.txt", data)

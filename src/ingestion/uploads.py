@@ -38,10 +38,10 @@ from src.ingestion.errors import (
     UnsupportedType,
     UploadTimeout,
 )
-from src.ingestion.files import UploadFiles, remove_file
+from src.ingestion.files import UploadFiles
 from src.rag.parsers import SUPPORTED_EXTENSIONS
 
-__all__ = ["SavedUpload", "receive_upload", "remove_file", "sanitize_filename"]
+__all__ = ["SavedUpload", "receive_upload", "sanitize_filename"]
 
 #: Room for multipart boundaries and part headers on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
