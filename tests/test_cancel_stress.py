@@ -60,11 +60,17 @@ async def _status(client: httpx.AsyncClient, task_id: str) -> dict:
 
 
 async def _cancel_at_random(client: httpx.AsyncClient, task_id: str, rng: random.Random) -> dict:
-    """Cancel after a random delay, or right when the task reaches its last stages (the moment of
-    completion); returns what the cancel answered."""
-    mode = rng.choice(["delay", "delay", "late", "late", "done"])
+    """Cancel after a random delay, right when a worker starts it, or right when it reaches its last
+    stages (the moment of completion); returns what the cancel answered."""
+    mode = rng.choice(["delay", "delay", "start", "late", "late", "done"])
     if mode == "delay":
         await asyncio.sleep(rng.uniform(0.0, 3.0))
+    elif mode == "start":  # as soon as a worker runs it: its first knowledge-base reads
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (await _status(client, task_id))["status"] != "pending":
+                break
+            await asyncio.sleep(0.005)
     else:
         threshold = 85.0 if mode == "late" else 99.0
         deadline = time.monotonic() + 60
