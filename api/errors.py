@@ -46,6 +46,8 @@ class HttpError:
     status: int
     code: str
     retry_after: int | None = None
+    #: Close the connection after answering (the request body was not read to its end).
+    close: bool = False
 
 
 #: Domain error -> HTTP. A subclass without an entry answers like its nearest listed parent.
@@ -54,11 +56,14 @@ DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
     domain.InvalidDocId: HttpError(422, "invalid_doc_id"),
     domain.InvalidCallbackUrl: HttpError(422, "invalid_callback_url"),
     domain.InvalidIdempotencyKey: HttpError(422, "invalid_idempotency_key"),
+    domain.IdempotencyKeyReused: HttpError(422, "idempotency_key_reused"),
     domain.QueryTooLong: HttpError(422, "query_too_long"),
     domain.MalformedUpload: HttpError(400, "bad_multipart"),
     domain.NotMultipart: HttpError(400, "not_multipart"),
     domain.MissingFilePart: HttpError(400, "missing_file"),
     domain.TruncatedUpload: HttpError(400, "truncated"),
+    domain.MultipleFileParts: HttpError(400, "multiple_files"),
+    domain.UploadTimeout: HttpError(408, "upload_timeout", close=True),
     domain.EmptyUpload: HttpError(400, "empty_file"),
     domain.EmptyText: HttpError(400, "empty_text"),
     domain.TooLarge: HttpError(413, "too_large"),
@@ -68,6 +73,8 @@ DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
     domain.TenantQueueFull: HttpError(429, "tenant_queue_full", retry_after=30),
     domain.DocConflict: HttpError(409, "doc_in_progress"),
     domain.DocExists: HttpError(409, "doc_exists"),
+    domain.DocDeleting: HttpError(409, "doc_deleting", retry_after=5),
+    domain.InsufficientStorage: HttpError(507, "insufficient_storage", retry_after=60),
     domain.TaskExists: HttpError(409, "task_exists"),
     domain.NotCancellable: HttpError(409, "task_finished"),
     domain.TaskNotFound: HttpError(404, "task_not_found"),
@@ -104,8 +111,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if http is None:  # a test keeps this unreachable: every domain error is in the table
             log.error("domain error %s has no HTTP mapping: %s", type(exc).__name__, exc)
             return error_response(500, "internal_error", "internal server error")
-        headers = {"Retry-After": str(http.retry_after)} if http.retry_after is not None else None
-        return error_response(http.status, http.code, exc.message, headers=headers, **exc.context)
+        headers = {"Retry-After": str(http.retry_after)} if http.retry_after is not None else {}
+        if http.close:
+            headers["Connection"] = "close"
+        return error_response(http.status, http.code, exc.message, headers=headers or None, **exc.context)
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -69,8 +69,13 @@ async def start_services(
 ) -> Services:
     for directory in (settings.data_dir, settings.uploads_dir, settings.rag_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    files = UploadFiles(settings.uploads_dir)
+    files = UploadFiles(
+        settings.uploads_dir,
+        max_dir_bytes=settings.max_uploads_dir_bytes,
+        min_free_bytes=settings.min_free_disk_bytes,
+    )
     await asyncio.to_thread(files.remove_partials)
+    await asyncio.to_thread(files.measure)
     instance_id = await asyncio.to_thread(resolve_instance_id, settings)
 
     # The first use of the OpenAI client's chat/embeddings resources imports modules (~0.5 s); do it

@@ -151,16 +151,22 @@ async def test_async_submission_options_reach_the_service(tmp_path: Path, redis_
         hook = "http://127.0.0.1:9/hook"
         data = story("dunes", "Kestrivane").encode()
         first = await client.upload(data, "dunes.txt", priority=8, callback_url=hook, idempotency_key="up-1")
-        # A retry with the same key (even with other bytes) is answered by the same task.
-        retry = await client.upload(b"other bytes", "dunes.txt", idempotency_key="up-1")
+        # A retry of the same request with the same key is answered by the same task...
+        retry = await client.upload(data, "dunes.txt", priority=8, callback_url=hook, idempotency_key="up-1")
         assert retry["duplicate"] is True and retry["task_id"] == first["task_id"]
+        # ...and the key reused for another request is refused (issue 12, item 3).
+        with pytest.raises(RagApiError) as reused:
+            await client.upload(b"other bytes", "dunes.txt", idempotency_key="up-1")
+        assert reused.value.code == "idempotency_key_reused"
         view = await client.task(first["task_id"])
         assert view["priority"] == 8 and view["callback_url"] == hook
 
         text = await client.insert_text(
             story("moss", "Ulvenbrae"), "moss-1", filename="moss.md", priority=1, idempotency_key="txt-1"
         )
-        again = await client.insert_text("different text", "moss-2", idempotency_key="txt-1")
+        again = await client.insert_text(
+            story("moss", "Ulvenbrae"), "moss-1", filename="moss.md", priority=1, idempotency_key="txt-1"
+        )
         assert again["duplicate"] is True and again["task_id"] == text["task_id"]
         assert text["filename"] == "moss.md" and (await client.task(text["task_id"]))["priority"] == 1
 
@@ -499,8 +505,13 @@ def test_cli_text_submission_options_list_and_document(live: LiveService) -> Non
     assert submitted.exit_code == 0, submitted.output
     row = json.loads(submitted.stdout)[0]
     assert row["status"] == "completed" and row["doc_id"] == "cli-note" and row["filename"] == "note.md"
-    again = ragsvc(live, "--json", "upload", "--text", "another text", "--idempotency-key", "cli-k")
+    again = CliRunner().invoke(
+        cli_app, ["--url", live.url, "--json", *args, "--idempotency-key", "cli-k"], input=body
+    )
     assert again.exit_code == 0 and json.loads(again.stdout)[0]["task_id"] == row["task_id"]
+    # The key reused for another request is refused (issue 12, item 3).
+    reused = ragsvc(live, "--json", "upload", "--text", "another text", "--idempotency-key", "cli-k")
+    assert reused.exit_code != 0 and "idempotency_key_reused" in reused.output, reused.output
     assert json.loads(ragsvc(live, "--json", "status", row["task_id"]).stdout)["priority"] == 7
 
     listed = json.loads(ragsvc(live, "--json", "list", "--status", "completed", "--limit", "500").stdout)

@@ -153,12 +153,13 @@ async def test_idempotency_key_returns_the_same_task(service: Service) -> None:
         "/insert", files={"file": ("a.txt", story("moors", "Idemone").encode())}, headers=headers
     )
     second = await service.client.post(
-        "/insert", files={"file": ("b.txt", story("moors", "Idemtwo").encode())}, headers=headers
+        "/insert", files={"file": ("a.txt", story("moors", "Idemone").encode())}, headers=headers
     )
     assert first.status_code == 202 and second.status_code in (200, 202)
     assert second.json()["duplicate"] and second.json()["task_id"] == first.json()["task_id"]
+    # The key reused for another request is refused (tests/test_upload_hardening.py has the details).
     text = await service.client.post("/insert/text", json={"text": "other"}, headers=headers)
-    assert text.json()["task_id"] == first.json()["task_id"]
+    assert text.status_code == 422 and text.json()["code"] == "idempotency_key_reused"
     bad = await service.client.post(
         "/insert/text", json={"text": "x"}, headers={"Idempotency-Key": "a" * 300}
     )

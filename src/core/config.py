@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 100 * 1024 * 1024
     upload_chunk_bytes: int = 1024 * 1024
     max_text_chars: int = 5_000_000
+    #: An upload whose body sends nothing for this long is aborted (408, partial file removed).
+    upload_idle_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: After UPLOAD_MIN_RATE_GRACE_SECONDS, a body must average at least this rate (408 otherwise;
+    #: 0 = no floor): a client trickling bytes cannot hold a connection and a partial file for hours.
+    upload_min_bytes_per_second: int = Field(default=1024, ge=0)
+    upload_min_rate_grace_seconds: float = Field(default=10.0, ge=0)
+    #: Uploads are refused (507 + Retry-After) when the disk holding the uploads directory would have
+    #: less than this free, or the directory would grow past MAX_UPLOADS_DIR_BYTES (0 = no bound).
+    min_free_disk_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
+    max_uploads_dir_bytes: int = Field(default=20 * 1024 * 1024 * 1024, ge=0)
     max_query_chars: int = 8000
     #: Request line + headers may total this many bytes and fields, and must arrive within the
     #: timeout (431 / 408 otherwise; `python main.py` enforces them, see src/core/http_limits.py).

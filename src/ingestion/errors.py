@@ -35,6 +35,11 @@ class InvalidIdempotencyKey(InvalidRequest):
     pass
 
 
+class IdempotencyKeyReused(InvalidRequest):
+    """The Idempotency-Key was first used for a different request (other content, doc id, route,
+    priority or callback); context: task_id of the original request's task."""
+
+
 class QueryTooLong(InvalidRequest):
     pass
 
@@ -54,6 +59,14 @@ class MissingFilePart(MalformedUpload):
 
 class TruncatedUpload(MalformedUpload):
     pass
+
+
+class MultipleFileParts(MalformedUpload):
+    """More than one file part: which one is "the" document is ambiguous, so none is stored."""
+
+
+class UploadTimeout(IngestionError):
+    """The body stalled (no bytes for the idle timeout) or arrived below the minimum rate."""
 
 
 class EmptyUpload(IngestionError):
@@ -91,6 +104,14 @@ class DocConflict(IngestionError):
 
 class DocExists(DocConflict):
     """The document id is already indexed from other content (context: doc_id)."""
+
+
+class DocDeleting(DocConflict):
+    """The document id is being deleted; a new upload of it is refused until the delete ends."""
+
+
+class InsufficientStorage(IngestionError):
+    """Too little free disk, or the uploads directory is at its size bound; retry later."""
 
 
 class TaskExists(IngestionError):

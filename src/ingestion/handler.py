@@ -5,12 +5,24 @@ task in its tenant's knowledge base, to undo a task's effects, to classify an er
 do the end-of-task side effects. `purge` is the one way a document leaves a knowledge base:
 a cancel, a failed attempt and `DELETE /documents/{id}` all go through it, so each of them
 stops the document's in-flight LLM work the same way.
+
+Every knowledge-base call (`run`, `purge`) runs in a task of its own, started from a context
+without LightRAG's lock state. LightRAG's `NamespaceLock` (e.g. a JSON storage's
+`_storage_lock`) records "held by this coroutine" in a ContextVar and clears it only after its
+release, which awaits a shield: a cancel landing there (a user's cancel of a running task) leaves
+the var set in the cancelled task's context, and the next use of the same lock in that context
+raises `RuntimeError('NamespaceLock already acquired in current coroutine context')`. In the
+runner's own task that was the purge after the cancel: the attempt crashed ("Task exception was
+never retrieved") and the task stayed `cancelling` until its lease expired twice.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from src.ingestion.files import UploadFiles
 from src.ingestion.ingestor import IngestError, is_transient_message
@@ -20,6 +32,10 @@ from src.rag.parsers import DocumentParseError
 from src.tasks.models import TaskRecord, TaskStatus
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: The name LightRAG (1.4.16) gives the ContextVar in which a `NamespaceLock` marks itself held.
+_LIGHTRAG_LOCK_VAR = "lock_ctx"
 
 #: Final statuses after which the stored upload is no longer needed. A permanently failed task
 #: keeps its error in the record but not its file: nothing retries it, and kept files fill the disk.
@@ -36,6 +52,9 @@ class IngestHandler:
         self.on_final = on_final or (lambda task_id: None)
 
     async def run(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict:
+        return await _in_own_task(self._run(task, report))
+
+    async def _run(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict:
         async with self.engines.use_for_ingestion(task.tenant) as engine:
             try:
                 return (await engine.ingestor.ingest(task, report)).as_dict()
@@ -53,6 +72,9 @@ class IngestHandler:
         """Stop the document's LLM work and delete all it left in the tenant's knowledge base.
 
         Returns LightRAG's deletion status ('success', 'not_found', ...)."""
+        return await _in_own_task(self._purge(tenant, doc_id))
+
+    async def _purge(self, tenant: str, doc_id: str) -> str:
         async with self.engines.use_for_ingestion(tenant) as engine:
             return await engine.ingestor.purge(doc_id)
 
@@ -89,3 +111,18 @@ class IngestHandler:
             return
         if removed:
             log.info("task %s expired; removed %d leftover upload file(s)", task_id, removed)
+
+
+def _context_without_lock_state() -> contextvars.Context:
+    """A copy of the current context (log fields and all) minus LightRAG's lock-held markers."""
+    clean = contextvars.Context()
+    for var, value in contextvars.copy_context().items():
+        if var.name != _LIGHTRAG_LOCK_VAR:
+            clean.run(var.set, value)
+    return clean
+
+
+async def _in_own_task(work: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``work`` in a child task: lock state a cancel strands there dies with it. Cancelling the
+    caller cancels the child (an awaited task is cancelled with its awaiter)."""
+    return await asyncio.create_task(work, context=_context_without_lock_state())

@@ -15,6 +15,7 @@ data through `IngestHandler.purge` (the same path `delete_document` uses) and re
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -32,9 +33,11 @@ from src.core.metrics import Metrics
 from src.ingestion.errors import (
     DeleteFailed,
     DocConflict,
+    DocDeleting,
     DocExists,
     DocumentNotFound,
     EmptyText,
+    IdempotencyKeyReused,
     InvalidCallbackUrl,
     InvalidDocId,
     InvalidIdempotencyKey,
@@ -57,8 +60,11 @@ from src.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 
-DOC_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+#: A client-chosen document id. Always checked with `check_doc_id` (``fullmatch``): with ``match``
+#: and a ``$`` anchor, "nl\n" passed (``$`` matches before a final newline) and reached LightRAG.
+DOC_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
 _DOC_ID = re.compile(DOC_ID_PATTERN)
+_DOC_ID_RULE = "doc_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
 #: LightRAG doc-status fields a document lookup shows.
 _DOC_FIELDS = (
     "status", "chunks_count", "content_length", "file_path", "created_at", "updated_at", "error_msg"
@@ -140,6 +146,9 @@ class IngestionService:
             TaskStore.new_task_id(),
             max_bytes=self.settings.max_upload_bytes,
             extra_fields=("doc_id", "callback_url"),
+            idle_timeout=self.settings.upload_idle_timeout_seconds,
+            min_bytes_per_second=self.settings.upload_min_bytes_per_second,
+            rate_grace_seconds=self.settings.upload_min_rate_grace_seconds,
         )
 
     async def submit_file(self, tenant: str, saved: SavedUpload, options: SubmitOptions) -> Accepted:
@@ -166,6 +175,7 @@ class IngestionService:
             size=saved.size,
             sha256=saved.sha256,
             kind=TaskKind.FILE,
+            fingerprint=_fingerprint(TaskKind.FILE, saved.sha256, saved.original_name, options),
         )
 
     async def submit_text(
@@ -194,11 +204,12 @@ class IngestionService:
             size=len(data),
             sha256=sha256,
             kind=TaskKind.TEXT,
+            fingerprint=_fingerprint(TaskKind.TEXT, sha256, filename, options),
         )
 
     def _check_options(self, options: SubmitOptions) -> None:
-        if options.doc_id is not None and not _DOC_ID.match(options.doc_id):
-            raise InvalidDocId("doc_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+        if options.doc_id is not None:
+            check_doc_id(options.doc_id)
         url = options.callback_url
         if url is not None:
             parsed = urlparse(url)
@@ -231,6 +242,10 @@ class IngestionService:
         holder = await self.store.doc_holder(tenant, doc_id)
         if holder is not None and holder.content_sha256 == sha256:
             return
+        if holder is None and await self.store.doc_being_deleted(tenant, doc_id):
+            raise DocDeleting(
+                f"document {doc_id} is being deleted; retry once the deletion has finished", doc_id=doc_id
+            )
         raise DocExists(
             f"document {doc_id} is already in the knowledge base; "
             f"DELETE /documents/{doc_id} first to replace it",
@@ -249,6 +264,7 @@ class IngestionService:
         size: int,
         sha256: str,
         kind: TaskKind,
+        fingerprint: str,
     ) -> Accepted:
         """Write the task record (the durable promise); undo the stored file on any failure."""
         now = time.time()
@@ -268,7 +284,20 @@ class IngestionService:
             updated_at=now,
         )
         try:
-            outcome = await self.store.create(record, idempotency_key=options.idempotency_key)
+            outcome = await self.store.create(
+                record, idempotency_key=options.idempotency_key, fingerprint=fingerprint
+            )
+            if outcome.kind == CreateOutcome.IDEMPOTENCY_MISMATCH:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was already used for a different request "
+                    "(other content, doc_id, route, priority or callback_url); use a new key",
+                    task_id=outcome.task_id,
+                )
+            if outcome.kind == CreateOutcome.DELETING:
+                raise DocDeleting(
+                    f"document {doc_id} is being deleted; retry once the deletion has finished",
+                    doc_id=doc_id,
+                )
             if outcome.kind in ("duplicate", "idempotent"):
                 self.metrics.uploads.labels("duplicate").inc()
                 await self.files.remove(stored.name)
@@ -330,6 +359,7 @@ class IngestionService:
     # ------------------------------------------------------------------ documents
     async def document(self, tenant: str, doc_id: str) -> dict[str, Any]:
         """LightRAG's status record of one document."""
+        check_doc_id(doc_id)
         record = await self._doc_status(tenant, doc_id)
         if not record:
             raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
@@ -338,18 +368,28 @@ class IngestionService:
     async def delete_document(self, tenant: str, doc_id: str) -> DocumentRemoved:
         """Remove a document and all data derived from it, through the purge a cancel uses (which
         first stops any LLM work still running for it, e.g. a document LightRAG resumed)."""
-        live = await self.store.live_task_for_doc(tenant, doc_id)
-        if live:
-            raise DocConflict(f"document {doc_id} is being indexed by task {live}", task_id=live)
-        if not await self._doc_status(tenant, doc_id):
-            raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
-        # Deletion waits for the current pipeline batch to end (LightRAG refuses it while busy).
-        status = str(await self.handler.purge(tenant, doc_id))
-        if status == "not_found":
-            raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
-        if status != "success":
-            raise DeleteFailed(f"LightRAG could not delete document {doc_id} (status {status})")
-        await self.store.release_doc(tenant, doc_id)
+        check_doc_id(doc_id)
+        # From here until the purge ends, the doc id is marked "being deleted": an upload of the same
+        # content is refused (409 doc_deleting) instead of being answered with the completed task
+        # whose document is about to disappear.
+        outcome, marker, previous = await self.store.mark_deleting(tenant, doc_id)
+        if outcome == "live":
+            raise DocConflict(f"document {doc_id} is being indexed by task {previous}", task_id=previous)
+        if outcome == "deleting":
+            raise DocDeleting(f"document {doc_id} is already being deleted", doc_id=doc_id)
+        restore = previous  # nothing deleted: the previous holder answers duplicates again
+        try:
+            if not await self._doc_status(tenant, doc_id):
+                raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
+            # Deletion waits for the current pipeline batch to end (LightRAG refuses it while busy).
+            status = str(await self.handler.purge(tenant, doc_id))
+            if status == "not_found":
+                raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
+            if status != "success":
+                raise DeleteFailed(f"LightRAG could not delete document {doc_id} (status {status})")
+            restore = ""  # deleted: the doc id is free, a re-upload indexes it again
+        finally:
+            await self.store.unmark_deleting(tenant, doc_id, marker, restore=restore)
         return DocumentRemoved(doc_id, status, f"document {doc_id} and all data derived from it were deleted")
 
     async def _doc_status(self, tenant: str, doc_id: str) -> dict[str, Any] | None:
@@ -417,6 +457,19 @@ class IngestionService:
             return await rag.aquery(spec.text, param=param)
         except Exception as exc:  # provider failures are the provider's, not a bug of ours
             raise _provider_error(exc) from exc
+
+
+def _fingerprint(kind: TaskKind, sha256: str, filename: str | None, options: SubmitOptions) -> str:
+    """What makes two requests "the same" for an Idempotency-Key: route (kind), content, the name
+    given to it and every option the client chose (an unset doc id differs from an explicit one)."""
+    request = [kind.value, sha256, filename, options.doc_id, options.priority, options.callback_url]
+    return hashlib.sha256(json.dumps(request).encode()).hexdigest()[:32]
+
+
+def check_doc_id(doc_id: str) -> None:
+    """The one doc-id validator of every route (query, form field, JSON body, path parameter)."""
+    if not _DOC_ID.fullmatch(doc_id):
+        raise InvalidDocId(_DOC_ID_RULE)
 
 
 def _provider_error(exc: Exception) -> ProviderError:

@@ -3,15 +3,18 @@
 The body is never spooled in memory or in a temp file first: each chunk from the ASGI
 receive channel goes through `streaming-form-data`'s incremental parser and is appended with
 aiofiles to the task's partial file (named by `UploadFiles`). The size limit, the file type
-(extension and magic bytes) and emptiness are checked as the data flows; on any failure the
-partial file is removed. Only a complete, valid upload is renamed to its final name.
+(extension and magic bytes), emptiness, exactly one file part, the room left on disk and the
+pace of the body (idle timeout, minimum average rate) are checked as the data flows; on any
+failure the partial file is removed. Only a complete, valid upload is renamed to its final name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
+import time
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,12 +31,14 @@ from src.ingestion.errors import (
     EmptyUpload,
     MalformedUpload,
     MissingFilePart,
+    MultipleFileParts,
     NotMultipart,
     TooLarge,
     TruncatedUpload,
     UnsupportedType,
+    UploadTimeout,
 )
-from src.ingestion.files import UploadFiles, remove_file
+from src.ingestion.files import UploadFiles
 from src.rag.parsers import SUPPORTED_EXTENSIONS
 
 __all__ = ["SavedUpload", "receive_upload", "sanitize_filename"]
@@ -85,10 +90,12 @@ def _check_magic(extension: str, head: bytes) -> None:
 class _DiskTarget(BaseTarget):
     """Receives the file part; validates as it goes and appends to the partial file."""
 
-    def __init__(self, part_path: Path, max_bytes: int):
+    def __init__(self, part_path: Path, max_bytes: int, files: UploadFiles):
         super().__init__()
         self.part_path = part_path
         self.max_bytes = max_bytes
+        self.files = files
+        self.parts = 0
         self.size = 0
         self.extension = ""
         self.digest = hashlib.sha256()
@@ -97,6 +104,11 @@ class _DiskTarget(BaseTarget):
         self._file = None
 
     async def on_start_async(self) -> None:
+        # A second part of the same name would reopen (truncate) the file while size and hash kept
+        # counting the first one: the stored document would not be what the record describes.
+        self.parts += 1
+        if self.parts > 1:
+            raise MultipleFileParts("send exactly one 'file' part per upload")
         name = sanitize_filename(self.multipart_filename)
         self.extension = os.path.splitext(name)[1].lower()
         if self.extension not in SUPPORTED_EXTENSIONS:
@@ -114,8 +126,10 @@ class _DiskTarget(BaseTarget):
         if len(self._head) < 8192:
             self._head += chunk[: 8192 - len(self._head)]
         self.digest.update(chunk)
+        await self.files.check_room(len(chunk))
         assert self._file is not None
         await self._file.write(chunk)
+        self.files.grew(len(chunk))
 
     async def on_finish_async(self) -> None:
         self.finished = True
@@ -127,6 +141,38 @@ class _DiskTarget(BaseTarget):
             self._file = None
 
 
+async def _paced(
+    body: AsyncIterator[bytes], idle_timeout: float, min_rate: float, grace: float
+) -> AsyncIterator[bytes]:
+    """``body``, but a stalled or too slow client raises UploadTimeout instead of holding the
+    connection and its partial file open forever."""
+    chunks = body.__aiter__()
+    start = time.monotonic()
+    received = 0
+    while True:
+        idle = idle_timeout or None
+        rate_left = None
+        if min_rate:
+            # The moment the running average would fall below min_rate if nothing else arrived.
+            rate_left = max(grace, received / min_rate) - (time.monotonic() - start)
+        wait = min((t for t in (idle, rate_left) if t is not None), default=None)
+        try:
+            async with asyncio.timeout(None if wait is None else max(wait, 0.0)):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if rate_left is not None and wait == rate_left:
+                raise UploadTimeout(
+                    f"the request body arrived slower than {min_rate:g} bytes/s; upload aborted"
+                ) from None
+            raise UploadTimeout(
+                f"no request body data for {idle_timeout:g} s; upload aborted"
+            ) from None
+        received += len(chunk)
+        yield chunk
+
+
 async def receive_upload(
     headers: dict[str, str],
     body: AsyncIterator[bytes],
@@ -136,8 +182,15 @@ async def receive_upload(
     max_bytes: int,
     field: str = "file",
     extra_fields: tuple[str, ...] = (),
+    idle_timeout: float = 0.0,
+    min_bytes_per_second: float = 0.0,
+    rate_grace_seconds: float = 0.0,
 ) -> SavedUpload:
-    """Parse ``body`` as multipart/form-data and store the ``field`` part as the upload of ``task_id``."""
+    """Parse ``body`` as multipart/form-data and store the ``field`` part as the upload of ``task_id``.
+
+    ``idle_timeout`` (0 = none) bounds the wait for each piece of the body; after
+    ``rate_grace_seconds`` the body must also have averaged ``min_bytes_per_second`` (0 = no floor).
+    """
     content_type = headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise NotMultipart("send the document as multipart/form-data with a 'file' field")
@@ -149,15 +202,17 @@ async def receive_upload(
     except ParseFailedException as exc:
         raise MalformedUpload(f"malformed multipart request: {exc}") from exc
 
+    await files.check_room(int(declared) if declared and declared.isdigit() else 0)
+
     part_path = files.part_path(task_id)
-    target = _DiskTarget(part_path, max_bytes)
+    target = _DiskTarget(part_path, max_bytes, files)
     parser.register(field, target)
     values = {name: ValueTarget() for name in extra_fields}
     for name, value_target in values.items():
         parser.register(name, value_target)
     received = 0
     try:
-        async for chunk in body:
+        async for chunk in _paced(body, idle_timeout, min_bytes_per_second, rate_grace_seconds):
             received += len(chunk)
             if received > max_bytes + MULTIPART_OVERHEAD:
                 raise TooLarge(f"request body exceeds the upload limit of {max_bytes} bytes")
@@ -176,7 +231,7 @@ async def receive_upload(
         await aiofiles.os.replace(part_path, final_path)
     except BaseException:
         await target.close()
-        await remove_file(part_path)
+        await files.remove_path(part_path)
         raise
     return SavedUpload(
         task_id=task_id,

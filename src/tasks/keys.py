@@ -13,8 +13,9 @@ All keys live under one ``prefix`` (per deployment, per test); <t> is a tenant:
   idx:<t>:all          zset id -> created_at (listing, newest first)
   idx:<t>:<status>     zset id -> created_at (filters and counts)
   expiry               zset "<t>/<id>" -> expires_at (prunes the indexes when a record's TTL ends)
-  doc:<t>:<doc_id>     string, the live or completed task that owns a doc id (duplicate detection)
-  idem:<t>:<key>       string, the task created under an Idempotency-Key
+  doc:<t>:<doc_id>     string, the live or completed task that owns a doc id (duplicate detection),
+                       or "!deleting:<token>" while DELETE /documents/<doc_id> runs
+  idem:<t>:<key>       string "<task id>|<request fingerprint>" of an Idempotency-Key
   tenant:<t>           hash, per-tenant quotas (max_running, max_pending), written by src.tenancy
   tenants:seen         set of tenants that ever created a task
 

@@ -68,6 +68,10 @@ class CreateOutcome(StrEnum):
     DUPLICATE = "duplicate"
     #: The Idempotency-Key already names a live or completed task: point to it.
     IDEMPOTENT = "idempotent"
+    #: The Idempotency-Key was first used for a different request (another fingerprint).
+    IDEMPOTENCY_MISMATCH = "idempotency-mismatch"
+    #: The doc id is marked "being deleted" (DELETE /documents runs): nothing is created.
+    DELETING = "deleting"
     #: The doc id is held by a live task with other content.
     CONFLICT = "conflict"
     #: The whole queue is full.

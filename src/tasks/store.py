@@ -46,6 +46,8 @@ _SCRIPTS = (
     "requeue",
     "request_cancel",
     "set_if_exists",
+    "mark_deleting",
+    "unmark_deleting",
 )
 
 
@@ -89,14 +91,21 @@ class TaskStore:
         self._requeue = scripts["requeue"]
         self._request_cancel = scripts["request_cancel"]
         self._set_if_exists = scripts["set_if_exists"]
+        self._mark_deleting = scripts["mark_deleting"]
+        self._unmark_deleting = scripts["unmark_deleting"]
 
     # ----------------------------------------------------------------- creation and reads
     @staticmethod
     def new_task_id() -> str:
         return str(uuid.uuid4())
 
-    async def create(self, record: TaskRecord, *, idempotency_key: str | None = None) -> CreateResult:
-        """Persist a pending task and enqueue it atomically (before the 202 is sent)."""
+    async def create(
+        self, record: TaskRecord, *, idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> CreateResult:
+        """Persist a pending task and enqueue it atomically (before the 202 is sent).
+
+        ``fingerprint`` identifies the request: a reused ``idempotency_key`` with another fingerprint
+        is refused (IDEMPOTENCY_MISMATCH) instead of silently answering with the first task."""
         fields = record.to_redis()
         queue_score = f"{(9 - record.priority) * PRIORITY_STEP + record.created_at:.6f}"
         fields["queue_score"] = queue_score
@@ -116,6 +125,7 @@ class TaskStore:
                 str(self.max_queued),
                 str(self.tenant_max_pending),
                 str(self.idempotency_ttl),
+                fingerprint,
                 *flat,
             ]
         )
@@ -193,10 +203,31 @@ class TaskStore:
         """Forget which task owns ``doc_id`` (the document was deleted from the knowledge base)."""
         await self.redis.delete(self.keys.doc(tenant, doc_id))
 
+    async def mark_deleting(
+        self, tenant: str, doc_id: str, *, ttl_seconds: int = 3600
+    ) -> tuple[str, str, str]:
+        """Mark ``doc_id`` as being deleted, unless a live task holds it or a deletion already runs.
+
+        Returns (outcome, marker, previous holder): 'marked', 'live' (previous = the live task) or
+        'deleting'. The marker expires after ``ttl_seconds`` should the deleting process die."""
+        marker = f"!deleting:{uuid.uuid4().hex}"
+        outcome, holder = await self._mark_deleting(
+            args=[self.prefix, tenant, doc_id, marker, str(ttl_seconds)]
+        )
+        return _s(outcome), marker, _s(holder)
+
+    async def unmark_deleting(self, tenant: str, doc_id: str, marker: str, *, restore: str = "") -> None:
+        """End a deletion: forget the doc id (``restore`` = ''), or give it back to ``restore``."""
+        await self._unmark_deleting(args=[self.prefix, tenant, doc_id, marker, restore])
+
+    async def doc_being_deleted(self, tenant: str, doc_id: str) -> bool:
+        holder = await self.redis.get(self.keys.doc(tenant, doc_id))
+        return bool(holder) and _s(holder).startswith("!")
+
     async def doc_holder(self, tenant: str, doc_id: str) -> TaskRecord | None:
         """The live or completed task recorded for ``doc_id``, if its record still exists."""
         holder = await self.redis.get(self.keys.doc(tenant, doc_id))
-        return await self.get(_s(holder)) if holder else None
+        return await self.get(_s(holder)) if holder and not _s(holder).startswith("!") else None
 
     async def live_task_for_doc(self, tenant: str, doc_id: str) -> str | None:
         record = await self.doc_holder(tenant, doc_id)

@@ -1,19 +1,29 @@
 -- Persist a pending task and enqueue it, unless an idempotency key, a doc id or a full queue says no.
 -- ARGV: prefix, task_id, tenant, doc_id, queue_score, created_at, sha256, idempotency key ('' = none),
 --       max queued overall (0 = unbounded), default max queued per tenant (0 = unbounded),
---       idempotency ttl, then field/value pairs.  ->  {outcome, task id}
+--       idempotency ttl, fingerprint of the request (a reused key must match it), then field/value pairs.  ->  {outcome, task id}
 local id = ARGV[2]
 local t = ARGV[3]
 local function status_of(other) return redis.call('HGET', K.task(other), 'status') end
 if ARGV[8] ~= '' then
-  local held = redis.call('GET', K.idem(t, ARGV[8]))
-  if held then
+  -- The key's value is "<task id>|<fingerprint of the request that created it>".
+  local raw = redis.call('GET', K.idem(t, ARGV[8]))
+  if raw then
+    local held, fp = raw, ''
+    local bar = string.find(raw, '|', 1, true)
+    if bar then held, fp = string.sub(raw, 1, bar - 1), string.sub(raw, bar + 1) end
     local st = status_of(held)
-    if st and st ~= 'failed' and st ~= 'cancelled' then return {'idempotent', held} end
+    if st and fp ~= '' and fp ~= ARGV[12] then return {'idempotency-mismatch', held} end
+    if st and st ~= 'failed' and st ~= 'cancelled' then
+      -- A completed task whose document was deleted since no longer answers the request.
+      local doc = redis.call('HGET', K.task(held), 'doc_id')
+      if st ~= 'completed' or redis.call('GET', K.doc(t, doc)) == held then return {'idempotent', held} end
+    end
   end
 end
 local lock = K.doc(t, ARGV[4])
 local holder = redis.call('GET', lock)
+if holder and string.sub(holder, 1, 1) == '!' then return {'deleting', ''} end  -- DELETE /documents runs
 if holder and holder ~= id then
   local st = status_of(holder)
   if st == 'pending' or st == 'processing' or st == 'cancelling' or st == 'completed' then
@@ -26,10 +36,10 @@ if full then return {full, ''} end
 local key = K.task(id)
 if redis.call('EXISTS', key) == 1 then return {'exists', id} end
 local fields = {}
-for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', key, unpack(fields))
 redis.call('SET', lock, id)
-if ARGV[8] ~= '' then redis.call('SET', K.idem(t, ARGV[8]), id, 'EX', ARGV[11]) end
+if ARGV[8] ~= '' then redis.call('SET', K.idem(t, ARGV[8]), id..'|'..ARGV[12], 'EX', ARGV[11]) end
 redis.call('ZADD', K.queue(t), ARGV[5], id)
 redis.call('ZADD', K.queued, ARGV[6], id)
 redis.call('SADD', K.active, t)
