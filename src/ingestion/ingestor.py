@@ -24,8 +24,9 @@ from lightrag import LightRAG
 from lightrag.base import DocStatus
 from raganything.utils import separate_content_with_page_map
 
+from src.core.scrub import scrub_paths
 from src.ingestion.pipeline import DocumentGuard, PipelineCoordinator
-from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, read_text_document
+from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, abort_parse, read_text_document
 from src.tasks.models import Stage, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class DocumentIngestor:
             if not await asyncio.to_thread(path.exists):
                 raise IngestError(f"upload file for task {task.task_id} is missing")
             await report(Stage.PARSING, STAGE_PROGRESS[Stage.PARSING])
-            text = await self._extract_text(path)
+            text = await self._extract_text(path, task.filename or path.name)
             await report(Stage.QUEUED, STAGE_PROGRESS[Stage.QUEUED])
             await self.coordinator.enqueue(text, task.doc_id, task.filename, track_id=task.task_id)
         else:
@@ -141,15 +142,21 @@ class DocumentIngestor:
         log.info("purged document %s: %s", doc_id, result.status)
         return result.status
 
-    async def _extract_text(self, path: Path) -> str:
-        if path.suffix.lower() not in RAGANYTHING_EXTENSIONS:
-            return await read_text_document(path)
+    async def _extract_text(self, path: Path, filename: str) -> str:
+        """The upload's text. Errors name the upload by its original filename, never a server path."""
+        known = _public_names(path, filename)
         try:
+            if path.suffix.lower() not in RAGANYTHING_EXTENSIONS:
+                return await read_text_document(path)
             content_list, _ = await self.rag_anything.parse_document(str(path), display_stats=False)
-        except DocumentParseError:
+        except asyncio.CancelledError:
+            abort_parse(path)  # RAG-Anything's parse thread waits on a child process: stop it
             raise
+        except DocumentParseError as exc:
+            raise DocumentParseError(scrub_paths(str(exc), known)) from None
         except Exception as exc:  # RAG-Anything wraps parser failures
-            raise DocumentParseError(f"could not parse {path.suffix} file: {exc}") from exc
+            detail = scrub_paths(f"{type(exc).__name__}: {exc}", known)
+            raise DocumentParseError(f"{filename}: could not parse the file ({detail})") from None
         text, _, _ = separate_content_with_page_map(content_list)
         if not text.strip():
             raise DocumentParseError("the document has no extractable text (scanned or empty?)")
@@ -188,6 +195,11 @@ class DocumentIngestor:
                 extracted += 1
         fraction = min(1.0, extracted / len(chunks))
         return Stage.EXTRACTING, STAGE_PROGRESS[Stage.EXTRACTING] + _EXTRACTING_SPAN * fraction
+
+
+def _public_names(path: Path, filename: str) -> dict[str, str]:
+    """What a parse error may say about the upload -> the name the client gave it."""
+    return {str(path.absolute()): filename, str(path): filename, path.name: filename}
 
 
 def _updated_after(record: dict[str, Any], started: float) -> bool:

@@ -22,14 +22,17 @@ Keys (all under ``prefix``; <t> is a tenant):
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from src.tasks.models import FINAL_STATUSES, TaskRecord, TaskStatus
 
+_log = logging.getLogger(__name__)
 _ALL_STATUSES = [s.value for s in TaskStatus]
 
 #: Queue scores: (9 - priority) * PRIORITY_STEP + created_at, so a higher priority always sorts first
@@ -356,6 +359,8 @@ class TaskStore:
         self._requeue = redis.register_script(_REQUEUE)
         self._request_cancel = redis.register_script(_REQUEST_CANCEL)
         self._set_if_exists = redis.register_script(_SET_IF_EXISTS)
+        #: Pub/sub channel that carries the id of every task written (src/tasks/fanout.py).
+        self.events_channel = f"{prefix}task-events"
 
     # ----------------------------------------------------------------- creation and reads
     @staticmethod
@@ -386,7 +391,10 @@ class TaskStore:
                 *flat,
             ]
         )
-        return CreateOutcome(kind=_s(kind), task_id=_s(task_id))
+        outcome = CreateOutcome(kind=_s(kind), task_id=_s(task_id))
+        if outcome.created:
+            await self._announce(outcome.task_id)
+        return outcome
 
     async def get(self, task_id: str) -> TaskRecord | None:
         raw = await self.redis.hgetall(self._key(task_id))
@@ -470,7 +478,9 @@ class TaskStore:
         if not raw:
             return None
         it = iter(raw)
-        return TaskRecord.from_redis(_decode(dict(zip(it, it, strict=True))))
+        record = TaskRecord.from_redis(_decode(dict(zip(it, it, strict=True))))
+        await self._announce(record.task_id)
+        return record
 
     async def heartbeat(self, task_id: str, epoch: int, owner: str, lease_seconds: float) -> int:
         """Renew the lease of attempt ``epoch``: 0 = lost, 1 = held, 2 = held but cancel requested."""
@@ -483,6 +493,8 @@ class TaskStore:
         ok = await self._progress(
             args=[self.prefix, task_id, str(epoch), stage, f"{progress:.1f}", f"{time.time():.6f}"]
         )
+        if int(ok):
+            await self._announce(task_id)
         return bool(int(ok))
 
     async def finish(
@@ -511,6 +523,8 @@ class TaskStore:
             args=[self.prefix, task_id, f"{time.time():.6f}", str(self.ttls["cancelled"])]
         )
         outcome = _s(outcome)
+        if outcome.startswith("now:"):
+            await self._announce(task_id)
         return CancelOutcome(accepted=outcome.startswith("now:"), status=outcome.removeprefix("now:"))
 
     async def requeue(
@@ -543,6 +557,7 @@ class TaskStore:
                 "" if epoch is None else str(epoch),
             ]
         )
+        await self._announce(task_id)
         return _s(out)
 
     async def running_ids(self, *, lease_before: float | None = None) -> list[str]:
@@ -581,6 +596,14 @@ class TaskStore:
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
 
+    async def _announce(self, task_id: str) -> None:
+        """Publish "task_id changed" for the event streams of every instance. Best effort: the write
+        already happened, and streams resynchronise when their subscription is re-established."""
+        try:
+            await self.redis.publish(self.events_channel, task_id)
+        except RedisError as exc:
+            _log.debug("task change notice not sent: %s", exc)
+
     async def _transition(
         self,
         task_id: str,
@@ -607,6 +630,8 @@ class TaskStore:
                 error or "",
             ]
         )
+        if _s(out) == "ok":
+            await self._announce(task_id)
         return _s(out)
 
 
