@@ -46,6 +46,11 @@ def _subscribe(hub: TaskEventHub, tenant: str, task_id: str | None = None) -> Su
         ) from None
 
 
+def _event(**fields: object) -> ServerSentEvent:
+    # "\n" line ends (sse-starlette's default is "\r\n"): the format clients already parse.
+    return ServerSentEvent(**fields, sep="\n")  # type: ignore[arg-type]
+
+
 def _since(last_event_id: str | None) -> float:
     try:
         return float(last_event_id) if last_event_id else -1.0
@@ -55,7 +60,7 @@ def _since(last_event_id: str | None) -> float:
 
 def _task_event(record: TaskRecord) -> ServerSentEvent:
     data = json.dumps(task_view(record).model_dump())
-    return ServerSentEvent(data=data, event="task", id=f"{record.updated_at:.6f}")
+    return _event(data=data, event="task", id=f"{record.updated_at:.6f}")
 
 
 def _response(stream: AsyncIterator[ServerSentEvent], ping: float) -> EventSourceResponse:
@@ -84,13 +89,13 @@ async def task_events(
     async def stream() -> AsyncIterator[ServerSentEvent]:
         nonlocal last_seen
         try:
-            yield ServerSentEvent(retry=RETRY_MS)
+            yield _event(retry=RETRY_MS)
             # Read again now that we are subscribed: a change between the route's read and the
             # subscription would otherwise be missed.
             record: TaskRecord | None = await services.store.get(task_id)
             while True:
                 if record is None:
-                    yield ServerSentEvent(data=json.dumps({"detail": "task expired"}), event="gone")
+                    yield _event(data=json.dumps({"detail": "task expired"}), event="gone")
                     return
                 if record.updated_at > last_seen:
                     last_seen = record.updated_at
@@ -144,7 +149,7 @@ async def all_task_events(
             return [r for r in reversed(records) if fresh(r)]
 
         try:
-            yield ServerSentEvent(retry=RETRY_MS)
+            yield _event(retry=RETRY_MS)
             for record in await snapshot():
                 yield _task_event(record)
             async for item in sub:

@@ -275,6 +275,7 @@ def abort_parse(path: Path) -> int:
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
+    logger.info("aborted %d parse process(es) of %s", len(procs), Path(path).name)
     return len(procs)
 
 
