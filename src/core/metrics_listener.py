@@ -49,7 +49,8 @@ class MetricsListener:
             raise RuntimeError(f"METRICS_PORT {self.port} on {self.host} is not available: {exc}") from exc
         sock.listen(128)
         sock.setblocking(False)
-        config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
+        # access_log=False would detach the process-wide "uvicorn.access" logger (the main server's too).
+        config = uvicorn.Config(app, lifespan="off", log_config=None)
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="metrics-listener")
 
