@@ -506,14 +506,26 @@ def delete_doc(ctx: typer.Context, doc_id: Annotated[str, typer.Argument(help="D
 
 
 @app.command()
-def health(ctx: typer.Context) -> None:
-    """Service health: Redis, storage, model bindings (exit 1 when degraded)."""
+def health(
+    ctx: typer.Context,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-token", envvar="RAGSVC_ADMIN_TOKEN", help="The service's ADMIN_TOKEN (for the details)."
+        ),
+    ] = None,
+) -> None:
+    """Service health: ok/degraded; with the admin token also Redis, storage, model bindings
+    (exit 1 when degraded)."""
     state = _state(ctx)
     with _errors(state), state.client() as rag:
-        body = rag.health()
+        body = rag.health(admin_token=admin_token)
     healthy = body.get("status") == "ok"
     if state.json:
         _emit_json(body)
+    elif "redis" not in body:  # the public answer: status only
+        _out().print(Text(f"{state.url}: {body.get('status')}", style="green" if healthy else "red"))
+        _out().print(Text("details need the admin token (--admin-token / RAGSVC_ADMIN_TOKEN)", style="dim"))
     else:
         redis = body.get("redis", {})
         storage = body.get("storage", {})

@@ -469,15 +469,21 @@ class RagClient(_BaseClient):
         """Remove a document and its chunks, entities and relations from the knowledge base."""
         return self._request("DELETE", f"/documents/{doc_id}")
 
-    def health(self) -> dict:
-        """Health report; a degraded service (HTTP 503 with a health body) is returned, not raised."""
+    def health(self, admin_token: str | None = None) -> dict:
+        """Health report; a degraded service (HTTP 503 with a health body) is returned, not raised.
+        Only ``{"status"}`` unless ``admin_token`` (the service's ADMIN_TOKEN) is given or the
+        service runs with HEALTH_DETAILS=public."""
         with _transport_errors(self.base_url):
-            response = self._http.get("/health")
+            response = self._http.get("/health", headers=_admin_headers(admin_token))
         return _health_body(response)
 
     def stats(self) -> dict:
         """Task counts per status, pending queue length, running tasks and capacity."""
         return self._request("GET", "/api/queue/stats")
+
+
+def _admin_headers(admin_token: str | None) -> dict[str, str] | None:
+    return {"Authorization": f"Bearer {admin_token}"} if admin_token else None
 
 
 def _health_body(response: httpx.Response) -> dict:
@@ -675,10 +681,10 @@ class AsyncRagClient(_BaseClient):
         """Remove a document from the knowledge base."""
         return await self._request("DELETE", f"/documents/{doc_id}")
 
-    async def health(self) -> dict:
+    async def health(self, admin_token: str | None = None) -> dict:
         """Health report (a degraded 503 body is returned, not raised)."""
         with _transport_errors(self.base_url):
-            response = await self._http.get("/health")
+            response = await self._http.get("/health", headers=_admin_headers(admin_token))
         return _health_body(response)
 
     async def stats(self) -> dict:
