@@ -98,7 +98,7 @@ async def start_services(
         backoff_seconds=settings.webhook_backoff_seconds,
         allowed_hosts=settings.webhook_allowed_hosts,
     )
-    handler = IngestHandler(engines, files)
+    handler = IngestHandler(engines, files, on_final=webhooks.notify)
     runner = TaskRunner(
         store,
         handler,
@@ -108,19 +108,17 @@ async def start_services(
             heartbeat_seconds=settings.heartbeat_seconds,
             sweep_seconds=settings.sweep_seconds,
             max_attempts=settings.max_attempts,
-            uploads_dir=settings.uploads_dir,
             task_timeout_seconds=settings.task_timeout_seconds,
             retry_base_seconds=settings.retry_base_seconds,
             retry_max_seconds=settings.retry_max_seconds,
         ),
         instance_id,
         metrics=metrics,
-        on_final=lambda task_id: webhooks.notify(task_id),
     )
     await runner.start()
     metrics.start_sampling(store.ping)
     log.info("service ready: instance %s, %d task slot(s)", instance_id, settings.max_concurrent_tasks)
-    ingestion = IngestionService(settings, store, engines, tenants, runner, handler, files, webhooks, metrics)
+    ingestion = IngestionService(settings, store, engines, runner, handler, files, metrics)
     return Services(
         settings, redis, store, runner, engines, tenants, limiter, metrics, webhooks, instance_id, ingestion
     )

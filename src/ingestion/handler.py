@@ -26,9 +26,13 @@ _DROP_UPLOAD_AFTER = frozenset({TaskStatus.COMPLETED, TaskStatus.CANCELLED, Task
 
 
 class IngestHandler:
-    def __init__(self, engines: TenantEngines, files: UploadFiles):
+    def __init__(
+        self, engines: TenantEngines, files: UploadFiles, on_final: Callable[[str], None] | None = None
+    ):
         self.engines = engines
         self.files = files
+        #: Told the id of every task that reached a final state (the completion webhook).
+        self.on_final = on_final or (lambda task_id: None)
 
     async def run(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict:
         async with self.engines.use(task.tenant) as engine:
@@ -52,16 +56,21 @@ class IngestHandler:
         return is_transient_message(f"{type(exc).__name__}: {exc}")
 
     async def after_final(self, task: TaskRecord, status: TaskStatus) -> None:
-        """End-of-task side effects, once the final status is recorded: drop the stored upload.
+        """End-of-task side effects, once the final status is recorded: drop the stored upload,
+        then send the completion webhook.
 
         Never raises: the task's outcome is already durable, and a file that could not be removed
         now is removed by `forget` when the record expires."""
-        if status not in _DROP_UPLOAD_AFTER or not task.stored_name:
-            return
-        try:
-            await self.files.remove(task.stored_name)
-        except Exception:
-            log.exception("task %s: could not remove its upload %s", task.task_id, task.stored_name)
+        if status in _DROP_UPLOAD_AFTER and task.stored_name:
+            try:
+                await self.files.remove(task.stored_name)
+            except Exception:
+                log.exception("task %s: could not remove its upload %s", task.task_id, task.stored_name)
+        if status.is_final:
+            try:
+                self.on_final(task.task_id)
+            except Exception:
+                log.exception("task %s: completion notification failed", task.task_id)
 
     async def forget(self, task_id: str) -> None:
         """The task's record expired: remove whatever file of it is still on disk. Never raises."""

@@ -51,11 +51,9 @@ from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge_bases import TenantEngine, TenantEngines
 from src.ingestion.uploads import SavedUpload, receive_upload, sanitize_filename
-from src.tasks.models import Stage, TaskKind, TaskRecord, TaskStatus
+from src.tasks.models import CreateOutcome, Stage, TaskKind, TaskRecord, TaskStatus
 from src.tasks.runner import TaskRunner
 from src.tasks.store import TaskStore
-from src.tenancy.tenants import TenantRegistry
-from src.webhooks import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +113,17 @@ class IngestionService:
         settings: Settings,
         store: TaskStore,
         engines: TenantEngines,
-        tenants: TenantRegistry,
         runner: TaskRunner,
         handler: IngestHandler,
         files: UploadFiles,
-        webhooks: WebhookNotifier,
         metrics: Metrics,
     ):
         self.settings = settings
         self.store = store
         self.engines = engines
-        self.tenants = tenants
         self.runner = runner
         self.handler = handler
         self.files = files
-        self.webhooks = webhooks
         self.metrics = metrics
 
     # ------------------------------------------------------------------ submit
@@ -217,14 +211,13 @@ class IngestionService:
     async def _refuse_when_full(self, tenant: str) -> None:
         """Backpressure before reading any bytes: a full queue refuses instead of growing.
 
-        The store's create script checks the same bounds atomically; this early check only spares
-        the client the upload of a body that would be refused."""
-        limit = self.settings.max_pending_tasks
-        if limit and await self.store.pending_count() >= limit:
-            raise QueueFull(f"{limit} tasks are already waiting; retry later")
-        tenant_limit = (await self.tenants.quota(tenant)).max_pending or self.settings.tenant_max_pending
-        if tenant_limit and await self.store.pending_count(tenant) >= tenant_limit:
-            raise TenantQueueFull(f"this tenant already has {tenant_limit} tasks waiting; retry later")
+        The store's create script applies the same rule (one Lua function) atomically; asking
+        first only spares the client the upload of a body that would be refused."""
+        refusal = await self.store.check_room(tenant)
+        if refusal == CreateOutcome.BUSY:
+            raise QueueFull(f"{self.settings.max_pending_tasks} tasks are already waiting; retry later")
+        if refusal == CreateOutcome.TENANT_BUSY:
+            raise TenantQueueFull("this tenant has reached its limit of waiting tasks; retry later")
 
     async def _refuse_indexed_doc(self, tenant: str, doc_id: str, sha256: str) -> None:
         """An explicit doc id LightRAG already holds is not re-indexed from other content.
@@ -327,8 +320,7 @@ class IngestionService:
             raise TaskNotFound(f"task {task_id} not found (unknown, or expired after its TTL)")
         if outcome.accepted and outcome.status == TaskStatus.CANCELLED:
             # It never ran, so no runner will: the end-of-task side effects happen here.
-            await self.handler.after_final(record, TaskStatus.CANCELLED)
-            self.webhooks.notify(task_id)
+            await self.handler.after_final(record, TaskStatus.CANCELLED)  # incl. the webhook
             return Cancellation(task_id, TaskStatus.CANCELLED)
         if outcome.status == TaskStatus.CANCELLING:  # also a repeated cancel while it is being cancelled
             self.runner.cancel_local(task_id)  # other instances notice at their next heartbeat

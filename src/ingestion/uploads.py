@@ -36,7 +36,7 @@ from src.ingestion.errors import (
 from src.ingestion.files import UploadFiles, remove_file
 from src.rag.parsers import SUPPORTED_EXTENSIONS
 
-__all__ = ["SavedUpload", "receive_upload", "remove_file", "sanitize_filename"]
+__all__ = ["SavedUpload", "receive_upload", "sanitize_filename"]
 
 #: Room for multipart boundaries and part headers on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024

@@ -1,8 +1,14 @@
-"""Task vocabulary shared by the store, the runner and the API."""
+"""Task vocabulary shared by the store, the runner and the API.
+
+Every outcome a store call can report is an enum member here, so callers match on names instead of
+bare strings; the Lua scripts return exactly these values (StrEnum, so the wire value is the name's
+string and JSON the API exposes is unchanged).
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -40,6 +46,83 @@ class Stage(StrEnum):
     RETRY_WAIT = "retry-wait"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+class AttemptOutcome(StrEnum):
+    """How one attempt ended, as written to the record's ``history`` (exposed by the API)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    #: Transient error: requeued with backoff.
+    RETRY = "retry"
+    #: Shutdown or restart: handed back without counting as a failure (unless found at restart).
+    INTERRUPTED = "interrupted"
+    #: Its worker stopped renewing the lease; the sweeper took it back.
+    LEASE_EXPIRED = "lease-expired"
+
+
+class CreateOutcome(StrEnum):
+    CREATED = "created"
+    #: The same content is already live or completed under this doc id: point to that task.
+    DUPLICATE = "duplicate"
+    #: The Idempotency-Key already names a live or completed task: point to it.
+    IDEMPOTENT = "idempotent"
+    #: The doc id is held by a live task with other content.
+    CONFLICT = "conflict"
+    #: The whole queue is full.
+    BUSY = "busy"
+    #: This tenant's queue is full.
+    TENANT_BUSY = "tenant-busy"
+    #: A record with this task id exists already.
+    EXISTS = "exists"
+
+
+class CancelOutcome(StrEnum):
+    #: Never ran: cancelled at once.
+    CANCELLED = "cancelled"
+    #: Runs now or ran before: marked cancelling; a worker stops it and purges its partial data.
+    CANCELLING = "cancelling"
+    #: A cancel was already under way (a repeated request).
+    ALREADY_CANCELLING = "already-cancelling"
+    #: Completed, failed or cancelled: nothing to cancel.
+    ALREADY_FINAL = "already-final"
+    MISSING = "missing"
+
+
+class HeartbeatResult(StrEnum):
+    RENEWED = "renewed"
+    #: This attempt no longer owns the task (another epoch or owner, or it is not running).
+    LOST = "lost"
+    #: Renewed, but a cancel was requested (possibly through another instance).
+    CANCEL_REQUESTED = "cancel-requested"
+
+
+class FinishOutcome(StrEnum):
+    OK = "ok"
+    #: A newer attempt owns the task (epoch fence).
+    STALE = "stale"
+    MISSING = "missing"
+    #: A cancel arrived meanwhile: the caller must finish the cancel instead.
+    CANCELLING = "cancelling"
+    #: The task was handed back to the queue (pending) meanwhile.
+    NOT_RUNNING = "not-running"
+    #: The task already reached a final state.
+    ALREADY_FINAL = "already-final"
+
+
+class RequeueOutcome(StrEnum):
+    REQUEUED = "requeued"
+    #: Its failures reached the limit: recorded as failed (dead letter).
+    DEAD_LETTERED = "dead-lettered"
+    #: Not running any more (finished or pending); only the stray running entry was dropped.
+    SKIPPED = "skipped"
+    #: Already handed back (no owner), e.g. a cancelling task waiting for a worker.
+    QUEUED = "queued"
+    NOT_OWNER = "not-owner"
+    STALE = "stale"
+    #: Its lease has not lapsed (a sweeper raced a heartbeat).
+    ALIVE = "alive"
 
 
 class TaskKind(StrEnum):
@@ -112,3 +195,26 @@ class TaskRecord(BaseModel):
             else:
                 out[key] = str(value)
         return out
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    kind: CreateOutcome
+    #: The new task, or the existing task the caller should be pointed to ('' when the queue is full).
+    task_id: str
+
+    @property
+    def created(self) -> bool:
+        return self.kind == CreateOutcome.CREATED
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    outcome: CancelOutcome
+    #: The task's status after the call, or 'missing' (the API echoes it in its 409 answer).
+    status: str
+
+    @property
+    def accepted(self) -> bool:
+        """True when this call moved the task (to cancelled, or to cancelling for a worker to finish)."""
+        return self.outcome in (CancelOutcome.CANCELLED, CancelOutcome.CANCELLING)

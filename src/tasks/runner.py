@@ -8,7 +8,9 @@ died) and prunes index entries of expired records.
 
 Every attempt ends in exactly one of: completed; failed (permanent error, timeout, or retries
 exhausted); requeued with backoff (transient error); cancelled (after its partial data is
-purged); handed back to the queue (shutdown, lost lease).
+purged); handed back to the queue (shutdown, lost lease). What a final state means for the
+domain (files, webhooks) is the handler's business: the runner calls ``after_final`` once per final
+state it persisted and ``forget`` for records whose TTL ended; it knows no files, no LightRAG.
 """
 
 from __future__ import annotations
@@ -20,31 +22,58 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from enum import StrEnum
+from typing import Protocol, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from src.core.logs import current_task_id, current_tenant
 from src.core.metrics import Metrics
-from src.ingestion.uploads import remove_file
-from src.tasks.models import Stage, TaskRecord, TaskStatus
+from src.tasks.models import (
+    AttemptOutcome,
+    FinishOutcome,
+    HeartbeatResult,
+    RequeueOutcome,
+    Stage,
+    TaskRecord,
+    TaskStatus,
+)
 from src.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_T = TypeVar("_T")
 
 
 class TaskHandler(Protocol):
-    """What the runner needs from the domain: run a task, and undo a task's effects."""
+    """What the runner needs from the domain: run a task, undo its effects, classify its errors,
+    and react to its end (the runner itself knows nothing of what a task touches)."""
 
     async def run(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict: ...
 
     async def discard(self, task: TaskRecord) -> None: ...
 
     def is_transient(self, exc: BaseException) -> bool: ...
+
+    async def after_final(self, task: TaskRecord, status: TaskStatus) -> None:
+        """Called once after this runner persisted a final state (completed, failed, cancelled) of
+        ``task``, including dead letters decided at start-up or by the sweeper. ``task`` may be the
+        record as claimed (its status field is not updated); ``status`` is what was persisted."""
+        ...
+
+    async def forget(self, task_id: str) -> None:
+        """Called once for a task whose record expired (its TTL ended): drop what is left of it."""
+        ...
+
+
+class StopReason(StrEnum):
+    """Why the runner cancelled a task's coroutine."""
+
+    USER = "user"
+    LEASE_LOST = "lease-lost"
+    SHUTDOWN = "shutdown"
 
 
 @dataclass
@@ -54,7 +83,6 @@ class RunnerConfig:
     heartbeat_seconds: float
     sweep_seconds: float
     max_attempts: int
-    uploads_dir: Path
     task_timeout_seconds: float = 1800.0
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 60.0
@@ -69,8 +97,12 @@ class _Running:
     started: float = field(default_factory=time.monotonic)
     #: When the stage named in last_report began (for the stage-duration histogram).
     stage_started: float = field(default_factory=time.monotonic)
-    #: Why the job was cancelled: 'user', 'lease-lost' or 'shutdown'.
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
+    #: The handler's work is over and its outcome is being recorded: a user cancel or a lost lease
+    #: must not interrupt that (the fenced final write decides), or the outcome and its hook are lost.
+    finishing: bool = False
+    #: When the job was last asked to stop (monotonic); a stop not obeyed is asked again.
+    stop_asked: float = 0.0
 
 
 class TaskRunner:
@@ -83,10 +115,8 @@ class TaskRunner:
         config: RunnerConfig,
         instance_id: str,
         metrics: Metrics | None = None,
-        on_final: Callable[[str], None] | None = None,
     ):
         self.store = store
-        self.on_final = on_final or (lambda task_id: None)
         self.metrics = metrics or Metrics()
         self.handler = handler
         self.config = config
@@ -107,12 +137,12 @@ class TaskRunner:
                 task_id,
                 owner=self.instance_id,
                 max_failures=self.config.max_attempts,
-                outcome="interrupted",
+                outcome=AttemptOutcome.INTERRUPTED,
                 error="the service restarted while this attempt ran",
             )
-            resumed += outcome in ("requeued", "failed")
-            if outcome == "failed":
-                self.on_final(task_id)
+            resumed += outcome in (RequeueOutcome.REQUEUED, RequeueOutcome.DEAD_LETTERED)
+            if outcome == RequeueOutcome.DEAD_LETTERED:
+                await self._after_dead_letter(task_id)
         if resumed:
             log.warning("took back %d task(s) left running by this instance's previous run", resumed)
         self._accepting = True
@@ -133,7 +163,7 @@ class TaskRunner:
             await asyncio.wait(jobs, timeout=grace_seconds)
         for running in list(self._running.values()):
             if running.job and not running.job.done():
-                running.stop_reason = running.stop_reason or "shutdown"
+                running.stop_reason = running.stop_reason or StopReason.SHUTDOWN
                 running.job.cancel()
         jobs = [r.job for r in self._running.values() if r.job]
         if jobs:
@@ -153,8 +183,9 @@ class TaskRunner:
         running = self._running.get(task_id)
         if running is None or running.job is None or running.job.done():
             return False
-        if running.stop_reason is None:
-            running.stop_reason = "user"
+        if running.stop_reason is None and not running.finishing:
+            running.stop_reason = StopReason.USER
+            running.stop_asked = time.monotonic()
             running.job.cancel()
         return True
 
@@ -188,7 +219,7 @@ class TaskRunner:
                         claimed.task_id,
                         owner=self.instance_id,
                         max_failures=self.config.max_attempts,
-                        outcome="interrupted",
+                        outcome=AttemptOutcome.INTERRUPTED,
                         counts_as_failure=False,
                     )
                     return
@@ -226,21 +257,25 @@ class TaskRunner:
 
         try:
             if task.status == TaskStatus.CANCELLING:
+                running.finishing = True
                 await self._cancel(task, epoch)
                 return
             deadline = asyncio.timeout(self.config.task_timeout_seconds)
             try:
                 async with deadline:
-                    result = await self.handler.run(task, report)
+                    try:
+                        result = await self.handler.run(task, report)
+                    finally:
+                        running.finishing = True
             except asyncio.CancelledError:
                 reason = running.stop_reason
-                if reason == "user":
+                if reason == StopReason.USER:
                     current = asyncio.current_task()
-                    if current is not None:
+                    while current is not None and current.cancelling():
                         current.uncancel()
                     await self._cancel(task, epoch)
                     return
-                if reason == "lease-lost":
+                if reason == StopReason.LEASE_LOST:
                     return  # another worker owns the task now; its epoch fences us out
                 await self._hand_back(task, epoch)
                 raise
@@ -256,13 +291,10 @@ class TaskRunner:
                 else:
                     await self._fail(task, epoch, message)
             else:
-                # The document is indexed; a resumed attempt finds it PROCESSED without the file.
-                if task.stored_name:
-                    await remove_file(self.config.uploads_dir / task.stored_name)
                 outcome = await self._persist_final(
                     task, epoch, TaskStatus.COMPLETED, result=result, stage=Stage.DONE, progress=100.0
                 )
-                if outcome == TaskStatus.CANCELLING:  # a cancel won the race: undo the work
+                if outcome == FinishOutcome.CANCELLING:  # a cancel won the race: undo the work
                     await self._cancel(task, epoch)
                     return
                 log.info("task %s completed in %.2fs", task.task_id, time.monotonic() - running.started)
@@ -278,8 +310,6 @@ class TaskRunner:
         await self._persist_final(
             task, epoch, TaskStatus.CANCELLED, error="cancelled by user", stage=Stage.CANCELLED, progress=0.0
         )
-        if task.stored_name:
-            await remove_file(self.config.uploads_dir / task.stored_name)
         log.info("task %s cancelled; its partial data was removed", task.task_id)
 
     async def _fail(self, task: TaskRecord, epoch: int, message: str) -> None:
@@ -288,7 +318,7 @@ class TaskRunner:
         outcome = await self._persist_final(
             task, epoch, TaskStatus.FAILED, error=message, stage=Stage.FAILED, progress=0.0
         )
-        if outcome == TaskStatus.CANCELLING:
+        if outcome == FinishOutcome.CANCELLING:
             await self._cancel(task, epoch)
 
     async def _retry_or_fail(self, task: TaskRecord, epoch: int, message: str) -> None:
@@ -302,15 +332,15 @@ class TaskRunner:
                 owner=self.instance_id,
                 max_failures=self.config.max_attempts,
                 not_before=time.time() + delay,
-                outcome="retry",
+                outcome=AttemptOutcome.RETRY,
                 error=message,
                 epoch=epoch,
             )
         )
         self.metrics.retries.inc()
-        self._observe_end(task, "retry")
-        if outcome == "failed":  # retries exhausted: dead-lettered
-            self.on_final(task.task_id)
+        self._observe_end(task, AttemptOutcome.RETRY)
+        if outcome == RequeueOutcome.DEAD_LETTERED:  # retries exhausted
+            await self._call_after_final(task, TaskStatus.FAILED)
         log.warning("task %s transient failure (%s): %s in %.1fs", task.task_id, message, outcome, delay)
 
     def _observe_end(self, task: TaskRecord, outcome: str) -> None:
@@ -326,22 +356,41 @@ class TaskRunner:
                 task.task_id,
                 owner=self.instance_id,
                 max_failures=self.config.max_attempts,
-                outcome="interrupted",
+                outcome=AttemptOutcome.INTERRUPTED,
                 error="service shut down",
                 counts_as_failure=False,
                 epoch=epoch,
             )
 
-    async def _persist_final(self, task: TaskRecord, epoch: int, status: TaskStatus, **kwargs) -> str:
+    async def _persist_final(
+        self, task: TaskRecord, epoch: int, status: TaskStatus, **kwargs
+    ) -> FinishOutcome:
         outcome = await self._persist(lambda: self.store.finish(task.task_id, epoch, status, **kwargs))
-        if outcome == "ok":
+        if outcome == FinishOutcome.OK:
             self._observe_end(task, status.value)
-            self.on_final(task.task_id)
-        if outcome != "ok":
+            await self._call_after_final(task, status)
+        else:
             log.warning("task %s: final write for attempt %d refused (%s)", task.task_id, epoch, outcome)
         return outcome
 
-    async def _persist(self, write: Callable[[], Awaitable[str]]) -> str:
+    async def _call_after_final(self, task: TaskRecord, status: TaskStatus) -> None:
+        """The handler's end-of-task hook; its failure is logged, never fails the runner."""
+        try:
+            await self.handler.after_final(task, status)
+        except Exception:
+            log.exception("after_final hook failed for task %s (%s)", task.task_id, status)
+
+    async def _after_dead_letter(self, task_id: str) -> None:
+        """A task this runner did not hold was dead-lettered: hand the hook its stored record."""
+        try:
+            record = await self.store.get(task_id)
+        except _REDIS_DOWN as exc:
+            log.warning("task %s dead-lettered; its record could not be read: %s", task_id, exc)
+            return
+        if record is not None:
+            await self._call_after_final(record, TaskStatus.FAILED)
+
+    async def _persist(self, write: Callable[[], Awaitable[_T]]) -> _T:
         """Retry a state write until Redis answers: a finished attempt's outcome is never dropped."""
         delay = 0.2
         while True:
@@ -363,14 +412,27 @@ class TaskRunner:
                 except _REDIS_DOWN as exc:
                     log.warning("heartbeat for task %s failed: %s", task_id, exc)
                     continue
-                if not running.job or running.job.done() or running.stop_reason:
+                if not running.job or running.job.done() or running.finishing:
                     continue
-                if state == 0:
+                if running.stop_reason:
+                    self._ask_again(running)
+                    continue
+                if state == HeartbeatResult.LOST:
                     log.error("task %s lost its lease; stopping this attempt", task_id)
-                    running.stop_reason = "lease-lost"
+                    running.stop_reason = StopReason.LEASE_LOST
+                    running.stop_asked = time.monotonic()
                     running.job.cancel()
-                elif state == 2:
+                elif state == HeartbeatResult.CANCEL_REQUESTED:
                     self.cancel_local(task_id)
+
+    def _ask_again(self, running: _Running) -> None:
+        """A cancellation swallowed inside a library call would leave the handler running for good:
+        while its work goes on, cancel it again every couple of heartbeats."""
+        if running.job and time.monotonic() - running.stop_asked > 2 * self.config.heartbeat_seconds:
+            log.warning("task %s ignored its cancellation (%s); cancelling again",
+                        running.task.task_id, running.stop_reason)
+            running.stop_asked = time.monotonic()
+            running.job.cancel()
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -401,13 +463,15 @@ class TaskRunner:
                 owner=None,
                 max_failures=self.config.max_attempts,
                 lease_before=now,
-                outcome="lease-expired",
+                outcome=AttemptOutcome.LEASE_EXPIRED,
                 error="the worker running this attempt stopped renewing its lease",
             )
             log.warning("task %s lease expired: %s", task_id, outcome)
-            if outcome == "failed":
-                self.on_final(task_id)
+            if outcome == RequeueOutcome.DEAD_LETTERED:
+                await self._after_dead_letter(task_id)
             self._wake.set()
         for task_id in await self.store.prune_expired():
-            for leftover in await asyncio.to_thread(list, self.config.uploads_dir.glob(f"{task_id}.*")):
-                await remove_file(leftover)
+            try:
+                await self.handler.forget(task_id)
+            except Exception:
+                log.exception("forget hook failed for task %s", task_id)

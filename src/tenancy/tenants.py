@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from cachetools import TTLCache
 
+from src.tasks.keys import Keys
+
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _TENANT = re.compile(TENANT_PATTERN)
 DEFAULT_TENANT = "default"
@@ -47,6 +49,7 @@ class TenantRegistry:
     def __init__(self, redis: aioredis.Redis, prefix: str, cache_seconds: float = 2.0):
         self.redis = redis
         self.prefix = prefix
+        self.keys = Keys(prefix)  # the quota hash is also read by the task store's Lua scripts
         # Bounded: only valid keys and known tenants enter (a flood of made-up keys is not cached).
         self._cache: TTLCache | None = None
         if cache_seconds > 0:
@@ -75,7 +78,7 @@ class TenantRegistry:
             if value is not None:
                 fields[field] = str(value)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(f"{self.prefix}tenant:{name}", mapping=fields)
+            pipe.hset(self.keys.tenant_quota(name), mapping=fields)
             pipe.sadd(f"{self.prefix}tenants", name)
             await pipe.execute()
         self.invalidate()
@@ -87,7 +90,7 @@ class TenantRegistry:
         cached = self._cached(("quota", name))
         if isinstance(cached, TenantQuota):
             return cached
-        raw = await self.redis.hgetall(f"{self.prefix}tenant:{name}")
+        raw = await self.redis.hgetall(self.keys.tenant_quota(name))
 
         def num(field: str) -> int | None:
             return int(raw[field]) if raw.get(field) not in (None, "") else None

@@ -1,0 +1,110 @@
+"""Every Redis key of the task queue, in one place (arq's constants.py is the model).
+
+All keys live under one ``prefix`` (per deployment, per test); <t> is a tenant:
+
+  task:<id>            hash, the TaskRecord (plus queue_score and attempt_started_at)
+  q:<t>                zset id -> queue score (priority class, then age; lower runs first)
+  dq:<t>               zset id -> not-before time of a retry (moved to q:<t> when due)
+  active               set of tenants with queued work
+  queued               zset of all waiting ids (queue-full check)
+  running              zset id -> lease expiry (unix seconds)
+  run:count            hash t -> running tasks
+  served               hash t -> last time a task of t was started (round robin between tenants)
+  idx:<t>:all          zset id -> created_at (listing, newest first)
+  idx:<t>:<status>     zset id -> created_at (filters and counts)
+  expiry               zset "<t>/<id>" -> expires_at (prunes the indexes when a record's TTL ends)
+  doc:<t>:<doc_id>     string, the live or completed task that owns a doc id (duplicate detection)
+  idem:<t>:<key>       string, the task created under an Idempotency-Key
+  tenant:<t>           hash, per-tenant quotas (max_running, max_pending), written by src.tenancy
+  tenants:seen         set of tenants that ever created a task
+
+The Lua scripts cannot take all their keys as KEYS (they discover tenants and ids while running),
+so they build them from the same names through :data:`LUA_KEYS`, generated here.
+"""
+
+from __future__ import annotations
+
+# Key names (prefix-relative). A trailing ':' means "followed by an id or tenant".
+TASK = "task:"
+QUEUE = "q:"
+DELAYED = "dq:"
+ACTIVE = "active"
+QUEUED = "queued"
+RUNNING = "running"
+RUN_COUNT = "run:count"
+SERVED = "served"
+INDEX = "idx:"
+EXPIRY = "expiry"
+DOC = "doc:"
+IDEMPOTENCY = "idem:"
+TENANT_QUOTA = "tenant:"
+TENANTS_SEEN = "tenants:seen"
+
+#: Index name listing every task of a tenant (the others are named after statuses).
+INDEX_ALL = "all"
+
+
+class Keys:
+    """Key builder for one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.active = prefix + ACTIVE
+        self.queued = prefix + QUEUED
+        self.running = prefix + RUNNING
+        self.run_count = prefix + RUN_COUNT
+        self.served = prefix + SERVED
+        self.expiry = prefix + EXPIRY
+        self.tenants_seen = prefix + TENANTS_SEEN
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}{TASK}{task_id}"
+
+    def queue(self, tenant: str) -> str:
+        return f"{self.prefix}{QUEUE}{tenant}"
+
+    def delayed(self, tenant: str) -> str:
+        return f"{self.prefix}{DELAYED}{tenant}"
+
+    def index(self, tenant: str, name: str) -> str:
+        """``name`` is a status or :data:`INDEX_ALL`."""
+        return f"{self.prefix}{INDEX}{tenant}:{name}"
+
+    def doc(self, tenant: str, doc_id: str) -> str:
+        return f"{self.prefix}{DOC}{tenant}:{doc_id}"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        return f"{self.prefix}{IDEMPOTENCY}{tenant}:{key}"
+
+    def tenant_quota(self, tenant: str) -> str:
+        return f"{self.prefix}{TENANT_QUOTA}{tenant}"
+
+
+def _lua_keys() -> str:
+    """Lua twins of :class:`Keys`; every script starts with them (``p`` is the prefix, ARGV[1])."""
+    fixed = {
+        "active": ACTIVE,
+        "queued": QUEUED,
+        "running": RUNNING,
+        "run_count": RUN_COUNT,
+        "served": SERVED,
+        "expiry": EXPIRY,
+        "tenants_seen": TENANTS_SEEN,
+    }
+    by_id = {
+        "task": TASK,
+        "queue": QUEUE,
+        "delayed": DELAYED,
+        "tenant_quota": TENANT_QUOTA,
+    }
+    by_pair = {"index": INDEX, "doc": DOC, "idem": IDEMPOTENCY}
+    lines = ["local p = ARGV[1]", "local K = {}"]
+    lines += [f"K.{name} = p..'{value}'" for name, value in fixed.items()]
+    lines += [f"function K.{name}(x) return p..'{value}'..x end" for name, value in by_id.items()]
+    lines += [f"function K.{name}(t, x) return p..'{value}'..t..':'..x end"
+              for name, value in by_pair.items()]
+    lines.append(f"K.INDEX_ALL = '{INDEX_ALL}'")
+    return "\n".join(lines) + "\n"
+
+
+LUA_KEYS = _lua_keys()

@@ -1,0 +1,56 @@
+-- Pick the next task: the highest priority class among the heads of all tenants' queues; within a
+-- class, the tenant served longest ago (round robin, so one tenant's bulk upload cannot starve
+-- another's single file); tenants at their running-task quota are skipped. Due retries move from
+-- dq:<t> to q:<t> first.
+-- ARGV: prefix, now, lease_until, owner, default max running per tenant (0 = unbounded),
+--       priority step of the queue score  ->  the claimed record (HGETALL) or false
+local now = ARGV[2]
+local step = tonumber(ARGV[6])
+for _ = 1, 50 do
+  local best_t, best_id, best_class, best_served, best_score = nil, nil, nil, nil, nil
+  for _, t in ipairs(redis.call('SMEMBERS', K.active)) do
+    local due = redis.call('ZRANGEBYSCORE', K.delayed(t), '-inf', now, 'LIMIT', 0, 100)
+    for _, id in ipairs(due) do
+      redis.call('ZREM', K.delayed(t), id)
+      local score = redis.call('HGET', K.task(id), 'queue_score')
+      if score then redis.call('ZADD', K.queue(t), score, id) end
+    end
+    local head = redis.call('ZRANGE', K.queue(t), 0, 0, 'WITHSCORES')
+    if #head == 0 then
+      if redis.call('ZCARD', K.delayed(t)) == 0 then redis.call('SREM', K.active, t) end
+    else
+      local cap = tonumber(redis.call('HGET', K.tenant_quota(t), 'max_running') or ARGV[5])
+      local running = tonumber(redis.call('HGET', K.run_count, t) or '0')
+      if cap <= 0 or running < cap then
+        local score = tonumber(head[2])
+        local class = math.floor(score / step)
+        local served = tonumber(redis.call('HGET', K.served, t) or '0')
+        if best_t == nil or class < best_class or (class == best_class and (served < best_served or
+           (served == best_served and score < best_score))) then
+          best_t, best_id, best_class, best_served, best_score = t, head[1], class, served, score
+        end
+      end
+    end
+  end
+  if best_t == nil then return false end
+  local t, id = best_t, best_id
+  dequeue(t, id)
+  local key = K.task(id)
+  local cur = redis.call('HMGET', key, 'status', 'owner', 'created_at', 'started_at')
+  if cur[1] == 'pending' or (cur[1] == 'cancelling' and cur[2] == '') then
+    redis.call('HINCRBY', key, 'attempt', 1)
+    redis.call('HSET', key, 'owner', ARGV[4], 'lease_until', ARGV[3], 'updated_at', now,
+               'attempt_started_at', now, 'not_before', '')
+    if cur[4] == '' then redis.call('HSET', key, 'started_at', now) end
+    if cur[1] == 'pending' then
+      redis.call('HSET', key, 'status', 'processing')
+      redis.call('ZREM', K.index(t, 'pending'), id)
+      redis.call('ZADD', K.index(t, 'processing'), cur[3], id)
+    end
+    redis.call('ZADD', K.running, ARGV[3], id)
+    redis.call('HINCRBY', K.run_count, t, 1)
+    redis.call('HSET', K.served, t, now)
+    return redis.call('HGETALL', key)
+  end
+end
+return false

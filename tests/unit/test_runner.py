@@ -1,0 +1,373 @@
+"""The TaskRunner with an in-memory fake handler (saq's style): real Redis, no LightRAG, no app.
+
+Each task's behaviour per attempt is scripted by the fake handler ("ok", "transient", "permanent",
+"block"); the tests wait on conditions with deadlines, never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from src.tasks.models import AttemptOutcome, Stage, TaskRecord, TaskStatus
+from src.tasks.runner import RunnerConfig, TaskHandler, TaskRunner
+from src.tasks.store import TaskStore
+from tests.unit.helpers import record
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
+
+
+class Transient(Exception):
+    pass
+
+
+class Permanent(Exception):
+    pass
+
+
+class FakeHandler:
+    """Runs scripted attempts and records every call the runner makes."""
+
+    def __init__(self, script: dict[str, list[str]] | None = None, default: str = "ok") -> None:
+        self.script = script or {}
+        self.default = default
+        self.runs: Counter[str] = Counter()
+        self.started: dict[str, asyncio.Event] = {}
+        self.release = asyncio.Event()
+        self.cancelled: list[str] = []
+        self.discarded: list[str] = []
+        self.finals: list[tuple[str, TaskStatus]] = []
+        self.forgotten: list[str] = []
+        self.fail_hook = False
+
+    def started_event(self, task_id: str) -> asyncio.Event:
+        return self.started.setdefault(task_id, asyncio.Event())
+
+    async def run(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict:
+        attempt = self.runs[task.task_id]
+        self.runs[task.task_id] += 1
+        steps = self.script.get(task.task_id, [])
+        action = steps[attempt] if attempt < len(steps) else self.default
+        await report(Stage.EXTRACTING, 50.0)
+        self.started_event(task.task_id).set()
+        if action == "transient":
+            raise Transient("provider 503")
+        if action == "permanent":
+            raise Permanent("unsupported content")
+        if action == "block":
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(task.task_id)
+                raise
+        if action == "swallow":
+            with contextlib.suppress(asyncio.CancelledError):  # as a careless library call might
+                await self.release.wait()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(task.task_id)
+                raise
+        if action == "slow":
+            await asyncio.sleep(0.3)
+        return {"attempt": task.attempt}
+
+    async def discard(self, task: TaskRecord) -> None:
+        self.discarded.append(task.task_id)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, Transient)
+
+    async def after_final(self, task: TaskRecord, status: TaskStatus) -> None:
+        self.finals.append((task.task_id, status))
+        if self.fail_hook:
+            raise RuntimeError("hook broke")
+
+    async def forget(self, task_id: str) -> None:
+        self.forgotten.append(task_id)
+
+
+def _config(**overrides) -> RunnerConfig:
+    values = dict(
+        max_concurrent=2,
+        lease_seconds=30.0,
+        heartbeat_seconds=0.1,
+        sweep_seconds=0.1,
+        max_attempts=3,
+        task_timeout_seconds=30.0,
+        retry_base_seconds=0.05,
+        retry_max_seconds=0.1,
+        idle_poll_seconds=0.1,
+    )
+    values.update(overrides)
+    return RunnerConfig(**values)
+
+
+@asynccontextmanager
+async def running(
+    store: TaskStore, handler: TaskHandler, instance: str = "inst-1", **config
+) -> AsyncIterator[TaskRunner]:
+    runner = TaskRunner(store, handler, _config(**config), instance)
+    await runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.stop(grace_seconds=0)
+
+
+async def wait_final(store: TaskStore, task_id: str, timeout: float = 20.0) -> TaskRecord:
+    return await wait_for(store, task_id, lambda r: r.status.is_final, timeout)
+
+
+async def wait_for(
+    store: TaskStore, task_id: str, condition: Callable[[TaskRecord], bool], timeout: float = 20.0
+) -> TaskRecord:
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = await store.get(task_id)
+        if rec is not None and condition(rec):
+            return rec
+        if time.monotonic() > deadline:
+            raise AssertionError(f"task {task_id} did not reach the expected state in {timeout}s: {rec}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_success(store: TaskStore) -> None:
+    """Catches a completed task whose result, progress or hook is lost."""
+    handler = FakeHandler()
+    await store.create(record("ok"))
+    async with running(store, handler):
+        rec = await wait_final(store, "ok")
+    assert rec.status == TaskStatus.COMPLETED and rec.result == {"attempt": 1} and rec.progress == 100
+    assert handler.finals == [("ok", TaskStatus.COMPLETED)] and handler.discarded == []
+
+
+async def test_transient_error_retries_with_backoff_then_succeeds(store: TaskStore) -> None:
+    """Catches a transient error that fails the task at once, or a retry that skips the discard of
+    the partial data."""
+    handler = FakeHandler({"t": ["transient", "transient", "ok"]})
+    await store.create(record("t"))
+    async with running(store, handler):
+        rec = await wait_final(store, "t")
+    assert rec.status == TaskStatus.COMPLETED and rec.attempt == 3 and rec.failures == 2
+    assert [h["outcome"] for h in rec.history] == ["retry", "retry", "completed"]
+    assert handler.discarded == ["t", "t"] and handler.finals == [("t", TaskStatus.COMPLETED)]
+
+
+async def test_permanent_error_fails_without_retry(store: TaskStore) -> None:
+    """Catches a permanent error being retried (wasted LLM calls) or leaving partial data."""
+    handler = FakeHandler({"p": ["permanent"]})
+    await store.create(record("p"))
+    async with running(store, handler):
+        rec = await wait_final(store, "p")
+    assert rec.status == TaskStatus.FAILED and rec.attempt == 1 and rec.error == "unsupported content"
+    assert handler.runs["p"] == 1 and handler.discarded == ["p"]
+    assert handler.finals == [("p", TaskStatus.FAILED)]
+
+
+async def test_dead_letter_after_max_attempts(store: TaskStore) -> None:
+    """Catches exhaustion never being reached (retried forever) or the dead letter skipping the hook
+    (no webhook for a task that gave up)."""
+    handler = FakeHandler(default="transient")
+    await store.create(record("dl"))
+    async with running(store, handler, max_attempts=3):
+        rec = await wait_final(store, "dl")
+        await wait_until(lambda: handler.finals, what="the after_final hook")
+    assert rec.status == TaskStatus.FAILED and rec.attempt == 3 and rec.failures == 3
+    assert rec.error.startswith("gave up after 3 failed attempts; last: provider 503")
+    assert [h["outcome"] for h in rec.history] == ["retry"] * 3
+    assert handler.runs["dl"] == 3 and handler.finals == [("dl", TaskStatus.FAILED)]
+
+
+async def test_per_task_timeout_fails_the_task(store: TaskStore) -> None:
+    """Catches a hung handler holding its slot forever (no per-task deadline)."""
+    handler = FakeHandler({"slow": ["block"]})
+    await store.create(record("slow"))
+    async with running(store, handler, task_timeout_seconds=0.3):
+        rec = await wait_final(store, "slow")
+    assert rec.status == TaskStatus.FAILED and "timed out" in rec.error
+    assert handler.cancelled == ["slow"] and handler.discarded == ["slow"]
+    assert handler.finals == [("slow", TaskStatus.FAILED)]
+
+
+async def test_cancel_pending_never_runs(store: TaskStore) -> None:
+    """Catches a worker running a task that was cancelled before it was claimed."""
+    handler = FakeHandler()
+    await store.create(record("cp"))
+    assert (await store.request_cancel("cp")).accepted
+    await store.create(record("after"))
+    async with running(store, handler):
+        await wait_final(store, "after")
+    assert handler.runs["cp"] == 0 and (await store.get("cp")).status == TaskStatus.CANCELLED
+
+
+async def test_cancel_running_locally(store: TaskStore) -> None:
+    """Catches a running cancel that lets the handler's coroutine go on, skips the purge, or fires
+    the hook twice."""
+    handler = FakeHandler({"cr": ["block"]})
+    await store.create(record("cr"))
+    async with running(store, handler) as runner:
+        await asyncio.wait_for(handler.started_event("cr").wait(), 10)
+        assert (await store.request_cancel("cr")).accepted
+        assert runner.cancel_local("cr")
+        rec = await wait_final(store, "cr")
+    assert rec.status == TaskStatus.CANCELLED and rec.stage == Stage.CANCELLED
+    assert handler.cancelled == ["cr"] and handler.discarded == ["cr"]
+    assert handler.finals == [("cr", TaskStatus.CANCELLED)]
+
+
+async def test_cancel_from_another_instance_reaches_the_worker(store: TaskStore) -> None:
+    """Catches a cancel recorded in Redis (by another instance) that the heartbeat never notices."""
+    handler = FakeHandler({"cx": ["block"]})
+    await store.create(record("cx"))
+    async with running(store, handler):
+        await asyncio.wait_for(handler.started_event("cx").wait(), 10)
+        await store.request_cancel("cx")  # no cancel_local: only the heartbeat can tell
+        rec = await wait_final(store, "cx")
+    assert rec.status == TaskStatus.CANCELLED and handler.cancelled == ["cx"]
+    assert handler.finals == [("cx", TaskStatus.CANCELLED)]
+
+
+async def test_a_swallowed_cancellation_is_repeated(store: TaskStore) -> None:
+    """Catches a cancel that a library call swallowed leaving the task 'cancelling' for good."""
+    handler = FakeHandler({"sw": ["swallow"]})
+    await store.create(record("sw"))
+    async with running(store, handler) as runner:
+        await asyncio.wait_for(handler.started_event("sw").wait(), 10)
+        await store.request_cancel("sw")
+        assert runner.cancel_local("sw")
+        rec = await wait_final(store, "sw")
+    assert rec.status == TaskStatus.CANCELLED and handler.cancelled == ["sw"]
+    assert handler.finals == [("sw", TaskStatus.CANCELLED)]
+
+
+async def test_lost_lease_hands_the_task_over(store: TaskStore) -> None:
+    """Catches a worker that keeps running (and later writes) after another attempt took its task."""
+    handler = FakeHandler({"ll": ["block"]})
+    await store.create(record("ll"))
+    async with running(store, handler, max_concurrent=1) as runner:
+        await asyncio.wait_for(handler.started_event("ll").wait(), 10)
+        # The lease is taken over: another worker's sweeper requeued it and another worker claimed it.
+        await store.requeue("ll", owner=None, max_failures=5, outcome=AttemptOutcome.LEASE_EXPIRED)
+        thief = await store.claim("other-instance", 60)
+        assert thief is not None and thief.attempt == 2
+        await wait_until(lambda: handler.cancelled == ["ll"], what="the handler to be cancelled")
+        await wait_until(lambda: runner.running_count == 0, what="the slot to be freed")
+    rec = await store.get("ll")
+    assert rec.status == TaskStatus.PROCESSING and rec.owner == "other-instance" and rec.attempt == 2
+    assert handler.finals == [] and handler.discarded == []
+
+
+async def test_shutdown_drains_then_hands_back(store: TaskStore) -> None:
+    """Catches a shutdown that kills short tasks instead of draining them, or that drops (or fails)
+    the long ones instead of handing them back as interrupted."""
+    handler = FakeHandler({"short": ["slow"], "long": ["block"]})
+    await store.create(record("short"))
+    await store.create(record("long"))
+    runner = TaskRunner(store, handler, _config(), "inst-1")
+    await runner.start()
+    await asyncio.wait_for(handler.started_event("long").wait(), 10)
+    await asyncio.wait_for(handler.started_event("short").wait(), 10)
+    await runner.stop(grace_seconds=2.0)
+    short, long = await store.get("short"), await store.get("long")
+    assert short.status == TaskStatus.COMPLETED
+    assert long.status == TaskStatus.PENDING and long.failures == 0 and long.owner is None
+    assert long.history[-1]["outcome"] == "interrupted" and handler.cancelled == ["long"]
+    assert handler.finals == [("short", TaskStatus.COMPLETED)]
+    # The next start resumes it.
+    handler.script["long"] = ["block", "ok"]
+    async with running(store, handler):
+        assert (await wait_final(store, "long")).status == TaskStatus.COMPLETED
+
+
+async def test_restart_takes_back_own_tasks_and_dead_letters_exhausted_ones(store: TaskStore) -> None:
+    """Catches tasks left 'processing' by this instance's previous run never being resumed, and a
+    dead letter decided at start-up skipping the hook."""
+    await store.create(record("resume"))
+    await store.create(record("exhausted"))
+    for _ in range(2):
+        claimed = await store.claim("inst-1", 60)  # as the previous run of this instance
+    await store.redis.hset(store.keys.task("exhausted"), "failures", 2)
+    handler = FakeHandler()
+    async with running(store, handler, max_attempts=3):
+        resumed = await wait_final(store, "resume")
+        await wait_until(lambda: ("exhausted", TaskStatus.FAILED) in handler.finals, what="dead letter hook")
+    assert claimed and resumed.status == TaskStatus.COMPLETED and resumed.attempt == 2
+    exhausted = await store.get("exhausted")
+    assert exhausted.status == TaskStatus.FAILED and handler.runs["exhausted"] == 0
+    assert Counter(handler.finals) == Counter(
+        [("resume", TaskStatus.COMPLETED), ("exhausted", TaskStatus.FAILED)]
+    )
+
+
+async def test_sweeper_requeues_an_expired_lease_and_dead_letters(make_store) -> None:
+    """Catches a task whose worker died staying 'processing' forever, and a sweeper dead letter that
+    skips the hook."""
+    store = make_store()
+    await store.create(record("ghost"))
+    await store.create(record("ghost-last"))
+    await store.claim("dead-worker", 0.01)
+    await store.claim("dead-worker", 0.01)
+    await store.redis.hset(store.keys.task("ghost-last"), "failures", 2)
+    handler = FakeHandler()
+    async with running(store, handler, max_attempts=3):
+        rec = await wait_final(store, "ghost")
+        await wait_until(lambda: len(handler.finals) == 2, what="both hooks")
+    assert rec.status == TaskStatus.COMPLETED and rec.history[0]["outcome"] == "lease-expired"
+    assert (await store.get("ghost-last")).status == TaskStatus.FAILED
+    assert Counter(handler.finals) == Counter(
+        [("ghost", TaskStatus.COMPLETED), ("ghost-last", TaskStatus.FAILED)]
+    )
+
+
+async def test_sweeper_forgets_expired_records(store: TaskStore) -> None:
+    """Catches leftovers of expired tasks (uploads) never being removed: forget is never called."""
+    handler = FakeHandler()
+    await store.create(record("exp"))
+    async with running(store, handler):
+        await wait_final(store, "exp")
+        await store.redis.zadd(store.keys.expiry, {"default/exp": time.time() - 1})
+        await wait_until(lambda: handler.forgotten == ["exp"], what="forget")
+
+
+async def test_a_failing_hook_does_not_break_the_runner(store: TaskStore) -> None:
+    """Catches an exception in after_final escaping into the runner (its slot or loop would die)."""
+    handler = FakeHandler()
+    handler.fail_hook = True
+    for i in range(3):
+        await store.create(record(f"h{i}"))
+    async with running(store, handler, max_concurrent=1):
+        for i in range(3):
+            assert (await wait_final(store, f"h{i}")).status == TaskStatus.COMPLETED
+    assert len(handler.finals) == 3
+
+
+@pytest.mark.timeout(90)
+async def test_hundreds_of_tasks_under_concurrency_all_finish(store: TaskStore) -> None:
+    """Catches a slot leak or a dispatcher deadlock: some of many short tasks would never finish,
+    or a hook would fire twice."""
+    handler = FakeHandler()
+    ids = [f"n{i:03d}" for i in range(300)]
+    for task_id in ids:
+        await store.create(record(task_id))
+    async with running(store, handler, max_concurrent=8) as runner:
+        await wait_until(lambda: len(handler.finals) == len(ids), timeout=60, what="all 300 tasks")
+        await wait_until(lambda: runner.running_count == 0, what="all slots free")
+    records = await store.get_many(ids)
+    assert all(r.status == TaskStatus.COMPLETED for r in records) and len(records) == 300
+    assert Counter(handler.finals) == Counter({(i, TaskStatus.COMPLETED): 1 for i in ids})
+    assert await store.pending_count() == 0 and await store.running_ids() == []
