@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -63,6 +64,10 @@ def test_query_keys_only_on_event_streams_and_never_logged_health_and_metrics_lo
             assert _first_bytes(client, "/events", params={"access_token": "rsk_wrong"})[0] == 401
 
             # 8. Public health: status only; details with the admin token.
+            for _ in range(600):  # alpha's knowledge base is loaded once its task ran
+                if client.get(f"/task/{task['task_id']}", headers=bearer).json()["status"] == "completed":
+                    break
+                time.sleep(0.1)
             public = client.get("/health")
             assert public.status_code == 200 and public.json() == {"status": "ok"}
             detailed = client.get("/health", headers=admin).json()
