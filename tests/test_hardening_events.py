@@ -17,6 +17,7 @@ from tests.procs import service_env
 from tests.procs import start_service as start_process
 
 pytestmark = pytest.mark.timeout(300)
+RESYNC_TIMEOUT = pytest.mark.timeout(60)
 
 CLIENTS = 200
 IDLE_SECONDS = 3.0
@@ -134,5 +135,28 @@ async def test_slow_subscriber_is_dropped_and_cap_is_enforced(service: Service) 
         assert slow.dropped
         assert await slow.next() is None  # its stream ends; the client reconnects with Last-Event-ID
         assert hub._by_tenant["other"] and all(s.queue.empty() for s in hub._by_tenant["other"])
+    finally:
+        await hub.stop()
+
+
+@RESYNC_TIMEOUT
+async def test_lost_subscription_is_reestablished_and_streams_resync(service: Service) -> None:
+    """Catches: a fan-out that silently stops after its Redis connection drops (Redis restarted),
+    leaving every stream without updates and unaware that notices were missed."""
+    from src.tasks.fanout import RESYNC
+
+    store = service.services.store
+    hub = TaskEventHub(store, max_per_tenant=5, queue_size=64, reconnect_seconds=0.05)
+    await hub.start()
+    try:
+        sub = hub.subscribe("default")
+        killed = await store.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert int(killed) >= 1
+        assert await asyncio.wait_for(sub.next(), 30) is RESYNC
+        task_id = (await upload(service.client, "r.txt", b"after the reconnect " * 20)).json()["task_id"]
+        while True:  # changes flow again through the new subscription
+            item = await asyncio.wait_for(sub.next(), 60)
+            if getattr(item, "task_id", None) == task_id:
+                break
     finally:
         await hub.stop()

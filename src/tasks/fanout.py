@@ -122,8 +122,8 @@ class TaskEventHub:
                     sub.queue.put_nowait(CLOSED)
         if self._listener is not None:
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._listener, 5.0)
 
     # ----------------------------------------------------------------- subscribers
     def subscribe(self, tenant: str, task_id: str | None = None) -> Subscription:
@@ -156,6 +156,10 @@ class TaskEventHub:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.store.events_channel)
+                # redis-py reconnects and resubscribes a pub/sub connection by itself: notices sent
+                # while it was away are lost, so every reconnection is a RESYNC too.
+                if pubsub.connection is not None:
+                    pubsub.connection.register_connect_callback(self._on_reconnect)
                 self.ready.set()
                 if not first:
                     self._broadcast(RESYNC)  # notices sent while we were away are lost
@@ -171,8 +175,14 @@ class TaskEventHub:
                 log.warning("task event subscription lost (%s); reconnecting", type(exc).__name__)
                 await asyncio.sleep(self.reconnect_seconds)
             finally:
+                # Bounded: after redis-py re-established the connection by itself, aclose() can
+                # wait forever on the lock of the cancelled read.
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), 2.0)
+
+    def _on_reconnect(self, connection: object) -> None:
+        log.info("task event subscription re-established; streams resynchronise")
+        self._broadcast(RESYNC)
 
     async def _dispatch(self, task_id: str) -> None:
         if not self._by_tenant:
