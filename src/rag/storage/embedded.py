@@ -8,6 +8,9 @@ records in a worker thread at most once per flush interval. ``commit_for(rag)`` 
 per-document indexer a way to wait until its document is durable.
 
 Single process per workspace, like LightRAG's own file storages with one worker.
+
+The four storages share one dirty-tracking and snapshot contract with the flusher, which is why
+they stay together in one module (~700 lines) rather than four that import each other's internals.
 """
 
 from __future__ import annotations

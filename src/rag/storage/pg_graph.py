@@ -10,6 +10,8 @@ process-wide `ClientManager` pool, shared with PGKV/PGVector/PGDocStatus.
 Semantics follow NetworkXStorage (the behavioural suite in tests/test_graph_storage.py runs
 against both): upserts merge properties, `upsert_edge` creates missing endpoints with no
 properties, degrees count a self-loop twice.
+
+One module (~560 lines): `BaseGraphStorage` has 28 methods, all of them over the same two tables.
 """
 
 from __future__ import annotations
