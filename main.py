@@ -22,6 +22,8 @@ from api.views import task_view
 from src.core.config import Settings, get_settings
 from src.core.http_limits import bounded_protocol
 from src.core.logs import configure_logging
+from src.core.metrics_listener import MetricsListener
+from src.tasks.fanout import TaskEventHub
 from src.wiring import start_services, stop_services
 
 
@@ -32,13 +34,31 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prefix = redis_prefix or settings.redis_prefix
-        app.state.services = await start_services(
+        services = await start_services(
             settings, redis_prefix=prefix, task_view=lambda record: task_view(record).model_dump()
         )
+        app.state.services = services
+        # One task-change subscriber per process feeds every SSE stream (src/tasks/fanout.py).
+        hub = TaskEventHub(
+            services.store,
+            max_per_tenant=settings.sse_max_streams_per_tenant,
+            queue_size=settings.sse_queue_size,
+        )
+        app.state.task_events = hub
+        listener = None
         try:
+            await hub.start()
+            if settings.metrics_port:
+                listener = MetricsListener(
+                    settings.metrics_host, settings.metrics_port, lambda: health.render_metrics(services)
+                )
+                await listener.start()
             yield
         finally:
-            await stop_services(app.state.services)
+            if listener is not None:
+                await listener.stop()
+            await hub.stop()
+            await stop_services(services)
 
     app = FastAPI(
         title="RAG ingestion service",

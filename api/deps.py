@@ -3,6 +3,9 @@
 Every scoped route depends on `TenantDep`: it authenticates the API key (Bearer or X-API-Key),
 maps it to a tenant, and applies the tenant's request rate limit. Keys are never logged.
 `OwnedTaskDep` resolves the `{task_id}` path parameter to a task of the caller's tenant.
+Only the event streams (`StreamTenantDep`, `OwnedStreamTaskDep`) also accept `?access_token=`:
+a browser's EventSource cannot send headers. Everywhere else a key in the URL is ignored, since
+URLs end up in access logs, proxies and browser history.
 """
 
 from __future__ import annotations
@@ -27,16 +30,27 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def _presented_key(request: Request) -> str | None:
+def _presented_key(request: Request, *, allow_query: bool) -> str | None:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip() or None
-    # EventSource (browsers) cannot send headers, so event streams also accept ?access_token=.
-    return request.headers.get("x-api-key") or request.query_params.get("access_token") or None
+    key = request.headers.get("x-api-key")
+    if not key and allow_query:
+        key = request.query_params.get("access_token")
+    return key or None
 
 
 async def get_tenant(request: Request, services: ServicesDep) -> str:
-    key = _presented_key(request)
+    return await _authenticate(request, services, allow_query=False)
+
+
+async def get_stream_tenant(request: Request, services: ServicesDep) -> str:
+    """Like `get_tenant`, but also accepts ``?access_token=`` (EventSource cannot send headers)."""
+    return await _authenticate(request, services, allow_query=True)
+
+
+async def _authenticate(request: Request, services: Services, *, allow_query: bool) -> str:
+    key = _presented_key(request, allow_query=allow_query)
     mode = services.settings.auth_mode
     if key:
         tenant = await services.tenants.resolve(key)
@@ -66,6 +80,7 @@ async def get_tenant(request: Request, services: ServicesDep) -> str:
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+StreamTenantDep = Annotated[str, Depends(get_stream_tenant)]
 
 
 def get_ingestion(services: ServicesDep) -> IngestionService:
@@ -81,3 +96,13 @@ async def get_owned_task(task_id: str, tenant: TenantDep, ingestion: IngestionDe
 
 
 OwnedTaskDep = Annotated[TaskRecord, Depends(get_owned_task)]
+
+
+async def get_owned_stream_task(
+    task_id: str, tenant: StreamTenantDep, ingestion: IngestionDep
+) -> TaskRecord:
+    """`get_owned_task` for the event stream route (query-string key allowed)."""
+    return await ingestion.task(tenant, task_id)
+
+
+OwnedStreamTaskDep = Annotated[TaskRecord, Depends(get_owned_stream_task)]

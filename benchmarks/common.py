@@ -28,6 +28,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+#: The benchmarked service's ADMIN_TOKEN (its /metrics and /health details need it).
+BENCH_ADMIN_TOKEN = "bench-admin-token"
+ADMIN_HEADERS = {"Authorization": f"Bearer {BENCH_ADMIN_TOKEN}"}
 
 
 def free_port() -> int:
@@ -276,6 +279,7 @@ class Service:
             LOG_LEVEL="WARNING",
             INSTANCE_ID="bench-instance",
             SHUTDOWN_GRACE_SECONDS="1",
+            ADMIN_TOKEN=BENCH_ADMIN_TOKEN,  # /metrics and /health's details need it
         )
         env.update(self.env_extra)
         return env

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.common import ROOT, Mock, RedisServer, Service, pct
+from benchmarks.common import ADMIN_HEADERS, ROOT, Mock, RedisServer, Service, pct
 from benchmarks.loadgen import doc_text
 
 LIGHTRAG_FILE_STORAGES = {
@@ -143,13 +143,13 @@ async def run_load(
                     errors["query"] += 1
 
         async def sampler() -> None:
-            lag_before = _lag_buckets((await client.get("/metrics")).text)
+            lag_before = _lag_buckets((await client.get("/metrics", headers=ADMIN_HEADERS)).text)
             t_start = time.monotonic()
             while time.monotonic() < end:
                 await asyncio.sleep(sample_s)
                 window = (acks[:], task_gets[:], queries[:])
                 acks.clear(), task_gets.clear(), queries.clear()
-                lag_after = _lag_buckets((await client.get("/metrics")).text)
+                lag_after = _lag_buckets((await client.get("/metrics", headers=ADMIN_HEADERS)).text)
                 stats = (await client.get("/api/queue/stats")).json()
                 lag = _hist_pct(lag_before, lag_after, 99)
                 lag_before = lag_after

@@ -410,6 +410,8 @@ def test_cli_upload_wait_status_watch_query(live: LiveService) -> None:
     assert missing.exit_code == 2 and "not in the knowledge base" in missing.stderr
 
     health = ragsvc(live, "health")
+    assert health.exit_code == 0 and "ok" in health.stdout and "offline-extractive" not in health.stdout
+    health = ragsvc(live, "health", "--admin-token", "cli-admin-token")
     assert health.exit_code == 0 and "offline-extractive" in health.stdout
     stats = json.loads(ragsvc(live, "--json", "stats").stdout)
     assert stats["counts"]["completed"] >= 1

@@ -144,7 +144,8 @@ def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path) -> None:
     llm_port, port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     mock = start_mock_llm(llm_port, latency=0.05)
-    service = start_service(service_env(data_dir, port, llm_port), tmp_path / "service.log")
+    env = service_env(data_dir, port, llm_port, ADMIN_TOKEN="fault-admin")  # /health details need it
+    service = start_service(env, tmp_path / "service.log")
     try:
         [task_id] = upload_docs(base, 1, "Supervised")
         assert wait_all_final(base, [task_id], 120) == ["completed"]
@@ -168,7 +169,8 @@ def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path) -> None:
         assert recovered["status"] == "completed"
         new_pid = embedded_redis_pid(data_dir)
         assert new_pid is not None and new_pid != first_pid
-        health = httpx.get(f"{base}/health", timeout=10).json()
+        admin = {"Authorization": "Bearer fault-admin"}
+        health = httpx.get(f"{base}/health", headers=admin, timeout=10).json()
         assert health["redis"]["embedded"]["restarts"] >= 1
         assert health["redis"]["embedded"]["state"] == "running"
         [later] = upload_docs(base, 1, "AfterRestart")

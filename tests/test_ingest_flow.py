@@ -134,8 +134,7 @@ async def test_health_and_queue_stats(service: Service) -> None:
     health = await service.client.get("/health")
     assert health.status_code == 200
     body = health.json()
-    assert body["status"] == "ok" and body["redis"]["ok"] and body["storage"]["ok"]
-    assert "offline" in body["llm"].lower()
+    assert body == {"status": "ok"}  # details need the admin token (tests/test_hardening_access.py)
     await upload(service.client, "a.txt", story("wave power", "Ostrelline").encode())
     stats = (await service.client.get("/api/queue/stats")).json()
     assert stats["capacity"] == service.settings.max_concurrent_tasks

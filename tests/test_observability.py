@@ -10,11 +10,18 @@ import logging
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from src.core.config import Settings
 from src.core.logs import JsonFormatter, _ContextFilter, current_task_id, current_tenant
-from tests.conftest import Service, upload, wait_for_task
+from tests.conftest import Service, make_settings, upload, wait_for_task
 from tests.docs_factory import story
 
 pytestmark = pytest.mark.timeout(120)
+ADMIN = "metrics-admin"
+
+
+@pytest.fixture
+def settings(tmp_path, redis_url) -> Settings:
+    return make_settings(tmp_path, redis_url, admin_token=ADMIN)  # /metrics needs the admin token
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -29,7 +36,7 @@ async def test_metrics_describe_tasks_uploads_llm_and_loop(service: Service) -> 
     body = (await upload(service.client, "m.txt", story("orchards", "Metricor").encode())).json()
     await wait_for_task(service.client, body["task_id"])
     await asyncio.sleep(0.3)  # let the loop-lag sampler take a few samples
-    response = await service.client.get("/metrics")
+    response = await service.client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     values = samples(response.text)
     assert values[("ragsvc_tasks", (("status", "completed"), ("tenant", "default")))] == 1

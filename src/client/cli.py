@@ -360,10 +360,18 @@ def delete_doc(ctx: typer.Context, doc_id: Annotated[str, typer.Argument(help="D
 
 
 @app.command()
-def health(ctx: typer.Context) -> None:
-    """Service health: Redis, storage, model bindings (exit 1 when degraded)."""
+def health(
+    ctx: typer.Context,
+    admin_token: Annotated[
+        str | None,
+        typer.Option("--admin-token", envvar="RAGSVC_ADMIN_TOKEN", help="ADMIN_TOKEN: show the details."),
+    ] = None,
+) -> None:
+    """Service health: ok/degraded; with the admin token also Redis, storage, model bindings
+    (exit 1 when degraded)."""
     url = state_of(ctx).url
-    body = request(ctx, lambda rag: rag.health(), lambda body: out().print(health_table(body, url)))
+    show = lambda body: out().print(health_table(body, url))  # noqa: E731
+    body = request(ctx, lambda rag: rag.health(), show, admin_token=admin_token)
     if body.get("status") != "ok":
         raise typer.Exit(EXIT_FAILED)
 

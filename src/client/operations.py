@@ -119,8 +119,11 @@ class Operations(Generic[Out, Pieces]):
         return self._call(Call("DELETE", f"/documents/{path_segment(doc_id)}"))
 
     def health(self) -> Out:
-        """Health report; a degraded service (HTTP 503 with a health body) is returned, not raised."""
-        return self._call(Call("GET", "/health", decode=decode_health))
+        """Health report; a degraded service (HTTP 503 with a health body) is returned, not raised.
+        Only ``{"status"}`` unless the client has the admin token (its details: Redis, storage,
+        models, tasks) or the service runs with HEALTH_DETAILS=public."""
+        headers = self.settings.admin_headers() if self.settings.admin_token else {}
+        return self._call(Call("GET", "/health", headers=headers, decode=decode_health))
 
     def stats(self) -> Out:
         """The caller's task counts per status, pending and running tasks, this instance's capacity."""

@@ -107,6 +107,15 @@ def tasks_table(listing: dict, status_filter: str | None) -> Table:
 
 
 def health_table(body: dict, url: str) -> Table:
+    healthy = body.get("status") == "ok"
+    if "redis" not in body:  # the public answer: ok/degraded only
+        return fields_table(
+            f"Health of {url}",
+            [
+                ("status", Text(str(body.get("status")), style="green" if healthy else "red")),
+                ("details", Text("need the admin token (--admin-token / RAGSVC_ADMIN_TOKEN)", style="dim")),
+            ],
+        )
     redis = body.get("redis", {})
     storage = body.get("storage", {})
     tasks = body.get("tasks", {})

@@ -53,11 +53,39 @@ class Settings(BaseSettings):
     min_free_disk_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
     max_uploads_dir_bytes: int = Field(default=20 * 1024 * 1024 * 1024, ge=0)
     max_query_chars: int = 8000
+    #: PDF/DOCX are parsed in a child process (src/rag/parse_worker.py) with these bounds; a
+    #: document past any of them fails its task (not retried) with a clear error.
+    #: DOCX/ZIP members may expand to this many bytes in total...
+    max_expanded_bytes: int = Field(default=200 * 1024 * 1024, ge=1024 * 1024)
+    #: ...and no member may expand more than this many times its compressed size.
+    max_compression_ratio: float = Field(default=100.0, ge=2)
+    #: Text a parse may produce (characters).
+    max_extracted_chars: int = Field(default=20_000_000, ge=1000)
+    #: Address-space limit of the parse process (RLIMIT_AS) and its wall-clock limit.
+    parse_memory_bytes: int = Field(default=1536 * 1024 * 1024, ge=256 * 1024 * 1024)
+    parse_timeout_seconds: float = Field(default=300.0, gt=0)
     #: Request line + headers may total this many bytes and fields, and must arrive within the
     #: timeout (431 / 408 otherwise; `python main.py` enforces them, see src/core/http_limits.py).
     max_header_bytes: int = Field(default=64 * 1024, ge=4096)
     max_header_count: int = Field(default=100, ge=10)
     header_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: Who sees /health's details (Redis, storage, loaded tenants, models, tasks): "admin" = only a
+    #: request with `Authorization: Bearer $ADMIN_TOKEN` (everyone else gets {"status"} only);
+    #: "public" = everyone (single-user setups without an admin token).
+    health_details: Literal["admin", "public"] = "admin"
+    #: /metrics on the main port needs the admin token. Set METRICS_PORT to also serve it without a
+    #: token on a separate listener (METRICS_HOST, loopback by default) for a Prometheus scraper.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    # --- event streams (SSE) ----------------------------------------------------------
+    #: Open /events and /task/{id}/events streams per tenant and process (429 beyond).
+    sse_max_streams_per_tenant: int = Field(default=100, ge=1)
+    #: Task changes buffered per stream; a client that falls this far behind is disconnected
+    #: (it reconnects with Last-Event-ID and gets the current state).
+    sse_queue_size: int = Field(default=256, ge=8)
+    #: Keep-alive comment interval of idle streams.
+    sse_ping_seconds: float = Field(default=15.0, gt=0)
 
     # --- task engine ------------------------------------------------------------------
     #: Admission semaphore: tasks in flight in this process (each holds a slot until its document is

@@ -22,6 +22,7 @@ from lightrag import LightRAG
 from lightrag.base import DocStatus
 from raganything.utils import separate_content_with_page_map
 
+from src.core.scrub import scrub_paths
 from src.ingestion.indexer import (
     CHUNKING,
     DONE,
@@ -31,7 +32,7 @@ from src.ingestion.indexer import (
     IndexingError,
     IndexProgress,
 )
-from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, read_text_document
+from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, abort_parse, read_text_document
 from src.rag.scheduler import call_context
 from src.tasks.models import Stage, TaskRecord
 
@@ -143,7 +144,7 @@ class DocumentIngestor:
             if not await asyncio.to_thread(path.exists):
                 raise IngestError(f"upload file for task {task.task_id} is missing")
             await report(Stage.PARSING, STAGE_PROGRESS[Stage.PARSING])
-            text = await self._extract_text(path)
+            text = await self._extract_text(path, task.filename or path.name)
 
         async def on_progress(progress: IndexProgress) -> None:
             await report(*progress_percent(progress))
@@ -167,16 +168,27 @@ class DocumentIngestor:
     async def close(self) -> None:
         await self.indexer.close()
 
-    async def _extract_text(self, path: Path) -> str:
-        if path.suffix.lower() not in RAGANYTHING_EXTENSIONS:
-            return await read_text_document(path)
+    async def _extract_text(self, path: Path, filename: str) -> str:
+        """The upload's text. Errors name the upload by its original filename, never a server path."""
+        known = _public_names(path, filename)
         try:
+            if path.suffix.lower() not in RAGANYTHING_EXTENSIONS:
+                return await read_text_document(path)
             content_list, _ = await self.rag_anything.parse_document(str(path), display_stats=False)
-        except DocumentParseError:
+        except asyncio.CancelledError:
+            abort_parse(path)  # RAG-Anything's parse thread waits on a child process: stop it
             raise
+        except DocumentParseError as exc:
+            raise DocumentParseError(scrub_paths(str(exc), known)) from None
         except Exception as exc:  # RAG-Anything wraps parser failures
-            raise DocumentParseError(f"could not parse {path.suffix} file: {exc}") from exc
+            detail = scrub_paths(f"{type(exc).__name__}: {exc}", known)
+            raise DocumentParseError(f"{filename}: could not parse the file ({detail})") from None
         text, _, _ = separate_content_with_page_map(content_list)
         if not text.strip():
             raise DocumentParseError("the document has no extractable text (scanned or empty?)")
         return text
+
+
+def _public_names(path: Path, filename: str) -> dict[str, str]:
+    """What a parse error may say about the upload -> the name the client gave it."""
+    return {str(path.absolute()): filename, str(path): filename, path.name: filename}

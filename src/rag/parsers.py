@@ -6,16 +6,24 @@ is registered under the name "offline". ``RAGAnything.parse_document`` (raganyth
 dispatches by extension - ``.pdf`` -> ``parse_pdf``, ``.doc/.docx/...`` -> ``parse_office_doc``,
 ``.html/.htm`` -> ``parse_html``, images -> ``parse_image`` (falling back to MinerU on
 ``NotImplementedError``!), anything else -> ``parse_document`` - and runs each in
-``asyncio.to_thread``, so the methods here are synchronous.
+``asyncio.to_thread``, so the methods here are synchronous. PDF and DOCX are parsed in a child
+process per document (``run_isolated``, src/rag/parse_worker.py) so a hostile file can neither grow
+this process nor stall it; errors name the file, never a server path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import json
 import logging
-import re
-import zipfile
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -25,6 +33,17 @@ from raganything import RAGAnything, RAGAnythingConfig
 from raganything.parser import Parser, list_parsers, register_parser
 
 from src.core.config import Settings
+from src.core.scrub import scrub_paths
+from src.rag.parse_worker import (
+    EXIT_MEMORY,
+    EXIT_REJECTED,
+    DocumentParseError,
+    _text_block,
+    check_zip_bounds,
+    normalize_whitespace,
+    parse_docx_content,  # noqa: F401  (re-exported: in-process parsing for tools and tests)
+    parse_pdf_content,  # noqa: F401
+)
 from src.rag.text_decoding import TextDecodingError, decode_text_bytes
 
 logger = logging.getLogger(__name__)
@@ -37,14 +56,9 @@ HTML_EXTENSIONS: frozenset[str] = frozenset({".html", ".htm"})
 OFFLINE_PARSER_NAME = "offline"
 
 
-class DocumentParseError(ValueError):
-    """The document itself is unusable (undecodable, encrypted, corrupt, no text): do not retry."""
-
-
 # --------------------------------------------------------------------------------------
 # Plain text and HTML
 # --------------------------------------------------------------------------------------
-
 
 def decode_text(data: bytes, name: str = "document") -> str:
     """Decode uploaded text bytes (src/rag/text_decoding.py: BOM, then UTF-8, then GB18030 when it
@@ -104,18 +118,13 @@ class _VisibleTextParser(HTMLParser):
             self.parts.append(data)
 
 
-def _normalize_whitespace(text: str) -> str:
-    lines = [re.sub(r"[ \t\f\v\u00a0]+", " ", line).strip() for line in text.splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
 def html_to_text(html: str) -> str:
     """Visible text of an HTML page (title first), one line per block element."""
     parser = _VisibleTextParser()
     parser.feed(html)
     parser.close()
-    title = _normalize_whitespace(" ".join(parser.title))
-    body = _normalize_whitespace("".join(parser.parts))
+    title = normalize_whitespace(" ".join(parser.title))
+    body = normalize_whitespace("".join(parser.parts))
     if title and not body.startswith(title):
         return f"{title}\n\n{body}".strip()
     return body
@@ -146,99 +155,99 @@ async def read_text_document(path: Path) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _text_block(text: str, page_idx: int) -> dict[str, Any]:
-    return {"type": "text", "text": text, "page_idx": page_idx}
+#: Bounds of one isolated parse; `configure_parse_limits` sets them from the settings.
+@dataclass(frozen=True)
+class ParseLimits:
+    max_expanded_bytes: int = 200 * 1024 * 1024
+    max_compression_ratio: float = 100.0
+    max_chars: int = 20_000_000
+    memory_bytes: int = 1536 * 1024 * 1024
+    timeout_seconds: float = 300.0
 
 
-def parse_pdf_content(pdf_path: Path) -> list[dict[str, Any]]:
-    """One text block per page that has a text layer. No OCR: scanned PDFs are rejected."""
-    from pypdf import PdfReader
-    from pypdf.errors import FileNotDecryptedError, PdfReadError
+_limits = ParseLimits()
+_WORKER = Path(__file__).with_name("parse_worker.py")
+#: Live parse processes by the path they parse, so a cancelled task can kill its own (`abort_parse`).
+_live: dict[str, set[subprocess.Popen]] = {}
+_live_lock = threading.Lock()
 
-    pdf_path = Path(pdf_path)
-    name = pdf_path.name
+
+def configure_parse_limits(settings: Settings) -> None:
+    global _limits
+    _limits = ParseLimits(
+        max_expanded_bytes=settings.max_expanded_bytes,
+        max_compression_ratio=settings.max_compression_ratio,
+        max_chars=settings.max_extracted_chars,
+        memory_bytes=settings.parse_memory_bytes,
+        timeout_seconds=settings.parse_timeout_seconds,
+    )
+
+
+def run_isolated(kind: str, path: Path, limits: ParseLimits | None = None) -> list[dict[str, Any]]:
+    """Parse a PDF/DOCX in a child process (src/rag/parse_worker.py) under memory, time and text
+    limits; blocking, so RAG-Anything calls it in a thread. Raises DocumentParseError."""
+    limits = limits or _limits
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise FileNotFoundError(name)
+    if kind == "docx":  # cheap (central directory only): refuse a bomb without starting a process
+        check_zip_bounds(path, limits.max_expanded_bytes, limits.max_compression_ratio)
+    args = {
+        "max_expanded_bytes": limits.max_expanded_bytes,
+        "max_compression_ratio": limits.max_compression_ratio,
+        "max_chars": limits.max_chars,
+        "memory_bytes": limits.memory_bytes,
+    }
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.Popen(
+        [sys.executable, "-I", str(_WORKER), kind, str(path), json.dumps(args)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    key = str(path.resolve())
+    with _live_lock:
+        _live.setdefault(key, set()).add(proc)
     try:
-        reader = PdfReader(str(pdf_path), strict=False)
-        if reader.is_encrypted:
-            try:
-                if not reader.decrypt(""):
-                    raise DocumentParseError(f"{name}: PDF is password-protected")
-            except (FileNotDecryptedError, NotImplementedError) as exc:
-                raise DocumentParseError(f"{name}: PDF is encrypted and cannot be opened: {exc}") from exc
-        pages = list(reader.pages)
-    except DocumentParseError:
-        raise
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, OSError, IndexError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise DocumentParseError(f"{name}: not a readable PDF ({type(exc).__name__}: {exc})") from exc
-
-    blocks: list[dict[str, Any]] = []
-    failures = 0
-    for index, page in enumerate(pages):
-        try:
-            text = page.extract_text() or ""
-        except Exception as exc:  # pypdf raises many types on damaged content streams
-            failures += 1
-            logger.warning("%s: page %d unreadable: %s", name, index + 1, exc)
-            continue
-        text = _normalize_whitespace(text.replace("\x00", ""))
-        if text:
-            blocks.append(_text_block(text, index))
-    if not blocks:
-        reason = (
-            f"{failures} unreadable page(s)" if failures else "no text layer (scanned? OCR is not available)"
-        )
-        raise DocumentParseError(f"{name}: no extractable text in {len(pages)} page(s): {reason}")
-    return blocks
+        out, err = proc.communicate(timeout=limits.timeout_seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise DocumentParseError(
+            f"{name}: parsing took longer than {limits.timeout_seconds:g} s (PARSE_TIMEOUT_SECONDS)"
+        ) from None
+    finally:
+        with _live_lock:
+            procs = _live.get(key)
+            if procs is not None:
+                procs.discard(proc)
+                if not procs:
+                    del _live[key]
+    message = err.decode("utf-8", "replace").strip()[-2000:]
+    if proc.returncode == 0:
+        return json.loads(out)
+    if proc.returncode == EXIT_REJECTED:
+        raise DocumentParseError(scrub_paths(message, {str(path): name}))
+    if proc.returncode == EXIT_MEMORY:
+        raise DocumentParseError(f"{name}: parsing needs more memory than PARSE_MEMORY_BYTES allows")
+    if proc.returncode == -signal.SIGKILL:
+        raise DocumentParseError(f"{name}: parsing was stopped")
+    raise DocumentParseError(
+        f"{name}: the parse process failed (exit {proc.returncode}; memory limit PARSE_MEMORY_BYTES?)"
+    )
 
 
-def _docx_table_lines(table: Any) -> list[str]:
-    lines: list[str] = []
-    for row in table.rows:
-        cells: list[str] = []
-        previous = None
-        for cell in row.cells:
-            if cell._tc is previous:  # merged cells repeat the same element
-                continue
-            previous = cell._tc
-            cells.append(re.sub(r"\s+", " ", cell.text).strip())
-        if any(cells):
-            lines.append(" | ".join(cells))
-    return lines
-
-
-def parse_docx_content(doc_path: Path) -> list[dict[str, Any]]:
-    """Paragraphs and tables of a .docx in document order, as text blocks (page_idx 0)."""
-    import docx
-    from docx.opc.exceptions import PackageNotFoundError
-    from docx.table import Table
-    from docx.text.paragraph import Paragraph
-
-    doc_path = Path(doc_path)
-    name = doc_path.name
-    try:
-        document = docx.Document(str(doc_path))
-    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise DocumentParseError(f"{name}: not a readable .docx ({type(exc).__name__}: {exc})") from exc
-
-    blocks: list[dict[str, Any]] = []
-    body = document.element.body
-    for child in body.iterchildren():
-        tag = child.tag.rsplit("}", 1)[-1]
-        if tag == "p":
-            text = Paragraph(child, document).text.strip()
-            if text:
-                blocks.append(_text_block(text, 0))
-        elif tag == "tbl":
-            lines = _docx_table_lines(Table(child, document))
-            if lines:
-                blocks.append(_text_block("\n".join(lines), 0))
-    if not blocks:
-        raise DocumentParseError(f"{name}: the document contains no text")
-    return blocks
+def abort_parse(path: Path) -> int:
+    """Kill the parse processes working on ``path`` (its task was cancelled); returns how many."""
+    with _live_lock:
+        procs = list(_live.get(str(Path(path).resolve()), ()))
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    logger.info("aborted %d parse process(es) of %s", len(procs), Path(path).name)
+    return len(procs)
 
 
 class OfflineParser(Parser):
@@ -264,7 +273,7 @@ class OfflineParser(Parser):
         lang: str | None = None,
         **kwargs: Any,
     ) -> list[dict[str, Any]]:
-        return parse_pdf_content(Path(pdf_path))
+        return run_isolated("pdf", Path(pdf_path))
 
     def parse_office_doc(
         self, doc_path: str | Path, output_dir: str | None = None, lang: str | None = None, **kwargs: Any
@@ -272,7 +281,7 @@ class OfflineParser(Parser):
         path = Path(doc_path)
         if path.suffix.lower() != ".docx":
             raise DocumentParseError(f"{path.name}: only .docx office documents are supported offline")
-        return parse_docx_content(path)
+        return run_isolated("docx", path)
 
     def parse_html(self, html_path: str | Path, output_dir: str | None = None, **kwargs: Any) -> list[dict]:
         return [_text_block(read_text_document_sync(Path(html_path)), 0)]
@@ -322,6 +331,7 @@ def build_raganything(rag: LightRAG, settings: Settings) -> RAGAnything:
     exit; that hook is removed - the caller owns the LightRAG instance's lifecycle.
     """
     register_offline_parser()
+    configure_parse_limits(settings)
     parsed_dir = Path(settings.data_dir) / "parsed"
     parsed_dir.mkdir(parents=True, exist_ok=True)
     config = RAGAnythingConfig(

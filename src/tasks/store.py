@@ -9,12 +9,14 @@ which is what keeps a zombie attempt from overwriting a newer one. The keys are 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from functools import cache
 from importlib import resources
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from src.tasks.keys import INDEX_ALL, LUA_KEYS, Keys
 from src.tasks.models import (
@@ -93,6 +95,8 @@ class TaskStore:
         self._set_if_exists = scripts["set_if_exists"]
         self._mark_deleting = scripts["mark_deleting"]
         self._unmark_deleting = scripts["unmark_deleting"]
+        #: Pub/sub channel carrying the id of every task written (read by src/tasks/fanout.py).
+        self.events_channel = f"{prefix}task-events"
 
     # ----------------------------------------------------------------- creation and reads
     @staticmethod
@@ -129,7 +133,10 @@ class TaskStore:
                 *flat,
             ]
         )
-        return CreateResult(kind=CreateOutcome(_s(kind)), task_id=_s(task_id))
+        result = CreateResult(kind=CreateOutcome(_s(kind)), task_id=_s(task_id))
+        if result.kind == CreateOutcome.CREATED:
+            await self._announce(result.task_id)
+        return result
 
     async def check_room(self, tenant: str) -> CreateOutcome | None:
         """BUSY or TENANT_BUSY when a task of ``tenant`` would be refused for a full queue, else None.
@@ -258,7 +265,9 @@ class TaskStore:
         if not raw:
             return None
         it = iter(raw)
-        return TaskRecord.from_redis(_decode(dict(zip(it, it, strict=True))))
+        record = TaskRecord.from_redis(_decode(dict(zip(it, it, strict=True))))
+        await self._announce(record.task_id)
+        return record
 
     async def tenants_with_pending(self) -> list[str]:
         """Tenants with tasks waiting in their queue (due now), for spreading workspace ownership."""
@@ -298,6 +307,8 @@ class TaskStore:
         ok = await self._progress(
             args=[self.prefix, task_id, str(epoch), stage, f"{progress:.1f}", f"{time.time():.6f}"]
         )
+        if int(ok):
+            await self._announce(task_id)
         return bool(int(ok))
 
     async def finish(
@@ -332,14 +343,20 @@ class TaskStore:
                 error or "",
             ]
         )
-        return FinishOutcome(_s(out))
+        outcome = FinishOutcome(_s(out))
+        if outcome == FinishOutcome.OK:
+            await self._announce(task_id)
+        return outcome
 
     async def request_cancel(self, task_id: str) -> CancelResult:
         """Cancel a task that never ran at once; mark a running (or re-queued) one 'cancelling'."""
         outcome, status = await self._request_cancel(
             args=[self.prefix, task_id, f"{time.time():.6f}", str(self.ttls["cancelled"])]
         )
-        return CancelResult(outcome=CancelOutcome(_s(outcome)), status=_s(status))
+        result = CancelResult(outcome=CancelOutcome(_s(outcome)), status=_s(status))
+        if result.outcome in (CancelOutcome.CANCELLED, CancelOutcome.CANCELLING):
+            await self._announce(task_id)
+        return result
 
     async def requeue(
         self,
@@ -373,7 +390,10 @@ class TaskStore:
                 "" if epoch is None else str(epoch),
             ]
         )
-        return RequeueOutcome(_s(out))
+        result = RequeueOutcome(_s(out))
+        if result in (RequeueOutcome.REQUEUED, RequeueOutcome.DEAD_LETTERED):
+            await self._announce(task_id)
+        return result
 
     async def running_ids(self, *, lease_before: float | None = None) -> list[str]:
         ids = await self.redis.zrangebyscore(
@@ -401,6 +421,14 @@ class TaskStore:
         """Attach webhook delivery attempts to a finished task (its TTL is kept); a record that
         expired meanwhile is not resurrected."""
         await self._set_if_exists(args=[self.prefix, task_id, "webhook", json.dumps(delivery)])
+
+    async def _announce(self, task_id: str) -> None:
+        """Publish "task_id changed" for the event streams of every instance. Best effort: the write
+        already happened, and streams resynchronise when their subscription is re-established."""
+        try:
+            await self.redis.publish(self.events_channel, task_id)
+        except RedisError as exc:
+            logging.getLogger(__name__).debug("task change notice not sent: %s", exc)
 
     async def ping(self) -> float:
         """Round-trip time to Redis in milliseconds."""
