@@ -7,10 +7,9 @@ import random
 
 import pytest
 
-from tests.conftest import Service, upload, wait_for_task
-from tests.docs_factory import story
+from tests.helpers import Service, story, upload, wait_for_task
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 async def test_polls_and_queries_while_uploads_ingest(service: Service) -> None:

@@ -7,10 +7,9 @@ import json
 
 import pytest
 
-from tests.conftest import Service, upload, wait_for_task
-from tests.docs_factory import story
+from tests.helpers import Service, story, upload, wait_for_task
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def parse_sse(raw: str) -> list[dict]:
@@ -96,7 +95,7 @@ async def test_tenant_event_stream_and_last_event_id_resume(tmp_path, redis_url)
     import uvicorn
 
     from main import create_app
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     settings = make_settings(tmp_path, redis_url, embedding_provider="hash")
     app = create_app(settings, redis_prefix=f"evt{id(tmp_path)}:")

@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.docs_factory import story
+from tests.helpers import free_port, story
 from tests.procs import (
     embedded_redis_pid,
     kill_embedded_redis,
@@ -22,7 +21,7 @@ from tests.procs import (
     statuses,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(900)]
 FINAL = ("completed", "failed", "cancelled")
 
 

@@ -11,10 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from src.core.logs import JsonFormatter, _ContextFilter, current_task_id, current_tenant
-from tests.conftest import Service, upload, wait_for_task
-from tests.docs_factory import story
+from tests.helpers import Service, story, upload, wait_for_task
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

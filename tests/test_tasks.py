@@ -6,10 +6,9 @@ import asyncio
 
 import pytest
 
-from tests.conftest import Service, make_settings, start_service, upload, wait_for_task
-from tests.docs_factory import story
+from tests.helpers import Service, make_settings, start_service, story, upload, wait_for_task
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture

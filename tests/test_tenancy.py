@@ -11,10 +11,9 @@ import pytest
 
 from src.tasks.models import TaskRecord
 from src.tenancy.tenants import TenantQuota
-from tests.conftest import Service, make_settings, start_service, wait_for_task
-from tests.docs_factory import story
+from tests.helpers import Service, make_settings, start_service, story, wait_for_task
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
 

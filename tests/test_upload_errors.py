@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Service, make_settings, start_service, upload
-from tests.docs_factory import make_pdf
+from tests.helpers import Service, make_pdf, make_settings, start_service, upload
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def leftovers(svc: Service) -> list[Path]:
@@ -162,7 +161,7 @@ async def test_corrupt_pdf_fails_the_task_with_a_clear_error(service: Service) -
     broken = make_pdf(["Some text"])[:200]  # header intact, body cut
     response = await upload(service.client, "broken.pdf", broken)
     assert response.status_code == 202
-    from tests.conftest import wait_for_task
+    from tests.helpers import wait_for_task
 
     final = await wait_for_task(service.client, response.json()["task_id"])
     assert final["status"] == "failed" and final["error"]

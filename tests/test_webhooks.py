@@ -13,10 +13,9 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from src.webhooks import receiver_secret, signature_headers
-from tests.conftest import make_settings, start_service, upload, wait_for_task
-from tests.docs_factory import make_pdf, story
+from tests.helpers import make_pdf, make_settings, start_service, story, upload, wait_for_task
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 SECRET = "test-webhook-secret"
 #: The receivers below listen on loopback, which callbacks may only reach when allowed.
 LOOPBACK = {"webhook_allowed_hosts": "127.0.0.1"}
