@@ -175,6 +175,91 @@ async def start_service(settings: Settings, prefix: str | None = None) -> AsyncI
             yield Service(client, app.state.services, settings, prefix, app)
 
 
+@dataclass
+class SocketService:
+    url: str
+    services: Services
+    settings: Settings
+    prefix: str
+
+
+@contextlib.asynccontextmanager
+async def start_socket_service(settings: Settings, prefix: str | None = None) -> AsyncIterator[SocketService]:
+    """The app under uvicorn on a loopback port, in this event loop: for streams read as they arrive
+    (httpx's ASGI transport buffers a response until it ends)."""
+    import uvicorn
+
+    from main import create_app
+
+    prefix = prefix or f"test:{uuid.uuid4().hex[:8]}:"
+    app = create_app(settings, redis_prefix=prefix)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_until(
+            lambda: asyncio.sleep(0, result=server.started or serving.done()), message="uvicorn start"
+        )
+        if serving.done():
+            serving.result()  # raises why it could not start
+        yield SocketService(f"http://127.0.0.1:{port}", app.state.services, settings, prefix)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, timeout=60)
+
+
+async def read_events_until(
+    client: httpx.AsyncClient,
+    path: str,
+    done: Callable[[list[dict]], bool],
+    *,
+    timeout: float = WAIT_SECONDS,
+    headers: dict[str, str] | None = None,
+    on_open: Callable[[list[dict]], Awaitable[None]] | None = None,
+) -> list[dict]:
+    """Read an SSE stream (``event: task`` events, parsed) until ``done(events)`` holds or the stream
+    ends; fail after ``timeout`` with what arrived. ``on_open`` runs once, after the first event."""
+    events: list[dict] = []
+    opened = False
+    try:
+        async with asyncio.timeout(timeout):
+            async with client.stream("GET", path, headers=headers or {}) as response:
+                assert response.status_code == 200, await response.aread()
+                block: list[str] = []
+                async for line in response.aiter_lines():
+                    if line:
+                        block.append(line)
+                        continue
+                    event = parse_sse_block(block)
+                    block = []
+                    if event is None:
+                        continue
+                    events.append(event)
+                    if on_open is not None and not opened:
+                        opened = True
+                        await on_open(events)
+                    if done(events):
+                        return events
+    except TimeoutError:
+        raise AssertionError(f"{path}: condition not met within {timeout}s; events: {events}") from None
+    raise AssertionError(f"{path}: the stream ended before the condition was met; events: {events}")
+
+
+def parse_sse_block(lines: list[str]) -> dict | None:
+    """One SSE block -> {"id", "task"} for `event: task`, else None (comments, retry, pings)."""
+    import json
+
+    fields: dict[str, str] = {}
+    for line in lines:
+        if line.startswith(":") or ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        fields[key] = value.lstrip(" ")
+    if fields.get("event") != "task":
+        return None
+    return {"id": fields["id"], "task": json.loads(fields["data"])}
+
+
 async def upload(
     client: httpx.AsyncClient,
     name: str,
@@ -217,6 +302,7 @@ async def wait_for_status(
     timeout: float = WAIT_SECONDS,
     interval: float = 0.05,
     stage: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict:
     """Poll ``GET /task/{id}`` until its status is one of ``wanted`` (and its stage is ``stage``
     when given). A terminal state that was not asked for fails at once, with the task's view."""
@@ -224,7 +310,7 @@ async def wait_for_status(
     deadline = time.monotonic() + timeout
     body: dict = {}
     while True:
-        response = await client.get(f"/task/{task_id}")
+        response = await client.get(f"/task/{task_id}", headers=headers)
         assert response.status_code == 200, response.text
         body = response.json()
         if body["status"] in wanted and (stage is None or body.get("stage") == stage):
@@ -241,10 +327,14 @@ async def wait_for_status(
 
 
 async def wait_for_task(
-    client: httpx.AsyncClient, task_id: str, timeout: float = WAIT_SECONDS, expect: str | None = None
+    client: httpx.AsyncClient,
+    task_id: str,
+    timeout: float = WAIT_SECONDS,
+    expect: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict:
     """Wait for a final state; with ``expect``, any other final state fails with the task's view."""
-    final = await wait_for_status(client, task_id, FINAL, timeout=timeout, interval=0.1)
+    final = await wait_for_status(client, task_id, FINAL, timeout=timeout, interval=0.1, headers=headers)
     if expect is not None:
         assert final["status"] == expect, f"task {task_id} ended {final['status']!r}, not {expect}: {final}"
     return final
