@@ -260,6 +260,20 @@ def parse_sse_block(lines: list[str]) -> dict | None:
     return {"id": fields["id"], "task": json.loads(fields["data"])}
 
 
+#: The admin token tests pass as ``admin_token`` (make_settings(..., admin_token=ADMIN_TOKEN)).
+ADMIN_TOKEN = "admin-secret"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def make_tenant(svc: Service, name: str, **quota: Any) -> dict[str, str]:
+    """Create a tenant and one API key through the admin API; returns that key's auth header."""
+    created = await svc.client.post("/admin/tenants", json={"name": name, **quota}, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    key = await svc.client.post(f"/admin/tenants/{name}/keys", json={"label": "test"}, headers=ADMIN)
+    assert key.status_code == 201, key.text
+    return {"Authorization": f"Bearer {key.json()['api_key']}"}
+
+
 async def upload(
     client: httpx.AsyncClient,
     name: str,

@@ -40,11 +40,11 @@ async def test_query_answers_502_when_the_llm_provider_fails(tmp_path, redis_url
             ok = await svc.client.post("/query", json={"query": "Querybreak orchards", "mode": "naive"})
             assert ok.status_code == 200 and ok.json()["response"], ok.text
 
-            configured = httpx.post(
-                f"{mock.root_url}/_mock/config",
-                json={"permanent_error": True, "permanent_error_status": 401},
-                timeout=10,
-            )
+            async with httpx.AsyncClient(timeout=10) as control:
+                configured = await control.post(
+                    f"{mock.root_url}/_mock/config",
+                    json={"permanent_error": True, "permanent_error_status": 401},
+                )
             assert configured.status_code == 200, configured.text
             query = {"query": "Who founded the Querybreak project in Lisbon?", "mode": "naive"}
             failed = await svc.client.post("/query", json=query)

@@ -128,22 +128,25 @@ async def test_task_timeout_fails_the_task_and_purges_it(tmp_path, redis_url) ->
 
 
 async def test_idempotency_key_returns_the_same_task(service: Service) -> None:
+    """Catches a retried request (same Idempotency-Key, other bytes) that creates a second task or
+    leaves its stored upload behind. The runner is held so the first task stays pending: the answer
+    is exactly 202 (200 only for a completed task) and exactly one file is on disk."""
+    await service.services.runner.stop(grace_seconds=0)
     headers = {"Idempotency-Key": "client-retry-42"}
-    first = await service.client.post(
-        "/insert", files={"file": ("a.txt", story("moors", "Idemone").encode())}, headers=headers
-    )
-    second = await service.client.post(
-        "/insert", files={"file": ("b.txt", story("moors", "Idemtwo").encode())}, headers=headers
-    )
-    assert first.status_code == 202 and second.status_code in (200, 202)
+    first = await upload(service.client, "a.txt", story("moors", "Idemone").encode(), headers=headers)
+    second = await upload(service.client, "b.txt", story("moors", "Idemtwo").encode(), headers=headers)
+    assert first.status_code == 202 and not first.json()["duplicate"]
+    assert second.status_code == 202, second.text
     assert second.json()["duplicate"] and second.json()["task_id"] == first.json()["task_id"]
     text = await service.client.post("/insert/text", json={"text": "other"}, headers=headers)
-    assert text.json()["task_id"] == first.json()["task_id"]
+    assert text.status_code == 202 and text.json()["task_id"] == first.json()["task_id"]
     bad = await service.client.post(
         "/insert/text", json={"text": "x"}, headers={"Idempotency-Key": "a" * 300}
     )
     assert bad.status_code == 422 and bad.json()["code"] == "invalid_idempotency_key"
-    assert len(list(service.settings.uploads_dir.iterdir())) <= 1
+    stored = [p.name for p in service.settings.uploads_dir.iterdir()]
+    assert len(stored) == 1 and stored[0].startswith(first.json()["task_id"]), stored
+    assert (await service.client.get("/tasks")).json()["total"] == 1
 
 
 async def test_backpressure_answers_429_with_retry_after(tmp_path, redis_url) -> None:

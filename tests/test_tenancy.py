@@ -11,20 +11,9 @@ import pytest
 
 from src.tasks.models import TaskRecord
 from src.tenancy.tenants import TenantQuota
-from tests.helpers import Service, make_settings, start_service, story, wait_for_task
+from tests.helpers import ADMIN, Service, make_settings, make_tenant, start_service, story, wait_for_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-ADMIN = {"Authorization": "Bearer admin-secret"}
-
-
-async def make_tenant(svc: Service, name: str, **quota) -> dict[str, str]:
-    created = await svc.client.post("/admin/tenants", json={"name": name, **quota}, headers=ADMIN)
-    assert created.status_code == 201, created.text
-    key = await svc.client.post(f"/admin/tenants/{name}/keys", json={"label": "test"}, headers=ADMIN)
-    assert key.status_code == 201, key.text
-    return {"Authorization": f"Bearer {key.json()['api_key']}"}
-
-
 @pytest.fixture
 async def multi(tmp_path, redis_url):
     async with start_service(make_settings(tmp_path, redis_url, admin_token="admin-secret")) as svc:
