@@ -354,6 +354,25 @@ async def wait_for_task(
     return final
 
 
+def wait_sync(
+    probe: Callable[[], Any],
+    *,
+    timeout: float = WAIT_SECONDS,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> Any:
+    """Blocking twin of `wait_until`, for process tests: ``probe()`` until truthy, else fail."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message}: not reached within {timeout}s (last: {last!r})")
+        time.sleep(interval)
+
+
 def wait_http(url: str, timeout: float = 60.0, proc: Any = None) -> None:
     """Block until ``url`` answers below 500; fail early when ``proc`` (a Popen) has exited."""
     deadline = time.monotonic() + timeout

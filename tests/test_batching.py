@@ -156,8 +156,11 @@ async def test_cancelled_caller_while_batch_runs_does_not_break_it() -> None:
     batcher = EmbeddingBatcher(provider, max_batch=2, wait_ms=50)
     gone = asyncio.create_task(batcher(["gone"]))
     stay = asyncio.create_task(batcher(["stay"]))  # fills the batch: sent at once
-    while not provider.batches:
+    for _ in range(10_000):  # bounded: a batcher that never sends fails here, not by timeout
+        if provider.batches:
+            break
         await asyncio.sleep(0)
+    assert provider.batches, "the full batch was never sent"
     gone.cancel()
     provider.gate.set()
     rows = await stay
