@@ -74,6 +74,7 @@ DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
     domain.DocumentNotFound: HttpError(404, "doc_not_found"),
     domain.ProviderError: HttpError(502, "query_failed"),
     domain.DeleteFailed: HttpError(502, "delete_failed"),
+    domain.KnowledgeBaseUnavailable: HttpError(503, "knowledge_base_unavailable"),
 }
 
 

@@ -1,20 +1,23 @@
-"""The Python clients (src/client.py) and the `ragsvc` CLI (src/cli.py).
+"""The Python clients (src/client/sync.py, aio.py over the sans-I/O core) and the `ragsvc` CLI.
 
 - AsyncRagClient against the app served in-process (ASGI transport, real Redis);
-- the SSE side of `wait_for` against scripted transports.
+- the SSE side of `wait_for` against scripted transports (drops, resume, no events endpoint).
 RagClient and the CLI against the real service under uvicorn are in tests/test_client_cli_process.py.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from src.client.client import AsyncRagClient, RagApiError, RagClient, RagConnectionError, RagTimeoutError
+from src.client import AsyncRagClient, RagApiError, RagClient, RagConnectionError, RagTimeoutError
 from src.tenancy.tenants import TenantQuota
 from tests.helpers import free_port, make_settings, start_service, story
 
@@ -37,16 +40,25 @@ class RecordingTransport(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-@pytest.fixture
-async def rag(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[AsyncRagClient, RecordingTransport]]:
-    async with start_service(make_settings(tmp_path, redis_url, embedding_provider="hash")) as svc:
-        # A real tenant and API key: the client authenticates like any caller would.
+@contextlib.asynccontextmanager
+async def served(
+    tmp_path: Path, redis_url: str, **overrides: Any
+) -> AsyncIterator[tuple[AsyncRagClient, RecordingTransport, Any]]:
+    """The app in-process with a real tenant and API key: the client authenticates like any caller."""
+    settings = make_settings(tmp_path, redis_url, embedding_provider="hash", **overrides)
+    async with start_service(settings) as svc:
         tenants = svc.services.tenants
         await tenants.create_tenant("client-tests", TenantQuota())
         _, api_key = await tenants.create_key("client-tests", "pytest")
         transport = RecordingTransport(httpx.ASGITransport(app=svc.app))
         async with AsyncRagClient("http://svc", api_key=api_key, transport=transport) as client:
-            yield client, transport
+            yield client, transport, svc.services
+
+
+@pytest.fixture
+async def rag(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[AsyncRagClient, RecordingTransport]]:
+    async with served(tmp_path, redis_url) as (client, transport, _):
+        yield client, transport
 
 
 async def test_async_upload_bytes_wait_for_follows_the_event_stream(rag) -> None:
@@ -121,6 +133,73 @@ async def test_async_errors_map_to_rag_api_error(rag, tmp_path: Path) -> None:
 
     text = await client.insert_text(story("wind", "Borrowdane"), doc_id="note-1")
     assert (await client.wait_for(text["task_id"], timeout=120))["status"] == "completed"
+
+
+async def test_async_submission_options_reach_the_service(tmp_path: Path, redis_url: str) -> None:
+    """Catches priority, callback_url or Idempotency-Key being dropped between client and service."""
+    async with served(tmp_path, redis_url, webhook_attempts=1) as (client, _, _):
+        hook = "http://127.0.0.1:9/hook"
+        data = story("dunes", "Kestrivane").encode()
+        first = await client.upload(data, "dunes.txt", priority=8, callback_url=hook, idempotency_key="up-1")
+        # A retry with the same key (even with other bytes) is answered by the same task.
+        retry = await client.upload(b"other bytes", "dunes.txt", idempotency_key="up-1")
+        assert retry["duplicate"] is True and retry["task_id"] == first["task_id"]
+        view = await client.task(first["task_id"])
+        assert view["priority"] == 8 and view["callback_url"] == hook
+
+        text = await client.insert_text(
+            story("moss", "Ulvenbrae"), "moss-1", filename="moss.md", priority=1, idempotency_key="txt-1"
+        )
+        again = await client.insert_text("different text", "moss-2", idempotency_key="txt-1")
+        assert again["duplicate"] is True and again["task_id"] == text["task_id"]
+        assert text["filename"] == "moss.md" and (await client.task(text["task_id"]))["priority"] == 1
+
+        assert (await client.wait_for(text["task_id"], timeout=120))["status"] == "completed"
+        context = await client.query(
+            "Ulvenbrae", mode="naive", only_need_context=True, chunk_top_k=3, response_type="Bullet Points"
+        )
+        assert "Ulvenbrae" in context["response"]
+        with pytest.raises(RagApiError) as invalid:
+            await client.query("Ulvenbrae", chunk_top_k=0)
+        assert invalid.value.code == "validation_error"
+
+
+def gate_runner(services: Any) -> asyncio.Event:
+    """Hold every task at the start of its run until the gate opens."""
+    gate = asyncio.Event()
+    handler = services.runner.handler
+    real = handler.run
+
+    async def gated(task: Any, report: Any) -> Any:
+        await gate.wait()
+        return await real(task, report)
+
+    handler.run = gated
+    return gate
+
+
+async def test_async_cancel_of_a_pending_and_of_a_running_task(tmp_path: Path, redis_url: str) -> None:
+    """Catches the client treating 202 ``cancelling`` as an error, or wait_for missing ``cancelled``
+    (the old client said running tasks could not be cancelled)."""
+    async with served(tmp_path, redis_url, max_concurrent_tasks=1) as (client, _, services):
+        gate = gate_runner(services)
+        try:
+            running = await client.upload(story("tides", "Axolind").encode(), "a.txt")
+            pending = await client.upload(story("wind", "Borrowdane").encode(), "b.txt")
+            while (await client.task(running["task_id"]))["status"] != "processing":
+                await asyncio.sleep(0.05)  # bounded by the test timeout
+            assert (await client.task(pending["task_id"]))["status"] == "pending"
+
+            assert (await client.cancel(pending["task_id"]))["status"] == "cancelled"
+            stopping = await client.cancel(running["task_id"])
+            assert stopping["status"] == "cancelling"
+            final = await client.wait_for(running["task_id"], timeout=60)
+            assert final["status"] == "cancelled"
+        finally:
+            gate.set()
+        with pytest.raises(RagApiError) as finished:
+            await client.cancel(running["task_id"])
+        assert finished.value.code == "task_finished"
 
 
 # --- wait_for over Server-Sent Events (scripted server) ----------------------------------------------

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from src.client import RagApiError, RagClient
 from src.client.cli import app as cli_app
-from src.client.client import RagApiError, RagClient
 from tests.helpers import free_port, make_pdf, scrubbed_env, story
 from tests.procs import ROOT, service_env, start_service, stop_process
 
@@ -172,3 +172,46 @@ def test_cli_admin_manages_tenants_and_keys(live: LiveService) -> None:
         assert ragsvc(live, "admin", "revoke-key", key_id, *token).exit_code == 0
     assert ragsvc(live, "--api-key", key, "stats").exit_code == 2  # revoked key is refused
     assert ragsvc(live, "stats").exit_code == 0  # no keys left: open mode again
+
+
+def test_cli_text_submission_options_list_and_document(live: LiveService) -> None:
+    """Catches the CLI dropping --priority / --idempotency-key / --text, or `list` and `document`
+    not reaching their endpoints."""
+    args = ["upload", "--text", "-", "--doc-id", "cli-note", "--filename", "note.md", "--priority", "7"]
+    body = story("meadows", "Fennoraque")
+    submitted = CliRunner().invoke(
+        cli_app, ["--url", live.url, "--json", *args, "--idempotency-key", "cli-k", "--wait"], input=body
+    )
+    assert submitted.exit_code == 0, submitted.output
+    row = json.loads(submitted.stdout)[0]
+    assert row["status"] == "completed" and row["doc_id"] == "cli-note" and row["filename"] == "note.md"
+    again = ragsvc(live, "--json", "upload", "--text", "another text", "--idempotency-key", "cli-k")
+    assert again.exit_code == 0 and json.loads(again.stdout)[0]["task_id"] == row["task_id"]
+    assert json.loads(ragsvc(live, "--json", "status", row["task_id"]).stdout)["priority"] == 7
+
+    listed = json.loads(ragsvc(live, "--json", "list", "--status", "completed", "--limit", "500").stdout)
+    assert row["task_id"] in [t["task_id"] for t in listed["tasks"]]
+    shown = ragsvc(live, "list", "--limit", "5")
+    assert shown.exit_code == 0 and "Recent tasks" in shown.stdout
+
+    document = ragsvc(live, "document", "cli-note")
+    assert document.exit_code == 0 and "processed" in document.stdout
+    assert json.loads(ragsvc(live, "--json", "document", "cli-note").stdout)["status"] == "processed"
+    assert ragsvc(live, "document", "no-such-doc").exit_code == 2
+
+    answer = ragsvc(
+        live, "query", "Fennoraque", "--mode", "naive", "--context-only", "--chunk-top-k", "2",
+        "--response-type", "Bullet Points",
+    )
+    assert answer.exit_code == 0 and "Fennoraque" in answer.stdout
+    assert ragsvc(live, "cancel", row["task_id"]).exit_code == 2  # finished: nothing to cancel
+
+
+def test_cli_upload_usage_errors_exit_2(live: LiveService) -> None:
+    """Catches a command that sends nothing (or one key for several documents) exiting 0."""
+    assert ragsvc(live, "upload").exit_code == 2
+    one, two = live.workdir / "one.txt", live.workdir / "two.txt"
+    one.write_text("one")
+    two.write_text("two")
+    assert ragsvc(live, "upload", str(one), str(two), "--idempotency-key", "k").exit_code == 2
+    assert ragsvc(live, "upload", str(one), "--priority", "12").exit_code == 2

@@ -114,8 +114,9 @@ class Settings(BaseSettings):
     llm_max_retries: int = 3
 
     # --- embeddings -------------------------------------------------------------------
-    #: auto = openai when EMBEDDING_BASE_URL or EMBEDDING_API_KEY is set, else onnx (MiniLM, offline).
-    embedding_provider: Literal["auto", "openai", "onnx", "hash"] = "auto"
+    #: auto = openai when EMBEDDING_BASE_URL or EMBEDDING_API_KEY is set, else e5 (offline,
+    #: multilingual-e5-small 4-bit); onnx = all-MiniLM-L6-v2 (offline, English only, ~8x faster).
+    embedding_provider: Literal["auto", "openai", "e5", "onnx", "hash"] = "auto"
     embedding_base_url: str | None = None
     embedding_api_key: str | None = None
     embedding_model: str = "text-embedding-3-small"
@@ -125,7 +126,7 @@ class Settings(BaseSettings):
     embedding_max_async: int = Field(default=4, ge=1)
     #: How long the first embedding request of a batch waits for others to join it (0 = no waiting).
     embedding_batch_wait_ms: float = Field(default=5.0, ge=0)
-    #: onnxruntime intra-op threads of the local embedding model (unset: min(2, CPU count)).
+    #: Threads of the local embedding engines (onnx intra-op threads, e5 OMP_NUM_THREADS); unset = default.
     embedding_threads: int | None = Field(default=None, ge=1)
 
     # --- LightRAG tuning --------------------------------------------------------------
@@ -134,6 +135,9 @@ class Settings(BaseSettings):
     #: Documents LightRAG indexes in parallel (default: MAX_CONCURRENT_TASKS // 2).
     max_parallel_insert: int | None = None
     entity_extract_max_gleaning: int = 1
+    #: Embedded SQLite storages: dirty records are written at most this often (and at shutdown);
+    #: a finished document waits for the next flush before its task is reported completed.
+    storage_flush_interval_seconds: float = Field(default=1.0, ge=0.0, le=60.0)
 
     @property
     def uploads_dir(self) -> Path:
@@ -157,7 +161,7 @@ class Settings(BaseSettings):
     def resolved_embedding_provider(self) -> str:
         if self.embedding_provider != "auto":
             return self.embedding_provider
-        return "openai" if (self.embedding_base_url or self.embedding_api_key) else "onnx"
+        return "openai" if (self.embedding_base_url or self.embedding_api_key) else "e5"
 
     def ttl_for(self, status: str) -> int | None:
         """Seconds a finished task is kept; None for live statuses (never expire)."""

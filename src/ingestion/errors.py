@@ -117,3 +117,8 @@ class ProviderError(IngestionError):
 
 class DeleteFailed(IngestionError):
     """LightRAG could not delete the document."""
+
+
+class KnowledgeBaseUnavailable(IngestionError):
+    """The tenant's knowledge base cannot be opened as configured (e.g. it was indexed with another
+    embedding model); an operator must fix the configuration."""

@@ -26,6 +26,7 @@ from raganything.utils import separate_content_with_page_map
 
 from src.ingestion.pipeline import DocumentGuard, PipelineCoordinator
 from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, read_text_document
+from src.rag.storage.embedded import commit_for
 from src.tasks.models import Stage, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class DocumentIngestor:
         existing = await self.rag.doc_status.get_by_id(task.doc_id)
         if existing and existing.get("status") == DocStatus.PROCESSED:
             # An earlier attempt finished indexing before the process died: nothing to redo.
+            await commit_for(self.rag)()  # (a no-op unless it finished in this process)
             return IngestResult(task.doc_id, int(existing.get("chunks_count") or 0), resumed=True)
         if existing is None:
             if not await asyncio.to_thread(path.exists):
@@ -124,6 +126,7 @@ class DocumentIngestor:
             # Left PENDING/PROCESSING/FAILED by an attempt that died: LightRAG's next run resumes it.
             self.coordinator.kick()
         record = await self._wait_until_processed(task.doc_id, started, report)
+        await commit_for(self.rag)()  # durable before the task can be reported completed
         await report(Stage.DONE, STAGE_PROGRESS[Stage.DONE])
         return IngestResult(task.doc_id, int(record.get("chunks_count") or 0), resumed=existing is not None)
 

@@ -21,6 +21,7 @@ from lightrag import LightRAG
 
 from src.core.config import Settings
 from src.core.metrics import Metrics
+from src.ingestion.errors import KnowledgeBaseUnavailable
 from src.ingestion.ingestor import DocumentIngestor
 from src.ingestion.pipeline import DocumentGuard, PipelineCoordinator
 from src.tenancy.tenants import DEFAULT_TENANT
@@ -98,11 +99,15 @@ class TenantEngines:
 
     async def _build(self, tenant: str) -> TenantEngine:
         from src.rag.builder import build_lightrag
+        from src.rag.embedding_signature import EmbeddingMismatchError
         from src.rag.parsers import build_raganything
 
         guard = DocumentGuard()
         wrap: Callable[[Any], Any] = lambda llm: guard.wrap(self.metrics.wrap_llm(llm))  # noqa: E731
-        rag = await build_lightrag(self.settings, workspace=self.workspace_for(tenant), llm_wrapper=wrap)
+        try:
+            rag = await build_lightrag(self.settings, workspace=self.workspace_for(tenant), llm_wrapper=wrap)
+        except EmbeddingMismatchError as exc:
+            raise KnowledgeBaseUnavailable(str(exc)) from exc
         rag_anything = build_raganything(rag, self.settings)
         coordinator = PipelineCoordinator(rag, guard)
         ingestor = DocumentIngestor(rag, rag_anything, coordinator, guard, self.settings.uploads_dir)

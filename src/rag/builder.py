@@ -19,8 +19,11 @@ from src.core.metrics import PROVIDER_CALLS
 
 from .batching import LIMITER_KWARGS, EmbeddingBatcher
 from .embedding import build_embedding_func
+from .embedding_signature import ensure_embedding_signature
 from .llm import build_llm_func
 from .scheduler import ProviderSchedulers, shared_schedulers
+from .storage.selection import storage_kwargs_from_env
+from .storage.sqlite_store import configure as configure_embedded_storages
 from .tokenizer import build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -92,6 +95,16 @@ async def build_lightrag(
 
     tokenizer = await asyncio.to_thread(build_tokenizer, data_dir / "tiktoken")
     provider_embedding = build_embedding_func(settings)
+    # Vectors of two models must never mix in one knowledge base: refuse a switch loudly.
+    await asyncio.to_thread(
+        ensure_embedding_signature,
+        working_dir / workspace,
+        provider_embedding.model_name,
+        provider_embedding.embedding_dim,
+    )
+    configure_embedded_storages(flush_interval=settings.storage_flush_interval_seconds)
+    # The embedded SQLite storages unless LIGHTRAG_*_STORAGE say otherwise.
+    storages = storage_kwargs_from_env()
     batcher = EmbeddingBatcher(
         provider_embedding.func,
         max_batch=settings.embedding_batch_size,
@@ -111,6 +124,7 @@ async def build_lightrag(
             tokenizer=tokenizer,
             embedding_func=embedding_func,
             llm_model_func=llm_func,
+            **storages,
             **lightrag_kwargs(settings),
         )
 

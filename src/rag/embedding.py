@@ -305,10 +305,15 @@ def _build_openai(settings: Settings) -> EmbeddingFunc:
 def build_embedding_func(settings: Settings) -> EmbeddingFunc:
     """Build the embedding function chosen by ``settings.resolved_embedding_provider``.
 
-    "onnx" is the offline default (semantic, local), "hash" is a lexical toy for fast tests,
+    "e5" is the offline default (multilingual, local; src/rag/embedding_e5.py), "onnx" the faster
+    English-only MiniLM, "hash" is a lexical toy for fast tests,
     "openai" calls any OpenAI-compatible endpoint.
     """
     provider = settings.resolved_embedding_provider
+    if provider == "e5":
+        from .embedding_e5 import build_e5_embedding_func
+
+        return build_e5_embedding_func(settings)
     if provider == "onnx":
         return _build_onnx(settings)
     if provider == "hash":
@@ -316,12 +321,16 @@ def build_embedding_func(settings: Settings) -> EmbeddingFunc:
         return _build_hash(settings)
     if provider == "openai":
         return _build_openai(settings)
-    raise ValueError(f"unknown embedding provider {provider!r} (expected onnx, hash or openai)")
+    raise ValueError(f"unknown embedding provider {provider!r} (expected e5, onnx, hash or openai)")
 
 
 def embedding_description(settings: Settings) -> str:
     """Human-readable embedding backend for /health."""
     provider = settings.resolved_embedding_provider
+    if provider == "e5":
+        from .embedding_e5 import e5_description
+
+        return e5_description()
     if provider == "onnx":
         return f"onnx all-MiniLM-L6-v2 int8 (local, dim={MINILM_DIM})"
     if provider == "hash":

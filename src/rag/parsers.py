@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import codecs
 import logging
 import re
 import zipfile
@@ -26,6 +25,7 @@ from raganything import RAGAnything, RAGAnythingConfig
 from raganything.parser import Parser, list_parsers, register_parser
 
 from src.core.config import Settings
+from src.rag.text_decoding import TextDecodingError, decode_text_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -45,42 +45,15 @@ class DocumentParseError(ValueError):
 # Plain text and HTML
 # --------------------------------------------------------------------------------------
 
-_BOMS: tuple[tuple[bytes, str], ...] = (
-    (codecs.BOM_UTF32_LE, "utf-32-le"),  # before UTF-16 LE: it starts with the same two bytes
-    (codecs.BOM_UTF32_BE, "utf-32-be"),
-    (codecs.BOM_UTF8, "utf-8"),
-    (codecs.BOM_UTF16_LE, "utf-16-le"),
-    (codecs.BOM_UTF16_BE, "utf-16-be"),
-)
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
-
 
 def decode_text(data: bytes, name: str = "document") -> str:
-    """Decode uploaded text bytes.
-
-    Policy: a BOM decides (UTF-8/16/32, BOM removed); otherwise strict UTF-8; otherwise
-    Windows-1252, the usual legacy encoding of Western text files. Latin-1 is deliberately not
-    used as a catch-all (it "decodes" any binary file into garbage): bytes with NULs or a
-    noticeable share of control characters are rejected as not text.
-    """
-    for bom, encoding in _BOMS:
-        if data.startswith(bom):
-            try:
-                return data[len(bom) :].decode(encoding)
-            except UnicodeDecodeError as exc:
-                raise DocumentParseError(f"{name}: invalid {encoding} text after its BOM: {exc}") from exc
-    if b"\x00" in data:
-        raise DocumentParseError(f"{name}: contains NUL bytes; not a text file (UTF-16 needs a BOM)")
+    """Decode uploaded text bytes (src/rag/text_decoding.py: BOM, then UTF-8, then GB18030 when it
+    reads as Chinese, then Windows-1252 for Western text; binary or undecodable → a clear error,
+    never mojibake in the knowledge base)."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        try:
-            text = data.decode("cp1252")
-        except UnicodeDecodeError as exc:
-            raise DocumentParseError(f"{name}: neither UTF-8 nor Windows-1252 text") from exc
-    if text and len(_CONTROL_RE.findall(text)) > max(8, len(text) // 100):
-        raise DocumentParseError(f"{name}: too many control characters; not a text file")
-    return text
+        return decode_text_bytes(data)
+    except TextDecodingError as exc:
+        raise DocumentParseError(f"{name}: {exc}") from exc
 
 
 class _VisibleTextParser(HTMLParser):

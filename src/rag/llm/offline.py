@@ -13,6 +13,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+from .. import zh_extractor
 from ..prompts import COMPLETION_DELIMITER, classify_prompt, has_context
 from .extraction import (
     _CAP_PHRASE_RE,
@@ -26,7 +27,6 @@ from .extraction import (
     _clean_field,
     _is_cjk,
     _trim_stop_edges,
-    extract_graph_records,
     split_sentences,
 )
 
@@ -273,7 +273,8 @@ class OfflineExtractiveLLM:
         kind = classify_prompt(prompt, system_prompt, keyword_extraction)
         if kind == "keywords":
             match = re.search(r"User Query:\s*(.*?)\n+---Output---", prompt, flags=re.DOTALL)
-            return extract_keywords_json(match.group(1).strip() if match else prompt)
+            query = match.group(1).strip() if match else prompt
+            return await asyncio.to_thread(zh_extractor.extract_keywords_json, query)
         if kind == "glean":
             return COMPLETION_DELIMITER  # gleaning: the heuristics have nothing more to add
         if kind == "extract":
@@ -283,7 +284,7 @@ class OfflineExtractiveLLM:
             if not found:
                 logger.warning("offline LLM: extraction prompt without an <Input Text> block; using it whole")
             body = found[-1] if found else prompt
-            return await asyncio.to_thread(extract_graph_records, body, types)
+            return await asyncio.to_thread(zh_extractor.extract_graph_records, body, types)
         if kind == "summary":
             if len(prompt) < 4000:
                 return summarize_descriptions(prompt)
