@@ -34,6 +34,33 @@ from tests.helpers import (  # noqa: F401 - re-exported
 LAYERS = ("unit", "integration", "process")
 
 
+def _layers_of(path: Path) -> set[str]:
+    """The layer markers a test file's module-level `pytestmark` names (read without importing it)."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError):
+        return set()
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            names = {n.attr for n in ast.walk(node.value) if isinstance(n, ast.Attribute)}
+            found |= names & set(LAYERS)
+    return found
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With `-m unit`, files of other layers are not even imported (their imports load the app and
+    LightRAG, which would cost the unit run more than its tests). Any other selection collects all."""
+    if config.getoption("markexpr", "") != "unit" or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    layers = _layers_of(collection_path)
+    return True if layers and "unit" not in layers else None
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`slow` is kept as an alias of `process`, so `-m "not slow"` still skips the process tests."""
