@@ -230,6 +230,7 @@ async def test_callbacks_never_reach_internal_addresses(tmp_path, redis_url, rec
             assert response.status_code in (202, 422), response.text
             if response.status_code == 202:
                 task_ids.append(response.json()["task_id"])
+        assert task_ids, "every probe was refused at submission: the delivery-time guard went untested"
         for task_id in task_ids:
             view = await wait_webhook(svc.client, task_id)
             assert view["webhook"]["delivered"] is False
