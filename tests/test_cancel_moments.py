@@ -1,6 +1,7 @@
-"""Cancel of a task at moments other than mid-extraction: while parsing, queued, extracting, merging,
-just indexed (before the completion is recorded), just completed, during retry backoff, and from
-another instance. Whatever the moment, the outcome must be consistent: `cancelled` means nothing of
+"""Cancel of a task at moments other than mid-extraction: while parsing, chunking, extracting,
+merging, just indexed (before the completion is recorded), just completed, during retry backoff, and
+from another instance. (Queued = pending, never claimed: tests/test_tasks.py::test_cancel_pending_task;
+the per-document indexer has no in-process queue stage.) Whatever the moment, the outcome must be consistent: `cancelled` means nothing of
 the document is left (knowledge base, uploads, locks), `completed` means it is all there.
 
 The task is held at a moment by making the store's progress write for that stage wait (the runner
@@ -76,8 +77,8 @@ async def resubmit_completes(svc: Service, name: str, data: bytes, marker: str) 
 
 @pytest.mark.parametrize(
     "stage",
-    [Stage.PARSING, Stage.QUEUED, Stage.EXTRACTING, Stage.MERGING, Stage.DONE],
-    ids=["parsing", "queued", "extracting", "merging", "indexed-not-yet-recorded"],
+    [Stage.PARSING, Stage.CHUNKING, Stage.EXTRACTING, Stage.MERGING, Stage.DONE],
+    ids=["parsing", "chunking", "extracting", "merging", "indexed-not-yet-recorded"],
 )
 async def test_cancel_at_each_stage_leaves_nothing_behind(tmp_path, redis_url, stage: Stage) -> None:
     """Catches a cancel that is lost or half-done at a stage boundary: a task stuck `cancelling`, a
