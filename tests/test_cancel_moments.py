@@ -1,8 +1,9 @@
 """Cancel of a task at moments other than mid-extraction: while parsing, chunking, extracting,
 merging, just indexed (before the completion is recorded), just completed, during retry backoff, and
 from another instance. (Queued = pending, never claimed: tests/test_tasks.py::test_cancel_pending_task;
-the per-document indexer has no in-process queue stage.) Whatever the moment, the outcome must be consistent: `cancelled` means nothing of
-the document is left (knowledge base, uploads, locks), `completed` means it is all there.
+the per-document indexer has no in-process queue stage.) Whatever the moment, the outcome must be
+consistent: `cancelled` means nothing of the document is left (knowledge base, uploads, locks),
+`completed` means it is all there.
 
 The task is held at a moment by making the store's progress write for that stage wait (the runner
 reports every stage through `TaskStore.report_progress` from inside the attempt), so the cancel
