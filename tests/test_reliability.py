@@ -15,6 +15,7 @@ import pytest
 from benchmarks.mock_llm import MockConfig, MockServer
 from tests.conftest import start_redis_server
 from tests.helpers import (
+    FINAL,
     Service,
     context_for,
     extraction_calls,
@@ -33,6 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 async def test_cancel_running_task_stops_its_llm_work_and_removes_its_data(tmp_path, redis_url) -> None:
+    """Catches a cancel that lets the extraction run on (LLM calls after the cancel), leaves the
+    document's chunks or context in the knowledge base, touches a bystander, or blocks re-submission."""
     with MockServer(MockConfig(latency=0.6)) as mock:
         settings = llm_settings(tmp_path, redis_url, mock, llm_max_async=2, chunk_token_size=200)
         async with start_service(settings) as svc:
@@ -44,6 +47,7 @@ async def test_cancel_running_task_stops_its_llm_work_and_removes_its_data(tmp_p
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 view = (await svc.client.get(f"/task/{victim['task_id']}")).json()
+                assert view["status"] not in FINAL, f"the victim ended before it could be cancelled: {view}"
                 doc = await svc.client.get(f"/documents/{victim['doc_id']}")
                 if doc.status_code == 200 and (doc.json().get("chunks_count") or 0) > 0:
                     chunks = doc.json()["chunks_count"]
