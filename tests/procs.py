@@ -1,4 +1,4 @@
-"""Helpers for tests that run the service as a real process (uvicorn), with the mock LLM beside it."""
+"""The service as a real process (uvicorn via `python main.py`), with the mock LLM beside it."""
 
 from __future__ import annotations
 
@@ -6,24 +6,25 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from tests.helpers import scrubbed_env, wait_http
+
+__all__ = [
+    "ROOT",
+    "embedded_redis_pid",
+    "kill_embedded_redis",
+    "service_env",
+    "start_mock_llm",
+    "start_service",
+    "statuses",
+    "stop_process",
+    "wait_http",
+]
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not come up in {timeout}s")
 
 
 def start_mock_llm(port: int, latency: float) -> subprocess.Popen:
@@ -33,34 +34,61 @@ def start_mock_llm(port: int, latency: float) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_http(f"http://127.0.0.1:{port}/v1/models")
+    wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
     return proc
 
 
-def service_env(data_dir: Path, port: int, llm_port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "LLM_", "EMBEDDING_"))}
-    env.update(
+def service_env(data_dir: Path, port: int, llm_port: int | None = None, **extra: str) -> dict[str, str]:
+    """A scrubbed environment for `python main.py`: own data dir and port, the mock LLM at
+    ``llm_port`` (else the offline LLM), onnx embeddings; ``extra`` overrides anything."""
+    env = scrubbed_env(
         DATA_DIR=str(data_dir),
         HOST="127.0.0.1",
         PORT=str(port),
         WORKSPACE="restart",
-        LLM_BASE_URL=f"http://127.0.0.1:{llm_port}/v1",
-        LLM_API_KEY="test-key",
-        LLM_MODEL="mock-model",
         EMBEDDING_PROVIDER="onnx",
         MAX_CONCURRENT_TASKS="2",
         LEASE_SECONDS="30",
         LOG_LEVEL="INFO",
     )
+    if llm_port is None:
+        env["LLM_PROVIDER"] = "offline"
+    else:
+        env.update(
+            LLM_BASE_URL=f"http://127.0.0.1:{llm_port}/v1",
+            LLM_API_KEY="test-key",
+            LLM_MODEL="mock-model",
+        )
     env.update(extra)
     return env
 
 
-def start_service(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def start_service(env: dict[str, str], log_path: Path, timeout: float = 120) -> subprocess.Popen:
     log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    wait_http(f"http://127.0.0.1:{env['PORT']}/health", timeout=120)
+    log.close()  # the child holds its own descriptor
+    try:
+        wait_http(f"http://127.0.0.1:{env['PORT']}/health", timeout=timeout, proc=proc)
+    except AssertionError:
+        stop_process(proc)
+        raise
     return proc
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; a stopped (SIGSTOP) process is resumed first."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGCONT)
+    except ProcessLookupError:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def statuses(base: str, task_ids: list[str]) -> list[str]:

@@ -1,8 +1,8 @@
 """The Python clients (src/client/sync.py, aio.py over the sans-I/O core) and the `ragsvc` CLI.
 
 - AsyncRagClient against the app served in-process (ASGI transport, real Redis);
-- the SSE side of `wait_for` against scripted transports (drops, resume, no events endpoint);
-- RagClient and the CLI against the real service running under uvicorn in a subprocess.
+- the SSE side of `wait_for` against scripted transports (drops, resume, no events endpoint).
+RagClient and the CLI against the real service under uvicorn are in tests/test_client_cli_process.py.
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from main import create_app
 from src.client import AsyncRagClient, RagApiError, RagClient, RagConnectionError, RagTimeoutError
 from src.client.cli import app as cli_app
 from src.tenancy.tenants import TenantQuota
-from tests.conftest import free_port, make_settings
-from tests.docs_factory import make_pdf, story
-from tests.procs import wait_http
+from tests.helpers import free_port, make_pdf, make_settings, start_service, story, wait_http
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -55,14 +52,13 @@ async def served(
 ) -> AsyncIterator[tuple[AsyncRagClient, RecordingTransport, Any]]:
     """The app in-process with a real tenant and API key: the client authenticates like any caller."""
     settings = make_settings(tmp_path, redis_url, embedding_provider="hash", **overrides)
-    application = create_app(settings, redis_prefix=f"test:{uuid.uuid4().hex[:8]}:")
-    async with application.router.lifespan_context(application):
-        tenants = application.state.services.tenants
+    async with start_service(settings) as svc:
+        tenants = svc.services.tenants
         await tenants.create_tenant("client-tests", TenantQuota())
         _, api_key = await tenants.create_key("client-tests", "pytest")
-        transport = RecordingTransport(httpx.ASGITransport(app=application))
+        transport = RecordingTransport(httpx.ASGITransport(app=svc.app))
         async with AsyncRagClient("http://svc", api_key=api_key, transport=transport) as client:
-            yield client, transport, application.state.services
+            yield client, transport, svc.services
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ import random
 
 import pytest
 
-from tests.conftest import Service, upload, wait_for_task
-from tests.docs_factory import story
+from tests.helpers import Service, story, upload, wait_for_task
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 async def test_polls_and_queries_while_uploads_ingest(service: Service) -> None:
+    """Catches a deadlock between ingestion and queries, and queries that answer 200 with nothing
+    useful under load (an empty answer, or a knowledge base that lost the seed document)."""
     seed = (await upload(service.client, "seed.txt", story("tides", "Seedmarker").encode())).json()
     await wait_for_task(service.client, seed["task_id"])
 
@@ -28,21 +29,34 @@ async def test_polls_and_queries_while_uploads_ingest(service: Service) -> None:
 
     rng = random.Random(7)
 
-    async def poll() -> int:
-        return (await service.client.get(f"/task/{rng.choice(task_ids)}")).status_code
+    live = {"pending", "processing", "completed"}
 
-    async def ask(i: int) -> int:
+    async def poll() -> str | None:
+        """None when the poll answered the asked task in a sane state, else what was wrong."""
+        task_id = rng.choice(task_ids)
+        response = await service.client.get(f"/task/{task_id}")
+        body = response.json()
+        if response.status_code != 200 or body["task_id"] != task_id or body["status"] not in live:
+            return f"{response.status_code} {response.text[:200]}"
+        return None
+
+    async def ask(i: int) -> str | None:
+        """None when the answer (or, every other time, the retrieved context) names the seed
+        document's marker; a 200 with an empty or "no context" answer is a failure too."""
         mode = ["naive", "local", "global", "hybrid", "mix"][i % 5]
-        response = await service.client.post(
-            "/query", json={"query": "What did the Seedmarker project study?", "mode": mode}
-        )
-        return response.status_code
+        query = {"query": "What did the Seedmarker project study?", "mode": mode}
+        if i % 2:
+            query["only_need_context"] = True
+        response = await service.client.post("/query", json=query)
+        if response.status_code != 200 or "Seedmarker" not in response.json()["response"]:
+            return f"{mode} {query}: {response.status_code} {response.text[:300]}"
+        return None
 
     polls = [poll() for _ in range(200)]
     queries = [ask(i) for i in range(50)]
     results = await asyncio.gather(*polls, *queries)
-    assert results[:200] == [200] * 200
-    assert results[200:] == [200] * 50
+    assert [r for r in results[:200] if r] == []
+    assert [r for r in results[200:] if r] == []
 
     finals = await asyncio.gather(*[wait_for_task(service.client, t, timeout=400) for t in task_ids])
     assert [f["status"] for f in finals] == ["completed"] * 20

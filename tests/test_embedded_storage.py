@@ -32,6 +32,7 @@ from src.rag.storage.embedded import (
 )
 from src.rag.storage.selection import storage_kwargs_from_env
 
+pytestmark = pytest.mark.integration
 DIM = 64
 
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
+import httpx
 import pytest
 
-from tests.conftest import Service, upload, wait_for_task
-from tests.docs_factory import story
+from tests.helpers import (
+    FINAL,
+    Service,
+    make_settings,
+    read_events_until,
+    start_socket_service,
+    story,
+    wait_for_task,
+)
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def parse_sse(raw: str) -> list[dict]:
@@ -27,33 +36,46 @@ def parse_sse(raw: str) -> list[dict]:
     return events
 
 
-async def test_task_events_are_ordered_and_end_with_the_final_status(service: Service) -> None:
-    body = (await upload(service.client, "a.txt", story("lighthouses", "Eventide", 20).encode())).json()
-    response = await service.client.get(f"/task/{body['task_id']}/events")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/event-stream")
-    events = parse_sse(response.text)
-    assert events, response.text
-    ids = [float(e["id"]) for e in events]
-    assert ids == sorted(ids) and len(set(ids)) == len(ids)
-    progress = [e["task"]["progress"] for e in events]
-    assert progress == sorted(progress)
-    assert events[-1]["task"]["status"] == "completed" and events[-1]["task"]["progress"] == 100.0
-    order = ["pending", "processing", "completed"]
-    seen = [order.index(e["task"]["status"]) for e in events]
-    assert seen == sorted(seen)
+async def test_task_events_are_ordered_and_end_with_the_final_status(tmp_path, redis_url) -> None:
+    """Catches events out of order, repeated or skipped states, a stream that does not end at the final
+    status, and a Last-Event-ID resume that replays old events. The stream is opened while the task
+    is still pending (the runner is held), so the ordering checks see the whole life of the task."""
+    settings = make_settings(tmp_path, redis_url, embedding_provider="hash")
+    async with start_socket_service(settings) as svc:
+        await svc.services.runner.stop(grace_seconds=0)
+        async with httpx.AsyncClient(base_url=svc.url, timeout=30) as client:
+            data = story("lighthouses", "Eventide", 20).encode()
+            task_id = (await client.post("/insert", files={"file": ("a.txt", data)})).json()["task_id"]
 
-    # Resume from the last id: nothing new, the stream just ends.
-    resumed = await service.client.get(
-        f"/task/{body['task_id']}/events", headers={"Last-Event-ID": events[-1]["id"]}
-    )
-    assert parse_sse(resumed.text) == []
-    # Resume from an older id: exactly the current state once.
-    older = await service.client.get(
-        f"/task/{body['task_id']}/events", headers={"Last-Event-ID": events[0]["id"]}
-    )
-    replay = parse_sse(older.text)
-    assert len(replay) == 1 and replay[0]["task"]["status"] == "completed"
+            async def release(events: list[dict]) -> None:
+                assert events[0]["task"]["status"] == "pending", events
+                await svc.services.runner.start()
+
+            events = await read_events_until(
+                client,
+                f"/task/{task_id}/events",
+                lambda ev: ev[-1]["task"]["status"] in FINAL,
+                on_open=release,
+            )
+            statuses = [e["task"]["status"] for e in events]
+            assert statuses[0] == "pending" and "processing" in statuses, statuses
+            assert statuses[-1] == "completed", statuses
+            ids = [float(e["id"]) for e in events]
+            assert ids == sorted(ids) and len(set(ids)) == len(ids)
+            progress = [e["task"]["progress"] for e in events]
+            assert progress == sorted(progress) and progress[-1] == 100.0
+            order = ["pending", "processing", "completed"]
+            seen = [order.index(s) for s in statuses]
+            assert seen == sorted(seen)
+
+            # Resume from the last id: nothing new, the stream just ends.
+            path = f"/task/{task_id}/events"
+            resumed = await client.get(path, headers={"Last-Event-ID": events[-1]["id"]})
+            assert parse_sse(resumed.text) == []
+            # Resume from an older id: exactly the current state once.
+            older = await client.get(path, headers={"Last-Event-ID": events[0]["id"]})
+            replay = parse_sse(older.text)
+            assert len(replay) == 1 and replay[0]["task"]["status"] == "completed"
 
 
 async def test_events_for_unknown_task_is_404(service: Service) -> None:
@@ -74,60 +96,42 @@ async def test_client_wait_for_uses_the_event_stream(service: Service) -> None:
     assert (await wait_for_task(service.client, accepted["task_id"]))["status"] == "completed"
 
 
-async def read_events(client, path: str, seconds: float, headers: dict | None = None) -> list[dict]:
-    """Read an endless SSE stream for a while (over a real socket) and parse what arrived."""
-    raw = []
-    try:
-        async with asyncio.timeout(seconds):
-            async with client.stream("GET", path, headers=headers or {}) as response:
-                assert response.status_code == 200
-                async for chunk in response.aiter_text():
-                    raw.append(chunk)
-    except TimeoutError:
-        pass
-    return parse_sse("".join(raw))
-
-
 async def test_tenant_event_stream_and_last_event_id_resume(tmp_path, redis_url) -> None:
-    import socket
-    import threading
-
-    import httpx
-    import uvicorn
-
-    from main import create_app
-    from tests.conftest import make_settings
-
+    """Catches a tenant stream that misses a task's final state, and a Last-Event-ID resume that
+    replays events from before that id (or drops later ones). Conditions, not read windows."""
     settings = make_settings(tmp_path, redis_url, embedding_provider="hash")
-    app = create_app(settings, redis_prefix=f"evt{id(tmp_path)}:")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            for _ in range(200):
-                try:
-                    if (await client.get("/health")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
+    async with start_socket_service(settings) as svc:
+        async with httpx.AsyncClient(base_url=svc.url, timeout=30) as client:
             body = (await client.post("/insert/text", json={"text": story("dunes", "Allstream")})).json()
-            await wait_for_task(client, body["task_id"])
-            events = await read_events(client, "/events", 2.0)
+            await wait_for_task(client, body["task_id"], expect="completed")
+
+            def completed(task_id: str) -> Callable[[list[dict]], bool]:
+                return lambda ev: any(
+                    e["task"]["task_id"] == task_id and e["task"]["status"] == "completed" for e in ev
+                )
+
+            events = await read_events_until(client, "/events", completed(body["task_id"]))
             mine = [e for e in events if e["task"]["task_id"] == body["task_id"]]
             assert mine and mine[-1]["task"]["status"] == "completed"
-            # Resume after the last event seen: nothing is replayed.
-            again = await read_events(client, "/events", 1.5, headers={"Last-Event-ID": events[-1]["id"]})
-            assert again == []
-            # A change after that point is delivered on the resumed stream.
-            second = (await client.post("/insert/text", json={"text": story("fjords", "Allstream2")})).json()
-            await wait_for_task(client, second["task_id"])
-            later = await read_events(client, "/events", 1.5, headers={"Last-Event-ID": events[-1]["id"]})
-            assert {e["task"]["task_id"] for e in later} == {second["task_id"]}
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+            last = events[-1]["id"]
+
+            # Resume after the last event seen: the next change arrives, and nothing older is replayed.
+            second: dict = {}
+
+            async def upload_second() -> None:
+                text = story("fjords", "Allstream2")
+                second.update((await client.post("/insert/text", json={"text": text})).json())
+
+            async def later_events() -> list[dict]:
+                return await read_events_until(
+                    client,
+                    "/events",
+                    lambda ev: bool(second) and completed(second["task_id"])(ev),
+                    headers={"Last-Event-ID": last},
+                )
+
+            reader = asyncio.create_task(later_events())
+            await upload_second()
+            later = await reader
+            assert {e["task"]["task_id"] for e in later} == {second["task_id"]}, later
+            assert all(float(e["id"]) > float(last) for e in later)

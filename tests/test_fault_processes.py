@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.docs_factory import story
+from tests.helpers import free_port, story, wait_sync
 from tests.procs import (
     embedded_redis_pid,
     kill_embedded_redis,
@@ -22,7 +21,7 @@ from tests.procs import (
     statuses,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(900)]
 FINAL = ("completed", "failed", "cancelled")
 
 
@@ -60,8 +59,7 @@ def test_sigterm_drains_then_requeues_and_the_next_start_resumes(tmp_path: Path)
     service = start_service(env, tmp_path / "service.log")
     try:
         ids = upload_docs(base, 6, "Drainmark")
-        while "processing" not in statuses(base, ids):
-            time.sleep(0.1)
+        wait_sync(lambda: "processing" in statuses(base, ids), timeout=120, message="a task running")
         service.send_signal(signal.SIGTERM)
         assert service.wait(timeout=60) in (0, -signal.SIGTERM)
 

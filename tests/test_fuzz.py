@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -12,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.procs import ROOT, wait_http
+from tests.helpers import free_port
+from tests.procs import service_env, start_service, stop_process
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(600)]
 
 
 @pytest.mark.skipif(
@@ -24,10 +23,9 @@ pytestmark = pytest.mark.timeout(600)
 )
 def test_openapi_fuzzing_finds_no_server_errors(tmp_path: Path, redis_url: str) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "LLM_", "EMBEDDING_"))}
-    env.update(
-        DATA_DIR=str(tmp_path / "data"),
-        PORT=str(port),
+    env = service_env(
+        tmp_path / "data",
+        port,
         REDIS_URL=redis_url,
         REDIS_PREFIX=f"fuzz{uuid.uuid4().hex[:8]}:",
         WORKSPACE="fuzz",
@@ -36,10 +34,8 @@ def test_openapi_fuzzing_finds_no_server_errors(tmp_path: Path, redis_url: str) 
         LOG_LEVEL="WARNING",
         ADMIN_TOKEN="fuzz-admin",
     )
-    log = open(tmp_path / "service.log", "wb")  # noqa: SIM115 - closed below
-    service = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    service = start_service(env, tmp_path / "service.log")
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
         binary = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
         base = [
             binary,
@@ -70,6 +66,4 @@ def test_openapi_fuzzing_finds_no_server_errors(tmp_path: Path, redis_url: str) 
                 result.stdout[-4000:] + result.stderr[-2000:],
             )
     finally:
-        service.terminate()
-        service.wait(timeout=30)
-        log.close()
+        stop_process(service)

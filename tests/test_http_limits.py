@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.procs import kill_embedded_redis, service_env, start_service
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 
 
 def _read_response(sock: socket.socket, timeout: float = 20.0) -> tuple[int, dict]:

@@ -28,7 +28,7 @@ from src.rag.builder import build_lightrag
 from tests.conftest import make_settings
 from tests.docs_factory import story
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 SEP = "<SEP>"
 VICTIM = story("canals", "Victimora", 30)

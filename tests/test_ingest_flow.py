@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Service, upload, wait_for_task
-from tests.docs_factory import make_docx, make_pdf, story
+from tests.helpers import Service, make_docx, make_pdf, story, upload, wait_for_task
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 async def test_every_format_is_ingested_and_queryable(service: Service) -> None:

@@ -27,6 +27,7 @@ from benchmarks.mock_llm import (
     create_mock_app,
 )
 
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 BASE = "http://mock.test"
 
 SAMPLE_TEXT = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -12,10 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from src.core.config import Settings
 from src.core.logs import JsonFormatter, _ContextFilter, current_task_id, current_tenant
-from tests.conftest import Service, make_settings, upload, wait_for_task
-from tests.docs_factory import story
+from tests.helpers import Service, make_settings, story, upload, wait_for_task, wait_until
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 ADMIN = "metrics-admin"
 
 
@@ -35,8 +33,15 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 async def test_metrics_describe_tasks_uploads_llm_and_loop(service: Service) -> None:
     body = (await upload(service.client, "m.txt", story("orchards", "Metricor").encode())).json()
     await wait_for_task(service.client, body["task_id"])
-    await asyncio.sleep(0.3)  # let the loop-lag sampler take a few samples
-    response = await service.client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
+
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+
+    async def lag_sampled() -> bool:  # the loop-lag sampler has taken a sample (no fixed sleep)
+        text = (await service.client.get("/metrics", headers=admin)).text
+        return samples(text).get(("ragsvc_event_loop_lag_seconds_count", ()), 0) >= 1
+
+    await wait_until(lag_sampled, timeout=30, message="an event-loop lag sample")
+    response = await service.client.get("/metrics", headers=admin)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     values = samples(response.text)
     assert values[("ragsvc_tasks", (("status", "completed"), ("tenant", "default")))] == 1

@@ -4,33 +4,31 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from src.core.config import Settings  # noqa: E402
-from src.rag.embedding import build_embedding_func, hash_embed_sync  # noqa: E402
-from src.rag.llm import (  # noqa: E402
+from src.core.config import Settings
+from src.rag.embedding import build_embedding_func, hash_embed_sync
+from src.rag.llm import (
     COMPLETION_DELIMITER,
     OFFLINE_LABEL,
     OfflineExtractiveLLM,
     build_llm_func,
     llm_description,
 )
-from src.rag.parsers import (  # noqa: E402
+from src.rag.parsers import (
     DocumentParseError,
     OfflineParser,
     read_text_document,
     register_offline_parser,
 )
-from src.rag.tokenizer import build_tokenizer  # noqa: E402
+from src.rag.tokenizer import build_tokenizer
+from tests import helpers
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 DOC_TEXT = (
     "The Zorblax reactor was designed by Helena Marwick at the Northfield Energy Institute. "
@@ -44,14 +42,10 @@ DOC_TEXT = (
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "data_dir": tmp_path / "data",
-        "llm_provider": "offline",
-        "embedding_provider": "onnx",
-        "entity_extract_max_gleaning": 1,
-    }
+    """tests/helpers.py's settings without Redis, with onnx embeddings and one gleaning pass."""
+    values: dict[str, object] = {"embedding_provider": "onnx", "entity_extract_max_gleaning": 1}
     values.update(overrides)
-    return Settings(_env_file=None, **values)
+    return helpers.make_settings(tmp_path, None, **values)
 
 
 @pytest.fixture

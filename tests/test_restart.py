@@ -15,11 +15,10 @@ import httpx
 import pytest
 
 from src.rag.storage.sqlite_store import read_kv_namespace
-from tests.conftest import free_port
-from tests.docs_factory import story
+from tests.helpers import free_port, story
 from tests.procs import kill_embedded_redis, service_env, start_mock_llm, start_service, statuses
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(900)]
 
 
 def test_kill9_mid_ingestion_then_restart_completes_every_task_once(tmp_path: Path) -> None:

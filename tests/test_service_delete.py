@@ -13,11 +13,9 @@ import time
 import pytest
 
 from benchmarks.mock_llm import MockConfig, MockServer
-from tests.conftest import start_service
-from tests.docs_factory import story
-from tests.test_reliability import context_for, extraction_calls, llm_settings, mock_stats
+from tests.helpers import context_for, extraction_calls, llm_settings, mock_stats, start_service, story
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 async def test_delete_document_stops_its_in_flight_llm_work(tmp_path, redis_url) -> None:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from api.errors import DOMAIN_ERRORS, http_error_for, install_error_handlers
 from src.ingestion import errors as domain
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 DOMAIN_CLASSES = [
     cls

@@ -12,9 +12,9 @@ from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge_bases import TenantEngines
 from src.tasks.models import TaskRecord, TaskStatus
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 
 from src.rag.storage.selection import StorageConfigError, storage_kwargs_from_env
 
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parent.parent
 PG = {"POSTGRES_USER": "u", "POSTGRES_PASSWORD": "p", "POSTGRES_DATABASE": "d"}
 ALL_PG = {

@@ -6,10 +6,18 @@ import asyncio
 
 import pytest
 
-from tests.conftest import Service, make_settings, start_service, upload, wait_for_task
-from tests.docs_factory import story
+from tests.helpers import (
+    Service,
+    make_settings,
+    start_service,
+    story,
+    upload,
+    wait_for_status,
+    wait_for_task,
+    wait_until,
+)
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
@@ -38,8 +46,7 @@ async def test_cancel_pending_task(one_slot: Service) -> None:
     gate, ran = gate_runner(one_slot)
     first = (await upload(one_slot.client, "a.txt", story("tides", "Axolind").encode())).json()
     second = (await upload(one_slot.client, "b.txt", story("wind", "Borrowdane").encode())).json()
-    while (await one_slot.client.get(f"/task/{first['task_id']}")).json()["status"] != "processing":
-        await asyncio.sleep(0.05)
+    await wait_for_status(one_slot.client, first["task_id"], "processing")
     assert (await one_slot.client.get(f"/task/{second['task_id']}")).json()["status"] == "pending"
 
     cancelled = await one_slot.client.delete(f"/task/{second['task_id']}")
@@ -49,7 +56,10 @@ async def test_cancel_pending_task(one_slot: Service) -> None:
 
     gate.set()
     assert (await wait_for_task(one_slot.client, first["task_id"]))["status"] == "completed"
-    await asyncio.sleep(0.5)  # give the dispatcher a chance to (wrongly) pick the cancelled task
+    # The dispatcher gets its chance to (wrongly) pick the cancelled task: a later task runs to the
+    # end in the one slot, after which nothing else is queued.
+    third = (await upload(one_slot.client, "c.txt", story("fog", "Cairnwell").encode())).json()
+    await wait_for_task(one_slot.client, third["task_id"], expect="completed")
     view = (await one_slot.client.get(f"/task/{second['task_id']}")).json()
     assert view["status"] == "cancelled" and view["started_at"] is None
     assert second["task_id"] not in ran
@@ -74,7 +84,9 @@ async def test_cancel_pending_task(one_slot: Service) -> None:
 
 
 async def test_live_tasks_never_expire_and_expired_records_leave_the_indexes(tmp_path, redis_url) -> None:
-    settings = make_settings(tmp_path, redis_url, ttl_completed_seconds=2, sweep_seconds=0.5)
+    """Catches a TTL set on a live task, a final TTL that never fires, and an expired record left in
+    the list/count indexes by the sweeper. Waits for the expiry instead of sleeping a fixed time."""
+    settings = make_settings(tmp_path, redis_url, ttl_completed_seconds=5, sweep_seconds=0.5)
     async with start_service(settings) as svc:
         body = (await upload(svc.client, "a.txt", story("tides", "Cumberlin").encode())).json()
         key = f"{svc.prefix}task:{body['task_id']}"
@@ -82,11 +94,20 @@ async def test_live_tasks_never_expire_and_expired_records_leave_the_indexes(tmp
         await wait_for_task(svc.client, body["task_id"])
         listed = (await svc.client.get("/tasks", params={"status": "completed"})).json()
         assert listed["total"] == 1
-        await asyncio.sleep(3.5)
-        assert (await svc.client.get(f"/task/{body['task_id']}")).status_code == 404
-        listed = (await svc.client.get("/tasks")).json()
-        assert listed["total"] == 0 and listed["tasks"] == []
-        assert (await svc.client.get("/api/queue/stats")).json()["counts"]["completed"] == 0
+        ttl = await svc.services.redis.client.ttl(key)
+        assert 0 < ttl <= 5, ttl
+
+        async def gone() -> bool:
+            return (await svc.client.get(f"/task/{body['task_id']}")).status_code == 404
+
+        await wait_until(gone, timeout=30, message="the completed record expiring after its 5 s TTL")
+
+        async def swept() -> bool:
+            listed = (await svc.client.get("/tasks")).json()
+            counts = (await svc.client.get("/api/queue/stats")).json()["counts"]
+            return listed["total"] == 0 and listed["tasks"] == [] and counts["completed"] == 0
+
+        await wait_until(swept, timeout=30, message="the sweeper dropping the expired id from the indexes")
 
 
 async def test_list_filters_and_pages(one_slot: Service) -> None:

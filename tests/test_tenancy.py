@@ -3,29 +3,17 @@ priorities and fairness, per-tenant knowledge bases loaded lazily and evicted.""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
+from collections import Counter
 
 import pytest
 
 from src.tasks.models import TaskRecord
 from src.tenancy.tenants import TenantQuota
-from tests.conftest import Service, make_settings, start_service, wait_for_task
-from tests.docs_factory import story
+from tests.helpers import ADMIN, Service, make_settings, make_tenant, start_service, story, wait_for_task
 
-pytestmark = pytest.mark.timeout(300)
-ADMIN = {"Authorization": "Bearer admin-secret"}
-
-
-async def make_tenant(svc: Service, name: str, **quota) -> dict[str, str]:
-    created = await svc.client.post("/admin/tenants", json={"name": name, **quota}, headers=ADMIN)
-    assert created.status_code == 201, created.text
-    key = await svc.client.post(f"/admin/tenants/{name}/keys", json={"label": "test"}, headers=ADMIN)
-    assert key.status_code == 201, key.text
-    return {"Authorization": f"Bearer {key.json()['api_key']}"}
-
-
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 @pytest.fixture
 async def multi(tmp_path, redis_url):
     async with start_service(make_settings(tmp_path, redis_url, admin_token="admin-secret")) as svc:
@@ -62,6 +50,9 @@ async def test_admin_api_is_off_without_a_token(service: Service) -> None:
 
 
 async def test_no_tenant_can_see_or_touch_another_tenants_data(multi: Service) -> None:
+    """Catches a scoped route that leaks another tenant's task or document (any answer but the exact
+    404 of an unknown id: a 403, a 200, or a 404 whose body differs), a listing or stats that count
+    another tenant's tasks, and a query that reads another tenant's knowledge base."""
     acme = await make_tenant(multi, "acme")
     globex = await make_tenant(multi, "globex")
     tasks = []
@@ -74,44 +65,54 @@ async def test_no_tenant_can_see_or_touch_another_tenants_data(multi: Service) -
         assert response.status_code == 202
         tasks.append(response.json())
     for task in tasks:
-        final = (await multi.client.get(f"/task/{task['task_id']}", headers=acme)).json()
-        while final["status"] not in ("completed", "failed"):
-            await asyncio.sleep(0.1)
-            final = (await multi.client.get(f"/task/{task['task_id']}", headers=acme)).json()
-        assert final["status"] == "completed"
+        await wait_for_task(multi.client, task["task_id"], expect="completed", headers=acme)
     own = await multi.client.post(
         "/insert", files={"file": ("g.txt", story("widgets", "Globexown").encode())}, headers=globex
     )
-    await wait_for_task(
-        multi.client.__class__(transport=multi.client._transport, base_url="http://svc", headers=globex),
-        own.json()["task_id"],
-    )
+    own_id = own.json()["task_id"]
+    await wait_for_task(multi.client, own_id, expect="completed", headers=globex)
+
+    # What globex gets for ids that do not exist anywhere: a probe of acme's ids must look the same.
+    ghost_task, ghost_doc = "0" * 32, "doc-ghost"
+    missing = {
+        "get": await multi.client.get(f"/task/{ghost_task}", headers=globex),
+        "cancel": await multi.client.delete(f"/task/{ghost_task}", headers=globex),
+        "events": await multi.client.get(f"/task/{ghost_task}/events", headers=globex),
+        "doc": await multi.client.get(f"/documents/{ghost_doc}", headers=globex),
+        "deldoc": await multi.client.delete(f"/documents/{ghost_doc}", headers=globex),
+    }
+    assert {kind: r.status_code for kind, r in missing.items()} == dict.fromkeys(missing, 404)
+
+    def same_as_missing(kind: str, r, real_id: str, ghost_id: str) -> bool:
+        return r.status_code == 404 and r.text.replace(real_id, "ID") == missing[kind].text.replace(
+            ghost_id, "ID"
+        )
 
     rng = random.Random(5)
     leaks = []
-    probes = 0
+    probed: Counter[str] = Counter()
     for _ in range(300):
         task = rng.choice(tasks)
         probe = rng.choice(["get", "cancel", "events", "doc", "deldoc", "list", "stats", "query"])
-        probes += 1
         if probe == "get":
             r = await multi.client.get(f"/task/{task['task_id']}", headers=globex)
-            ok = r.status_code == 404
+            ok = same_as_missing(probe, r, task["task_id"], ghost_task)
         elif probe == "cancel":
             r = await multi.client.delete(f"/task/{task['task_id']}", headers=globex)
-            ok = r.status_code == 404
+            ok = same_as_missing(probe, r, task["task_id"], ghost_task)
         elif probe == "events":
             r = await multi.client.get(f"/task/{task['task_id']}/events", headers=globex)
-            ok = r.status_code == 404
+            ok = same_as_missing(probe, r, task["task_id"], ghost_task)
         elif probe == "doc":
             r = await multi.client.get(f"/documents/{task['doc_id']}", headers=globex)
-            ok = r.status_code == 404
+            ok = same_as_missing(probe, r, task["doc_id"], ghost_doc)
         elif probe == "deldoc":
             r = await multi.client.delete(f"/documents/{task['doc_id']}", headers=globex)
-            ok = r.status_code == 404
+            ok = same_as_missing(probe, r, task["doc_id"], ghost_doc)
         elif probe == "list":
             r = await multi.client.get("/tasks", headers=globex)
-            ok = all(t["task_id"] != task["task_id"] for t in r.json()["tasks"]) and r.json()["total"] == 1
+            # Exactly globex's own task (a non-empty list, so the check cannot pass vacuously).
+            ok = [t["task_id"] for t in r.json()["tasks"]] == [own_id] and r.json()["total"] == 1
         elif probe == "stats":
             r = await multi.client.get("/api/queue/stats", headers=globex)
             ok = r.json()["counts"]["completed"] == 1 and r.json()["tenant"] == "globex"
@@ -123,9 +124,16 @@ async def test_no_tenant_can_see_or_touch_another_tenants_data(multi: Service) -
                 headers=globex,
             )
             ok = r.status_code == 200 and "Acmesecret" not in r.json()["response"]
+        probed[probe] += 1
         if not ok:
             leaks.append((probe, r.status_code, r.text[:200]))
-    assert probes == 300 and leaks == []
+    assert leaks == []
+    # Every scoped route was actually probed (the random draw cannot skip one silently).
+    assert set(probed) == set(missing) | {"list", "stats", "query"} and min(probed.values()) >= 10, probed
+    # The probes were refused for being another tenant's, not because the data was gone: acme sees all.
+    for task in tasks:
+        assert (await multi.client.get(f"/task/{task['task_id']}", headers=acme)).status_code == 200
+        assert (await multi.client.get(f"/documents/{task['doc_id']}", headers=acme)).status_code == 200
     # Content de-duplication is per tenant: the same bytes under globex are globex's own new task.
     for task in tasks:
         data = story("secrets", f"Acmesecret{tasks.index(task)}q").encode()
@@ -218,9 +226,7 @@ async def test_idle_knowledge_bases_are_evicted_and_reload_with_their_data(tmp_p
         one = await make_tenant(svc, "one")
         two = await make_tenant(svc, "two")
         r = await svc.client.post("/insert/text", json={"text": story("moss", "Evictmark")}, headers=one)
-        task = r.json()["task_id"]
-        while (await svc.client.get(f"/task/{task}", headers=one)).json()["status"] != "completed":
-            await asyncio.sleep(0.1)
+        await wait_for_task(svc.client, r.json()["task_id"], expect="completed", headers=one)
         await svc.client.post("/query", json={"query": "x", "mode": "naive"}, headers=two)
         assert "one" not in svc.services.engines.loaded()  # evicted: only one may stay loaded
         context = await svc.client.post(

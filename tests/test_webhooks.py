@@ -13,10 +13,9 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from src.webhooks import receiver_secret, signature_headers
-from tests.conftest import make_settings, start_service, upload, wait_for_task
-from tests.docs_factory import make_pdf, story
+from tests.helpers import make_pdf, make_settings, start_service, story, upload, wait_for_task
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 SECRET = "test-webhook-secret"
 #: The receivers below listen on loopback, which callbacks may only reach when allowed.
 LOOPBACK = {"webhook_allowed_hosts": "127.0.0.1"}
@@ -231,6 +230,7 @@ async def test_callbacks_never_reach_internal_addresses(tmp_path, redis_url, rec
             assert response.status_code in (202, 422), response.text
             if response.status_code == 202:
                 task_ids.append(response.json()["task_id"])
+        assert task_ids, "every probe was refused at submission: the delivery-time guard went untested"
         for task_id in task_ids:
             view = await wait_webhook(svc.client, task_id)
             assert view["webhook"]["delivered"] is False

@@ -23,6 +23,7 @@ from src.rag.embedding_signature import (
 from src.rag.text_decoding import TextDecodingError, decode_text_bytes
 from src.rag.zh_extractor import COMPLETION_DELIMITER, TUPLE_DELIMITER, extract, extract_graph_records
 
+pytestmark = pytest.mark.integration
 ZH_PROSE = (
     "城市体检工作要求对青龙水库周边的防洪能力进行评估，百分之十五的住宅面积不足三十平方米。"
     "西湖街道负责收集社区养老数据，杭州市规划局委托浙江大学完成分析报告。"
