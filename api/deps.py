@@ -68,7 +68,8 @@ async def get_tenant(request: Request, services: ServicesDep) -> str:
 TenantDep = Annotated[str, Depends(get_tenant)]
 
 
-def get_ingestion(services: ServicesDep) -> IngestionService:
+async def get_ingestion(services: ServicesDep) -> IngestionService:
+    # async for the same reason as get_services: a plain def would cost a thread-pool hop per request.
     return services.ingestion
 
 
