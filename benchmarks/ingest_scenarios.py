@@ -31,7 +31,7 @@ def _sizes(quick: bool) -> dict:
         "hol_queued": 30,
         "hol_repeats": 1 if quick else 3,
         "embed_docs": 20,
-        "bulk_docs": 100 if quick else 200,
+        "bulk_docs": 200,
         "merge_docs": 20 if quick else 40,
     }
 
@@ -291,7 +291,7 @@ def scenario_embed(ctx) -> dict:
 
 # ------------------------------------------------------------------------------ 4. bulk
 def scenario_bulk(ctx) -> dict:
-    """200 documents (quick: 100) at 16 concurrent LLM calls, 0.5 s latency: throughput, ratio."""
+    """200 documents at 16 concurrent LLM calls, 0.5 s latency: throughput, ratio."""
     s = _sizes(ctx.p.quick)
     docs = [doc_text(f"bulk{i}", 5000) for i in range(s["bulk_docs"])]
     ctx.log(f"  [bulk] ours 16:16, {len(docs)} docs, L={LATENCY}s")

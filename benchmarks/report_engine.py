@@ -1,4 +1,4 @@
-"""The ingestion-engine / hot-path / soak section of docs/benchmarks.md (issues 10, 12, 16).
+"""The ingestion-engine / hot-path section of docs/benchmarks.md (issues 10, 12, 16).
 
 Raw results are merged into docs/benchmarks-engine.json scenario by scenario (each keeps its own
 date, commit, mode and load average), so scenarios can be run separately and the section still shows
@@ -63,6 +63,30 @@ def _ideal(r: dict) -> list[str]:
     return L + [""]
 
 
+def _plot_ratios(store: dict, img: Path) -> str | None:
+    """Ratio to the LLM-bound ideal per configuration (E1 and E4), this service beside LightRAG Server."""
+    rows = [(f"{who(t['label'])}\n{t['docs']} docs", t["ratio"], t["system"])
+            for key, tkey in (("ideal", "table"), ("bulk", "runs"))
+            for t in ((store.get(key) or {}).get("result") or {}).get(tkey, [])]  # fmt: skip
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    colors = ["tab:blue" if s == "ours" else "tab:orange" for _, _, s in rows]
+    ax.bar(range(len(rows)), [r for _, r, _ in rows], color=colors)
+    for i, (_, v, _) in enumerate(rows):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.axhline(0.9, color="green", linestyle="--", linewidth=1, label="goal 0.9")
+    ax.set_xticks(range(len(rows)), [n for n, _, _ in rows], fontsize=7)
+    ax.set_ylabel("LLM-bound ideal / measured")
+    ax.set_ylim(0, 1.1)
+    ax.legend()
+    ax.set_title("Ingestion vs the LLM-bound ideal (mock LLM 0.5 s/call)")
+    fig.tight_layout()
+    fig.savefig(img / "engine_ratio.png", dpi=110)
+    plt.close(fig)
+    return "img/engine_ratio.png"
+
+
 def _hol(r: dict) -> list[str]:
     runs = r["runs"]
     L = [
@@ -94,7 +118,7 @@ def _embed(r: dict) -> list[str]:
         f"{r['docs']} documents × 5 KB, mock LLM 0.05 s. Calls and texts counted by the mock (both servers)",
         "and by this service's own counters on /metrics",
         "(`ragsvc_provider_calls_total{provider=\"embedding\"}`, `ragsvc_provider_texts_total{provider=",
-        "\"embedding\"}`, `ragsvc_embedding_requests_total` = LightRAG's"
+        "\"embedding\"}`, `ragsvc_embedding_requests_total` = LightRAG's "
         "requests before micro-batching), before/after.",
         "",
         "| server | embedding calls | texts | calls / doc | texts / doc "
@@ -193,66 +217,6 @@ def _hotpath(r: dict) -> list[str]:
     return L + [""]
 
 
-def _plot_soak(r: dict, img: Path) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    styles = {"ours": ("tab:blue", "this service"), "lrs": ("tab:orange", "LightRAG Server")}
-    series = (("ack_p99_ms", "ack p99", "-"), ("poll_p99_ms", "GET status p99", "--"),
-              ("query_p50_ms", "query p50", ":"), ("lag_p99_ms", "loop lag p99", "-."))  # fmt: skip
-    for system, run in r["runs"].items():
-        color, name = styles[system]
-        xs = [s.get("docs", 0) for s in run["samples"]]
-        for key, label, ls in series:
-            ys = [s.get(key) for s in run["samples"]]
-            pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and not math.isnan(y)]
-            if pts:
-                axes[0].plot(*zip(*pts, strict=True), ls, color=color, marker=".", label=f"{name}: {label}")
-        axes[1].plot(xs, [s.get("rss_mb") for s in run["samples"]], "-", color=color, marker=".", label=name)
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("documents in the knowledge base")
-    axes[0].set_ylabel("ms (per 30 s window)")
-    axes[0].legend(fontsize=7)
-    axes[0].set_title("Latency as the knowledge base grows")
-    axes[1].set_xlabel("documents in the knowledge base")
-    axes[1].set_ylabel("RSS, MiB")
-    axes[1].legend(fontsize=8)
-    axes[1].set_title("Server RSS")
-    fig.tight_layout()
-    fig.savefig(img / "soak.png", dpi=110)
-    plt.close(fig)
-    return "img/soak.png"
-
-
-def _soak(r: dict, img: Path) -> list[str]:
-    L = [
-        f"{r['minutes']:.0f} minutes of steady mixed load, mock LLM 0.05 s: 2 uploaders × 1 upload/s "
-        "of 5 KB,",
-        "5 pollers × 10 GET status/s, 1 context-only query/s (5 rotating questions); sampled every",
-        f"{r['sample_s']:.0f} s. Loop lag is the service's own histogram (LightRAG Server has none).",
-        "",
-        f"![soak]({_plot_soak(r, img)})",
-        "",
-    ]
-    for system, run in r["runs"].items():
-        L += [
-            f"**{who(system)}** — totals {run['totals']}, errors {run['errors'] or 'none'}, data dir "
-            f"{f(run.get('data_dir_mb'))} MiB at the end.",
-            "",
-            "| t s | docs in KB | backlog | ack p50 / p99 ms | GET status p99 ms | query p50 ms "
-            "| loop lag p99 ms "
-            "| RSS MiB |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for s in run["samples"]:
-            L.append(
-                f"| {f(s['t_s'], 0)} | {f(s.get('docs'))} | {f(s.get('backlog'))} | {f(s['ack_p50_ms'])} / "
-                f"{f(s['ack_p99_ms'])} | {f(s['poll_p99_ms'])} | {f(s['query_p50_ms'])} "
-                f"| {f(s.get('lag_p99_ms'))} "
-                f"| {f(s.get('rss_mb'), 0)} |"
-            )
-        L.append("")
-    return L
-
-
 SECTIONS = (
     ("ideal", "E1. Ingestion vs the LLM-bound ideal (40 documents)", _ideal),
     ("hol", "E2. Head-of-line: a small priority-9 document", _hol),
@@ -260,16 +224,15 @@ SECTIONS = (
     ("bulk", "E4. 200 documents at 16 concurrent LLM calls", _bulk),
     ("mergelag", "E5. Event-loop lag while documents merge", _mergelag),
     ("hotpath", "E6. Hot path: GET /task/{id} under wrk", _hotpath),
-    ("soak", "E7. Soak: latency as the knowledge base grows", None),
 )
 
 
 def render(store: dict, img: Path, old_stamp: str) -> list[str]:
     L = [
         START,
-        "## Ingestion engine, hot path and soak (issues 10, 12, 16)",
+        "## Ingestion engine and hot path (issues 10, 12)",
         "",
-        "Generated by `python -m benchmarks --only ideal,hol,embed,bulk,mergelag,hotpath,soak [--quick]`",
+        "Generated by `python -m benchmarks --only ideal,hol,embed,bulk,mergelag,hotpath [--quick]`",
         "(raw results in `docs/benchmarks-engine.json`; each scenario below says when, on which commit and",
         "in which mode it ran, and the machine's load average then — the 2 cores are shared with other work,",
         "so a high load average inflates every latency and deflates every ratio).",
@@ -277,6 +240,9 @@ def render(store: dict, img: Path, old_stamp: str) -> list[str]:
         f"{old_stamp}.**",
         "",
     ]
+    png = _plot_ratios(store, img)
+    if png:
+        L += [f"![ratio to the ideal]({png})", ""]
     for key, title, fn in SECTIONS:
         entry = store.get(key)
         if not entry:
@@ -285,7 +251,7 @@ def render(store: dict, img: Path, old_stamp: str) -> list[str]:
         if entry.get("error"):
             L += [f"Failed in that run: `{entry['error']}`", ""]
             continue
-        L += _soak(entry["result"], img) if key == "soak" else fn(entry["result"])
+        L += fn(entry["result"])
     L += [END]
     return L
 
