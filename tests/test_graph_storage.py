@@ -55,6 +55,16 @@ async def build_networkx(ctx: GraphContext, workspace: str) -> BaseGraphStorage:
     return storage
 
 
+async def build_sqlite(ctx: GraphContext, workspace: str) -> BaseGraphStorage:
+    from src.rag.storage.embedded import SqliteGraphStorage
+
+    storage = SqliteGraphStorage(
+        namespace=NAMESPACE, workspace=workspace, global_config=ctx.global_config, embedding_func=None
+    )
+    await storage.initialize()
+    return storage
+
+
 async def build_pg_plain(ctx: GraphContext, workspace: str) -> BaseGraphStorage:
     for name, value in ctx.fixtures["pg_env"].items():
         ctx.monkeypatch.setenv(name, value)
@@ -70,6 +80,7 @@ async def build_pg_plain(ctx: GraphContext, workspace: str) -> BaseGraphStorage:
 
 IMPLEMENTATIONS = [
     Impl("networkx", build_networkx),
+    Impl("sqlite", build_sqlite),
     Impl("pg-plain", build_pg_plain, fixtures=("pg_env",)),
 ]
 

@@ -7,7 +7,6 @@ LightRAG must hold each document exactly once.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from src.rag.storage.sqlite_store import read_kv_namespace
 from tests.conftest import free_port
 from tests.docs_factory import story
 from tests.procs import kill_embedded_redis, service_env, start_mock_llm, start_service, statuses
@@ -75,9 +75,9 @@ def test_kill9_mid_ingestion_then_restart_completes_every_task_once(tmp_path: Pa
         assert b"Application shutdown complete" in (tmp_path / "service.log").read_bytes()
 
         workspace_dir = data_dir / "rag" / "restart"
-        full_docs = json.loads((workspace_dir / "kv_store_full_docs.json").read_text())
-        doc_status = json.loads((workspace_dir / "kv_store_doc_status.json").read_text())
-        chunks = json.loads((workspace_dir / "kv_store_text_chunks.json").read_text())
+        full_docs = read_kv_namespace(workspace_dir, "full_docs")  # what is on disk (embedded SQLite)
+        doc_status = read_kv_namespace(workspace_dir, "doc_status")
+        chunks = read_kv_namespace(workspace_dir, "text_chunks")
         assert sorted(full_docs) == sorted(doc_ids)
         assert sorted(doc_status) == sorted(doc_ids)
         for doc_id in doc_ids:

@@ -1,8 +1,8 @@
 """DELETE /documents/{id} goes through the purge a cancel uses, so it stops the document's LLM work.
 
-The document is put into LightRAG's pipeline without a task (as when LightRAG resumes, at start-up,
-a document whose task record already expired): no live task guards it, so the delete is allowed
-while its extraction runs. Real Redis, real LightRAG, the mock OpenAI-compatible LLM server.
+The document is indexed without a task (as when a document's task record already expired): no live
+task guards it, so the delete is allowed while its extraction runs. Real Redis, real LightRAG, the
+mock OpenAI-compatible LLM server.
 """
 
 from __future__ import annotations
@@ -21,14 +21,19 @@ pytestmark = pytest.mark.timeout(600)
 
 
 async def test_delete_document_stops_its_in_flight_llm_work(tmp_path, redis_url) -> None:
-    """Catches a delete that bypasses the purge: LightRAG refuses deletions while its pipeline is busy,
-    so without the guard the delete would wait for every remaining chunk to be extracted."""
+    """Catches a delete that bypasses the purge (or waits for the document to finish): the document's
+    indexing coroutine must be stopped, so only the LLM calls in flight at the delete still happen."""
     with MockServer(MockConfig(latency=0.6)) as mock:
         settings = llm_settings(tmp_path, redis_url, mock, llm_max_async=2, chunk_token_size=200)
         async with start_service(settings) as svc:
             async with svc.services.engines.use("default") as engine:
-                await engine.coordinator.enqueue(
-                    story("canals", "Orphanora", 120), "orphan-1", "orphan.txt", track_id="no-task"
+                indexing = asyncio.create_task(
+                    engine.indexer.index(
+                        "orphan-1",
+                        story("canals", "Orphanora", 120),
+                        file_path="orphan.txt",
+                        track_id="no-task",
+                    )
                 )
             chunks = 0
             deadline = time.monotonic() + 120
@@ -52,4 +57,6 @@ async def test_delete_document_stops_its_in_flight_llm_work(tmp_path, redis_url)
             assert calls_at_delete < 2 * chunks - 8, "the scenario must delete early in the extraction"
             assert after_delete <= 2 * 2 + 2, (calls_at_delete, after_delete, chunks)
             assert (await svc.client.get("/documents/orphan-1")).status_code == 404
+            with pytest.raises(Exception, match="deleted while it was being indexed"):
+                await asyncio.wait_for(indexing, timeout=60)
             assert "Orphanora" not in await context_for(svc, "Orphanora canals")

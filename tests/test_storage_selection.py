@@ -23,14 +23,27 @@ ALL_PG = {
 }
 
 
-def test_defaults_are_lightrags_file_storages() -> None:
-    """Catches: a changed embedded default (an unset environment must keep the file storages)."""
-    from lightrag import LightRAG
+def test_defaults_are_the_embedded_sqlite_storages() -> None:
+    """Catches: a changed embedded default (an unset environment must give the incremental SQLite
+    storages, not LightRAG's whole-file JSON storages), and the defaults not being registered."""
+    from lightrag.kg import verify_storage_implementation
 
     kwargs = storage_kwargs_from_env({})
-    defaults = LightRAG.__dataclass_fields__
-    assert kwargs == {name: defaults[name].default for name in kwargs}
-    assert kwargs["graph_storage"] == "NetworkXStorage"
+    assert kwargs == {
+        "kv_storage": "SqliteKVStorage",
+        "vector_storage": "SqliteVectorStorage",
+        "graph_storage": "SqliteGraphStorage",
+        "doc_status_storage": "SqliteDocStatusStorage",
+    }
+    verify_storage_implementation("GRAPH_STORAGE", "SqliteGraphStorage")
+
+
+def test_lightrags_file_storages_stay_selectable() -> None:
+    """Catches: LightRAG Server's names for its file storages refused."""
+    kwargs = storage_kwargs_from_env(
+        {"LIGHTRAG_KV_STORAGE": "JsonKVStorage", "LIGHTRAG_GRAPH_STORAGE": "NetworkXStorage"}
+    )
+    assert kwargs["kv_storage"] == "JsonKVStorage" and kwargs["graph_storage"] == "NetworkXStorage"
 
 
 def test_all_postgres_selection() -> None:

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     #: Documents LightRAG indexes in parallel (default: MAX_CONCURRENT_TASKS // 2).
     max_parallel_insert: int | None = None
     entity_extract_max_gleaning: int = 1
+    #: Embedded SQLite storages: dirty records are written at most this often (and at shutdown);
+    #: a finished document waits for the next flush before its task is reported completed.
+    storage_flush_interval_seconds: float = Field(default=1.0, ge=0.0, le=60.0)
 
     @property
     def uploads_dir(self) -> Path:

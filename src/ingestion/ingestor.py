@@ -2,21 +2,19 @@
 
 Text files are read here (off the loop); PDF and DOCX go through RAG-Anything's parser
 framework (`RAGAnything.parse_document`, which runs our registered offline parser in a
-thread and caches the result). The text is then enqueued with the `PipelineCoordinator`,
-which owns LightRAG's pipeline. The ingestor then watches the document's own doc-status
-record until it says PROCESSED or FAILED: LightRAG processes documents in batches, so being
-enqueued proves nothing. Stage and progress come from the same record and from the
-pipeline's messages naming this document's chunks.
+thread and caches the result). The text is then indexed by this task itself through the
+`DocumentIndexer` (no shared pipeline pass, no waiting for other documents): completion is
+known when the call returns, and progress comes from the indexer as chunks are extracted and
+entities/relations merged. Cancelling the task cancels the indexing coroutine; `purge` then
+takes out whatever the document wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,17 @@ from lightrag import LightRAG
 from lightrag.base import DocStatus
 from raganything.utils import separate_content_with_page_map
 
-from src.ingestion.pipeline import DocumentGuard, PipelineCoordinator
+from src.ingestion.indexer import (
+    CHUNKING,
+    DONE,
+    EXTRACTING,
+    MERGING,
+    DocumentIndexer,
+    IndexingError,
+    IndexProgress,
+)
 from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, read_text_document
+from src.rag.scheduler import call_context
 from src.tasks.models import Stage, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -38,10 +45,29 @@ STAGE_PROGRESS = {
     Stage.QUEUED: 15.0,
     Stage.CHUNKING: 20.0,
     Stage.EXTRACTING: 25.0,
-    Stage.MERGING: 85.0,
+    Stage.MERGING: 80.0,
     Stage.DONE: 100.0,
 }
-_EXTRACTING_SPAN = STAGE_PROGRESS[Stage.MERGING] - STAGE_PROGRESS[Stage.EXTRACTING] - 5.0
+_INDEXER_STAGES = {
+    CHUNKING: Stage.CHUNKING,
+    EXTRACTING: Stage.EXTRACTING,
+    MERGING: Stage.MERGING,
+    DONE: Stage.DONE,
+}
+
+
+def progress_percent(progress: IndexProgress) -> tuple[str, float]:
+    """Map the indexer's counts to (stage, percent): extraction fills 25-80, merging 80-99."""
+    stage = _INDEXER_STAGES[progress.stage]
+    if stage == Stage.EXTRACTING and progress.chunks_total:
+        span = STAGE_PROGRESS[Stage.MERGING] - STAGE_PROGRESS[Stage.EXTRACTING]
+        value = STAGE_PROGRESS[Stage.EXTRACTING] + span * progress.chunks_extracted / progress.chunks_total
+    elif stage == Stage.MERGING and progress.merge_total:
+        span = 99.0 - STAGE_PROGRESS[Stage.MERGING]
+        value = STAGE_PROGRESS[Stage.MERGING] + span * min(1.0, progress.merged / progress.merge_total)
+    else:
+        value = STAGE_PROGRESS[stage]
+    return stage, float(round(value))
 
 
 class IngestError(Exception):
@@ -90,56 +116,56 @@ class IngestResult:
 class DocumentIngestor:
     """Knows how to index one task's stored upload, and how to take a document back out."""
 
-    def __init__(
-        self,
-        rag: LightRAG,
-        rag_anything: Any,
-        coordinator: PipelineCoordinator,
-        guard: DocumentGuard,
-        uploads_dir: Path,
-        poll_seconds: float = 0.25,
-    ):
+    def __init__(self, rag: LightRAG, rag_anything: Any, indexer: DocumentIndexer, uploads_dir: Path):
         self.rag = rag
         self.rag_anything = rag_anything
-        self.coordinator = coordinator
-        self.guard = guard
+        self.indexer = indexer
         self.uploads_dir = uploads_dir
-        self.poll_seconds = poll_seconds
 
     async def ingest(self, task: TaskRecord, report: ProgressCallback) -> IngestResult:
+        """Index the task's document. Every LLM and embedding call it causes — also in the tasks
+        the indexer spawns, which copy this context — is admitted by the provider schedulers at
+        the task's priority, fairly among tenants (src/rag/scheduler.py)."""
+        with call_context(priority=task.priority, tenant=task.tenant):
+            return await self._ingest(task, report)
+
+    async def _ingest(self, task: TaskRecord, report: ProgressCallback) -> IngestResult:
         path = self.uploads_dir / task.stored_name
-        started = time.time()
         existing = await self.rag.doc_status.get_by_id(task.doc_id)
-        if existing and existing.get("status") == DocStatus.PROCESSED:
-            # An earlier attempt finished indexing before the process died: nothing to redo.
-            return IngestResult(task.doc_id, int(existing.get("chunks_count") or 0), resumed=True)
-        if existing is None:
+        text: str | None = None
+        # A record left by an earlier attempt is resumed from LightRAG's own full_docs copy;
+        # a PROCESSED one needs nothing (the upload file may already be gone).
+        needs_text = existing is None or (
+            existing.get("status") != DocStatus.PROCESSED
+            and not ((await self.rag.full_docs.get_by_id(task.doc_id)) or {}).get("content")
+        )
+        if needs_text:
             if not await asyncio.to_thread(path.exists):
                 raise IngestError(f"upload file for task {task.task_id} is missing")
             await report(Stage.PARSING, STAGE_PROGRESS[Stage.PARSING])
             text = await self._extract_text(path)
-            await report(Stage.QUEUED, STAGE_PROGRESS[Stage.QUEUED])
-            await self.coordinator.enqueue(text, task.doc_id, task.filename, track_id=task.task_id)
-        else:
-            # Left PENDING/PROCESSING/FAILED by an attempt that died: LightRAG's next run resumes it.
-            self.coordinator.kick()
-        record = await self._wait_until_processed(task.doc_id, started, report)
+
+        async def on_progress(progress: IndexProgress) -> None:
+            await report(*progress_percent(progress))
+
+        try:
+            outcome = await self.indexer.index(
+                task.doc_id, text, file_path=task.filename, track_id=task.task_id, on_progress=on_progress
+            )
+        except IndexingError as exc:
+            message = str(exc)
+            raise IngestError(message, transient=is_transient_message(message)) from exc
         await report(Stage.DONE, STAGE_PROGRESS[Stage.DONE])
-        return IngestResult(task.doc_id, int(record.get("chunks_count") or 0), resumed=existing is not None)
+        return IngestResult(task.doc_id, outcome.chunks_count, resumed=outcome.resumed)
 
     async def purge(self, doc_id: str) -> str:
-        """Stop any LLM work on ``doc_id`` and delete everything it left in the knowledge base."""
-        if await self.rag.doc_status.get_by_id(doc_id) is None:
-            return "not_found"  # never reached LightRAG (e.g. a parse error): nothing to wait for
-        stored = await self.rag.full_docs.get_by_id(doc_id)
-        if stored and stored.get("content"):
-            self.guard.block(doc_id, stored["content"])
-        try:
-            result = await self.coordinator.delete(doc_id)
-        finally:
-            self.guard.unblock(doc_id)
+        """Stop this document's indexing if it runs here, and delete everything it left."""
+        result = await self.indexer.delete(doc_id)
         log.info("purged document %s: %s", doc_id, result.status)
         return result.status
+
+    async def close(self) -> None:
+        await self.indexer.close()
 
     async def _extract_text(self, path: Path) -> str:
         if path.suffix.lower() not in RAGANYTHING_EXTENSIONS:
@@ -154,47 +180,3 @@ class DocumentIngestor:
         if not text.strip():
             raise DocumentParseError("the document has no extractable text (scanned or empty?)")
         return text
-
-    async def _wait_until_processed(self, doc_id: str, started: float, report: ProgressCallback) -> dict:
-        while True:
-            record = await self.rag.doc_status.get_by_id(doc_id)
-            if record is None:
-                raise IngestError(f"LightRAG has no record of document {doc_id}")
-            status = record.get("status")
-            if status == DocStatus.PROCESSED:
-                return record
-            if status == DocStatus.FAILED and _updated_after(record, started):
-                message = record.get("error_msg") or "LightRAG marked the document FAILED"
-                raise IngestError(message, transient=is_transient_message(message))
-            if not await self.coordinator.pipeline_busy():
-                self.coordinator.kick()
-            await report(*await self._observe(doc_id, record))
-            await asyncio.sleep(self.poll_seconds)
-
-    async def _observe(self, doc_id: str, record: dict[str, Any]) -> tuple[str, float]:
-        status = record.get("status")
-        if status in (DocStatus.PENDING, DocStatus.FAILED):
-            return Stage.QUEUED, STAGE_PROGRESS[Stage.QUEUED]
-        chunks = set(record.get("chunks_list") or [])
-        if not chunks:
-            return Stage.CHUNKING, STAGE_PROGRESS[Stage.CHUNKING]
-        pipeline = await self.coordinator.pipeline_status()
-        messages = list(pipeline.get("history_messages") or [])[-4000:]
-        extracted = 0
-        for message in messages:
-            if message.startswith("Phase") and f"from {doc_id}" in message:
-                return Stage.MERGING, STAGE_PROGRESS[Stage.MERGING]
-            if message.startswith("Chunk ") and message.rsplit(" ", 1)[-1] in chunks:
-                extracted += 1
-        fraction = min(1.0, extracted / len(chunks))
-        return Stage.EXTRACTING, STAGE_PROGRESS[Stage.EXTRACTING] + _EXTRACTING_SPAN * fraction
-
-
-def _updated_after(record: dict[str, Any], started: float) -> bool:
-    stamp = record.get("updated_at")
-    if not stamp:
-        return True
-    try:
-        return datetime.fromisoformat(str(stamp)).timestamp() >= started - 1.0
-    except ValueError:
-        return True

@@ -1,7 +1,7 @@
 """One LightRAG knowledge base per tenant, created on first use, cached, evicted when idle.
 
 Each tenant gets its own LightRAG workspace (graph, vectors, doc status under
-DATA_DIR/rag/<workspace>), its own pipeline coordinator and document guard. Instances are
+DATA_DIR/rag/<workspace>) and its own document indexer. Instances are
 expensive (storages in memory), so at most MAX_CACHED_TENANTS stay loaded; an engine is only
 evicted when nothing uses it (no running task, no query in flight) and its storages are
 finalized (flushed to disk) first.
@@ -22,8 +22,8 @@ from lightrag import LightRAG
 from src.core.config import Settings
 from src.core.metrics import Metrics
 from src.ingestion.errors import KnowledgeBaseUnavailable
+from src.ingestion.indexer import DocumentIndexer
 from src.ingestion.ingestor import DocumentIngestor
-from src.ingestion.pipeline import DocumentGuard, PipelineCoordinator
 from src.tenancy.tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
@@ -34,14 +34,13 @@ class TenantEngine:
     tenant: str
     rag: LightRAG
     rag_anything: Any
-    coordinator: PipelineCoordinator
-    guard: DocumentGuard
+    indexer: DocumentIndexer
     ingestor: DocumentIngestor
     users: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
     async def close(self) -> None:
-        await self.coordinator.stop()
+        await self.ingestor.close()  # in-flight documents stop here and resume on a later attempt
         # Closes RAG-Anything's parse cache and, with it, LightRAG's storages.
         await self.rag_anything.finalize_storages()
 
@@ -101,19 +100,19 @@ class TenantEngines:
         from src.rag.builder import build_lightrag
         from src.rag.embedding_signature import EmbeddingMismatchError
         from src.rag.parsers import build_raganything
+        from src.rag.storage.embedded import commit_for
 
-        guard = DocumentGuard()
-        wrap: Callable[[Any], Any] = lambda llm: guard.wrap(self.metrics.wrap_llm(llm))  # noqa: E731
+        wrap: Callable[[Any], Any] = self.metrics.wrap_llm
         try:
             rag = await build_lightrag(self.settings, workspace=self.workspace_for(tenant), llm_wrapper=wrap)
         except EmbeddingMismatchError as exc:
             raise KnowledgeBaseUnavailable(str(exc)) from exc
         rag_anything = build_raganything(rag, self.settings)
-        coordinator = PipelineCoordinator(rag, guard)
-        ingestor = DocumentIngestor(rag, rag_anything, coordinator, guard, self.settings.uploads_dir)
-        await coordinator.start()
+        # A document counts as indexed once the group commit that includes it is on disk.
+        indexer = DocumentIndexer(rag, flush=commit_for(rag))
+        ingestor = DocumentIngestor(rag, rag_anything, indexer, self.settings.uploads_dir)
         log.info("knowledge base of tenant %s loaded (workspace %s)", tenant, rag.workspace)
-        return TenantEngine(tenant, rag, rag_anything, coordinator, guard, ingestor)
+        return TenantEngine(tenant, rag, rag_anything, indexer, ingestor)
 
     async def _evict_over_capacity(self) -> None:
         idle = sorted((e for e in self._engines.values() if e.users == 0), key=lambda e: e.last_used)

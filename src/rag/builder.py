@@ -23,6 +23,7 @@ from .embedding_signature import ensure_embedding_signature
 from .llm import build_llm_func
 from .scheduler import ProviderSchedulers, shared_schedulers
 from .storage.selection import storage_kwargs_from_env
+from .storage.sqlite_store import configure as configure_embedded_storages
 from .tokenizer import build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ async def build_lightrag(
         provider_embedding.model_name,
         provider_embedding.embedding_dim,
     )
+    configure_embedded_storages(flush_interval=settings.storage_flush_interval_seconds)
+    # The embedded SQLite storages unless LIGHTRAG_*_STORAGE say otherwise.
     storages = storage_kwargs_from_env()
     batcher = EmbeddingBatcher(
         provider_embedding.func,

@@ -1,7 +1,8 @@
 """LLM functions for LightRAG 1.4.16: an OpenAI-compatible client and an offline stand-in.
 
-``openai.py`` is the adapter for any OpenAI-compatible endpoint; ``offline.py`` (with the
-heuristics in ``extraction.py``) answers LightRAG's prompts without a model. Which one serves is
+``openai.py`` is the adapter for any OpenAI-compatible endpoint; ``offline.py`` answers LightRAG's
+prompts without a model (graph records and keywords from ``src/rag/zh_extractor.py``, text helpers
+in ``extraction.py``). Which one serves is
 ``Settings.resolved_llm_provider``.
 """
 
@@ -13,12 +14,12 @@ from urllib.parse import urlparse
 from src.core.config import Settings
 
 from ..prompts import COMPLETION_DELIMITER, TUPLE_DELIMITER
-from .extraction import extract_graph_records, split_sentences
+from ..zh_extractor import extract_graph_records, extract_keywords_json
+from .extraction import split_sentences
 from .offline import (
     OFFLINE_LABEL,
     OfflineExtractiveLLM,
     answer_from_context,
-    extract_keywords_json,
     query_terms,
     summarize_descriptions,
 )

@@ -16,17 +16,14 @@ from typing import Any
 from .. import zh_extractor
 from ..prompts import COMPLETION_DELIMITER, classify_prompt, has_context
 from .extraction import (
-    _CAP_PHRASE_RE,
     _CJK_QUERY_STOP_RE,
     _LATIN,
-    _POSSESSIVE_RE,
     _QUESTION_WORDS,
     _STOPWORDS,
     _TOKEN_RE,
     _WORD_RE,
     _clean_field,
     _is_cjk,
-    _trim_stop_edges,
     split_sentences,
 )
 
@@ -71,40 +68,6 @@ def query_terms(query: str) -> list[str]:
         else:
             terms.append(token.lower())
     return list(dict.fromkeys(terms))
-
-
-def extract_keywords_json(query: str) -> str:
-    """The keywords JSON LightRAG expects, built from the query's own words.
-
-    low-level: proper-noun phrases, content words and CJK pieces (matched against entities);
-    high-level: runs of consecutive content words (matched against relation keywords).
-    """
-    low_level: list[str] = []
-    for match in _CAP_PHRASE_RE.finditer(query):
-        words = _trim_stop_edges(match.group().rstrip("?.!,;:").split())
-        words = [w for w in words if w.lower() not in _QUESTION_WORDS]
-        if words:
-            low_level.append(_POSSESSIVE_RE.sub("", " ".join(words)))
-    tokens = _query_tokens(query)
-    content = [t for t in tokens if _is_content_word(t)]
-    phrases: list[str] = []
-    run: list[str] = []
-    for token in [*tokens, ","]:
-        if _is_content_word(token) and not _is_cjk(token):
-            run.append(token)
-            continue
-        if len(run) >= 2:
-            phrases.append(" ".join(run))
-        run = []
-    low_level.extend(content)
-    high_level = phrases + [w for w in content if _is_cjk(w) or len(w) > 3]
-    low_level = list(dict.fromkeys(k for k in low_level if k))[:10]
-    high_level = list(dict.fromkeys(k for k in high_level if k))[:10]
-    if not high_level and low_level:
-        high_level = low_level[:3]
-    return json.dumps(
-        {"high_level_keywords": high_level, "low_level_keywords": low_level}, ensure_ascii=False
-    )
 
 
 def summarize_descriptions(prompt: str) -> str:

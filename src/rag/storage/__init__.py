@@ -1,1 +1,2 @@
-"""Storage back-ends for LightRAG beyond its file storages, and their selection by environment."""
+"""Storage back-ends for LightRAG: the embedded SQLite defaults (incremental, off-loop), a PostgreSQL
+graph without AGE, and the selection of storages by environment."""

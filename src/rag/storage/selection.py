@@ -23,12 +23,14 @@ from typing import Any
 
 import pipmaster
 
-#: LightRAG(...) keyword -> (environment variable, LightRAG storage type, default).
+#: LightRAG(...) keyword -> (environment variable, LightRAG storage type, default). The defaults are
+#: the embedded SQLite storages (src/rag/storage/embedded.py): LightRAG's file storages rewrite
+#: whole files on the event loop after every pass, which does not scale (issue 16).
 SLOTS: dict[str, tuple[str, str, str]] = {
-    "kv_storage": ("LIGHTRAG_KV_STORAGE", "KV_STORAGE", "JsonKVStorage"),
-    "vector_storage": ("LIGHTRAG_VECTOR_STORAGE", "VECTOR_STORAGE", "NanoVectorDBStorage"),
-    "graph_storage": ("LIGHTRAG_GRAPH_STORAGE", "GRAPH_STORAGE", "NetworkXStorage"),
-    "doc_status_storage": ("LIGHTRAG_DOC_STATUS_STORAGE", "DOC_STATUS_STORAGE", "JsonDocStatusStorage"),
+    "kv_storage": ("LIGHTRAG_KV_STORAGE", "KV_STORAGE", "SqliteKVStorage"),
+    "vector_storage": ("LIGHTRAG_VECTOR_STORAGE", "VECTOR_STORAGE", "SqliteVectorStorage"),
+    "graph_storage": ("LIGHTRAG_GRAPH_STORAGE", "GRAPH_STORAGE", "SqliteGraphStorage"),
+    "doc_status_storage": ("LIGHTRAG_DOC_STATUS_STORAGE", "DOC_STATUS_STORAGE", "SqliteDocStatusStorage"),
 }
 
 #: Variables that make LightRAG put every instance in one workspace (each tenant needs its own).
@@ -127,6 +129,9 @@ def register_storage(storage_type: str, name: str, module: str, env_vars: list[s
 
 
 def register_own_storages() -> None:
+    from src.rag.storage.embedded import register_embedded_storages
+
+    register_embedded_storages()
     for storage_type, name, module, env_vars in OWN_STORAGES:
         register_storage(storage_type, name, module, env_vars)
 
@@ -142,7 +147,7 @@ def storage_kwargs_from_env(env: Mapping[str, str] | None = None) -> dict[str, A
     """Validate the storage configuration and return `{kv_storage, vector_storage, graph_storage,
     doc_status_storage}` for `LightRAG(...)`. Raises StorageConfigError listing every problem.
 
-    With nothing set the result is LightRAG's own defaults (file storages), so behaviour is unchanged.
+    With nothing set the result is the embedded SQLite storages.
     """
     from lightrag import kg
 

@@ -1,0 +1,696 @@
+"""Index ONE document from text to PROCESSED with LightRAG's own building blocks.
+
+LightRAG's batch pipeline (`apipeline_process_enqueue_documents`) waits for a whole batch
+(`asyncio.gather`) before it looks at documents that arrived meanwhile, so a document's wait
+depends on every other document. `DocumentIndexer` runs the body of LightRAG's per-document
+`process_document` (lightrag.py 1.4.16, ~1873-2300) for exactly one document, owned by the
+caller's task: the same doc-status and full_docs records, `rag.chunking_func`, chunk upserts,
+`operate.extract_entities`, `operate.merge_nodes_and_edges` (with LightRAG's keyed locks), the
+entity/relation chunk-tracking storages and the LLM cache. No document waits for another.
+
+Cancellation is per document and needs no prompt matching: every document gets its own
+`pipeline_status` dict (LightRAG checks its `cancellation_requested` flag at each chunk, entity
+and relation) and its own LLM function (a thin wrapper in its `global_config`) that can abort
+the document's in-flight LLM calls. Stages that LightRAG fans out into tasks are never cancelled
+from outside (that would orphan LightRAG's inner tasks, which would keep writing); they are
+told to stop and are awaited, then the caller's cancellation continues.
+
+Deletes use `rag.adelete_by_doc_id`, which LightRAG refuses while its pipeline `busy` flag is
+set because it is not safe against concurrent merges. We never set that flag; instead a
+workspace gate lets merges run together (shared) and gives a delete the graph alone
+(exclusive), so a delete waits at most for merge phases in flight, never for whole documents.
+
+Pinned to lightrag-hku 1.4.16 (see tests/test_indexer_equivalence.py for the equivalence check).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from lightrag import LightRAG
+from lightrag.base import DeletionResult, DocStatus
+from lightrag.operate import extract_entities, merge_nodes_and_edges
+from lightrag.utils import (
+    compute_mdhash_id,
+    get_content_summary,
+    make_relation_chunk_key,
+    sanitize_text_for_encoding,
+)
+
+log = logging.getLogger(__name__)
+
+#: Stages reported to the progress callback.
+CHUNKING, EXTRACTING, MERGING, DONE = "chunking", "extracting", "merging", "done"
+#: How long a cancelled document may take to unwind a stage before we stop waiting for it.
+UNWIND_SECONDS = 60.0
+
+
+class DocumentCancelledError(Exception):
+    """Raised inside a cancelled document's LLM calls, so LightRAG unwinds its own stage tasks."""
+
+
+class IndexingError(Exception):
+    """The document could not be indexed; LightRAG's doc status says FAILED with this message."""
+
+
+class DocumentMissingError(IndexingError):
+    """Neither the caller nor LightRAG's full_docs has the document's text."""
+
+
+@dataclass
+class IndexProgress:
+    """Where one document is, counted at the source (chunk completions, graph upserts)."""
+
+    stage: str
+    chunks_total: int = 0
+    chunks_extracted: int = 0
+    merge_total: int = 0
+    merged: int = 0
+
+
+@dataclass
+class IndexOutcome:
+    doc_id: str
+    chunks_count: int
+    resumed: bool  # a record from an earlier attempt existed
+    already_processed: bool = False
+
+
+ProgressSink = Callable[[IndexProgress], Awaitable[None]]
+Flush = Callable[[], Awaitable[None]]
+
+
+class GraphGate:
+    """Shared for merges, exclusive for deletes (writer preference), per workspace."""
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def _wait_until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        await self._wait_until(lambda: not self._writer and not self._writers_waiting)
+        self._readers += 1
+        try:
+            yield
+        finally:
+            self._readers -= 1
+            self._wake()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        self._writers_waiting += 1
+        try:
+            await self._wait_until(lambda: not self._writer and self._readers == 0)
+        finally:
+            self._writers_waiting -= 1
+        self._writer = True
+        try:
+            yield
+        finally:
+            self._writer = False
+            self._wake()
+
+
+class _DocScope:
+    """One document's private LightRAG pipeline status, lock and cancellable LLM function."""
+
+    def __init__(self, doc_id: str, llm_func: Callable[..., Any]):
+        self.doc_id = doc_id
+        self.status: dict[str, Any] = {
+            "busy": False,  # never the workspace's shared flag: this dict is ours alone
+            "cancellation_requested": False,
+            "latest_message": "",
+            "history_messages": deque(maxlen=100),
+        }
+        self.lock = asyncio.Lock()
+        self.stopped = False
+        self._inflight: set[asyncio.Task] = set()
+        self._aborted: set[asyncio.Task] = set()
+        self._llm = llm_func
+
+    async def llm(self, *args: Any, **kwargs: Any) -> Any:
+        if self.stopped:
+            raise DocumentCancelledError(f"document {self.doc_id} was stopped")
+        me = asyncio.current_task()
+        if me is None:
+            return await self._llm(*args, **kwargs)
+        self._inflight.add(me)
+        try:
+            return await self._llm(*args, **kwargs)
+        except asyncio.CancelledError:
+            if me in self._aborted and me.uncancel() == 0:
+                raise DocumentCancelledError(f"document {self.doc_id} was stopped") from None
+            raise
+        finally:
+            self._inflight.discard(me)
+            self._aborted.discard(me)
+
+    def stop(self) -> None:
+        """Ask LightRAG's stage code to stop: flag for new work, abort LLM calls in flight."""
+        self.stopped = True
+        self.status["cancellation_requested"] = True
+        for task in list(self._inflight):
+            if task not in self._aborted and not task.done():
+                self._aborted.add(task)
+                task.cancel()
+
+
+class _ObservedGraph:
+    """Passes everything to the graph storage; counts the upserts of the merge phase."""
+
+    def __init__(self, graph: Any, on_node: Callable[[str], None], on_edge: Callable[[str, str], None]):
+        self._graph = graph
+        self._on_node = on_node
+        self._on_edge = on_edge
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._graph, name)
+
+    async def upsert_node(self, node_id: str, node_data: dict[str, Any]) -> None:
+        await self._graph.upsert_node(node_id, node_data)
+        self._on_node(node_id)
+
+    async def upsert_edge(self, source: str, target: str, edge_data: dict[str, Any]) -> None:
+        await self._graph.upsert_edge(source, target, edge_data)
+        self._on_edge(source, target)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+async def _wait_out(task: asyncio.Task, limit: float) -> None:
+    """Wait for ``task`` to end even if we are cancelled meanwhile (bounded by ``limit`` seconds)."""
+    deadline = time.monotonic() + limit
+    while not task.done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            log.error("a stopped document stage did not unwind in %.0f s; cancelling it", limit)
+            task.cancel()
+            break
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task}, timeout=remaining)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: the caller reports the cancellation, not this
+
+
+class DocumentIndexer:
+    """Indexes and deletes single documents of one LightRAG workspace."""
+
+    def __init__(
+        self,
+        rag: LightRAG,
+        *,
+        flush: Flush | None = None,
+        chunk_concurrency: int | None = None,
+        split_by_character: str | None = None,
+        split_by_character_only: bool = False,
+    ):
+        self.rag = rag
+        self.flush: Flush = flush or self.flush_all
+        #: Per-document bound on chunks in extraction at once, like LightRAG's extract_entities.
+        self.chunk_concurrency = max(1, chunk_concurrency or int(rag.llm_model_max_async))
+        self.split_by_character = split_by_character
+        self.split_by_character_only = split_by_character_only
+        self.gate = GraphGate()
+        self._jobs: dict[str, asyncio.Task] = {}
+
+    # ------------------------------------------------------------------ public
+    def indexing(self, doc_id: str) -> bool:
+        job = self._jobs.get(doc_id)
+        return job is not None and not job.done()
+
+    async def flush_all(self) -> None:
+        """Persist every storage, as LightRAG's `_insert_done` does after each document."""
+        await self.rag._insert_done()
+
+    async def index(
+        self,
+        doc_id: str,
+        text: str | None = None,
+        *,
+        file_path: str = "",
+        track_id: str = "",
+        on_progress: ProgressSink | None = None,
+    ) -> IndexOutcome:
+        """Index ``doc_id`` (``text`` may be None to resume from full_docs) and return when PROCESSED.
+
+        Cancelling the caller stops the document's work (LightRAG's own cancellation flag plus
+        its in-flight LLM calls) and waits for it to unwind; nothing is deleted here (the caller
+        decides: purge for a user cancel, keep for a shutdown so that a later attempt resumes).
+        """
+        while (previous := self._jobs.get(doc_id)) is not None and not previous.done():
+            # The same document indexed twice in this process: let the first attempt finish.
+            await asyncio.wait({previous})
+        job = asyncio.create_task(
+            self._index(doc_id, text, file_path, track_id, on_progress), name=f"index-{doc_id}"
+        )
+        self._jobs[doc_id] = job
+        job.add_done_callback(lambda t, d=doc_id: self._jobs.pop(d, None) if self._jobs.get(d) is t else None)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            if not job.done():
+                job.cancel()
+                await _wait_out(job, UNWIND_SECONDS)
+                raise
+            if job.cancelled():
+                # Not our caller: a purge/delete of this document stopped it.
+                raise IndexingError(f"document {doc_id} was deleted while it was being indexed") from None
+            raise
+
+    async def delete(self, doc_id: str) -> DeletionResult:
+        """Stop this document's indexing if it runs here, then delete it and all it derived.
+
+        Never waits for other documents: only for merge phases in flight (see GraphGate).
+        """
+        job = self._jobs.get(doc_id)
+        if job is not None and not job.done():
+            job.cancel()
+            await _wait_out(job, UNWIND_SECONDS)
+        return await self._purge(doc_id)
+
+    async def _purge(self, doc_id: str) -> DeletionResult:
+        async with self.gate.exclusive():
+            record = await self.rag.doc_status.get_by_id(doc_id)
+            if record is None:
+                return DeletionResult("not_found", doc_id, f"Document {doc_id} not found.", 404, "")
+            if record.get("status") != DocStatus.PROCESSED:
+                await self._prepare_partial_delete(doc_id, record)
+            while True:
+                result = await self.rag.adelete_by_doc_id(doc_id)
+                if result.status != "not_allowed":
+                    break
+                # Only an outside caller of LightRAG's own pipeline sets `busy`; we never do.
+                log.warning("LightRAG refused deleting %s (%s); retrying", doc_id, result.message)
+                await asyncio.sleep(0.2)
+        log.info("deleted document %s: %s", doc_id, result.status)
+        return result
+
+    async def close(self) -> None:
+        """Stop every document indexing in this process (they resume on a later attempt)."""
+        jobs = [job for job in self._jobs.values() if not job.done()]
+        for job in jobs:
+            job.cancel()
+        for job in jobs:
+            await _wait_out(job, UNWIND_SECONDS)
+
+    # ------------------------------------------------------------------ records
+    async def _enqueue(
+        self, doc_id: str, text: str, file_path: str, track_id: str, created_at: str | None = None
+    ) -> tuple[dict[str, Any], str]:
+        """full_docs + PENDING doc status, as `apipeline_enqueue_documents` writes them."""
+        content = await asyncio.to_thread(sanitize_text_for_encoding, text)
+        path = file_path.strip() if isinstance(file_path, str) else ""
+        path = path or "unknown_source"
+        now = _now()
+        status = {
+            "status": DocStatus.PENDING,
+            "content_summary": get_content_summary(content),
+            "content_length": len(content),
+            "created_at": created_at or now,
+            "updated_at": now,
+            "file_path": path,
+            "track_id": track_id,
+        }
+        await self.rag.full_docs.upsert({doc_id: {"content": content, "file_path": path}})
+        await self.rag.doc_status.upsert({doc_id: dict(status)})
+        return status, content
+
+    async def _index(
+        self, doc_id: str, text: str | None, file_path: str, track_id: str, on_progress: ProgressSink | None
+    ) -> IndexOutcome:
+        record = await self.rag.doc_status.get_by_id(doc_id)
+        if record is not None and record.get("status") == DocStatus.PROCESSED:
+            # Processed by an earlier attempt; possibly in this process and not yet on disk.
+            await self.flush()
+            return IndexOutcome(doc_id, int(record.get("chunks_count") or 0), True, already_processed=True)
+        if record is None:
+            if not text:
+                raise DocumentMissingError(f"no text for document {doc_id}")
+            record, content = await self._enqueue(doc_id, text, file_path, track_id)
+            return await self._process(doc_id, record, content, False, on_progress)
+        # Left PENDING/PROCESSING/FAILED by an attempt that died or failed: resume from its records.
+        stored = await self.rag.full_docs.get_by_id(doc_id) or {}
+        content = stored.get("content") or text
+        if not content:
+            raise DocumentMissingError(f"no text for document {doc_id} (full_docs has none)")
+        if self._may_hold_derived_data(record) or not stored.get("content"):
+            # Take out what the earlier attempt wrote: LightRAG's merge is not idempotent
+            # (re-merging a chunk would duplicate its descriptions). Same ids, same text after.
+            await self._purge(doc_id)
+            record, content = await self._enqueue(
+                doc_id,
+                content,
+                _resolve_path(record.get("file_path"), stored.get("file_path"), file_path),
+                record.get("track_id") or track_id,
+                created_at=record.get("created_at"),
+            )
+        return await self._process(doc_id, record, content, True, on_progress)
+
+    @staticmethod
+    def _may_hold_derived_data(record: dict[str, Any]) -> bool:
+        return record.get("status") != DocStatus.PENDING or bool(record.get("chunks_list"))
+
+    # ------------------------------------------------------------------ the per-document body
+    async def _process(
+        self,
+        doc_id: str,
+        record: dict[str, Any],
+        content: str,
+        resumed: bool,
+        on_progress: ProgressSink | None,
+    ) -> IndexOutcome:
+        rag = self.rag
+        stored = await rag.full_docs.get_by_id(doc_id) or {}
+        file_path = _resolve_path(record.get("file_path"), stored.get("file_path"))
+        progress = IndexProgress(CHUNKING)
+
+        async def report() -> None:
+            if on_progress is not None:
+                with contextlib.suppress(Exception):
+                    await on_progress(IndexProgress(**progress.__dict__))
+
+        def status_fields() -> dict[str, Any]:
+            return {
+                "content_summary": record.get("content_summary"),
+                "content_length": record.get("content_length"),
+                "created_at": record.get("created_at"),
+                "file_path": file_path,
+                "track_id": record.get("track_id"),
+            }
+
+        scope = _DocScope(doc_id, rag.llm_model_func)
+        global_config = asdict(rag)
+        global_config["llm_model_func"] = scope.llm
+        chunks: dict[str, Any] = {}
+        processing_start_time = int(time.time())
+        merged_entities: set[str] = set()
+        merged_edges: set[tuple[str, str]] = set()
+        merge_intent: dict[str, Any] = {}
+        await report()
+        try:
+            result = await asyncio.to_thread(
+                rag.chunking_func,
+                rag.tokenizer,
+                content,
+                self.split_by_character,
+                self.split_by_character_only,
+                rag.chunk_overlap_token_size,
+                rag.chunk_token_size,
+            )
+            if inspect.isawaitable(result):
+                result = await result
+            if not isinstance(result, (list, tuple)):
+                raise TypeError(f"chunking_func must return a list or tuple of dicts, got {type(result)}")
+            chunks = {
+                compute_mdhash_id(dp["content"], prefix="chunk-"): {
+                    **dp,
+                    "full_doc_id": doc_id,
+                    "file_path": file_path,
+                    "llm_cache_list": [],
+                }
+                for dp in result
+            }
+            processing_start_time = int(time.time())
+            await asyncio.gather(
+                rag.doc_status.upsert(
+                    {
+                        doc_id: {
+                            "status": DocStatus.PROCESSING,
+                            "chunks_count": len(chunks),
+                            "chunks_list": list(chunks.keys()),
+                            **status_fields(),
+                            "updated_at": _now(),
+                            "metadata": {"processing_start_time": processing_start_time},
+                        }
+                    }
+                ),
+                rag.chunks_vdb.upsert(chunks),
+                rag.text_chunks.upsert(chunks),
+            )
+
+            progress.stage, progress.chunks_total = EXTRACTING, len(chunks)
+            await report()
+            extraction = self._extract(scope, chunks, global_config, progress, report)
+            chunk_results = await self._stage(scope, extraction)
+
+            all_nodes = {name for nodes, _ in chunk_results for name in nodes}
+            all_edges = {tuple(sorted(key)) for _, edges in chunk_results for key in edges}
+            progress.stage, progress.merge_total = MERGING, len(all_nodes) + len(all_edges)
+            await report()
+            merge_intent = {
+                "merge_entities": sorted(all_nodes | {n for e in all_edges for n in e}),
+                "merge_relations": [list(e) for e in sorted(all_edges)],
+            }
+            # Recorded before merging, so a purge after a crash mid-merge finds every entity and
+            # relation the merge may have touched (LightRAG records them only when it is done).
+            await rag.doc_status.upsert(
+                {
+                    doc_id: {
+                        "status": DocStatus.PROCESSING,
+                        "chunks_count": len(chunks),
+                        "chunks_list": list(chunks.keys()),
+                        **status_fields(),
+                        "updated_at": _now(),
+                        "metadata": {"processing_start_time": processing_start_time, **merge_intent},
+                    }
+                }
+            )
+
+            def on_node(name: str) -> None:
+                if name in all_nodes and name not in merged_entities:
+                    merged_entities.add(name)
+                    progress.merged = len(merged_entities) + len(merged_edges)
+                    _fire(report)
+
+            def on_edge(src: str, tgt: str) -> None:
+                key = tuple(sorted((src, tgt)))
+                if key in all_edges and key not in merged_edges:
+                    merged_edges.add(key)  # type: ignore[arg-type]
+                    progress.merged = len(merged_entities) + len(merged_edges)
+                    _fire(report)
+
+            observed_graph = _ObservedGraph(rag.chunk_entity_relation_graph, on_node, on_edge)
+
+            async def merge() -> None:
+                async with self.gate.shared():
+                    await merge_nodes_and_edges(
+                        chunk_results=chunk_results,
+                        knowledge_graph_inst=observed_graph,
+                        entity_vdb=rag.entities_vdb,
+                        relationships_vdb=rag.relationships_vdb,
+                        global_config=global_config,
+                        full_entities_storage=rag.full_entities,
+                        full_relations_storage=rag.full_relations,
+                        doc_id=doc_id,
+                        pipeline_status=scope.status,
+                        pipeline_status_lock=scope.lock,
+                        llm_response_cache=rag.llm_response_cache,
+                        entity_chunks_storage=rag.entity_chunks,
+                        relation_chunks_storage=rag.relation_chunks,
+                        current_file_number=1,
+                        total_files=1,
+                        file_path=file_path,
+                    )
+
+            await self._stage(scope, merge())
+            await rag.doc_status.upsert(
+                {
+                    doc_id: {
+                        "status": DocStatus.PROCESSED,
+                        "chunks_count": len(chunks),
+                        "chunks_list": list(chunks.keys()),
+                        **status_fields(),
+                        "updated_at": _now(),
+                        "metadata": {
+                            "processing_start_time": processing_start_time,
+                            "processing_end_time": int(time.time()),
+                        },
+                    }
+                }
+            )
+        except asyncio.CancelledError:
+            raise  # stopped, not failed: the record stays as it is (resumable or purged by the caller)
+        except Exception as exc:
+            log.error("indexing document %s failed: %s", doc_id, exc)
+            if rag.llm_response_cache:
+                with contextlib.suppress(Exception):
+                    await rag.llm_response_cache.index_done_callback()
+            chunk_ids = list(chunks) or list(record.get("chunks_list") or [])
+            await rag.doc_status.upsert(
+                {
+                    doc_id: {
+                        "status": DocStatus.FAILED,
+                        "error_msg": str(exc),
+                        "chunks_count": len(chunk_ids),
+                        "chunks_list": chunk_ids,
+                        **status_fields(),
+                        "updated_at": _now(),
+                        "metadata": {
+                            "processing_start_time": processing_start_time,
+                            "processing_end_time": int(time.time()),
+                            # Kept when the merge had begun, so the purge finds what it touched.
+                            **{k: v for k, v in merge_intent.items()},
+                        },
+                    }
+                }
+            )
+            raise IndexingError(str(exc)) from exc
+        await self.flush()
+        progress.stage = DONE
+        await report()
+        return IndexOutcome(doc_id, len(chunks), resumed)
+
+    async def _stage(self, scope: _DocScope, coro: Awaitable[Any]) -> Any:
+        """Run a stage that LightRAG fans out into tasks; on cancel, stop it and let it unwind."""
+        task = asyncio.ensure_future(coro)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            scope.stop()
+            await _wait_out(task, UNWIND_SECONDS)
+            raise
+
+    async def _extract(
+        self,
+        scope: _DocScope,
+        chunks: dict[str, Any],
+        global_config: dict[str, Any],
+        progress: IndexProgress,
+        report: Callable[[], Awaitable[None]],
+    ) -> list:
+        """`extract_entities` chunk by chunk, so each completion is seen; results in chunk order."""
+        semaphore = asyncio.Semaphore(self.chunk_concurrency)
+
+        async def one(chunk_id: str, chunk: dict[str, Any]) -> Any:
+            async with semaphore:
+                if scope.stopped:
+                    raise DocumentCancelledError(f"document {scope.doc_id} was stopped")
+                result = await extract_entities(
+                    {chunk_id: chunk},
+                    global_config=global_config,
+                    pipeline_status=scope.status,
+                    pipeline_status_lock=scope.lock,
+                    llm_response_cache=self.rag.llm_response_cache,
+                    text_chunks_storage=self.rag.text_chunks,
+                )
+            progress.chunks_extracted += 1
+            await report()
+            return result[0]
+
+        tasks = [asyncio.ensure_future(one(cid, chunk)) for cid, chunk in chunks.items()]
+        if not tasks:
+            return []
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failed = next((t for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
+        if failed is not None:
+            # Like LightRAG: the first failure stops the document's other chunks.
+            scope.stop()
+            if pending:
+                await asyncio.wait(pending)
+            for task in tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()
+            raise failed.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+
+    # ------------------------------------------------------------------ deleting partial documents
+    async def _prepare_partial_delete(
+        self,
+        doc_id: str,
+        record: dict[str, Any],
+    ) -> None:
+        """Make `adelete_by_doc_id` see everything an unfinished merge may have touched.
+
+        LightRAG finds a document's entities through full_entities/full_relations, which it only
+        writes at the end of a successful merge. We record the merge's entity and relation names
+        in the doc-status metadata before merging; here they are written where the delete looks.
+        Chunk-tracking records of entities the graph never received are cleaned up directly.
+        """
+        rag = self.rag
+        metadata = record.get("metadata") or {}
+        names = set(metadata.get("merge_entities") or [])
+        pairs = {tuple(sorted(p)) for p in (metadata.get("merge_relations") or []) if len(p) == 2}
+        if not names and not pairs:
+            return
+        chunk_ids = set(record.get("chunks_list") or [])
+        known_entities = await rag.full_entities.get_by_id(doc_id) or {}
+        known_relations = await rag.full_relations.get_by_id(doc_id) or {}
+        names |= set(known_entities.get("entity_names") or [])
+        pairs |= {tuple(sorted(p)) for p in (known_relations.get("relation_pairs") or []) if len(p) == 2}
+        graph = rag.chunk_entity_relation_graph
+        if names:
+            await rag.full_entities.upsert({doc_id: {"entity_names": sorted(names), "count": len(names)}})
+        if pairs:
+            await rag.full_relations.upsert(
+                {doc_id: {"relation_pairs": [list(p) for p in sorted(pairs)], "count": len(pairs)}}
+            )
+        for name in names:
+            if rag.entity_chunks is not None and not await graph.has_node(name):
+                await _subtract_chunks(rag.entity_chunks, name, chunk_ids)
+        for src, tgt in pairs:
+            if rag.relation_chunks is not None and not await graph.has_edge(src, tgt):
+                await _subtract_chunks(rag.relation_chunks, make_relation_chunk_key(src, tgt), chunk_ids)
+
+
+async def _subtract_chunks(storage: Any, key: str, chunk_ids: set[str]) -> None:
+    stored = await storage.get_by_id(key)
+    if not stored or not isinstance(stored, dict):
+        return
+    remaining = [c for c in stored.get("chunk_ids", []) if c and c not in chunk_ids]
+    if remaining == stored.get("chunk_ids"):
+        return
+    if remaining:
+        await storage.upsert({key: {"chunk_ids": remaining, "count": len(remaining)}})
+    else:
+        await storage.delete([key])
+
+
+def _resolve_path(*candidates: Any) -> str:
+    """LightRAG's `_resolve_doc_file_path`: the first non-placeholder path."""
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate.strip() and candidate.strip() not in (
+            "no-file-path",
+            "unknown_source",
+        ):
+            return candidate.strip()
+    return "unknown_source"
+
+
+_background: set[asyncio.Task] = set()
+
+
+def _fire(report: Callable[[], Awaitable[None]]) -> None:
+    """Report from a synchronous hook without blocking LightRAG's merge task."""
+    task = asyncio.ensure_future(report())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
