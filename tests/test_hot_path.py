@@ -9,6 +9,7 @@ import inspect
 import pytest
 
 from api.routes import health, tasks
+from api.schemas import TaskView
 from benchmarks.hotpath import summarize_profile
 from benchmarks.ingest_scenarios import ideal_seconds, llm_usage
 from benchmarks.metrics_scrape import histogram_quantile
@@ -47,6 +48,14 @@ async def test_get_task_still_answers_owner_and_404(tmp_path, redis_url) -> None
         body = await wait_for_task(svc.client, task_id)
         assert body["task_id"] == task_id
         assert body["status"] == "completed"
+        polled = await svc.client.get(f"/task/{task_id}")
+        assert polled.headers["content-type"].startswith("application/json")
+        # the body is still exactly the documented TaskView (every field, ISO timestamps)
+        assert TaskView.model_validate(polled.json()).model_dump() == polled.json()
+        assert polled.json()["created_at"].endswith("Z")
+        schema = (await svc.client.get("/openapi.json")).json()
+        ok = schema["paths"]["/task/{task_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+        assert ok["schema"]["$ref"].endswith("/TaskView")
         for bad in ("no-such-task", "x" * 100):
             missing = await svc.client.get(f"/task/{bad}")
             assert missing.status_code == 404
