@@ -83,7 +83,8 @@ TenantDep = Annotated[str, Depends(get_tenant)]
 StreamTenantDep = Annotated[str, Depends(get_stream_tenant)]
 
 
-def get_ingestion(services: ServicesDep) -> IngestionService:
+async def get_ingestion(services: ServicesDep) -> IngestionService:
+    # async for the same reason as get_services: a plain def would cost a thread-pool hop per request.
     return services.ingestion
 
 
