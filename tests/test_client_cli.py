@@ -2,7 +2,7 @@
 
 - AsyncRagClient against the app served in-process (ASGI transport, real Redis);
 - the SSE side of `wait_for` against scripted transports (drops, resume, no events endpoint).
-RagClient and the CLI against the real service under uvicorn are in tests/test_client_cli_process.py.
+- RagClient and the CLI against the real service under uvicorn (module-scoped `live` fixture).
 """
 
 from __future__ import annotations
