@@ -24,7 +24,7 @@ from tests.conftest import FINAL, Service, start_service, upload, wait_for_task
 from tests.docs_factory import story
 from tests.test_reliability import llm_settings
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 DOCUMENTS = 40
 #: Every task must be final this long after its cancel (far above a normal cancel's few seconds;

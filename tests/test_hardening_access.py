@@ -13,7 +13,7 @@ from tests.conftest import free_port, make_settings, start_service
 from tests.procs import kill_embedded_redis, service_env
 from tests.procs import start_service as start_process
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 ADMIN = "admin-token-for-hardening-tests"
 

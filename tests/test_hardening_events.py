@@ -16,7 +16,7 @@ from tests.conftest import Service, free_port, upload, wait_for_task
 from tests.procs import service_env
 from tests.procs import start_service as start_process
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 RESYNC_TIMEOUT = pytest.mark.timeout(60)
 
 CLIENTS = 200

@@ -17,7 +17,7 @@ from tests.docs_factory import make_docx, make_pdf, story
 from tests.procs import kill_embedded_redis, service_env
 from tests.procs import start_service as start_process
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 
 GIB = 1024**3
 

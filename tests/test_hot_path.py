@@ -15,6 +15,8 @@ from benchmarks.ingest_scenarios import ideal_seconds, llm_usage
 from benchmarks.metrics_scrape import histogram_quantile
 from tests.conftest import make_settings, start_service, wait_for_task
 
+pytestmark = pytest.mark.integration
+
 
 def _sync_dependencies(dependant) -> list[str]:
     found = []

@@ -22,7 +22,7 @@ from tests.docs_factory import story
 from tests.procs import service_env
 from tests.procs import start_service as start_process
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
 

@@ -25,6 +25,8 @@ from src.tasks.store import TaskStore
 from tests.pg import pg_env  # noqa: F401  (session fixture)
 from tests.unit.helpers import record
 
+pytestmark = pytest.mark.integration
+
 EXTRACT_PROMPT = "---Task---\nExtract entities and relationships from the input text\n<Input Text>\n```\nx```"
 
 
