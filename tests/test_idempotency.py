@@ -48,7 +48,7 @@ async def test_idempotency_key_is_kept_24_hours_then_freed(held: Service) -> Non
     ttl = await redis.ttl(idem_keys[0])
     assert DAY - 120 < ttl <= DAY, ttl
 
-    again = await upload(held.client, "b.txt", story("salt", "Idemttl2").encode(), headers=key)
+    again = await upload(held.client, "a.txt", story("salt", "Idemttl").encode(), headers=key)
     assert again.status_code == 202 and again.json()["task_id"] == first.json()["task_id"]
 
     await redis.pexpire(idem_keys[0], 1)  # the 24 h have passed
@@ -75,7 +75,9 @@ async def test_idempotency_key_is_scoped_to_the_tenant(held: Service) -> None:
     assert mine.status_code == 202 and theirs.status_code == 202, (mine.text, theirs.text)
     assert not theirs.json()["duplicate"] and theirs.json()["task_id"] != mine.json()["task_id"]
     # Within a tenant the key still answers with that tenant's own task.
-    repeat = await upload(held.client, "x.txt", b"other bytes", headers={**globex, **key})
+    repeat = await upload(
+        held.client, "g.txt", story("malt", "Globexidem").encode(), headers={**globex, **key}
+    )
     assert repeat.json()["task_id"] == theirs.json()["task_id"] and repeat.json()["duplicate"]
     assert (await held.client.get(f"/task/{mine.json()['task_id']}", headers=globex)).status_code == 404
     assert len(files_of(held)) == 2, files_of(held)
@@ -97,18 +99,20 @@ async def test_idempotency_key_is_free_again_after_a_cancelled_task(held: Servic
 
 
 async def test_idempotency_key_is_free_again_after_a_failed_task(tmp_path, redis_url) -> None:
-    """Catches a key that keeps pointing at a failed task (a client that fixes its file and retries
-    with the same key would be told about the old failure forever)."""
+    """Catches a key that keeps pointing at a failed task (a client retrying the same request with
+    the same key would be told about the old failure forever instead of getting a new attempt)."""
     async with start_service(make_settings(tmp_path, redis_url)) as svc:
         key = {"Idempotency-Key": "retry-after-failure"}
         broken = make_pdf(["Some text that will not survive"])[:200]  # header intact, body cut
         first = (await upload(svc.client, "r.pdf", broken, headers=key)).json()
         await wait_for_task(svc.client, first["task_id"], expect="failed")
-        fixed = make_pdf([story("weirs", "Failidem", 4)])
-        retry = await upload(svc.client, "r.pdf", fixed, headers=key)
+        retry = await upload(svc.client, "r.pdf", broken, headers=key)
         assert retry.status_code == 202 and not retry.json()["duplicate"], retry.text
         assert retry.json()["task_id"] != first["task_id"]
-        await wait_for_task(svc.client, retry.json()["task_id"], expect="completed")
+        await wait_for_task(svc.client, retry.json()["task_id"], expect="failed")
+        # A different request under the key is still refused (the key names one request).
+        other = await upload(svc.client, "r.pdf", make_pdf([story("weirs", "Failidem", 4)]), headers=key)
+        assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
 
 
 async def test_concurrent_requests_with_one_key_create_one_task(held: Service) -> None:
@@ -117,8 +121,8 @@ async def test_concurrent_requests_with_one_key_create_one_task(held: Service) -
     key = {"Idempotency-Key": "double-click"}
     answers = await asyncio.gather(
         *[
-            upload(held.client, f"{i}.txt", story("gulls", f"Raceidem{i}q").encode(), headers=key)
-            for i in range(8)
+            upload(held.client, "gulls.txt", story("gulls", "Raceidemq").encode(), headers=key)
+            for _ in range(8)
         ]
     )
     assert [a.status_code for a in answers] == [202] * 8, [a.text for a in answers]

@@ -23,6 +23,7 @@ from src.ingestion.ownership import (
 )
 from src.tasks.store import TaskStore
 from tests.pg import pg_env  # noqa: F401  (session fixture)
+from tests.unit.conftest import make_store, redis, store  # noqa: F401  (fixtures)
 from tests.unit.helpers import record
 
 pytestmark = pytest.mark.integration
@@ -168,9 +169,9 @@ async def test_writes_on_a_workspace_owned_elsewhere_are_refused(tmp_path) -> No
     assert http_error_for(WorkspaceOwnedElsewhere("x")).status == 503
 
 
-async def test_claim_takes_only_tasks_of_the_given_tenants(make_store: Callable[..., TaskStore]) -> None:
+async def test_claim_takes_only_tasks_of_the_given_tenants(make_store: Callable[..., TaskStore]) -> None:  # noqa: F811
     """Catches: an instance claiming a task of a workspace it does not own."""
-    store = make_store()
+    store = make_store()  # noqa: F811
     await store.create(record("a1", tenant="a"))
     await store.create(record("b1", tenant="b"))
     assert await store.claim("me", 60, tenants=[]) is None
@@ -205,7 +206,7 @@ class Gate:
 
 
 async def test_runner_claims_only_owned_tenants_and_hands_back_on_loss(
-    make_store: Callable[..., TaskStore],
+    make_store: Callable[..., TaskStore],  # noqa: F811
 ) -> None:
     """Catches: a gated runner running another owner's task, an idle runner never taking a free
     workspace, and a lost workspace's task left running (or counted as a failure) on this instance."""
@@ -213,7 +214,7 @@ async def test_runner_claims_only_owned_tenants_and_hands_back_on_loss(
     from src.tasks.runner import TaskRunner
     from tests.unit.test_runner import FakeHandler, _config, wait_for
 
-    store = make_store()
+    store = make_store()  # noqa: F811
     handler = FakeHandler(default="block")
     gate = Gate({"mine"}, grantable={"free"})
     runner = TaskRunner(store, handler, _config(), "inst-g", gate=gate)
@@ -236,7 +237,7 @@ async def test_runner_claims_only_owned_tenants_and_hands_back_on_loss(
 
 
 async def test_new_owner_requeues_tasks_held_by_the_previous_owner(
-    make_store: Callable[..., TaskStore],
+    make_store: Callable[..., TaskStore],  # noqa: F811
 ) -> None:
     """Catches: a takeover that waits for the dead owner's leases to lapse (or steals live tasks of
     other tenants)."""
@@ -244,7 +245,7 @@ async def test_new_owner_requeues_tasks_held_by_the_previous_owner(
     from src.tasks.runner import TaskRunner
     from tests.unit.test_runner import FakeHandler, _config
 
-    store = make_store()
+    store = make_store()  # noqa: F811
     await store.create(record("dead1", tenant="t"))
     await store.create(record("other1", tenant="u"))
     assert (await store.claim("dead-instance", 600, tenants=["t"])).task_id == "dead1"
