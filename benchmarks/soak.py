@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.common import ADMIN_HEADERS, ROOT, Mock, RedisServer, Service, pct
+from benchmarks.common import ADMIN_HEADERS, ROOT, Mock, RedisServer, Service, machine_info, pct
 from benchmarks.loadgen import doc_text
 
 LIGHTRAG_FILE_STORAGES = {
@@ -183,10 +183,11 @@ def run_one(storages: str, args: argparse.Namespace) -> list[dict]:
     if storages == "lightrag":
         env.update(LIGHTRAG_FILE_STORAGES)
     service = Service(workdir / "svc", redis.url, mock, env_extra=env).start()
+    minutes = args.lightrag_minutes if storages == "lightrag" and args.lightrag_minutes else args.minutes
     try:
-        log(f"soak [{storages}] for {args.minutes} min at {service.base}")
+        log(f"soak [{storages}] for {minutes} min at {service.base}")
         return asyncio.run(
-            run_load(service.base, service.proc.pid, args.minutes, args.sample, args.rate, args.size)
+            run_load(service.base, service.proc.pid, minutes, args.sample, args.rate, args.size)
         )
     finally:
         service.stop()
@@ -226,12 +227,20 @@ def plot(results: dict[str, list[dict]], png: Path) -> None:
     plt.close(fig)
 
 
-def markdown(results: dict[str, list[dict]], args: argparse.Namespace, png: Path, out: Path) -> str:
+def markdown(
+    results: dict[str, list[dict]], args: argparse.Namespace, png: Path, out: Path, machine: dict[str, str]
+) -> str:
     rel = png.relative_to(out.parent) if png.is_relative_to(out.parent) else png
+    minutes = f"{args.minutes:g} min"
+    if args.lightrag_minutes and "lightrag" in results:
+        minutes += f" (`lightrag`: {args.lightrag_minutes:g} min)"
     lines = [
         "## Soak: latency while the knowledge base grows",
         "",
-        f"`python -m benchmarks.soak{' --quick' if args.quick else ''}`: {args.minutes:g} min, "
+        f"*{machine['date']}, commit `{machine['commit']}`, {machine['cpu']} × {machine['cores']} cores, "
+        f"{machine['ram_gib']} GiB, Python {machine['python']}, Redis {machine['redis']}.*",
+        "",
+        f"`{' '.join(['python -m benchmarks.soak', *args.argv])}`: {minutes}, "
         f"{args.rate:g} uploads/s of {args.size // 1000} KB, 5 pollers × 10 GET /task/s, 1 offline query/s "
         f"(naive, context only), mock LLM {args.llm_latency:g} s/call, "
         f"MAX_CONCURRENT_TASKS={args.max_concurrent_tasks}. `embedded` = SQLite storages with group commit "
@@ -289,12 +298,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=5000, help="bytes per document")
     ap.add_argument("--llm-latency", type=float, default=0.05)
     ap.add_argument("--max-concurrent-tasks", type=int, default=8)
+    ap.add_argument(
+        "--lightrag-minutes",
+        type=float,
+        default=0.0,
+        help="a shorter run for the LightRAG-file-storages comparison (default: --minutes)",
+    )
     ap.add_argument("--storages", default="embedded,lightrag", help="comma list: embedded, lightrag")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--png", default=str(ROOT / "docs" / "img" / "soak.png"))
     ap.add_argument("--results", default="", help="also save raw samples (JSON) here")
     ap.add_argument("--keep", action="store_true", help="keep the work dirs")
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    machine = machine_info()
     if args.quick:
         args.minutes, args.sample = 3.0, 15.0
     results = {name: run_one(name, args) for name in args.storages.split(",") if name}
@@ -302,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.results).write_text(json.dumps(results, indent=1))
     out, png = Path(args.out), Path(args.png)
     plot(results, png)
-    write_section(out, markdown(results, args, png, out))
+    write_section(out, markdown(results, args, png, out, machine))
     log(f"wrote {png} and the soak section of {out}")
     return 0
 
