@@ -56,11 +56,6 @@ async def test_query_answers_502_when_the_llm_provider_fails(tmp_path, redis_url
             assert context.status_code == 200 and "Querybreak" in context.json()["response"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (reported): /query/stream answers 200 with an NDJSON error line (TypeError: "
-    "'async for' ... NoneType) when the provider fails before the first piece; README promises 502",
-)
 async def test_streamed_query_answers_502_when_the_llm_provider_fails_before_the_first_piece(
     tmp_path, redis_url
 ) -> None:

@@ -410,7 +410,10 @@ class IngestionService:
 
     async def query_stream(self, tenant: str, spec: QuerySpec) -> AsyncGenerator[str, None]:
         """Start answering; errors before the first piece raise here, later ones from the iterator
-        (as ProviderError). Close the iterator when done: it holds the tenant's engine."""
+        (as ProviderError). Close the iterator when done: it holds the tenant's engine.
+
+        The first piece is awaited here, before the caller commits to a 200 status line: LightRAG
+        returns a lazy iterator, so a provider that refuses the request fails on the first read."""
         self._check_query(spec)
         # The engine stays borrowed until the stream ends, so it cannot be evicted mid-answer.
         engine = await self.engines.acquire(tenant)
@@ -419,7 +422,15 @@ class IngestionService:
         except BaseException:
             self.engines.release(engine)
             raise
-        return self._pieces(engine, answer)
+        pieces = self._pieces(engine, answer)
+        try:
+            first = await anext(pieces)
+        except StopAsyncIteration:
+            return _no_pieces()
+        except BaseException:
+            await pieces.aclose()
+            raise
+        return _prepend(first, pieces)
 
     async def _pieces(
         self, engine: TenantEngine, answer: str | AsyncIterator[str]
@@ -457,6 +468,21 @@ class IngestionService:
             return await rag.aquery(spec.text, param=param)
         except Exception as exc:  # provider failures are the provider's, not a bug of ours
             raise _provider_error(exc) from exc
+
+
+async def _no_pieces() -> AsyncGenerator[str, None]:
+    return
+    yield  # an async generator that yields nothing
+
+
+async def _prepend(first: str, rest: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
+    """``first`` then the rest of ``rest``; closing this closes ``rest`` (it holds the engine)."""
+    try:
+        yield first
+        async for piece in rest:
+            yield piece
+    finally:
+        await rest.aclose()
 
 
 def _fingerprint(kind: TaskKind, sha256: str, filename: str | None, options: SubmitOptions) -> str:
