@@ -376,7 +376,8 @@ class TaskRunner:
                 if outcome == FinishOutcome.CANCELLING:  # a cancel won the race: undo the work
                     await self._cancel(task, epoch)
                     return
-                log.info("task %s completed in %.2fs", task.task_id, time.monotonic() - running.started)
+                if outcome == FinishOutcome.OK:  # a refused (stale) write was logged as such
+                    log.info("task %s completed in %.2fs", task.task_id, time.monotonic() - running.started)
         finally:
             self._running.pop(task.task_id, None)
             self._slots.release()

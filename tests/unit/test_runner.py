@@ -272,6 +272,27 @@ async def test_lost_lease_hands_the_task_over(store: TaskStore) -> None:
     assert handler.finals == [] and handler.discarded == []
 
 
+async def test_a_refused_final_write_is_not_logged_as_completed(store: TaskStore, caplog) -> None:
+    """Catches a runner that says "completed" (and fires the end hook) although its final write was
+    refused because another attempt owns the task now."""
+    handler = FakeHandler({"st": ["block"]})
+    await store.create(record("st"))
+    caplog.set_level("INFO", logger="src.tasks.runner")
+    # No heartbeat during the test: the handler finishes before it could notice the lost lease.
+    async with running(store, handler, max_concurrent=1, heartbeat_seconds=60.0) as runner:
+        await asyncio.wait_for(handler.started_event("st").wait(), 10)
+        await store.requeue("st", owner=None, max_failures=5, outcome=AttemptOutcome.LEASE_EXPIRED)
+        assert (await store.claim("other-instance", 60)) is not None
+        handler.release.set()
+        await wait_until(lambda: runner.running_count == 0, what="the attempt to end")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("final write for attempt 1 refused" in m for m in messages), messages
+    assert not any("completed in" in m for m in messages), messages
+    rec = await store.get("st")
+    assert rec.status == TaskStatus.PROCESSING and rec.owner == "other-instance"
+    assert handler.finals == []
+
+
 async def test_shutdown_drains_then_hands_back(store: TaskStore) -> None:
     """Catches a shutdown that kills short tasks instead of draining them, or that drops (or fails)
     the long ones instead of handing them back as interrupted."""
