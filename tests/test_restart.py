@@ -8,6 +8,7 @@ LightRAG must hold each document exactly once.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -83,6 +84,84 @@ def test_kill9_mid_ingestion_then_restart_completes_every_task_once(tmp_path: Pa
             owned = [c for c in chunks.values() if c.get("full_doc_id") == doc_id]
             assert len(owned) == doc_status[doc_id]["chunks_count"] >= 1
     finally:
+        for proc in (service, mock):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        kill_embedded_redis(data_dir)
+
+
+def test_kill9_under_steady_upload_load_loses_no_acknowledged_task(tmp_path: Path) -> None:
+    """Catches an acknowledged upload lost, or a document indexed twice, when the process dies while
+    uploads keep arriving and processed documents still wait for the coalesced flush (issue 16:
+    crash safety must survive the group commit, not only a quiet kill)."""
+    data_dir = tmp_path / "data"
+    llm_port, port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    mock = start_mock_llm(llm_port, latency=0.1)
+    # A long flush interval widens the window in which finished documents are not yet on disk.
+    env = service_env(data_dir, port, llm_port, MAX_CONCURRENT_TASKS="4", STORAGE_FLUSH_INTERVAL_SECONDS="2")
+    service = start_service(env, tmp_path / "service.log")
+    acknowledged: dict[str, str] = {}  # task id -> doc id: the 202s the client received
+    refused: list[int] = []  # uploads that failed while the service was down (never acknowledged)
+    stop = threading.Event()
+
+    def uploader() -> None:
+        i = 0
+        with httpx.Client(base_url=base, timeout=10) as client:
+            while not stop.is_set():
+                text = story(f"topic {i}", f"Steadymark{i}", 6).encode()
+                try:
+                    r = client.post("/insert", files={"file": (f"steady{i}.txt", text)})
+                    if r.status_code == 202:
+                        acknowledged[r.json()["task_id"]] = r.json()["doc_id"]
+                except httpx.HTTPError:
+                    refused.append(i)
+                i += 1
+                time.sleep(0.3)
+
+    thread = threading.Thread(target=uploader, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            current = statuses(base, list(acknowledged))
+            if current.count("completed") >= 8 and "processing" in current:
+                break
+            time.sleep(0.2)
+        service.send_signal(signal.SIGKILL)
+        service.wait(timeout=10)
+        time.sleep(1.0)  # uploads keep coming while the service is down: they are refused, not lost
+        service = start_service(env, tmp_path / "service.log")
+        time.sleep(3.0)  # and while it resumes
+        stop.set()
+        thread.join(timeout=30)
+        assert refused, "no upload hit the dead service; the test did not exercise the window"
+
+        task_ids = list(acknowledged)
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            current = statuses(base, task_ids)
+            if all(s in ("completed", "failed", "cancelled") for s in current):
+                break
+            time.sleep(0.5)
+        assert current == ["completed"] * len(task_ids), dict(zip(task_ids, current, strict=True))
+
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=60) in (0, -signal.SIGTERM)
+        workspace_dir = data_dir / "rag" / "restart"
+        doc_ids = sorted(acknowledged.values())
+        full_docs = read_kv_namespace(workspace_dir, "full_docs")
+        doc_status = read_kv_namespace(workspace_dir, "doc_status")
+        chunks = read_kv_namespace(workspace_dir, "text_chunks")
+        assert sorted(full_docs) == doc_ids  # every acknowledged document once, nothing else
+        assert sorted(doc_status) == doc_ids
+        for doc_id in doc_ids:
+            assert doc_status[doc_id]["status"] == "processed"
+            owned = [c for c in chunks.values() if c.get("full_doc_id") == doc_id]
+            assert len(owned) == doc_status[doc_id]["chunks_count"] >= 1
+    finally:
+        stop.set()
         for proc in (service, mock):
             if proc.poll() is None:
                 proc.kill()
