@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,94 @@ async def test_only_dirty_records_are_written(tmp_path: Path) -> None:
     await store.commit()  # nothing changed: no flush, no rows
     assert store.rows_written == 502
     await kv.finalize()
+
+
+async def _kv_script_with_flushes(kv: Any) -> list[Any]:
+    """The KV script with a flush after every step: reads then come from disk, not memory."""
+    out: list[Any] = []
+    flush = store_of(kv).commit if isinstance(kv, SqliteKVStorage) else (lambda: asyncio.sleep(0))
+    await kv.upsert({"a": {"content": "alpha"}, "b": {"content": "beta"}, "c": {"content": "gamma"}})
+    await flush()
+    out.append(_strip_times(await kv.get_by_id("a")))
+    out.append([_strip_times(r) for r in await kv.get_by_ids(["c", "missing", "b", "c"])])
+    out.append(sorted(await kv.filter_keys({"a", "x", "y"})))
+    await kv.upsert({"a": {"content": "alpha2"}})
+    out.append(_strip_times(await kv.get_by_id("a")))
+    await flush()
+    out.append(_strip_times(await kv.get_by_id("a")))
+    await kv.delete(["b", "nope"])
+    out.append(await kv.get_by_id("b"))  # deleted, deletion not written yet
+    out.append(sorted(await kv.filter_keys({"a", "b"})))
+    await flush()
+    out.append(await kv.get_by_id("b"))
+    await kv.upsert({"b": {"content": "beta again"}})
+    out.append(_strip_times(await kv.get_by_id("b")))
+    out.append(await kv.is_empty())
+    await kv.delete(["a", "b", "c"])
+    out.append(await kv.is_empty())  # everything deleted, nothing written yet
+    await flush()
+    out.append(await kv.is_empty())
+    return out
+
+
+@pytest.mark.parametrize("namespace", ["llm_response_cache", "full_docs"])
+async def test_disk_backed_kv_parity_with_json_kv_storage(tmp_path: Path, namespace: str) -> None:
+    """Catches a disk-backed namespace (records evicted from memory once written) answering a read
+    differently from JsonKVStorage: a stale, resurrected or missing record around a flush."""
+    json_kv = await open_storage(JsonKVStorage, tmp_path / "json", namespace)
+    sql_kv = await open_storage(SqliteKVStorage, tmp_path / "sql", namespace)
+    assert await _kv_script_with_flushes(sql_kv) == await _kv_script_with_flushes(json_kv)
+    await sql_kv.finalize()
+
+
+async def test_disk_backed_kv_keeps_only_unwritten_records_in_memory(tmp_path: Path) -> None:
+    """Catches the extraction cache growing the process with every document: once written, records
+    leave memory; an update keeps the record's create_time; a restart loads nothing into memory."""
+    kv = await open_storage(SqliteKVStorage, tmp_path, "llm_response_cache")
+    await kv.upsert({f"k{i}": {"return": f"answer {i}"} for i in range(500)})
+    assert len(kv._data) == 500  # not written yet: memory is the write-back buffer
+    await store_of(kv).commit()
+    assert len(kv._data) == 0
+    first = await kv.get_by_id("k7")
+    assert first["return"] == "answer 7" and first["_id"] == "k7"
+    await kv.upsert({"k7": {"return": "changed"}})
+    updated = await kv.get_by_id("k7")
+    assert updated["return"] == "changed" and updated["create_time"] == first["create_time"]
+    assert await kv.filter_keys({"k1", "k499", "k500"}) == {"k500"}
+    await kv.finalize()
+    restart_process_memory()
+    kv2 = await open_storage(SqliteKVStorage, tmp_path, "llm_response_cache")
+    assert len(kv2._data) == 0 and not await kv2.is_empty()
+    assert (await kv2.get_by_id("k7"))["return"] == "changed"
+    assert [r["return"] for r in await kv2.get_by_ids(["k3", "k4"])] == ["answer 3", "answer 4"]
+    await kv2.finalize()
+
+
+async def test_disk_backed_kv_never_evicts_a_record_changed_during_its_write(tmp_path: Path) -> None:
+    """Catches a record replaced while the flush writing its previous version runs being evicted
+    (it would then be written as a deletion, or lost)."""
+    kv = await open_storage(SqliteKVStorage, tmp_path, "full_docs")
+    store = store_of(kv)
+    await kv.upsert({"d": {"content": "v1"}})
+    real_write = store._write
+
+    def slow_write(sets):  # the loop runs the upsert below while this write is under way
+        time.sleep(0.2)
+        return real_write(sets)
+
+    store._write = slow_write
+    flush = asyncio.create_task(store.commit())
+    await asyncio.sleep(0.05)
+    await kv.upsert({"d": {"content": "v2"}})
+    await flush
+    store._write = real_write
+    assert (await kv.get_by_id("d"))["content"] == "v2"
+    await store.commit()
+    await kv.finalize()
+    restart_process_memory()
+    kv2 = await open_storage(SqliteKVStorage, tmp_path, "full_docs")
+    assert (await kv2.get_by_id("d"))["content"] == "v2"
+    await kv2.finalize()
 
 
 # --- doc status -----------------------------------------------------------------------------------

@@ -64,8 +64,21 @@ def _workspace_dir(global_config: dict[str, Any], workspace: str) -> str:
 
 
 # --- key-value and doc status -----------------------------------------------------------------
+#: Namespaces whose records stay on disk once flushed: the extraction cache (read only when a chunk
+#: is extracted again; ~50 KB per document with its prompts, most of the memory a knowledge base
+#: used) and the full documents (read only to resume or delete one). Memory holds just what the
+#: next flush has not written yet, so RSS no longer grows with them. The other namespaces are read
+#: by every query or merge and stay in memory.
+DISK_BACKED_NAMESPACES = ("llm_response_cache", "full_docs")
+
+
 class _SqliteKVMixin:
-    """Dirty-key tracking over LightRAG's in-memory JSON storages; rows live in table ``kv``."""
+    """Dirty-key tracking over LightRAG's in-memory JSON storages; rows live in table ``kv``.
+
+    In a namespace of ``DISK_BACKED_NAMESPACES`` the in-memory dict is only a write-back buffer:
+    a record leaves it once written (unless it changed meanwhile), deleted keys are remembered as
+    tombstones until their deletion is written, and reads that miss memory go to SQLite in the
+    store's worker thread."""
 
     is_doc_status = False
     namespace: str
@@ -79,6 +92,8 @@ class _SqliteKVMixin:
         self._dirty: dict[str, None] = {}  # ordered: rows are written in change order
         self._dropped = False
         self._store: WorkspaceStore | None = None
+        self._on_disk = not self.is_doc_status and self.namespace.endswith(DISK_BACKED_NAMESPACES)
+        self._tombstones: set[str] = set()  # deleted keys whose deletion is not written yet
 
     async def initialize(self) -> None:
         self._store = acquire_store(self.global_config, self.workspace)
@@ -90,6 +105,10 @@ class _SqliteKVMixin:
             self._data = await get_namespace_data(self.namespace, workspace=self.workspace)
             if need_init:
                 await self._import_legacy()
+                if self._on_disk:
+                    count = await self._store.count("kv", self.namespace)
+                    logger.info("[%s] SQLite %s: %d records on disk", self.workspace, self.namespace, count)
+                    return
                 rows = await self._store.select(
                     "SELECT id, value FROM kv WHERE ns = ? ORDER BY rowid", self.namespace
                 )
@@ -118,14 +137,75 @@ class _SqliteKVMixin:
             self._store.mark_dirty()
 
     async def upsert(self, data: dict[str, dict[str, Any]]) -> None:
+        created = await self._stored_create_times(data) if self._on_disk and data else {}
         await super().upsert(data)  # type: ignore[misc]
         if data:
+            for key, when in created.items():  # an update of a record that only disk holds
+                data[key]["create_time"] = when
+            self._tombstones.difference_update(data)
             self._touch(data.keys())
 
     async def delete(self, ids: list[str]) -> None:
         await super().delete(ids)  # type: ignore[misc]
         if ids:
+            if self._on_disk:
+                self._tombstones.update(ids)
             self._touch(ids)
+
+    # --- reads of a disk-backed namespace (memory first, then SQLite) ----------------------------
+    async def _stored_create_times(self, data: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        async with self._storage_lock:
+            absent = [k for k in data if k not in self._data]
+        assert self._store is not None
+        stored = await self._store.read_kv(self.namespace, absent)
+        return {k: v.get("create_time", 0) for k, v in stored.items() if k not in self._tombstones}
+
+    async def get_by_id(self, id: str) -> dict[str, Any] | None:
+        if not self._on_disk:
+            return await super().get_by_id(id)  # type: ignore[misc]
+        return (await self.get_by_ids([id]))[0]
+
+    async def get_by_ids(self, ids: list[str]) -> list[dict[str, Any] | None]:
+        if not self._on_disk:
+            return await super().get_by_ids(ids)  # type: ignore[misc]
+        async with self._storage_lock:
+            found = {i: self._data[i] for i in ids if i in self._data}
+            gone = {i for i in ids if i in self._tombstones and i not in found}
+        assert self._store is not None
+        missing = [i for i in dict.fromkeys(ids) if i not in found and i not in gone]
+        found.update(await self._store.read_kv(self.namespace, missing))
+        out: list[dict[str, Any] | None] = []
+        for i in ids:
+            record = found.get(i)
+            if record:
+                record = dict(record)
+                record.setdefault("create_time", 0)
+                record.setdefault("update_time", 0)
+                record["_id"] = i
+            out.append(record or None)
+        return out
+
+    async def filter_keys(self, keys: set[str]) -> set[str]:
+        if not self._on_disk:
+            return await super().filter_keys(keys)  # type: ignore[misc]
+        async with self._storage_lock:
+            in_memory = {k for k in keys if k in self._data}
+            gone = {k for k in keys if k in self._tombstones} - in_memory
+        assert self._store is not None
+        stored = await self._store.kv_ids(self.namespace, list(set(keys) - in_memory - gone))
+        return set(keys) - in_memory - stored
+
+    async def is_empty(self) -> bool:
+        if not self._on_disk:
+            return await super().is_empty()  # type: ignore[misc]
+        if self._data:
+            return False
+        assert self._store is not None
+        stored = await self._store.count("kv", self.namespace)
+        if stored == 0:
+            return True
+        deleted = await self._store.kv_ids(self.namespace, list(self._tombstones))
+        return stored - len(deleted) <= 0
 
     async def index_done_callback(self) -> None:
         if self._store is not None:
@@ -136,6 +216,7 @@ class _SqliteKVMixin:
             async with self._storage_lock:
                 self._data.clear()
                 self._dirty.clear()
+                self._tombstones.clear()
                 self._dropped = True
             assert self._store is not None
             self._store.mark_dirty()
@@ -157,8 +238,10 @@ class _SqliteKVMixin:
         keys, dropped = self._dirty, self._dropped
         self._dirty, self._dropped = {}, False
         ws = WriteSet("kv", self.namespace, drop=dropped)
+        snapshot: dict[str, Any] = {}
         for k in keys:
             v = self._data.get(k)
+            snapshot[k] = v
             if v is None:
                 ws.deletes.append((k,))
             else:
@@ -168,7 +251,21 @@ class _SqliteKVMixin:
             self._dirty = {**keys, **self._dirty}
             self._dropped = self._dropped or dropped
 
+        def written() -> None:
+            # Evict exactly what was written: a record replaced since (another object) stays, and
+            # is dirty again; a key upserted again after its deletion keeps its new record.
+            for k, v in snapshot.items():
+                if k in self._dirty:  # changed again since the snapshot: the next flush owns it
+                    continue
+                current = self._data.get(k)
+                if v is None and current is None:
+                    self._tombstones.discard(k)
+                elif v is not None and current is v:
+                    del self._data[k]
+
         ws.restore = restore
+        if self._on_disk:
+            ws.written = written
         return [ws]
 
 

@@ -72,6 +72,7 @@ class WriteSet:
     deletes: list[tuple[Any, ...]] = field(default_factory=list)  # (key...)
     drop: bool = False  # delete every row of the namespace before applying the rest
     restore: Callable[[], None] | None = None  # puts the keys back as dirty if the write fails
+    written: Callable[[], None] | None = None  # called on the loop once the write is durable
 
     @property
     def empty(self) -> bool:
@@ -172,6 +173,30 @@ class WorkspaceStore:
         con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (marker, str(int(time.time()))))
         return rows
 
+    def _read_kv(self, ns: str, ids: list[str]) -> dict[str, Any]:
+        """Rows of ``ids`` in namespace ``ns``, decoded (thread side; 500 ids per statement)."""
+        import json
+
+        out: dict[str, Any] = {}
+        con = self._connection()
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ", ".join("?" for _ in part)
+            sql = f"SELECT id, value FROM kv WHERE ns = ? AND id IN ({marks})"
+            out.update((k, json.loads(v)) for k, v in con.execute(sql, (ns, *part)))
+        return out
+
+    def _kv_ids(self, ns: str, ids: list[str]) -> set[str]:
+        """Which of ``ids`` have a row in namespace ``ns`` (thread side)."""
+        found: set[str] = set()
+        con = self._connection()
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ", ".join("?" for _ in part)
+            sql = f"SELECT id FROM kv WHERE ns = ? AND id IN ({marks})"
+            found.update(k for (k,) in con.execute(sql, (ns, *part)))
+        return found
+
     def _meta_get(self, key: str) -> str | None:
         row = self._connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
@@ -188,6 +213,17 @@ class WorkspaceStore:
 
     async def select(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return await self.run(self._select, sql, args)
+
+    async def read_kv(self, ns: str, ids: list[str]) -> dict[str, Any]:
+        """The stored (flushed) records of ``ids``; absent ids are left out."""
+        return await self.run(self._read_kv, ns, ids) if ids else {}
+
+    async def kv_ids(self, ns: str, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are stored (flushed) in namespace ``ns``."""
+        return await self.run(self._kv_ids, ns, ids) if ids else set()
+
+    async def count(self, table: str, ns: str) -> int:
+        return await self.run(self._count, table, ns)
 
     async def import_legacy(
         self, table: str, ns: str, load: Callable[[], list[WriteSet] | None], source: str
@@ -297,6 +333,9 @@ class WorkspaceStore:
                 raise
             finally:
                 self._last_flush = time.monotonic()
+            for ws in sets:
+                if ws.written is not None:
+                    ws.written()
             self._durable_seq = max(self._durable_seq, seq)
             self._settle(seq, None)
 
