@@ -379,7 +379,8 @@
     created.append(el("time", { text: formatTime(doc.created_at), attrs: { datetime: doc.created_at || "" } }));
     const updated = el("td", { className: "created" });
     updated.append(el("time", { text: formatTime(doc.updated_at), attrs: { datetime: doc.updated_at || "" } }));
-    const details = el("td", { className: "details", text: doc.error_msg || doc.content_summary || "" });
+    const summary = doc.error_msg || doc.content_summary || "";
+    const details = el("td", { className: "details", text: summary, attrs: { title: summary } });
     details.classList.toggle("error-text", Boolean(doc.error_msg));
     const actions = el("td", { className: "actions" });
     const remove = el("button", {
