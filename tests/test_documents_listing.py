@@ -97,3 +97,26 @@ async def test_an_empty_knowledge_base_lists_nothing(service) -> None:
     assert listed.status_code == 200, listed.text
     assert listed.json()["total"] == 0 and listed.json()["documents"] == []
     assert listed.json()["counts"]["processed"] == 0 and listed.json()["limit"] == 1000
+
+
+def test_a_page_of_in_memory_records_is_newest_first_and_reads_enum_statuses() -> None:
+    """Catches statuses stored as `DocStatus` members (LightRAG writes both forms) counted or shown
+    as "DocStatus.PROCESSED", a tie on created_at ordered at random, and the content leaking out."""
+    from lightrag.base import DocStatus
+
+    from src.rag.doc_listing import _page_of
+
+    items = [
+        ("doc-a", {"status": DocStatus.PROCESSED, "created_at": "2026-01-01T00:00:01+00:00", "content": "x"}),
+        ("doc-b", {"status": "failed", "created_at": "2026-01-01T00:00:02+00:00", "error_msg": "boom"}),
+        ("doc-c", {"status": DocStatus.PROCESSED, "created_at": "2026-01-01T00:00:02+00:00"}),
+        ("doc-d", {"status": "processing"}),  # no created_at: oldest
+    ]
+    page = _page_of(items, None, 10, 0)
+    assert [d["doc_id"] for d in page.documents] == ["doc-c", "doc-b", "doc-a", "doc-d"]
+    assert page.counts == {"pending": 0, "processing": 1, "preprocessed": 0, "processed": 2, "failed": 1}
+    assert page.documents[2]["status"] == "processed" and "content" not in page.documents[2]
+    processed = _page_of(items, DocStatus.PROCESSED, 1, 1)
+    assert [d["doc_id"] for d in processed.documents] == ["doc-a"] and processed.total == 2
+    assert _page_of(items, DocStatus.FAILED, 5, 0).documents[0]["error_msg"] == "boom"
+    assert _page_of(items, None, 5, 4).documents == [] and _page_of([], None, 5, 0).total == 0

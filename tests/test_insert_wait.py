@@ -146,3 +146,21 @@ async def test_a_waiter_that_misses_every_notice_still_sees_the_end(service: Ser
     final = await deaf.wait_final(accepted.json()["task_id"], 60)
     assert final is not None and final.status == "completed"
     assert deaf.notices == 0 and deaf.waiting == 0
+
+
+async def test_stopping_the_hub_releases_its_waiters(service: Service) -> None:
+    """Catches a shutdown held up to 60 s by requests waiting for tasks that will not end (the
+    runner is stopped, so the task stays pending): stopping the fan-out ends every wait at once."""
+    from src.tasks.fanout import TaskEventHub
+
+    await service.services.runner.stop(grace_seconds=0)
+    hub = TaskEventHub(service.services.store, max_per_tenant=1, queue_size=8)
+    await hub.start()
+    accepted = await service.client.post("/insert/text", json={"text": story("heaths", "Waitstop", 3)})
+    assert accepted.status_code == 202, accepted.text
+    waiting = asyncio.create_task(hub.wait_final(accepted.json()["task_id"], 60))
+    await wait_until(lambda: asyncio.sleep(0, result=hub.waiting == 1), message="waiting")
+    await hub.stop()
+    assert await asyncio.wait_for(waiting, 30) is None
+    assert hub.waiting == 0
+    assert await hub.wait_final(accepted.json()["task_id"], 60) is None  # refused once stopped
