@@ -47,7 +47,9 @@ class DocumentPage:
 async def list_documents(
     storage: DocStatusStorage, status: DocStatus | None, limit: int, offset: int
 ) -> DocumentPage:
-    if isinstance(storage, JsonDocStatusStorage):
+    # (`_on_disk`: an embedded namespace whose memory is only a write-back buffer; doc status is not
+    # one today, but if it became one its dict would no longer hold every record.)
+    if isinstance(storage, JsonDocStatusStorage) and not getattr(storage, "_on_disk", False):
         async with storage._storage_lock:  # noqa: SLF001 - LightRAG's lock of its in-memory dict
             items = list(storage._data.items())  # noqa: SLF001
         return await asyncio.to_thread(_page_of, items, status, limit, offset)
