@@ -43,6 +43,8 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
             services.store,
             max_per_tenant=settings.sse_max_streams_per_tenant,
             queue_size=settings.sse_queue_size,
+            max_waiters=settings.insert_max_waiters,
+            recheck_seconds=settings.insert_wait_recheck_seconds,
         )
         app.state.task_events = hub
         listener = None

@@ -102,3 +102,28 @@ class DocumentDeleted(BaseModel):
     doc_id: str
     status: str
     message: str
+
+
+class DocumentSummary(BaseModel):
+    """One knowledge-base document as LightRAG's doc-status storage records it."""
+
+    doc_id: str
+    status: str
+    chunks_count: int | None = None
+    content_summary: str | None = None
+    content_length: int | None = None
+    file_path: str | None = None
+    track_id: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    error_msg: str | None = None
+
+
+class DocumentList(BaseModel):
+    #: Documents matching the status filter.
+    total: int
+    limit: int
+    offset: int
+    #: Documents per LightRAG status over the whole knowledge base.
+    counts: dict[str, int]
+    documents: list[DocumentSummary]

@@ -141,6 +141,33 @@ async def test_async_errors_map_to_rag_api_error(rag, tmp_path: Path) -> None:
     assert (await client.wait_for(text["task_id"], timeout=120))["status"] == "completed"
 
 
+async def test_async_wait_option_and_documents_listing(rag) -> None:
+    """Catches the client not sending ``wait`` as a query parameter (text goes in a JSON body), not
+    returning the final view of a 200, and `documents` not reaching GET /documents."""
+    client, transport = rag
+    final = await client.insert_text(story("estuaries", "Clientwait", 3), doc_id="cw-1", wait=60)
+    assert final["status"] == "completed" and final["result"]["chunks_count"] >= 1, final
+    assert "status_url" not in final  # the task view, not the acceptance
+    uploaded = await client.upload(story("lochs", "Clientup", 3).encode(), filename="u.txt", wait=60)
+    assert uploaded["status"] == "completed" and uploaded["filename"] == "u.txt", uploaded
+    accepted = await client.insert_text(story("coves", "Clientnowait", 3), doc_id="cw-2")
+    assert accepted["status"] == "pending" and accepted["status_url"], accepted
+    await client.wait_for(accepted["task_id"], timeout=120)
+
+    listing = await client.documents()
+    assert listing["total"] == 3 and listing["counts"]["processed"] == 3
+    assert listing["documents"][0]["doc_id"] == "cw-2"
+    page = await client.documents(status="processed", limit=1, offset=1)
+    assert [d["doc_id"] for d in page["documents"]] == [uploaded["doc_id"]] and page["limit"] == 1
+    with pytest.raises(RagApiError) as bad:
+        await client.documents(status="done")
+    assert bad.value.status_code == 422 and bad.value.code == "validation_error"
+    with pytest.raises(RagApiError) as too_long:
+        await client.insert_text("x", wait=61)
+    assert too_long.value.status_code == 422
+    assert ("GET", "/documents") in transport.seen
+
+
 async def test_async_submission_options_reach_the_service(tmp_path: Path, redis_url: str) -> None:
     """Catches priority, callback_url or Idempotency-Key being dropped between client and service."""
     async with served(tmp_path, redis_url, webhook_attempts=1) as (client, _, _):
@@ -523,11 +550,43 @@ def test_cli_text_submission_options_list_and_document(live: LiveService) -> Non
     assert ragsvc(live, "document", "no-such-doc").exit_code == 2
 
     answer = ragsvc(
-        live, "query", "Fennoraque", "--mode", "naive", "--context-only", "--chunk-top-k", "2",
-        "--response-type", "Bullet Points",
+        live,
+        "query",
+        "Fennoraque",
+        "--mode",
+        "naive",
+        "--context-only",
+        "--chunk-top-k",
+        "2",
+        "--response-type",
+        "Bullet Points",
     )
     assert answer.exit_code == 0 and "Fennoraque" in answer.stdout
     assert ragsvc(live, "cancel", row["task_id"]).exit_code == 2  # finished: nothing to cancel
+
+
+def test_cli_server_wait_and_documents(live: LiveService) -> None:
+    """Catches --server-wait not reaching the service (the row must be final without --wait) and the
+    `documents` command not listing, filtering or paging the knowledge base."""
+    doc = live.workdir / "quick.md"
+    doc.write_text("# Quick\n\n" + story("tarns", "Cliquickly", 3))
+    quick = ragsvc(live, "--json", "upload", str(doc), "--doc-id", "cli-quick", "--server-wait", "60")
+    assert quick.exit_code == 0, quick.output
+    row = json.loads(quick.stdout)[0]
+    assert row["status"] == "completed" and row["chunks"] >= 1, row
+    assert ragsvc(live, "upload", str(doc), "--server-wait", "61").exit_code == 2
+
+    listing = ragsvc(live, "--json", "documents", "--status", "processed", "--limit", "1000")
+    listed = json.loads(listing.stdout)
+    mine = next(d for d in listed["documents"] if d["doc_id"] == "cli-quick")
+    assert mine["status"] == "processed" and mine["chunks_count"] >= 1
+    assert listed["counts"]["processed"] == listed["total"] >= 1
+    shown = ragsvc(live, "documents", "--limit", "1")
+    assert shown.exit_code == 0 and "Documents: 1-1 of" in shown.stdout
+    failed = ragsvc(live, "documents", "--status", "failed")
+    assert failed.exit_code == 0 and "Documents failed: none of 0" in failed.stdout
+    assert ragsvc(live, "documents", "--status", "done").exit_code == 2
+    assert ragsvc(live, "documents", "--limit", "0").exit_code == 2
 
 
 def test_cli_upload_usage_errors_exit_2(live: LiveService) -> None:

@@ -49,3 +49,17 @@ def test_static_files_use_no_external_resource_and_no_inner_html() -> None:
     js = (STATIC / "app.js").read_text()
     assert "innerHTML" not in js and "outerHTML" not in js and "insertAdjacentHTML" not in js
     assert "document.write" not in js and "eval(" not in js
+
+
+async def test_ui_has_a_documents_tab_wired_to_the_documents_api(service: Service) -> None:
+    """Catches the documents tab missing from the page, or its script not calling the listing and
+    the delete routes (the browser test drives it for real: tests/test_dashboard_browser.py)."""
+    page = (await service.client.get("/ui")).text
+    assert 'role="tablist"' in page and 'id="tab-documents"' in page
+    assert 'id="panel-documents"' in page and 'aria-controls="panel-documents"' in page
+    for status in ("pending", "processing", "preprocessed", "processed", "failed"):
+        assert f'<option value="{status}">' in page, status
+    js = (STATIC / "app.js").read_text()
+    assert "/documents?${params}" in js and 'method: "DELETE"' in js and "window.confirm(" in js
+    listed = await service.client.get("/documents", params={"limit": 25, "offset": 0, "status": "failed"})
+    assert listed.status_code == 200 and listed.json()["documents"] == []

@@ -1,8 +1,10 @@
 """The browser dashboard driven by headless Chromium through Playwright, against the real service
 (uvicorn subprocess, mock LLM with 1 s latency, one task at a time): upload, live progress to
-completed, cancel a pending task, query with "context only", screenshot. Set UPDATE_SCREENSHOTS=1 to
-refresh docs/img/dashboard.png. Browsers are never downloaded: Chromium is found the way .ci/run
-finds it (`command -v chromium`, else chromium-browser or google-chrome); CI installs Debian's.
+completed, cancel a pending task, query with "context only", the documents tab (a hostile file
+name shown as text, range, status filter, delete refused while indexing, delete), screenshot.
+Set UPDATE_SCREENSHOTS=1 to refresh docs/img/dashboard.png. Browsers are never downloaded: Chromium
+is found the way .ci/run finds it (`command -v chromium`, else chromium-browser or google-chrome);
+CI installs Debian's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, story
+from tests.helpers import free_port, story, wait_sync
 from tests.procs import ROOT, service_env, start_mock_llm, start_service, stop_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
@@ -41,7 +43,6 @@ def find_chromium() -> str | None:
         if path := shutil.which(name):
             return path
     return None
-
 
 
 def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
@@ -177,6 +178,8 @@ def _scenario(sync_api, page, base: str, first: Path, slow: Path, waiting: Path,
     expect(error_item).to_contain_text("HTTP 415", timeout=15_000)
     expect(error_item).to_contain_text("unsupported")
 
+    _documents_tab(sync_api, page, base, first)
+
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     data = shot.read_bytes()
@@ -184,3 +187,72 @@ def _scenario(sync_api, page, base: str, first: Path, slow: Path, waiting: Path,
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         SCREENSHOT.write_bytes(data)
+
+
+#: A file name a browser would run if the page inserted it as HTML.
+HOSTILE = '<img src=x onerror="window.__xss=1">.txt'
+
+
+def _documents_tab(sync_api, page, base: str, first: Path) -> None:
+    expect = sync_api.expect
+    with httpx.Client(base_url=base, timeout=30) as client:
+        hostile = client.post(
+            "/insert/text", json={"text": story("sea walls", "Hostilename", 6), "filename": HOSTILE}
+        ).json()
+        busy = client.post(
+            "/insert/text", json={"text": story("canal locks", "Busydoc", 800), "filename": "busy.txt"}
+        ).json()
+        wait_sync(
+            lambda: client.get(f"/task/{hostile['task_id']}").json()["status"] == "completed",
+            timeout=180, message="hostile-named document indexed",
+        )  # fmt: skip
+        wait_sync(
+            lambda: client.get(f"/documents/{busy['doc_id']}").status_code == 200,
+            timeout=120, message="busy document in LightRAG",
+        )  # fmt: skip
+        total = client.get("/documents").json()["total"]
+
+    page.get_by_role("tab", name="Documents").click()
+    expect(page.locator("#panel-documents")).to_be_visible()
+    expect(page.locator("#panel-tasks")).to_be_hidden()
+    rows = page.locator("#docs-body tr")
+    expect(rows).to_have_count(total, timeout=10_000)
+    expect(page.locator("#docs-range")).to_have_text(f"1–{total} of {total}")
+    # The hostile name is text: no element was made of it and nothing ran.
+    named = page.locator("#docs-body .filename", has_text=HOSTILE)
+    expect(named).to_have_count(1)
+    assert page.locator("#docs-body img").count() == 0
+    assert page.evaluate("() => window.__xss === undefined")
+
+    # Deleting the document being indexed is refused: the 409 is shown, the row stays.
+    busy_row = page.locator("#docs-body tr[data-doc-id]", has=page.locator(".filename", has_text="busy.txt"))
+    page.once("dialog", lambda dialog: dialog.accept())
+    busy_row.get_by_role("button", name="Delete busy.txt").click()
+    expect(page.locator("#docs-message")).to_contain_text("HTTP 409", timeout=15_000)
+    expect(busy_row.locator(".details")).to_contain_text("doc_in_progress")
+
+    # A dismissed confirmation deletes nothing; an accepted one removes the document.
+    first_row = page.locator("#docs-body tr", has=page.locator(".filename", has_text=first.name))
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    first_row.get_by_role("button", name=f"Delete {first.name}").click()
+    expect(first_row).to_have_count(1)
+    page.once("dialog", lambda dialog: dialog.accept())
+    first_row.get_by_role("button", name=f"Delete {first.name}").click()
+    expect(page.locator("#docs-message")).to_contain_text(f"Deleted {first.name}", timeout=30_000)
+    expect(first_row).to_have_count(0, timeout=10_000)
+    expect(rows).to_have_count(total - 1)
+
+    # The status filter asks the server for that status only.
+    page.get_by_label("Status").select_option("processed")
+    expect(busy_row).to_have_count(0, timeout=10_000)
+    for badge in page.locator("#docs-body .badge").all():
+        expect(badge).to_have_text("processed")
+    page.get_by_label("Status").select_option("")
+    expect(busy_row).to_have_count(1, timeout=10_000)
+
+    # Back to the tasks tab (the screenshot shows it), with the keyboard: arrow keys move between tabs.
+    page.get_by_role("tab", name="Documents").focus()
+    page.keyboard.press("ArrowLeft")
+    expect(page.get_by_role("tab", name="Tasks")).to_be_focused()
+    expect(page.locator("#panel-tasks")).to_be_visible()
+    expect(page.locator("#panel-documents")).to_be_hidden()

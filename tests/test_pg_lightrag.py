@@ -126,3 +126,42 @@ async def test_delete_document_on_postgres_leaves_other_tenant(tenants: dict[str
     assert await tenants["alpha"].doc_status.get_by_id("doc-alpha") is None
     assert await tenants["alpha"].chunk_entity_relation_graph.get_all_labels() == []
     assert await tenants["beta"].chunk_entity_relation_graph.get_all_labels() == before_beta
+
+
+@pytest.mark.timeout(600)
+async def test_document_listing_on_postgres_pages_across_its_storage_pages(
+    tenants: dict[str, LightRAG],
+) -> None:
+    """Catches the listing of a database doc-status storage (assembled from LightRAG's fixed pages of
+    200) dropping or repeating documents at a page boundary, ignoring the status filter, or
+    counting another tenant's documents."""
+    from datetime import UTC, datetime, timedelta
+
+    from lightrag.base import DocStatus
+
+    from src.rag.doc_listing import list_documents
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    records = {}
+    for i in range(230):
+        status = DocStatus.FAILED if i % 10 == 3 else DocStatus.PROCESSED
+        at = (start + timedelta(minutes=i)).isoformat()
+        records[f"doc-{i:04d}"] = {
+            "status": status.value, "content_summary": f"summary {i}", "content_length": 100 + i,
+            "file_path": f"file-{i}.txt", "created_at": at, "updated_at": at, "chunks_count": 1,
+            "chunks_list": [], "error_msg": "boom" if status == DocStatus.FAILED else None,
+        }  # fmt: skip
+    await tenants["alpha"].doc_status.upsert(records)
+    newest = sorted(records, reverse=True)  # created_at grows with the id
+    failed = [doc_id for doc_id in newest if records[doc_id]["status"] == "failed"]
+
+    for limit, offset in ((50, 0), (30, 190), (1000, 0), (7, 199), (10, 225), (5, 400)):
+        page = await list_documents(tenants["alpha"].doc_status, None, limit, offset)
+        assert [d["doc_id"] for d in page.documents] == newest[offset : offset + limit], (limit, offset)
+        assert page.total == 230
+        assert page.counts["processed"] == 207 and page.counts["failed"] == 23 and page.counts["pending"] == 0
+    page = await list_documents(tenants["alpha"].doc_status, DocStatus.FAILED, 10, 5)
+    assert [d["doc_id"] for d in page.documents] == failed[5:15] and page.total == 23
+    assert page.documents[0]["error_msg"] == "boom" and page.documents[0]["status"] == "failed"
+    other = await list_documents(tenants["beta"].doc_status, None, 50, 0)
+    assert other.total == 0 and other.documents == [] and other.counts["processed"] == 0

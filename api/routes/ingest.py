@@ -7,11 +7,13 @@ domain errors become HTTP answers through the table in `api/errors.py`.
 from __future__ import annotations
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from api.deps import IngestionDep, TenantDep
-from api.schemas import TaskAccepted, TextInsert
+from api.schemas import TaskAccepted, TaskView, TextInsert
+from api.views import task_view
 from src.ingestion.service import Accepted, SubmitOptions
+from src.tasks.fanout import TaskEventHub
 from src.tasks.models import TaskStatus
 
 router = APIRouter(tags=["ingest"])
@@ -22,9 +24,44 @@ Answers **202** with `task_id` and `status_url` as soon as the file is stored an
 persisted. 413 when the file exceeds the size limit (enforced while streaming), 400 for an
 empty file or malformed multipart body, 415 for an unsupported type or content that does
 not match its extension, 409 when the document id is already indexed or being indexed.
+
+With `?wait=<seconds>` (0-60) a new task is waited for: **200** with its final view (the body of
+`GET /task/{id}`) when it ends within that time, else **202** as without a wait. The task is the
+same either way; a client that disconnects while waiting does not cancel it.
 """
 
 _IDEMPOTENCY_DOC = "retries with the same key return the same task"
+#: Longest `?wait=` a request may ask for (seconds).
+MAX_WAIT_SECONDS = 60.0
+_WAIT_DOC = (
+    "seconds (max 60) to wait for the new task to end: 200 with its final view if it does, else 202; "
+    "0 = answer at once"
+)
+_WAIT_RESPONSES: dict[int | str, dict] = {
+    200: {
+        "model": TaskView | TaskAccepted,
+        "description": "with `wait`: the task ended within the wait (its final view, as GET /task/{id}); "
+        "without: a duplicate of a completed task (the acceptance body, `duplicate: true`)",
+    }
+}
+
+
+def _wait_query() -> float:
+    return Query(default=0.0, ge=0.0, le=MAX_WAIT_SECONDS, description=_WAIT_DOC)
+
+
+async def _answer_or_wait(request: Request, accepted: Accepted, wait: float) -> Response:
+    """Without a wait (or for a duplicate, which keeps today's codes) the 202/200 acceptance;
+    else the final view if the task ends within ``wait`` seconds, else the same 202.
+
+    The task is persisted before the wait starts: if the client goes away (or this request is
+    cancelled) only the waiting stops."""
+    if wait > 0 and not accepted.duplicate:
+        hub: TaskEventHub = request.app.state.task_events
+        final = await hub.wait_final(accepted.record.task_id, wait)
+        if final is not None:
+            return Response(task_view(final).model_dump_json(), media_type="application/json")
+    return _answer(request, accepted)
 
 
 def _answer(request: Request, accepted: Accepted) -> JSONResponse:
@@ -55,6 +92,7 @@ def _answer(request: Request, accepted: Accepted) -> JSONResponse:
     response_model=TaskAccepted,
     summary="Upload a document (202 pattern)",
     description=UPLOAD_DOC,
+    responses=_WAIT_RESPONSES,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -81,11 +119,12 @@ async def insert_document(
     priority: int = Query(
         default=5, ge=0, le=9, description="0 (bulk) .. 9 (interactive); higher runs first"
     ),
+    wait: float = _wait_query(),
     idempotency_key: str | None = Header(default=None, description=_IDEMPOTENCY_DOC),
-) -> JSONResponse:
+) -> Response:
     options = SubmitOptions(doc_id, callback_url, priority, idempotency_key)
     saved = await ingestion.receive_upload(tenant, request.headers, request.stream(), options)
-    return _answer(request, await ingestion.submit_file(tenant, saved, options))
+    return await _answer_or_wait(request, await ingestion.submit_file(tenant, saved, options), wait)
 
 
 router.add_api_route(
@@ -96,19 +135,28 @@ router.add_api_route(
     response_model=TaskAccepted,
     summary="Upload a document (alias of POST /insert)",
     description=UPLOAD_DOC,
+    responses=_WAIT_RESPONSES,
     openapi_extra=router.routes[-1].openapi_extra,
 )
 
 
 @router.post(
-    "/insert/text", status_code=202, response_model=TaskAccepted, summary="Queue raw text for indexing"
+    "/insert/text",
+    status_code=202,
+    response_model=TaskAccepted,
+    summary="Queue raw text for indexing",
+    description="The rules of `POST /insert` (202; `?wait=<seconds>` → 200 with the final view when "
+    "the task ends within that time), for a JSON body carrying the text.",
+    responses=_WAIT_RESPONSES,
 )
 async def insert_text(
     body: TextInsert,
     request: Request,
     tenant: TenantDep,
     ingestion: IngestionDep,
+    wait: float = _wait_query(),
     idempotency_key: str | None = Header(default=None, description=_IDEMPOTENCY_DOC),
-) -> JSONResponse:
+) -> Response:
     options = SubmitOptions(body.doc_id, body.callback_url, body.priority, idempotency_key)
-    return _answer(request, await ingestion.submit_text(tenant, body.text, options, body.filename))
+    accepted = await ingestion.submit_text(tenant, body.text, options, body.filename)
+    return await _answer_or_wait(request, accepted, wait)

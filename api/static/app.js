@@ -1,4 +1,5 @@
-// RAG ingestion dashboard: uploads, a live task table (Server-Sent Events), queue stats, queries.
+// RAG ingestion dashboard: uploads, a live task table (Server-Sent Events), queue stats, queries,
+// and a documents tab (the knowledge base's documents, with delete).
 // Plain browser JavaScript, no dependencies. All server data is inserted with textContent or
 // attributes, never as HTML.
 "use strict";
@@ -7,6 +8,8 @@
   const MAX_ROWS = 100;
   const STATS_EVERY_MS = 2000;
   const ACTIVE = new Set(["pending", "processing"]);
+  const FINAL = new Set(["completed", "failed", "cancelled"]);
+  const DOCS_PAGE = 25;
 
   const $ = (id) => document.getElementById(id);
   const KEY_STORAGE = "ragsvc_api_key";
@@ -32,6 +35,7 @@
       else window.localStorage.removeItem(KEY_STORAGE);
       connect();
       refreshStats();
+      if (documentsShown()) loadDocuments();
     });
   }
 
@@ -225,6 +229,7 @@
     $("tasks-empty").hidden = tasks.size > 0;
     if (previous && previous !== task.status) {
       announce(`${task.filename || task.task_id}: ${task.status}`);
+      if (FINAL.has(task.status) && documentsShown()) scheduleDocuments();
     }
   }
 
@@ -258,6 +263,174 @@
     } catch (_) {
       /* the event stream will catch up */
     }
+  }
+
+  // ---------------------------------------------------------------- tabs
+
+  const tabs = [$("tab-tasks"), $("tab-documents")];
+
+  function selectTab(tab, focus) {
+    for (const t of tabs) {
+      const selected = t === tab;
+      t.setAttribute("aria-selected", String(selected));
+      t.tabIndex = selected ? 0 : -1;
+      $(t.getAttribute("aria-controls")).hidden = !selected;
+    }
+    if (focus) tab.focus();
+    if (tab.id === "tab-documents") loadDocuments();
+  }
+
+  function setupTabs() {
+    tabs.forEach((tab, i) => {
+      tab.addEventListener("click", () => selectTab(tab, false));
+      tab.addEventListener("keydown", (e) => {
+        let next = null;
+        if (e.key === "ArrowRight") next = tabs[(i + 1) % tabs.length];
+        else if (e.key === "ArrowLeft") next = tabs[(i - 1 + tabs.length) % tabs.length];
+        else if (e.key === "Home") next = tabs[0];
+        else if (e.key === "End") next = tabs[tabs.length - 1];
+        if (next) {
+          e.preventDefault();
+          selectTab(next, true);
+        }
+      });
+    });
+  }
+
+  // ---------------------------------------------------------------- documents tab
+
+  const docs = { offset: 0, total: 0, loading: 0, timer: null };
+  const docsBody = $("docs-body");
+  const docsMessage = $("docs-message");
+
+  function documentsShown() {
+    return !$("panel-documents").hidden;
+  }
+
+  function scheduleDocuments() {
+    // Several tasks ending together cause one reload.
+    if (docs.timer) return;
+    docs.timer = setTimeout(() => {
+      docs.timer = null;
+      loadDocuments();
+    }, 500);
+  }
+
+  function setDocsMessage(text, isError) {
+    docsMessage.textContent = text;
+    docsMessage.classList.toggle("error-text", Boolean(isError));
+  }
+
+  async function loadDocuments() {
+    const ticket = ++docs.loading; // a slower, older answer must not overwrite a newer one
+    const params = new URLSearchParams({ limit: String(DOCS_PAGE), offset: String(docs.offset) });
+    const status = $("docs-status").value;
+    if (status) params.set("status", status);
+    try {
+      const response = await api(`/documents?${params}`, { cache: "no-store" });
+      if (ticket !== docs.loading) return;
+      if (!response.ok) {
+        setDocsMessage(`Documents unavailable: ${await errorText(response)}`, true);
+        return;
+      }
+      const body = await response.json();
+      if (ticket !== docs.loading) return;
+      if (body.documents.length === 0 && body.total > 0 && docs.offset > 0) {
+        // The page emptied (deletes): show the last page that has documents.
+        docs.offset = Math.max(0, Math.floor((body.total - 1) / DOCS_PAGE) * DOCS_PAGE);
+        loadDocuments();
+        return;
+      }
+      renderDocuments(body);
+    } catch (err) {
+      if (ticket === docs.loading) setDocsMessage(`Documents unavailable: ${err}`, true);
+    }
+  }
+
+  function renderDocuments(body) {
+    docs.total = Number(body.total) || 0;
+    const rows = (body.documents || []).map(buildDocumentRow);
+    docsBody.replaceChildren(...rows);
+    $("docs-empty").hidden = rows.length > 0;
+    const first = rows.length ? docs.offset + 1 : 0;
+    $("docs-range").textContent = `${first}–${docs.offset + rows.length} of ${docs.total}`;
+    $("docs-prev").disabled = docs.offset === 0;
+    $("docs-next").disabled = docs.offset + rows.length >= docs.total;
+    const counts = body.counts || {};
+    $("docs-counts").textContent = Object.entries(counts)
+      .filter(([, n]) => n > 0)
+      .map(([name, n]) => `${name}: ${n}`)
+      .join(" · ");
+  }
+
+  function buildDocumentRow(doc) {
+    const status = String(doc.status || "unknown");
+    const label = doc.file_path || doc.doc_id;
+    const row = el("tr", { attrs: { "data-doc-id": doc.doc_id, "data-status": status } });
+    const file = el("td", { className: "file" });
+    file.append(el("span", { className: "filename", text: label, attrs: { title: doc.content_summary || "" } }));
+    const idCell = el("td", { className: "doc" });
+    idCell.append(el("code", { text: doc.doc_id, attrs: { title: doc.doc_id } }));
+    const statusCell = el("td", { className: "status" });
+    statusCell.append(el("span", { className: `badge badge-${status.replace(/[^a-z_-]/gi, "")}`, text: status }));
+    const chunks = el("td", { className: "num chunks", text: doc.chunks_count ?? "" });
+    const length = el("td", { className: "num", text: doc.content_length ?? "" });
+    const created = el("td", { className: "created" });
+    created.append(el("time", { text: formatTime(doc.created_at), attrs: { datetime: doc.created_at || "" } }));
+    const updated = el("td", { className: "created" });
+    updated.append(el("time", { text: formatTime(doc.updated_at), attrs: { datetime: doc.updated_at || "" } }));
+    const summary = doc.error_msg || doc.content_summary || "";
+    const details = el("td", { className: "details", text: summary, attrs: { title: summary } });
+    details.classList.toggle("error-text", Boolean(doc.error_msg));
+    const actions = el("td", { className: "actions" });
+    const remove = el("button", {
+      className: "delete",
+      text: "Delete",
+      attrs: { type: "button", "aria-label": `Delete ${label}` },
+    });
+    remove.addEventListener("click", () => deleteDocument(doc, label, remove, details));
+    actions.append(remove);
+    row.append(file, idCell, statusCell, chunks, length, created, updated, details, actions);
+    return row;
+  }
+
+  async function deleteDocument(doc, label, button, details) {
+    const question = `Delete document "${label}" (${doc.doc_id}) and everything derived from it?`;
+    if (!window.confirm(question)) return;
+    button.disabled = true;
+    try {
+      const response = await api(`/documents/${encodeURIComponent(doc.doc_id)}`, { method: "DELETE" });
+      if (!response.ok) {
+        const text = await errorText(response);
+        details.textContent = `delete failed: ${text}`;
+        details.classList.add("error-text");
+        setDocsMessage(`Delete of ${label} failed: ${text}`, true);
+        button.disabled = false;
+        return;
+      }
+      setDocsMessage(`Deleted ${label}`, false);
+      loadDocuments();
+    } catch (err) {
+      details.textContent = `delete failed: ${err}`;
+      setDocsMessage(`Delete of ${label} failed: ${err}`, true);
+      button.disabled = false;
+    }
+  }
+
+  function setupDocuments() {
+    $("docs-status").addEventListener("change", () => {
+      docs.offset = 0;
+      loadDocuments();
+    });
+    $("docs-refresh").addEventListener("click", () => loadDocuments());
+    $("docs-prev").addEventListener("click", () => {
+      docs.offset = Math.max(0, docs.offset - DOCS_PAGE);
+      loadDocuments();
+    });
+    $("docs-next").addEventListener("click", () => {
+      docs.offset += DOCS_PAGE;
+      loadDocuments();
+    });
   }
 
   // ---------------------------------------------------------------- event stream
@@ -468,6 +641,8 @@
   // ---------------------------------------------------------------- start
 
   setupApiKey();
+  setupTabs();
+  setupDocuments();
   setupUpload();
   setupQuery();
   connect();

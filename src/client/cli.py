@@ -7,6 +7,8 @@
     ragsvc status <task_id> | ragsvc list --status failed | ragsvc watch
     ragsvc cancel <task_id> --wait                # pending: at once; running: stopped and cleaned up
     ragsvc query "What about costs?" --mode mix --stream
+    ragsvc upload small.md --server-wait 30       # one round trip: the final state if done in 30 s
+    ragsvc documents --status failed --limit 20   # the knowledge base's documents, newest first
     ragsvc document doc_001 | ragsvc delete-doc doc_001
     ragsvc health | ragsvc stats
     ragsvc admin create-tenant acme --admin-token ...   # also tenants, create-key, keys, revoke-key
@@ -23,6 +25,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +40,7 @@ from .aio import AsyncRagClient
 from .cli_admin import admin
 from .cli_common import (
     EXIT_FAILED,
+    DocStatusFilter,
     Mode,
     State,
     StatusFilter,
@@ -52,6 +56,7 @@ from .cli_common import (
 from .core import DEFAULT_URL, FINAL_STATUSES, RagApiError, RagTimeoutError, drop_none
 from .render import (
     document_table,
+    documents_table,
     health_table,
     result_row,
     results_table,
@@ -103,6 +108,16 @@ IdempotencyKey = Annotated[
 Wait = Annotated[bool, typer.Option("--wait", help="Follow each task to its end with a progress bar.")]
 WaitTimeout = Annotated[
     float | None, typer.Option("--wait-timeout", help="Give up waiting after this many seconds.")
+]
+ServerWait = Annotated[
+    float | None,
+    typer.Option(
+        "--server-wait",
+        min=0,
+        max=60,
+        help="The service holds each answer up to this many seconds until the task ends "
+        "(small documents: the final state in one round trip).",
+    ),
 ]
 
 
@@ -156,7 +171,9 @@ async def _submit_all(
                     code = max(code, exit_code(exc))
                     err().print(Text(f"{item.name}: {error_text(exc)}", style="red"), soft_wrap=True)
                     continue
-                if wait:
+                if body.get("status") in FINAL_STATUSES and "status_url" not in body:
+                    rows[index] = result_row(item.name, body, body, None)  # ended within --server-wait
+                elif wait:
                     followed[index] = _follow(rag, progress, item.name, body, wait_timeout)
                 else:
                     row = result_row(item.name, None, body, None)
@@ -196,6 +213,7 @@ def upload(
     idempotency_key: IdempotencyKey = None,
     wait: Wait = False,
     wait_timeout: WaitTimeout = None,
+    server_wait: ServerWait = None,
 ) -> None:
     """Upload documents, or raw text with --text (202: each becomes an indexing task).
 
@@ -206,7 +224,7 @@ def upload(
     if len(files) + (text is not None) > 1 and (doc_id or idempotency_key):
         raise typer.BadParameter("--doc-id and --idempotency-key take a single document", param_hint="FILES")
     options = drop_none({"priority": priority, "callback_url": callback_url})
-    options |= drop_none({"idempotency_key": idempotency_key})
+    options |= drop_none({"idempotency_key": idempotency_key, "wait": server_wait or None})
 
     def submit(path: Path) -> Callable[[AsyncRagClient], Awaitable[dict]]:
         return lambda rag: rag.upload(path, doc_id=doc_id, **options)
@@ -231,22 +249,26 @@ def status(ctx: typer.Context, task_id: Annotated[str, typer.Argument(help="Task
 
 StatusOption = Annotated[StatusFilter | None, typer.Option("--status", help="Only tasks with this status.")]
 Limit = Annotated[int, typer.Option("--limit", min=1, max=500, help="Tasks shown.")]
+Offset = Annotated[int, typer.Option("--offset", min=0, help="Skip this many (paging).")]
+
+
+def _page(ctx: typer.Context, listing: str, status: StrEnum | None, limit: int, offset: int) -> None:
+    """One page of ``rag.<listing>()`` (tasks or documents), shown as its table."""
+    value = status.value if status else None
+    table = tasks_table if listing == "tasks" else documents_table
+    request(
+        ctx,
+        lambda rag: getattr(rag, listing)(status=value, limit=limit, offset=offset),
+        lambda body: out().print(table(body, value)),
+    )
 
 
 @app.command("list")
 def list_tasks(
-    ctx: typer.Context,
-    status_filter: StatusOption = None,
-    limit: Limit = 50,
-    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many (paging).")] = 0,
+    ctx: typer.Context, status_filter: StatusOption = None, limit: Limit = 50, offset: Offset = 0
 ) -> None:
     """Recent tasks, newest first."""
-    value = status_filter.value if status_filter else None
-    request(
-        ctx,
-        lambda rag: rag.tasks(status=value, limit=limit, offset=offset),
-        lambda listing: out().print(tasks_table(listing, value)),
-    )
+    _page(ctx, "tasks", status_filter, limit, offset)
 
 
 @app.command()
@@ -338,6 +360,19 @@ def query(
                 sys.stdout.flush()
     if not state.json:
         sys.stdout.write("\n")
+
+
+@app.command()
+def documents(
+    ctx: typer.Context,
+    status_filter: Annotated[
+        DocStatusFilter | None, typer.Option("--status", help="Only documents with this LightRAG status.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Documents shown.")] = 50,
+    offset: Offset = 0,
+) -> None:
+    """The knowledge base's documents, newest first, with counts per status."""
+    _page(ctx, "documents", status_filter, limit, offset)
 
 
 @app.command()

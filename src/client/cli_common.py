@@ -33,6 +33,7 @@ STATUS_STYLE = {
     "processing": "cyan",
     "cancelling": "magenta",
     "completed": "green",
+    "processed": "green",
     "failed": "red",
     "cancelled": "magenta",
     "rejected": "red",
@@ -55,6 +56,16 @@ class StatusFilter(StrEnum):
     completed = "completed"
     failed = "failed"
     cancelled = "cancelled"
+
+
+class DocStatusFilter(StrEnum):
+    """LightRAG's document statuses (`GET /documents?status=`)."""
+
+    pending = "pending"
+    processing = "processing"
+    preprocessed = "preprocessed"
+    processed = "processed"
+    failed = "failed"
 
 
 @dataclass

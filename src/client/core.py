@@ -22,7 +22,7 @@ __all__ = [
     "FINAL_STATUSES",
     "QUERY_MODES",
     "Call",
-        "RagApiError",
+    "RagApiError",
     "RagConnectionError",
     "RagError",
     "RagTimeoutError",
@@ -215,6 +215,9 @@ class SubmitOptions(TypedDict, total=False):
     callback_url: str
     #: Retries with the same key return the same task instead of queueing another.
     idempotency_key: str
+    #: Seconds (0-60) the service may hold the answer until the new task ends: the final task view
+    #: (``status`` completed/failed/cancelled) if it does, else the usual acceptance (``pending``...).
+    wait: float
 
 
 class TextOptions(SubmitOptions, total=False):
@@ -247,11 +250,13 @@ def _checked(options: Mapping[str, Any], allowed: type, where: str) -> dict[str,
 
 def submission(
     options: Mapping[str, Any], where: str, allowed: type
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Submit options split into the request's fields (priority, callback_url...) and its headers."""
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+    """Submit options split into the request's fields (priority, callback_url...), its headers and
+    its query-string-only parameters (``wait``)."""
     fields = _checked(options, allowed, where)
     key = fields.pop("idempotency_key", None)
-    return fields, ({"Idempotency-Key": key} if key else {})
+    wait = fields.pop("wait", None)
+    return fields, ({"Idempotency-Key": key} if key else {}), ({"wait": wait} if wait else {})
 
 
 def query_body(query: str, options: Mapping[str, Any], where: str) -> Json:

@@ -74,18 +74,19 @@ class Operations(Generic[Out, Pieces]):
     ) -> Out:
         """Upload a document (path, bytes or binary file object) → the 202 body (``task_id``,
         ``doc_id``, ``status_url``, ``duplicate``...). A path is streamed, never read into memory.
-        Options: ``priority``, ``callback_url``, ``idempotency_key`` (see `SubmitOptions`)."""
-        fields, headers = submission(options, "upload", SubmitOptions)
+        Options: ``priority``, ``callback_url``, ``idempotency_key``, ``wait`` (see `SubmitOptions`:
+        with ``wait=N`` a task that ends within N seconds comes back as its final view, 200)."""
+        fields, headers, extra = submission(options, "upload", SubmitOptions)
         files, handle = upload_part(file, filename)
-        params = drop_none({"doc_id": doc_id}) | fields
+        params = drop_none({"doc_id": doc_id}) | fields | extra
         return self._call(Call("POST", "/insert", params, headers, files=files, handle=handle))
 
     def insert_text(self, text: str, doc_id: str | None = None, **options: Unpack[TextOptions]) -> Out:
-        """Queue raw text for indexing → the 202 body. Options as `upload`, plus ``filename`` (the
-        label citations show)."""
-        fields, headers = submission(options, "insert_text", TextOptions)
+        """Queue raw text for indexing → the 202 body (with ``wait``, maybe the final view). Options
+        as `upload`, plus ``filename`` (the label citations show)."""
+        fields, headers, extra = submission(options, "insert_text", TextOptions)
         body = {"text": text} | drop_none({"doc_id": doc_id}) | fields
-        return self._call(Call("POST", "/insert/text", headers=headers, json=body))
+        return self._call(Call("POST", "/insert/text", extra or None, headers, json=body))
 
     # tasks
     def task(self, task_id: str) -> Out:
@@ -110,6 +111,12 @@ class Operations(Generic[Out, Pieces]):
         return self._call(Call("POST", "/query", json=query_body(query, options, "query")))
 
     # documents and service
+    def documents(self, status: str | None = None, limit: int = 50, offset: int = 0) -> Out:
+        """The knowledge base's documents, newest first: ``{"total", "limit", "offset", "counts",
+        "documents": [...]}`` (``status``: a LightRAG status such as ``processed`` or ``failed``)."""
+        params = {"limit": limit, "offset": offset} | drop_none({"status": status})
+        return self._call(Call("GET", "/documents", params))
+
     def document(self, doc_id: str) -> Out:
         """LightRAG's status record of one document."""
         return self._call(Call("GET", f"/documents/{path_segment(doc_id)}"))

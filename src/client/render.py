@@ -106,6 +106,37 @@ def tasks_table(listing: dict, status_filter: str | None) -> Table:
     return table
 
 
+def documents_table(listing: dict, status_filter: str | None) -> Table:
+    docs = listing.get("documents", [])
+    offset = int(listing.get("offset") or 0)
+    scope = f" {status_filter}" if status_filter else ""
+    counts = " · ".join(f"{name}: {n}" for name, n in (listing.get("counts") or {}).items() if n)
+    span = f"{offset + 1}-{offset + len(docs)}" if docs else "none"
+    title = f"Documents{scope}: {span} of {listing.get('total', len(docs))}"
+    title += f" ({counts})" if counts else ""
+    table = Table(title=title, title_justify="left")
+    table.add_column("doc id", overflow="fold", min_width=12)
+    table.add_column("file", overflow="fold")
+    table.add_column("status")
+    table.add_column("chunks", justify="right")
+    table.add_column("length", justify="right")
+    table.add_column("created (UTC)")
+    table.add_column("updated (UTC)")
+    table.add_column("error", overflow="fold")
+    for doc in docs:
+        table.add_row(
+            Text(str(doc.get("doc_id", ""))),
+            Text(str(doc.get("file_path") or "")),
+            status_text(str(doc.get("status", ""))),
+            "" if doc.get("chunks_count") is None else str(doc["chunks_count"]),
+            "" if doc.get("content_length") is None else str(doc["content_length"]),
+            Text(fmt_time(doc.get("created_at"))),
+            Text(fmt_time(doc.get("updated_at"))),
+            Text(str(doc.get("error_msg") or ""), style="red"),
+        )
+    return table
+
+
 def health_table(body: dict, url: str) -> Table:
     healthy = body.get("status") == "ok"
     if "redis" not in body:  # the public answer: ok/degraded only

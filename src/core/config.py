@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     sse_queue_size: int = Field(default=256, ge=8)
     #: Keep-alive comment interval of idle streams.
     sse_ping_seconds: float = Field(default=15.0, gt=0)
+    #: Requests waiting for their task to end (``POST /insert?wait=``) per process; beyond it they
+    #: answer 202 at once, as without a wait.
+    insert_max_waiters: int = Field(default=256, ge=0)
+    #: A waiting request re-reads its task at least this often, in case a change notice was lost.
+    insert_wait_recheck_seconds: float = Field(default=5.0, gt=0)
 
     # --- task engine ------------------------------------------------------------------
     #: Admission semaphore: tasks in flight in this process (each holds a slot until its document is

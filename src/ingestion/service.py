@@ -54,6 +54,7 @@ from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge_bases import TenantEngine, TenantEngines
 from src.ingestion.uploads import SavedUpload, receive_upload, sanitize_filename
+from src.rag.doc_listing import DocumentPage, list_documents
 from src.tasks.models import CreateOutcome, Stage, TaskKind, TaskRecord, TaskStatus
 from src.tasks.runner import TaskRunner
 from src.tasks.store import TaskStore
@@ -67,7 +68,13 @@ _DOC_ID = re.compile(DOC_ID_PATTERN)
 _DOC_ID_RULE = "doc_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
 #: LightRAG doc-status fields a document lookup shows.
 _DOC_FIELDS = (
-    "status", "chunks_count", "content_length", "file_path", "created_at", "updated_at", "error_msg"
+    "status",
+    "chunks_count",
+    "content_length",
+    "file_path",
+    "created_at",
+    "updated_at",
+    "error_msg",
 )
 
 
@@ -357,6 +364,11 @@ class IngestionService:
         raise NotCancellable(f"task already {outcome.status}; nothing to cancel", status=str(outcome.status))
 
     # ------------------------------------------------------------------ documents
+    async def documents(self, tenant: str, status: DocStatus | None, limit: int, offset: int) -> DocumentPage:
+        """One page of the tenant's knowledge-base documents, newest first, with counts per status."""
+        async with self.engines.use(tenant) as engine:
+            return await list_documents(engine.rag.doc_status, status, limit, offset)
+
     async def document(self, tenant: str, doc_id: str) -> dict[str, Any]:
         """LightRAG's status record of one document."""
         check_doc_id(doc_id)

@@ -10,6 +10,11 @@ Each stream has a bounded queue: a client that falls `queue_size` changes behind
 stream ends; EventSource reconnects with Last-Event-ID and gets the current state) instead of
 being buffered forever. When the subscription to Redis breaks (Redis restarted), streams are told
 to resynchronise (`RESYNC`) because notices may have been missed meanwhile.
+
+The same notices wake requests that wait for a task to end (`wait_final`, behind
+``POST /insert?wait=``): a waiter costs one record read per change of *its* task, plus a bounded
+fallback re-read every `recheck_seconds` in case a notice was lost. At most `max_waiters` wait per
+process; beyond that `wait_final` returns at once (the caller answers 202 as without a wait).
 """
 
 from __future__ import annotations
@@ -94,7 +99,14 @@ class TaskEventHub:
     """Subscribes once to the store's change channel and feeds every local stream."""
 
     def __init__(
-        self, store: TaskStore, *, max_per_tenant: int, queue_size: int, reconnect_seconds: float = 0.5
+        self,
+        store: TaskStore,
+        *,
+        max_per_tenant: int,
+        queue_size: int,
+        reconnect_seconds: float = 0.5,
+        max_waiters: int = 256,
+        recheck_seconds: float = 5.0,
     ) -> None:
         self.store = store
         self.redis: aioredis.Redis = store.redis
@@ -107,6 +119,12 @@ class TaskEventHub:
         #: Set once the first subscription to Redis is active (tests and start-up wait for it).
         self.ready = asyncio.Event()
         self.notices = 0  # notices received (for tests and logs)
+        self.max_waiters = max_waiters
+        self.recheck_seconds = recheck_seconds
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.waiting = 0  # requests waiting in `wait_final` now
+        self.waits_refused = 0  # waits answered at once because `max_waiters` were waiting
+        self._stopping = False
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -115,6 +133,8 @@ class TaskEventHub:
             await asyncio.wait_for(self.ready.wait(), 5.0)  # Redis down: streams resync later
 
     async def stop(self) -> None:
+        self._stopping = True
+        self._wake_all()
         for subs in list(self._by_tenant.values()):
             for sub in list(subs):
                 sub.dropped = True
@@ -148,6 +168,50 @@ class TaskEventHub:
                 subs.discard(sub)
                 if not subs:
                     del index[key]
+
+    # ----------------------------------------------------------------- waiters
+    async def wait_final(self, task_id: str, seconds: float) -> TaskRecord | None:
+        """The task's record once it is final, if that happens within ``seconds``; else
+        None (also at once when `max_waiters` already wait here, or when the service stops).
+
+        Waiting never changes the task: a caller that gives up (timeout, client gone, cancelled)
+        leaves it running."""
+        if self.waiting >= self.max_waiters or self._stopping:
+            self.waits_refused += 1
+            return None
+        wake = asyncio.Event()
+        self._waiters[task_id].add(wake)
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(seconds):
+                while not self._stopping:
+                    # Cleared *before* the read: a notice arriving after the read sets it again, so
+                    # no change between the read and the wait is lost.
+                    wake.clear()
+                    record = await self.store.get(task_id)
+                    if record is None or record.status.is_final:
+                        return record
+                    with contextlib.suppress(TimeoutError):  # fallback re-read: a lost notice
+                        await asyncio.wait_for(wake.wait(), self.recheck_seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self.waiting -= 1
+            wakes = self._waiters.get(task_id)
+            if wakes is not None:
+                wakes.discard(wake)
+                if not wakes:
+                    del self._waiters[task_id]
+        return None
+
+    def _wake(self, task_id: str) -> None:
+        for wake in self._waiters.get(task_id, ()):
+            wake.set()
+
+    def _wake_all(self) -> None:
+        for wakes in self._waiters.values():
+            for wake in wakes:
+                wake.set()
 
     # ----------------------------------------------------------------- the one reader
     async def _listen(self) -> None:
@@ -185,6 +249,7 @@ class TaskEventHub:
         self._broadcast(RESYNC)
 
     async def _dispatch(self, task_id: str) -> None:
+        self._wake(task_id)  # a waiter reads the record itself (only its own task's changes)
         if not self._by_tenant:
             return  # nobody listens here: no read at all
         record = await self.store.get(task_id)
@@ -197,6 +262,7 @@ class TaskEventHub:
                 sub.offer(record)
 
     def _broadcast(self, item: Item) -> None:
+        self._wake_all()  # notices may have been missed: waiters re-read too
         for subs in list(self._by_tenant.values()):
             for sub in list(subs):
                 sub.offer(item)

@@ -1,0 +1,104 @@
+"""One page of a knowledge base's documents from LightRAG's doc-status storage, newest first.
+
+Why not `get_docs_paginated` alone: LightRAG's JSON-family storages (ours, `SqliteDocStatusStorage`,
+extends `JsonDocStatusStorage`) build a `DocProcessingStatus` for every record and sort them all on
+the event loop, and every storage clamps pages to 10..200 records on page boundaries. Here the
+in-memory storages are read as a shallow snapshot under their lock (references only, no copy of
+the records) and filtered, counted and partially sorted (a heap of ``offset + limit``) in a worker
+thread; a page holds only the listed fields (never the content). Other storages (PostgreSQL, ...)
+sort in their database: the page is assembled from their fixed-size pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lightrag.base import DocStatus, DocStatusStorage
+from lightrag.kg.json_doc_status_impl import JsonDocStatusStorage
+
+#: What a listing shows of each document (LightRAG's names; `error_msg` is its failure message).
+FIELDS = (
+    "status",
+    "chunks_count",
+    "content_summary",
+    "content_length",
+    "file_path",
+    "track_id",
+    "created_at",
+    "updated_at",
+    "error_msg",
+)
+#: The page size of LightRAG's own `get_docs_paginated` (its maximum).
+_STORAGE_PAGE = 200
+
+
+@dataclass(frozen=True)
+class DocumentPage:
+    #: Documents matching the status filter (all of them without one).
+    total: int
+    #: Documents per LightRAG status, over the whole knowledge base (every status present, 0 or more).
+    counts: dict[str, int]
+    documents: list[dict[str, Any]]
+
+
+async def list_documents(
+    storage: DocStatusStorage, status: DocStatus | None, limit: int, offset: int
+) -> DocumentPage:
+    # (`_on_disk`: an embedded namespace whose memory is only a write-back buffer; doc status is not
+    # one today, but if it became one its dict would no longer hold every record.)
+    if isinstance(storage, JsonDocStatusStorage) and not getattr(storage, "_on_disk", False):
+        async with storage._storage_lock:  # noqa: SLF001 - LightRAG's lock of its in-memory dict
+            items = list(storage._data.items())  # noqa: SLF001
+        return await asyncio.to_thread(_page_of, items, status, limit, offset)
+    return await _from_database(storage, status, limit, offset)
+
+
+def _page_of(
+    items: list[tuple[str, dict[str, Any]]], status: DocStatus | None, limit: int, offset: int
+) -> DocumentPage:
+    counts = dict.fromkeys((s.value for s in DocStatus), 0)
+    wanted = status.value if status is not None else None
+    # (created_at, doc_id, record): doc ids are unique, so records themselves are never compared.
+    matching: list[tuple[str, str, dict[str, Any]]] = []
+    for doc_id, record in items:
+        value = _name(record.get("status"))
+        counts[value] = counts.get(value, 0) + 1
+        if wanted is None or value == wanted:
+            matching.append((str(record.get("created_at") or ""), doc_id, record))
+    newest = heapq.nlargest(offset + limit, matching)[offset:]
+    return DocumentPage(len(matching), counts, [_row(doc_id, record) for _, doc_id, record in newest])
+
+
+async def _from_database(
+    storage: DocStatusStorage, status: DocStatus | None, limit: int, offset: int
+) -> DocumentPage:
+    rows: list[dict[str, Any]] = []
+    total = 0
+    first, last = offset // _STORAGE_PAGE + 1, (offset + limit - 1) // _STORAGE_PAGE + 1
+    for page in range(first, last + 1):
+        docs, total = await storage.get_docs_paginated(
+            status_filter=status, page=page, page_size=_STORAGE_PAGE, sort_field="created_at"
+        )
+        rows.extend(_row(doc_id, asdict(doc)) for doc_id, doc in docs)
+        if len(docs) < _STORAGE_PAGE:
+            break
+    start = offset - (first - 1) * _STORAGE_PAGE
+    counts = dict.fromkeys((s.value for s in DocStatus), 0)
+    for name, count in (await storage.get_status_counts()).items():
+        counts[_name(name)] = int(count)
+    return DocumentPage(total, counts, rows[start : start + limit])
+
+
+def _row(doc_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    row = {"doc_id": doc_id, **{name: record.get(name) for name in FIELDS}}
+    row["status"] = _name(row["status"])
+    return row
+
+
+def _name(status: Any) -> str:
+    """A status as its value: records hold `DocStatus` members or plain strings (and on Python 3.11
+    ``str()`` of a str-mixin enum member is ``"DocStatus.PROCESSED"``, not its value)."""
+    return str(getattr(status, "value", status) or "")
