@@ -139,6 +139,7 @@ class BatchTaskView(BaseModel):
     stage: str | None
     progress: float
     error: str | None
+    result: dict[str, Any] | None = None
 
 
 class BatchView(BaseModel):

@@ -36,6 +36,9 @@ STATUS_STYLE = {
     "failed": "red",
     "cancelled": "magenta",
     "rejected": "red",
+    "expired": "dim",
+    "finished": "dim",
+    "skipped": "dim",
     "timeout": "red",
 }
 

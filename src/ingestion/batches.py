@@ -169,12 +169,20 @@ class BatchService:
 def _task_state(task: TaskRecord | None) -> dict[str, Any]:
     """What a batch shows of one task; a final one counts as 100 % towards the batch's progress."""
     if task is None:
-        return {"status": EXPIRED, "stage": None, "progress": 100.0, "error": None, "final": True}
+        return {
+            "status": EXPIRED,
+            "stage": None,
+            "progress": 100.0,
+            "error": None,
+            "result": None,
+            "final": True,
+        }
     final = task.status.is_final
     return {
         "status": task.status.value,
         "stage": task.stage,
         "progress": 100.0 if final else float(task.progress),
         "error": task.error,
+        "result": task.result,
         "final": final,
     }
