@@ -156,7 +156,7 @@ class BatchView(BaseModel):
 class BatchCancelTask(BaseModel):
     filename: str
     task_id: str
-    outcome: Literal["cancelled", "cancelling", "finished", "expired", "skipped"]
+    outcome: Literal["cancelled", "cancelling", "finished", "expired"]
     status: str | None
 
 

@@ -286,8 +286,8 @@ def hold_slow_tasks(svc: Service) -> asyncio.Event:
 async def test_delete_batch_cancels_pending_and_running_tasks_and_leaves_completed_ones(
     tmp_path, redis_url
 ) -> None:
-    """Catches a batch cancel that misses running (or pending) tasks, or that touches a completed
-    task or one the batch did not create."""
+    """Catches a batch cancel that misses running (or pending) tasks, that touches a completed task
+    (its own, or an earlier one a duplicate entry names), or that stumbles on a task named twice."""
     async with start_service(make_settings(tmp_path, redis_url, max_concurrent_tasks=2)) as svc:
         gate = hold_slow_tasks(svc)
         try:
@@ -298,7 +298,8 @@ async def test_delete_batch_cancels_pending_and_running_tasks_and_leaves_complet
                 ("slow1.txt", story("cranes", "Slowone").encode()),
                 ("slow2.txt", story("barges", "Slowtwo").encode()),
                 ("slow3.txt", story("locks", "Slowthree").encode()),
-                ("again.txt", b"an earlier upload"),  # a duplicate: not this batch's task
+                ("again.txt", b"an earlier upload"),  # a duplicate of a completed task
+                ("slow3-copy.txt", story("locks", "Slowthree").encode()),  # a duplicate of slow3
             )
             response = await svc.client.post("/batch", files=files)
             assert response.status_code == 202, response.text
@@ -312,7 +313,7 @@ async def test_delete_batch_cancels_pending_and_running_tasks_and_leaves_complet
                 return view if view["counts"]["processing"] == 2 else None
 
             view = await wait_until(two_running, message="two slow tasks running")
-            assert view["counts"]["pending"] == 1 and not view["done"] and 0 < view["progress"] < 100
+            assert view["counts"]["pending"] == 2 and not view["done"] and 0 < view["progress"] < 100
 
             cancel = await svc.client.delete(f"/batch/{batch['batch_id']}")
             assert cancel.status_code == 202, cancel.text
@@ -322,20 +323,21 @@ async def test_delete_batch_cancels_pending_and_running_tasks_and_leaves_complet
                 "slow1.txt": "cancelling",
                 "slow2.txt": "cancelling",
                 "slow3.txt": "cancelled",
-                "again.txt": "skipped",
+                "again.txt": "finished",
+                "slow3-copy.txt": "cancelled",
             }
-            assert cancel.json()["counts"] == {"finished": 1, "cancelling": 2, "cancelled": 1, "skipped": 1}
+            assert cancel.json()["counts"] == {"finished": 2, "cancelling": 2, "cancelled": 2}
             final = await batch_done(svc, batch["batch_id"])
         finally:
             gate.set()
-        assert final["counts"]["completed"] == 2 and final["counts"]["cancelled"] == 3
+        assert final["counts"]["completed"] == 2 and final["counts"]["cancelled"] == 4
         assert final["progress"] == 100.0
         assert (await svc.client.get(f"/documents/{batch['tasks'][0]['doc_id']}")).status_code == 200
         assert (await svc.client.get(f"/task/{ids['again.txt']}")).json()["status"] == "completed"
 
         again = await svc.client.delete(f"/batch/{batch['batch_id']}")
         assert again.status_code == 200, again.text
-        assert {t["outcome"] for t in again.json()["tasks"]} == {"finished", "skipped"}
+        assert {t["outcome"] for t in again.json()["tasks"]} == {"finished"}
 
 
 async def test_expired_task_records_count_as_expired(service: Service) -> None:

@@ -122,10 +122,10 @@ async def get_batch(batch_id: str, tenant: TenantDep, batches: BatchesDep) -> Ba
     responses={202: {"model": BatchCancelResult, "description": "some running tasks are being stopped"}},
 )
 async def cancel_batch(batch_id: str, tenant: TenantDep, batches: BatchesDep) -> JSONResponse:
-    """Each task the batch created goes through the cancel of `DELETE /task/{id}`: pending →
-    `cancelled`, running → `cancelling` (answer 202 then; 200 when nothing is still stopping);
-    finished ones are left as they are (`finished`), expired ones reported `expired`, and a task the
-    batch did not create (a `duplicate` entry) is `skipped`."""
+    """Each task of the batch (a `duplicate` entry's task too) goes through the cancel of `DELETE
+    /task/{id}`: pending → `cancelled`, running → `cancelling` (answer 202 then; 200 when nothing is
+    still stopping); finished ones are left as they are (`finished`), expired ones reported
+    `expired`."""
     cancellation = await batches.cancel(tenant, batch_id)
     counts = Counter(task["outcome"] for task in cancellation.tasks)
     body = BatchCancelResult(

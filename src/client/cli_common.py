@@ -38,7 +38,6 @@ STATUS_STYLE = {
     "rejected": "red",
     "expired": "dim",
     "finished": "dim",
-    "skipped": "dim",
     "timeout": "red",
 }
 

@@ -112,7 +112,7 @@ class Operations(Generic[Out, Pieces]):
 
     def batch_cancel(self, batch_id: str) -> Out:
         """Cancel every task of the batch still pending or running → per file an ``outcome``
-        (cancelled, cancelling, finished, expired, skipped); follow ``cancelling`` ones with
+        (cancelled, cancelling, finished, expired); follow ``cancelling`` ones with
         `batch_status` or `wait_for`."""
         return self._call(Call("DELETE", f"/batch/{path_segment(batch_id)}"))
 

@@ -8,7 +8,8 @@ through `IngestionService.cancel` (the use-case of ``DELETE /task/{id}``).
 
 Duplicates: a file whose content is already a task (earlier in the same batch, or before it) is
 answered like ``/insert`` answers it: the existing task, ``duplicate: true``. Such an entry counts in
-the batch's status, but `cancel` leaves a task the batch did not create alone.
+the batch's status and `cancel` cancels its task too, so a batch sent again after a lost answer
+(all duplicates) can still be cancelled.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class BatchStatus:
 class BatchCancellation:
     record: BatchRecord
     #: Per accepted file: {filename, task_id, outcome, status}; outcome is cancelled, cancelling,
-    #: finished (already final: status says how), expired, or skipped (a task it did not create).
+    #: finished (already final: status says how) or expired; a task named twice is cancelled once.
     tasks: list[dict[str, Any]]
 
 
@@ -141,15 +142,12 @@ class BatchService:
 
     async def cancel(self, tenant: str, batch_id: str) -> BatchCancellation:
         record = await self.batch(tenant, batch_id)
-        created = {entry["task_id"] for entry in record.tasks if not entry.get("duplicate")}
         outcomes: dict[str, tuple[str, str | None]] = {}
         tasks = []
         for entry in record.tasks:
             task_id = entry["task_id"]
             if task_id not in outcomes:
-                outcomes[task_id] = (
-                    await self._cancel_one(tenant, task_id) if task_id in created else ("skipped", None)
-                )
+                outcomes[task_id] = await self._cancel_one(tenant, task_id)
             outcome, status = outcomes[task_id]
             tasks.append(
                 {"filename": entry["filename"], "task_id": task_id, "outcome": outcome, "status": status}
