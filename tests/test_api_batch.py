@@ -385,3 +385,41 @@ async def test_openapi_documents_the_batch_routes(service: Service) -> None:
     assert {p["name"] for p in post["parameters"]} == {"priority", "callback_url"}
     assert spec["paths"]["/batch/{batch_id}"]["get"]["summary"]
     assert spec["paths"]["/batch/{batch_id}"]["delete"]["summary"]
+
+
+async def test_a_full_disk_or_queue_refuses_single_files_of_a_batch(tmp_path, redis_url) -> None:
+    """Catches a storage or queue refusal of one file that fails (or leaks the files of) the whole
+    batch: the files before it are kept and queued, the refused one is an entry with /insert's code."""
+    big = ("lorem ipsum " * 400).encode()  # 4800 bytes; the directory takes 6000
+
+    async def body() -> AsyncIterator[bytes]:  # no Content-Length: the bound is met mid-body
+        yield part("first.txt", big) + part("second.txt", big.upper()) + END
+
+    settings = make_settings(tmp_path / "disk", redis_url, max_uploads_dir_bytes=6000)
+    async with start_service(settings) as svc:
+        response = await svc.client.post("/batch", content=body(), headers=MULTIPART)
+        assert response.status_code == 202, response.text
+        assert [t["filename"] for t in response.json()["tasks"]] == ["first.txt"]
+        [error] = response.json()["errors"]
+        assert (error["filename"], error["status_code"], error["error"]) == (
+            "second.txt",
+            507,
+            "insufficient_storage",
+        )
+        assert all(name.startswith(response.json()["tasks"][0]["task_id"]) for name in stored(svc))
+
+    settings = make_settings(tmp_path / "queue", redis_url, tenant_max_pending=1, max_concurrent_tasks=1)
+    async with start_service(settings) as svc:
+        gate = hold_slow_tasks(svc)
+        try:
+            files = parts(*[(f"slow{i}.txt", f"document {i} ".encode() * 50) for i in range(4)])
+            response = await svc.client.post("/batch", files=files)
+            assert response.status_code == 202, response.text
+            tasks, errors = response.json()["tasks"], response.json()["errors"]
+            # One task may run and one wait: the others are refused by the tenant's queue limit.
+            assert 1 <= len(tasks) <= 2 and len(tasks) + len(errors) == 4, response.text
+            assert {(e["status_code"], e["error"]) for e in errors} == {(429, "tenant_queue_full")}
+            kept = {name.split(".")[0] for name in stored(svc)}
+            assert kept <= {t["task_id"] for t in tasks}, kept
+        finally:
+            gate.set()
