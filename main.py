@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import admin, documents, events, health, ingest, query, tasks
+from api.routes import admin, batch, documents, events, health, ingest, query, tasks
 from api.routes.ui import router as ui_router
 from api.views import task_view
 from src.core.config import Settings, get_settings
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    routers = (ingest, tasks, events, query, documents, health, admin)
+    routers = (ingest, batch, tasks, events, query, documents, health, admin)
     for module in routers:
         app.include_router(module.router)
     app.include_router(ui_router)

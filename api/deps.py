@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 
 from api.errors import ApiError
 from src.core.logs import current_tenant
+from src.ingestion.batches import BatchService
 from src.ingestion.service import IngestionService
 from src.tasks.models import TaskRecord
 from src.tenancy.tenants import DEFAULT_TENANT
@@ -89,6 +90,14 @@ async def get_ingestion(services: ServicesDep) -> IngestionService:
 
 
 IngestionDep = Annotated[IngestionService, Depends(get_ingestion)]
+
+
+async def get_batches(services: ServicesDep) -> BatchService:
+    assert services.batches is not None  # built by start_services
+    return services.batches
+
+
+BatchesDep = Annotated[BatchService, Depends(get_batches)]
 
 
 async def get_owned_task(task_id: str, tenant: TenantDep, ingestion: IngestionDep) -> TaskRecord:

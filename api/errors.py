@@ -63,10 +63,12 @@ DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
     domain.MissingFilePart: HttpError(400, "missing_file"),
     domain.TruncatedUpload: HttpError(400, "truncated"),
     domain.MultipleFileParts: HttpError(400, "multiple_files"),
+    domain.PartHeadersTooLarge: HttpError(400, "part_headers_too_large"),
     domain.UploadTimeout: HttpError(408, "upload_timeout", close=True),
     domain.EmptyUpload: HttpError(400, "empty_file"),
     domain.EmptyText: HttpError(400, "empty_text"),
     domain.TooLarge: HttpError(413, "too_large"),
+    domain.TooManyFiles: HttpError(413, "too_many_files"),
     domain.UnsupportedType: HttpError(415, "unsupported_type"),
     domain.ContentMismatch: HttpError(415, "content_mismatch"),
     domain.QueueFull: HttpError(429, "queue_full", retry_after=30),
@@ -78,6 +80,7 @@ DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
     domain.TaskExists: HttpError(409, "task_exists"),
     domain.NotCancellable: HttpError(409, "task_finished"),
     domain.TaskNotFound: HttpError(404, "task_not_found"),
+    domain.BatchNotFound: HttpError(404, "batch_not_found"),
     domain.DocumentNotFound: HttpError(404, "doc_not_found"),
     domain.ProviderError: HttpError(502, "query_failed"),
     domain.DeleteFailed: HttpError(502, "delete_failed"),
@@ -92,6 +95,13 @@ def http_error_for(exc: domain.IngestionError) -> HttpError | None:
         if cls in DOMAIN_ERRORS:
             return DOMAIN_ERRORS[cls]  # type: ignore[index]
     return None
+
+
+def error_entry(exc: domain.IngestionError) -> dict[str, object]:
+    """One failed item of a request that carries several (a batch's file): the status and code it
+    would have been answered with on its own, and the message."""
+    http = http_error_for(exc) or HttpError(500, "internal_error")
+    return {"status_code": http.status, "error": http.code, "detail": exc.message}
 
 
 def error_response(

@@ -127,3 +127,66 @@ class DocumentList(BaseModel):
     #: Documents per LightRAG status over the whole knowledge base.
     counts: dict[str, int]
     documents: list[DocumentSummary]
+
+
+class BatchFileError(BaseModel):
+    """A file of a batch that was refused, with the answer `POST /insert` would have given it."""
+
+    filename: str
+    status_code: int
+    error: str = Field(description="the stable error code, e.g. too_large, unsupported_type")
+    detail: str
+
+
+class BatchTaskAccepted(BaseModel):
+    filename: str
+    task_id: str
+    doc_id: str
+    status: str
+    #: True when the file's content was already a task (earlier in this batch or before it).
+    duplicate: bool = False
+
+
+class BatchAccepted(BaseModel):
+    message: str
+    batch_id: str
+    status_url: str
+    tasks: list[BatchTaskAccepted]
+    errors: list[BatchFileError]
+
+
+class BatchTaskView(BaseModel):
+    filename: str
+    task_id: str
+    doc_id: str
+    duplicate: bool = False
+    status: str = Field(description="a task status, or `expired` once its record's TTL ended")
+    stage: str | None
+    progress: float
+    error: str | None
+    result: dict[str, Any] | None = None
+
+
+class BatchView(BaseModel):
+    batch_id: str
+    created_at: str
+    total: int = Field(description="accepted files")
+    counts: dict[str, int] = Field(description="accepted files per task status (and `expired`)")
+    progress: float = Field(description="mean progress of the files, finished ones at 100")
+    done: bool = Field(description="every task is completed, failed, cancelled or expired")
+    tasks: list[BatchTaskView]
+    errors: list[BatchFileError]
+
+
+class BatchCancelTask(BaseModel):
+    filename: str
+    task_id: str
+    outcome: Literal["cancelled", "cancelling", "finished", "expired"]
+    status: str | None
+
+
+class BatchCancelResult(BaseModel):
+    message: str
+    batch_id: str
+    counts: dict[str, int] = Field(description="files per outcome")
+    tasks: list[BatchCancelTask]

@@ -13,12 +13,14 @@ from typing import Any
 from src.core.config import Settings
 from src.core.metrics import Metrics
 from src.core.redis_conn import RedisHandle, connect_redis
+from src.ingestion.batches import BatchService
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge_bases import TenantEngines
 from src.ingestion.ownership import LocalOwnership, Ownership, build_ownership
 from src.ingestion.service import IngestionService
 from src.rag.storage.fence import register_write_fence
+from src.tasks.batches import BatchStore
 from src.tasks.models import TaskRecord
 from src.tasks.runner import RunnerConfig, TaskRunner
 from src.tasks.store import TaskStore
@@ -47,6 +49,8 @@ class Services:
     ownership: Ownership = field(default_factory=LocalOwnership)
     #: Removes this instance's storage write fence (set with shared storages only).
     remove_fence: Callable[[], None] | None = None
+    #: Batches of uploads (POST /batch); built on `ingestion`.
+    batches: BatchService | None = None
 
 
 def resolve_instance_id(settings: Settings) -> str:
@@ -153,10 +157,18 @@ async def start_services(
     metrics.start_sampling(store.ping)
     log.info("service ready: instance %s, %d task slot(s)", instance_id, settings.max_concurrent_tasks)
     ingestion = IngestionService(settings, store, engines, runner, handler, files, metrics)
+    batches = BatchService(ingestion, BatchStore(redis.client, store.keys, ttl_seconds=batch_ttl(settings)))
     return Services(
         settings, redis, store, runner, engines, tenants, limiter, metrics, webhooks, instance_id, ingestion,
-        ownership, services_fence,
+        ownership, services_fence, batches,
     )
+
+
+def batch_ttl(settings: Settings) -> int:
+    """A batch outlives its tasks: the longest TTL of a finished task, plus the time its tasks may
+    still run (the batch's TTL is pushed back while any of them is live, see `BatchStore.keep`)."""
+    finished = max(settings.ttl_for(s) or 0 for s in ("completed", "failed", "cancelled"))
+    return finished + int(settings.task_timeout_seconds * settings.max_attempts)
 
 
 async def stop_services(services: Services) -> None:

@@ -597,3 +597,76 @@ def test_cli_upload_usage_errors_exit_2(live: LiveService) -> None:
     two.write_text("two")
     assert ragsvc(live, "upload", str(one), str(two), "--idempotency-key", "k").exit_code == 2
     assert ragsvc(live, "upload", str(one), "--priority", "12").exit_code == 2
+
+
+# --- batches (POST /batch) -----------------------------------------------------------------------------
+
+
+async def test_async_batch_upload_status_and_cancel(tmp_path: Path, redis_url: str) -> None:
+    """Catches batch_upload dropping a file or an option, mis-sending (filename, bytes) items, or the
+    batch calls not reaching their endpoints."""
+    async with served(tmp_path, redis_url) as (client, transport, _):
+        path = tmp_path / "from-disk.md"
+        path.write_text(story("tides", "Diskmorrow"))
+        accepted = await client.batch_upload(
+            [path, ("inline.txt", story("wind", "Inlinewhirl").encode()), ("tool.exe", b"MZ")], priority=8
+        )
+        assert ("POST", "/batch") in transport.seen
+        assert [t["filename"] for t in accepted["tasks"]] == ["from-disk.md", "inline.txt"]
+        assert [(e["filename"], e["error"]) for e in accepted["errors"]] == [("tool.exe", "unsupported_type")]
+        assert (await client.task(accepted["tasks"][0]["task_id"]))["priority"] == 8
+
+        for task in accepted["tasks"]:
+            assert (await client.wait_for(task["task_id"], timeout=120))["status"] == "completed"
+        view = await client.batch_status(accepted["batch_id"])
+        assert view["done"] and view["counts"]["completed"] == 2 and view["progress"] == 100
+        assert view["tasks"][0]["result"]["chunks_count"] >= 1
+        cancelled = await client.batch_cancel(accepted["batch_id"])
+        assert [t["outcome"] for t in cancelled["tasks"]] == ["finished", "finished"]
+
+        with pytest.raises(RagApiError) as rejected:
+            await client.batch_upload([("a.exe", b"MZ"), ("b.exe", b"MZ")])
+        assert (rejected.value.status_code, rejected.value.code) == (415, "batch_rejected")
+        assert [e["filename"] for e in rejected.value.body["errors"]] == ["a.exe", "b.exe"]
+        with pytest.raises(RagApiError) as unknown:
+            await client.batch_status("no-such-batch")
+        assert unknown.value.code == "batch_not_found"
+        with pytest.raises(ValueError):
+            await client.batch_upload([])
+        with pytest.raises(TypeError):
+            await client.batch_upload([path], doc_id="x")  # type: ignore[call-arg]
+
+
+def test_cli_upload_of_several_files_is_one_batch_with_overall_progress(live: LiveService) -> None:
+    """Catches the CLI sending several files one by one (or dropping a refused file from the
+    report), and the batch commands not reaching their endpoints."""
+    docs = []
+    for name, marker in (("north.md", "Northquill"), ("south.txt", "Southmarrow")):
+        doc = live.workdir / name
+        doc.write_text(story("harbours", marker))
+        docs.append(str(doc))
+    bad = live.workdir / "tool.exe"
+    bad.write_bytes(b"MZ binary")
+    result = ragsvc(live, "--json", "upload", *docs, str(bad), "--wait", "--wait-timeout", "120")
+    assert result.exit_code == 2, result.output  # a refused file is a client error
+    rows = {row["filename"]: row for row in json.loads(result.stdout)}
+    assert rows["north.md"]["status"] == rows["south.txt"]["status"] == "completed"
+    assert rows["north.md"]["batch_id"] and rows["north.md"]["batch_id"] == rows["south.txt"]["batch_id"]
+    assert rows["tool.exe"]["status"] == "rejected" and "unsupported_type" in rows["tool.exe"]["error"]
+    assert "tool.exe" in result.stderr
+
+    batch_id = rows["north.md"]["batch_id"]
+    shown = ragsvc(live, "batch", batch_id)
+    assert shown.exit_code == 0 and "100% done" in shown.stdout and "tool.exe" in shown.stdout
+    assert json.loads(ragsvc(live, "--json", "batch", batch_id).stdout)["counts"]["completed"] == 2
+    cancelled = ragsvc(live, "--json", "batch-cancel", batch_id)
+    assert cancelled.exit_code == 0, cancelled.output
+    assert {t["outcome"] for t in json.loads(cancelled.stdout)["tasks"]} == {"finished"}
+    assert ragsvc(live, "batch", "no-such-batch").exit_code == 2
+
+    # Without --wait: one table of what was submitted; the sync client speaks the same calls.
+    again = ragsvc(live, "upload", *docs)
+    assert again.exit_code == 0 and "Submitted" in again.stdout and "north.md" in again.stdout
+    with RagClient(live.url, timeout=30) as client:
+        body = client.batch_upload([("east.txt", story("quays", "Eastwhorl").encode())])
+        assert len(body["tasks"]) == 1 and client.batch_status(body["batch_id"])["total"] == 1

@@ -6,6 +6,8 @@ domain errors become HTTP answers through the table in `api/errors.py`.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -64,6 +66,15 @@ async def _answer_or_wait(request: Request, accepted: Accepted, wait: float) -> 
     return _answer(request, accepted)
 
 
+#: Query options every upload route takes (also POST /batch).
+CallbackUrlQuery = Annotated[
+    str | None, Query(description="POST a signed JSON event here when the task ends")
+]
+PriorityQuery = Annotated[
+    int, Query(ge=0, le=9, description="0 (bulk) .. 9 (interactive); higher runs first")
+]
+
+
 def _answer(request: Request, accepted: Accepted) -> JSONResponse:
     """202 for a new task; for a known one, 200 when it already completed, else 202."""
     record = accepted.record
@@ -113,12 +124,8 @@ async def insert_document(
     tenant: TenantDep,
     ingestion: IngestionDep,
     doc_id: str | None = Query(default=None, description="stable id; default: derived from the content hash"),
-    callback_url: str | None = Query(
-        default=None, description="POST a signed JSON event here when the task ends"
-    ),
-    priority: int = Query(
-        default=5, ge=0, le=9, description="0 (bulk) .. 9 (interactive); higher runs first"
-    ),
+    callback_url: CallbackUrlQuery = None,
+    priority: PriorityQuery = 5,
     wait: float = _wait_query(),
     idempotency_key: str | None = Header(default=None, description=_IDEMPOTENCY_DOC),
 ) -> Response:

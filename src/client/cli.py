@@ -1,7 +1,8 @@
 """`ragsvc`: command-line client of the RAG ingestion service (typer + rich), over `RagClient` /
 `AsyncRagClient` only (it never speaks HTTP itself).
 
-    ragsvc upload report.pdf notes.md --wait      # live progress per file, results table
+    ragsvc upload report.pdf notes.md --wait      # one POST /batch; overall + per-file progress
+    ragsvc batch <batch_id> | ragsvc batch-cancel <batch_id>
     ragsvc upload big.pdf --priority 9 --callback-url https://hooks.example/x --idempotency-key big-v1
     ragsvc upload --text "Some text" --doc-id note-1 --wait  # '-' reads the text from stdin
     ragsvc status <task_id> | ragsvc list --status failed | ragsvc watch
@@ -38,6 +39,7 @@ from rich.text import Text
 
 from .aio import AsyncRagClient
 from .cli_admin import admin
+from .cli_batch import BatchUpload
 from .cli_common import (
     EXIT_FAILED,
     DocStatusFilter,
@@ -55,6 +57,8 @@ from .cli_common import (
 )
 from .core import DEFAULT_URL, FINAL_STATUSES, RagApiError, RagTimeoutError, drop_none
 from .render import (
+    batch_cancel_table,
+    batch_table,
     document_table,
     documents_table,
     health_table,
@@ -152,9 +156,14 @@ async def _follow(
 
 
 async def _submit_all(
-    state: State, items: list[Submission], wait: bool, wait_timeout: float | None
+    state: State,
+    items: list[Submission],
+    wait: bool,
+    wait_timeout: float | None,
+    batch: BatchUpload | None = None,
 ) -> tuple[list[dict], int]:
-    """Submit every document; with ``wait``, follow all accepted tasks concurrently."""
+    """Submit every document (``batch``: several files through POST /batch); with ``wait``, follow
+    all accepted tasks concurrently."""
     rows: dict[int, dict] = {}
     followed: dict[int, Awaitable[dict]] = {}
     code = 0
@@ -163,6 +172,9 @@ async def _submit_all(
     progress = Progress(*columns, stage, TimeElapsedColumn(), console=out(), disable=state.json or not wait)
     async with state.async_client() as rag:
         with progress:
+            if batch is not None:
+                await batch.submit(rag)
+                code = batch.code
             for index, item in enumerate(items):
                 try:
                     body = await item.submit(rag)
@@ -178,17 +190,25 @@ async def _submit_all(
                 else:
                     row = result_row(item.name, None, body, None)
                     rows[index] = {**row, "file_size": body.get("file_size")}
-            rows.update(zip(followed, await asyncio.gather(*followed.values()), strict=True))
-    ordered = [rows[i] for i in sorted(rows)]
+            follow_batch = [batch.follow(rag, progress, wait_timeout)] if batch and wait else []
+            views, *_ = await asyncio.gather(asyncio.gather(*followed.values()), *follow_batch)
+            rows.update(zip(followed, views, strict=True))
+    ordered = (batch.ordered_rows() if batch else []) + [rows[i] for i in sorted(rows)]
     if wait and code == 0 and any(row["status"] != "completed" for row in ordered):
         code = EXIT_FAILED
     return ordered, code
 
 
-def _report(ctx: typer.Context, items: list[Submission], wait: bool, wait_timeout: float | None) -> None:
+def _report(
+    ctx: typer.Context,
+    items: list[Submission],
+    wait: bool,
+    wait_timeout: float | None,
+    batch: BatchUpload | None = None,
+) -> None:
     state = state_of(ctx)
     with errors(state):
-        rows, code = asyncio.run(_submit_all(state, items, wait, wait_timeout))
+        rows, code = asyncio.run(_submit_all(state, items, wait, wait_timeout, batch))
     if state.json:
         emit_json(rows)
     else:
@@ -217,7 +237,9 @@ def upload(
 ) -> None:
     """Upload documents, or raw text with --text (202: each becomes an indexing task).
 
-    --doc-id and --idempotency-key name one document, so they take a single one."""
+    Several files go in one request (POST /batch, 100 files per request); with --wait one overall
+    progress bar and a line per file follow them. --doc-id and --idempotency-key name one document,
+    so they take a single one."""
     files = files or []
     if not files and text is None:
         raise typer.BadParameter("give documents to upload, or --text", param_hint="FILES")
@@ -229,13 +251,17 @@ def upload(
     def submit(path: Path) -> Callable[[AsyncRagClient], Awaitable[dict]]:
         return lambda rag: rag.upload(path, doc_id=doc_id, **options)
 
+    batch = None
+    if len(files) > 1:
+        batch = BatchUpload(list(files), drop_none({"priority": priority, "callback_url": callback_url}))
+        files = []
     items = [Submission(path.name, submit(path)) for path in files]
     if text is not None:
         body = sys.stdin.read() if text == "-" else text
         label = drop_none({"filename": filename})
         name = filename or doc_id or "text"
         items.append(Submission(name, lambda rag: rag.insert_text(body, doc_id, **options, **label)))
-    _report(ctx, items, wait, wait_timeout)
+    _report(ctx, items, wait, wait_timeout, batch)
 
 
 # --- tasks ----------------------------------------------------------------------------------------
@@ -322,6 +348,18 @@ def cancel(
         out().print(Text(f"{body.get('message', 'Task cancelled')}: {task_id}", style=style))
 
     request(ctx, cancel_and_wait, show)
+
+
+@app.command("batch")
+def batch_status(ctx: typer.Context, batch_id: Annotated[str, typer.Argument(help="Batch id.")]) -> None:
+    """Show a batch: overall progress, counts per status, each file (and the files refused at upload)."""
+    request(ctx, lambda rag: rag.batch_status(batch_id), lambda view: out().print(batch_table(view)))
+
+
+@app.command("batch-cancel")
+def batch_cancel(ctx: typer.Context, batch_id: Annotated[str, typer.Argument(help="Batch id.")]) -> None:
+    """Cancel every task of a batch still pending or running; finished ones are left as they are."""
+    request(ctx, lambda rag: rag.batch_cancel(batch_id), lambda body: out().print(batch_cancel_table(body)))
 
 
 # --- query and documents --------------------------------------------------------------------------

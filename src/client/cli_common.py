@@ -37,6 +37,8 @@ STATUS_STYLE = {
     "failed": "red",
     "cancelled": "magenta",
     "rejected": "red",
+    "expired": "dim",
+    "finished": "dim",
     "timeout": "red",
 }
 

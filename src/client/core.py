@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypedDict
@@ -21,6 +21,8 @@ __all__ = [
     "DEFAULT_URL",
     "FINAL_STATUSES",
     "QUERY_MODES",
+    "BatchFile",
+    "BatchOptions",
     "Call",
     "RagApiError",
     "RagConnectionError",
@@ -146,9 +148,11 @@ class Call:
     params: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     json: Any = None
-    files: dict[str, tuple[str, Any]] | None = None
+    files: dict[str, tuple[str, Any]] | list[tuple[str, tuple[str, Any]]] | None = None
     decode: Callable[[int, bytes, str], Any] = decode_json
     handle: IO[bytes] | None = None
+    #: The upload handles of a batch (several files), closed with the call like ``handle``.
+    handles: list[IO[bytes]] = field(default_factory=list)
     #: Longest silence between two bytes of the answer (None: the client's timeout); event streams
     #: use it to notice a dead connection before the caller's deadline.
     read_timeout: float | None = None
@@ -165,8 +169,9 @@ class Call:
         return kwargs
 
     def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
+        for handle in (self.handle, *self.handles):
+            if handle is not None:
+                handle.close()
 
 
 def task_path(task_id: str) -> str:
@@ -201,6 +206,31 @@ def upload_part(
     return {"file": (name, source)}, None
 
 
+#: One document of a batch: a path, or (filename, bytes or binary file object).
+BatchFile = str | os.PathLike[str] | tuple[str, FileInput]
+
+
+def batch_parts(sources: Iterable[BatchFile]) -> tuple[list[tuple[str, tuple[str, Any]]], list[IO[bytes]]]:
+    """The multipart ``files`` parts of a batch (one per document, each as `upload_part` builds it)
+    and the handles opened for paths (closed by the shell, or here if building fails)."""
+    parts: list[tuple[str, tuple[str, Any]]] = []
+    handles: list[IO[bytes]] = []
+    try:
+        for source in sources:
+            filename, data = source if isinstance(source, tuple) else (None, source)
+            files, handle = upload_part(data, filename)
+            parts.append(("files", files["file"]))
+            if handle is not None:
+                handles.append(handle)
+    except BaseException:
+        for handle in handles:
+            handle.close()
+        raise
+    if not parts:
+        raise ValueError("a batch needs at least one document")
+    return parts, handles
+
+
 def new_idempotency_key() -> str:
     """A fresh key for callers that want safe retries but have no natural key of their own."""
     return uuid.uuid4().hex
@@ -218,6 +248,15 @@ class SubmitOptions(TypedDict, total=False):
     #: Seconds (0-60) the service may hold the answer until the new task ends: the final task view
     #: (``status`` completed/failed/cancelled) if it does, else the usual acceptance (``pending``...).
     wait: float
+
+
+class BatchOptions(TypedDict, total=False):
+    """Keyword options of `batch_upload` (they apply to every document of the batch)."""
+
+    #: 0 (bulk) .. 9 (interactive); higher runs first (server default 5).
+    priority: int
+    #: POST a signed JSON event here when each task ends.
+    callback_url: str
 
 
 class TextOptions(SubmitOptions, total=False):

@@ -9,15 +9,19 @@ an async iterator of text. So a new option is added in one place and both colour
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .core import (
+    BatchFile,
+    BatchOptions,
     Call,
     FileInput,
     QueryOptions,
     Settings,
     SubmitOptions,
     TextOptions,
+    batch_parts,
     decode_health,
     drop_none,
     path_segment,
@@ -87,6 +91,31 @@ class Operations(Generic[Out, Pieces]):
         fields, headers, extra = submission(options, "insert_text", TextOptions)
         body = {"text": text} | drop_none({"doc_id": doc_id}) | fields
         return self._call(Call("POST", "/insert/text", extra or None, headers, json=body))
+
+    # batches
+    def batch_upload(self, files: Iterable[BatchFile], **options: Unpack[BatchOptions]) -> Out:
+        """Upload several documents in one request (``POST /batch``) → the 202 body: ``batch_id``,
+        ``status_url``, ``tasks`` (one per accepted file: ``filename``, ``task_id``, ``doc_id``,
+        ``duplicate``) and ``errors`` (one per refused file, with the ``status_code`` and ``error``
+        code ``/insert`` would have answered). Each item is a path (streamed, never read into
+        memory) or ``(filename, bytes | file object)``; doc ids come from the content. When no file
+        is accepted, `RagApiError` ``batch_rejected`` carries the ``errors`` in its ``body``.
+        Options: ``priority``, ``callback_url``."""
+        fields, headers = submission(options, "batch_upload", BatchOptions)
+        parts, handles = batch_parts(files)
+        return self._call(Call("POST", "/batch", fields, headers, files=parts, handles=handles))
+
+    def batch_status(self, batch_id: str) -> Out:
+        """A batch's state, read from its tasks: ``counts`` per status (and ``expired``),
+        ``progress`` (0-100, finished files at 100), ``done``, ``tasks`` (status, stage, progress,
+        error of each file) and the upload's ``errors``."""
+        return self._call(Call("GET", f"/batch/{path_segment(batch_id)}"))
+
+    def batch_cancel(self, batch_id: str) -> Out:
+        """Cancel every task of the batch still pending or running → per file an ``outcome``
+        (cancelled, cancelling, finished, expired); follow ``cancelling`` ones with
+        `batch_status` or `wait_for`."""
+        return self._call(Call("DELETE", f"/batch/{path_segment(batch_id)}"))
 
     # tasks
     def task(self, task_id: str) -> Out:

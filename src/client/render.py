@@ -91,15 +91,12 @@ def tasks_table(listing: dict, status_filter: str | None) -> Table:
     table.add_column("attempt", justify="right")
     table.add_column("updated (UTC)")
     for view in listing.get("tasks", []):
-        pct = float(view.get("progress") or 0)
-        bar = Table.grid(padding=(0, 1))
-        bar.add_row(ProgressBar(total=100, completed=pct, width=10), Text(f"{pct:3.0f}%"))
         table.add_row(
             Text(view.get("task_id", "")),
             Text(view.get("filename", "")),
             status_text(view.get("status", "")),
             Text(view.get("stage", "")),
-            bar,
+            _progress_cell(float(view.get("progress") or 0)),
             str(view.get("attempt", "")),
             Text(fmt_time(view.get("updated_at")).rpartition(" ")[2]),
         )
@@ -198,3 +195,43 @@ def document_table(body: dict) -> Table:
     style = {"processed": "green", "failed": "red"}.get(str(body.get("status")), "")
     status = ("status", Text(str(body.get("status")), style=style))
     return fields_table(f"Document {body.get('doc_id', '')}", [status, *fields])
+
+
+def _progress_cell(pct: float) -> Table:
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(ProgressBar(total=100, completed=pct, width=10), Text(f"{pct:3.0f}%"))
+    return bar
+
+
+def batch_table(view: dict) -> Table:
+    """A batch: overall progress and counts in the title, one line per file (refused ones too)."""
+    counts = ", ".join(f"{n} {status}" for status, n in view.get("counts", {}).items() if n)
+    state = "done" if view.get("done") else "running"
+    title = f"Batch {view.get('batch_id', '')}: {float(view.get('progress') or 0):.0f}% {state} · {counts}"
+    table = Table(title=title, title_justify="left")
+    for column in ("file", "task id", "status", "stage", "progress", "detail"):
+        table.add_column(column, overflow="fold", min_width=16 if column == "progress" else None)
+    for task in view.get("tasks", []):
+        table.add_row(
+            Text(task.get("filename", "")),
+            Text(task.get("task_id", "") + (" (duplicate)" if task.get("duplicate") else "")),
+            status_text(task.get("status", "")),
+            Text(task.get("stage") or ""),
+            _progress_cell(float(task.get("progress") or 0)),
+            Text(task.get("error") or "", style="red"),
+        )
+    for error in view.get("errors", []):
+        detail = f"{error.get('status_code')} {error.get('error')}: {error.get('detail')}"
+        name = Text(error.get("filename", ""))
+        table.add_row(name, "", status_text("rejected"), "", "", Text(detail, style="red"))
+    return table
+
+
+def batch_cancel_table(body: dict) -> Table:
+    table = Table(title=f"Batch {body.get('batch_id', '')}: {body.get('message', '')}", title_justify="left")
+    for column in ("file", "task id", "outcome"):
+        table.add_column(column, overflow="fold")
+    for task in body.get("tasks", []):
+        name, task_id = Text(task.get("filename", "")), Text(task.get("task_id", ""))
+        table.add_row(name, task_id, status_text(task["outcome"]))
+    return table

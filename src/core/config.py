@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     min_free_disk_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
     max_uploads_dir_bytes: int = Field(default=20 * 1024 * 1024 * 1024, ge=0)
     max_query_chars: int = 8000
+    #: POST /batch: at most this many file parts (413 `too_many_files` beyond, nothing kept) and this
+    #: many bytes of body in all (413); each file also obeys MAX_UPLOAD_BYTES.
+    max_batch_files: int = Field(default=100, ge=1, le=10_000)
+    max_batch_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
     #: PDF/DOCX are parsed in a child process (src/rag/parse_worker.py) with these bounds; a
     #: document past any of them fails its task (not retried) with a clear error.
     #: DOCX/ZIP members may expand to this many bytes in total...

@@ -61,6 +61,10 @@ class TruncatedUpload(MalformedUpload):
     pass
 
 
+class PartHeadersTooLarge(MalformedUpload):
+    """Part headers, boundaries and non-file fields over their bound (the parser buffers headers)."""
+
+
 class MultipleFileParts(MalformedUpload):
     """More than one file part: which one is "the" document is ambiguous, so none is stored."""
 
@@ -79,6 +83,10 @@ class EmptyText(IngestionError):
 
 class TooLarge(IngestionError):
     """Over the upload byte limit or the text character limit."""
+
+
+class TooManyFiles(TooLarge):
+    """A batch with more file parts than MAX_BATCH_FILES: refused whole, nothing of it kept."""
 
 
 class UnsupportedType(IngestionError):
@@ -129,6 +137,10 @@ class DocumentNotFound(IngestionError):
 
 class NotCancellable(IngestionError):
     """The task already reached a final status (context: status)."""
+
+
+class BatchNotFound(IngestionError):
+    """Unknown, expired, or owned by another tenant (the same answer, so nothing leaks)."""
 
 
 # ----------------------------------------------------------------- the knowledge base and its model

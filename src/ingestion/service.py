@@ -53,7 +53,7 @@ from src.ingestion.errors import (
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge_bases import TenantEngine, TenantEngines
-from src.ingestion.uploads import SavedUpload, receive_upload, sanitize_filename
+from src.ingestion.uploads import Pace, SavedUpload, receive_upload, sanitize_filename
 from src.rag.doc_listing import DocumentPage, list_documents
 from src.tasks.models import CreateOutcome, Stage, TaskKind, TaskRecord, TaskStatus
 from src.tasks.runner import TaskRunner
@@ -144,8 +144,7 @@ class IngestionService:
         self, tenant: str, headers: Mapping[str, str], body: AsyncIterator[bytes], options: SubmitOptions
     ) -> SavedUpload:
         """Check what can be checked before the body is read, then stream it to disk."""
-        self._check_options(options)
-        await self._refuse_when_full(tenant)
+        await self.admit(tenant, options)
         return await receive_upload(
             dict(headers),
             body,
@@ -153,10 +152,13 @@ class IngestionService:
             TaskStore.new_task_id(),
             max_bytes=self.settings.max_upload_bytes,
             extra_fields=("doc_id", "callback_url"),
-            idle_timeout=self.settings.upload_idle_timeout_seconds,
-            min_bytes_per_second=self.settings.upload_min_bytes_per_second,
-            rate_grace_seconds=self.settings.upload_min_rate_grace_seconds,
+            pace=Pace.of(self.settings),
         )
+
+    async def admit(self, tenant: str, options: SubmitOptions) -> None:
+        """What is refused before any byte of a body is read: bad options, a full queue."""
+        self._check_options(options)
+        await self._refuse_when_full(tenant)
 
     async def submit_file(self, tenant: str, saved: SavedUpload, options: SubmitOptions) -> Accepted:
         """Queue a streamed upload; form fields fill in options the query string left out."""

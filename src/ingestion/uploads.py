@@ -6,6 +6,12 @@ aiofiles to the task's partial file (named by `UploadFiles`). The size limit, th
 (extension and magic bytes), emptiness, exactly one file part, the room left on disk and the
 pace of the body (idle timeout, minimum average rate) are checked as the data flows; on any
 failure the partial file is removed. Only a complete, valid upload is renamed to its final name.
+
+`receive_batch` streams several ``files`` parts the same way, each under its own task id: a part
+that fails its own checks (size, type, content, emptiness, disk) becomes a rejection and the other
+parts go on; whatever breaks the body itself (too many parts, too many bytes in all, malformed or
+truncated multipart, a stalled client) refuses the whole batch and removes every file of it.
+Bytes that are not file data (part headers, boundaries, other fields) are bounded in both.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import os
 import re
 import time
 import unicodedata
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiofiles
 import aiofiles.os
@@ -29,11 +36,15 @@ from streaming_form_data.targets import BaseTarget, ValueTarget
 from src.ingestion.errors import (
     ContentMismatch,
     EmptyUpload,
+    IngestionError,
+    InsufficientStorage,
     MalformedUpload,
     MissingFilePart,
     MultipleFileParts,
     NotMultipart,
+    PartHeadersTooLarge,
     TooLarge,
+    TooManyFiles,
     TruncatedUpload,
     UnsupportedType,
     UploadTimeout,
@@ -41,11 +52,45 @@ from src.ingestion.errors import (
 from src.ingestion.files import UploadFiles
 from src.rag.parsers import SUPPORTED_EXTENSIONS
 
-__all__ = ["SavedUpload", "receive_upload", "sanitize_filename"]
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from src.core.config import Settings
 
-#: Room for multipart boundaries and part headers on top of the file itself.
+__all__ = [
+    "Pace",
+    "ReceivedBatch",
+    "RejectedFile",
+    "SavedUpload",
+    "receive_batch",
+    "receive_upload",
+    "sanitize_filename",
+]
+
+#: Room for multipart boundaries, part headers and other fields on top of the file data...
 MULTIPART_OVERHEAD = 64 * 1024
+#: ...plus this much per file part (its boundary and headers); beyond: 400 part_headers_too_large.
+PART_OVERHEAD = 8 * 1024
 _MAX_NAME = 200
+
+#: The failures of one file of a batch that leave the other files alone.
+_FILE_ERRORS = (TooLarge, UnsupportedType, EmptyUpload, InsufficientStorage)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How a request body must arrive: ``idle_timeout`` (0 = none) bounds the wait for each piece;
+    after ``grace`` seconds the body must also have averaged ``min_rate`` bytes/s (0 = no floor)."""
+
+    idle_timeout: float = 0.0
+    min_rate: float = 0.0
+    grace: float = 0.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Pace:
+        return cls(
+            settings.upload_idle_timeout_seconds,
+            settings.upload_min_bytes_per_second,
+            settings.upload_min_rate_grace_seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -140,12 +185,130 @@ class _DiskTarget(BaseTarget):
             await self._file.close()
             self._file = None
 
+    @property
+    def part_bytes(self) -> int:
+        """Bytes of file data received (the rest of the body is overhead, and bounded)."""
+        return self.size
 
-async def _paced(
-    body: AsyncIterator[bytes], idle_timeout: float, min_rate: float, grace: float
-) -> AsyncIterator[bytes]:
+    async def store(self, task_id: str, form_fields: dict[str, str]) -> SavedUpload:
+        """The checks that need the whole file, then the partial file becomes the stored upload."""
+        if self.size == 0:
+            raise EmptyUpload("the uploaded file is empty")
+        _check_magic(self.extension, self._head)
+        final_path = self.files.final_path(task_id, self.extension)
+        await aiofiles.os.replace(self.part_path, final_path)
+        return SavedUpload(
+            task_id=task_id,
+            path=final_path,
+            original_name=sanitize_filename(self.multipart_filename),
+            extension=self.extension,
+            size=self.size,
+            sha256=self.digest.hexdigest(),
+            content_type=self.multipart_content_type,
+            form_fields=form_fields,
+        )
+
+    async def discard(self) -> None:
+        """Close and remove the partial file (a failed part)."""
+        await self.close()
+        await self.files.remove_path(self.part_path)
+
+
+@dataclass(frozen=True)
+class RejectedFile:
+    """A file of a batch refused by its own checks; ``error`` says why (as /insert would)."""
+
+    filename: str
+    error: IngestionError
+
+
+@dataclass
+class ReceivedBatch:
+    saved: list[SavedUpload] = field(default_factory=list)
+    rejected: list[RejectedFile] = field(default_factory=list)
+
+
+class _BatchTarget(BaseTarget):
+    """Receives every file part of a batch, each through its own `_DiskTarget` under a new task id.
+
+    A part that fails its own checks is rejected (its partial file removed, the rest of its bytes
+    skipped) and the next part starts afresh; more parts than ``max_files`` refuse the batch."""
+
+    def __init__(
+        self, files: UploadFiles, new_task_id: Callable[[], str], max_bytes: int, max_files: int
+    ) -> None:
+        super().__init__()
+        self.files = files
+        self.new_task_id = new_task_id
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.parts = 0
+        #: Every byte of file parts, stored or skipped.
+        self.part_bytes = 0
+        self.in_part = False
+        self.received = ReceivedBatch()
+        self._current: _DiskTarget | None = None
+        self._task_id = ""
+
+    async def on_start_async(self) -> None:
+        self.parts += 1
+        if self.parts > self.max_files:
+            raise TooManyFiles(f"a batch takes at most {self.max_files} files; send the rest in another")
+        self.in_part = True
+        self._task_id = self.new_task_id()
+        target = _DiskTarget(self.files.part_path(self._task_id), self.max_bytes, self.files)
+        # The parser names each part on this target; the content type arrives after the start.
+        target.multipart_filename, self.multipart_filename = self.multipart_filename, None
+        self.multipart_content_type = None
+        self._current = target
+        try:
+            await target.on_start_async()
+        except _FILE_ERRORS as exc:
+            await self._reject(exc)
+
+    async def on_data_received_async(self, chunk: bytes) -> None:
+        self.part_bytes += len(chunk)
+        if self._current is None:  # a rejected part: skip the rest of it
+            return
+        try:
+            await self._current.on_data_received_async(chunk)
+        except _FILE_ERRORS as exc:
+            await self._reject(exc)
+
+    async def on_finish_async(self) -> None:
+        self.in_part = False
+        target = self._current
+        if target is None:
+            return
+        target.multipart_content_type = self.multipart_content_type
+        await target.on_finish_async()
+        try:
+            saved = await target.store(self._task_id, {})
+        except _FILE_ERRORS as exc:
+            await self._reject(exc)
+            return
+        self._current = None
+        self.received.saved.append(saved)
+
+    async def _reject(self, exc: IngestionError) -> None:
+        target, self._current = self._current, None
+        assert target is not None
+        await target.discard()
+        self.received.rejected.append(RejectedFile(sanitize_filename(target.multipart_filename), exc))
+
+    async def discard_all(self) -> None:
+        """The batch is refused as a whole: nothing of it stays on disk."""
+        if self._current is not None:
+            await self._current.discard()
+            self._current = None
+        for saved in self.received.saved:
+            await self.files.remove_path(saved.path)
+
+
+async def _paced(body: AsyncIterator[bytes], pace: Pace) -> AsyncIterator[bytes]:
     """``body``, but a stalled or too slow client raises UploadTimeout instead of holding the
     connection and its partial file open forever."""
+    idle_timeout, min_rate, grace = pace.idle_timeout, pace.min_rate, pace.grace
     chunks = body.__aiter__()
     start = time.monotonic()
     received = 0
@@ -166,11 +329,57 @@ async def _paced(
                 raise UploadTimeout(
                     f"the request body arrived slower than {min_rate:g} bytes/s; upload aborted"
                 ) from None
-            raise UploadTimeout(
-                f"no request body data for {idle_timeout:g} s; upload aborted"
-            ) from None
+            raise UploadTimeout(f"no request body data for {idle_timeout:g} s; upload aborted") from None
         received += len(chunk)
         yield chunk
+
+
+def _open_parser(headers: dict[str, str], limit: int, hint: str) -> StreamingFormDataParser:
+    """Refuse what can be refused before the body is read: not multipart, a declared length over
+    ``limit``, no usable boundary."""
+    content_type = headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise NotMultipart(hint)
+    declared = _declared_length(headers)
+    if declared > limit:
+        raise TooLarge(f"request body exceeds the limit of {limit} bytes")
+    try:
+        return StreamingFormDataParser(headers=headers)
+    except ParseFailedException as exc:
+        raise MalformedUpload(f"malformed multipart request: {exc}") from exc
+
+
+def _declared_length(headers: dict[str, str]) -> int:
+    declared = headers.get("content-length")
+    return int(declared) if declared and declared.isdigit() else 0
+
+
+async def _feed(
+    parser: StreamingFormDataParser,
+    body: AsyncIterator[bytes],
+    target: _DiskTarget | _BatchTarget,
+    pace: Pace,
+    *,
+    limit: int,
+    limit_message: str,
+) -> None:
+    """Push the whole body through the parser: at most ``limit`` bytes, and the bytes that are not
+    file data (part headers, boundaries, other fields, which the parser buffers or drops) at most
+    MULTIPART_OVERHEAD plus PART_OVERHEAD per file part."""
+    received = 0
+    async for chunk in _paced(body, pace):
+        received += len(chunk)
+        if received > limit:
+            raise TooLarge(limit_message)
+        try:
+            await parser.adata_received(chunk)
+        except ParseFailedException as exc:
+            raise MalformedUpload(f"malformed multipart request: {exc}") from exc
+        allowed = MULTIPART_OVERHEAD + target.parts * PART_OVERHEAD
+        if received - target.part_bytes > allowed:
+            raise PartHeadersTooLarge(
+                f"part headers and non-file fields exceed {allowed} bytes; send only file parts"
+            )
 
 
 async def receive_upload(
@@ -182,65 +391,63 @@ async def receive_upload(
     max_bytes: int,
     field: str = "file",
     extra_fields: tuple[str, ...] = (),
-    idle_timeout: float = 0.0,
-    min_bytes_per_second: float = 0.0,
-    rate_grace_seconds: float = 0.0,
+    pace: Pace = Pace(),
 ) -> SavedUpload:
-    """Parse ``body`` as multipart/form-data and store the ``field`` part as the upload of ``task_id``.
+    """Parse ``body`` as multipart/form-data and store the ``field`` part as the upload of ``task_id``."""
+    limit = max_bytes + MULTIPART_OVERHEAD
+    parser = _open_parser(headers, limit, f"send the document as multipart/form-data with a '{field}' field")
+    await files.check_room(_declared_length(headers))
 
-    ``idle_timeout`` (0 = none) bounds the wait for each piece of the body; after
-    ``rate_grace_seconds`` the body must also have averaged ``min_bytes_per_second`` (0 = no floor).
-    """
-    content_type = headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise NotMultipart("send the document as multipart/form-data with a 'file' field")
-    declared = headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
-        raise TooLarge(f"request body exceeds the upload limit of {max_bytes} bytes")
-    try:
-        parser = StreamingFormDataParser(headers=headers)
-    except ParseFailedException as exc:
-        raise MalformedUpload(f"malformed multipart request: {exc}") from exc
-
-    await files.check_room(int(declared) if declared and declared.isdigit() else 0)
-
-    part_path = files.part_path(task_id)
-    target = _DiskTarget(part_path, max_bytes, files)
+    target = _DiskTarget(files.part_path(task_id), max_bytes, files)
     parser.register(field, target)
     values = {name: ValueTarget() for name in extra_fields}
     for name, value_target in values.items():
         parser.register(name, value_target)
-    received = 0
     try:
-        async for chunk in _paced(body, idle_timeout, min_bytes_per_second, rate_grace_seconds):
-            received += len(chunk)
-            if received > max_bytes + MULTIPART_OVERHEAD:
-                raise TooLarge(f"request body exceeds the upload limit of {max_bytes} bytes")
-            try:
-                await parser.adata_received(chunk)
-            except ParseFailedException as exc:
-                raise MalformedUpload(f"malformed multipart request: {exc}") from exc
+        message = f"request body exceeds the upload limit of {max_bytes} bytes"
+        await _feed(parser, body, target, pace, limit=limit, limit_message=message)
         if target.multipart_filename is None and not target.finished and target.size == 0:
             raise MissingFilePart(f"the request has no '{field}' file part")
         if not target.finished:
             raise TruncatedUpload("the multipart body ended before the file part was complete")
-        if target.size == 0:
-            raise EmptyUpload("the uploaded file is empty")
-        _check_magic(target.extension, target._head)
-        final_path = files.final_path(task_id, target.extension)
-        await aiofiles.os.replace(part_path, final_path)
+        fields = {name: v.value.decode("utf-8", "replace") for name, v in values.items() if v.value}
+        return await target.store(task_id, fields)
     except BaseException:
-        await target.close()
-        await files.remove_path(part_path)
+        await target.discard()
         raise
-    return SavedUpload(
-        task_id=task_id,
-        path=final_path,
-        original_name=sanitize_filename(target.multipart_filename),
-        extension=target.extension,
-        size=target.size,
-        sha256=target.digest.hexdigest(),
-        content_type=target.multipart_content_type,
-        form_fields={name: v.value.decode("utf-8", "replace") for name, v in values.items() if v.value},
-    )
 
+
+async def receive_batch(
+    headers: dict[str, str],
+    body: AsyncIterator[bytes],
+    files: UploadFiles,
+    *,
+    new_task_id: Callable[[], str],
+    max_bytes: int,
+    max_files: int,
+    max_total_bytes: int,
+    field: str = "files",
+    pace: Pace = Pace(),
+) -> ReceivedBatch:
+    """Parse ``body`` as multipart/form-data and store each ``field`` part under a new task id.
+
+    Each file obeys ``max_bytes`` and the checks of `receive_upload` on its own (a failure becomes a
+    `RejectedFile`); the body obeys ``max_files`` parts and ``max_total_bytes`` in all, or nothing is
+    kept. Other fields are ignored (their bytes count as overhead)."""
+    hint = f"send the documents as multipart/form-data with one '{field}' part per file"
+    parser = _open_parser(headers, max_total_bytes, hint)
+    await files.check_room(_declared_length(headers))
+
+    target = _BatchTarget(files, new_task_id, max_bytes, max_files)
+    parser.register(field, target)
+    try:
+        message = f"request body exceeds the batch limit of {max_total_bytes} bytes"
+        await _feed(parser, body, target, pace, limit=max_total_bytes, limit_message=message)
+        if target.parts == 0:
+            raise MissingFilePart(f"the request has no '{field}' file part")
+        if target.in_part:
+            raise TruncatedUpload("the multipart body ended before the last file part was complete")
+    except BaseException:
+        await target.discard_all()
+        raise
+    return target.received

@@ -18,6 +18,8 @@ All keys live under one ``prefix`` (per deployment, per test); <t> is a tenant:
   idem:<t>:<key>       string "<task id>|<request fingerprint>" of an Idempotency-Key
   tenant:<t>           hash, per-tenant quotas (max_running, max_pending), written by src.tenancy
   tenants:seen         set of tenants that ever created a task
+  batch:<id>           hash, a batch of uploads (tenant, created_at, its tasks and rejected files as
+                       JSON); expires (src/tasks/batches.py)
 
 The Lua scripts cannot take all their keys as KEYS (they discover tenants and ids while running),
 so they build them from the same names through :data:`LUA_KEYS`, generated here.
@@ -40,6 +42,7 @@ DOC = "doc:"
 IDEMPOTENCY = "idem:"
 TENANT_QUOTA = "tenant:"
 TENANTS_SEEN = "tenants:seen"
+BATCH = "batch:"
 
 #: Index name listing every task of a tenant (the others are named after statuses).
 INDEX_ALL = "all"
@@ -79,6 +82,9 @@ class Keys:
 
     def tenant_quota(self, tenant: str) -> str:
         return f"{self.prefix}{TENANT_QUOTA}{tenant}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}{BATCH}{batch_id}"
 
 
 def _lua_keys() -> str:
