@@ -101,7 +101,7 @@ class Operations(Generic[Out, Pieces]):
         memory) or ``(filename, bytes | file object)``; doc ids come from the content. When no file
         is accepted, `RagApiError` ``batch_rejected`` carries the ``errors`` in its ``body``.
         Options: ``priority``, ``callback_url``."""
-        fields, headers = submission(options, "batch_upload", BatchOptions)
+        fields, headers, _ = submission(options, "batch_upload", BatchOptions)
         parts, handles = batch_parts(files)
         return self._call(Call("POST", "/batch", fields, headers, files=parts, handles=handles))
 
