@@ -15,11 +15,14 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
+from src.tasks.keys import Keys
 from tests.helpers import free_port, story, wait_sync
 from tests.procs import ROOT, service_env, start_mock_llm, start_service, stop_process
 
@@ -59,12 +62,13 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
     llm_port, port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     data_dir = tmp_path / "data"
+    prefix = f"ui{uuid.uuid4().hex[:8]}:"
     env = service_env(
         data_dir,
         port,
         llm_port,
         REDIS_URL=redis_url,
-        REDIS_PREFIX=f"ui{uuid.uuid4().hex[:8]}:",
+        REDIS_PREFIX=prefix,
         WORKSPACE=f"ui{uuid.uuid4().hex[:8]}",
         EMBEDDING_PROVIDER="hash",
         # The mock LLM answers every call after 1 s, so a document stays "processing" for a while;
@@ -108,7 +112,15 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
                     "request",
                     lambda req: None if req.url.startswith(base) else external.append(req.url),
                 )
-                _scenario(sync_api, page, base, first, slow, waiting, tmp_path)
+                redis_client = redis.Redis.from_url(redis_url)
+
+                def forget(batch_id: str) -> object:
+                    return redis_client.delete(Keys(prefix).batch(batch_id))
+
+                try:
+                    _scenario(sync_api, page, base, (first, slow, waiting), tmp_path, forget)
+                finally:
+                    redis_client.close()
                 assert errors == [], errors
                 assert external == [], external
             finally:
@@ -127,8 +139,11 @@ def _row(page, filename: str):
     return page.locator("#tasks-body tr", has=page.locator(".filename", has_text=filename))
 
 
-def _scenario(sync_api, page, base: str, first: Path, slow: Path, waiting: Path, tmp_path: Path) -> None:
+def _scenario(
+    sync_api, page, base: str, files: tuple[Path, Path, Path], tmp_path: Path, forget: Callable[[str], object]
+) -> None:
     expect = sync_api.expect
+    first, slow, waiting = files
     page.goto(f"{base}/ui")
     expect(page).to_have_title("RAG ingestion dashboard")
     expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=15_000)
@@ -184,7 +199,7 @@ def _scenario(sync_api, page, base: str, first: Path, slow: Path, waiting: Path,
 
     _batch_to_done(sync_api, page)
     _documents_tab(sync_api, page, base, first)
-    _batch_split_and_cancel(sync_api, page)
+    _batch_split_and_cancel(sync_api, page, forget)
 
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -253,7 +268,7 @@ def _batch_to_done(sync_api, page) -> None:
     expect(rejected.locator(".batch-file", has_text="driver.bin")).to_contain_text("HTTP 415")
 
 
-def _batch_split_and_cancel(sync_api, page) -> None:
+def _batch_split_and_cancel(sync_api, page, forget: Callable[[str], object]) -> None:
     expect = sync_api.expect
     # 6. Four files against MAX_BATCH_FILES=3: the 413 too_many_files is shown and the files go as
     # two batches of two. Large files on one worker: the second batch waits, and is cancelled.
@@ -284,6 +299,17 @@ def _batch_split_and_cancel(sync_api, page) -> None:
     expect(state).to_have_text("done: cancelled 2", timeout=30_000)
     expect(cancel).to_be_hidden()
     expect(_row(page, "volume-3.txt").locator(".badge")).to_have_text("cancelled", timeout=15_000)
+
+    # A batch the server no longer knows (its record gone, as after its TTL): the cancel's 404 is
+    # shown, and the status reads stop with the 404 shown (no endless polling).
+    forget(first_half.get_attribute("data-batch-id"))
+    page.once("dialog", lambda dialog: dialog.accept())
+    first_half.get_by_role("button", name="Cancel the batch of 2 files").click()
+    expect(first_half.locator(".batch-outcome")).to_contain_text("cancel failed: HTTP 404", timeout=15_000)
+    expect(first_half.locator(".batch-head .upload-state")).to_contain_text(
+        "status unavailable: HTTP 404", timeout=15_000
+    )
+    expect(first_half.get_by_role("button", name="Cancel the batch of 2 files")).to_be_hidden()
 
 
 def _documents_tab(sync_api, page, base: str, first: Path) -> None:

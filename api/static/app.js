@@ -665,6 +665,10 @@
   /** Read GET /batch/{id} and show its overall progress, counts and each file's status. */
   async function refreshBatch(batch) {
     if (batch.done || batch.loading) return;
+    if (!batch.item.isConnected) {
+      stopBatch(batch); // trimmed from the log: nobody sees it any more
+      return;
+    }
     batch.loading = true;
     try {
       const response = await api(`/batch/${encodeURIComponent(batch.id)}`, { cache: "no-store" });
