@@ -266,6 +266,9 @@ def _batch_to_done(sync_api, page) -> None:
     expect(rejected.locator(".batch-head .upload-state")).to_contain_text("batch_rejected")
     expect(rejected.locator(".batch-file[data-state=error]")).to_have_count(2)
     expect(rejected.locator(".batch-file", has_text="driver.bin")).to_contain_text("HTTP 415")
+    bar = rejected.locator("[role=progressbar]")
+    expect(bar).to_have_count(1)
+    expect(bar).to_be_hidden()  # nothing to make progress
 
 
 def _batch_split_and_cancel(sync_api, page, forget: Callable[[str], object]) -> None:

@@ -567,6 +567,9 @@
       text: "Cancel batch",
       attrs: { type: "button", "aria-label": `Cancel the batch of ${count} files` },
     });
+    // Progress and cancel only mean something once the server accepted the batch.
+    bar.hidden = true;
+    percent.hidden = true;
     cancel.hidden = true;
     const outcome = el("span", { className: "batch-outcome" });
     head.append(title, state, bar, percent, cancel, outcome);
@@ -640,6 +643,8 @@
     }
     showFileErrors(batch, body.errors);
     setBatchState(batch, `${body.tasks.length} accepted, ${body.errors.length} refused`, "busy");
+    batch.bar.hidden = false;
+    batch.percent.hidden = false;
     batch.cancel.hidden = false;
     batch.poll = setInterval(() => refreshBatch(batch), BATCH_POLL_MS);
     refreshBatch(batch);
