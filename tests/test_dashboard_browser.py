@@ -1,7 +1,9 @@
 """The browser dashboard driven by headless Chromium through Playwright, against the real service
 (uvicorn subprocess, mock LLM with 1 s latency, one task at a time): upload, live progress to
-completed, cancel a pending task, query with "context only", the documents tab (a hostile file
-name shown as text, range, status filter, delete refused while indexing, delete), screenshot.
+completed, cancel a pending task, query with "context only", batches (several files as one POST
+/batch with per-file lines and overall progress to done, a refused batch, a 413 too_many_files split
+into smaller groups, cancel batch), the documents tab (a hostile file name shown as text, range,
+status filter, delete refused while indexing, delete), the task kind tag, screenshot.
 Set UPDATE_SCREENSHOTS=1 to refresh docs/img/dashboard.png. Browsers are never downloaded: Chromium
 is found the way .ci/run finds it (`command -v chromium`, else chromium-browser or google-chrome);
 CI installs Debian's.
@@ -13,11 +15,14 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
+from src.tasks.keys import Keys
 from tests.helpers import free_port, story, wait_sync
 from tests.procs import ROOT, service_env, start_mock_llm, start_service, stop_process
 
@@ -57,18 +62,21 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
     llm_port, port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     data_dir = tmp_path / "data"
+    prefix = f"ui{uuid.uuid4().hex[:8]}:"
     env = service_env(
         data_dir,
         port,
         llm_port,
         REDIS_URL=redis_url,
-        REDIS_PREFIX=f"ui{uuid.uuid4().hex[:8]}:",
+        REDIS_PREFIX=prefix,
         WORKSPACE=f"ui{uuid.uuid4().hex[:8]}",
         EMBEDDING_PROVIDER="hash",
         # The mock LLM answers every call after 1 s, so a document stays "processing" for a while;
         # with one task at a time, the next upload stays "pending" long enough to be cancelled.
         LLM_PROVIDER="openai",
         MAX_CONCURRENT_TASKS="1",
+        # Small enough that the dashboard's groups of 100 get a 413 too_many_files for 4 files.
+        MAX_BATCH_FILES="3",
         LOG_LEVEL="INFO",
     )
     uploads = tmp_path / "uploads"
@@ -104,7 +112,15 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
                     "request",
                     lambda req: None if req.url.startswith(base) else external.append(req.url),
                 )
-                _scenario(sync_api, page, base, first, slow, waiting, tmp_path)
+                redis_client = redis.Redis.from_url(redis_url)
+
+                def forget(batch_id: str) -> object:
+                    return redis_client.delete(Keys(prefix).batch(batch_id))
+
+                try:
+                    _scenario(sync_api, page, base, (first, slow, waiting), tmp_path, forget)
+                finally:
+                    redis_client.close()
                 assert errors == [], errors
                 assert external == [], external
             finally:
@@ -123,8 +139,11 @@ def _row(page, filename: str):
     return page.locator("#tasks-body tr", has=page.locator(".filename", has_text=filename))
 
 
-def _scenario(sync_api, page, base: str, first: Path, slow: Path, waiting: Path, tmp_path: Path) -> None:
+def _scenario(
+    sync_api, page, base: str, files: tuple[Path, Path, Path], tmp_path: Path, forget: Callable[[str], object]
+) -> None:
     expect = sync_api.expect
+    first, slow, waiting = files
     page.goto(f"{base}/ui")
     expect(page).to_have_title("RAG ingestion dashboard")
     expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=15_000)
@@ -178,7 +197,9 @@ def _scenario(sync_api, page, base: str, first: Path, slow: Path, waiting: Path,
     expect(error_item).to_contain_text("HTTP 415", timeout=15_000)
     expect(error_item).to_contain_text("unsupported")
 
+    _batch_to_done(sync_api, page)
     _documents_tab(sync_api, page, base, first)
+    _batch_split_and_cancel(sync_api, page, forget)
 
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -191,6 +212,107 @@ def _scenario(sync_api, page, base: str, first: Path, slow: Path, waiting: Path,
 
 #: A file name a browser would run if the page inserted it as HTML.
 HOSTILE = '<img src=x onerror="window.__xss=1">.txt'
+#: The same for a file of a batch (a browser's multipart encoding would escape quotes).
+HOSTILE_EXE = "<img src=x onerror=window.__xss=2>.exe"
+
+
+def _payload(name: str, text: str) -> dict:
+    return {"name": name, "mimeType": "text/plain", "buffer": text.encode()}
+
+
+def _batch_entry(page, text: str):
+    """The upload log entry of the batch with a line (or title) containing ``text``."""
+    return page.locator("#upload-log li.batch-item", has=page.locator(".filename", has_text=text))
+
+
+def _batch_to_done(sync_api, page) -> None:
+    expect = sync_api.expect
+    # 5. Three files chosen at once are one POST /batch: one entry, a line per file (the refused one
+    # with the server's error, its hostile name as text), overall progress up to done.
+    page.set_input_files(
+        "#file-input",
+        [
+            _payload("tide-tables.txt", story("tide tables", "Brinewick", 8)),
+            _payload("canal-boats.md", "# Canal boats\n\n" + story("canal boats", "Lockhaven", 8)),
+            _payload(HOSTILE_EXE, "MZ binary"),
+        ],
+    )
+    entry = _batch_entry(page, "tide-tables.txt")
+    expect(entry).to_have_count(1, timeout=15_000)
+    expect(entry.locator(".batch-file[data-state=ok]")).to_have_count(2, timeout=15_000)
+    expect(entry.locator(".batch-file[data-state=ok]").first).to_contain_text("queued as task")
+    refused = entry.locator(".batch-file[data-state=error]")
+    expect(refused).to_have_count(1)
+    expect(refused.locator(".filename")).to_have_text(HOSTILE_EXE)
+    expect(refused.locator(".upload-state")).to_contain_text("HTTP 415")
+    expect(refused.locator(".upload-state")).to_contain_text("unsupported")
+    assert page.locator("#upload-log img").count() == 0
+    assert page.evaluate("() => window.__xss === undefined")
+    progress = entry.locator(".batch-head [role=progressbar]")
+    expect(progress).to_have_attribute("aria-valuenow", "100", timeout=120_000)
+    state = entry.locator(".batch-head .upload-state")
+    expect(state).to_have_text("done: completed 2 · 1 refused", timeout=30_000)
+    expect(entry.locator(".batch-file[data-state=ok]").first).to_contain_text("completed")
+    expect(entry.get_by_role("button", name="Cancel the batch of 3 files")).to_be_hidden()
+    # Its tasks are in the live table, tagged with their kind.
+    expect(_row(page, "tide-tables.txt").locator(".kind")).to_have_text("file")
+
+    # A batch of which no file is accepted shows each file's error.
+    page.set_input_files(
+        "#file-input", [_payload("setup-tool.exe", "MZ one"), _payload("driver.bin", "MZ two")]
+    )
+    rejected = _batch_entry(page, "setup-tool.exe")
+    expect(rejected).to_have_attribute("data-state", "error", timeout=15_000)
+    expect(rejected.locator(".batch-head .upload-state")).to_contain_text("batch_rejected")
+    expect(rejected.locator(".batch-file[data-state=error]")).to_have_count(2)
+    expect(rejected.locator(".batch-file", has_text="driver.bin")).to_contain_text("HTTP 415")
+    bar = rejected.locator("[role=progressbar]")
+    expect(bar).to_have_count(1)
+    expect(bar).to_be_hidden()  # nothing to make progress
+
+
+def _batch_split_and_cancel(sync_api, page, forget: Callable[[str], object]) -> None:
+    expect = sync_api.expect
+    # 6. Four files against MAX_BATCH_FILES=3: the 413 too_many_files is shown and the files go as
+    # two batches of two. Large files on one worker: the second batch waits, and is cancelled.
+    page.set_input_files(
+        "#file-input",
+        [_payload(f"volume-{i}.txt", story(f"archive volume {i}", f"Tomekeeper{i}", 300)) for i in range(4)],
+    )
+    split = _batch_entry(page, "Batch of 4 files")
+    expect(split.locator(".batch-head .upload-state")).to_contain_text("too_many_files", timeout=15_000)
+    expect(split.locator(".batch-head .upload-state")).to_contain_text("smaller groups")
+    first_half, second_half = _batch_entry(page, "volume-0.txt"), _batch_entry(page, "volume-3.txt")
+    expect(first_half.locator(".batch-file[data-state=ok]")).to_have_count(2, timeout=15_000)
+    expect(second_half.locator(".batch-file[data-state=ok]")).to_have_count(2, timeout=15_000)
+    cancel = second_half.get_by_role("button", name="Cancel the batch of 2 files")
+    expect(cancel).to_be_visible()
+
+    # A dismissed confirmation cancels nothing; an accepted one (keyboard) shows the server's outcome.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    cancel.click()
+    expect(second_half.locator(".batch-outcome")).to_have_text("")
+    page.once("dialog", lambda dialog: dialog.accept())
+    cancel.focus()
+    page.keyboard.press("Enter")
+    expect(second_half.locator(".batch-outcome")).to_have_text(
+        "2 task(s) cancelled, 0 being stopped", timeout=15_000
+    )
+    state = second_half.locator(".batch-head .upload-state")
+    expect(state).to_have_text("done: cancelled 2", timeout=30_000)
+    expect(cancel).to_be_hidden()
+    expect(_row(page, "volume-3.txt").locator(".badge")).to_have_text("cancelled", timeout=15_000)
+
+    # A batch the server no longer knows (its record gone, as after its TTL): the cancel's 404 is
+    # shown, and the status reads stop with the 404 shown (no endless polling).
+    forget(first_half.get_attribute("data-batch-id"))
+    page.once("dialog", lambda dialog: dialog.accept())
+    first_half.get_by_role("button", name="Cancel the batch of 2 files").click()
+    expect(first_half.locator(".batch-outcome")).to_contain_text("cancel failed: HTTP 404", timeout=15_000)
+    expect(first_half.locator(".batch-head .upload-state")).to_contain_text(
+        "status unavailable: HTTP 404", timeout=15_000
+    )
+    expect(first_half.get_by_role("button", name="Cancel the batch of 2 files")).to_be_hidden()
 
 
 def _documents_tab(sync_api, page, base: str, first: Path) -> None:
@@ -250,9 +372,11 @@ def _documents_tab(sync_api, page, base: str, first: Path) -> None:
     page.get_by_label("Status").select_option("")
     expect(busy_row).to_have_count(1, timeout=10_000)
 
-    # Back to the tasks tab (the screenshot shows it), with the keyboard: arrow keys move between tabs.
+    # Back to the tasks tab (the screenshot shows it), with the keyboard: arrow keys move between tabs;
+    # a text task is tagged with its kind.
     page.get_by_role("tab", name="Documents").focus()
     page.keyboard.press("ArrowLeft")
     expect(page.get_by_role("tab", name="Tasks")).to_be_focused()
     expect(page.locator("#panel-tasks")).to_be_visible()
     expect(page.locator("#panel-documents")).to_be_hidden()
+    expect(_row(page, HOSTILE).locator(".kind")).to_have_text("text")

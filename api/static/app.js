@@ -1,4 +1,4 @@
-// RAG ingestion dashboard: uploads, a live task table (Server-Sent Events), queue stats, queries,
+// RAG ingestion dashboard: uploads (several files as one batch), a live task table (Server-Sent Events), queue stats, queries,
 // and a documents tab (the knowledge base's documents, with delete).
 // Plain browser JavaScript, no dependencies. All server data is inserted with textContent or
 // attributes, never as HTML.
@@ -107,8 +107,9 @@
     const cells = {};
     cells.file = el("td", { className: "file" });
     cells.fileName = el("span", { className: "filename" });
+    cells.kind = el("span", { className: "kind" });
     cells.fileSize = el("span", { className: "sub" });
-    cells.file.append(cells.fileName, cells.fileSize);
+    cells.file.append(cells.fileName, cells.kind, cells.fileSize);
     cells.doc = el("td", { className: "doc" });
     cells.docId = el("code");
     cells.doc.append(cells.docId);
@@ -151,6 +152,11 @@
     entry.row.dataset.status = status;
     c.fileName.textContent = label;
     c.fileName.title = `task ${t.task_id}`;
+    // The task's kind (file, text, query...) as a small tag; unknown future kinds show as they are.
+    const kind = typeof t.kind === "string" ? t.kind : "";
+    c.kind.textContent = kind;
+    c.kind.hidden = !kind;
+    c.kind.title = kind ? `${kind} task` : "";
     c.fileSize.textContent = formatSize(t.file_size);
     c.docId.textContent = t.doc_id || "";
     c.docId.title = t.doc_id || "";
@@ -227,6 +233,8 @@
     placeRow(entry);
     trimRows();
     $("tasks-empty").hidden = tasks.size > 0;
+    const batch = batchOfTask.get(task.task_id);
+    if (batch) scheduleBatchRefresh(batch);
     if (previous && previous !== task.status) {
       announce(`${task.filename || task.task_id}: ${task.status}`);
       if (FINAL.has(task.status) && documentsShown()) scheduleDocuments();
@@ -508,12 +516,236 @@
     }
   }
 
+  // ---------------------------------------------------------------- batch uploads
+
+  const MAX_BATCH_FILES = 100; // the service's default MAX_BATCH_FILES; smaller groups on its 413
+  const BATCH_POLL_MS = 3000;
+  const batchOfTask = new Map(); // task_id -> batch entry, so task events refresh their batch
+
+  /** Read a JSON error body, or null (not JSON). */
+  async function jsonOrNull(response) {
+    try {
+      return await response.clone().json();
+    } catch (_) {
+      return null;
+    }
+  }
+
+  /** One line of a batch entry: a file and what became of it. */
+  function batchLine(list, filename, text, state) {
+    const item = el("li", { className: "batch-file", attrs: { "data-state": state } });
+    const stateNode = el("span", { className: "upload-state", text });
+    item.append(el("span", { className: "filename", text: filename }), stateNode);
+    list.append(item);
+    return stateNode;
+  }
+
+  function fileErrorText(error) {
+    const code = error.error ? ` (${error.error})` : "";
+    return `HTTP ${error.status_code}: ${error.detail || "refused"}${code}`;
+  }
+
+  /** The upload log entry of one batch: a head with overall progress and a cancel button, then
+   * one line per file. Returns the entry the batch functions below update. */
+  function logBatch(count) {
+    const item = el("li", { className: "upload-item batch-item", attrs: { "data-state": "busy" } });
+    const head = el("div", { className: "batch-head" });
+    const title = el("span", { className: "filename", text: `Batch of ${count} files` });
+    const state = el("span", { className: "upload-state", text: "waiting…" });
+    const bar = el("div", {
+      className: "progress",
+      attrs: {
+        role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": 0,
+        "aria-label": `Progress of the batch of ${count} files`,
+      },
+    });
+    const fill = el("div", { className: "progress-fill" });
+    bar.append(fill);
+    const percent = el("span", { className: "percent", text: "0 %" });
+    const cancel = el("button", {
+      className: "cancel cancel-batch",
+      text: "Cancel batch",
+      attrs: { type: "button", "aria-label": `Cancel the batch of ${count} files` },
+    });
+    // Progress and cancel only mean something once the server accepted the batch.
+    bar.hidden = true;
+    percent.hidden = true;
+    cancel.hidden = true;
+    const outcome = el("span", { className: "batch-outcome" });
+    head.append(title, state, bar, percent, cancel, outcome);
+    const files = el("ul", { className: "batch-files" });
+    item.append(head, files);
+    uploadLog.prepend(item);
+    while (uploadLog.children.length > 20) uploadLog.lastElementChild.remove();
+    const batch = { id: null, item, state, bar, fill, percent, cancel, outcome, files, lines: new Map(),
+      done: false, timer: null, poll: null, loading: false };
+    cancel.addEventListener("click", () => cancelBatch(batch));
+    return batch;
+  }
+
+  function setBatchState(batch, text, kind) {
+    batch.state.textContent = text;
+    batch.item.dataset.state = kind;
+  }
+
+  function setBatchProgress(batch, value) {
+    const progress = clampProgress(value);
+    batch.bar.setAttribute("aria-valuenow", String(Math.round(progress)));
+    batch.fill.style.width = `${progress}%`;
+    batch.percent.textContent = `${Math.round(progress)} %`;
+  }
+
+  /** Show each refused file of an answer with the error the server gave it. */
+  function showFileErrors(batch, errors) {
+    for (const error of errors || []) {
+      batchLine(batch.files, error.filename, fileErrorText(error), "error");
+    }
+  }
+
+  /** Send one group of files as one POST /batch; a 413 too_many_files splits it in two. */
+  async function uploadBatch(files) {
+    const batch = logBatch(files.length);
+    setBatchState(batch, `uploading ${files.length} files…`, "busy");
+    const form = new FormData();
+    for (const file of files) form.append("files", file, file.name);
+    let response;
+    try {
+      response = await api("/batch", { method: "POST", body: form });
+    } catch (err) {
+      setBatchState(batch, `network error: ${err}`, "error");
+      return;
+    }
+    if (!response.ok) {
+      const body = await jsonOrNull(response);
+      if (body && body.code === "too_many_files" && files.length > 1) {
+        // The server takes fewer files per request than we assumed: send two smaller groups.
+        setBatchState(batch, `${await errorText(response)} — sent again in smaller groups`, "info");
+        const half = Math.ceil(files.length / 2);
+        await uploadBatch(files.slice(0, half));
+        await uploadBatch(files.slice(half));
+        return;
+      }
+      setBatchState(batch, await errorText(response), "error");
+      if (body && Array.isArray(body.errors)) showFileErrors(batch, body.errors);
+      return;
+    }
+    const body = await response.json();
+    batch.id = body.batch_id;
+    batch.item.dataset.batchId = body.batch_id;
+    for (const task of body.tasks) {
+      const text = task.duplicate
+        ? `already known: task ${task.task_id} (${task.status})`
+        : `queued as task ${task.task_id}`;
+      const line = batchLine(batch.files, task.filename, text, "ok");
+      batch.lines.set(task.task_id, { node: line, text });
+      batchOfTask.set(task.task_id, batch);
+      refreshTask(task.task_id);
+    }
+    showFileErrors(batch, body.errors);
+    setBatchState(batch, `${body.tasks.length} accepted, ${body.errors.length} refused`, "busy");
+    batch.bar.hidden = false;
+    batch.percent.hidden = false;
+    batch.cancel.hidden = false;
+    batch.poll = setInterval(() => refreshBatch(batch), BATCH_POLL_MS);
+    refreshBatch(batch);
+  }
+
+  function scheduleBatchRefresh(batch) {
+    // Many task events in a row cause one status read.
+    if (batch.done || batch.timer || !batch.id) return;
+    batch.timer = setTimeout(() => {
+      batch.timer = null;
+      refreshBatch(batch);
+    }, 300);
+  }
+
+  function stopBatch(batch) {
+    batch.done = true;
+    clearInterval(batch.poll);
+    clearTimeout(batch.timer);
+    batch.cancel.hidden = true;
+    for (const taskId of batch.lines.keys()) batchOfTask.delete(taskId);
+  }
+
+  /** Read GET /batch/{id} and show its overall progress, counts and each file's status. */
+  async function refreshBatch(batch) {
+    if (batch.done || batch.loading) return;
+    if (!batch.item.isConnected) {
+      stopBatch(batch); // trimmed from the log: nobody sees it any more
+      return;
+    }
+    batch.loading = true;
+    try {
+      const response = await api(`/batch/${encodeURIComponent(batch.id)}`, { cache: "no-store" });
+      if (!response.ok) {
+        setBatchState(batch, `status unavailable: ${await errorText(response)}`, "error");
+        if (response.status === 404) stopBatch(batch);
+        return;
+      }
+      renderBatch(batch, await response.json());
+    } catch (_) {
+      /* the next poll tries again */
+    } finally {
+      batch.loading = false;
+    }
+  }
+
+  function renderBatch(batch, view) {
+    setBatchProgress(batch, view.progress);
+    const counts = Object.entries(view.counts || {})
+      .filter(([, n]) => n > 0)
+      .map(([name, n]) => `${name} ${n}`)
+      .join(", ");
+    const refused = (view.errors || []).length;
+    const prefix = view.done ? "done" : `${view.total} accepted`;
+    setBatchState(batch, `${prefix}: ${counts || "no task"}${refused ? ` · ${refused} refused` : ""}`,
+      view.done ? "ok" : "busy");
+    for (const task of view.tasks || []) {
+      const line = batch.lines.get(task.task_id);
+      if (!line) continue;
+      let text = `${line.text} · ${task.status}`;
+      if (task.status === "failed" && task.error) text += `: ${task.error}`;
+      line.node.textContent = text;
+      line.node.parentNode.dataset.state = task.status === "failed" ? "error" : "ok";
+    }
+    if (view.done) stopBatch(batch);
+  }
+
+  async function cancelBatch(batch) {
+    const question = `Cancel every pending or running task of this batch (${batch.lines.size} files)?`;
+    if (!window.confirm(question)) return;
+    batch.cancel.disabled = true;
+    try {
+      const response = await api(`/batch/${encodeURIComponent(batch.id)}`, { method: "DELETE" });
+      if (!response.ok) {
+        const text = `cancel failed: ${await errorText(response)}`;
+        batch.outcome.textContent = text;
+        batch.outcome.classList.add("error-text");
+        batch.cancel.disabled = false;
+        return;
+      }
+      const body = await response.json();
+      batch.outcome.textContent = body.message;
+      batch.outcome.classList.remove("error-text");
+      refreshBatch(batch);
+    } catch (err) {
+      batch.outcome.textContent = `cancel failed: ${err}`;
+      batch.outcome.classList.add("error-text");
+      batch.cancel.disabled = false;
+    }
+  }
+
   function uploadFiles(fileList) {
     const files = Array.from(fileList || []);
-    for (const file of files) {
-      const report = logUpload(file);
-      // One at a time, in the order given: the queue order matches what the user dropped.
-      uploadChain = uploadChain.then(() => uploadOne(file, report));
+    if (files.length === 1) {
+      const report = logUpload(files[0]);
+      uploadChain = uploadChain.then(() => uploadOne(files[0], report));
+      return;
+    }
+    // Several files: one POST /batch per group, one after the other, in the order given.
+    for (let i = 0; i < files.length; i += MAX_BATCH_FILES) {
+      const group = files.slice(i, i + MAX_BATCH_FILES);
+      uploadChain = uploadChain.then(() => uploadBatch(group));
     }
   }
 
