@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     #: indexed). LightRAG indexes MAX_PARALLEL_INSERT of them at once (default: half); the rest wait
     #: inside the same LightRAG pass, which keeps the LLM busy across pass boundaries.
     max_concurrent_tasks: int = Field(default=8, ge=1, le=256)
+    #: Extra slots usable only by a task of higher priority than the lowest one running here, so an
+    #: urgent document never waits for a slot to free up (default: a quarter of the slots, at least
+    #: one; 0 = none). See src/tasks/admission.py.
+    express_task_slots: int | None = Field(default=None, ge=0, le=64)
     #: Stable id of this service instance; a restarted instance reclaims its own leases at once.
     instance_id: str | None = None
     lease_seconds: float = 30.0
