@@ -129,8 +129,9 @@ async def start_services(
             express_slots=express_slots_for(settings.max_concurrent_tasks)
             if settings.express_task_slots is None
             else settings.express_task_slots,
-            # A document merging or waiting for its commit yields its slot to the next one.
-            finishing_slots=settings.max_concurrent_tasks,
+            # A document merging or waiting for its commit yields its slot to the next one. Merges of
+            # documents sharing entities queue on LightRAG's keyed locks: room for two slots' worth.
+            finishing_slots=2 * settings.max_concurrent_tasks,
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
             sweep_seconds=settings.sweep_seconds,

@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     #: Texts per provider call; concurrent requests are coalesced up to this size (src/rag/batching.py).
     embedding_batch_size: int = Field(default=32, ge=1)
     embedding_max_async: int = Field(default=4, ge=1)
+    #: Ask OpenAI-compatible endpoints for base64 vectors (LightRAG's default too): decoding a JSON
+    #: list of floats per vector costs the event loop far more. false for providers refusing it.
+    embedding_use_base64: bool = True
     #: How long the first embedding request of a batch waits for others to join it (0 = no waiting).
     embedding_batch_wait_ms: float = Field(default=5.0, ge=0)
     #: Threads of the local embedding engines (onnx intra-op threads, e5 OMP_NUM_THREADS); unset = default.
