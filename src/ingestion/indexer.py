@@ -50,6 +50,8 @@ from lightrag.utils import (
     sanitize_text_for_encoding,
 )
 
+from src.rag.scheduler import call_context
+
 log = logging.getLogger(__name__)
 
 #: Stages reported to the progress callback.
@@ -506,25 +508,27 @@ class DocumentIndexer:
             observed_graph = _ObservedGraph(rag.chunk_entity_relation_graph, on_node, on_edge)
 
             async def merge() -> None:
-                async with self.gate.shared():
-                    await merge_nodes_and_edges(
-                        chunk_results=chunk_results,
-                        knowledge_graph_inst=observed_graph,
-                        entity_vdb=rag.entities_vdb,
-                        relationships_vdb=rag.relationships_vdb,
-                        global_config=global_config,
-                        full_entities_storage=rag.full_entities,
-                        full_relations_storage=rag.full_relations,
-                        doc_id=doc_id,
-                        pipeline_status=scope.status,
-                        pipeline_status_lock=scope.lock,
-                        llm_response_cache=rag.llm_response_cache,
-                        entity_chunks_storage=rag.entity_chunks,
-                        relation_chunks_storage=rag.relation_chunks,
-                        current_file_number=1,
-                        total_files=1,
-                        file_path=file_path,
-                    )
+                # Its LLM and embedding calls run under LightRAG's keyed locks: admitted first.
+                with call_context(merging=True):
+                    async with self.gate.shared():
+                        await merge_nodes_and_edges(
+                            chunk_results=chunk_results,
+                            knowledge_graph_inst=observed_graph,
+                            entity_vdb=rag.entities_vdb,
+                            relationships_vdb=rag.relationships_vdb,
+                            global_config=global_config,
+                            full_entities_storage=rag.full_entities,
+                            full_relations_storage=rag.full_relations,
+                            doc_id=doc_id,
+                            pipeline_status=scope.status,
+                            pipeline_status_lock=scope.lock,
+                            llm_response_cache=rag.llm_response_cache,
+                            entity_chunks_storage=rag.entity_chunks,
+                            relation_chunks_storage=rag.relation_chunks,
+                            current_file_number=1,
+                            total_files=1,
+                            file_path=file_path,
+                        )
 
             await self._stage(scope, merge())
             await rag.doc_status.upsert(
