@@ -50,7 +50,7 @@ from lightrag.utils import (
     sanitize_text_for_encoding,
 )
 
-from src.rag.scheduler import call_context
+from src.rag.scheduler import CallScheduler, call_context
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,7 @@ class DocumentIndexer:
         *,
         flush: Flush | None = None,
         chunk_concurrency: int | None = None,
+        merge_concurrency: int | None = None,
         split_by_character: str | None = None,
         split_by_character_only: bool = False,
     ):
@@ -244,6 +245,13 @@ class DocumentIndexer:
         self.flush: Flush = flush or self.flush_all
         #: Per-document bound on chunks in extraction at once, like LightRAG's extract_entities.
         self.chunk_concurrency = max(1, chunk_concurrency or int(rag.llm_model_max_async))
+        #: Documents merging at once in this workspace, admitted by task priority. Merges of documents
+        #: sharing entities serialise on LightRAG's keyed locks, and a relation takes the locks of both
+        #: its entities: past a few merges, more of them only lengthen the lock queues (40 one-chunk
+        #: documents at LLM_MAX_ASYNC 16: ~12 s unbounded, ~10 s with 4, 12-19 s with 1-2).
+        self.merge_slots = CallScheduler(
+            max(1, merge_concurrency or max(4, int(rag.llm_model_max_async) // 4)), "merge"
+        )
         self.split_by_character = split_by_character
         self.split_by_character_only = split_by_character_only
         self.gate = GraphGate()
@@ -530,7 +538,11 @@ class DocumentIndexer:
                             file_path=file_path,
                         )
 
-            await self._stage(scope, merge())
+            await self.merge_slots.acquire()  # outside the stage: a cancel while queued is immediate
+            try:
+                await self._stage(scope, merge())
+            finally:
+                self.merge_slots.release()
             await rag.doc_status.upsert(
                 {
                     doc_id: {
