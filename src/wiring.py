@@ -20,6 +20,7 @@ from src.ingestion.knowledge_bases import TenantEngines
 from src.ingestion.ownership import LocalOwnership, Ownership, build_ownership
 from src.ingestion.service import IngestionService
 from src.rag.storage.fence import register_write_fence
+from src.tasks.admission import express_slots_for
 from src.tasks.batches import BatchStore
 from src.tasks.models import TaskRecord
 from src.tasks.runner import RunnerConfig, TaskRunner
@@ -129,6 +130,12 @@ async def start_services(
         handler,
         RunnerConfig(
             max_concurrent=settings.max_concurrent_tasks,
+            express_slots=express_slots_for(settings.max_concurrent_tasks)
+            if settings.express_task_slots is None
+            else settings.express_task_slots,
+            # A document merging or waiting for its commit yields its slot to the next one. Merges of
+            # documents sharing entities queue on LightRAG's keyed locks: room for two slots' worth.
+            finishing_slots=2 * settings.max_concurrent_tasks,
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
             sweep_seconds=settings.sweep_seconds,

@@ -121,14 +121,17 @@ async def test_limiter_kwargs_are_dropped_and_batch_runs_at_top_priority() -> No
     scheduler = CallScheduler(2, "t-batch")
     batcher = EmbeddingBatcher(provider, max_batch=8, wait_ms=5, scheduler=scheduler)
 
-    async def at(priority: int, text: str) -> np.ndarray:
-        with call_context(priority=priority, tenant=f"tenant{priority}"):
+    async def at(priority: int, text: str, merging: bool = False) -> np.ndarray:
+        with call_context(priority=priority, tenant=f"tenant{priority}", merging=merging):
             return await batcher([text], _priority=5)
 
     await asyncio.gather(at(1, "a"), at(8, "b"), at(3, "c"))
     (texts, kwargs, ctx) = provider.batches[0]
     assert kwargs == {}
-    assert ctx.priority == 8 and ctx.tenant == "tenant8"
+    assert ctx.priority == 8 and ctx.tenant == "tenant8" and not ctx.merging
+    # A merge's request (under LightRAG's keyed locks) lifts the batch it joins to a merge call.
+    await asyncio.gather(at(4, "d"), at(4, "e", merging=True))
+    assert provider.batches[-1][2].merging and provider.batches[-1][2].priority == 4
     assert scheduler.active == 0
 
 

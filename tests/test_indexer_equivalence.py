@@ -371,6 +371,42 @@ async def test_documents_never_wait_for_each_other(pair) -> None:
     assert (await slow).chunks_count >= 3
 
 
+async def test_a_document_queued_for_a_merge_slot_is_cancelled_at_once(pair) -> None:
+    """Catches a cancel that waits for another document's merge: with one merge slot held by a
+    merge stuck on LightRAG's keyed lock, the queued document stops and is purged meanwhile."""
+    ours, _, _ = pair
+    indexer = DocumentIndexer(ours, merge_concurrency=1)
+    held = get_storage_keyed_lock(["Victimora"], namespace=f"{ours.workspace}:GraphDB")
+    await held.__aenter__()
+    merging: dict[str, asyncio.Event] = {"doc-v": asyncio.Event(), "doc-b": asyncio.Event()}
+
+    def sink_for(doc_id: str) -> Any:
+        async def sink(progress: IndexProgress) -> None:
+            if progress.stage == "merging":
+                merging[doc_id].set()
+
+        return sink
+
+    first = asyncio.create_task(
+        indexer.index("doc-v", VICTIM, file_path="v.txt", track_id="tv", on_progress=sink_for("doc-v"))
+    )
+    await asyncio.wait_for(merging["doc-v"].wait(), 60)
+    queued = asyncio.create_task(
+        indexer.index("doc-b", BYSTANDER, file_path="b.txt", track_id="tb", on_progress=sink_for("doc-b"))
+    )
+    await asyncio.wait_for(merging["doc-b"].wait(), 60)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert not first.done()  # still stuck in its merge: the cancel did not wait for it
+    deleted = asyncio.create_task(indexer.delete("doc-b"))  # a delete waits for merges in flight
+    await asyncio.sleep(0)
+    await held.__aexit__(None, None, None)
+    assert (await deleted).status == "success"
+    assert (await first).chunks_count >= 3
+    assert await residue(ours, "doc-b", await chunk_ids_of(ours, BYSTANDER)) == []
+
+
 async def test_delete_from_outside_stops_the_running_document(pair) -> None:
     """Catches DELETE /documents waiting for (or racing) a document still being indexed here."""
     ours, _, control = pair

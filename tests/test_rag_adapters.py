@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
@@ -563,13 +564,21 @@ async def test_openai_embedding_batches_with_one_client(tmp_path: Path, no_netwo
     )
     func = build_embedding_func(settings)
     sizes: list[int] = []
+    formats: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         sizes.append(len(body["input"]))
+        formats.append(body.get("encoding_format"))
+        vectors = [np.array([len(text), 1.0, 0.0, 0.0], dtype="<f4") for text in body["input"]]
         data = [
-            {"object": "embedding", "index": i, "embedding": [float(len(text)), 1.0, 0.0, 0.0]}
-            for i, text in enumerate(body["input"])
+            {
+                "object": "embedding",
+                "index": i,
+                # base64 when asked for it; a list from a server that ignores the parameter
+                "embedding": base64.b64encode(v.tobytes()).decode() if i % 2 else v.tolist(),
+            }
+            for i, v in enumerate(vectors)
         ]
         return httpx.Response(
             200,
@@ -586,3 +595,9 @@ async def test_openai_embedding_batches_with_one_client(tmp_path: Path, no_netwo
     assert vectors.shape == (4, 4)
     assert sizes == [2, 2]
     assert vectors[:, 0].tolist() == [1.0, 2.0, 3.0, 1.0]  # order kept although the server reversed it
+    assert formats == ["base64", "base64"]
+
+    plain = build_embedding_func(settings.model_copy(update={"embedding_use_base64": False}))
+    plain.func.embedder._client.set(_mock_client(handler))
+    assert (await plain(["dddd"]))[:, 0].tolist() == [4.0]
+    assert formats[-1] == "float"

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from src.rag.scheduler import CallScheduler, call_context, current_call_context
+from src.rag.scheduler import CallContext, CallScheduler, call_context, current_call_context
 
 pytestmark = pytest.mark.unit
 
@@ -31,11 +31,11 @@ class Recorder:
     async def blocker(self) -> None:
         await self.gate.wait()
 
-    async def call(self, name: str, priority: int, tenant: str = "t") -> None:
+    async def call(self, name: str, priority: int, tenant: str = "t", merging: bool = False) -> None:
         async def body() -> None:
             self.order.append(name)
 
-        with call_context(priority=priority, tenant=tenant):
+        with call_context(priority=priority, tenant=tenant, merging=merging):
             await self.scheduler.run(body)
 
 
@@ -53,6 +53,25 @@ async def test_priority_overtakes_queued_low_priority_calls() -> None:
     await asyncio.gather(hold, *low, high)
     assert r.order[0] == "high"
     assert r.order[1:] == [f"low{i}" for i in range(5)]  # then by age
+
+
+async def test_merge_calls_go_first_within_their_priority() -> None:
+    """Catches a merge's summary call (made under LightRAG's keyed entity lock, which every document
+    merging that entity waits for) queued behind extraction calls of its priority; a higher
+    priority still goes before it."""
+    s = CallScheduler(1, "t-merge")
+    r = Recorder(s)
+    hold = asyncio.create_task(s.run(r.blocker))
+    await _settle()
+    calls = [asyncio.create_task(r.call(f"extract{i}", 5)) for i in range(3)]
+    await _settle()
+    calls.append(asyncio.create_task(r.call("merge", 5, merging=True)))
+    calls.append(asyncio.create_task(r.call("low-merge", 1, merging=True)))
+    calls.append(asyncio.create_task(r.call("urgent", 9)))
+    await _settle()
+    r.gate.set()
+    await asyncio.gather(hold, *calls)
+    assert r.order == ["urgent", "merge", "extract0", "extract1", "extract2", "low-merge"]
 
 
 async def test_tenants_take_turns_at_equal_priority() -> None:
@@ -184,6 +203,9 @@ async def test_context_is_copied_into_spawned_tasks_and_restored() -> None:
         assert child.priority == 9 and child.tenant == "acme"
         with call_context(priority=2):
             assert current_call_context().tenant == "acme"
+        with call_context(merging=True):  # the merge flag is kept by nested contexts
+            with call_context(priority=3):
+                assert current_call_context() == CallContext(3, "acme", merging=True)
     assert current_call_context() == outer
 
 

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     #: indexed). LightRAG indexes MAX_PARALLEL_INSERT of them at once (default: half); the rest wait
     #: inside the same LightRAG pass, which keeps the LLM busy across pass boundaries.
     max_concurrent_tasks: int = Field(default=8, ge=1, le=256)
+    #: Extra slots usable only by a task of higher priority than the lowest one running here, so an
+    #: urgent document never waits for a slot to free up (default: a quarter of the slots, at least
+    #: one; 0 = none). See src/tasks/admission.py.
+    express_task_slots: int | None = Field(default=None, ge=0, le=64)
     #: Stable id of this service instance; a restarted instance reclaims its own leases at once.
     instance_id: str | None = None
     lease_seconds: float = 30.0
@@ -184,6 +188,9 @@ class Settings(BaseSettings):
     #: Texts per provider call; concurrent requests are coalesced up to this size (src/rag/batching.py).
     embedding_batch_size: int = Field(default=32, ge=1)
     embedding_max_async: int = Field(default=4, ge=1)
+    #: Ask OpenAI-compatible endpoints for base64 vectors (LightRAG's default too): decoding a JSON
+    #: list of floats per vector costs the event loop far more. false for providers refusing it.
+    embedding_use_base64: bool = True
     #: How long the first embedding request of a batch waits for others to join it (0 = no waiting).
     embedding_batch_wait_ms: float = Field(default=5.0, ge=0)
     #: Threads of the local embedding engines (onnx intra-op threads, e5 OMP_NUM_THREADS); unset = default.

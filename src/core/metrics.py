@@ -36,10 +36,16 @@ PROVIDER_BATCHED_REQUESTS = Counter(
     registry=PROVIDER_REGISTRY,
 )
 PROVIDER_QUEUED = Gauge(
-    "ragsvc_provider_queued", "Provider calls waiting for a slot", ["provider"], registry=PROVIDER_REGISTRY
+    "ragsvc_provider_queued",
+    "Provider calls waiting for a slot (provider=merge: documents waiting to merge)",
+    ["provider"],
+    registry=PROVIDER_REGISTRY,
 )
 PROVIDER_RUNNING = Gauge(
-    "ragsvc_provider_running", "Provider calls holding a slot", ["provider"], registry=PROVIDER_REGISTRY
+    "ragsvc_provider_running",
+    "Provider calls holding a slot (provider=merge: documents merging)",
+    ["provider"],
+    registry=PROVIDER_REGISTRY,
 )
 
 

@@ -50,6 +50,8 @@ from lightrag.utils import (
     sanitize_text_for_encoding,
 )
 
+from src.rag.scheduler import CallScheduler, call_context
+
 log = logging.getLogger(__name__)
 
 #: Stages reported to the progress callback.
@@ -235,6 +237,7 @@ class DocumentIndexer:
         *,
         flush: Flush | None = None,
         chunk_concurrency: int | None = None,
+        merge_concurrency: int | None = None,
         split_by_character: str | None = None,
         split_by_character_only: bool = False,
     ):
@@ -242,6 +245,13 @@ class DocumentIndexer:
         self.flush: Flush = flush or self.flush_all
         #: Per-document bound on chunks in extraction at once, like LightRAG's extract_entities.
         self.chunk_concurrency = max(1, chunk_concurrency or int(rag.llm_model_max_async))
+        #: Documents merging at once in this workspace, admitted by task priority. Merges of documents
+        #: sharing entities serialise on LightRAG's keyed locks, and a relation takes the locks of both
+        #: its entities: past a few merges, more of them only lengthen the lock queues (40 one-chunk
+        #: documents at LLM_MAX_ASYNC 16: ~12 s unbounded, ~10 s with 4, 12-19 s with 1-2).
+        self.merge_slots = CallScheduler(
+            max(1, merge_concurrency or max(4, int(rag.llm_model_max_async) // 4)), "merge"
+        )
         self.split_by_character = split_by_character
         self.split_by_character_only = split_by_character_only
         self.gate = GraphGate()
@@ -506,27 +516,33 @@ class DocumentIndexer:
             observed_graph = _ObservedGraph(rag.chunk_entity_relation_graph, on_node, on_edge)
 
             async def merge() -> None:
-                async with self.gate.shared():
-                    await merge_nodes_and_edges(
-                        chunk_results=chunk_results,
-                        knowledge_graph_inst=observed_graph,
-                        entity_vdb=rag.entities_vdb,
-                        relationships_vdb=rag.relationships_vdb,
-                        global_config=global_config,
-                        full_entities_storage=rag.full_entities,
-                        full_relations_storage=rag.full_relations,
-                        doc_id=doc_id,
-                        pipeline_status=scope.status,
-                        pipeline_status_lock=scope.lock,
-                        llm_response_cache=rag.llm_response_cache,
-                        entity_chunks_storage=rag.entity_chunks,
-                        relation_chunks_storage=rag.relation_chunks,
-                        current_file_number=1,
-                        total_files=1,
-                        file_path=file_path,
-                    )
+                # Its LLM and embedding calls run under LightRAG's keyed locks: admitted first.
+                with call_context(merging=True):
+                    async with self.gate.shared():
+                        await merge_nodes_and_edges(
+                            chunk_results=chunk_results,
+                            knowledge_graph_inst=observed_graph,
+                            entity_vdb=rag.entities_vdb,
+                            relationships_vdb=rag.relationships_vdb,
+                            global_config=global_config,
+                            full_entities_storage=rag.full_entities,
+                            full_relations_storage=rag.full_relations,
+                            doc_id=doc_id,
+                            pipeline_status=scope.status,
+                            pipeline_status_lock=scope.lock,
+                            llm_response_cache=rag.llm_response_cache,
+                            entity_chunks_storage=rag.entity_chunks,
+                            relation_chunks_storage=rag.relation_chunks,
+                            current_file_number=1,
+                            total_files=1,
+                            file_path=file_path,
+                        )
 
-            await self._stage(scope, merge())
+            await self.merge_slots.acquire()  # outside the stage: a cancel while queued is immediate
+            try:
+                await self._stage(scope, merge())
+            finally:
+                self.merge_slots.release()
             await rag.doc_status.upsert(
                 {
                     doc_id: {

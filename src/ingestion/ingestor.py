@@ -34,6 +34,7 @@ from src.ingestion.indexer import (
 )
 from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, abort_parse, read_text_document
 from src.rag.scheduler import call_context
+from src.tasks.admission import yield_slot
 from src.tasks.models import Stage, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,10 @@ class DocumentIngestor:
             text = await self._extract_text(path, task.filename or path.name)
 
         async def on_progress(progress: IndexProgress) -> None:
+            if progress.stage == MERGING:
+                # Extraction (most of the LLM work) is over; merging waits mostly on LightRAG's keyed
+                # locks and on the group commit: that must not keep the next document from starting.
+                yield_slot()
             await report(*progress_percent(progress))
 
         try:

@@ -135,10 +135,10 @@ class EmbeddingBatcher:
 
     async def _send(self, segments: list[_Segment], kwargs: dict[str, Any]) -> None:
         texts = [t for s in segments for t in s.texts]
-        # The batch runs at the most urgent of its callers' priorities, for that caller's tenant.
-        lead = max(segments, key=lambda s: s.ctx.priority)
+        # The batch runs at the most urgent of its callers' ranks, for that caller's tenant.
+        lead = max(segments, key=lambda s: s.ctx.rank)
         try:
-            with call_context(priority=lead.ctx.priority, tenant=lead.ctx.tenant):
+            with call_context(priority=lead.ctx.priority, tenant=lead.ctx.tenant, merging=lead.ctx.merging):
                 if self.scheduler is not None:
                     result = await self.scheduler.run(self._call, texts, kwargs)
                 else:

@@ -7,6 +7,7 @@ Every provider is wrapped in ``lightrag.utils.EmbeddingFunc`` and returns a floa
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import os
@@ -240,6 +241,7 @@ class OpenAIEmbedder:
         self._timeout = float(settings.llm_timeout_seconds)
         self._attempts = int(settings.llm_max_retries)
         self._batch_size = int(settings.embedding_batch_size)
+        self._encoding = "base64" if settings.embedding_use_base64 else "float"
         self._dim = dim
         native = KNOWN_OPENAI_DIMS.get(self._model)
         # Only text-embedding-3-* accept a shortened `dimensions`; others must return `dim`.
@@ -251,7 +253,7 @@ class OpenAIEmbedder:
         return self._client.get()
 
     async def _embed_batch(self, batch: list[str]) -> np.ndarray:
-        kwargs: dict[str, Any] = {"model": self._model, "input": batch, "encoding_format": "float"}
+        kwargs: dict[str, Any] = {"model": self._model, "input": batch, "encoding_format": self._encoding}
         if self._send_dimensions:
             kwargs["dimensions"] = self._dim
         async for attempt in build_retrying(self._attempts):
@@ -260,7 +262,7 @@ class OpenAIEmbedder:
         data = sorted(response.data, key=lambda d: d.index)
         if len(data) != len(batch):
             raise RuntimeError(f"embedding endpoint returned {len(data)} vectors for {len(batch)} inputs")
-        array = np.asarray([d.embedding for d in data], dtype=np.float32)
+        array = np.asarray([_vector(d.embedding) for d in data], dtype=np.float32)
         if array.shape[1] != self._dim:
             raise ValueError(
                 f"embedding model {self._model!r} returned {array.shape[1]}-d vectors but "
@@ -282,6 +284,14 @@ class OpenAIEmbedder:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OpenAIEmbedder:
         return self
+
+
+def _vector(embedding: Any) -> np.ndarray | list[float]:
+    """One vector of an embeddings response: base64 of little-endian float32, or (from a server that
+    ignores ``encoding_format``) a list of floats."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+    return embedding
 
 
 def _build_openai(settings: Settings) -> EmbeddingFunc:

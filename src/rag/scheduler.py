@@ -5,6 +5,9 @@ One ``CallScheduler`` per provider bounds the calls in flight in this process (`
 highest task priority (0-9, higher first); among equal priorities the tenant served least
 recently goes first (round robin), and within a tenant the oldest call. So a priority-9
 document's calls overtake queued priority-1 calls, and one tenant's flood does not starve another.
+Within one priority, calls made while merging (``merging=True``) go first: LightRAG holds its
+keyed lock on an entity across the merge's summary and embedding calls, so a merge call queued
+behind other documents' extraction calls stalls every document that merges the same entity.
 
 A call's priority and tenant travel in a ContextVar that the task sets once
 (``with call_context(priority=7, tenant="acme"): ...``); tasks spawned inside copy it. That is
@@ -38,6 +41,13 @@ MIN_PRIORITY, MAX_PRIORITY = 0, 9
 class CallContext:
     priority: int = DEFAULT_PRIORITY
     tenant: str = DEFAULT_TENANT
+    #: Made inside a document's merge (under LightRAG's keyed locks): first within its priority.
+    merging: bool = False
+
+    @property
+    def rank(self) -> int:
+        """Admission class: the priority first, then merge calls before the rest."""
+        return self.priority * 2 + int(self.merging)
 
 
 _DEFAULT_CONTEXT = CallContext()
@@ -51,12 +61,16 @@ def current_call_context() -> CallContext:
 
 
 @contextlib.contextmanager
-def call_context(priority: int | None = None, tenant: str | None = None) -> Iterator[CallContext]:
-    """Set the priority / tenant of every provider call made inside (and in tasks spawned inside)."""
+def call_context(
+    priority: int | None = None, tenant: str | None = None, merging: bool | None = None
+) -> Iterator[CallContext]:
+    """Set the priority / tenant / merge flag of every provider call made inside (and in tasks
+    spawned inside)."""
     outer = _CALL_CONTEXT.get()
     ctx = CallContext(
         priority=outer.priority if priority is None else min(MAX_PRIORITY, max(MIN_PRIORITY, int(priority))),
         tenant=outer.tenant if tenant is None else str(tenant),
+        merging=outer.merging if merging is None else bool(merging),
     )
     token = _CALL_CONTEXT.set(ctx)
     try:
@@ -70,6 +84,7 @@ class _Waiter:
 
     def __init__(self, future: asyncio.Future[None], priority: int, tenant: str, seq: int) -> None:
         self.future = future
+        #: The admission class (CallContext.rank), not the bare task priority.
         self.priority = priority
         self.tenant = tenant
         self.seq = seq
@@ -89,7 +104,7 @@ class CallScheduler:
         self.limit = int(limit)
         self.name = name
         self.active = 0
-        #: priority -> tenant -> FIFO of waiters (empty containers are removed).
+        #: rank (priority, then merging) -> tenant -> FIFO of waiters (empty containers are removed).
         self._queues: dict[int, dict[str, deque[_Waiter]]] = {}
         #: tenant -> admission counter value when it was last served (round robin).
         self._served: dict[str, int] = {}
@@ -118,7 +133,7 @@ class CallScheduler:
             self._take()
             return
         assert self._loop is not None
-        waiter = _Waiter(self._loop.create_future(), ctx.priority, ctx.tenant, next(self._seq))
+        waiter = _Waiter(self._loop.create_future(), ctx.rank, ctx.tenant, next(self._seq))
         self._queues.setdefault(waiter.priority, {}).setdefault(waiter.tenant, deque()).append(waiter)
         PROVIDER_QUEUED.labels(self.name).inc()
         self._dispatch()  # a free slot behind stale (cancelled) entries must not strand this call

@@ -1,10 +1,11 @@
 """Admission and execution of tasks inside this process.
 
-One dispatcher loop claims pending tasks from Redis whenever a semaphore slot is free; each
-claimed task runs as its own asyncio task. One heartbeat loop renews the leases of all
-running tasks (so a long LLM call never lets a lease lapse) and notices cancel requests made
-through other instances; one sweeper loop requeues tasks whose lease expired (their worker
-died) and prunes index entries of expired records.
+One dispatcher loop claims pending tasks from Redis whenever a slot is free (src/tasks/admission.py:
+regular slots, plus express slots for tasks of higher priority than the lowest one running; a task
+past its LLM-heavy work yields its slot); each claimed task runs as its own asyncio task. One
+heartbeat loop renews the leases of all running tasks (so a long LLM call never lets a lease
+lapse) and notices cancel requests made through other instances; one sweeper loop requeues tasks
+whose lease expired (their worker died) and prunes index entries of expired records.
 
 Every attempt ends in exactly one of: completed; failed (permanent error, timeout, or retries
 exhausted); requeued with backoff (transient error); cancelled (after its partial data is
@@ -30,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from src.core.logs import current_task_id, current_tenant
 from src.core.metrics import Metrics
+from src.tasks.admission import Admission, Slot, bind_yield_hook
 from src.tasks.models import (
     AttemptOutcome,
     FinishOutcome,
@@ -102,11 +104,18 @@ class RunnerConfig:
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 60.0
     idle_poll_seconds: float = 1.0
+    #: Extra slots only for tasks of higher priority than the lowest running (0 = none).
+    express_slots: int = 0
+    #: Tasks that yielded their slot (src/tasks/admission.py) and are still finishing (0 = no yielding).
+    finishing_slots: int = 0
 
 
 @dataclass
 class _Running:
     task: TaskRecord
+    slot: Slot = field(default_factory=lambda: Slot(express=False))
+    #: The task gave its slot up for a place in the finishing pool.
+    yielded: bool = False
     job: asyncio.Task | None = None
     last_report: tuple[str, float] = ("", -1.0)
     started: float = field(default_factory=time.monotonic)
@@ -138,7 +147,7 @@ class TaskRunner:
         self.handler = handler
         self.config = config
         self.instance_id = instance_id
-        self._slots = asyncio.Semaphore(config.max_concurrent)
+        self._admission = Admission(config.max_concurrent, config.express_slots, config.finishing_slots)
         self._wake = asyncio.Event()
         self._running: dict[str, _Running] = {}
         self._loops: list[asyncio.Task] = []
@@ -266,27 +275,28 @@ class TaskRunner:
     # ------------------------------------------------------------------ dispatch
     async def _dispatch_loop(self) -> None:
         while self._accepting:
-            await self._slots.acquire()
+            slot = await self._admission.acquire()
             claimed: TaskRecord | None = None
             try:
                 self._wake.clear()
                 tenants = self.gate.claimable() if self.gate else None
-                claimed = await self.store.claim(self.instance_id, self.config.lease_seconds, tenants)
-                if claimed is None and self.gate is not None and self._accepting:
+                lease = self.config.lease_seconds
+                claimed = await self.store.claim(self.instance_id, lease, tenants, slot.min_priority)
+                if claimed is None and self.gate is not None and self._accepting and not slot.express:
                     free = self.config.max_concurrent - len(self._running)
                     pending = await self.store.tenants_with_pending()
                     if await self.gate.acquire_more(pending, self.running_by_tenant(), free):
                         tenants = self.gate.claimable()
-                        claimed = await self.store.claim(self.instance_id, self.config.lease_seconds, tenants)
+                        claimed = await self.store.claim(self.instance_id, lease, tenants)
             except asyncio.CancelledError:
-                self._slots.release()
+                self._admission.unused(slot)
                 raise
             except _REDIS_DOWN as exc:
                 log.warning("cannot claim tasks, Redis unavailable: %s", exc)
             except Exception:
                 log.exception("claiming a task failed; retrying")
             if claimed is None or not self._accepting:
-                self._slots.release()
+                self._admission.unused(slot)
                 if claimed is not None:  # stopping: give it straight back
                     await self.store.requeue(
                         claimed.task_id,
@@ -299,7 +309,8 @@ class TaskRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.config.idle_poll_seconds)
                 continue
-            running = _Running(task=claimed)
+            running = _Running(task=claimed, slot=slot)
+            self._admission.started(claimed.priority)
             self._running[claimed.task_id] = running
             running.job = asyncio.create_task(self._execute(running), name=f"task-{claimed.task_id}")
 
@@ -309,6 +320,7 @@ class TaskRunner:
         epoch = task.attempt
         current_task_id.set(task.task_id)
         current_tenant.set(task.tenant)
+        bind_yield_hook(lambda: self._yield_slot(running))
         if epoch == 1:
             self.metrics.admission_wait.observe(max(0.0, time.time() - task.created_at))
         log.info(
@@ -380,7 +392,13 @@ class TaskRunner:
                     log.info("task %s completed in %.2fs", task.task_id, time.monotonic() - running.started)
         finally:
             self._running.pop(task.task_id, None)
-            self._slots.release()
+            self._admission.finished(running.slot, task.priority, running.yielded)
+            self._wake.set()  # an express slot that found nothing may now find a regular one
+
+    def _yield_slot(self, running: _Running) -> None:
+        if not running.yielded and self._admission.yielded(running.slot, running.task.priority):
+            running.yielded = True
+            self._wake.set()
 
     async def _cancel(self, task: TaskRecord, epoch: int) -> None:
         """Stop this task's LLM work, delete its partial data, then record 'cancelled'."""

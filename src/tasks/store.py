@@ -241,12 +241,13 @@ class TaskStore:
         return record.task_id if record and not record.status.is_final else None
 
     async def claim(
-        self, owner: str, lease_seconds: float, tenants: list[str] | None = None
+        self, owner: str, lease_seconds: float, tenants: list[str] | None = None, min_priority: int = 0
     ) -> TaskRecord | None:
         """Atomically take the next pending task: attempt += 1, lease until now + lease_seconds.
 
         ``tenants``: only tasks of these tenants may be taken (the workspaces this instance owns);
-        None means any tenant."""
+        None means any tenant. ``min_priority``: only tasks of at least this priority (an express
+        slot, src/tasks/admission.py)."""
         if tenants is not None and not tenants:
             return None
         now = time.time()
@@ -260,6 +261,7 @@ class TaskStore:
                 str(PRIORITY_STEP),
                 "0" if tenants is None else "1",
                 *(tenants or []),
+                str(int(min_priority)),
             ]
         )
         if not raw:

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from src.tasks.admission import Admission, yield_slot
 from src.tasks.models import AttemptOutcome, Stage, TaskRecord, TaskStatus
 from src.tasks.runner import RunnerConfig, TaskHandler, TaskRunner
 from src.tasks.store import TaskStore
@@ -45,6 +46,7 @@ class FakeHandler:
         self.finals: list[tuple[str, TaskStatus]] = []
         self.forgotten: list[str] = []
         self.fail_hook = False
+        self.yielded: set[str] = set()
 
     def started_event(self, task_id: str) -> asyncio.Event:
         return self.started.setdefault(task_id, asyncio.Event())
@@ -76,6 +78,10 @@ class FakeHandler:
                 raise
         if action == "slow":
             await asyncio.sleep(0.3)
+        if action == "yield":  # its slot-bound work is over; the rest waits (like a group commit)
+            yield_slot()
+            self.yielded.add(task.task_id)
+            await self.release.wait()
         return {"attempt": task.attempt}
 
     async def discard(self, task: TaskRecord) -> None:
@@ -392,3 +398,104 @@ async def test_hundreds_of_tasks_under_concurrency_all_finish(store: TaskStore) 
     assert all(r.status == TaskStatus.COMPLETED for r in records) and len(records) == 300
     assert Counter(handler.finals) == Counter({(i, TaskStatus.COMPLETED): 1 for i in ids})
     assert await store.pending_count() == 0 and await store.running_ids() == []
+
+
+# ------------------------------------------------------------------ admission: express slots, yielding
+
+
+@asynccontextmanager
+async def _slots_full_of_priority_1(store: TaskStore, handler: FakeHandler) -> AsyncIterator[TaskRunner]:
+    """A runner with two slots and one express slot, both slots held by blocking priority-1 tasks."""
+    now = time.time()
+    for i in range(2):
+        await store.create(record(f"low{i}", priority=1, created_at=now + i))
+    async with running(store, handler, max_concurrent=2, express_slots=1) as runner:
+        for i in range(2):
+            await asyncio.wait_for(handler.started_event(f"low{i}").wait(), 10)
+        yield runner
+
+
+async def test_a_higher_priority_task_is_claimed_at_once_when_every_slot_is_taken(store: TaskStore) -> None:
+    """Catches priority stopping at the queue: with every slot held by priority-1 documents, a
+    priority-9 one must start now through an express slot, not when a slot frees up."""
+    handler = FakeHandler(default="block")
+    async with _slots_full_of_priority_1(store, handler) as runner:
+        await store.create(record("urgent", priority=9))
+        runner.notify()
+        await asyncio.wait_for(handler.started_event("urgent").wait(), 10)
+        assert runner.running_count == 3
+        handler.release.set()
+        for task_id in ("low0", "low1", "urgent"):
+            assert (await wait_final(store, task_id)).status == TaskStatus.COMPLETED
+
+
+async def test_an_express_slot_takes_no_task_that_does_not_outrank_the_running_ones(store: TaskStore) -> None:
+    """Catches an express slot used as one more regular slot: a priority-1 task behind running
+    priority-1 tasks waits, and the one express slot, once taken, admits nobody else."""
+    handler = FakeHandler(default="block")
+    async with _slots_full_of_priority_1(store, handler) as runner:
+        await store.create(record("low2", priority=1))
+        await store.create(record("urgent", priority=9))
+        runner.notify()
+        await asyncio.wait_for(handler.started_event("urgent").wait(), 10)
+        # The express slot went to "urgent", never to the older "low2": it is still waiting.
+        assert (await store.get("low2")).status == TaskStatus.PENDING
+        assert runner.running_count == 3
+        handler.release.set()
+        for task_id in ("low0", "low1", "low2", "urgent"):
+            assert (await wait_final(store, task_id)).status == TaskStatus.COMPLETED
+
+
+def test_express_and_finishing_slots_are_bounded() -> None:
+    """Catches unbounded admission: express slots only while the regular ones are full, only for a
+    priority above the lowest running, never more than configured; a full finishing pool keeps the
+    task in its slot."""
+    admission = Admission(regular=2, express=1, finishing=1)
+    regular = [admission.try_acquire(), admission.try_acquire()]
+    assert all(slot is not None and not slot.express for slot in regular)
+    assert admission.try_acquire() is None  # nothing runs yet: no priority to outrank
+    admission.started(1)
+    admission.started(4)
+    express = admission.try_acquire()
+    assert express is not None and express.express and express.min_priority == 2
+    assert admission.try_acquire() is None  # the only express slot is taken
+    admission.started(9)
+    admission.finished(express, 9)
+    assert admission.try_acquire() == express  # handed out again, still above priority 1
+    admission.unused(express)
+    # Yielding: the first task moves to the finishing pool and frees its slot; the pool is then full.
+    assert admission.yielded(regular[0], 1)
+    assert admission.lowest_running() == 4
+    assert not admission.yielded(regular[1], 4)
+    again = admission.try_acquire()
+    assert again is not None and not again.express
+    assert admission.in_use(express=False) == 2 and admission.finishing_count == 1
+    admission.finished(regular[0], 1, yielded=True)
+    assert admission.finishing_count == 0
+    admission.started(9)
+    admission.finished(again, 9)
+    admission.finished(regular[1], 4)
+    assert admission.in_use(express=False) == 0 and admission.lowest_running() is None
+    with pytest.raises(ValueError):
+        Admission(regular=0)
+
+
+async def test_a_task_that_yields_its_slot_lets_the_next_one_start(store: TaskStore) -> None:
+    """Catches a document that holds its slot while it only waits (merging, group commit): with one
+    slot, the next task starts while the first one is still running."""
+    handler = FakeHandler(script={"first": ["yield"]}, default="block")
+    now = time.time()
+    await store.create(record("first", created_at=now))
+    await store.create(record("second", created_at=now + 1))
+    async with running(store, handler, max_concurrent=1, finishing_slots=1) as runner:
+        await asyncio.wait_for(handler.started_event("second").wait(), 10)
+        assert handler.yielded == {"first"} and runner.running_count == 2
+        assert (await store.get("first")).status == TaskStatus.PROCESSING
+        handler.release.set()
+        for task_id in ("first", "second"):
+            assert (await wait_final(store, task_id)).status == TaskStatus.COMPLETED
+
+
+def test_yield_slot_outside_a_task_does_nothing() -> None:
+    """Catches a crash when code shared with non-task paths (a query, a test) calls it."""
+    yield_slot()

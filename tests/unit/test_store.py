@@ -158,6 +158,20 @@ async def test_claim_takes_highest_priority_then_oldest(store: TaskStore) -> Non
     assert await store.pending_count() == 0 and len(await store.running_ids()) == 4
 
 
+async def test_claim_with_a_minimum_priority_leaves_lower_ones_queued(store: TaskStore) -> None:
+    """Catches an express claim (src/tasks/admission.py) that takes a task no more urgent than the
+    ones running, or a minimum that hides the higher-priority task behind an older lower one."""
+    now = time.time()
+    await store.create(record("low", priority=1, created_at=now))
+    await store.create(record("same", priority=3, created_at=now + 1))
+    assert await store.claim("w", 60, min_priority=4) is None
+    await store.create(record("high", priority=9, created_at=now + 2))
+    assert (await store.claim("w", 60, min_priority=4)).task_id == "high"
+    assert await store.claim("w", 60, min_priority=4) is None
+    assert (await store.claim("w", 60, ["default"], min_priority=3)).task_id == "same"
+    assert (await store.claim("w", 60, ["default"])).task_id == "low"
+
+
 async def test_claim_respects_tenant_running_limit(make_store) -> None:
     """Catches max_running not being checked: one tenant could take every slot."""
     store = make_store(tenant_max_running=1)

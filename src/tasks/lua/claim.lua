@@ -3,14 +3,18 @@
 -- another's single file); tenants at their running-task quota are skipped. Due retries move from
 -- dq:<t> to q:<t> first.
 -- ARGV: prefix, now, lease_until, owner, default max running per tenant (0 = unbounded),
---       priority step of the queue score, '1' when only the tenants ARGV[8..] may be claimed (the
---       workspaces this instance owns) else '0'  ->  the claimed record (HGETALL) or false
+--       priority step of the queue score, '1' when only the tenants ARGV[8..#ARGV-1] may be claimed
+--       (the workspaces this instance owns) else '0', and last the minimum priority of the task
+--       (an express slot only takes a task that outranks the ones running)
+--       ->  the claimed record (HGETALL) or false
 local now = ARGV[2]
 local step = tonumber(ARGV[6])
+-- queue score = (9 - priority) * step + created_at: a head of a higher class has a lower priority
+local max_class = 9 - tonumber(ARGV[#ARGV])
 local tenants = nil
 if ARGV[7] == '1' then
   tenants = {}
-  for i = 8, #ARGV do tenants[#tenants + 1] = ARGV[i] end
+  for i = 8, #ARGV - 1 do tenants[#tenants + 1] = ARGV[i] end
   if #tenants == 0 then return false end
 end
 for _ = 1, 50 do
@@ -30,9 +34,9 @@ for _ = 1, 50 do
     else
       local cap = tonumber(redis.call('HGET', K.tenant_quota(t), 'max_running') or ARGV[5])
       local running = tonumber(redis.call('HGET', K.run_count, t) or '0')
-      if cap <= 0 or running < cap then
-        local score = tonumber(head[2])
-        local class = math.floor(score / step)
+      local score = tonumber(head[2])
+      local class = math.floor(score / step)
+      if class <= max_class and (cap <= 0 or running < cap) then
         local served = tonumber(redis.call('HGET', K.served, t) or '0')
         if best_t == nil or class < best_class or (class == best_class and (served < best_served or
            (served == best_served and score < best_score))) then
