@@ -73,7 +73,14 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
     for module in routers:
         app.include_router(module.router)
     app.include_router(ui_router)
+    if settings.role == "worker":
+        # A worker runs tasks; it answers only its probes (every other path: 404 JSON).
+        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) in WORKER_PATHS]
     return app
+
+
+#: The only paths a ROLE=worker instance serves.
+WORKER_PATHS = frozenset({"/health", "/metrics"})
 
 
 settings = get_settings()

@@ -121,8 +121,9 @@ def _lua_keys() -> str:
     lines = ["local p = ARGV[1]", "local K = {}"]
     lines += [f"K.{name} = p..'{value}'" for name, value in fixed.items()]
     lines += [f"function K.{name}(x) return p..'{value}'..x end" for name, value in by_id.items()]
-    lines += [f"function K.{name}(t, x) return p..'{value}'..t..':'..x end"
-              for name, value in by_pair.items()]
+    lines += [
+        f"function K.{name}(t, x) return p..'{value}'..t..':'..x end" for name, value in by_pair.items()
+    ]
     lines.append(
         "function K.lane(name) local lp = p..name return {"
         f"queue = function(x) return lp..'{QUEUE}'..x end, "

@@ -81,8 +81,9 @@ async def test_query_task_finishes_and_expires_like_other_tasks(store: TaskStore
     """Catches a finish that leaves a query task in its lane's running count or without a TTL."""
     await store.create(query_record("q"))
     claimed = await store.claim("w", 60, lane=QUERY_LANE)
-    out = await store.finish("q", claimed.attempt, TaskStatus.COMPLETED, result={"response": "x"},
-                             stage="done", progress=100)
+    out = await store.finish(
+        "q", claimed.attempt, TaskStatus.COMPLETED, result={"response": "x"}, stage="done", progress=100
+    )
     assert out is FinishOutcome.OK
     done = await store.get("q")
     assert done.status is TaskStatus.COMPLETED and done.result == {"response": "x"} and done.expires_at
@@ -94,8 +95,9 @@ async def test_retried_query_goes_back_to_the_query_lane(store: TaskStore) -> No
     """Catches a requeue that puts a query task in the documents' queue."""
     await store.create(query_record("q"))
     claimed = await store.claim("w", 60, lane=QUERY_LANE)
-    out = await store.requeue("q", owner="w", max_failures=5, outcome=AttemptOutcome.RETRY,
-                              epoch=claimed.attempt)
+    out = await store.requeue(
+        "q", owner="w", max_failures=5, outcome=AttemptOutcome.RETRY, epoch=claimed.attempt
+    )
     assert out is RequeueOutcome.REQUEUED
     assert await store.claim("w", 60) is None
     again = await store.claim("w", 60, lane=QUERY_LANE)
@@ -106,8 +108,14 @@ async def test_cancel_of_a_waiting_query_is_immediate_even_after_an_attempt(stor
     """Catches a retried query left 'cancelling' for a worker although it has nothing to purge."""
     await store.create(query_record("q"))
     claimed = await store.claim("w", 60, lane=QUERY_LANE)
-    await store.requeue("q", owner="w", max_failures=5, outcome=AttemptOutcome.RETRY,
-                        not_before=claimed.created_at + 3600, epoch=claimed.attempt)
+    await store.requeue(
+        "q",
+        owner="w",
+        max_failures=5,
+        outcome=AttemptOutcome.RETRY,
+        not_before=claimed.created_at + 3600,
+        epoch=claimed.attempt,
+    )
     result = await store.request_cancel("q")
     assert result.outcome is CancelOutcome.CANCELLED
     assert await store.pending_count(lane=QUERY_LANE) == 0
