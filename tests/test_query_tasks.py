@@ -178,3 +178,28 @@ async def test_bad_query_task_request_is_422(service: Service, body: dict, param
     assert response.json()["code"] in ("validation_error", "invalid_callback_url")
     total = (await service.client.get("/tasks")).json()["total"]
     assert total == 0
+
+
+async def test_api_role_delegated_query_answers_like_a_direct_one(tmp_path, redis_url) -> None:
+    """Catches an api-role /query or /query/stream that hides a provider failure (must be 502 as in
+    ROLE=all), answers from a knowledge base of its own, or leaves its task waiting after a timeout
+    (504, the task cancelled)."""
+    with MockServer(MockConfig(permanent_error=True, permanent_error_status=400)) as mock:
+        worker_settings = llm_settings(tmp_path / "w", redis_url, mock, max_attempts=1)
+        api_settings = worker_settings.model_copy(update={"role": "api"})
+        async with start_service(worker_settings) as worker:
+            async with start_service(api_settings, prefix=worker.prefix) as api:
+                for path in ("/query", "/query/stream"):
+                    failed = await api.client.post(path, json={"query": "who?", "mode": "hybrid"})
+                    assert failed.status_code == 502 and failed.json()["code"] == "query_failed", failed.text
+                ok = await api.client.post(
+                    "/query", json={"query": "who?", "mode": "naive", "only_need_context": True}
+                )
+                assert ok.status_code == 200, ok.text
+                assert api.services.engines.loaded() == []  # answered by the worker's knowledge base
+    lonely = make_settings(tmp_path / "a", redis_url, role="api", query_timeout_seconds=0.5)
+    async with start_service(lonely) as api:  # no worker at all
+        timed_out = await api.client.post("/query", json={"query": "anyone there?"})
+        assert timed_out.status_code == 504 and timed_out.json()["code"] == "query_timeout", timed_out.text
+        task = (await api.client.get(f"/task/{timed_out.json()['task_id']}")).json()
+        assert task["status"] == "cancelled", task
