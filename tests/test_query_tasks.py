@@ -203,3 +203,41 @@ async def test_api_role_delegated_query_answers_like_a_direct_one(tmp_path, redi
         assert timed_out.status_code == 504 and timed_out.json()["code"] == "query_timeout", timed_out.text
         task = (await api.client.get(f"/task/{timed_out.json()['task_id']}")).json()
         assert task["status"] == "cancelled", task
+
+
+async def test_transient_provider_error_retries_the_query_task(tmp_path, redis_url) -> None:
+    """Catches a query task failed at once by a transient provider error (503) instead of being
+    retried with backoff like any other task."""
+    config = MockConfig(fail_first=1, error_status=503, error_endpoints=["chat"], retry_after=0.01)
+    with MockServer(config) as mock:
+        settings = llm_settings(tmp_path, redis_url, mock, llm_max_retries=1, max_attempts=3)
+        async with start_service(settings) as svc:
+            accepted = await submit(svc, {"query": "who founded it?", "mode": "hybrid"})
+            final = await wait_for_task(svc.client, accepted["task_id"], expect="completed")
+    assert [h["outcome"] for h in final["history"]] == ["retry", "completed"], final["history"]
+    assert "503" in final["history"][0]["error"] or "InternalServerError" in final["history"][0]["error"]
+
+
+async def test_query_task_runs_at_its_priority_for_its_tenant(tmp_path, redis_url, monkeypatch) -> None:
+    """Catches a query task whose provider calls are admitted at the default priority or as another
+    tenant's (the LLM scheduler reads the call context the handler sets)."""
+    from src.ingestion import queries
+    from src.rag.scheduler import current_call_context
+
+    seen = []
+    real = queries.answer
+
+    async def observed(engines, tenant, spec):
+        seen.append((current_call_context(), tenant))
+        return await real(engines, tenant, spec)
+
+    monkeypatch.setattr(queries, "answer", observed)
+    async with start_service(make_settings(tmp_path, redis_url, admin_token="admin-secret")) as svc:
+        acme = await make_tenant(svc, "acme")
+        response = await svc.client.post(
+            "/query/async", params={"priority": 9}, json={"query": "q?", "mode": "naive"}, headers=acme
+        )
+        assert response.status_code == 202, response.text
+        await wait_for_task(svc.client, response.json()["task_id"], headers=acme, expect="completed")
+    ((context, tenant),) = seen
+    assert (context.priority, context.tenant, tenant) == (9, "acme", "acme")

@@ -73,9 +73,19 @@ async def ask(rag: LightRAG, spec: QuerySpec, stream: bool) -> str | AsyncIterat
     if spec.response_type:
         param.response_type = spec.response_type
     try:
-        return await rag.aquery(spec.text, param=param)
+        result = await rag.aquery_llm(spec.text, param=param)
     except Exception as exc:  # provider failures are the provider's, not a bug of ours
         raise provider_error(exc) from exc
+    llm = result.get("llm_response") or {}
+    if llm.get("is_streaming"):
+        return llm.get("response_iterator") or ""
+    if llm.get("content") is None and result.get("status") == "failure":
+        # LightRAG (1.4.16) catches the provider's exception and reports it only as this message
+        # ("Query failed: Error code: 503 ..."); raising it keeps its text, which says whether a
+        # retry may help. ("No results" is a failure too, but with a content: the fail response.)
+        log.warning("query failed: %s", result.get("message"))
+        raise ProviderError(f"the query could not be answered: {result.get('message') or 'unknown error'}")
+    return llm.get("content") or ""
 
 
 def provider_error(exc: Exception) -> ProviderError:
