@@ -103,9 +103,14 @@ def test_api_process_accepts_and_a_worker_process_completes(roles) -> None:
     assert streamed.status_code == 200, streamed.text
     pieces = [json.loads(line) for line in streamed.text.splitlines() if line.strip()]
     assert len(pieces) == 1 and "Rolemarker" in pieces[0]["response"], pieces
-    # Document reads come from the durable rows the worker wrote; deletion needs a worker-side role.
+    # Document reads (one, or the listing) come from the durable rows the worker wrote; deletion
+    # needs the knowledge base's own process.
     doc = httpx.get(f"{api}/documents/{done['doc_id']}", timeout=30)
     assert doc.status_code == 200 and doc.json()["status"] == "processed", doc.text
+    listed = httpx.get(f"{api}/documents", params={"status": "processed"}, timeout=30).json()
+    assert [d["doc_id"] for d in listed["documents"]] == [done["doc_id"]] and listed["counts"][
+        "processed"
+    ] == 1
     missing = httpx.get(f"{api}/documents/doc-nothere", timeout=30)
     assert missing.status_code == 404 and missing.json()["code"] == "doc_not_found", missing.text
     refused = httpx.delete(f"{api}/documents/{done['doc_id']}", timeout=30)

@@ -61,8 +61,8 @@ from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge_bases import TenantEngine, TenantEngines
 from src.ingestion.queries import QuerySpec
 from src.ingestion.uploads import Pace, SavedUpload, receive_upload, sanitize_filename
-from src.rag.doc_listing import DocumentPage, list_documents
-from src.rag.storage.durable import read_doc_status
+from src.rag.doc_listing import DocumentPage, list_documents, page_of_records
+from src.rag.storage.durable import read_doc_status, read_doc_statuses
 from src.tasks.models import CreateOutcome, Stage, TaskKind, TaskRecord, TaskStatus
 from src.tasks.runner import TaskRunner
 from src.tasks.store import TaskStore
@@ -372,6 +372,10 @@ class IngestionService:
     # ------------------------------------------------------------------ documents
     async def documents(self, tenant: str, status: DocStatus | None, limit: int, offset: int) -> DocumentPage:
         """One page of the tenant's knowledge-base documents, newest first, with counts per status."""
+        if not self.local_knowledge_bases:  # the workers' durable rows, read and paged off the loop
+            workspace_dir = self.settings.rag_dir / self.engines.workspace_for(tenant)
+            records = await asyncio.to_thread(read_doc_statuses, workspace_dir)
+            return await asyncio.to_thread(page_of_records, records, status, limit, offset)
         async with self.engines.use(tenant) as engine:
             return await list_documents(engine.rag.doc_status, status, limit, offset)
 
