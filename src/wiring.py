@@ -79,7 +79,10 @@ async def start_services(
         max_dir_bytes=settings.max_uploads_dir_bytes,
         min_free_bytes=settings.min_free_disk_bytes,
     )
-    await asyncio.to_thread(files.remove_partials)
+    if settings.role != "worker":
+        # Uploads are received by the api side: a worker starting beside a running api process
+        # must not delete the part file of an upload that api is streaming into the shared dir.
+        await asyncio.to_thread(files.remove_partials)
     await asyncio.to_thread(files.measure)
     instance_id = await asyncio.to_thread(resolve_instance_id, settings)
 
