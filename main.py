@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from api.errors import install_error_handlers
 from api.routes import admin, batch, documents, events, health, ingest, query, tasks
@@ -62,18 +62,30 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
             await hub.stop()
             await stop_services(services)
 
+    worker = settings.role == "worker"
     app = FastAPI(
         title="RAG ingestion service",
         version="0.1.0",
         description="Asynchronous (202) document ingestion and querying over LightRAG / RAG-Anything.",
         lifespan=lifespan,
+        # A worker runs tasks and answers only its probes: every other path is a 404 (JSON).
+        **({"openapi_url": None, "docs_url": None, "redoc_url": None} if worker else {}),
     )
     install_error_handlers(app)
+    if worker:
+        probes = APIRouter()
+        probes.routes.extend(r for r in health.router.routes if getattr(r, "path", None) in WORKER_PATHS)
+        app.include_router(probes)
+        return app
     routers = (ingest, batch, tasks, events, query, documents, health, admin)
     for module in routers:
         app.include_router(module.router)
     app.include_router(ui_router)
     return app
+
+
+#: The only paths a ROLE=worker instance serves.
+WORKER_PATHS = frozenset({"/health", "/metrics"})
 
 
 settings = get_settings()

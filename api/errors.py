@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException
 
 from src.ingestion import errors as domain
 
@@ -73,6 +74,8 @@ DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
     domain.ContentMismatch: HttpError(415, "content_mismatch"),
     domain.QueueFull: HttpError(429, "queue_full", retry_after=30),
     domain.TenantQueueFull: HttpError(429, "tenant_queue_full", retry_after=30),
+    domain.QueryQueueFull: HttpError(429, "query_queue_full", retry_after=5),
+    domain.TenantQueryQueueFull: HttpError(429, "tenant_query_queue_full", retry_after=5),
     domain.DocConflict: HttpError(409, "doc_in_progress"),
     domain.DocExists: HttpError(409, "doc_exists"),
     domain.DocDeleting: HttpError(409, "doc_deleting", retry_after=5),
@@ -84,6 +87,8 @@ DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
     domain.DocumentNotFound: HttpError(404, "doc_not_found"),
     domain.ProviderError: HttpError(502, "query_failed"),
     domain.DeleteFailed: HttpError(502, "delete_failed"),
+    domain.QueryTimeout: HttpError(504, "query_timeout"),
+    domain.NotInThisRole: HttpError(503, "not_in_this_role"),
     domain.KnowledgeBaseUnavailable: HttpError(503, "knowledge_base_unavailable"),
     domain.WorkspaceOwnedElsewhere: HttpError(503, "workspace_owned_elsewhere", retry_after=5),
 }

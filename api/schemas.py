@@ -46,6 +46,8 @@ class TaskView(BaseModel):
     error: str | None
     callback_url: str | None = None
     webhook: dict[str, Any] | None = None
+    #: A query task's request (kind "query"): query text, mode and options.
+    query: dict[str, Any] | None = None
 
 
 class TaskList(BaseModel):
@@ -79,6 +81,15 @@ class QueryRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=1, le=200)
     chunk_top_k: int | None = Field(default=None, ge=1, le=200)
     response_type: str | None = Field(default=None, max_length=100)
+
+
+class QueryTaskAccepted(BaseModel):
+    message: str
+    task_id: str
+    kind: str = "query"
+    status: str = "pending"
+    priority: int
+    status_url: str
 
 
 class QueryResponse(BaseModel):

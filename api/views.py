@@ -39,5 +39,6 @@ def task_view(record: TaskRecord) -> TaskView:
         result=record.result,
         callback_url=record.callback_url,
         webhook=record.webhook,
+        query=record.query,
         error=record.error,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from src.ingestion.batches import BatchService
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge_bases import TenantEngines
-from src.ingestion.ownership import LocalOwnership, Ownership, build_ownership
+from src.ingestion.ownership import LocalOwnership, Ownership, build_ownership, shared_storages_selected
 from src.ingestion.service import IngestionService
 from src.rag.storage.fence import register_write_fence
 from src.tasks.admission import express_slots_for
@@ -79,7 +80,10 @@ async def start_services(
         max_dir_bytes=settings.max_uploads_dir_bytes,
         min_free_bytes=settings.min_free_disk_bytes,
     )
-    await asyncio.to_thread(files.remove_partials)
+    if settings.role != "worker":
+        # Uploads are received by the api side: a worker starting beside a running api process
+        # must not delete the part file of an upload that api is streaming into the shared dir.
+        await asyncio.to_thread(files.remove_partials)
     await asyncio.to_thread(files.measure)
     instance_id = await asyncio.to_thread(resolve_instance_id, settings)
 
@@ -94,6 +98,8 @@ async def start_services(
         max_queued=settings.max_pending_tasks,
         tenant_max_pending=settings.tenant_max_pending,
         tenant_max_running=settings.tenant_max_running,
+        max_queued_queries=settings.max_pending_queries,
+        tenant_max_pending_queries=settings.tenant_max_pending_queries,
     )
     tenants = TenantRegistry(redis.client, redis_prefix, cache_seconds=settings.auth_cache_seconds)
     limiter = RateLimiter(redis.url, redis_prefix, tenants, default_rpm=settings.tenant_requests_per_minute)
@@ -110,9 +116,12 @@ async def start_services(
     if ownership.shared:
         # Our storages refuse writes into workspaces this instance does not own (a stale owner).
         services_fence = register_write_fence(ownership.owns_workspace)  # type: ignore[attr-defined]
-    # The default tenant's knowledge base is loaded up front: it also resumes its unfinished documents.
-    async with engines.use(DEFAULT_TENANT):
-        pass
+    runs_tasks = settings.role != "api"
+    if runs_tasks:
+        # The default tenant's knowledge base is loaded up front (it also resumes its unfinished
+        # documents); an api-role instance leaves that to the workers.
+        async with engines.use(DEFAULT_TENANT):
+            pass
     engines.start_reaper()
 
     secret = await asyncio.to_thread(load_or_create_secret, settings.webhook_secret, settings.data_dir)
@@ -143,6 +152,8 @@ async def start_services(
             task_timeout_seconds=settings.task_timeout_seconds,
             retry_base_seconds=settings.retry_base_seconds,
             retry_max_seconds=settings.retry_max_seconds,
+            max_concurrent_queries=settings.max_concurrent_queries,
+            query_timeout_seconds=settings.query_timeout_seconds,
         ),
         instance_id,
         metrics=metrics,
@@ -160,15 +171,35 @@ async def start_services(
             await runner.reclaim_tenant(tenant)
 
     ownership.add_listener(on_lost=on_lost, on_acquired=on_acquired)
-    await runner.start()
+    if runs_tasks:
+        await runner.start()
     metrics.start_sampling(store.ping)
-    log.info("service ready: instance %s, %d task slot(s)", instance_id, settings.max_concurrent_tasks)
-    ingestion = IngestionService(settings, store, engines, runner, handler, files, metrics)
+    log.info(
+        "service ready: instance %s, role %s, %d task slot(s), %d query slot(s)",
+        instance_id,
+        settings.role,
+        settings.max_concurrent_tasks if runs_tasks else 0,
+        settings.max_concurrent_queries if runs_tasks else 0,
+    )
+    ingestion = IngestionService(
+        settings, store, engines, runner, handler, files, metrics,
+        local_knowledge_bases=knowledge_bases_readable_here(settings),
+    )
     batches = BatchService(ingestion, BatchStore(redis.client, store.keys, ttl_seconds=batch_ttl(settings)))
     return Services(
         settings, redis, store, runner, engines, tenants, limiter, metrics, webhooks, instance_id, ingestion,
         ownership, services_fence, batches,
     )
+
+
+def knowledge_bases_readable_here(settings: Settings) -> bool:
+    """False for an api-role instance whose knowledge bases live in the workers' processes (the
+    embedded SQLite or JSON file storages): answering from an engine of its own would be stale."""
+    if settings.role != "api":
+        return True
+    from src.rag.storage.selection import storage_kwargs_from_env
+
+    return shared_storages_selected(storage_kwargs_from_env(os.environ))
 
 
 def batch_ttl(settings: Settings) -> int:

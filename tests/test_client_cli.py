@@ -440,6 +440,27 @@ def test_cli_upload_wait_status_watch_query(live: LiveService) -> None:
     assert stats["counts"]["completed"] >= 1
 
 
+def test_cli_query_async_submits_a_query_task_and_prints_its_answer(live: LiveService) -> None:
+    """Catches `query --async` not going through a query task, not following it to its end, or
+    accepting --priority without --async (silently ignored)."""
+    doc = live.workdir / "lagoon.txt"
+    doc.write_text(story("lagoons", "Quorvenatl"))
+    assert ragsvc(live, "upload", str(doc), "--wait", "--wait-timeout", "120").exit_code == 0
+    answer = ragsvc(
+        live, "query", "Quorvenatl", "--mode", "naive", "--context-only", "--async", "--priority", "7"
+    )
+    assert answer.exit_code == 0, answer.output
+    assert "Quorvenatl" in answer.stdout and "query task" in answer.stderr
+    view = json.loads(ragsvc(live, "--json", "query", "Quorvenatl", "--mode", "naive", "--background").stdout)
+    assert view["kind"] == "query" and view["status"] == "completed" and "response" in view["result"]
+    with RagClient(live.url) as rag:
+        accepted = rag.query_async("Quorvenatl", mode="naive", only_need_context=True, priority=9)
+        final = rag.wait_for(accepted["task_id"], timeout=120)
+    assert final["priority"] == 9 and "Quorvenatl" in final["result"]["context"]
+    misuse = ragsvc(live, "query", "Quorvenatl", "--priority", "7")
+    assert misuse.exit_code == 2 and "--async" in misuse.stderr
+
+
 def test_cli_upload_wait_reports_failed_tasks_with_exit_1(live: LiveService) -> None:
     good = live.workdir / "good.md"
     good.write_text(story("forests", "Pellinquor"))
@@ -550,16 +571,8 @@ def test_cli_text_submission_options_list_and_document(live: LiveService) -> Non
     assert ragsvc(live, "document", "no-such-doc").exit_code == 2
 
     answer = ragsvc(
-        live,
-        "query",
-        "Fennoraque",
-        "--mode",
-        "naive",
-        "--context-only",
-        "--chunk-top-k",
-        "2",
-        "--response-type",
-        "Bullet Points",
+        live, "query", "Fennoraque", "--mode", "naive", "--context-only", "--chunk-top-k", "2",
+        "--response-type", "Bullet Points",
     )
     assert answer.exit_code == 0 and "Fennoraque" in answer.stdout
     assert ragsvc(live, "cancel", row["task_id"]).exit_code == 2  # finished: nothing to cancel

@@ -68,7 +68,7 @@ def test_ndjson_pieces_and_in_band_errors() -> None:
 def test_sse_parser_follows_the_whatwg_rules_that_matter() -> None:
     """Catches multi-line data being cut, comments counted as events, or a NUL id accepted."""
     parser = SseParser()
-    lines = [": keep-alive", "", "retry: 1500", "id: 7", "event: task", "data: {\"a\":", "data: 1}", ""]
+    lines = [": keep-alive", "", "retry: 1500", "id: 7", "event: task", 'data: {"a":', "data: 1}", ""]
     events = [e for e in map(parser.feed, lines) if e is not None]
     assert [(e.event, e.data, e.id) for e in events] == [("task", '{"a":\n1}', "7")]
     assert parser.retry_ms == 1500
@@ -140,6 +140,19 @@ def test_query_defaults_and_options() -> None:
     }
     stream = ops.query_stream("q", mode="naive")
     assert (stream.path, stream.json["mode"], stream.headers["Accept"]) == ("/query/stream", "naive", "*/*")
+
+
+def test_query_async_posts_the_query_body_with_priority_and_callback_as_parameters() -> None:
+    """Catches query_async sending priority/callback in the body (the server reads the query string),
+    sending nulls for unset ones, or accepting a misspelt option."""
+    ops = Recorder()
+    call = ops.query_async("q", priority=8, callback_url="https://hooks.example/q", mode="naive")
+    assert (call.method, call.path) == ("POST", "/query/async")
+    assert call.params == {"priority": 8, "callback_url": "https://hooks.example/q"}
+    assert call.json == {"query": "q", "mode": "naive", "only_need_context": False}
+    assert ops.query_async("q").params is None
+    with pytest.raises(TypeError, match="query_async"):
+        ops.query_async("q", topk=3)  # type: ignore[call-arg]
 
 
 def test_ids_are_escaped_into_one_path_segment() -> None:

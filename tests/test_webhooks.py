@@ -257,3 +257,22 @@ async def test_destination_guard_resolves_and_pins() -> None:
     assert (await resolve_destination("http://10.1.2.3/h", by_network)).url == "http://10.1.2.3/h"
     with pytest.raises(BlockedDestination):
         await resolve_destination("http://192.168.0.1/h", by_network)
+
+
+async def test_query_task_posts_its_answer_to_the_callback(tmp_path, redis_url, receiver) -> None:
+    """Catches a query task (POST /query/async) whose completion is not reported to its callback,
+    or reported without the answer."""
+    hook = receiver()
+    settings = make_settings(tmp_path, redis_url, webhook_secret=SECRET, **LOOPBACK)
+    async with start_service(settings) as svc:
+        response = await svc.client.post(
+            "/query/async", params={"callback_url": hook.url}, json={"query": "anything?", "mode": "naive"}
+        )
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task_id"]
+        assert (await wait_for_task(svc.client, task_id))["status"] == "completed"
+        view = await wait_webhook(svc.client, task_id)
+    assert view["webhook"]["delivered"] is True
+    event = json.loads(hook.deliveries[-1]["body"])
+    assert event["event"] == "task.completed" and event["task"]["kind"] == "query"
+    assert "response" in event["task"]["result"]

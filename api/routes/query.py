@@ -1,18 +1,19 @@
-"""Query endpoints: one-shot answer and a streamed (NDJSON) answer (the use-cases live in
-IngestionService; this module only shapes the HTTP answers)."""
+"""Query endpoints: one-shot answer, a streamed (NDJSON) answer, and a query run as a task
+(202 + task id; the use-cases live in IngestionService; this module only shapes the HTTP answers)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import IngestionDep, ServicesDep, TenantDep
-from api.schemas import QueryRequest, QueryResponse
+from api.schemas import QueryRequest, QueryResponse, QueryTaskAccepted
 from src.ingestion.errors import ProviderError
-from src.ingestion.service import QuerySpec
+from src.ingestion.queries import QuerySpec
+from src.ingestion.service import SubmitOptions
 from src.rag.llm import llm_description
 
 router = APIRouter(tags=["query"])
@@ -60,3 +61,45 @@ async def query_stream(body: QueryRequest, tenant: TenantDep, ingestion: Ingesti
             await pieces.aclose()  # gives the tenant's engine back even if the client went away
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+ASYNC_DOC = """Run the query as a task: **202** with `task_id`, `status_url` (also in `Location`) at once.
+
+`GET /task/{task_id}` shows `kind: "query"`; once completed, `result.response` holds the answer
+(and `result.context` the retrieved context when `only_need_context`). Query tasks wait in a lane
+of their own (MAX_CONCURRENT_QUERIES slots), never behind document ingestion; their provider calls
+run at the task's `priority`. `DELETE /task/{task_id}` cancels one, waiting or running. 429 when
+MAX_PENDING_QUERIES (or the tenant's TENANT_MAX_PENDING_QUERIES) queries already wait.
+"""
+
+
+@router.post(
+    "/query/async",
+    status_code=202,
+    response_model=QueryTaskAccepted,
+    summary="Ask the knowledge base in the background (202 + task id)",
+    description=ASYNC_DOC,
+)
+async def query_async(
+    body: QueryRequest,
+    request: Request,
+    tenant: TenantDep,
+    ingestion: IngestionDep,
+    priority: int = Query(
+        default=5, ge=0, le=9, description="0 (bulk) .. 9 (interactive); higher runs first"
+    ),
+    callback_url: str | None = Query(
+        default=None, description="POST a signed JSON event here when the task ends"
+    ),
+) -> JSONResponse:
+    options = SubmitOptions(callback_url=callback_url, priority=priority)
+    record = await ingestion.submit_query(tenant, _spec(body), options)
+    status_url = str(request.url_for("get_task", task_id=record.task_id).path)
+    accepted = QueryTaskAccepted(
+        message="Query accepted; poll status_url for the answer",
+        task_id=record.task_id,
+        status=record.status.value,
+        priority=record.priority,
+        status_url=status_url,
+    )
+    return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": status_url})

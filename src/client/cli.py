@@ -8,6 +8,7 @@
     ragsvc status <task_id> | ragsvc list --status failed | ragsvc watch
     ragsvc cancel <task_id> --wait                # pending: at once; running: stopped and cleaned up
     ragsvc query "What about costs?" --mode mix --stream
+    ragsvc query "Summarise every report" --async --priority 2   # a query task, followed until done
     ragsvc upload small.md --server-wait 30       # one round trip: the final state if done in 30 s
     ragsvc documents --status failed --limit 20   # the knowledge base's documents, newest first
     ragsvc document doc_001 | ragsvc delete-doc doc_001
@@ -41,6 +42,7 @@ from .aio import AsyncRagClient
 from .cli_admin import admin
 from .cli_batch import BatchUpload
 from .cli_common import (
+    EXIT_CLIENT_ERROR,
     EXIT_FAILED,
     DocStatusFilter,
     Mode,
@@ -379,11 +381,30 @@ def query(
     response_type: Annotated[
         str | None, typer.Option("--response-type", help="e.g. 'Bullet Points', 'Single Paragraph'.")
     ] = None,
+    background: Annotated[
+        bool,
+        typer.Option(
+            "--async",
+            "--background",
+            help="Run the query as a task (POST /query/async) and follow it until it ends.",
+        ),
+    ] = False,
+    priority: Priority = None,
+    callback_url: Annotated[
+        str | None, typer.Option("--callback-url", help="With --async: POST the result here when done.")
+    ] = None,
+    wait_timeout: WaitTimeout = None,
 ) -> None:
     """Ask the knowledge base."""
     options: dict[str, Any] = {"mode": mode.value, "only_need_context": context_only}
     options |= drop_none({"top_k": top_k, "chunk_top_k": chunk_top_k, "response_type": response_type})
     state = state_of(ctx)
+    if background:
+        _query_task(ctx, text, options, priority, callback_url, wait_timeout)
+        return
+    if priority is not None or callback_url is not None:
+        err().print("--priority and --callback-url need --async")
+        raise typer.Exit(EXIT_CLIENT_ERROR)
     if not stream:
         answer = request(ctx, lambda rag: rag.query(text, **options))
         if not state.json:
@@ -398,6 +419,34 @@ def query(
                 sys.stdout.flush()
     if not state.json:
         sys.stdout.write("\n")
+
+
+def _query_task(
+    ctx: typer.Context,
+    text: str,
+    options: dict[str, Any],
+    priority: int | None,
+    callback_url: str | None,
+    wait_timeout: float | None,
+) -> None:
+    """``query --async``: submit a query task, follow it, print its answer (exit 1 unless completed)."""
+    state = state_of(ctx)
+
+    def submit_and_wait(rag: Any) -> dict:
+        accepted = rag.query_async(text, priority=priority, callback_url=callback_url, **options)
+        if not state.json:
+            err().print(Text(f"query task {accepted['task_id']} accepted; waiting", style="dim"))
+        return rag.wait_for(accepted["task_id"], timeout=wait_timeout)
+
+    def show(view: dict) -> None:
+        if view.get("status") == "completed":
+            typer.echo((view.get("result") or {}).get("response", ""))
+        else:
+            err().print(Text(f"query task {view.get('status')}: {view.get('error') or ''}", style="red"))
+
+    view = request(ctx, submit_and_wait, show)
+    if view.get("status") != "completed":
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

@@ -139,6 +139,22 @@ class Operations(Generic[Out, Pieces]):
         Options: ``mode``, ``only_need_context``, ``top_k``, ``chunk_top_k``, ``response_type``."""
         return self._call(Call("POST", "/query", json=query_body(query, options, "query")))
 
+    def query_async(
+        self,
+        query: str,
+        *,
+        priority: int | None = None,
+        callback_url: str | None = None,
+        **options: Unpack[QueryOptions],
+    ) -> Out:
+        """Ask in the background → the 202 body (``task_id``, ``status_url``, ``kind: "query"``).
+        Follow it with `wait_for`: the final view's ``result`` holds ``response`` (and ``context``
+        with ``only_need_context``); `cancel` stops it. Options as `query`, plus ``priority`` and
+        ``callback_url`` (as for uploads)."""
+        params = drop_none({"priority": priority, "callback_url": callback_url})
+        body = query_body(query, options, "query_async")
+        return self._call(Call("POST", "/query/async", params or None, json=body))
+
     # documents and service
     def documents(self, status: str | None = None, limit: int = 50, offset: int = 0) -> Out:
         """The knowledge base's documents, newest first: ``{"total", "limit", "offset", "counts",

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     #: A waiting request re-reads its task at least this often, in case a change notice was lost.
     insert_wait_recheck_seconds: float = Field(default=5.0, gt=0)
 
+    # --- roles (README "Roles") ----------------------------------------------------------
+    #: all: serve the API and run tasks in this process; api: serve the API, run no task (queries
+    #: are delegated to the workers while the knowledge bases are process-local); worker: run tasks,
+    #: serve only /health and /metrics. All roles share Redis and DATA_DIR.
+    role: Literal["all", "api", "worker"] = "all"
+
     # --- task engine ------------------------------------------------------------------
     #: Admission semaphore: tasks in flight in this process (each holds a slot until its document is
     #: indexed). LightRAG indexes MAX_PARALLEL_INSERT of them at once (default: half); the rest wait
@@ -105,6 +111,15 @@ class Settings(BaseSettings):
     #: urgent document never waits for a slot to free up (default: a quarter of the slots, at least
     #: one; 0 = none). See src/tasks/admission.py.
     express_task_slots: int | None = Field(default=None, ge=0, le=64)
+    #: Query tasks (POST /query/async, and the queries an api-role instance delegates) answered at
+    #: once in this process, in a lane of their own: they never wait for a document's slot.
+    max_concurrent_queries: int = Field(default=4, ge=1, le=256)
+    #: Query tasks that may wait overall and per tenant (429 + Retry-After beyond; 0 = no limit).
+    max_pending_queries: int = Field(default=1000, ge=0)
+    tenant_max_pending_queries: int = Field(default=0, ge=0)
+    #: Time limit of one query task (it fails past it), and how long an api-role instance waits
+    #: for a delegated /query before it answers 504.
+    query_timeout_seconds: float = Field(default=300.0, gt=0)
     #: Stable id of this service instance; a restarted instance reclaims its own leases at once.
     instance_id: str | None = None
     lease_seconds: float = 30.0

@@ -106,6 +106,14 @@ class TenantQueueFull(QueueFull):
     """Too many tasks of this tenant are waiting."""
 
 
+class QueryQueueFull(QueueFull):
+    """Too many query tasks are waiting service-wide (the query lane has its own bound)."""
+
+
+class TenantQueryQueueFull(QueryQueueFull):
+    """Too many query tasks of this tenant are waiting."""
+
+
 class DocConflict(IngestionError):
     """The document id is being indexed by another live task (context: task_id)."""
 
@@ -146,6 +154,15 @@ class BatchNotFound(IngestionError):
 # ----------------------------------------------------------------- the knowledge base and its model
 class ProviderError(IngestionError):
     """The LLM/embedding provider (or LightRAG around it) failed to answer a query."""
+
+
+class QueryTimeout(IngestionError):
+    """A query delegated to the workers (ROLE=api) found no answer within QUERY_TIMEOUT_SECONDS."""
+
+
+class NotInThisRole(IngestionError):
+    """This instance's role cannot do it (ROLE=api with process-local knowledge bases cannot write
+    into them); context: role."""
 
 
 class DeleteFailed(IngestionError):

@@ -1,10 +1,10 @@
-"""The runner's view of ingestion (`src.tasks.runner.TaskHandler`).
+"""The runner's view of ingestion and query tasks (`src.tasks.runner.TaskHandler`).
 
 The generic task runner knows nothing of files or LightRAG: it asks this handler to run a
-task in its tenant's knowledge base, to undo a task's effects, to classify an error, and to
-do the end-of-task side effects. `purge` is the one way a document leaves a knowledge base:
-a cancel, a failed attempt and `DELETE /documents/{id}` all go through it, so each of them
-stops the document's in-flight LLM work the same way.
+task in its tenant's knowledge base (by kind: index a document, or answer a query), to undo a
+task's effects, to classify an error, and to do the end-of-task side effects. `purge` is the one
+way a document leaves a knowledge base: a cancel, a failed attempt and `DELETE /documents/{id}`
+all go through it, so each of them stops the document's in-flight LLM work the same way.
 
 Every knowledge-base call (`run`, `purge`) runs in a task of its own, started from a context
 without LightRAG's lock state. LightRAG's `NamespaceLock` (e.g. a JSON storage's
@@ -24,12 +24,15 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from src.ingestion import queries
 from src.ingestion.files import UploadFiles
 from src.ingestion.ingestor import IngestError, is_transient_message
 from src.ingestion.knowledge_bases import TenantEngines
 from src.ingestion.ownership import OwnershipLost
+from src.rag.llm import llm_description
 from src.rag.parsers import DocumentParseError
-from src.tasks.models import TaskRecord, TaskStatus
+from src.rag.scheduler import call_context
+from src.tasks.models import TaskKind, TaskRecord, TaskStatus
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -52,7 +55,17 @@ class IngestHandler:
         self.on_final = on_final or (lambda task_id: None)
 
     async def run(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict:
+        if task.kind == TaskKind.QUERY:
+            return await _in_own_task(self._answer(task))
         return await _in_own_task(self._run(task, report))
+
+    async def _answer(self, task: TaskRecord) -> dict:
+        """A query task: read-only, through the engine for reads (no workspace ownership needed),
+        its provider calls admitted at the task's priority for its tenant."""
+        spec = queries.QuerySpec.from_dict(task.query or {})
+        with call_context(priority=task.priority, tenant=task.tenant):
+            response = await queries.answer(self.engines, task.tenant, spec)
+        return queries.task_result(spec, response, llm_description(self.engines.settings))
 
     async def _run(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict:
         async with self.engines.use_for_ingestion(task.tenant) as engine:
@@ -66,6 +79,8 @@ class IngestHandler:
                 raise
 
     async def discard(self, task: TaskRecord) -> None:
+        if task.kind == TaskKind.QUERY:
+            return  # a query wrote nothing: a cancelled or failed one leaves nothing to purge
         await self.purge(task.tenant, task.doc_id)
 
     async def purge(self, tenant: str, doc_id: str) -> str:

@@ -14,6 +14,8 @@ data through `IngestHandler.purge` (the same path `delete_document` uses) and re
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,11 +27,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lightrag import LightRAG, QueryParam
 from lightrag.base import DocStatus
 
 from src.core.config import Settings
 from src.core.metrics import Metrics
+from src.ingestion import queries
 from src.ingestion.errors import (
     DeleteFailed,
     DocConflict,
@@ -42,19 +44,25 @@ from src.ingestion.errors import (
     InvalidDocId,
     InvalidIdempotencyKey,
     NotCancellable,
+    NotInThisRole,
     ProviderError,
+    QueryQueueFull,
+    QueryTimeout,
     QueryTooLong,
     QueueFull,
     TaskExists,
     TaskNotFound,
+    TenantQueryQueueFull,
     TenantQueueFull,
     TooLarge,
 )
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge_bases import TenantEngine, TenantEngines
+from src.ingestion.queries import QuerySpec
 from src.ingestion.uploads import Pace, SavedUpload, receive_upload, sanitize_filename
-from src.rag.doc_listing import DocumentPage, list_documents
+from src.rag.doc_listing import DocumentPage, list_documents, page_of_records
+from src.rag.storage.durable import read_doc_status, read_doc_statuses
 from src.tasks.models import CreateOutcome, Stage, TaskKind, TaskRecord, TaskStatus
 from src.tasks.runner import TaskRunner
 from src.tasks.store import TaskStore
@@ -110,16 +118,6 @@ class DocumentRemoved:
     message: str
 
 
-@dataclass(frozen=True)
-class QuerySpec:
-    text: str
-    mode: str = "hybrid"
-    only_need_context: bool = False
-    top_k: int | None = None
-    chunk_top_k: int | None = None
-    response_type: str | None = None
-
-
 class IngestionService:
     def __init__(
         self,
@@ -130,8 +128,14 @@ class IngestionService:
         handler: IngestHandler,
         files: UploadFiles,
         metrics: Metrics,
+        *,
+        local_knowledge_bases: bool = True,
     ):
         self.settings = settings
+        #: False on an api-role instance whose knowledge bases are process-local to the workers
+        #: (embedded SQLite or JSON files): it never loads one; queries are delegated to the workers
+        #: through the query lane, document lookups read the durable rows, deletions are refused.
+        self.local_knowledge_bases = local_knowledge_bases
         self.store = store
         self.engines = engines
         self.runner = runner
@@ -368,6 +372,10 @@ class IngestionService:
     # ------------------------------------------------------------------ documents
     async def documents(self, tenant: str, status: DocStatus | None, limit: int, offset: int) -> DocumentPage:
         """One page of the tenant's knowledge-base documents, newest first, with counts per status."""
+        if not self.local_knowledge_bases:  # the workers' durable rows, read and paged off the loop
+            workspace_dir = self.settings.rag_dir / self.engines.workspace_for(tenant)
+            records = await asyncio.to_thread(read_doc_statuses, workspace_dir)
+            return await asyncio.to_thread(page_of_records, records, status, limit, offset)
         async with self.engines.use(tenant) as engine:
             return await list_documents(engine.rag.doc_status, status, limit, offset)
 
@@ -383,6 +391,13 @@ class IngestionService:
         """Remove a document and all data derived from it, through the purge a cancel uses (which
         first stops any LLM work still running for it, e.g. a document LightRAG resumed)."""
         check_doc_id(doc_id)
+        if not self.local_knowledge_bases:
+            raise NotInThisRole(
+                "this instance runs with ROLE=api and the knowledge bases live in the workers' "
+                "processes (embedded storages): send DELETE /documents/{doc_id} to an instance with "
+                "ROLE=all, or use shared storages (PostgreSQL)",
+                role=self.settings.role,
+            )
         # From here until the purge ends, the doc id is marked "being deleted": an upload of the same
         # content is refused (409 doc_deleting) instead of being answered with the completed task
         # whose document is about to disappear.
@@ -407,32 +422,33 @@ class IngestionService:
         return DocumentRemoved(doc_id, status, f"document {doc_id} and all data derived from it were deleted")
 
     async def _doc_status(self, tenant: str, doc_id: str) -> dict[str, Any] | None:
+        if not self.local_knowledge_bases:  # the workers' durable rows, read off the loop
+            workspace_dir = self.settings.rag_dir / self.engines.workspace_for(tenant)
+            return await asyncio.to_thread(read_doc_status, workspace_dir, doc_id)
         async with self.engines.use(tenant) as engine:
             return await engine.rag.doc_status.get_by_id(doc_id)
 
     # ------------------------------------------------------------------ query
     async def query(self, tenant: str, spec: QuerySpec) -> str:
         self._check_query(spec)
-        async with self.engines.use(tenant) as engine:
-            answer = await self._ask(engine.rag, spec, stream=False)
-            if not isinstance(answer, str):  # some bindings stream even when not asked to
-                try:
-                    answer = "".join([part async for part in answer])
-                except Exception as exc:
-                    raise _provider_error(exc) from exc
-        return answer or ""
+        if not self.local_knowledge_bases:
+            return await self._delegated(tenant, spec)
+        return await queries.answer(self.engines, tenant, spec)
 
     async def query_stream(self, tenant: str, spec: QuerySpec) -> AsyncGenerator[str, None]:
         """Start answering; errors before the first piece raise here, later ones from the iterator
-        (as ProviderError). Close the iterator when done: it holds the tenant's engine.
+        (as ProviderError). Close the iterator when done: it holds the tenant's engine. A delegated
+        query (ROLE=api) streams the whole answer as one piece.
 
         The first piece is awaited here, before the caller commits to a 200 status line: LightRAG
         returns a lazy iterator, so a provider that refuses the request fails on the first read."""
         self._check_query(spec)
+        if not self.local_knowledge_bases:
+            return _one_piece(await self._delegated(tenant, spec))
         # The engine stays borrowed until the stream ends, so it cannot be evicted mid-answer.
         engine = await self.engines.acquire(tenant)
         try:
-            answer = await self._ask(engine.rag, spec, stream=True)
+            answer = await queries.ask(engine.rag, spec, stream=True)
         except BaseException:
             self.engines.release(engine)
             raise
@@ -445,6 +461,61 @@ class IngestionService:
             await pieces.aclose()
             raise
         return _prepend(first, pieces)
+
+    async def submit_query(self, tenant: str, spec: QuerySpec, options: SubmitOptions) -> TaskRecord:
+        """Queue a query task (POST /query/async) in the query lane: it never waits behind documents."""
+        self._check_query(spec)
+        self._check_options(options)
+        now = time.time()
+        record = TaskRecord(
+            task_id=TaskStore.new_task_id(),
+            tenant=tenant,
+            priority=options.priority,
+            kind=TaskKind.QUERY,
+            query=spec.as_dict(),
+            callback_url=options.callback_url,
+            stage=Stage.QUEUED,
+            created_at=now,
+            updated_at=now,
+        )
+        outcome = await self.store.create(record)
+        if outcome.kind == CreateOutcome.TENANT_BUSY:
+            raise TenantQueryQueueFull("this tenant has reached its limit of waiting queries; retry later")
+        if outcome.kind == CreateOutcome.BUSY:
+            raise QueryQueueFull(
+                f"{self.settings.max_pending_queries} queries are already waiting; retry later"
+            )
+        if not outcome.created:
+            raise TaskExists(f"task {record.task_id} already exists")
+        self.runner.notify()
+        return record
+
+    async def _delegated(self, tenant: str, spec: QuerySpec) -> str:
+        """Answer through a query task run by a worker, waiting at most QUERY_TIMEOUT_SECONDS.
+        Failures answer as on a direct query (502); a caller that goes away cancels the task."""
+        record = await self.submit_query(tenant, spec, SubmitOptions())
+        deadline = time.monotonic() + self.settings.query_timeout_seconds
+        delay = 0.02
+        try:
+            while True:
+                current = await self.store.get(record.task_id)
+                if current is None:
+                    raise ProviderError("the query task expired before it was answered")
+                if current.status == TaskStatus.COMPLETED:
+                    return str((current.result or {}).get("response", ""))
+                if current.status.is_final:
+                    raise ProviderError(current.error or f"the query task ended {current.status}")
+                if time.monotonic() >= deadline:
+                    raise QueryTimeout(
+                        f"no worker answered within {self.settings.query_timeout_seconds:g} s",
+                        task_id=record.task_id,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        except (QueryTimeout, asyncio.CancelledError):
+            with contextlib.suppress(Exception):
+                await self.store.request_cancel(record.task_id)
+            raise
 
     async def _pieces(
         self, engine: TenantEngine, answer: str | AsyncIterator[str]
@@ -466,22 +537,6 @@ class IngestionService:
     def _check_query(self, spec: QuerySpec) -> None:
         if len(spec.text) > self.settings.max_query_chars:
             raise QueryTooLong(f"query exceeds {self.settings.max_query_chars} characters")
-
-    @staticmethod
-    async def _ask(rag: LightRAG, spec: QuerySpec, stream: bool) -> str | AsyncIterator[str]:
-        param = QueryParam(
-            mode=spec.mode, only_need_context=spec.only_need_context, stream=stream, enable_rerank=False
-        )
-        if spec.top_k is not None:
-            param.top_k = spec.top_k
-        if spec.chunk_top_k is not None:
-            param.chunk_top_k = spec.chunk_top_k
-        if spec.response_type:
-            param.response_type = spec.response_type
-        try:
-            return await rag.aquery(spec.text, param=param)
-        except Exception as exc:  # provider failures are the provider's, not a bug of ours
-            raise _provider_error(exc) from exc
 
 
 async def _no_pieces() -> AsyncGenerator[str, None]:
@@ -512,6 +567,6 @@ def check_doc_id(doc_id: str) -> None:
         raise InvalidDocId(_DOC_ID_RULE)
 
 
-def _provider_error(exc: Exception) -> ProviderError:
-    log.warning("query failed: %s", exc)
-    return ProviderError(f"the query could not be answered: {type(exc).__name__}: {exc}")
+async def _one_piece(answer: str) -> AsyncGenerator[str, None]:
+    if answer:
+        yield answer

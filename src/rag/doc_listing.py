@@ -56,6 +56,14 @@ async def list_documents(
     return await _from_database(storage, status, limit, offset)
 
 
+def page_of_records(
+    items: list[tuple[str, dict[str, Any]]], status: DocStatus | None, limit: int, offset: int
+) -> DocumentPage:
+    """The page of records read elsewhere (an api-role instance reads the workers' durable rows,
+    src/rag/storage/durable.py). Blocking: call it in a thread."""
+    return _page_of(items, status, limit, offset)
+
+
 def _page_of(
     items: list[tuple[str, dict[str, Any]]], status: DocStatus | None, limit: int, offset: int
 ) -> DocumentPage:

@@ -21,6 +21,11 @@ All keys live under one ``prefix`` (per deployment, per test); <t> is a tenant:
   batch:<id>           hash, a batch of uploads (tenant, created_at, its tasks and rejected files as
                        JSON); expires (src/tasks/batches.py)
 
+Lanes: queries (tasks of kind "query") wait in a lane of their own, so they never queue behind
+document ingestion. A lane's keys are the queue keys above with the lane's name in front of them
+(q:<t>, dq:<t>, active, queued, run:count and served of the ingestion lane; qq:<t>, qdq:<t>,
+qactive, qqueued, qrun:count and qserved of the query lane). Everything else is shared.
+
 The Lua scripts cannot take all their keys as KEYS (they discover tenants and ids while running),
 so they build them from the same names through :data:`LUA_KEYS`, generated here.
 """
@@ -47,6 +52,12 @@ BATCH = "batch:"
 #: Index name listing every task of a tenant (the others are named after statuses).
 INDEX_ALL = "all"
 
+#: Lane names (a lane's keys start with its name); a task's lane follows from its kind.
+INGEST_LANE = ""
+QUERY_LANE = "q"
+#: The task kind that runs in the query lane (src.tasks.models.TaskKind.QUERY).
+QUERY_KIND = "query"
+
 
 class Keys:
     """Key builder for one prefix."""
@@ -60,6 +71,11 @@ class Keys:
         self.served = prefix + SERVED
         self.expiry = prefix + EXPIRY
         self.tenants_seen = prefix + TENANTS_SEEN
+
+    def lane(self, name: str) -> Keys:
+        """The keys of lane ``name`` (only its queue keys are meaningful: queue, delayed, active,
+        queued, run_count, served)."""
+        return Keys(self.prefix + name)
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}{TASK}{task_id}"
@@ -88,29 +104,38 @@ class Keys:
 
 
 def _lua_keys() -> str:
-    """Lua twins of :class:`Keys`; every script starts with them (``p`` is the prefix, ARGV[1])."""
+    """Lua twins of :class:`Keys`; every script starts with them (``p`` is the prefix, ARGV[1]).
+
+    The queue keys exist per lane: ``K.lane(name)`` returns them as a table (queue(t), delayed(t),
+    active, queued, run_count, served)."""
     fixed = {
-        "active": ACTIVE,
-        "queued": QUEUED,
         "running": RUNNING,
-        "run_count": RUN_COUNT,
-        "served": SERVED,
         "expiry": EXPIRY,
         "tenants_seen": TENANTS_SEEN,
     }
     by_id = {
         "task": TASK,
-        "queue": QUEUE,
-        "delayed": DELAYED,
         "tenant_quota": TENANT_QUOTA,
     }
     by_pair = {"index": INDEX, "doc": DOC, "idem": IDEMPOTENCY}
     lines = ["local p = ARGV[1]", "local K = {}"]
     lines += [f"K.{name} = p..'{value}'" for name, value in fixed.items()]
     lines += [f"function K.{name}(x) return p..'{value}'..x end" for name, value in by_id.items()]
-    lines += [f"function K.{name}(t, x) return p..'{value}'..t..':'..x end"
-              for name, value in by_pair.items()]
+    lines += [
+        f"function K.{name}(t, x) return p..'{value}'..t..':'..x end" for name, value in by_pair.items()
+    ]
+    lines.append(
+        "function K.lane(name) local lp = p..name return {"
+        f"queue = function(x) return lp..'{QUEUE}'..x end, "
+        f"delayed = function(x) return lp..'{DELAYED}'..x end, "
+        f"active = lp..'{ACTIVE}', queued = lp..'{QUEUED}', "
+        f"run_count = lp..'{RUN_COUNT}', served = lp..'{SERVED}'"
+        "} end"
+    )
     lines.append(f"K.INDEX_ALL = '{INDEX_ALL}'")
+    lines.append(f"K.INGEST_LANE = '{INGEST_LANE}'")
+    lines.append(f"K.QUERY_LANE = '{QUERY_LANE}'")
+    lines.append(f"K.QUERY_KIND = '{QUERY_KIND}'")
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from src.tasks.keys import INGEST_LANE, QUERY_KIND, QUERY_LANE
+
 
 class TaskStatus(StrEnum):
     PENDING = "pending"
@@ -132,10 +134,13 @@ class RequeueOutcome(StrEnum):
 class TaskKind(StrEnum):
     FILE = "file"
     TEXT = "text"
+    #: A query answered in the background (POST /query/async); it waits in the query lane.
+    QUERY = QUERY_KIND
 
 
 class TaskRecord(BaseModel):
-    """One ingestion task as stored in a Redis hash (all values are strings there)."""
+    """One task as stored in a Redis hash (all values are strings there): a document to index
+    (kind file/text) or a query to answer (kind query: no document; ``query`` holds its spec)."""
 
     task_id: str
     #: Owner of the task; every read and write of the API is scoped to it.
@@ -143,8 +148,8 @@ class TaskRecord(BaseModel):
     #: 0 (lowest) .. 9 (highest); higher priorities are admitted first.
     priority: int = 5
     kind: TaskKind = TaskKind.FILE
-    doc_id: str
-    filename: str
+    doc_id: str = ""
+    filename: str = ""
     file_size: int = 0
     content_sha256: str = ""
     #: Upload file name inside the uploads dir (uuid based; never user controlled).
@@ -174,11 +179,18 @@ class TaskRecord(BaseModel):
     #: Where to POST the signed completion event, and what happened when we did.
     callback_url: str | None = None
     webhook: dict[str, Any] | None = None
+    #: A query task's request (text, mode, ...), bounded by the API's QueryRequest validation.
+    query: dict[str, Any] | None = None
+
+    @property
+    def lane(self) -> str:
+        """The queue lane the task waits in (src/tasks/keys.py): queries apart from documents."""
+        return QUERY_LANE if self.kind == TaskKind.QUERY else INGEST_LANE
 
     @classmethod
     def from_redis(cls, raw: dict[str, str]) -> TaskRecord:
         data: dict[str, Any] = {k: v for k, v in raw.items() if v != ""}
-        for key in ("result", "history", "webhook"):
+        for key in _JSON_FIELDS:
             if key in data:
                 data[key] = json.loads(data[key])
         if isinstance(data.get("history"), dict):  # Lua's cjson encodes an empty list as {}
@@ -192,13 +204,17 @@ class TaskRecord(BaseModel):
         for key, value in self.model_dump(mode="json").items():
             if value is None:
                 out[key] = ""
-            elif key in ("result", "history", "webhook"):
+            elif key in _JSON_FIELDS:
                 out[key] = json.dumps(value)
             elif key == "cancel_requested":
                 out[key] = "1" if value else "0"
             else:
                 out[key] = str(value)
         return out
+
+
+#: Record fields stored as JSON text in the hash.
+_JSON_FIELDS = ("result", "history", "webhook", "query")
 
 
 @dataclass(frozen=True)

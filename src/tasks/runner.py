@@ -1,11 +1,14 @@
 """Admission and execution of tasks inside this process.
 
-One dispatcher loop claims pending tasks from Redis whenever a slot is free (src/tasks/admission.py:
-regular slots, plus express slots for tasks of higher priority than the lowest one running; a task
-past its LLM-heavy work yields its slot); each claimed task runs as its own asyncio task. One
-heartbeat loop renews the leases of all running tasks (so a long LLM call never lets a lease
-lapse) and notices cancel requests made through other instances; one sweeper loop requeues tasks
-whose lease expired (their worker died) and prunes index entries of expired records.
+One dispatcher loop per lane claims pending tasks from Redis whenever a slot of that lane is free;
+each claimed task runs as its own asyncio task. Documents (ingestion lane, MAX_CONCURRENT_TASKS
+slots plus express slots for tasks of higher priority than the lowest one running, gated by
+workspace ownership; a document past its LLM-heavy work yields its slot: src/tasks/admission.py)
+and queries (query lane, MAX_CONCURRENT_QUERIES slots, any instance may run them) never wait for
+each other's slots. One heartbeat loop renews the leases of all running tasks (so a long LLM call
+never lets a lease lapse) and notices cancel requests made through other instances; one sweeper
+loop requeues tasks whose lease expired (their worker died) and prunes index entries of expired
+records.
 
 Every attempt ends in exactly one of: completed; failed (permanent error, timeout, or retries
 exhausted); requeued with backoff (transient error); cancelled (after its partial data is
@@ -32,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from src.core.logs import current_task_id, current_tenant
 from src.core.metrics import Metrics
 from src.tasks.admission import Admission, Slot, bind_yield_hook
+from src.tasks.keys import INGEST_LANE, QUERY_LANE
 from src.tasks.models import (
     AttemptOutcome,
     FinishOutcome,
@@ -108,11 +112,27 @@ class RunnerConfig:
     express_slots: int = 0
     #: Tasks that yielded their slot (src/tasks/admission.py) and are still finishing (0 = no yielding).
     finishing_slots: int = 0
+    #: Slots of the query lane (0 = this runner claims no query tasks) and a query task's time limit.
+    max_concurrent_queries: int = 0
+    query_timeout_seconds: float = 300.0
+
+
+@dataclass
+class _Lane:
+    """One queue lane as this runner dispatches it: its own slots and wake-up event."""
+
+    name: str
+    capacity: int
+    admission: Admission
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Which tenants may be claimed (the ingestion lane with shared storages only).
+    gate: ClaimGate | None = None
 
 
 @dataclass
 class _Running:
     task: TaskRecord
+    lane: _Lane
     slot: Slot = field(default_factory=lambda: Slot(express=False))
     #: The task gave its slot up for a place in the finishing pool.
     yielded: bool = False
@@ -147,8 +167,16 @@ class TaskRunner:
         self.handler = handler
         self.config = config
         self.instance_id = instance_id
-        self._admission = Admission(config.max_concurrent, config.express_slots, config.finishing_slots)
-        self._wake = asyncio.Event()
+        self._ingest = _Lane(
+            INGEST_LANE,
+            config.max_concurrent,
+            Admission(config.max_concurrent, config.express_slots, config.finishing_slots),
+            gate=gate,
+        )
+        self._lanes = [self._ingest]
+        if config.max_concurrent_queries > 0:
+            queries = config.max_concurrent_queries
+            self._lanes.append(_Lane(QUERY_LANE, queries, Admission(queries)))
         self._running: dict[str, _Running] = {}
         self._loops: list[asyncio.Task] = []
         self._accepting = False
@@ -176,7 +204,10 @@ class TaskRunner:
         with contextlib.suppress(*_REDIS_DOWN):
             await self.store.touch_instance(self.instance_id)
         self._loops = [
-            asyncio.create_task(self._dispatch_loop(), name="task-dispatcher"),
+            *(
+                asyncio.create_task(self._dispatch_loop(lane), name=f"task-dispatcher{lane.name}")
+                for lane in self._lanes
+            ),
             asyncio.create_task(self._heartbeat_loop(), name="task-heartbeat"),
             asyncio.create_task(self._sweep_loop(), name="task-sweeper"),
         ]
@@ -185,7 +216,7 @@ class TaskRunner:
         """Stop claiming, give running tasks ``grace_seconds``, then hand the rest back to the queue."""
         self._accepting = False
         self._stopped.set()
-        self._wake.set()
+        self._wake_all()
         jobs = [r.job for r in self._running.values() if r.job]
         if jobs:
             await asyncio.wait(jobs, timeout=grace_seconds)
@@ -203,8 +234,12 @@ class TaskRunner:
         self._loops.clear()
 
     def notify(self) -> None:
-        """A task was enqueued: wake the dispatcher now instead of at its next poll."""
-        self._wake.set()
+        """A task was enqueued: wake the dispatchers now instead of at their next poll."""
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for lane in self._lanes:
+            lane.wake.set()
 
     def cancel_local(self, task_id: str) -> bool:
         """Stop a task running in this process at once (the cancel was recorded in Redis first)."""
@@ -224,6 +259,8 @@ class TaskRunner:
         for running in list(self._running.values()):
             if running.task.tenant != tenant or running.job is None or running.job.done():
                 continue
+            if running.lane is not self._ingest:
+                continue  # queries only read: any instance may run them
             if running.stop_reason is None:
                 running.stop_reason = StopReason.OWNERSHIP_LOST
                 running.stop_asked = time.monotonic()
@@ -242,6 +279,8 @@ class TaskRunner:
             record = await self.store.get(task_id)
             if record is None or record.tenant != tenant or record.owner in ("", self.instance_id):
                 continue
+            if record.lane != INGEST_LANE:
+                continue  # a query task is not tied to the workspace's owner
             outcome = await self.store.requeue(
                 task_id,
                 owner=record.owner,
@@ -255,48 +294,58 @@ class TaskRunner:
             reclaimed += outcome in (RequeueOutcome.REQUEUED, RequeueOutcome.DEAD_LETTERED)
         if reclaimed:
             log.warning("took over %d task(s) of tenant %s from its previous owner", reclaimed, tenant)
-            self._wake.set()
+            self._ingest.wake.set()
         return reclaimed
 
     def running_by_tenant(self) -> dict[str, int]:
+        """Documents being indexed here, per tenant (queries are not counted)."""
         counts: dict[str, int] = {}
         for running in self._running.values():
-            counts[running.task.tenant] = counts.get(running.task.tenant, 0) + 1
+            if running.lane is self._ingest:
+                counts[running.task.tenant] = counts.get(running.task.tenant, 0) + 1
         return counts
 
     @property
     def running_count(self) -> int:
-        return len(self._running)
+        """Documents being indexed here (queries: :attr:`running_queries`)."""
+        return sum(1 for r in self._running.values() if r.lane is self._ingest)
+
+    @property
+    def running_queries(self) -> int:
+        return len(self._running) - self.running_count
 
     @property
     def capacity(self) -> int:
         return self.config.max_concurrent
 
     # ------------------------------------------------------------------ dispatch
-    async def _dispatch_loop(self) -> None:
+    async def _dispatch_loop(self, lane: _Lane) -> None:
+        gate = lane.gate
         while self._accepting:
-            slot = await self._admission.acquire()
+            slot = await lane.admission.acquire()
             claimed: TaskRecord | None = None
             try:
-                self._wake.clear()
-                tenants = self.gate.claimable() if self.gate else None
+                lane.wake.clear()
+                tenants = gate.claimable() if gate else None
                 lease = self.config.lease_seconds
-                claimed = await self.store.claim(self.instance_id, lease, tenants, slot.min_priority)
-                if claimed is None and self.gate is not None and self._accepting and not slot.express:
-                    free = self.config.max_concurrent - len(self._running)
+                claimed = await self.store.claim(
+                    self.instance_id, lease, tenants, lane.name, min_priority=slot.min_priority
+                )
+                if claimed is None and gate is not None and self._accepting and not slot.express:
+                    free = lane.capacity - self.running_count
                     pending = await self.store.tenants_with_pending()
-                    if await self.gate.acquire_more(pending, self.running_by_tenant(), free):
-                        tenants = self.gate.claimable()
-                        claimed = await self.store.claim(self.instance_id, lease, tenants)
+                    if await gate.acquire_more(pending, self.running_by_tenant(), free):
+                        tenants = gate.claimable()
+                        claimed = await self.store.claim(self.instance_id, lease, tenants, lane.name)
             except asyncio.CancelledError:
-                self._admission.unused(slot)
+                lane.admission.unused(slot)
                 raise
             except _REDIS_DOWN as exc:
                 log.warning("cannot claim tasks, Redis unavailable: %s", exc)
             except Exception:
                 log.exception("claiming a task failed; retrying")
             if claimed is None or not self._accepting:
-                self._admission.unused(slot)
+                lane.admission.unused(slot)
                 if claimed is not None:  # stopping: give it straight back
                     await self.store.requeue(
                         claimed.task_id,
@@ -307,10 +356,10 @@ class TaskRunner:
                     )
                     return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.config.idle_poll_seconds)
+                    await asyncio.wait_for(lane.wake.wait(), timeout=self.config.idle_poll_seconds)
                 continue
-            running = _Running(task=claimed, slot=slot)
-            self._admission.started(claimed.priority)
+            running = _Running(task=claimed, lane=lane, slot=slot)
+            lane.admission.started(claimed.priority)
             self._running[claimed.task_id] = running
             running.job = asyncio.create_task(self._execute(running), name=f"task-{claimed.task_id}")
 
@@ -345,7 +394,12 @@ class TaskRunner:
                 running.finishing = True
                 await self._cancel(task, epoch)
                 return
-            deadline = asyncio.timeout(self.config.task_timeout_seconds)
+            limit = (
+                self.config.task_timeout_seconds
+                if running.lane is self._ingest
+                else self.config.query_timeout_seconds
+            )
+            deadline = asyncio.timeout(limit)
             try:
                 async with deadline:
                     try:
@@ -372,7 +426,7 @@ class TaskRunner:
                 raise
             except TimeoutError as exc:
                 if deadline.expired():
-                    await self._fail(task, epoch, f"timed out after {self.config.task_timeout_seconds:g} s")
+                    await self._fail(task, epoch, f"timed out after {limit:g} s")
                 else:
                     await self._retry_or_fail(task, epoch, str(exc) or "timeout")
             except Exception as exc:
@@ -392,13 +446,13 @@ class TaskRunner:
                     log.info("task %s completed in %.2fs", task.task_id, time.monotonic() - running.started)
         finally:
             self._running.pop(task.task_id, None)
-            self._admission.finished(running.slot, task.priority, running.yielded)
-            self._wake.set()  # an express slot that found nothing may now find a regular one
+            running.lane.admission.finished(running.slot, task.priority, running.yielded)
+            running.lane.wake.set()  # an express slot that found nothing may now find a regular one
 
     def _yield_slot(self, running: _Running) -> None:
-        if not running.yielded and self._admission.yielded(running.slot, running.task.priority):
+        if not running.yielded and running.lane.admission.yielded(running.slot, running.task.priority):
             running.yielded = True
-            self._wake.set()
+            running.lane.wake.set()
 
     async def _cancel(self, task: TaskRecord, epoch: int) -> None:
         """Stop this task's LLM work, delete its partial data, then record 'cancelled'."""
@@ -530,8 +584,11 @@ class TaskRunner:
         """A cancellation swallowed inside a library call would leave the handler running for good:
         while its work goes on, cancel it again every couple of heartbeats."""
         if running.job and time.monotonic() - running.stop_asked > 2 * self.config.heartbeat_seconds:
-            log.warning("task %s ignored its cancellation (%s); cancelling again",
-                        running.task.task_id, running.stop_reason)
+            log.warning(
+                "task %s ignored its cancellation (%s); cancelling again",
+                running.task.task_id,
+                running.stop_reason,
+            )
             running.stop_asked = time.monotonic()
             running.job.cancel()
 
@@ -570,7 +627,7 @@ class TaskRunner:
             log.warning("task %s lease expired: %s", task_id, outcome)
             if outcome == RequeueOutcome.DEAD_LETTERED:
                 await self._after_dead_letter(task_id)
-            self._wake.set()
+            self._wake_all()
         for task_id in await self.store.prune_expired():
             try:
                 await self.handler.forget(task_id)

@@ -18,7 +18,7 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from src.tasks.keys import INDEX_ALL, LUA_KEYS, Keys
+from src.tasks.keys import INDEX_ALL, INGEST_LANE, LUA_KEYS, QUERY_LANE, Keys
 from src.tasks.models import (
     FINAL_STATUSES,
     CancelOutcome,
@@ -74,6 +74,8 @@ class TaskStore:
         tenant_max_pending: int = 0,
         tenant_max_running: int = 0,
         idempotency_ttl: int = 24 * 3600,
+        max_queued_queries: int = 0,
+        tenant_max_pending_queries: int = 0,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -83,6 +85,9 @@ class TaskStore:
         self.tenant_max_pending = tenant_max_pending
         self.tenant_max_running = tenant_max_running
         self.idempotency_ttl = idempotency_ttl
+        #: Bounds of the query lane (query tasks wait apart from documents; see keys.py).
+        self.max_queued_queries = max_queued_queries
+        self.tenant_max_pending_queries = tenant_max_pending_queries
         scripts = {name: redis.register_script(script_source(name)) for name in _SCRIPTS}
         self._create = scripts["create"]
         self._check_room = scripts["check_room"]
@@ -103,6 +108,12 @@ class TaskStore:
     def new_task_id() -> str:
         return str(uuid.uuid4())
 
+    def _bounds(self, lane: str) -> tuple[int, int]:
+        """(max queued overall, default max queued per tenant) of ``lane``."""
+        if lane == QUERY_LANE:
+            return self.max_queued_queries, self.tenant_max_pending_queries
+        return self.max_queued, self.tenant_max_pending
+
     async def create(
         self, record: TaskRecord, *, idempotency_key: str | None = None, fingerprint: str = ""
     ) -> CreateResult:
@@ -111,6 +122,8 @@ class TaskStore:
         ``fingerprint`` identifies the request: a reused ``idempotency_key`` with another fingerprint
         is refused (IDEMPOTENCY_MISMATCH) instead of silently answering with the first task."""
         fields = record.to_redis()
+        lane = record.lane
+        max_queued, tenant_max = self._bounds(lane)
         queue_score = f"{(9 - record.priority) * PRIORITY_STEP + record.created_at:.6f}"
         fields["queue_score"] = queue_score
         flat: list[str] = []
@@ -126,10 +139,11 @@ class TaskStore:
                 str(record.created_at),
                 record.content_sha256,
                 idempotency_key or "",
-                str(self.max_queued),
-                str(self.tenant_max_pending),
+                str(max_queued),
+                str(tenant_max),
                 str(self.idempotency_ttl),
                 fingerprint,
+                lane,
                 *flat,
             ]
         )
@@ -138,17 +152,15 @@ class TaskStore:
             await self._announce(result.task_id)
         return result
 
-    async def check_room(self, tenant: str) -> CreateOutcome | None:
-        """BUSY or TENANT_BUSY when a task of ``tenant`` would be refused for a full queue, else None.
+    async def check_room(self, tenant: str, lane: str = INGEST_LANE) -> CreateOutcome | None:
+        """BUSY or TENANT_BUSY when a task of ``tenant`` would be refused for a full queue of
+        ``lane``, else None.
 
         The same rule :meth:`create` applies atomically (one Lua function); calling it first only
         spares a client the upload of a body that would be refused."""
+        max_queued, tenant_max = self._bounds(lane)
         out = CreateOutcome(
-            _s(
-                await self._check_room(
-                    args=[self.prefix, tenant, str(self.max_queued), str(self.tenant_max_pending)]
-                )
-            )
+            _s(await self._check_room(args=[self.prefix, tenant, str(max_queued), str(tenant_max), lane]))
         )
         return None if out == CreateOutcome.CREATED else out
 
@@ -193,13 +205,14 @@ class TaskStore:
             totals[_ALL_STATUSES[i % len(_ALL_STATUSES)]] += int(count)
         return totals
 
-    async def pending_count(self, tenant: str | None = None) -> int:
-        """Tasks waiting to run, including retries waiting out their backoff."""
+    async def pending_count(self, tenant: str | None = None, lane: str = INGEST_LANE) -> int:
+        """Tasks waiting to run in ``lane``, including retries waiting out their backoff."""
+        keys = self.keys.lane(lane)
         if tenant is None:
-            return int(await self.redis.zcard(self.keys.queued))
+            return int(await self.redis.zcard(keys.queued))
         queued, delayed = await _pipeline_results(
             self.redis,
-            lambda pipe: (pipe.zcard(self.keys.queue(tenant)), pipe.zcard(self.keys.delayed(tenant))),
+            lambda pipe: (pipe.zcard(keys.queue(tenant)), pipe.zcard(keys.delayed(tenant))),
         )
         return int(queued) + int(delayed)
 
@@ -241,9 +254,15 @@ class TaskStore:
         return record.task_id if record and not record.status.is_final else None
 
     async def claim(
-        self, owner: str, lease_seconds: float, tenants: list[str] | None = None, min_priority: int = 0
+        self,
+        owner: str,
+        lease_seconds: float,
+        tenants: list[str] | None = None,
+        lane: str = INGEST_LANE,
+        min_priority: int = 0,
     ) -> TaskRecord | None:
-        """Atomically take the next pending task: attempt += 1, lease until now + lease_seconds.
+        """Atomically take the next pending task of ``lane``: attempt += 1, lease until now +
+        lease_seconds.
 
         ``tenants``: only tasks of these tenants may be taken (the workspaces this instance owns);
         None means any tenant. ``min_priority``: only tasks of at least this priority (an express
@@ -260,6 +279,7 @@ class TaskStore:
                 str(self.tenant_max_running),
                 str(PRIORITY_STEP),
                 "0" if tenants is None else "1",
+                lane,
                 *(tenants or []),
                 str(int(min_priority)),
             ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from src.tasks.models import TaskRecord
+from src.tasks.models import TaskKind, TaskRecord
 
 
 def record(
@@ -26,6 +26,22 @@ def record(
         doc_id=doc_id or f"doc-{task_id}",
         filename=f"{task_id}.txt",
         content_sha256=sha,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def query_record(
+    task_id: str | None = None, *, tenant: str = "default", priority: int = 5, text: str = "what?"
+) -> TaskRecord:
+    """A query task (the query lane): no doc id, its spec in ``query``."""
+    now = time.time()
+    return TaskRecord(
+        task_id=task_id or uuid.uuid4().hex,
+        tenant=tenant,
+        priority=priority,
+        kind=TaskKind.QUERY,
+        query={"text": text, "mode": "naive"},
         created_at=now,
         updated_at=now,
     )

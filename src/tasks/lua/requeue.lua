@@ -8,8 +8,9 @@ local key = K.task(id)
 local cur = redis.call('HMGET', key, 'status', 'attempt', 'owner', 'lease_until', 'queue_score',
                        'created_at', 'doc_id', 'attempt_started_at', 'tenant')
 local t = cur[9]
+local L = lane_of(key)
 if cur[1] ~= 'processing' and cur[1] ~= 'cancelling' then
-  if t then stop_running(t, id) else redis.call('ZREM', K.running, id) end
+  if t then stop_running(L, t, id) else redis.call('ZREM', K.running, id) end
   return 'skipped'
 end
 if cur[3] == '' then return 'queued' end
@@ -18,7 +19,7 @@ if ARGV[12] ~= '' and cur[2] ~= ARGV[12] then return 'stale' end
 if ARGV[7] ~= '' and tonumber(cur[4]) >= tonumber(ARGV[7]) then return 'alive' end
 local now = ARGV[4]
 add_history(key, cur[2], cur[3], cur[8], now, ARGV[9], ARGV[10])
-stop_running(t, id)
+stop_running(L, t, id)
 local failures = tonumber(redis.call('HGET', key, 'failures') or '0') or 0
 if ARGV[11] == '1' then failures = redis.call('HINCRBY', key, 'failures', 1) end
 if ARGV[11] == '1' and cur[1] == 'processing' and failures >= tonumber(ARGV[5]) then
@@ -35,10 +36,10 @@ if cur[1] == 'processing' then
 end
 if ARGV[8] ~= '' and cur[1] == 'processing' then
   redis.call('HSET', key, 'stage', 'retry-wait')
-  redis.call('ZADD', K.delayed(t), ARGV[8], id)
+  redis.call('ZADD', L.delayed(t), ARGV[8], id)
 else
-  redis.call('ZADD', K.queue(t), cur[5], id)
+  redis.call('ZADD', L.queue(t), cur[5], id)
 end
-redis.call('ZADD', K.queued, cur[6], id)
-redis.call('SADD', K.active, t)
+redis.call('ZADD', L.queued, cur[6], id)
+redis.call('SADD', L.active, t)
 return 'requeued'
