@@ -37,7 +37,9 @@ async def test_api_keys_are_stored_only_as_their_sha256(tmp_path, redis_url) -> 
             elif kind == "list":
                 dump += await redis.lrange(key, 0, -1)
         blob = "\n".join(v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in dump)
-        secret_part = plaintext.rsplit("_", 1)[-1]
+        # Keys are "rsk_<key id>_<secret>"; the secret (token_urlsafe) may itself contain "_".
+        prefix, key_id, secret_part = plaintext.split("_", 2)
+        assert prefix == "rsk" and len(secret_part) >= 40, plaintext
         assert secret_part not in blob, "the API key's secret is stored in Redis"
         assert digest in blob, "the key's SHA-256 is not where the service keeps keys"
         assert (await svc.client.get("/tasks", headers=headers)).status_code == 200
