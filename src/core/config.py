@@ -103,9 +103,9 @@ class Settings(BaseSettings):
     role: Literal["all", "api", "worker"] = "all"
 
     # --- task engine ------------------------------------------------------------------
-    #: Admission semaphore: tasks in flight in this process (each holds a slot until its document is
-    #: indexed). LightRAG indexes MAX_PARALLEL_INSERT of them at once (default: half); the rest wait
-    #: inside the same LightRAG pass, which keeps the LLM busy across pass boundaries.
+    #: Task slots of this process (the user-facing admission knob): documents in extraction; each
+    #: task drives its own document (src/ingestion/indexer.py), and a document that reaches the
+    #: merge yields its slot (src/tasks/admission.py).
     max_concurrent_tasks: int = Field(default=8, ge=1, le=256)
     #: Extra slots usable only by a task of higher priority than the lowest one running here, so an
     #: urgent document never waits for a slot to free up (default: a quarter of the slots, at least
@@ -214,7 +214,8 @@ class Settings(BaseSettings):
     # --- LightRAG tuning --------------------------------------------------------------
     chunk_token_size: int = 1200
     chunk_overlap_token_size: int = 100
-    #: Documents LightRAG indexes in parallel (default: MAX_CONCURRENT_TASKS // 2).
+    #: Passed to LightRAG as ``max_parallel_insert`` (default: MAX_CONCURRENT_TASKS // 2). Only
+    #: LightRAG's own batch pipeline reads it; this service's per-document engine does not use it.
     max_parallel_insert: int | None = None
     entity_extract_max_gleaning: int = 1
     #: Embedded SQLite storages: dirty records are written at most this often (and at shutdown);
