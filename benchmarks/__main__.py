@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     load_start = log_load()
     log(f"machine: {info}")
     lrs_exe, lrs_note = (None, "LightRAG Server comparison disabled (--no-lrs)")
-    if not args.no_lrs and {"ack", "throughput", "ideal", "embed", "bulk", "hotpath"} & set(wanted):
+    with_lrs = {"ack", "throughput", "ideal", "ideal_distinct", "embed", "bulk", "hotpath"}
+    if not args.no_lrs and with_lrs & set(wanted):
         lrs_exe, lrs_note = ensure_venv(log)
     log(lrs_note)
 

@@ -15,7 +15,7 @@ import time
 import httpx
 
 from benchmarks.common import chat_calls, loadgen_background, median, summary_ms
-from benchmarks.loadgen import doc_text
+from benchmarks.loadgen import doc_text, doc_text_distinct
 from benchmarks.metrics_scrape import ADMIN_TOKEN, delta, loop_lag_p99_ms, scrape
 
 LATENCY = 0.5
@@ -182,15 +182,26 @@ def _table(runs: list[dict]) -> list[dict]:
 def scenario_ideal(ctx) -> dict:
     """40 documents at 16:16 and 4:4 (LLM_MAX_ASYNC : MAX_CONCURRENT_TASKS), LightRAG Server at its
     MAX_ASYNC : MAX_PARALLEL_INSERT 16:8 and 4:2, mock latency 0.5 s."""
+    docs = [doc_text(f"id{i}", 5000) for i in range(_sizes(ctx.p.quick)["ideal_docs"])]
+    return _ideal_runs(ctx, docs, "ideal")
+
+
+def scenario_ideal_distinct(ctx) -> dict:
+    """E1 again with documents that share no entity (each name carries the document's own suffix):
+    what the engine reaches when merges do not chain on LightRAG's keyed locks."""
+    docs = [doc_text_distinct(i, 5000) for i in range(_sizes(ctx.p.quick)["ideal_docs"])]
+    return {**_ideal_runs(ctx, docs, "ideal-distinct"), "distinct": True}
+
+
+def _ideal_runs(ctx, docs: list[bytes], tag: str) -> dict:
     s = _sizes(ctx.p.quick)
-    docs = [doc_text(f"id{i}", 5000) for i in range(s["ideal_docs"])]
     runs = []
     for rep in range(s["ideal_repeats"]):
         for system, a, par in s["ideal_configs"]:
             if system == "lrs" and ctx.lrs_exe is None:
                 continue
-            ctx.log(f"  [ideal] repeat {rep + 1}: {system} {a}:{par}, {len(docs)} docs, L={LATENCY}s")
-            runs.append(ingest_run(ctx, system, a, par, docs, LATENCY, "ideal"))
+            ctx.log(f"  [{tag}] repeat {rep + 1}: {system} {a}:{par}, {len(docs)} docs, L={LATENCY}s")
+            runs.append(ingest_run(ctx, system, a, par, docs, LATENCY, tag))
     return {"latency": LATENCY, "docs": len(docs), "runs": runs, "table": _table(runs)}
 
 
@@ -359,6 +370,7 @@ def scenario_mergelag(ctx) -> dict:
 
 SCENARIOS = {
     "ideal": scenario_ideal,
+    "ideal_distinct": scenario_ideal_distinct,
     "hol": scenario_hol,
     "embed": scenario_embed,
     "bulk": scenario_bulk,

@@ -41,6 +41,28 @@ def doc_text(seed: str, size: int) -> bytes:
     return " ".join(parts).encode()[:size]
 
 
+def _letters(n: int) -> str:
+    """``n`` written in base 26 with the letters a-z (names with digits are not entities to the mock)."""
+    out = ""
+    while True:
+        n, r = divmod(n, 26)
+        out = "abcdefghijklmnopqrstuvwxyz"[r] + out
+        if n == 0:
+            return out
+
+
+def doc_text_distinct(index: int, size: int) -> bytes:
+    """Like :func:`doc_text`, but every capitalised name is the document's own (``Lisbon`` becomes
+    ``Lisbonq`` in document 16...): documents share no entity, so their merges never wait for each
+    other's keyed locks. For telling the engine's limits apart from the data's."""
+    suffix = _letters(index)
+    text = doc_text(f"distinct{index}", size).decode()
+    for word in WORDS:
+        if word[0].isupper():
+            text = text.replace(word, word + suffix)
+    return text.encode()[:size]
+
+
 def _limits(concurrency: int) -> httpx.Limits:
     return httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
