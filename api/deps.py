@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from api.errors import ApiError
 from src.core.logs import current_tenant
@@ -116,3 +116,12 @@ async def get_owned_stream_task(
 
 
 OwnedStreamTaskDep = Annotated[TaskRecord, Depends(get_owned_stream_task)]
+
+
+#: Options every task-creating route takes as query parameters (uploads, batches, query tasks).
+CallbackUrlQuery = Annotated[
+    str | None, Query(description="POST a signed JSON event here when the task ends")
+]
+PriorityQuery = Annotated[
+    int, Query(ge=0, le=9, description="0 (bulk) .. 9 (interactive); higher runs first")
+]

@@ -12,9 +12,8 @@ from collections import Counter
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.deps import BatchesDep, TenantDep
+from api.deps import BatchesDep, CallbackUrlQuery, PriorityQuery, TenantDep
 from api.errors import error_entry, error_response
-from api.routes.ingest import CallbackUrlQuery, PriorityQuery
 from api.schemas import BatchAccepted, BatchCancelResult, BatchFileError, BatchView
 from api.views import iso
 from src.ingestion.service import SubmitOptions

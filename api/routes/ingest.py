@@ -6,12 +6,10 @@ domain errors become HTTP answers through the table in `api/errors.py`.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from api.deps import IngestionDep, TenantDep
+from api.deps import CallbackUrlQuery, IngestionDep, PriorityQuery, TenantDep
 from api.schemas import TaskAccepted, TaskView, TextInsert
 from api.views import task_view
 from src.ingestion.service import Accepted, SubmitOptions
@@ -64,15 +62,6 @@ async def _answer_or_wait(request: Request, accepted: Accepted, wait: float) -> 
         if final is not None:
             return Response(task_view(final).model_dump_json(), media_type="application/json")
     return _answer(request, accepted)
-
-
-#: Query options every upload route takes (also POST /batch).
-CallbackUrlQuery = Annotated[
-    str | None, Query(description="POST a signed JSON event here when the task ends")
-]
-PriorityQuery = Annotated[
-    int, Query(ge=0, le=9, description="0 (bulk) .. 9 (interactive); higher runs first")
-]
 
 
 def _answer(request: Request, accepted: Accepted) -> JSONResponse:

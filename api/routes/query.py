@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import IngestionDep, ServicesDep, TenantDep
+from api.deps import CallbackUrlQuery, IngestionDep, PriorityQuery, ServicesDep, TenantDep
 from api.schemas import QueryRequest, QueryResponse, QueryTaskAccepted
 from src.ingestion.errors import ProviderError
 from src.ingestion.queries import QuerySpec
@@ -85,12 +85,8 @@ async def query_async(
     request: Request,
     tenant: TenantDep,
     ingestion: IngestionDep,
-    priority: int = Query(
-        default=5, ge=0, le=9, description="0 (bulk) .. 9 (interactive); higher runs first"
-    ),
-    callback_url: str | None = Query(
-        default=None, description="POST a signed JSON event here when the task ends"
-    ),
+    priority: PriorityQuery = 5,
+    callback_url: CallbackUrlQuery = None,
 ) -> JSONResponse:
     options = SubmitOptions(callback_url=callback_url, priority=priority)
     record = await ingestion.submit_query(tenant, _spec(body), options)
