@@ -122,7 +122,6 @@ class _Lane:
     """One queue lane as this runner dispatches it: its own slots and wake-up event."""
 
     name: str
-    capacity: int
     admission: Admission
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Which tenants may be claimed (the ingestion lane with shared storages only).
@@ -169,14 +168,13 @@ class TaskRunner:
         self.instance_id = instance_id
         self._ingest = _Lane(
             INGEST_LANE,
-            config.max_concurrent,
             Admission(config.max_concurrent, config.express_slots, config.finishing_slots),
             gate=gate,
         )
         self._lanes = [self._ingest]
         if config.max_concurrent_queries > 0:
             queries = config.max_concurrent_queries
-            self._lanes.append(_Lane(QUERY_LANE, queries, Admission(queries)))
+            self._lanes.append(_Lane(QUERY_LANE, Admission(queries)))
         self._running: dict[str, _Running] = {}
         self._loops: list[asyncio.Task] = []
         self._accepting = False
@@ -332,7 +330,7 @@ class TaskRunner:
                     self.instance_id, lease, tenants, lane.name, min_priority=slot.min_priority
                 )
                 if claimed is None and gate is not None and self._accepting and not slot.express:
-                    free = lane.capacity - self.running_count
+                    free = lane.admission.regular - self.running_count
                     pending = await self.store.tenants_with_pending()
                     if await gate.acquire_more(pending, self.running_by_tenant(), free):
                         tenants = gate.claimable()
