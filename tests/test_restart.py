@@ -22,6 +22,30 @@ from tests.procs import kill_embedded_redis, service_env, start_mock_llm, start_
 pytestmark = [pytest.mark.process, pytest.mark.timeout(900)]
 
 
+def wait_all_final(base: str, task_ids: list[str], timeout: float = 400) -> list[str]:
+    """The tasks' statuses once all are final (or at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = statuses(base, task_ids)
+        if all(s in ("completed", "failed", "cancelled") for s in current) or time.monotonic() > deadline:
+            return current
+        time.sleep(0.5)
+
+
+def assert_each_document_once_on_disk(workspace_dir: Path, doc_ids: list[str]) -> dict:
+    """What the embedded SQLite store holds: exactly ``doc_ids`` in full_docs and doc_status, each
+    with its own chunks. Returns the doc-status records."""
+    full_docs = read_kv_namespace(workspace_dir, "full_docs")
+    doc_status = read_kv_namespace(workspace_dir, "doc_status")
+    chunks = read_kv_namespace(workspace_dir, "text_chunks")
+    assert sorted(full_docs) == sorted(doc_ids)  # every document once, nothing else
+    assert sorted(doc_status) == sorted(doc_ids)
+    for doc_id in doc_ids:
+        owned = [c for c in chunks.values() if c.get("full_doc_id") == doc_id]
+        assert len(owned) == doc_status[doc_id]["chunks_count"] >= 1
+    return doc_status
+
+
 def test_kill9_mid_ingestion_then_restart_completes_every_task_once(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     llm_port, port = free_port(), free_port()
@@ -51,12 +75,7 @@ def test_kill9_mid_ingestion_then_restart_completes_every_task_once(tmp_path: Pa
         assert "processing" in before_kill
 
         service = start_service(env, tmp_path / "service.log")
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline:
-            current = statuses(base, task_ids)
-            if all(s in ("completed", "failed", "cancelled") for s in current):
-                break
-            time.sleep(0.5)
+        current = wait_all_final(base, task_ids)
         assert current == ["completed"] * 20, current
 
         for doc_id in doc_ids:
@@ -75,14 +94,7 @@ def test_kill9_mid_ingestion_then_restart_completes_every_task_once(tmp_path: Pa
         assert b"Application shutdown complete" in (tmp_path / "service.log").read_bytes()
 
         workspace_dir = data_dir / "rag" / "restart"
-        full_docs = read_kv_namespace(workspace_dir, "full_docs")  # what is on disk (embedded SQLite)
-        doc_status = read_kv_namespace(workspace_dir, "doc_status")
-        chunks = read_kv_namespace(workspace_dir, "text_chunks")
-        assert sorted(full_docs) == sorted(doc_ids)
-        assert sorted(doc_status) == sorted(doc_ids)
-        for doc_id in doc_ids:
-            owned = [c for c in chunks.values() if c.get("full_doc_id") == doc_id]
-            assert len(owned) == doc_status[doc_id]["chunks_count"] >= 1
+        assert_each_document_once_on_disk(workspace_dir, doc_ids)
     finally:
         for proc in (service, mock):
             if proc.poll() is None:
@@ -139,27 +151,14 @@ def test_kill9_under_steady_upload_load_loses_no_acknowledged_task(tmp_path: Pat
         assert refused, "no upload hit the dead service; the test did not exercise the window"
 
         task_ids = list(acknowledged)
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline:
-            current = statuses(base, task_ids)
-            if all(s in ("completed", "failed", "cancelled") for s in current):
-                break
-            time.sleep(0.5)
+        current = wait_all_final(base, task_ids)
         assert current == ["completed"] * len(task_ids), dict(zip(task_ids, current, strict=True))
 
         service.send_signal(signal.SIGTERM)
         assert service.wait(timeout=60) in (0, -signal.SIGTERM)
         workspace_dir = data_dir / "rag" / "restart"
-        doc_ids = sorted(acknowledged.values())
-        full_docs = read_kv_namespace(workspace_dir, "full_docs")
-        doc_status = read_kv_namespace(workspace_dir, "doc_status")
-        chunks = read_kv_namespace(workspace_dir, "text_chunks")
-        assert sorted(full_docs) == doc_ids  # every acknowledged document once, nothing else
-        assert sorted(doc_status) == doc_ids
-        for doc_id in doc_ids:
-            assert doc_status[doc_id]["status"] == "processed"
-            owned = [c for c in chunks.values() if c.get("full_doc_id") == doc_id]
-            assert len(owned) == doc_status[doc_id]["chunks_count"] >= 1
+        doc_status = assert_each_document_once_on_disk(workspace_dir, sorted(acknowledged.values()))
+        assert {record["status"] for record in doc_status.values()} == {"processed"}
     finally:
         stop.set()
         for proc in (service, mock):
