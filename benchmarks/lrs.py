@@ -120,7 +120,8 @@ class LightRAGServer:
                 if done >= n and not self.busy(client):
                     return time.monotonic() - t0
                 time.sleep(0.05)
-            raise TimeoutError(f"LightRAG Server did not process {n} docs in {timeout}s: {self.counts(client)}")
+            counts = self.counts(client)
+            raise TimeoutError(f"LightRAG Server did not process {n} docs in {timeout}s: {counts}")
 
     def stop(self) -> None:
         stop_process(self.proc, timeout=20)
