@@ -466,3 +466,93 @@ async def test_missing_text_and_a_busy_lightrag_pipeline(pair) -> None:
     assert not deleting.done()  # LightRAG said not_allowed; we retry instead of failing
     status["busy"] = False
     assert (await asyncio.wait_for(deleting, 30)).status == "success"
+
+
+# ---------------------------------------------------------------------------------- merge groups
+GROUPED = {f"doc-g{i}": story(topic, marker, 4) for i, (topic, marker) in enumerate(
+    [("tides", "Tidora"), ("winds", "Windora"), ("rivers", "Rivora")]
+)}  # fmt: skip
+
+
+async def _hold_a_merge(ours: LightRAG, indexer: DocumentIndexer) -> tuple[asyncio.Task, Any]:
+    """Start the victim and keep its merge stuck on LightRAG's keyed lock of its own entity."""
+    held = get_storage_keyed_lock(["Victimora"], namespace=f"{ours.workspace}:GraphDB")
+    await held.__aenter__()
+    merging = asyncio.Event()
+
+    async def sink(progress: IndexProgress) -> None:
+        if progress.stage == "merging":
+            merging.set()
+
+    first = asyncio.create_task(
+        indexer.index("doc-v", VICTIM, file_path="v.txt", track_id="tv", on_progress=sink)
+    )
+    await asyncio.wait_for(merging.wait(), 60)
+    return first, held
+
+
+async def _until_waiting(indexer: DocumentIndexer, n: int) -> None:
+    async with asyncio.timeout(120):
+        while indexer.merges.waiting < n:
+            await asyncio.sleep(0.01)
+
+
+async def test_documents_waiting_for_a_merge_are_merged_as_one_group_like_lightrag_one_by_one(pair) -> None:
+    """Catches the grouped merge drifting from LightRAG's own per-document merges: the graph,
+    vectors, chunk tracking and each document's full_entities/full_relations (LightRAG's phase 3,
+    which we write per member) must equal LightRAG inserting the same documents one by one."""
+    ours, theirs, _ = pair
+    indexer = DocumentIndexer(ours, merge_concurrency=1)
+    first, held = await _hold_a_merge(ours, indexer)
+    waiting = [
+        asyncio.create_task(indexer.index(doc_id, text, file_path=f"{doc_id}.txt", track_id="tg"))
+        for doc_id, text in GROUPED.items()
+    ]
+    await _until_waiting(indexer, len(GROUPED))
+    await held.__aexit__(None, None, None)
+    await first
+    await asyncio.gather(*waiting)
+    assert indexer.merges.largest_group == len(GROUPED) and indexer.merges.docs_grouped == len(GROUPED)
+    await theirs.ainsert(VICTIM, ids=["doc-v"], file_paths=["v.txt"], track_id="x")
+    for doc_id, text in GROUPED.items():
+        await theirs.ainsert(text, ids=[doc_id], file_paths=[f"{doc_id}.txt"], track_id="x")
+    for doc_id in ["doc-v", *GROUPED]:
+        await assert_same_document(ours, theirs, doc_id)
+    # Shared entities carry every member's chunks exactly once (no duplicated merge).
+    node = await ours.chunk_entity_relation_graph.get_node("Lisbon")
+    sources = node["source_id"].split(SEP)
+    assert len(sources) == len(set(sources))
+    for text in GROUPED.values():
+        assert await chunk_ids_of(ours, text) & set(sources)
+
+
+async def test_a_failed_group_merges_each_member_again_alone_so_only_the_bad_one_fails(pair) -> None:
+    """Catches one document's merge failure failing the documents it was grouped with, and a
+    group's partial writes left behind (the good document must end exactly as LightRAG makes it)."""
+    ours, theirs, _ = pair
+    indexer = DocumentIndexer(ours, merge_concurrency=1)
+    original = ours.entities_vdb.upsert
+
+    async def refusing(data: dict[str, Any]) -> Any:
+        if any(v.get("entity_name") == "Poisonia" for v in data.values()):
+            raise RuntimeError("vector store refused Poisonia")
+        return await original(data)
+
+    ours.entities_vdb.upsert = refusing
+    first, held = await _hold_a_merge(ours, indexer)
+    good_text, bad_text = GROUPED["doc-g0"], story("poison", "Poisonia", 4)
+    good = asyncio.create_task(indexer.index("doc-good", good_text, file_path="good.txt", track_id="tg"))
+    bad = asyncio.create_task(indexer.index("doc-bad", bad_text, file_path="bad.txt", track_id="tb"))
+    await _until_waiting(indexer, 2)
+    await held.__aexit__(None, None, None)
+    await first
+    assert (await good).chunks_count >= 1
+    with pytest.raises(IndexingError, match="Poisonia"):
+        await bad
+    assert indexer.merges.largest_group == 2
+    assert (await ours.doc_status.get_by_id("doc-bad"))["status"] == DocStatus.FAILED
+    assert (await indexer.delete("doc-bad")).status == "success"
+    await theirs.ainsert(VICTIM, ids=["doc-v"], file_paths=["v.txt"], track_id="x")
+    await theirs.ainsert(good_text, ids=["doc-good"], file_paths=["good.txt"], track_id="x")
+    await assert_same_document(ours, theirs, "doc-good")
+    await assert_same_document(ours, theirs, "doc-v")

@@ -50,7 +50,8 @@ from lightrag.utils import (
     sanitize_text_for_encoding,
 )
 
-from src.rag.scheduler import CallScheduler, call_context
+from src.ingestion.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
+from src.rag.scheduler import call_context, current_call_context
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ class _DocScope:
         }
         self.lock = asyncio.Lock()
         self.stopped = False
+        #: Called by stop(): e.g. leave the merge queue.
+        self.on_stop: list[Callable[[], None]] = []
         self._inflight: set[asyncio.Task] = set()
         self._aborted: set[asyncio.Task] = set()
         self._llm = llm_func
@@ -187,26 +190,51 @@ class _DocScope:
             if task not in self._aborted and not task.done():
                 self._aborted.add(task)
                 task.cancel()
+        for callback in self.on_stop:
+            callback()
 
 
 class _ObservedGraph:
-    """Passes everything to the graph storage; counts the upserts of the merge phase."""
+    """Passes everything to the graph storage; sees the upserts of the merge phase (progress, and
+    a group's per-document bookkeeping: which nodes it found missing and then created)."""
 
     def __init__(self, graph: Any, on_node: Callable[[str], None], on_edge: Callable[[str, str], None]):
         self._graph = graph
         self._on_node = on_node
         self._on_edge = on_edge
+        self.missing: set[str] = set()
+        self.upserted_nodes: set[str] = set()
+        self.upserted_edges: set[tuple[str, str]] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._graph, name)
 
+    async def get_node(self, node_id: str) -> Any:
+        node = await self._graph.get_node(node_id)
+        if node is None:
+            self.missing.add(node_id)
+        return node
+
     async def upsert_node(self, node_id: str, node_data: dict[str, Any]) -> None:
         await self._graph.upsert_node(node_id, node_data)
+        self.upserted_nodes.add(node_id)
         self._on_node(node_id)
 
     async def upsert_edge(self, source: str, target: str, edge_data: dict[str, Any]) -> None:
         await self._graph.upsert_edge(source, target, edge_data)
+        self.upserted_edges.add((source, target) if source <= target else (target, source))
         self._on_edge(source, target)
+
+
+@dataclass
+class _MergeMember:
+    """What the merge of one document needs besides its extraction results."""
+
+    scope: _DocScope
+    global_config: dict[str, Any]
+    file_path: str
+    on_node: Callable[[str], None]
+    on_edge: Callable[[str, str], None]
 
 
 def _now() -> str:
@@ -238,6 +266,7 @@ class DocumentIndexer:
         flush: Flush | None = None,
         chunk_concurrency: int | None = None,
         merge_concurrency: int | None = None,
+        merge_group_docs: int | None = None,
         split_by_character: str | None = None,
         split_by_character_only: bool = False,
     ):
@@ -245,12 +274,13 @@ class DocumentIndexer:
         self.flush: Flush = flush or self.flush_all
         #: Per-document bound on chunks in extraction at once, like LightRAG's extract_entities.
         self.chunk_concurrency = max(1, chunk_concurrency or int(rag.llm_model_max_async))
-        #: Documents merging at once in this workspace, admitted by task priority. Merges of documents
-        #: sharing entities serialise on LightRAG's keyed locks, and a relation takes the locks of both
-        #: its entities: past a few merges, more of them only lengthen the lock queues (40 one-chunk
-        #: documents at LLM_MAX_ASYNC 16: ~12 s unbounded, ~10 s with 4, 12-19 s with 1-2).
-        self.merge_slots = CallScheduler(
-            max(1, merge_concurrency or max(4, int(rag.llm_model_max_async) // 4)), "merge"
+        #: Merges at once in this workspace; documents that arrive while they run wait and are then
+        #: merged together, as one group (see merge_groups.py). Merges sharing entities serialise on
+        #: LightRAG's keyed locks anyway, so a few concurrent groups are enough.
+        self.merges = MergeGroups(
+            self._merge_group,
+            concurrency=max(1, merge_concurrency or 2),
+            max_docs=max(1, merge_group_docs or max(16, int(rag.llm_model_max_async))),
         )
         self.split_by_character = split_by_character
         self.split_by_character_only = split_by_character_only
@@ -403,6 +433,31 @@ class DocumentIndexer:
         resumed: bool,
         on_progress: ProgressSink | None,
     ) -> IndexOutcome:
+        try:
+            return await self._process_once(doc_id, record, content, resumed, on_progress)
+        except MergeGroupFailed as exc:
+            # Take out what the group wrote for this document, then merge it alone: the group's
+            # failure may be another document's fault, and a retry must not depend on it.
+            log.warning("document %s: %s; purging it and indexing it again alone", doc_id, exc)
+            await self._purge(doc_id)
+            record, content = await self._enqueue(
+                doc_id,
+                content,
+                str(record.get("file_path") or ""),
+                str(record.get("track_id") or ""),
+                created_at=record.get("created_at"),
+            )
+            return await self._process_once(doc_id, record, content, resumed, on_progress, solo=True)
+
+    async def _process_once(
+        self,
+        doc_id: str,
+        record: dict[str, Any],
+        content: str,
+        resumed: bool,
+        on_progress: ProgressSink | None,
+        solo: bool = False,
+    ) -> IndexOutcome:
         rag = self.rag
         stored = await rag.full_docs.get_by_id(doc_id) or {}
         file_path = _resolve_path(record.get("file_path"), stored.get("file_path"))
@@ -513,36 +568,15 @@ class DocumentIndexer:
                     progress.merged = len(merged_entities) + len(merged_edges)
                     _fire(report)
 
-            observed_graph = _ObservedGraph(rag.chunk_entity_relation_graph, on_node, on_edge)
-
-            async def merge() -> None:
-                # Its LLM and embedding calls run under LightRAG's keyed locks: admitted first.
-                with call_context(merging=True):
-                    async with self.gate.shared():
-                        await merge_nodes_and_edges(
-                            chunk_results=chunk_results,
-                            knowledge_graph_inst=observed_graph,
-                            entity_vdb=rag.entities_vdb,
-                            relationships_vdb=rag.relationships_vdb,
-                            global_config=global_config,
-                            full_entities_storage=rag.full_entities,
-                            full_relations_storage=rag.full_relations,
-                            doc_id=doc_id,
-                            pipeline_status=scope.status,
-                            pipeline_status_lock=scope.lock,
-                            llm_response_cache=rag.llm_response_cache,
-                            entity_chunks_storage=rag.entity_chunks,
-                            relation_chunks_storage=rag.relation_chunks,
-                            current_file_number=1,
-                            total_files=1,
-                            file_path=file_path,
-                        )
-
-            await self.merge_slots.acquire()  # outside the stage: a cancel while queued is immediate
-            try:
-                await self._stage(scope, merge())
-            finally:
-                self.merge_slots.release()
+            job = MergeJob(
+                doc_id,
+                chunk_results,
+                priority=current_call_context().priority,
+                solo=solo,
+                context=_MergeMember(scope, global_config, file_path, on_node, on_edge),
+            )
+            scope.on_stop.append(lambda: self.merges.stop(job))  # queued: leaves the queue at once
+            await self._stage(scope, self.merges.merge(job))
             await rag.doc_status.upsert(
                 {
                     doc_id: {
@@ -560,6 +594,8 @@ class DocumentIndexer:
             )
         except asyncio.CancelledError:
             raise  # stopped, not failed: the record stays as it is (resumable or purged by the caller)
+        except MergeGroupFailed:
+            raise  # not this document's failure (yet): the caller purges it and merges it alone
         except Exception as exc:
             log.error("indexing document %s failed: %s", doc_id, exc)
             if rag.llm_response_cache:
@@ -599,6 +635,73 @@ class DocumentIndexer:
             scope.stop()
             await _wait_out(task, UNWIND_SECONDS)
             raise
+
+    async def _merge_group(self, group: MergeGroup) -> None:
+        """LightRAG's `merge_nodes_and_edges` for one document, or for a group of documents at once."""
+        rag = self.rag
+        jobs = group.jobs
+        members: list[_MergeMember] = [job.context for job in jobs]
+
+        def on_node(name: str) -> None:
+            for member in members:
+                member.on_node(name)
+
+        def on_edge(src: str, tgt: str) -> None:
+            for member in members:
+                member.on_edge(src, tgt)
+
+        graph = _ObservedGraph(rag.chunk_entity_relation_graph, on_node, on_edge)
+        if len(jobs) == 1:  # exactly LightRAG's own merge of one document
+            scope, global_config, doc_id = members[0].scope, members[0].global_config, jobs[0].doc_id
+        else:  # LightRAG's phase 3 (the per-document entity/relation lists) is done below, per member
+            scope = _DocScope(f"group of {len(jobs)}", rag.llm_model_func)
+            group.on_all_stopped.append(scope.stop)
+            if group.all_stopped():
+                scope.stop()
+            global_config = {**members[0].global_config, "llm_model_func": scope.llm}
+            doc_id = None
+        # Its LLM and embedding calls run under LightRAG's keyed locks: admitted first.
+        with call_context(priority=group.priority, merging=True):
+            async with self.gate.shared():
+                await merge_nodes_and_edges(
+                    chunk_results=[result for job in jobs for result in job.chunk_results],
+                    knowledge_graph_inst=graph,
+                    entity_vdb=rag.entities_vdb,
+                    relationships_vdb=rag.relationships_vdb,
+                    global_config=global_config,
+                    full_entities_storage=rag.full_entities if doc_id else None,
+                    full_relations_storage=rag.full_relations if doc_id else None,
+                    doc_id=doc_id,
+                    pipeline_status=scope.status,
+                    pipeline_status_lock=scope.lock,
+                    llm_response_cache=rag.llm_response_cache,
+                    entity_chunks_storage=rag.entity_chunks,
+                    relation_chunks_storage=rag.relation_chunks,
+                    current_file_number=1,
+                    total_files=1,
+                    file_path=members[0].file_path if doc_id else f"{len(jobs)} documents",
+                )
+                if doc_id is None:
+                    await self._record_group_members(jobs, graph)
+
+    async def _record_group_members(self, jobs: list[MergeJob], graph: _ObservedGraph) -> None:
+        """LightRAG's phase 3 for each member of a group: the entities and relations it merged,
+        plus the relation endpoints the group created (LightRAG's `added_entities`)."""
+        group_nodes = set().union(*(job.node_names() for job in jobs))
+        added = (graph.missing & graph.upserted_nodes) - group_nodes
+        for job in jobs:
+            edges = job.edge_keys()
+            names = job.node_names() & graph.upserted_nodes
+            names |= {name for key in edges for name in key if name in added}
+            pairs = edges & graph.upserted_edges
+            if names:
+                await self.rag.full_entities.upsert(
+                    {job.doc_id: {"entity_names": list(names), "count": len(names)}}
+                )
+            if pairs:
+                await self.rag.full_relations.upsert(
+                    {job.doc_id: {"relation_pairs": [list(p) for p in pairs], "count": len(pairs)}}
+                )
 
     async def _extract(
         self,
@@ -698,9 +801,14 @@ async def _subtract_chunks(storage: Any, key: str, chunk_ids: set[str]) -> None:
 def _resolve_path(*candidates: Any) -> str:
     """LightRAG's `_resolve_doc_file_path`: the first non-placeholder path."""
     for candidate in candidates:
-        if isinstance(candidate, str) and candidate.strip() and candidate.strip() not in (
-            "no-file-path",
-            "unknown_source",
+        if (
+            isinstance(candidate, str)
+            and candidate.strip()
+            and candidate.strip()
+            not in (
+                "no-file-path",
+                "unknown_source",
+            )
         ):
             return candidate.strip()
     return "unknown_source"

@@ -1,0 +1,173 @@
+"""Documents that reach the merge while other merges run are merged together, as one group.
+
+Why: LightRAG's `_merge_nodes_then_upsert` holds an entity's keyed lock across that entity's
+summary LLM call. When many documents name the same entity (a company, a product, a city:
+such hub entities are the norm in a knowledge base), their merges form a chain of summary
+calls, one LLM latency per document per entity, while the LLM sits idle. Merging the documents
+that are waiting at that moment in one `merge_nodes_and_edges` call gives each entity all of
+their new descriptions at once: at most one summary for the group instead of one per document,
+and the chain is as long as the number of groups, not of documents.
+
+Grouping costs nothing when the machine is idle: a document that finds a free merge slot merges
+alone at once, exactly as LightRAG would (the equivalence test pins that path). Only documents
+that would have queued for a slot are grouped. At most ``concurrency`` groups run at once; the
+next group takes the waiting documents highest task priority first, then oldest, up to
+``max_docs``.
+
+Failure and cancellation stay per document:
+- a document stopped while it waits leaves the queue at once;
+- a running group is stopped only when every member has stopped (a shutdown);
+- a group of several that fails tells each member `MergeGroupFailed`; the member purges what
+  the group wrote for it and merges again alone, so one bad document never fails the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class MergeGroupFailed(Exception):
+    """The group this document was merged in failed; merge it again alone after a purge."""
+
+
+@dataclass(eq=False)
+class MergeJob:
+    """One document's extraction results, waiting for (or in) a merge."""
+
+    doc_id: str
+    chunk_results: list
+    priority: int = 5
+    #: Merge alone, never in a group (the retry after a failed group).
+    solo: bool = False
+    #: Anything the group runner needs per document (scope, progress hooks...).
+    context: Any = None
+    stopped: bool = False
+    future: asyncio.Future[None] | None = None
+    seq: int = 0
+
+    def node_names(self) -> set[str]:
+        return {name for nodes, _ in self.chunk_results for name in nodes}
+
+    def edge_keys(self) -> set[tuple[str, str]]:
+        return {tuple(sorted(key)) for _, edges in self.chunk_results for key in edges}  # type: ignore[misc]
+
+
+@dataclass(eq=False)
+class MergeGroup:
+    jobs: list[MergeJob]
+    #: Called once when every member has stopped (the runner stops LightRAG's merge).
+    on_all_stopped: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def priority(self) -> int:
+        return max(job.priority for job in self.jobs)
+
+    def all_stopped(self) -> bool:
+        return all(job.stopped for job in self.jobs)
+
+
+GroupRunner = Callable[[MergeGroup], Awaitable[None]]
+
+
+class MergeGroups:
+    """Admits merges of one workspace: ``concurrency`` groups at once, waiting documents grouped."""
+
+    def __init__(self, run_group: GroupRunner, concurrency: int, max_docs: int = 16) -> None:
+        self._run_group = run_group
+        self.concurrency = max(1, int(concurrency))
+        self.max_docs = max(1, int(max_docs))
+        self._pending: list[MergeJob] = []
+        self._running: dict[MergeJob, MergeGroup] = {}
+        self._groups: set[asyncio.Task[None]] = set()
+        self._seq = itertools.count()
+        # Observability (and what the tests count).
+        self.groups_run = 0
+        self.docs_grouped = 0
+        self.largest_group = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._pending)
+
+    async def merge(self, job: MergeJob) -> None:
+        """Return once ``job`` is merged (alone or in a group); raise what its merge raised."""
+        if job.stopped:
+            raise asyncio.CancelledError(f"merge of {job.doc_id} stopped before it was queued")
+        job.future = asyncio.get_running_loop().create_future()
+        job.seq = next(self._seq)
+        self._pending.append(job)
+        self._pump()
+        await asyncio.shield(job.future)
+
+    def stop(self, job: MergeJob) -> None:
+        """The document was stopped: leave the queue, or count as stopped in its running group."""
+        job.stopped = True
+        if job in self._pending:
+            self._pending.remove(job)
+            if job.future is not None:
+                job.future.cancel()  # the caller reports its own cancellation
+            return
+        group = self._running.get(job)
+        if group is not None and group.all_stopped():
+            for callback in group.on_all_stopped:
+                callback()
+
+    def _take_group(self) -> list[MergeJob]:
+        self._pending.sort(key=lambda j: (-j.priority, j.seq))
+        first = self._pending.pop(0)
+        if first.solo:
+            return [first]
+        jobs = [first]
+        for job in list(self._pending):
+            if len(jobs) >= self.max_docs:
+                break
+            if not job.solo:
+                self._pending.remove(job)
+                jobs.append(job)
+        return jobs
+
+    def _pump(self) -> None:
+        while self._pending and len(self._groups) < self.concurrency:
+            group = MergeGroup(self._take_group())
+            for job in group.jobs:
+                self._running[job] = group
+            self.groups_run += 1
+            if len(group.jobs) > 1:
+                self.docs_grouped += len(group.jobs)
+            self.largest_group = max(self.largest_group, len(group.jobs))
+            task = asyncio.get_running_loop().create_task(self._run(group), name="merge-group")
+            self._groups.add(task)
+
+    async def _run(self, group: MergeGroup) -> None:
+        error: BaseException | None = None
+        try:
+            await self._run_group(group)
+        except BaseException as exc:  # delivered to the members below
+            error = exc
+        finally:
+            self._groups.discard(asyncio.current_task())  # type: ignore[arg-type]
+            for job in group.jobs:
+                self._running.pop(job, None)
+            self._pump()
+        others = len(group.jobs) - 1
+        for job in group.jobs:
+            future = job.future
+            if future is None or future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            elif isinstance(error, asyncio.CancelledError):
+                future.cancel()
+            else:
+                failure = MergeGroupFailed(f"merged with {others} other(s): {error}") if others else error
+                future.set_exception(failure)
+                future.exception()  # marked retrieved: a member that gave up waiting must not log it
+        if error is not None and others:
+            log.warning("merge group of %d documents failed (%s); each merges again alone", others + 1, error)

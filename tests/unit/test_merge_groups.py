@@ -1,0 +1,146 @@
+"""MergeGroups on its own: who merges alone, who is grouped, in what order, and what a stop or
+a failure does to the members (the runner is a stand-in that records its groups)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from src.ingestion.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+
+class Runner:
+    """Records each group; a group whose first member is in ``hold`` waits for its release."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[str]] = []
+        self.hold: dict[str, asyncio.Event] = {}
+        self.started: dict[str, asyncio.Event] = {}
+        self.fail: dict[str, BaseException] = {}
+
+    def block(self, doc_id: str) -> None:
+        self.hold[doc_id] = asyncio.Event()
+        self.started[doc_id] = asyncio.Event()
+
+    async def __call__(self, group: MergeGroup) -> None:
+        ids = [job.doc_id for job in group.jobs]
+        self.groups.append(ids)
+        first = ids[0]
+        if first in self.hold:
+            self.started[first].set()
+            await self.hold[first].wait()
+        for doc_id in ids:
+            if doc_id in self.fail:
+                raise self.fail[doc_id]
+
+
+def job(doc_id: str, priority: int = 5, solo: bool = False) -> MergeJob:
+    return MergeJob(doc_id, [({doc_id: []}, {})], priority=priority, solo=solo)
+
+
+async def occupied(groups: MergeGroups, runner: Runner) -> asyncio.Task:
+    """A merge of "busy" that holds a slot until ``runner.hold["busy"]`` is set."""
+    runner.block("busy")
+    busy = asyncio.create_task(groups.merge(job("busy")))
+    await runner.started["busy"].wait()
+    return busy
+
+
+async def queued(groups: MergeGroups, *jobs: MergeJob) -> list[asyncio.Task]:
+    """Merges of ``jobs``, once all of them wait in the queue."""
+    tasks = [asyncio.create_task(groups.merge(j)) for j in jobs]
+    await until(lambda: groups.waiting == len(jobs))
+    return tasks
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_an_idle_workspace_merges_a_document_alone_at_once() -> None:
+    runner = Runner()
+    groups = MergeGroups(runner, concurrency=2)
+    await groups.merge(job("a"))
+    await groups.merge(job("b"))
+    assert runner.groups == [["a"], ["b"]] and groups.docs_grouped == 0
+
+
+async def test_documents_waiting_for_a_slot_are_merged_together_highest_priority_first() -> None:
+    """Catches a queue that merges waiting documents one by one (the chain this removes), that
+    ignores priorities when a group is capped, or that lets a solo retry join a group."""
+    runner = Runner()
+    groups = MergeGroups(runner, concurrency=1, max_docs=3)
+    busy = await occupied(groups, runner)
+    jobs = [job("low1", 1), job("low2", 1), job("solo", 9, solo=True), job("high", 9), job("mid", 5)]
+    waiting = await queued(groups, *jobs)
+    runner.hold["busy"].set()
+    await asyncio.gather(busy, *waiting)
+    # The solo job goes first (priority 9, older than "high") and alone; then a capped group by
+    # priority then age; then what is left.
+    assert runner.groups == [["busy"], ["solo"], ["high", "mid", "low1"], ["low2"]]
+    assert groups.largest_group == 3 and groups.docs_grouped == 3
+
+
+async def test_a_document_stopped_while_waiting_leaves_the_queue_at_once() -> None:
+    runner = Runner()
+    groups = MergeGroups(runner, concurrency=1)
+    busy = await occupied(groups, runner)
+    stopped, kept = job("stopped"), job("kept")
+    waits = await queued(groups, stopped, kept)
+    groups.stop(stopped)
+    with pytest.raises(asyncio.CancelledError):
+        await waits[0]
+    assert not busy.done() and groups.waiting == 1
+    runner.hold["busy"].set()
+    await asyncio.gather(busy, waits[1])
+    assert runner.groups == [["busy"], ["kept"]]
+    # Stopped before it was ever queued: refused, never merged.
+    late = job("late")
+    groups.stop(late)
+    with pytest.raises(asyncio.CancelledError):
+        await groups.merge(late)
+    assert ["late"] not in runner.groups
+
+
+async def test_a_running_group_is_told_to_stop_only_when_every_member_has_stopped() -> None:
+    runner = Runner()
+    groups = MergeGroups(runner, concurrency=1)
+    first = await occupied(groups, runner)
+    a, b = job("a"), job("b")
+    waits = await queued(groups, a, b)
+    runner.block("a")
+    runner.hold["busy"].set()
+    await first
+    await runner.started["a"].wait()
+    told: list[str] = []
+    group = next(g for j, g in groups._running.items() if j is a)
+    group.on_all_stopped.append(lambda: told.append("stop"))
+    groups.stop(a)
+    assert told == []  # b still wants its merge
+    groups.stop(b)
+    assert told == ["stop"]
+    runner.hold["a"].set()
+    await asyncio.gather(*waits)
+
+
+async def test_a_failed_group_tells_each_member_to_retry_alone_and_a_lone_failure_is_its_own() -> None:
+    """Catches one bad document failing the documents it happened to be merged with."""
+    runner = Runner()
+    groups = MergeGroups(runner, concurrency=1)
+    busy = await occupied(groups, runner)
+    runner.fail["bad"] = RuntimeError("vector store refused")
+    waits = await queued(groups, job("good"), job("bad"))
+    runner.hold["busy"].set()
+    await busy
+    for wait in waits:
+        with pytest.raises(MergeGroupFailed, match="vector store refused"):
+            await wait
+    with pytest.raises(RuntimeError, match="vector store refused"):
+        await groups.merge(job("bad", solo=True))
+    await groups.merge(job("good", solo=True))
+    assert runner.groups[-2:] == [["bad"], ["good"]]
