@@ -142,9 +142,12 @@ async def start_services(
             express_slots=express_slots_for(settings.max_concurrent_tasks)
             if settings.express_task_slots is None
             else settings.express_task_slots,
-            # A document merging or waiting for its commit yields its slot to the next one. Merges of
-            # documents sharing entities queue on LightRAG's keyed locks: room for two slots' worth.
-            finishing_slots=2 * settings.max_concurrent_tasks,
+            # A document merging or waiting for its commit yields its slot to the next one. Waiting
+            # documents are merged in groups (src/ingestion/merge_groups.py), which only pays off if
+            # extraction can run ahead of the merges: room for eight slots' worth (a finishing task
+            # holds only its extraction results). 200 documents sharing entities at 16:16: 54 s with
+            # 2x, 35-40 s with 8x (docs/benchmarks.md, E4).
+            finishing_slots=8 * settings.max_concurrent_tasks,
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
             sweep_seconds=settings.sweep_seconds,

@@ -280,7 +280,7 @@ class DocumentIndexer:
         self.merges = MergeGroups(
             self._merge_group,
             concurrency=max(1, merge_concurrency or 2),
-            max_docs=max(1, merge_group_docs or max(16, int(rag.llm_model_max_async))),
+            max_docs=max(1, merge_group_docs or max(16, 4 * int(rag.llm_model_max_async))),
         )
         self.split_by_character = split_by_character
         self.split_by_character_only = split_by_character_only

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +148,7 @@ class MergeGroups:
 
     async def _run(self, group: MergeGroup) -> None:
         error: BaseException | None = None
+        started = time.monotonic()
         try:
             await self._run_group(group)
         except BaseException as exc:  # delivered to the members below
@@ -157,6 +159,13 @@ class MergeGroups:
                 self._running.pop(job, None)
             self._pump()
         others = len(group.jobs) - 1
+        log.info(
+            "merged %d document(s) in %.2f s (%d waiting)%s",
+            others + 1,
+            time.monotonic() - started,
+            len(self._pending),
+            f": failed: {error!r}" if error is not None else "",
+        )
         for job in group.jobs:
             future = job.future
             if future is None or future.done():
