@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ def shared_data():
     shared_storage.initialize_share_data()
     sqlite_store.configure(flush_interval=0.05)
     yield
-    sqlite_store.configure(flush_interval=sqlite_store.FLUSH_INTERVAL_SECONDS)
+    sqlite_store.configure(
+        flush_interval=sqlite_store.FLUSH_INTERVAL_SECONDS, commit_delay=sqlite_store.COMMIT_DELAY_SECONDS
+    )
     shared_storage.finalize_share_data()
 
 
@@ -328,8 +331,11 @@ async def test_concurrent_commits_are_coalesced(tmp_path: Path) -> None:
     await kv2.finalize()
 
 
-async def test_failed_flush_fails_commit_and_keeps_records_dirty(tmp_path: Path) -> None:
-    """Catches a commit that returns although nothing reached disk, or records lost after a failure."""
+@pytest.mark.parametrize("interval", [0.05, 30.0])
+async def test_failed_flush_fails_commit_and_keeps_records_dirty(tmp_path: Path, interval: float) -> None:
+    """Catches a commit that returns although nothing reached disk, or records lost after a failure
+    (also when the retry is driven by the commit delay rather than the interval)."""
+    sqlite_store.configure(flush_interval=interval)
     kv = await open_storage(SqliteKVStorage, tmp_path, "full_docs")
     store = store_of(kv)
     real_write = store._write
@@ -343,12 +349,103 @@ async def test_failed_flush_fails_commit_and_keeps_records_dirty(tmp_path: Path)
 
     store._write = failing_write  # type: ignore[method-assign]
     await kv.upsert({"d1": {"content": "one"}})
-    with pytest.raises(RuntimeError, match="storage flush failed"):
+    async with asyncio.timeout(10):  # the failure detector; the interval may be 30 s
+        with pytest.raises(RuntimeError, match="storage flush failed"):
+            await store.commit()
+        await kv.upsert({"d2": {"content": "two"}})
         await store.commit()
-    await kv.upsert({"d2": {"content": "two"}})
-    await store.commit()
     assert sorted(r[1] for r in rows(tmp_path, "kv")) == ["d1", "d2"]
     await kv.finalize()
+
+
+async def test_commit_does_not_wait_for_the_flush_interval(tmp_path: Path) -> None:
+    """Catches a commit that sleeps out the flush interval, and background changes (mark_dirty,
+    index_done_callback) flushed before the interval: with a 30 s interval, background changes stay
+    in memory, and a commit arriving during that wait flushes them with its own after the delay."""
+    sqlite_store.configure(flush_interval=30.0)
+    kv = await open_storage(SqliteKVStorage, tmp_path, "full_docs")
+    store = store_of(kv)
+    await kv.upsert({"d0": {"content": "zero"}})
+    async with asyncio.timeout(10):
+        await store.commit()
+    assert store.flush_count == 1
+    await kv.upsert({"d1": {"content": "one"}})  # background: nobody waits
+    await kv.index_done_callback()
+    await asyncio.sleep(0.2)  # the flusher is now in its 30 s background wait
+    assert store.flush_count == 1
+    assert [r[1] for r in rows(tmp_path, "kv")] == ["d0"]
+    await kv.upsert({"d2": {"content": "two"}})
+    async with asyncio.timeout(10):  # the failure detector: far below the 30 s interval
+        await store.commit()
+    assert store.flush_count == 2
+    assert sorted(r[1] for r in rows(tmp_path, "kv")) == ["d0", "d1", "d2"]
+    await kv.finalize()
+
+
+async def test_fifty_concurrent_commits_share_few_flushes_without_the_interval(tmp_path: Path) -> None:
+    """Catches one flush per commit, or a group commit that waits for the (30 s) interval."""
+    sqlite_store.configure(flush_interval=30.0)
+    kv = await open_storage(SqliteKVStorage, tmp_path, "full_docs")
+    store = store_of(kv)
+
+    async def writer(i: int) -> None:
+        await kv.upsert({f"d{i}": {"content": str(i)}})
+        await store.commit()
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(*(writer(i) for i in range(50)))
+    assert store.rows_written == 50
+    assert store.flush_count <= 2
+    assert len(rows(tmp_path, "kv")) == 50
+    await kv.finalize()
+
+
+async def test_commit_during_a_flush_is_covered_by_the_next_flush(tmp_path: Path) -> None:
+    """Catches a commit issued while a flush writes being lost, settled by a flush that did not
+    contain its change, or left waiting for the (30 s) interval."""
+    sqlite_store.configure(flush_interval=30.0)
+    kv = await open_storage(SqliteKVStorage, tmp_path, "full_docs")
+    store = store_of(kv)
+    real_write = store._write
+    entered, release = threading.Event(), threading.Event()
+    written: list[list[str]] = []
+
+    def blocking_write(sets: list) -> int:
+        if not written:
+            entered.set()
+            release.wait(10)
+        written.append(sorted(u[0] for ws in sets for u in ws.upserts))
+        return real_write(sets)
+
+    store._write = blocking_write  # type: ignore[method-assign]
+    await kv.upsert({"d1": {"content": "one"}})
+    first = asyncio.create_task(store.commit())
+    assert await asyncio.to_thread(entered.wait, 10)
+    await kv.upsert({"d2": {"content": "two"}})
+    second = asyncio.create_task(store.commit())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not second.done()
+    release.set()
+    async with asyncio.timeout(10):
+        await asyncio.gather(first, second)
+    assert written == [["d1"], ["d2"]]
+    assert store.flush_count == 2
+    assert sorted(r[1] for r in rows(tmp_path, "kv")) == ["d1", "d2"]
+    await kv.finalize()
+
+
+def test_commit_delay_setting_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catches STORAGE_COMMIT_DELAY_SECONDS not read from the environment, or accepted out of 0-60."""
+    from pydantic import ValidationError
+
+    assert Settings(_env_file=None).storage_commit_delay_seconds == sqlite_store.COMMIT_DELAY_SECONDS
+    monkeypatch.setenv("STORAGE_COMMIT_DELAY_SECONDS", "0")
+    assert Settings(_env_file=None).storage_commit_delay_seconds == 0.0
+    for bad in ("-0.01", "60.5"):
+        monkeypatch.setenv("STORAGE_COMMIT_DELAY_SECONDS", bad)
+        with pytest.raises(ValidationError, match="storage_commit_delay_seconds"):
+            Settings(_env_file=None)
 
 
 async def test_flush_io_runs_in_worker_thread_and_loop_keeps_running(tmp_path: Path) -> None:
@@ -567,6 +664,7 @@ def _settings(tmp_path: Path) -> Settings:
         embedding_provider="hash",
         workspace="kb1",
         storage_flush_interval_seconds=0.05,
+        storage_commit_delay_seconds=0.01,
     )
 
 
@@ -586,6 +684,7 @@ async def test_lightrag_insert_and_query_on_embedded_storages(tmp_path: Path) ->
     settings = _settings(tmp_path)
     rag = await build_lightrag(settings)
     assert type(rag.doc_status).__name__ == "SqliteDocStatusStorage"
+    assert (store_of(rag.doc_status).flush_interval, store_of(rag.doc_status).commit_delay) == (0.05, 0.01)
     await rag.ainsert(DOC, ids=["doc-zorblax"], file_paths=["z.txt"])
     await commit_for(rag)()
     status = (await rag.doc_status.get_by_ids(["doc-zorblax"]))[0]

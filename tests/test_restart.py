@@ -111,8 +111,16 @@ def test_kill9_under_steady_upload_load_loses_no_acknowledged_task(tmp_path: Pat
     llm_port, port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     mock = start_mock_llm(llm_port, latency=0.1)
-    # A long flush interval widens the window in which finished documents are not yet on disk.
-    env = service_env(data_dir, port, llm_port, MAX_CONCURRENT_TASKS="4", STORAGE_FLUSH_INTERVAL_SECONDS="2")
+    # A long flush interval and commit delay widen the window in which finished documents are not
+    # yet on disk (the commit delay alone would flush them within 20 ms).
+    env = service_env(
+        data_dir,
+        port,
+        llm_port,
+        MAX_CONCURRENT_TASKS="4",
+        STORAGE_FLUSH_INTERVAL_SECONDS="2",
+        STORAGE_COMMIT_DELAY_SECONDS="2",
+    )
     service = start_service(env, tmp_path / "service.log")
     acknowledged: dict[str, str] = {}  # task id -> doc id: the 202s the client received
     refused: list[int] = []  # uploads that failed while the service was down (never acknowledged)

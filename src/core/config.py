@@ -218,9 +218,13 @@ class Settings(BaseSettings):
     #: LightRAG's own batch pipeline reads it; this service's per-document engine does not use it.
     max_parallel_insert: int | None = None
     entity_extract_max_gleaning: int = 1
-    #: Embedded SQLite storages: dirty records are written at most this often (and at shutdown);
-    #: a finished document waits for the next flush before its task is reported completed.
+    #: Embedded SQLite storages (group commit): changes nobody waits for (e.g. extraction-cache
+    #: writes) are written at most once per flush interval (and at shutdown). A finished document
+    #: waits for its commit before its task is reported completed: that flush starts at most the
+    #: commit delay after the commit arrived (sooner if the interval ends first), so the documents
+    #: finishing within the delay share one transaction.
     storage_flush_interval_seconds: float = Field(default=1.0, ge=0.0, le=60.0)
+    storage_commit_delay_seconds: float = Field(default=0.02, ge=0.0, le=60.0)
 
     @property
     def uploads_dir(self) -> Path:

@@ -102,7 +102,10 @@ async def build_lightrag(
         provider_embedding.model_name,
         provider_embedding.embedding_dim,
     )
-    configure_embedded_storages(flush_interval=settings.storage_flush_interval_seconds)
+    configure_embedded_storages(
+        flush_interval=settings.storage_flush_interval_seconds,
+        commit_delay=settings.storage_commit_delay_seconds,
+    )
     # The embedded SQLite storages unless LIGHTRAG_*_STORAGE say otherwise.
     storages = storage_kwargs_from_env()
     batcher = EmbeddingBatcher(

@@ -5,7 +5,8 @@ NanoVectorDBStorage, NetworkXStorage): same reads, same result shapes, same thre
 differs is persistence: ``index_done_callback`` no longer rewrites whole files on the event loop;
 it only wakes the workspace's group-commit flusher (see ``sqlite_store``), which writes the dirty
 records in a worker thread at most once per flush interval. ``commit_for(rag)`` gives the
-per-document indexer a way to wait until its document is durable.
+per-document indexer a way to wait until its document is durable (a flush within the short
+commit delay, shared by the documents finishing meanwhile).
 
 Single process per workspace, like LightRAG's own file storages with one worker.
 

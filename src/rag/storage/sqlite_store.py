@@ -2,8 +2,19 @@
 
 Why: LightRAG's file storages rewrite whole JSON/GraphML files on the event loop after every
 pass, so the cost of each pass grows with the knowledge base. Here every storage of a workspace
-keeps LightRAG's in-memory view and only records which keys changed. The flusher, at most once
-every ``flush_interval`` seconds (and on ``commit()`` / shutdown):
+keeps LightRAG's in-memory view and only records which keys changed. The flusher runs a group
+commit, with two clocks:
+
+* background changes nobody waits for (``mark_dirty``, ``request_flush``: e.g. extraction-cache
+  writes) are coalesced and flushed at most once every ``flush_interval`` seconds — this bounds
+  the write amplification;
+* once a ``commit()`` waits (a finished document before its task is reported completed), a flush
+  starts at most ``commit_delay`` seconds after that commit arrived (never later than the interval
+  would have flushed anyway), so the commits arriving within that short window share one
+  transaction. Commits arriving while a flush runs are grouped into the next one (the flush lock
+  serialises flushes) with a delay counted from their own arrival, not a whole interval.
+
+Each flush (also ``flush_now()`` at drop / shutdown):
 
 1. on the loop, without awaiting, snapshots the dirty records of every storage (doc status last),
    serialising only those records — an atomic cut of the in-memory state;
@@ -30,8 +41,10 @@ from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
-#: Default time between two flushes; overridable with ``configure(flush_interval=...)``.
+#: Default time between two background flushes; overridable with ``configure(flush_interval=...)``.
 FLUSH_INTERVAL_SECONDS = 1.0
+#: Default longest wait of a pending ``commit()`` before its flush starts (``configure(commit_delay=...)``).
+COMMIT_DELAY_SECONDS = 0.02
 DB_FILE_NAME = "lightrag_store.sqlite3"
 
 _SCHEMA = """
@@ -53,13 +66,14 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "graph_edges": (("src", "tgt"), ("data",)),
 }
 
-_config = {"flush_interval": FLUSH_INTERVAL_SECONDS}
+_config = {"flush_interval": FLUSH_INTERVAL_SECONDS, "commit_delay": COMMIT_DELAY_SECONDS}
 
 
-def configure(flush_interval: float | None = None) -> None:
+def configure(flush_interval: float | None = None, commit_delay: float | None = None) -> None:
     """Set process-wide defaults for stores opened after this call."""
-    if flush_interval is not None:
-        _config["flush_interval"] = max(0.0, float(flush_interval))
+    for key, value in (("flush_interval", flush_interval), ("commit_delay", commit_delay)):
+        if value is not None:
+            _config[key] = max(0.0, float(value))
 
 
 @dataclass
@@ -97,9 +111,10 @@ def db_path_for(global_config: dict[str, Any], workspace: str) -> Path:
 class WorkspaceStore:
     """The database of one workspace plus its flusher (one worker thread owns the connection)."""
 
-    def __init__(self, path: Path, flush_interval: float) -> None:
+    def __init__(self, path: Path, flush_interval: float, commit_delay: float = COMMIT_DELAY_SECONDS) -> None:
         self.path = path
         self.flush_interval = flush_interval
+        self.commit_delay = commit_delay
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-flush")
         self._con: sqlite3.Connection | None = None
         self._participants: list[Participant] = []
@@ -108,7 +123,9 @@ class WorkspaceStore:
         self._durable_seq = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None  # something changed or waits: the flusher has work
+        self._commit_kick: asyncio.Event | None = None  # a commit arrived: re-check the flush deadline
+        self._commit_due: float | None = None  # monotonic time by which pending commits' flush starts
         self._flush_lock: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_flush = 0.0
@@ -252,23 +269,29 @@ class WorkspaceStore:
         self._refs += 1
 
     def mark_dirty(self) -> None:
-        """Record that something changed; a flush follows within ``flush_interval``."""
+        """Record that something changed; a background flush follows within ``flush_interval``."""
         self._change_seq += 1
         self._kick()
 
     def request_flush(self) -> None:
-        """LightRAG's index_done_callback: persist soon, do not wait."""
+        """LightRAG's index_done_callback: persist at the next background flush, do not wait."""
         if self._change_seq > self._durable_seq:
             self._kick()
 
     async def commit(self) -> None:
-        """Return once every change made before this call is durable on disk (group commit)."""
+        """Return once every change made before this call is durable on disk (group commit).
+
+        The flush starts within ``commit_delay`` of the first commit still waiting (or earlier, at
+        the background interval), so the commits of that window share one transaction.
+        """
         target = self._change_seq
         if self._durable_seq >= target:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, fut))
-        self._kick()
+        if self._commit_due is None:
+            self._commit_due = time.monotonic() + self.commit_delay
+        self._kick(commit=True)
         await fut
 
     async def flush_now(self) -> None:
@@ -281,29 +304,43 @@ class WorkspaceStore:
         if self._loop is not loop:  # first use, or a new event loop (tests): rebuild loop objects
             self._loop = loop
             self._wake = asyncio.Event()
+            self._commit_kick = asyncio.Event()
             self._flush_lock = asyncio.Lock()
             self._task = None
 
-    def _kick(self) -> None:
+    def _kick(self, commit: bool = False) -> None:
         try:
             self._bind_loop()
         except RuntimeError:  # no running loop: the next commit/flush picks the change up
             return
-        assert self._wake is not None
+        assert self._wake is not None and self._commit_kick is not None
         self._wake.set()
+        if commit:
+            self._commit_kick.set()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"sqlite-flusher:{self.path}"
             )
 
+    def _flush_due(self) -> float:
+        """When the next flush starts: the background interval, or earlier for a waiting commit."""
+        due = self._last_flush + self.flush_interval
+        return due if self._commit_due is None else min(due, self._commit_due)
+
     async def _run(self) -> None:
-        assert self._wake is not None
+        assert self._wake is not None and self._commit_kick is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
-            delay = self._last_flush + self.flush_interval - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)  # coalesce everything that arrives meanwhile
+            # Coalesce everything that arrives meanwhile; a commit arriving during the wait moves
+            # the deadline closer, so the wait is on its kick (with a timeout), not a plain sleep.
+            while (delay := self._flush_due() - time.monotonic()) > 0:
+                self._commit_kick.clear()
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._commit_kick.wait()
+                except TimeoutError:
+                    break
             try:
                 await self._flush()
             except Exception:  # already logged; retried at the next interval
@@ -313,6 +350,7 @@ class WorkspaceStore:
         assert self._flush_lock is not None
         async with self._flush_lock:
             seq = self._change_seq
+            self._commit_due = None  # every commit waiting now is settled by this flush
             # Atomic cut: no await between the first and the last collect. Doc status last.
             ordered = sorted(self._participants, key=lambda p: bool(getattr(p, "is_doc_status", False)))
             sets: list[WriteSet] = []
@@ -350,6 +388,8 @@ class WorkspaceStore:
             elif not fut.done():
                 keep.append((target, fut))
         self._waiters = keep
+        if not keep:
+            self._commit_due = None
 
     async def release(self, participant: Participant) -> None:
         """A storage is finalised: flush everything; the last one closes the database."""
@@ -375,7 +415,7 @@ def acquire_store(global_config: dict[str, Any], workspace: str) -> WorkspaceSto
     path = db_path_for(global_config, workspace).resolve()
     store = _STORES.get(path)
     if store is None:
-        store = WorkspaceStore(path, _config["flush_interval"])
+        store = WorkspaceStore(path, _config["flush_interval"], _config["commit_delay"])
         _STORES[path] = store
     return store
 
