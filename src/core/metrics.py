@@ -37,7 +37,7 @@ PROVIDER_BATCHED_REQUESTS = Counter(
 )
 PROVIDER_QUEUED = Gauge(
     "ragsvc_provider_queued",
-    "Provider calls waiting for a slot (provider=merge: documents waiting to merge)",
+    "Provider calls waiting for a slot (provider=merge: documents waiting to merge, in a group next)",
     ["provider"],
     registry=PROVIDER_REGISTRY,
 )

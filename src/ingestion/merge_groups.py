@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from src.core.metrics import PROVIDER_QUEUED, PROVIDER_RUNNING
+
 log = logging.getLogger(__name__)
 
 
@@ -104,6 +106,7 @@ class MergeGroups:
         job.future = asyncio.get_running_loop().create_future()
         job.seq = next(self._seq)
         self._pending.append(job)
+        PROVIDER_QUEUED.labels("merge").inc()
         self._pump()
         await asyncio.shield(job.future)
 
@@ -112,6 +115,7 @@ class MergeGroups:
         job.stopped = True
         if job in self._pending:
             self._pending.remove(job)
+            PROVIDER_QUEUED.labels("merge").dec()
             if job.future is not None:
                 job.future.cancel()  # the caller reports its own cancellation
             return
@@ -137,6 +141,8 @@ class MergeGroups:
     def _pump(self) -> None:
         while self._pending and len(self._groups) < self.concurrency:
             group = MergeGroup(self._take_group())
+            PROVIDER_QUEUED.labels("merge").dec(len(group.jobs))
+            PROVIDER_RUNNING.labels("merge").inc(len(group.jobs))
             for job in group.jobs:
                 self._running[job] = group
             self.groups_run += 1
@@ -155,6 +161,7 @@ class MergeGroups:
             error = exc
         finally:
             self._groups.discard(asyncio.current_task())  # type: ignore[arg-type]
+            PROVIDER_RUNNING.labels("merge").dec(len(group.jobs))
             for job in group.jobs:
                 self._running.pop(job, None)
             self._pump()

@@ -49,7 +49,7 @@ async def occupied(groups: MergeGroups, runner: Runner) -> asyncio.Task:
     return busy
 
 
-async def queued(groups: MergeGroups, *jobs: MergeJob) -> list[asyncio.Task]:
+async def queued_jobs(groups: MergeGroups, *jobs: MergeJob) -> list[asyncio.Task]:
     """Merges of ``jobs``, once all of them wait in the queue."""
     tasks = [asyncio.create_task(groups.merge(j)) for j in jobs]
     await until(lambda: groups.waiting == len(jobs))
@@ -77,7 +77,7 @@ async def test_documents_waiting_for_a_slot_are_merged_together_highest_priority
     groups = MergeGroups(runner, concurrency=1, max_docs=3)
     busy = await occupied(groups, runner)
     jobs = [job("low1", 1), job("low2", 1), job("solo", 9, solo=True), job("high", 9), job("mid", 5)]
-    waiting = await queued(groups, *jobs)
+    waiting = await queued_jobs(groups, *jobs)
     runner.hold["busy"].set()
     await asyncio.gather(busy, *waiting)
     # The solo job goes first (priority 9, older than "high") and alone; then a capped group by
@@ -91,7 +91,7 @@ async def test_a_document_stopped_while_waiting_leaves_the_queue_at_once() -> No
     groups = MergeGroups(runner, concurrency=1)
     busy = await occupied(groups, runner)
     stopped, kept = job("stopped"), job("kept")
-    waits = await queued(groups, stopped, kept)
+    waits = await queued_jobs(groups, stopped, kept)
     groups.stop(stopped)
     with pytest.raises(asyncio.CancelledError):
         await waits[0]
@@ -112,7 +112,7 @@ async def test_a_running_group_is_told_to_stop_only_when_every_member_has_stoppe
     groups = MergeGroups(runner, concurrency=1)
     first = await occupied(groups, runner)
     a, b = job("a"), job("b")
-    waits = await queued(groups, a, b)
+    waits = await queued_jobs(groups, a, b)
     runner.block("a")
     runner.hold["busy"].set()
     await first
@@ -134,7 +134,7 @@ async def test_a_failed_group_tells_each_member_to_retry_alone_and_a_lone_failur
     groups = MergeGroups(runner, concurrency=1)
     busy = await occupied(groups, runner)
     runner.fail["bad"] = RuntimeError("vector store refused")
-    waits = await queued(groups, job("good"), job("bad"))
+    waits = await queued_jobs(groups, job("good"), job("bad"))
     runner.hold["busy"].set()
     await busy
     for wait in waits:
@@ -144,3 +144,26 @@ async def test_a_failed_group_tells_each_member_to_retry_alone_and_a_lone_failur
         await groups.merge(job("bad", solo=True))
     await groups.merge(job("good", solo=True))
     assert runner.groups[-2:] == [["bad"], ["good"]]
+
+
+async def test_the_merge_gauges_count_waiting_and_merging_documents() -> None:
+    """Catches /metrics' provider="merge" gauges drifting (they were the merge slots' before)."""
+    from src.core.metrics import PROVIDER_QUEUED, PROVIDER_RUNNING
+
+    queued, running = PROVIDER_QUEUED.labels("merge"), PROVIDER_RUNNING.labels("merge")
+    q0, r0 = queued._value.get(), running._value.get()
+    runner = Runner()
+    groups = MergeGroups(runner, concurrency=1)
+    busy = await occupied(groups, runner)
+    stopped = job("stopped")
+    waits = await queued_jobs(groups, job("a"), job("b"), stopped)
+    assert (queued._value.get() - q0, running._value.get() - r0) == (3, 1)
+    groups.stop(stopped)
+    assert queued._value.get() - q0 == 2
+    runner.block("a")
+    runner.hold["busy"].set()
+    await runner.started["a"].wait()
+    assert (queued._value.get() - q0, running._value.get() - r0) == (0, 2)
+    runner.hold["a"].set()
+    await asyncio.gather(busy, *waits[:2])
+    assert (queued._value.get() - q0, running._value.get() - r0) == (0, 0)
