@@ -14,6 +14,11 @@ that would have queued for a slot are grouped. At most ``concurrency`` groups ru
 next group takes the waiting documents highest task priority first, then oldest, up to
 ``max_docs``.
 
+Priority reaches the merge too: a group holds documents of one priority only (an urgent
+document never waits for the summaries of the routine ones it would have been grouped with),
+and a waiting document that outranks every running group does not wait for a slot: it starts
+in one express slot beyond ``concurrency``.
+
 Failure and cancellation stay per document:
 - a document stopped while it waits leaves the queue at once;
 - a running group is stopped only when every member has stopped (a shutdown);
@@ -131,15 +136,23 @@ class MergeGroups:
             return [first]
         jobs = [first]
         for job in list(self._pending):
-            if len(jobs) >= self.max_docs:
-                break
+            if len(jobs) >= self.max_docs or job.priority != first.priority:
+                break  # sorted: every job after this one has a lower priority
             if not job.solo:
                 self._pending.remove(job)
                 jobs.append(job)
         return jobs
 
+    def _may_start(self) -> bool:
+        if len(self._groups) < self.concurrency:
+            return True
+        if len(self._groups) > self.concurrency:
+            return False  # the express slot is taken
+        top = max(job.priority for job in self._pending)
+        return all(top > group.priority for group in set(self._running.values()))
+
     def _pump(self) -> None:
-        while self._pending and len(self._groups) < self.concurrency:
+        while self._pending and self._may_start():
             group = MergeGroup(self._take_group())
             PROVIDER_QUEUED.labels("merge").dec(len(group.jobs))
             PROVIDER_RUNNING.labels("merge").inc(len(group.jobs))

@@ -41,10 +41,10 @@ def job(doc_id: str, priority: int = 5, solo: bool = False) -> MergeJob:
     return MergeJob(doc_id, [({doc_id: []}, {})], priority=priority, solo=solo)
 
 
-async def occupied(groups: MergeGroups, runner: Runner) -> asyncio.Task:
+async def occupied(groups: MergeGroups, runner: Runner, priority: int = 5) -> asyncio.Task:
     """A merge of "busy" that holds a slot until ``runner.hold["busy"]`` is set."""
     runner.block("busy")
-    busy = asyncio.create_task(groups.merge(job("busy")))
+    busy = asyncio.create_task(groups.merge(job("busy", priority)))
     await runner.started["busy"].wait()
     return busy
 
@@ -70,20 +70,52 @@ async def test_an_idle_workspace_merges_a_document_alone_at_once() -> None:
     assert runner.groups == [["a"], ["b"]] and groups.docs_grouped == 0
 
 
-async def test_documents_waiting_for_a_slot_are_merged_together_highest_priority_first() -> None:
+async def test_documents_waiting_for_a_slot_are_merged_together_one_priority_per_group() -> None:
     """Catches a queue that merges waiting documents one by one (the chain this removes), that
-    ignores priorities when a group is capped, or that lets a solo retry join a group."""
+    ignores priorities when a group is capped, that lets a solo retry join a group, or that makes
+    an urgent document wait for the summaries of routine documents grouped with it."""
     runner = Runner()
-    groups = MergeGroups(runner, concurrency=1, max_docs=3)
-    busy = await occupied(groups, runner)
-    jobs = [job("low1", 1), job("low2", 1), job("solo", 9, solo=True), job("high", 9), job("mid", 5)]
+    groups = MergeGroups(runner, concurrency=1, max_docs=2)
+    busy = await occupied(groups, runner, priority=9)  # nothing outranks it: no express slot
+    jobs = [job("low1", 1), job("low2", 1), job("low3", 1), job("solo", 9, solo=True),
+            job("high", 9), job("high2", 9), job("high3", 9), job("mid", 5)]  # fmt: skip
     waiting = await queued_jobs(groups, *jobs)
     runner.hold["busy"].set()
     await asyncio.gather(busy, *waiting)
-    # The solo job goes first (priority 9, older than "high") and alone; then a capped group by
-    # priority then age; then what is left.
-    assert runner.groups == [["busy"], ["solo"], ["high", "mid", "low1"], ["low2"]]
-    assert groups.largest_group == 3 and groups.docs_grouped == 3
+    # The solo job goes first (priority 9, older than "high") and alone; then groups of one
+    # priority each, capped, oldest first.
+    assert runner.groups == [
+        ["busy"],
+        ["solo"],
+        ["high", "high2"],
+        ["high3"],
+        ["mid"],
+        ["low1", "low2"],
+        ["low3"],
+    ]
+    assert groups.largest_group == 2 and groups.docs_grouped == 4
+
+
+async def test_a_document_that_outranks_every_running_merge_starts_in_the_express_slot() -> None:
+    """Catches a priority-9 document queueing behind a long merge of priority-1 documents (the
+    head-of-line wait of the benchmark's E2), and an express slot that is not bounded."""
+    runner = Runner()
+    groups = MergeGroups(runner, concurrency=1)
+    busy = await occupied(groups, runner, priority=1)
+    (low,) = await queued_jobs(groups, job("low", 1))  # does not outrank "busy": waits
+    runner.block("urgent")
+    urgent = asyncio.create_task(groups.merge(job("urgent", 7)))
+    await runner.started["urgent"].wait()  # started beside "busy", which still holds its slot
+    higher = asyncio.create_task(groups.merge(job("higher", 9)))
+    await until(lambda: groups.waiting == 2)  # the express slot is taken: "higher" waits too
+    assert runner.groups == [["busy"], ["urgent"]]
+    runner.hold["busy"].set()
+    await busy
+    await higher  # a slot freed while "urgent" (7) runs: "higher" outranks it and goes first
+    assert not low.done()
+    runner.hold["urgent"].set()
+    await asyncio.gather(urgent, low)
+    assert runner.groups == [["busy"], ["urgent"], ["higher"], ["low"]]
 
 
 async def test_a_document_stopped_while_waiting_leaves_the_queue_at_once() -> None:
