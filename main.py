@@ -20,6 +20,7 @@ from api.routes import admin, batch, documents, events, health, ingest, query, t
 from api.routes.ui import router as ui_router
 from api.views import task_view
 from src.core.config import Settings, get_settings
+from src.core.heap import long_lived_objects_frozen
 from src.core.http_limits import bounded_protocol
 from src.core.logs import configure_logging
 from src.core.metrics_listener import MetricsListener
@@ -55,7 +56,8 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
                     settings.metrics_host, settings.metrics_port, lambda: health.render_metrics(services)
                 )
                 await listener.start()
-            yield
+            with long_lived_objects_frozen():
+                yield
         finally:
             if listener is not None:
                 await listener.stop()
