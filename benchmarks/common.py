@@ -276,7 +276,7 @@ class Service:
             EMBEDDING_API_KEY="bench-key",
             EMBEDDING_MODEL="mock-embedding",
             EMBEDDING_DIM="384",
-            LOG_LEVEL="WARNING",
+            LOG_LEVEL=os.environ.get("BENCH_SERVICE_LOG_LEVEL", "WARNING"),  # service.log with --keep
             INSTANCE_ID="bench-instance",
             SHUTDOWN_GRACE_SECONDS="1",
             ADMIN_TOKEN=BENCH_ADMIN_TOKEN,  # /metrics and /health's details need it
