@@ -77,6 +77,8 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
         MAX_CONCURRENT_TASKS="1",
         # Small enough that the dashboard's groups of 100 get a 413 too_many_files for 4 files.
         MAX_BATCH_FILES="3",
+        # The last step holds the mock LLM's answers: stopping must not wait for those calls.
+        SHUTDOWN_GRACE_SECONDS="1",
         LOG_LEVEL="INFO",
     )
     uploads = tmp_path / "uploads"
@@ -117,8 +119,11 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
                 def forget(batch_id: str) -> object:
                     return redis_client.delete(Keys(prefix).batch(batch_id))
 
+                def hold_llm() -> object:
+                    return httpx.post(f"http://127.0.0.1:{llm_port}/_mock/config", json={"latency": 300})
+
                 try:
-                    _scenario(sync_api, page, base, (first, slow, waiting), tmp_path, forget)
+                    _scenario(sync_api, page, base, (first, slow, waiting), tmp_path, forget, hold_llm)
                 finally:
                     redis_client.close()
                 assert errors == [], errors
@@ -140,7 +145,13 @@ def _row(page, filename: str):
 
 
 def _scenario(
-    sync_api, page, base: str, files: tuple[Path, Path, Path], tmp_path: Path, forget: Callable[[str], object]
+    sync_api,
+    page,
+    base: str,
+    files: tuple[Path, Path, Path],
+    tmp_path: Path,
+    forget: Callable[[str], object],
+    hold_llm: Callable[[], object],
 ) -> None:
     expect = sync_api.expect
     first, slow, waiting = files
@@ -199,7 +210,7 @@ def _scenario(
 
     _batch_to_done(sync_api, page)
     _documents_tab(sync_api, page, base, first)
-    _batch_split_and_cancel(sync_api, page, forget)
+    _batch_split_and_cancel(sync_api, page, forget, hold_llm)
 
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -271,8 +282,13 @@ def _batch_to_done(sync_api, page) -> None:
     expect(bar).to_be_hidden()  # nothing to make progress
 
 
-def _batch_split_and_cancel(sync_api, page, forget: Callable[[str], object]) -> None:
+def _batch_split_and_cancel(
+    sync_api, page, forget: Callable[[str], object], hold_llm: Callable[[], object]
+) -> None:
     expect = sync_api.expect
+    # Both halves must still be unfinished when they are cancelled below: from here on, every LLM
+    # call takes longer than the rest of the test (a fast engine finished the first half before).
+    hold_llm()
     # 6. Four files against MAX_BATCH_FILES=3: the 413 too_many_files is shown and the files go as
     # two batches of two. Large files on one worker: the second batch waits, and is cancelled.
     page.set_input_files(
@@ -305,10 +321,30 @@ def _batch_split_and_cancel(sync_api, page, forget: Callable[[str], object]) -> 
 
     # A batch the server no longer knows (its record gone, as after its TTL): the cancel's 404 is
     # shown, and the status reads stop with the 404 shown (no endless polling).
-    forget(first_half.get_attribute("data-batch-id"))
+    # The page's status poll would see the 404 too and hide the button (stopBatch) before the
+    # click: its reads of this batch are held until the cancel's 404 is shown, then let through.
+    batch_id = first_half.get_attribute("data-batch-id")
+    held: list = []
+
+    def hold_status_reads(route) -> None:
+        if route.request.method == "GET":
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(f"**/batch/{batch_id}", hold_status_reads)
+    for _ in range(100):  # a held read means no other one is in flight (one poll at a time)
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "the page stopped polling a running batch"
+    forget(batch_id)
     page.once("dialog", lambda dialog: dialog.accept())
     first_half.get_by_role("button", name="Cancel the batch of 2 files").click()
     expect(first_half.locator(".batch-outcome")).to_contain_text("cancel failed: HTTP 404", timeout=15_000)
+    for route in held:
+        route.continue_()
+    page.unroute(f"**/batch/{batch_id}", hold_status_reads)
     expect(first_half.locator(".batch-head .upload-state")).to_contain_text(
         "status unavailable: HTTP 404", timeout=15_000
     )
