@@ -601,3 +601,28 @@ async def test_openai_embedding_batches_with_one_client(tmp_path: Path, no_netwo
     plain.func.embedder._client.set(_mock_client(handler))
     assert (await plain(["dddd"]))[:, 0].tolist() == [4.0]
     assert formats[-1] == "float"
+
+
+async def test_provider_client_is_built_once_and_off_the_event_loop(monkeypatch) -> None:
+    """Catches the OpenAI client (an SSL context: ~20 ms loading the CA bundle) being built on the
+    event loop at a provider's first call, and concurrent first calls building several."""
+    import asyncio
+    import threading
+
+    import openai
+
+    from src.rag.retry import LazyOpenAIClient
+
+    built_on: list[int] = []
+    real = openai.AsyncOpenAI
+
+    def recording(*args, **kwargs):
+        built_on.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(openai, "AsyncOpenAI", recording)
+    lazy = LazyOpenAIClient("http://llm.test/v1", "k", 5.0)
+    clients = await asyncio.gather(*(lazy.aget() for _ in range(20)))
+    assert len(built_on) == 1 and built_on[0] != threading.get_ident()
+    assert all(client is clients[0] for client in clients)
+    await lazy.aclose()

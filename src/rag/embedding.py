@@ -258,7 +258,8 @@ class OpenAIEmbedder:
             kwargs["dimensions"] = self._dim
         async for attempt in build_retrying(self._attempts):
             with attempt:
-                response = await self.client.embeddings.create(**kwargs)
+                client = await self._client.aget()
+                response = await client.embeddings.create(**kwargs)
         data = sorted(response.data, key=lambda d: d.index)
         if len(data) != len(batch):
             raise RuntimeError(f"embedding endpoint returned {len(data)} vectors for {len(batch)} inputs")

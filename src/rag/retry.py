@@ -7,6 +7,7 @@ jittered exponential backoff, honouring a server's ``Retry-After``; permanent on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
@@ -83,7 +84,9 @@ class LazyOpenAIClient:
     """One shared ``openai.AsyncOpenAI`` per provider, built on first use (thread-safe).
 
     Sharing it avoids LightRAG's per-call client construction (an SSL context each time);
-    ``max_retries=0`` because retries are ours (``build_retrying``), not the SDK's.
+    ``max_retries=0`` because retries are ours (``build_retrying``), not the SDK's. The async
+    paths build it with ``aget``, in a thread: loading the CA bundle for its SSL context takes
+    ~20 ms of CPU, which stalled the event loop at each provider's first call.
     """
 
     def __init__(self, base_url: str | None, api_key: str | None, timeout: float):
@@ -100,6 +103,12 @@ class LazyOpenAIClient:
                     self._client = openai.AsyncOpenAI(
                         base_url=self.base_url, api_key=self._api_key, timeout=self._timeout, max_retries=0
                     )
+        return self._client
+
+    async def aget(self) -> Any:
+        """``get`` without building the client on the event loop."""
+        if self._client is None:
+            await asyncio.to_thread(self.get)
         return self._client
 
     def set(self, client: Any) -> None:

@@ -86,7 +86,8 @@ class OpenAICompatibleLLM:
     async def _create(self, **request: Any) -> Any:
         async for attempt in build_retrying(self._attempts):
             with attempt:
-                return await self.client.chat.completions.create(**request)
+                client = await self._client.aget()
+                return await client.chat.completions.create(**request)
         raise RuntimeError("unreachable")  # pragma: no cover
 
     async def __call__(
