@@ -93,7 +93,8 @@ class MergeGroups:
         self.max_docs = max(1, int(max_docs))
         self._pending: list[MergeJob] = []
         self._running: dict[MergeJob, MergeGroup] = {}
-        self._groups: set[asyncio.Task[None]] = set()
+        #: The running groups, by the task that runs each (the task keeps a reference to it).
+        self._groups: dict[asyncio.Task[None], MergeGroup] = {}
         self._seq = itertools.count()
         # Observability (and what the tests count).
         self.groups_run = 0
@@ -149,7 +150,7 @@ class MergeGroups:
         if len(self._groups) > self.concurrency:
             return False  # the express slot is taken
         top = max(job.priority for job in self._pending)
-        return all(top > group.priority for group in set(self._running.values()))
+        return all(top > group.priority for group in self._groups.values())
 
     def _pump(self) -> None:
         while self._pending and self._may_start():
@@ -163,7 +164,7 @@ class MergeGroups:
                 self.docs_grouped += len(group.jobs)
             self.largest_group = max(self.largest_group, len(group.jobs))
             task = asyncio.get_running_loop().create_task(self._run(group), name="merge-group")
-            self._groups.add(task)
+            self._groups[task] = group
 
     async def _run(self, group: MergeGroup) -> None:
         error: BaseException | None = None
@@ -173,7 +174,7 @@ class MergeGroups:
         except BaseException as exc:  # delivered to the members below
             error = exc
         finally:
-            self._groups.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._groups.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             PROVIDER_RUNNING.labels("merge").dec(len(group.jobs))
             for job in group.jobs:
                 self._running.pop(job, None)

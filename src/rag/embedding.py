@@ -248,10 +248,6 @@ class OpenAIEmbedder:
         self._send_dimensions = self._model.startswith("text-embedding-3") and native != dim
         self._client = LazyOpenAIClient(self._base_url, self._api_key, self._timeout)
 
-    @property
-    def client(self) -> Any:
-        return self._client.get()
-
     async def _embed_batch(self, batch: list[str]) -> np.ndarray:
         kwargs: dict[str, Any] = {"model": self._model, "input": batch, "encoding_format": self._encoding}
         if self._send_dimensions:

@@ -108,7 +108,7 @@ class LazyOpenAIClient:
     async def aget(self) -> Any:
         """``get`` without building the client on the event loop."""
         if self._client is None:
-            await asyncio.to_thread(self.get)
+            return await asyncio.to_thread(self.get)
         return self._client
 
     def set(self, client: Any) -> None:

@@ -75,10 +75,6 @@ class OpenAICompatibleLLM:
         #: Set to False once the provider rejects response_format=json_object.
         self._json_mode = True
 
-    @property
-    def client(self) -> Any:
-        return self._client.get()
-
     async def aclose(self) -> None:
         """Close the shared HTTP connection pool (call at shutdown)."""
         await self._client.aclose()
