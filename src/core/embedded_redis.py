@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,18 @@ class EmbeddedState(enum.StrEnum):
     RUNNING = "running"
     RESTARTING = "restarting"
     STOPPED = "stopped"
+
+
+def _one_shot_client(socket: Path, timeout: float) -> aioredis.Redis:
+    """A client that tries once: redis-py retries a failed command 3 times with backoff by
+    default, which turned SHUTDOWN (the server closes the socket, by design) into a 4 s wait
+    and a health check of a dead server into several seconds."""
+    return aioredis.Redis(
+        unix_socket_path=str(socket),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def redis_binary() -> str:
@@ -100,7 +114,7 @@ class EmbeddedRedis:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         self.state = EmbeddedState.STOPPED
-        client = aioredis.Redis(unix_socket_path=str(self.socket), socket_timeout=5)
+        client = _one_shot_client(self.socket, 5)
         with contextlib.suppress(RedisError, OSError):
             await client.shutdown(save=True)
         await client.aclose()
@@ -113,7 +127,7 @@ class EmbeddedRedis:
     async def _answers(self) -> bool:
         if not await asyncio.to_thread(self.socket.exists):
             return False
-        client = aioredis.Redis(unix_socket_path=str(self.socket), socket_timeout=1, socket_connect_timeout=1)
+        client = _one_shot_client(self.socket, 1)
         try:
             return bool(await client.ping())
         except (RedisError, OSError):
