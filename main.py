@@ -24,6 +24,7 @@ from src.core.heap import long_lived_objects_frozen
 from src.core.http_limits import bounded_protocol
 from src.core.logs import configure_logging
 from src.core.metrics_listener import MetricsListener
+from src.core.shutdown_watch import reported_if_slow
 from src.tasks.fanout import TaskEventHub
 from src.wiring import start_services, stop_services
 
@@ -59,10 +60,11 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
             with long_lived_objects_frozen():
                 yield
         finally:
-            if listener is not None:
-                await listener.stop()
-            await hub.stop()
-            await stop_services(services)
+            async with reported_if_slow("shutdown", settings.shutdown_grace_seconds + 20):
+                if listener is not None:
+                    await listener.stop()
+                await hub.stop()
+                await stop_services(services)
 
     worker = settings.role == "worker"
     app = FastAPI(

@@ -21,6 +21,7 @@ __all__ = [
     "start_service",
     "statuses",
     "stop_process",
+    "terminate_and_wait",
     "wait_http",
 ]
 
@@ -89,6 +90,18 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def terminate_and_wait(proc: subprocess.Popen, log_path: Path, timeout: float = 60) -> int:
+    """SIGTERM and the exit status; a stop that outlasts ``timeout`` fails with the service log's tail
+    (where the service's shutdown watch reports what it is waiting for)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tail = log_path.read_text(errors="replace").splitlines()[-120:]
+        message = f"the service did not stop within {timeout:.0f} s of SIGTERM; its log ends with:"
+        raise AssertionError("\n".join([message, *tail])) from None
 
 
 def statuses(base: str, task_ids: list[str]) -> list[str]:

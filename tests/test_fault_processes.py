@@ -19,6 +19,7 @@ from tests.procs import (
     start_mock_llm,
     start_service,
     statuses,
+    terminate_and_wait,
 )
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(900)]
@@ -60,8 +61,7 @@ def test_sigterm_drains_then_requeues_and_the_next_start_resumes(tmp_path: Path)
     try:
         ids = upload_docs(base, 6, "Drainmark")
         wait_sync(lambda: "processing" in statuses(base, ids), timeout=120, message="a task running")
-        service.send_signal(signal.SIGTERM)
-        assert service.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert terminate_and_wait(service, tmp_path / "service.log") in (0, -signal.SIGTERM)
 
         service = start_service(env, tmp_path / "service.log")
         assert wait_all_final(base, ids, 300) == ["completed"] * 6
@@ -69,8 +69,7 @@ def test_sigterm_drains_then_requeues_and_the_next_start_resumes(tmp_path: Path)
         interrupted = [v for v in views if any(h["outcome"] == "interrupted" for h in v["history"])]
         assert interrupted, "at least one running task should have been handed back at shutdown"
         assert all(v["failures"] == 0 for v in views), "a shutdown must not count as a failed attempt"
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=60)
+        assert terminate_and_wait(service, tmp_path / "service.log") in (0, -signal.SIGTERM)
     finally:
         for proc in (service, mock):
             if proc.poll() is None:

@@ -17,7 +17,14 @@ import pytest
 
 from src.rag.storage.sqlite_store import read_kv_namespace
 from tests.helpers import free_port, story
-from tests.procs import kill_embedded_redis, service_env, start_mock_llm, start_service, statuses
+from tests.procs import (
+    kill_embedded_redis,
+    service_env,
+    start_mock_llm,
+    start_service,
+    statuses,
+    terminate_and_wait,
+)
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(900)]
 
@@ -88,9 +95,8 @@ def test_kill9_mid_ingestion_then_restart_completes_every_task_once(tmp_path: Pa
         )
         assert "Restartmark3" in answer.json()["response"]
 
-        service.send_signal(signal.SIGTERM)
         # uvicorn re-raises the signal after a graceful shutdown, so the exit status says SIGTERM.
-        assert service.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert terminate_and_wait(service, tmp_path / "service.log") in (0, -signal.SIGTERM)
         assert b"Application shutdown complete" in (tmp_path / "service.log").read_bytes()
 
         workspace_dir = data_dir / "rag" / "restart"
@@ -162,8 +168,7 @@ def test_kill9_under_steady_upload_load_loses_no_acknowledged_task(tmp_path: Pat
         current = wait_all_final(base, task_ids)
         assert current == ["completed"] * len(task_ids), dict(zip(task_ids, current, strict=True))
 
-        service.send_signal(signal.SIGTERM)
-        assert service.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert terminate_and_wait(service, tmp_path / "service.log") in (0, -signal.SIGTERM)
         workspace_dir = data_dir / "rag" / "restart"
         doc_status = assert_each_document_once_on_disk(workspace_dir, sorted(acknowledged.values()))
         assert {record["status"] for record in doc_status.values()} == {"processed"}
