@@ -108,9 +108,7 @@ async def get_owned_task(task_id: str, tenant: TenantDep, ingestion: IngestionDe
 OwnedTaskDep = Annotated[TaskRecord, Depends(get_owned_task)]
 
 
-async def get_owned_stream_task(
-    task_id: str, tenant: StreamTenantDep, ingestion: IngestionDep
-) -> TaskRecord:
+async def get_owned_stream_task(task_id: str, tenant: StreamTenantDep, ingestion: IngestionDep) -> TaskRecord:
     """`get_owned_task` for the event stream route (query-string key allowed)."""
     return await ingestion.task(tenant, task_id)
 

@@ -131,6 +131,7 @@ def summarize_profile(text: str, top: int = 20) -> dict:
         self_c[leaf] += n
         for fr in set(frames):
             incl[fr] += n
+
     def share(c: Counter) -> list[tuple[str, float]]:
         return [(k, round(100 * v / total, 1)) for k, v in c.most_common(top)] if total else []
 

@@ -123,8 +123,8 @@ def _embed(r: dict) -> list[str]:
     L = [
         f"{r['docs']} documents × 5 KB, mock LLM 0.05 s. Calls and texts counted by the mock (both servers)",
         "and by this service's own counters on /metrics",
-        "(`ragsvc_provider_calls_total{provider=\"embedding\"}`, `ragsvc_provider_texts_total{provider=",
-        "\"embedding\"}`, `ragsvc_embedding_requests_total` = LightRAG's "
+        '(`ragsvc_provider_calls_total{provider="embedding"}`, `ragsvc_provider_texts_total{provider=',
+        '"embedding"}`, `ragsvc_embedding_requests_total` = LightRAG\'s '
         "requests before micro-batching), before/after.",
         "",
         "| server | embedding calls | texts | calls / doc | texts / doc "

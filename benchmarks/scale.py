@@ -115,8 +115,13 @@ def scenario_scale(ctx: Ctx) -> dict:
             mock = ctx.mock(latency=0.05)
             extra: dict[str, str] = {"MAX_CONCURRENT_TASKS": "4"}
             if backend == "postgres":
-                extra |= {**PG_STORAGES, **_fresh_database(pg), "OWNERSHIP": "postgres",
-                          "POSTGRES_MAX_CONNECTIONS": "10", "UPLOAD_DIR": str(ctx.workdir / "uploads")}
+                extra |= {
+                    **PG_STORAGES,
+                    **_fresh_database(pg),
+                    "OWNERSHIP": "postgres",
+                    "POSTGRES_MAX_CONNECTIONS": "10",
+                    "UPLOAD_DIR": str(ctx.workdir / "uploads"),
+                }
             ctx.log(f"  [scale] {backend}: {docs} documents, then {queries} naive + {queries} hybrid queries")
             srv = ctx.service(mock, f"scale-{backend}", **extra)
             second: Service | None = None

@@ -106,7 +106,10 @@ async def start_services(
     metrics = Metrics()
     ownership = build_ownership(settings, instance_id, redis_prefix, live_instances=store.live_instances)
     engines = TenantEngines(
-        settings, metrics, max_cached=settings.max_cached_tenants, idle_seconds=settings.tenant_idle_seconds,
+        settings,
+        metrics,
+        max_cached=settings.max_cached_tenants,
+        idle_seconds=settings.tenant_idle_seconds,
         owns=ownership.owns,
         acquire=getattr(ownership, "try_acquire", None),
     )
@@ -185,13 +188,31 @@ async def start_services(
         settings.max_concurrent_queries if runs_tasks else 0,
     )
     ingestion = IngestionService(
-        settings, store, engines, runner, handler, files, metrics,
+        settings,
+        store,
+        engines,
+        runner,
+        handler,
+        files,
+        metrics,
         local_knowledge_bases=knowledge_bases_readable_here(settings),
     )
     batches = BatchService(ingestion, BatchStore(redis.client, store.keys, ttl_seconds=batch_ttl(settings)))
     return Services(
-        settings, redis, store, runner, engines, tenants, limiter, metrics, webhooks, instance_id, ingestion,
-        ownership, services_fence, batches,
+        settings,
+        redis,
+        store,
+        runner,
+        engines,
+        tenants,
+        limiter,
+        metrics,
+        webhooks,
+        instance_id,
+        ingestion,
+        ownership,
+        services_fence,
+        batches,
     )
 
 
@@ -229,4 +250,3 @@ async def stop_services(services: Services) -> None:
 def _preload_provider_modules() -> None:
     import openai.resources.chat  # noqa: F401
     import openai.resources.embeddings  # noqa: F401
-

@@ -49,9 +49,7 @@ def service_variable_names() -> set[str]:
 def scrubbed_env(**extra: str) -> dict[str, str]:
     """os.environ without anything that configures the service, plus ``extra`` (for subprocesses)."""
     names = service_variable_names()
-    env = {
-        k: v for k, v in os.environ.items() if k not in names and not k.startswith(SERVICE_ENV_PREFIXES)
-    }
+    env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith(SERVICE_ENV_PREFIXES)}
     env.update(extra)
     return env
 
@@ -334,9 +332,7 @@ async def wait_for_status(
                 f"task {task_id} ended {body['status']!r}, waited for {sorted(wanted)}: {body}"
             )
         if time.monotonic() > deadline:
-            raise AssertionError(
-                f"task {task_id} not {sorted(wanted)} (stage {stage}) in {timeout}s: {body}"
-            )
+            raise AssertionError(f"task {task_id} not {sorted(wanted)} (stage {stage}) in {timeout}s: {body}")
         await asyncio.sleep(interval)
 
 

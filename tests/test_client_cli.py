@@ -571,8 +571,16 @@ def test_cli_text_submission_options_list_and_document(live: LiveService) -> Non
     assert ragsvc(live, "document", "no-such-doc").exit_code == 2
 
     answer = ragsvc(
-        live, "query", "Fennoraque", "--mode", "naive", "--context-only", "--chunk-top-k", "2",
-        "--response-type", "Bullet Points",
+        live,
+        "query",
+        "Fennoraque",
+        "--mode",
+        "naive",
+        "--context-only",
+        "--chunk-top-k",
+        "2",
+        "--response-type",
+        "Bullet Points",
     )
     assert answer.exit_code == 0 and "Fennoraque" in answer.stdout
     assert ragsvc(live, "cancel", row["task_id"]).exit_code == 2  # finished: nothing to cancel

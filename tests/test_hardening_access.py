@@ -139,5 +139,5 @@ def test_scrub_and_redact_rules() -> None:
     )
     kept = "GET /health and http://example.com/a/b stay"
     assert scrub_paths(kept) == kept
-    line = 'GET /events?limit=5&access_token=rsk_abc_def&token=t0k&x=1 HTTP/1.1'
+    line = "GET /events?limit=5&access_token=rsk_abc_def&token=t0k&x=1 HTTP/1.1"
     assert redact_secrets(line) == "GET /events?limit=5&access_token=[redacted]&token=[redacted]&x=1 HTTP/1.1"

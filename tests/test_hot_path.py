@@ -29,8 +29,11 @@ def _sync_dependencies(dependant) -> list[str]:
 
 @pytest.mark.parametrize(
     ("router", "path", "method"),
-    [(tasks.router, "/task/{task_id}", "GET"), (tasks.router, "/tasks", "GET"),
-     (health.router, "/api/queue/stats", "GET")],  # fmt: skip
+    [
+        (tasks.router, "/task/{task_id}", "GET"),
+        (tasks.router, "/tasks", "GET"),
+        (health.router, "/api/queue/stats", "GET"),
+    ],  # fmt: skip
 )
 def test_polled_routes_have_no_thread_pool_dependencies(router, path, method) -> None:
     """Catches a plain ``def`` dependency on a polled route: FastAPI runs those in its thread pool, one
@@ -88,6 +91,7 @@ def test_ideal_is_never_below_one_documents_chain() -> None:
 def test_histogram_p99_from_bucket_deltas() -> None:
     """Catches a quantile read from the cumulative totals instead of the window's deltas."""
     name = "ragsvc_event_loop_lag_seconds_bucket"
+
     def buckets(a: float, b: float, inf: float) -> dict:
         return {(name, (("le", "0.01"),)): a, (name, (("le", "0.1"),)): b, (name, (("le", "+Inf"),)): inf}
 

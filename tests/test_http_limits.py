@@ -47,9 +47,7 @@ def _rss_kb(pid: int) -> int:
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
     port = free_port()
-    env = service_env(
-        tmp / "data", port, free_port(), LLM_PROVIDER="offline", HEADER_TIMEOUT_SECONDS="1.5"
-    )
+    env = service_env(tmp / "data", port, free_port(), LLM_PROVIDER="offline", HEADER_TIMEOUT_SECONDS="1.5")
     proc = start_service(env, tmp / "service.log")
     yield proc, port
     proc.terminate()

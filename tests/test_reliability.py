@@ -217,6 +217,7 @@ async def test_redis_outage_gives_503_and_loses_nothing(tmp_path) -> None:
                 # Neither the partial nor the renamed final file of the refused uploads is left.
                 after = {p.name for p in settings.uploads_dir.iterdir()}
                 assert after <= before, f"refused uploads left files: {sorted(after - before)}"
+
                 # Tasks keep running on their in-memory state, and one that finishes retries its
                 # final write (instead of dropping it) until Redis answers.
                 async def final_write_retried() -> bool:

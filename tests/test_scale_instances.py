@@ -208,6 +208,7 @@ def check_each_entity_merged_once(pg: dict[str, str], workspace: str) -> None:
     from collections import Counter
 
     chunks_of: dict[str, list[str]] = {}
+
     def rows(columns: str, table: str) -> list[dict]:
         return pg_fetch(pg, f"SELECT {columns} FROM {table} WHERE workspace = $1", workspace)
 
@@ -254,7 +255,10 @@ def mock_llm() -> Iterator[int]:
 
 @pytest.fixture
 def fleet_factory(
-    tmp_path: Path, redis_url: str, pg_env: dict[str, str], mock_llm: int  # noqa: F811
+    tmp_path: Path,
+    redis_url: str,
+    pg_env: dict[str, str],  # noqa: F811
+    mock_llm: int,
 ) -> Iterator:
     fleets: list[Fleet] = []
 
@@ -310,7 +314,7 @@ def test_instances_share_one_knowledge_base_and_extract_each_document_once(
     fleet = fleet_factory()
     fleet.start(instances)
     base = fleet.any_base()
-    tenants = {name: make_tenant(base, name) for name in ("acme", "globex", "initech")[: instances]}
+    tenants = {name: make_tenant(base, name) for name in ("acme", "globex", "initech")[:instances]}
     run_documents(fleet, mock_llm, tenants, 30 if instances == 2 else 18)
     # Ownership spread: with work in several workspaces, more than one instance owned one.
     owned = owned_tenants(fleet)
@@ -336,8 +340,10 @@ def test_kill_9_of_the_owner_moves_ownership_and_no_document_runs_twice(fleet_fa
     headers = make_tenant(base, "acme")
     httpx.post(f"http://127.0.0.1:{mock_llm}/_mock/config", json={"latency": 1.0}, timeout=10)
     bases = list(fleet.bases.values())
-    tasks = [upload(bases[i % 2], headers, f"Killmark{i}.txt", story(f"topic {i}", f"Killmark{i}z", 8))
-             for i in range(8)]
+    tasks = [
+        upload(bases[i % 2], headers, f"Killmark{i}.txt", story(f"topic {i}", f"Killmark{i}z", 8))
+        for i in range(8)
+    ]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not owners(fleet.pg):
         time.sleep(0.2)
@@ -377,8 +383,10 @@ def test_a_stalled_owner_is_replaced_and_stops_when_it_resumes(fleet_factory, mo
     headers = make_tenant(base, "acme")
     httpx.post(f"http://127.0.0.1:{mock_llm}/_mock/config", json={"latency": 1.0}, timeout=10)
     bases = list(fleet.bases.values())
-    tasks = [upload(bases[i % 2], headers, f"Stallmark{i}.txt", story(f"topic {i}", f"Stallmark{i}z", 8))
-             for i in range(6)]
+    tasks = [
+        upload(bases[i % 2], headers, f"Stallmark{i}.txt", story(f"topic {i}", f"Stallmark{i}z", 8))
+        for i in range(6)
+    ]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         views = [httpx.get(f"{base}/task/{t['task_id']}", headers=headers, timeout=30).json() for t in tasks]
@@ -402,8 +410,14 @@ def test_a_stalled_owner_is_replaced_and_stops_when_it_resumes(fleet_factory, mo
     assert [v["status"] for v in views.values()] == ["completed"] * len(tasks)
     log = (fleet.tmp / f"{stalled[0]}.log").read_text(errors="replace")
     assert "no longer owner" in log, "the resumed owner did not notice that it lost the workspace"
-    chunks = sum(int(httpx.get(f"{survivor}/documents/{t['doc_id']}", headers=headers, timeout=30)
-                     .json()["chunks_count"]) for t in tasks)
+    chunks = sum(
+        int(
+            httpx.get(f"{survivor}/documents/{t['doc_id']}", headers=headers, timeout=30).json()[
+                "chunks_count"
+            ]
+        )
+        for t in tasks
+    )
     assert chunks <= mock_kinds(mock_llm)["extract"] <= chunks + 2
     check_each_entity_merged_once(fleet.pg, "scale--acme")
 
@@ -431,8 +445,9 @@ def test_shared_storages_without_postgres_credentials_refuse_to_start(tmp_path: 
     """Catches: an instance on shared storages starting without an ownership backend (it would run
     LightRAG's pipeline beside other instances on the same workspace)."""
     port, llm_port = free_port(), free_port()
-    env = service_env(tmp_path / "d", port, llm_port, REDIS_URL=redis_url, EMBEDDING_PROVIDER="hash",
-                      OWNERSHIP="postgres")
+    env = service_env(
+        tmp_path / "d", port, llm_port, REDIS_URL=redis_url, EMBEDDING_PROVIDER="hash", OWNERSHIP="postgres"
+    )
     for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DATABASE"):
         env.pop(name, None)
     result = subprocess.run(

@@ -31,8 +31,9 @@ pytestmark = pytest.mark.integration
 EXTRACT_PROMPT = "---Task---\nExtract entities and relationships from the input text\n<Input Text>\n```\nx```"
 
 
-def make(pg: dict[str, str], instance: str, *, lock_timeout: float = 1.5, ping: float = 0.3,
-         live: int = 1) -> PgOwnership:
+def make(
+    pg: dict[str, str], instance: str, *, lock_timeout: float = 1.5, ping: float = 0.3, live: int = 1
+) -> PgOwnership:
     async def live_instances() -> int:
         return live
 
@@ -144,8 +145,12 @@ def test_configuration_errors_and_backend_choice(tmp_path, monkeypatch: pytest.M
 
     settings = make_settings(tmp_path, None)
     assert isinstance(build_ownership(settings, "i", "p:", env={}), LocalOwnership)
-    env = {"LIGHTRAG_KV_STORAGE": "PGKVStorage", "POSTGRES_USER": "u", "POSTGRES_PASSWORD": "p",
-           "POSTGRES_DATABASE": "d"}
+    env = {
+        "LIGHTRAG_KV_STORAGE": "PGKVStorage",
+        "POSTGRES_USER": "u",
+        "POSTGRES_PASSWORD": "p",
+        "POSTGRES_DATABASE": "d",
+    }
     assert isinstance(build_ownership(settings, "i", "p:", env=env), PgOwnership)
     assert lock_key("p:", "ws") == lock_key("p:", "ws") != lock_key("p:", "ws2")
 
@@ -159,8 +164,14 @@ async def test_writes_on_a_workspace_owned_elsewhere_are_refused(tmp_path) -> No
     async def refuse(tenant: str) -> bool:
         return False
 
-    engines = TenantEngines(make_settings(tmp_path, None), Metrics(), max_cached=2, idle_seconds=60,
-                            owns=lambda t: False, acquire=refuse)
+    engines = TenantEngines(
+        make_settings(tmp_path, None),
+        Metrics(),
+        max_cached=2,
+        idle_seconds=60,
+        owns=lambda t: False,
+        acquire=refuse,
+    )
     with pytest.raises(WorkspaceOwnedElsewhere):
         async with engines.use_for_ingestion("acme"):
             pass
@@ -257,7 +268,8 @@ async def test_new_owner_requeues_tasks_held_by_the_previous_owner(
 
 
 async def test_graph_writes_into_a_workspace_not_owned_are_refused(
-    pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    pg_env: dict[str, str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Catches: a stalled owner resuming mid-merge and upserting entities into a workspace another
     instance owns by now (the merge needs no LLM call, so only the storage can refuse it)."""
@@ -271,8 +283,12 @@ async def test_graph_writes_into_a_workspace_not_owned_are_refused(
     initialize_share_data()
     owned = {"ws-fence"}
     remove = register_write_fence(lambda ws: ws in owned)
-    graph = PGPlainGraphStorage(namespace="chunk_entity_relation", workspace="ws-fence",
-                                global_config={"embedding_batch_num": 8}, embedding_func=None)
+    graph = PGPlainGraphStorage(
+        namespace="chunk_entity_relation",
+        workspace="ws-fence",
+        global_config={"embedding_batch_num": 8},
+        embedding_func=None,
+    )
     try:
         await graph.initialize()
         await graph.upsert_node("A", {"entity_id": "A", "source_id": "c1"})

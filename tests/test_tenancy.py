@@ -14,6 +14,8 @@ from src.tenancy.tenants import TenantQuota
 from tests.helpers import ADMIN, Service, make_settings, make_tenant, start_service, story, wait_for_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
 @pytest.fixture
 async def multi(tmp_path, redis_url):
     async with start_service(make_settings(tmp_path, redis_url, admin_token="admin-secret")) as svc:

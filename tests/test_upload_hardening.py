@@ -388,7 +388,7 @@ def test_stalled_and_trickling_bodies_get_408_and_their_partial_file_is_removed(
     try:
         boundary = "hardeningboundary"
         preamble = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s.txt\"\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.txt"\r\n'
             "Content-Type: text/plain\r\n\r\n"
         ).encode()
         # 1. Stalled: half the body arrives at once (well above the minimum rate), then nothing.
@@ -427,9 +427,7 @@ def test_stalled_and_trickling_bodies_get_408_and_their_partial_file_is_removed(
         assert _parts(uploads) == [] and list(uploads.iterdir()) == []
 
         # The server is fine afterwards.
-        ok = httpx.post(
-            f"http://127.0.0.1:{port}/insert/text", json={"text": "still serving"}, timeout=30
-        )
+        ok = httpx.post(f"http://127.0.0.1:{port}/insert/text", json={"text": "still serving"}, timeout=30)
         assert ok.status_code == 202, ok.text
     finally:
         proc.terminate()

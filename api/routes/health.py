@@ -92,9 +92,7 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
 
 
 @router.get("/api/queue/stats", response_model=QueueStats, summary="Task counts per status and capacity")
-async def queue_stats(
-    tenant: TenantDep, services: ServicesDep
-) -> QueueStats:
+async def queue_stats(tenant: TenantDep, services: ServicesDep) -> QueueStats:
     """The caller's tasks per status, waiting and running; this instance's slots."""
     return QueueStats(
         tenant=tenant,

@@ -60,4 +60,3 @@ __all__ = [
     "extraction_records",
     "main",
 ]
-

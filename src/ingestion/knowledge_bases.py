@@ -196,4 +196,3 @@ class TenantEngines:
         for engine in list(self._engines.values()):
             self._engines.pop(engine.tenant, None)
             await engine.close()
-

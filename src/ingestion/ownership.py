@@ -53,10 +53,19 @@ Listener = Callable[[str], Awaitable[None]]
 
 #: Storage names whose data lives in this instance's DATA_DIR (nothing shared between instances):
 #: LightRAG's file storages and our embedded SQLite ones (src/rag/storage/embedded.py).
-FILE_STORAGES = frozenset({
-    "JsonKVStorage", "NanoVectorDBStorage", "NetworkXStorage", "JsonDocStatusStorage", "FaissVectorDBStorage",
-    "SqliteKVStorage", "SqliteVectorStorage", "SqliteGraphStorage", "SqliteDocStatusStorage",
-})
+FILE_STORAGES = frozenset(
+    {
+        "JsonKVStorage",
+        "NanoVectorDBStorage",
+        "NetworkXStorage",
+        "JsonDocStatusStorage",
+        "FaissVectorDBStorage",
+        "SqliteKVStorage",
+        "SqliteVectorStorage",
+        "SqliteGraphStorage",
+        "SqliteDocStatusStorage",
+    }
+)
 
 
 class OwnershipConfigError(ValueError):
@@ -79,8 +88,9 @@ class Ownership(Protocol):
         """Called by an idle dispatcher: take more workspaces with work; True if one was taken."""
         ...
 
-    def add_listener(self, *, on_lost: Listener | None = None, on_acquired: Listener | None = None) -> None:
-        ...
+    def add_listener(
+        self, *, on_lost: Listener | None = None, on_acquired: Listener | None = None
+    ) -> None: ...
 
     async def start(self) -> None: ...
 
@@ -123,8 +133,9 @@ def fence_llm(llm: Callable[..., Any], owns: Callable[[], bool]) -> Callable[...
 
     async def fenced(prompt: str, *args: Any, **kwargs: Any) -> Any:
         if not owns():
-            kind = classify_prompt(prompt, kwargs.get("system_prompt") or "",
-                                   bool(kwargs.get("keyword_extraction")))
+            kind = classify_prompt(
+                prompt, kwargs.get("system_prompt") or "", bool(kwargs.get("keyword_extraction"))
+            )
             if kind in ("extract", "glean", "summary"):
                 raise OwnershipLost("this instance no longer owns the workspace; ingestion stopped")
         return await llm(prompt, *args, **kwargs)
@@ -195,8 +206,12 @@ class PgOwnership:
         return self._fresh() and any(self.workspace_for(t) == workspace for t in self._owned)
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": "postgres", "instance_id": self.instance_id, "owned": self.owned(),
-                "connected": self._conn is not None and self._fresh()}
+        return {
+            "mode": "postgres",
+            "instance_id": self.instance_id,
+            "owned": self.owned(),
+            "connected": self._conn is not None and self._fresh(),
+        }
 
     def add_listener(self, *, on_lost: Listener | None = None, on_acquired: Listener | None = None) -> None:
         if on_lost is not None:
@@ -229,8 +244,12 @@ class PgOwnership:
         timeout_ms = int(self.lock_timeout * 1000)
         await conn.execute(f"SET idle_session_timeout = {timeout_ms}")
         # A half-open TCP connection (the owner's host vanished) is noticed by the server too.
-        for setting, value in (("tcp_keepalives_idle", 2), ("tcp_keepalives_interval", 1),
-                               ("tcp_keepalives_count", 3), ("tcp_user_timeout", timeout_ms)):
+        for setting, value in (
+            ("tcp_keepalives_idle", 2),
+            ("tcp_keepalives_interval", 1),
+            ("tcp_keepalives_count", 3),
+            ("tcp_user_timeout", timeout_ms),
+        ):
             with contextlib.suppress(Exception):
                 await conn.execute(f"SET {setting} = {value}")
         await conn.execute(
@@ -274,8 +293,9 @@ class PgOwnership:
         try:
             async with self._io:
                 if self._conn is not None:
-                    await asyncio.wait_for(self._conn.fetchval("SELECT pg_advisory_unlock($1)", key),
-                                           timeout=self.lock_timeout)
+                    await asyncio.wait_for(
+                        self._conn.fetchval("SELECT pg_advisory_unlock($1)", key), timeout=self.lock_timeout
+                    )
         except Exception as exc:
             await self._connection_lost(str(exc))
         log.info("ownership: released the workspace of tenant %s (idle)", tenant)

@@ -60,6 +60,7 @@ OFFLINE_PARSER_NAME = "offline"
 # Plain text and HTML
 # --------------------------------------------------------------------------------------
 
+
 def decode_text(data: bytes, name: str = "document") -> str:
     """Decode uploaded text bytes (src/rag/text_decoding.py: BOM, then UTF-8, then GB18030 when it
     reads as Chinese, then Windows-1252 for Western text; binary or undecodable → a clear error,

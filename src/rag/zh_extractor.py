@@ -625,9 +625,7 @@ def extract_keywords_json(query: str) -> str:
                 if len(toks) > 1:
                     low.extend(t.word for t in toks if len(t.word) >= 2 and t.word not in _ZH_STOP)
         high.extend(
-            t.word
-            for t in tokens
-            if len(t.word) >= 2 and t.flag[:1] in {"v", "n"} and t.word not in _ZH_STOP
+            t.word for t in tokens if len(t.word) >= 2 and t.flag[:1] in {"v", "n"} and t.word not in _ZH_STOP
         )
     else:
         low.extend(name for name, *_ in _english_phrases(prose, 0))

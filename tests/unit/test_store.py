@@ -46,8 +46,17 @@ async def _requeue(store: TaskStore, task_id: str, **kwargs) -> RequeueOutcome:
 
 def test_every_script_is_loaded_from_the_package() -> None:
     """Catches a script missing from lua/ (or from package-data): the store would fail at start."""
-    for name in ("create", "check_room", "claim", "heartbeat", "progress", "finish", "requeue",
-                 "request_cancel", "set_if_exists"):
+    for name in (
+        "create",
+        "check_room",
+        "claim",
+        "heartbeat",
+        "progress",
+        "finish",
+        "requeue",
+        "request_cancel",
+        "set_if_exists",
+    ):
         source = script_source(name)
         assert "local K = {}" in source and "local function queue_full" in source
 
@@ -229,8 +238,9 @@ async def test_progress_is_refused_for_a_stale_epoch(store: TaskStore) -> None:
 async def test_finish_completed_sets_ttl_history_and_indexes(store: TaskStore) -> None:
     """Catches a final state without a TTL (records would live forever) or left in the running set."""
     claimed = await _running(store, "c")
-    out = await store.finish("c", claimed.attempt, TaskStatus.COMPLETED, result={"chunks": 3},
-                             stage=Stage.DONE, progress=100)
+    out = await store.finish(
+        "c", claimed.attempt, TaskStatus.COMPLETED, result={"chunks": 3}, stage=Stage.DONE, progress=100
+    )
     assert out is FinishOutcome.OK
     rec = await store.get("c")
     assert rec.status == TaskStatus.COMPLETED and rec.result == {"chunks": 3} and rec.finished_at
@@ -246,8 +256,10 @@ async def test_finish_completed_sets_ttl_history_and_indexes(store: TaskStore) -
 async def test_finish_sets_the_ttl_of_each_final_status(store: TaskStore, status: TaskStatus) -> None:
     """Catches a final status written with another status' TTL (or none)."""
     claimed = await _running(store, "f")
-    assert await store.finish("f", claimed.attempt, status, error="x", stage=Stage.FAILED,
-                              progress=0) is FinishOutcome.OK
+    assert (
+        await store.finish("f", claimed.attempt, status, error="x", stage=Stage.FAILED, progress=0)
+        is FinishOutcome.OK
+    )
     ttl = await store.redis.ttl(store.keys.task("f"))
     assert store.ttls[status.value] - 5 < ttl <= store.ttls[status.value]
 
@@ -265,20 +277,30 @@ async def test_finish_with_a_stale_epoch_is_refused(store: TaskStore) -> None:
 async def test_finish_refusals_name_their_reason(store: TaskStore) -> None:
     """Catches a refused final write being reported as success or with the wrong reason (the runner
     must finish a cancel when a cancel won the race)."""
-    assert await store.finish("nope", 1, TaskStatus.COMPLETED, stage=Stage.DONE,
-                              progress=100) is FinishOutcome.MISSING
+    assert (
+        await store.finish("nope", 1, TaskStatus.COMPLETED, stage=Stage.DONE, progress=100)
+        is FinishOutcome.MISSING
+    )
     claimed = await _running(store, "r")
     await store.request_cancel("r")
-    assert await store.finish("r", claimed.attempt, TaskStatus.COMPLETED, stage=Stage.DONE,
-                              progress=100) is FinishOutcome.CANCELLING
-    assert await store.finish("r", claimed.attempt, TaskStatus.CANCELLED, stage=Stage.CANCELLED,
-                              progress=0) is FinishOutcome.OK
-    assert await store.finish("r", claimed.attempt, TaskStatus.FAILED, stage=Stage.FAILED,
-                              progress=0) is FinishOutcome.ALREADY_FINAL
+    assert (
+        await store.finish("r", claimed.attempt, TaskStatus.COMPLETED, stage=Stage.DONE, progress=100)
+        is FinishOutcome.CANCELLING
+    )
+    assert (
+        await store.finish("r", claimed.attempt, TaskStatus.CANCELLED, stage=Stage.CANCELLED, progress=0)
+        is FinishOutcome.OK
+    )
+    assert (
+        await store.finish("r", claimed.attempt, TaskStatus.FAILED, stage=Stage.FAILED, progress=0)
+        is FinishOutcome.ALREADY_FINAL
+    )
     await _running(store, "q")
     await _requeue(store, "q")
-    assert await store.finish("q", 1, TaskStatus.COMPLETED, stage=Stage.DONE,
-                              progress=100) is FinishOutcome.NOT_RUNNING
+    assert (
+        await store.finish("q", 1, TaskStatus.COMPLETED, stage=Stage.DONE, progress=100)
+        is FinishOutcome.NOT_RUNNING
+    )
 
 
 # ------------------------------------------------------------------ requeue / dead letter
@@ -287,8 +309,15 @@ async def test_finish_refusals_name_their_reason(store: TaskStore) -> None:
 async def test_requeue_with_backoff_waits_in_the_delayed_queue(store: TaskStore) -> None:
     """Catches a retry that is claimable before its not-before time (no backoff at all)."""
     claimed = await _running(store, "b")
-    out = await store.requeue("b", owner="w1", max_failures=5, not_before=time.time() + 60,
-                              outcome=AttemptOutcome.RETRY, error="flaky", epoch=claimed.attempt)
+    out = await store.requeue(
+        "b",
+        owner="w1",
+        max_failures=5,
+        not_before=time.time() + 60,
+        outcome=AttemptOutcome.RETRY,
+        error="flaky",
+        epoch=claimed.attempt,
+    )
     assert out is RequeueOutcome.REQUEUED
     rec = await store.get("b")
     assert rec.status == TaskStatus.PENDING and rec.stage == Stage.RETRY_WAIT and rec.failures == 1
@@ -313,8 +342,14 @@ async def test_interruption_does_not_count_as_a_failure(store: TaskStore) -> Non
     """Catches a shutdown hand-back eating into the retry budget (a few restarts would dead-letter)."""
     for _ in range(3):
         claimed = await store.claim("w", 60) or await _running(store, "s")
-        out = await _requeue(store, "s", max_failures=1, outcome=AttemptOutcome.INTERRUPTED,
-                             counts_as_failure=False, epoch=claimed.attempt)
+        out = await _requeue(
+            store,
+            "s",
+            max_failures=1,
+            outcome=AttemptOutcome.INTERRUPTED,
+            counts_as_failure=False,
+            epoch=claimed.attempt,
+        )
         assert out is RequeueOutcome.REQUEUED
     rec = await store.get("s")
     assert rec.failures == 0 and rec.status == TaskStatus.PENDING and len(rec.history) == 3
@@ -326,8 +361,11 @@ async def test_dead_letter_after_max_failures(store: TaskStore) -> None:
     outcomes = []
     for _ in range(3):
         claimed = await store.claim("w", 60)
-        outcomes.append(await _requeue(store, "d", max_failures=3, outcome=AttemptOutcome.RETRY,
-                                       error="flaky", epoch=claimed.attempt))
+        outcomes.append(
+            await _requeue(
+                store, "d", max_failures=3, outcome=AttemptOutcome.RETRY, error="flaky", epoch=claimed.attempt
+            )
+        )
     assert outcomes == [RequeueOutcome.REQUEUED, RequeueOutcome.REQUEUED, RequeueOutcome.DEAD_LETTERED]
     rec = await store.get("d")
     assert rec.status == TaskStatus.FAILED and rec.failures == 3 and rec.attempt == 3

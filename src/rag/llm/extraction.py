@@ -71,5 +71,3 @@ def _trim_stop_edges(words: list[str]) -> list[str]:
     while words and words[-1].lower().strip(".'’") in _STOPWORDS:
         words = words[:-1]
     return words
-
-

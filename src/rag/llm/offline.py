@@ -36,6 +36,7 @@ OFFLINE_LABEL = (
 MAX_ANSWER_CHARS = 3000
 MAX_PASSAGES = 6
 
+
 def _query_tokens(query: str) -> list[str]:
     """Words, CJK pieces (runs split at question/function words) and punctuation, in order."""
     tokens: list[str] = []
@@ -267,4 +268,3 @@ class OfflineExtractiveLLM:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OfflineExtractiveLLM:
         return self
-

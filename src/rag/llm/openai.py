@@ -151,4 +151,3 @@ class OpenAICompatibleLLM:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OpenAICompatibleLLM:
         return self  # LightRAG's asdict() deep-copies llm_model_func; share the client instead
-
