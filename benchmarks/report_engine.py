@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.doc_blocks import splice_block  # noqa: E402
 
 START = "<!-- engine-bench:start -->"
 END = "<!-- engine-bench:end -->"
@@ -234,7 +235,7 @@ SECTIONS = (
 )
 
 
-def render(store: dict, img: Path, old_stamp: str) -> list[str]:
+def render(store: dict, img: Path) -> list[str]:
     L = [
         START,
         "## Ingestion engine and hot path (issues 10, 12)",
@@ -244,8 +245,8 @@ def render(store: dict, img: Path, old_stamp: str) -> list[str]:
         "says when, on which commit and in which mode it ran, and the machine's load average then — the",
         "2 cores are shared with other work,",
         "so a high load average inflates every latency and deflates every ratio).",
-        "**The numbered sections after this one (1–7 and the analysis) were measured earlier: "
-        f"{old_stamp}.**",
+        "The numbered sections 1–7 further down come from a run of their own (machine, date and commit",
+        "in their table).",
         "",
     ]
     png = _plot_ratios(store, img)
@@ -273,16 +274,6 @@ def write_engine_section(out: Path, results: dict, errors: dict, info: dict, qui
     for k, v in errors.items():
         store[k] = {"error": v, "info": info, "quick": quick, "load": load, "lrs_note": lrs_note}
     store_path.write_text(json.dumps(store, indent=1, default=str) + "\n")
-    text = out.read_text() if out.exists() else "# Benchmarks\n"
-    m = re.search(r"\| date / commit \| ([^|]+) \|", text)
-    old_stamp = m.group(1).strip() if m else "date and commit unknown"
     img = out.parent / "img"
     img.mkdir(parents=True, exist_ok=True)
-    block = "\n".join(render(store, img, old_stamp))
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        idx = text.find("\n## ")
-        text = text + "\n" + block + "\n" if idx < 0 else text[: idx + 1] + block + "\n" + text[idx:]
-    out.write_text(text)
+    splice_block(out, "\n".join(render(store, img)), START, END)

@@ -32,6 +32,7 @@ import httpx
 import psutil
 
 from benchmarks.common import ADMIN_HEADERS, ROOT, Mock, RedisServer, Service, machine_info, pct
+from benchmarks.doc_blocks import splice_block
 from benchmarks.loadgen import doc_text
 
 LIGHTRAG_FILE_STORAGES = {
@@ -280,13 +281,7 @@ def markdown(
 
 def write_section(out: Path, section: str) -> None:
     begin, end = "<!-- soak:begin -->", "<!-- soak:end -->"
-    text = out.read_text() if out.exists() else ""
-    block = f"{begin}\n{section}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    out.write_text(text)
+    splice_block(out, f"{begin}\n{section}\n{end}", begin, end)
 
 
 def main(argv: list[str] | None = None) -> int:

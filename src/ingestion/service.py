@@ -410,7 +410,8 @@ class IngestionService:
         try:
             if not await self._doc_status(tenant, doc_id):
                 raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
-            # Deletion waits for the current pipeline batch to end (LightRAG refuses it while busy).
+            # Stops the document if it is being indexed here, then waits only for merges in flight
+            # (the indexer's GraphGate), never for other documents to finish.
             status = str(await self.handler.purge(tenant, doc_id))
             if status == "not_found":
                 raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
