@@ -246,10 +246,9 @@ def scenario_throughput(ctx: Ctx) -> dict:
                         mock,
                         f"tp-{system}-{max_async}",
                         llm_max_async=max_async,
-                        # P documents indexed in parallel as on LightRAG Server; our admission
-                        # window (task slots) is twice that, the service's default ratio.
-                        max_concurrent_tasks=2 * parallel,
-                        max_parallel_insert=parallel,
+                        # P documents indexed in parallel as on LightRAG Server (MAX_PARALLEL_INSERT):
+                        # each task indexes its own document.
+                        max_concurrent_tasks=parallel,
                     )
                     url = f"{srv.base}/insert"
                 try:
