@@ -17,7 +17,7 @@ from redis.asyncio.connection import UnixDomainSocketConnection
 
 from src.core.embedded_redis import EmbeddedRedis
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from src.core.shutdown_watch import reported_if_slow
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 
 async def _stuck_forever(event: asyncio.Event) -> None:

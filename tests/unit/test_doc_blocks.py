@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.doc_blocks import TITLE, splice_block
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 A0, A1 = "<!-- a:start -->", "<!-- a:end -->"
 B0, B1 = "<!-- b:start -->", "<!-- b:end -->"
