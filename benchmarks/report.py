@@ -300,8 +300,8 @@ def write_report(
     if g:
         L += ["## 5. Event-loop lag (outside proxy) during a large PDF parse", ""]
         L += [
-            "A **proxy** seen from outside (the service's own probe, `ragsvc_event_loop_lag_seconds`, is what",
-            "E1 and E5 report): a separate process sends",
+            "A **proxy** seen from outside (the service's own probe,",
+            "`ragsvc_event_loop_lag_seconds`, is what E1 and E5 report): a separate process sends",
             "`GET /health` every 10 ms (one at a time, fixed schedule) and records each latency. /health",
             "also pings Redis and checks the upload dir in a thread, so its floor is above pure loop lag,",
             "and the probe process competes for the same 2 cores.",
