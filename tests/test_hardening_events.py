@@ -160,3 +160,17 @@ async def test_lost_subscription_is_reestablished_and_streams_resync(service: Se
                 break
     finally:
         await hub.stop()
+
+
+async def test_a_reconnect_during_shutdown_is_not_reported(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Catches the misleading "re-established" line a stopping service logged: redis-py reconnects
+    a pub/sub connection whose read was cancelled, which at shutdown is expected, not news."""
+    hub = TaskEventHub(service.services.store, max_per_tenant=5, queue_size=64)
+    await hub.start()
+    caplog.set_level("INFO", logger="src.tasks.fanout")
+    hub._on_reconnect(None)  # while running: reported
+    await hub.stop()
+    hub._on_reconnect(None)  # after stop: not
+    assert sum("re-established" in r.getMessage() for r in caplog.records) == 1

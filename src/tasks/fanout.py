@@ -245,6 +245,8 @@ class TaskEventHub:
                     await asyncio.wait_for(pubsub.aclose(), 2.0)
 
     def _on_reconnect(self, connection: object) -> None:
+        if self._stopping:
+            return  # redis-py reconnects a pub/sub whose read was cancelled: not news at shutdown
         log.info("task event subscription re-established; streams resynchronise")
         self._broadcast(RESYNC)
 
