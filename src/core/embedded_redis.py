@@ -43,9 +43,9 @@ class EmbeddedState(enum.StrEnum):
 
 
 def _one_shot_client(socket: Path, timeout: float) -> aioredis.Redis:
-    """A client that tries once: redis-py retries a failed command 3 times with backoff by
-    default, which turned SHUTDOWN (the server closes the socket, by design) into a 4 s wait
-    and a health check of a dead server into several seconds."""
+    """A client that tries once: redis-py 8 retries a failed command 10 times with backoff by
+    default, which turned SHUTDOWN (the server closes the socket, by design) into a 4 s wait,
+    and into 11 socket timeouts when the exiting server accepts but no longer answers."""
     return aioredis.Redis(
         unix_socket_path=str(socket),
         socket_timeout=timeout,
