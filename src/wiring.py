@@ -17,9 +17,9 @@ from src.core.redis_conn import RedisHandle, connect_redis
 from src.ingestion.batches import BatchService
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
-from src.ingestion.knowledge_bases import TenantEngines
 from src.ingestion.ownership import LocalOwnership, Ownership, build_ownership, shared_storages_selected
 from src.ingestion.service import IngestionService
+from src.rag.engine.tenant_engines import TenantEngines
 from src.rag.storage.fence import register_write_fence
 from src.tasks.admission import express_slots_for
 from src.tasks.batches import BatchStore
@@ -146,7 +146,7 @@ async def start_services(
             if settings.express_task_slots is None
             else settings.express_task_slots,
             # A document merging or waiting for its commit yields its slot to the next one. Waiting
-            # documents are merged in groups (src/ingestion/merge_groups.py), which only pays off if
+            # documents are merged in groups (src/rag/engine/merge_groups.py), which only pays off if
             # extraction can run ahead of the merges: room for eight slots' worth (a finishing task
             # holds only its extraction results). 200 documents sharing entities at 16:16: 54 s with
             # 2x, 35-40 s with 8x (docs/benchmarks.md, E4).

@@ -23,8 +23,8 @@ from lightrag.base import DocStatus
 from lightrag.kg.shared_storage import get_storage_keyed_lock
 from lightrag.utils import make_relation_chunk_key
 
-from src.ingestion.indexer import DocumentIndexer, IndexingError, IndexProgress
 from src.rag.builder import build_lightrag
+from src.rag.engine.indexer import DocumentIndexer, IndexingError, IndexProgress
 from tests.conftest import make_settings
 from tests.docs_factory import story
 
@@ -451,7 +451,7 @@ async def test_missing_text_and_a_busy_lightrag_pipeline(pair) -> None:
     (or fails) while an outside caller runs LightRAG's own pipeline (its `busy` flag)."""
     from lightrag.kg.shared_storage import get_namespace_data
 
-    from src.ingestion.indexer import DocumentMissingError
+    from src.rag.engine.indexer import DocumentMissingError
 
     ours, _, _ = pair
     indexer = DocumentIndexer(ours)

@@ -221,7 +221,7 @@ async def test_transient_provider_error_retries_the_query_task(tmp_path, redis_u
 async def test_query_task_runs_at_its_priority_for_its_tenant(tmp_path, redis_url, monkeypatch) -> None:
     """Catches a query task whose provider calls are admitted at the default priority or as another
     tenant's (the LLM scheduler reads the call context the handler sets)."""
-    from src.ingestion import queries
+    from src.rag.engine import queries
     from src.rag.scheduler import current_call_context
 
     seen = []

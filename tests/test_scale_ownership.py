@@ -158,7 +158,7 @@ def test_configuration_errors_and_backend_choice(tmp_path, monkeypatch: pytest.M
 async def test_writes_on_a_workspace_owned_elsewhere_are_refused(tmp_path) -> None:
     """Catches: DELETE /documents on a non-owner running LightRAG's deletion beside the owner."""
     from src.core.metrics import Metrics
-    from src.ingestion.knowledge_bases import TenantEngines
+    from src.rag.engine.tenant_engines import TenantEngines
     from tests.conftest import make_settings
 
     async def refuse(tenant: str) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from src.core.metrics import Metrics
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
-from src.ingestion.knowledge_bases import TenantEngines
+from src.rag.engine.tenant_engines import TenantEngines
 from src.tasks.models import TaskRecord, TaskStatus
 from tests.helpers import make_settings
 

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from api.deps import CallbackUrlQuery, IngestionDep, PriorityQuery, ServicesDep, TenantDep
 from api.schemas import QueryRequest, QueryResponse, QueryTaskAccepted
 from src.ingestion.errors import ProviderError
-from src.ingestion.queries import QuerySpec
 from src.ingestion.service import SubmitOptions
+from src.rag.engine.queries import QuerySpec
 from src.rag.llm import llm_description
 
 router = APIRouter(tags=["query"])

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
 
     # --- task engine ------------------------------------------------------------------
     #: Task slots of this process (the user-facing admission knob): documents in extraction; each
-    #: task drives its own document (src/ingestion/indexer.py), and a document that reaches the
+    #: task drives its own document (src/rag/engine/indexer.py), and a document that reaches the
     #: merge yields its slot (src/tasks/admission.py).
     max_concurrent_tasks: int = Field(default=8, ge=1, le=256)
     #: Extra slots usable only by a task of higher priority than the lowest one running here, so an

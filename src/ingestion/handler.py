@@ -24,11 +24,11 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from src.ingestion import queries
 from src.ingestion.files import UploadFiles
-from src.ingestion.ingestor import IngestError, is_transient_message
-from src.ingestion.knowledge_bases import TenantEngines
 from src.ingestion.ownership import OwnershipLost
+from src.rag.engine import queries
+from src.rag.engine.ingestor import IngestError, is_transient_message
+from src.rag.engine.tenant_engines import TenantEngines
 from src.rag.llm import llm_description
 from src.rag.parsers import DocumentParseError
 from src.rag.scheduler import call_context

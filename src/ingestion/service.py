@@ -31,7 +31,6 @@ from lightrag.base import DocStatus
 
 from src.core.config import Settings
 from src.core.metrics import Metrics
-from src.ingestion import queries
 from src.ingestion.errors import (
     DeleteFailed,
     DocConflict,
@@ -58,10 +57,11 @@ from src.ingestion.errors import (
 )
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
-from src.ingestion.knowledge_bases import TenantEngine, TenantEngines
-from src.ingestion.queries import QuerySpec
 from src.ingestion.uploads import Pace, SavedUpload, receive_upload, sanitize_filename
 from src.rag.doc_listing import DocumentPage, list_documents, page_of_records
+from src.rag.engine import queries
+from src.rag.engine.queries import QuerySpec
+from src.rag.engine.tenant_engines import TenantEngine, TenantEngines
 from src.rag.storage.durable import read_doc_status, read_doc_statuses
 from src.tasks.models import CreateOutcome, Stage, TaskKind, TaskRecord, TaskStatus
 from src.tasks.runner import TaskRunner

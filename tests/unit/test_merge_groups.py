@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from src.ingestion.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
+from src.rag.engine.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 

@@ -50,7 +50,7 @@ from lightrag.utils import (
     sanitize_text_for_encoding,
 )
 
-from src.ingestion.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
+from src.rag.engine.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
 from src.rag.scheduler import call_context, current_call_context
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Any
 from lightrag import LightRAG, QueryParam
 
 from src.ingestion.errors import ProviderError
-from src.ingestion.knowledge_bases import TenantEngines
+from src.rag.engine.tenant_engines import TenantEngines
 
 log = logging.getLogger(__name__)
 

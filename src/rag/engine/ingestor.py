@@ -23,7 +23,7 @@ from lightrag.base import DocStatus
 from raganything.utils import separate_content_with_page_map
 
 from src.core.scrub import scrub_paths
-from src.ingestion.indexer import (
+from src.rag.engine.indexer import (
     CHUNKING,
     DONE,
     EXTRACTING,

@@ -22,9 +22,9 @@ from lightrag import LightRAG
 from src.core.config import Settings
 from src.core.metrics import Metrics
 from src.ingestion.errors import KnowledgeBaseUnavailable, WorkspaceOwnedElsewhere
-from src.ingestion.indexer import DocumentIndexer
-from src.ingestion.ingestor import DocumentIngestor
 from src.ingestion.ownership import fence_llm
+from src.rag.engine.indexer import DocumentIndexer
+from src.rag.engine.ingestor import DocumentIngestor
 from src.tenancy.tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
