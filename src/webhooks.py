@@ -9,9 +9,14 @@ an off-the-shelf library (`standardwebhooks.Webhook(secret).verify(body, headers
 
 Delivery goes only to public addresses (`src/core/netguard.py`; WEBHOOK_ALLOWED_HOSTS exempts
 named hosts or networks), pinned to the checked address, and never follows redirects. It is
-retried with exponential backoff and jitter (tenacity) on connection errors and non-2xx answers;
-every attempt is recorded on the task (`webhook.attempts`) with a status code or a generic error
-— never the low-level reason, which would turn callbacks into a port scanner.
+retried with exponential backoff and jitter (tenacity) on connection errors, timeouts and non-2xx
+answers; every attempt is recorded on the task (`webhook.attempts`) with a status code or a generic
+error — never the low-level reason, which would turn callbacks into a port scanner.
+
+A receiver is a stranger: each attempt has one overall deadline (WEBHOOK_TIMEOUT_SECONDS, from
+resolving the host to the status line, so a receiver trickling a byte at a time cannot hold it
+open), and at most WEBHOOK_MAX_RESPONSE_BYTES of its answer are read (only the status matters; a
+receiver that never stops sending costs that many bytes, not the service's memory).
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class WebhookNotifier:
         attempts: int = 5,
         backoff_seconds: float = 1.0,
         timeout_seconds: float = 10.0,
+        max_response_bytes: int = 64 * 1024,
         allowed_hosts: str | None = None,
     ):
         self.store = store
@@ -92,6 +98,8 @@ class WebhookNotifier:
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
         self.allow = AllowList.parse(allowed_hosts)
+        self.timeout_seconds = timeout_seconds
+        self.max_response_bytes = max_response_bytes
         # trust_env=False: a proxy from the environment would bypass the address pinning.
         self.client = httpx.AsyncClient(timeout=timeout_seconds, follow_redirects=False, trust_env=False)
         self._pending: set[asyncio.Task] = set()
@@ -118,7 +126,7 @@ class WebhookNotifier:
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=tenacity.wait_random_exponential(multiplier=self.backoff_seconds, max=60),
-            retry=tenacity.retry_if_exception_type((_Undelivered, httpx.HTTPError)),
+            retry=tenacity.retry_if_exception_type((_Undelivered, httpx.HTTPError, TimeoutError)),
             reraise=True,
         )
         delivered = False
@@ -129,7 +137,7 @@ class WebhookNotifier:
             delivered = True
         except BlockedDestination:
             pass  # recorded on the attempt; retrying cannot make an internal address public
-        except (_Undelivered, httpx.HTTPError):
+        except (_Undelivered, httpx.HTTPError, TimeoutError):
             pass
         await self.store.record_webhook(
             task_id, {"url": record.callback_url, "delivered": delivered, "attempts": attempts}
@@ -146,6 +154,19 @@ class WebhookNotifier:
         entry: dict[str, Any] = {"at": time.time()}
         attempts.append(entry)
         try:
+            async with asyncio.timeout(self.timeout_seconds):
+                await self._exchange(record, body, entry)
+        except TimeoutError:
+            if "status_code" not in entry:  # past the status line, only the unread rest was cut off
+                entry["error"] = "timed out"
+                raise
+        status = entry["status_code"]
+        if not 200 <= status < 300:
+            raise _Undelivered(f"receiver answered {status}")
+
+    async def _exchange(self, record: TaskRecord, body: bytes, entry: dict[str, Any]) -> None:
+        """One POST; records the receiver's status, then reads at most `max_response_bytes` of its body."""
+        try:
             destination = await resolve_destination(record.callback_url, self.allow)
         except BlockedDestination:
             entry["error"] = "destination not allowed"
@@ -157,16 +178,26 @@ class WebhookNotifier:
             "x-ragsvc-event": f"task.{record.status.value}",
             **signature_headers(self.secret, event_id, int(time.time()), body),
         }
+        request = self.client.build_request(
+            "POST",
+            destination.url,
+            content=body,
+            headers=headers,
+            extensions={"sni_hostname": destination.sni_hostname},
+        )
         try:
-            response = await self.client.post(
-                destination.url,
-                content=body,
-                headers=headers,
-                extensions={"sni_hostname": destination.sni_hostname},
-            )
+            response = await self.client.send(request, stream=True)
         except httpx.HTTPError:
             entry["error"] = "connection failed"
             raise
         entry["status_code"] = response.status_code
-        if not 200 <= response.status_code < 300:
-            raise _Undelivered(f"receiver answered {response.status_code}")
+        try:
+            received = 0
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received >= self.max_response_bytes:
+                    break  # closing an unread body drops the connection instead of reading on
+        except httpx.HTTPError:
+            pass  # the status is what counts; a broken body after it changes nothing
+        finally:
+            await response.aclose()

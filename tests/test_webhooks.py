@@ -276,3 +276,112 @@ async def test_query_task_posts_its_answer_to_the_callback(tmp_path, redis_url, 
     event = json.loads(hook.deliveries[-1]["body"])
     assert event["event"] == "task.completed" and event["task"]["kind"] == "query"
     assert "response" in event["task"]["result"]
+
+
+class HostileReceiver:
+    """A loopback receiver that answers in a way meant to hold the sender: ``firehose`` sends a 200
+    and then up to ``limit`` bytes of body as fast as it is read; ``trickle`` sends a header line a
+    byte at a time, forever. ``sent`` counts the bytes the sender accepted."""
+
+    def __init__(self, mode: str, limit: int = 256 * 1024 * 1024):
+        self.mode = mode
+        self.limit = limit
+        self.sent = 0
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> HostileReceiver:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self._writers:
+            writer.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/hook"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if self.mode == "firehose":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\r\n")
+                chunk = b"x" * (256 * 1024)
+                while self.sent < self.limit:
+                    writer.write(chunk)
+                    await writer.drain()
+                    self.sent += len(chunk)
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nx-slow: ")
+                while True:
+                    await writer.drain()
+                    await asyncio.sleep(0.2)
+                    writer.write(b"a")
+                    self.sent += 1
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_receiver_that_never_stops_sending_costs_a_bounded_read(tmp_path, redis_url) -> None:
+    """Catches a delivery that reads the receiver's whole answer into memory (+3 GB in 13 s from a
+    receiver streaming without end): at most WEBHOOK_MAX_RESPONSE_BYTES are read, the connection
+    is dropped, and the 2xx status counts as delivered."""
+    settings = make_settings(
+        tmp_path, redis_url, webhook_secret=SECRET, webhook_max_response_bytes=64 * 1024, **LOOPBACK
+    )
+    async with HostileReceiver("firehose") as hook, start_service(settings) as svc:
+        warm = await svc.client.post("/insert/text", json={"text": "warm up the models first"})
+        await wait_for_task(svc.client, warm.json()["task_id"], expect="completed")
+        before = _rss_mb()
+        response = await svc.client.post(
+            "/insert/text", json={"text": "firehose receiver", "callback_url": hook.url}
+        )
+        view = await wait_webhook(svc.client, response.json()["task_id"], timeout=60)
+        growth = _rss_mb() - before
+    assert view["webhook"]["delivered"] is True, view["webhook"]
+    assert view["webhook"]["attempts"][0]["status_code"] == 200
+    # What the sender accepted: the cap plus what the kernel's socket buffers hold, far below 256 MB.
+    assert hook.sent < 32 * 1024 * 1024, f"the sender read {hook.sent} bytes of the answer"
+    assert growth < 100, f"the service grew by {growth:.0f} MB while a receiver streamed at it"
+
+
+async def test_a_receiver_trickling_bytes_cannot_hold_a_delivery_past_its_deadline(
+    tmp_path, redis_url
+) -> None:
+    """Catches a delivery with only a per-read timeout: a receiver sending one byte of its headers
+    every 0.2 s kept an attempt open forever (still open at 75 s). Each attempt now ends at
+    WEBHOOK_TIMEOUT_SECONDS, is recorded as timed out, and the retries end too."""
+    settings = make_settings(
+        tmp_path,
+        redis_url,
+        webhook_secret=SECRET,
+        webhook_timeout_seconds=1.0,
+        webhook_attempts=2,
+        webhook_backoff_seconds=0.01,
+        **LOOPBACK,
+    )
+    async with HostileReceiver("trickle") as hook, start_service(settings) as svc:
+        response = await svc.client.post(
+            "/insert/text", json={"text": "trickling receiver", "callback_url": hook.url}
+        )
+        view = await wait_webhook(svc.client, response.json()["task_id"], timeout=60)
+    assert view["webhook"]["delivered"] is False
+    assert [a.get("error") for a in view["webhook"]["attempts"]] == ["timed out", "timed out"]
+    assert hook.connections == 2 and hook.sent > 0
