@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from src.ingestion import errors as domain
 
@@ -65,6 +66,7 @@ DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
     domain.TruncatedUpload: HttpError(400, "truncated"),
     domain.MultipleFileParts: HttpError(400, "multiple_files"),
     domain.PartHeadersTooLarge: HttpError(400, "part_headers_too_large"),
+    domain.UndecodablePartHeader: HttpError(400, "part_header_not_utf8"),
     domain.UploadTimeout: HttpError(408, "upload_timeout", close=True),
     domain.EmptyUpload: HttpError(400, "empty_file"),
     domain.EmptyText: HttpError(400, "empty_text"),
@@ -144,6 +146,19 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
         return error_response(422, "validation_error", summary or "invalid request", errors=errors)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        # An everyday event (a closed laptop, a cancelled upload), not a fault of the service: what
+        # the request had stored is already removed by the code that was reading its body.
+        log.info(
+            "client disconnected before its request body was complete: %s %s",
+            request.method,
+            request.url.path,
+        )
+        return error_response(
+            400, "client_disconnected", "the client went away mid-request", headers={"Connection": "close"}
+        )
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

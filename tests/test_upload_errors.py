@@ -170,3 +170,26 @@ async def test_corrupt_pdf_fails_the_task_with_a_clear_error(service: Service) -
     assert final["status"] == "failed" and final["error"]
     ttl = await service.services.redis.client.ttl(f"{service.prefix}task:{final['task_id']}")
     assert service.settings.ttl_failed_seconds - 60 < ttl <= service.settings.ttl_failed_seconds
+
+
+@pytest.mark.parametrize("route", ["/insert", "/documents", "/batch"])
+async def test_a_filename_that_is_not_utf8_is_a_clear_400(service: Service, route: str) -> None:
+    """Catches the multipart parser's UnicodeDecodeError on a part header (`filename="\\xff.txt"`)
+    escaping as a 500 internal_error: RFC 7578 part headers are UTF-8, so the request is refused
+    with 400 part_header_not_utf8 and nothing is kept (on /batch, also a good file before it)."""
+    field = "files" if route == "/batch" else "file"
+    good = (
+        f'--b\r\nContent-Disposition: form-data; name="{field}"; filename="ok.txt"\r\n'
+        "Content-Type: text/plain\r\n\r\nA good file before the bad one.\r\n"
+    ).encode()
+    bad = (
+        b'--b\r\nContent-Disposition: form-data; name="' + field.encode() + b'"; filename="\xff\xfe.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nSome text.\r\n--b--\r\n"
+    )
+    body = (good if route == "/batch" else b"") + bad
+    response = await service.client.post(
+        route, content=body, headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "part_header_not_utf8", response.text
+    await assert_nothing_stored(service)

@@ -61,6 +61,10 @@ class TruncatedUpload(MalformedUpload):
     pass
 
 
+class UndecodablePartHeader(MalformedUpload):
+    """A part header (a filename, in practice) is not UTF-8, the encoding RFC 7578 prescribes."""
+
+
 class PartHeadersTooLarge(MalformedUpload):
     """Part headers, boundaries and non-file fields over their bound (the parser buffers headers)."""
 

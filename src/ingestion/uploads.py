@@ -46,6 +46,7 @@ from src.ingestion.errors import (
     TooLarge,
     TooManyFiles,
     TruncatedUpload,
+    UndecodablePartHeader,
     UnsupportedType,
     UploadTimeout,
 )
@@ -375,6 +376,10 @@ async def _feed(
             await parser.adata_received(chunk)
         except ParseFailedException as exc:
             raise MalformedUpload(f"malformed multipart request: {exc}") from exc
+        except UnicodeDecodeError as exc:  # the parser decodes part headers strictly
+            raise UndecodablePartHeader(
+                "a part header (e.g. a filename) is not valid UTF-8; send filenames UTF-8 encoded (RFC 7578)"
+            ) from exc
         allowed = MULTIPART_OVERHEAD + target.parts * PART_OVERHEAD
         if received - target.part_bytes > allowed:
             raise PartHeadersTooLarge(
