@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -103,3 +104,50 @@ def test_third_party_tracebacks_stay_json_lines(capsys) -> None:
     entries = [json.loads(line) for line in lines]
     assert entries[0]["logger"] == "lightrag" and "ValueError: boom" in entries[0]["exc"]
     assert entries[1]["msg"].startswith("Traceback")
+
+
+async def test_a_client_abort_mid_upload_is_logged_at_info_without_a_traceback(
+    tmp_path, redis_url, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Catches a client that closes its connection half-way through an upload being logged as an
+    unhandled error with a traceback (an everyday event, not a fault): one info line, no record at
+    warning or above, no traceback, and the partial file removed."""
+    import main  # noqa: F401 - its import configures logging (replacing the root's handlers) first
+    from tests.helpers import start_socket_service
+
+    caplog.set_level(logging.INFO)
+    root = logging.getLogger()
+    if caplog.handler not in root.handlers:
+        root.addHandler(caplog.handler)
+    async with start_socket_service(make_settings(tmp_path, redis_url)) as svc:
+        port = int(svc.url.rsplit(":", 1)[1])
+        first = len(caplog.records)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\n'
+        writer.write(
+            b"POST /insert HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 100000\r\n\r\n" + part + b"x" * 1000
+        )
+        await writer.drain()
+        await wait_until(
+            lambda: asyncio.sleep(0, result=any(svc.settings.uploads_dir.glob("*.part"))),
+            message="the upload started",
+        )
+        writer.close()
+
+        def about_the_abort() -> list[logging.LogRecord]:
+            records = caplog.records[first:]
+            return [r for r in records if "disconnect" in r.getMessage().lower() or r.exc_info]
+
+        logged = await wait_until(
+            lambda: asyncio.sleep(0, result=about_the_abort()), timeout=30, message="the abort was logged"
+        )
+        await wait_until(
+            lambda: asyncio.sleep(0, result=not any(svc.settings.uploads_dir.iterdir())),
+            message="the partial file removed",
+        )
+        assert [(r.levelno, bool(r.exc_info)) for r in logged] == [(logging.INFO, False)], [
+            (r.levelname, r.getMessage()[:200]) for r in logged
+        ]
+        loud = [r for r in caplog.records[first:] if r.levelno >= logging.WARNING]
+    assert loud == [], [(r.name, r.getMessage()[:200]) for r in loud]

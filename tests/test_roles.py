@@ -47,8 +47,9 @@ def roles(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, str, Path]]:
     worker_env = service_env(data_dir, worker_port, ROLE="worker", INSTANCE_ID="worker-1", **common)
     worker = api = None
     try:
-        api = start_service(api_env, tmp_path / "api.log")
+        # The worker first: an api process without a live worker reports /health degraded (503).
         worker = start_service(worker_env, tmp_path / "worker.log")
+        api = start_service(api_env, tmp_path / "api.log")
         yield f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{worker_port}", tmp_path
     finally:
         stop_process(api)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import make_settings, start_service
+from tests.helpers import ADMIN, ADMIN_TOKEN, Service, make_settings, start_service, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -36,3 +36,26 @@ async def test_api_role_starts_no_runner_and_loads_no_knowledge_base(tmp_path, r
         assert accepted.status_code == 202, accepted.text
         view = (await api.client.get(f"/task/{accepted.json()['task_id']}")).json()
         assert view["status"] == "pending" and view["attempt"] == 0
+
+
+async def test_api_role_health_is_degraded_until_a_worker_is_seen(tmp_path, redis_url) -> None:
+    """Catches an api process that says `ok` while no worker is alive: everything it accepts would
+    wait forever. It is `degraded` (503 + Retry-After) until a worker's heartbeat is seen, then ok."""
+    api_settings = make_settings(tmp_path / "api", redis_url, role="api", admin_token=ADMIN_TOKEN)
+    async with start_service(api_settings) as api:
+        alone = await api.client.get("/health")
+        assert alone.status_code == 503 and alone.json() == {"status": "degraded"}
+        assert alone.headers["retry-after"]
+        details = (await api.client.get("/health", headers=ADMIN)).json()
+        assert details["workers_seen"] == 0 and details["redis"]["ok"] is True
+        worker_settings = make_settings(tmp_path / "worker", redis_url, role="worker")
+        async with start_service(worker_settings, prefix=api.prefix):
+            healthy = await wait_until(
+                lambda: _ok(api), timeout=30, message="api /health ok once a worker runs"
+            )
+            assert healthy.json() == {"status": "ok"}
+
+
+async def _ok(svc: Service):
+    response = await svc.client.get("/health")
+    return response if response.status_code == 200 else None

@@ -1,8 +1,9 @@
 """Liveness/readiness, metrics and queue statistics.
 
 `/health` is public but says only ``{"status": "ok"|"degraded"}`` (503 + Retry-After when
-degraded): its details (Redis, storage and the loaded tenants' names, model bindings, tasks)
-need `Authorization: Bearer $ADMIN_TOKEN`, unless HEALTH_DETAILS=public. `/metrics` (tenant
+degraded: Redis unreachable, the uploads directory not writable, or, on a ROLE=api instance, no
+worker seen within 3 heartbeats): its details (Redis, storage and the loaded tenants' names, model
+bindings, tasks) need `Authorization: Bearer $ADMIN_TOKEN`, unless HEALTH_DETAILS=public. `/metrics` (tenant
 labels) needs the admin token too; METRICS_PORT serves it on a separate listener instead. Error
 texts in the details never contain server paths (a Redis socket path, the data dir).
 """
@@ -45,7 +46,8 @@ async def health(request: Request, services: ServicesDep) -> JSONResponse:
     except Exception as exc:
         redis = {"ok": False, "error": f"{type(exc).__name__}: {scrub_paths(str(exc))}"}
     writable = await services.ingestion.files.writable()
-    healthy = redis["ok"] and writable
+    workers = await _workers_seen(services) if redis["ok"] else None
+    healthy = redis["ok"] and writable and workers != 0
     status = 200 if healthy else 503
     headers = None if healthy else {"Retry-After": str(RETRY_AFTER_SECONDS)}
     summary = {"status": "ok" if healthy else "degraded"}
@@ -62,7 +64,21 @@ async def health(request: Request, services: ServicesDep) -> JSONResponse:
         "embedding": embedding_description(settings),
         "tasks": {"running_here": services.runner.running_count, "capacity": services.runner.capacity},
     }
+    if settings.role == "api":
+        body["workers_seen"] = workers
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _workers_seen(services: Services) -> int | None:
+    """On a ROLE=api instance, the task runners seen lately (0: nothing would ever run what it
+    accepts, so it is degraded); None elsewhere (the instance runs tasks itself)."""
+    if services.settings.role != "api":
+        return None
+    within = max(15.0, 3 * services.settings.heartbeat_seconds)
+    try:
+        return await services.store.live_instances(within)
+    except Exception:
+        return 0
 
 
 async def render_metrics(services: Services) -> bytes:

@@ -554,9 +554,9 @@ class TaskRunner:
     # ------------------------------------------------------------------ background loops
     async def _heartbeat_loop(self) -> None:
         while await self._pause(self.config.heartbeat_seconds):
-            if self.gate is not None:
-                with contextlib.suppress(*_REDIS_DOWN):
-                    await self.store.touch_instance(self.instance_id)
+            # Says "a worker is alive" (an api-role /health depends on it; ownership counts the fleet).
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self.store.touch_instance(self.instance_id)
             for task_id, running in list(self._running.items()):
                 try:
                     state = await self.store.heartbeat(
