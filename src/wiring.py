@@ -99,7 +99,7 @@ async def start_services(
         tenant_max_pending=settings.tenant_max_pending,
         tenant_max_running=settings.tenant_max_running,
         max_queued_queries=settings.max_pending_queries,
-        tenant_max_pending_queries=settings.tenant_max_pending_queries,
+        tenant_max_pending_queries=settings.tenant_query_share,
     )
     tenants = TenantRegistry(redis.client, redis_prefix, cache_seconds=settings.auth_cache_seconds)
     limiter = RateLimiter(redis.url, redis_prefix, tenants, default_rpm=settings.tenant_requests_per_minute)
@@ -134,6 +134,8 @@ async def start_services(
         task_view,
         attempts=settings.webhook_attempts,
         backoff_seconds=settings.webhook_backoff_seconds,
+        timeout_seconds=settings.webhook_timeout_seconds,
+        max_response_bytes=settings.webhook_max_response_bytes,
         allowed_hosts=settings.webhook_allowed_hosts,
     )
     handler = IngestHandler(engines, files, on_final=webhooks.notify)

@@ -11,6 +11,7 @@ import pytest
 from benchmarks.mock_llm import MockConfig, MockServer
 from src.tasks.models import Stage
 from tests.helpers import (
+    ADMIN_TOKEN,
     Service,
     llm_settings,
     make_settings,
@@ -156,6 +157,29 @@ async def test_pending_queries_are_bounded(tmp_path, redis_url) -> None:
         await submit(svc, {"query": "one?"})
         full = await svc.client.post("/query/async", json={"query": "two?"})
         assert full.status_code == 429 and full.json()["code"] == "tenant_query_queue_full", full.text
+
+
+async def test_one_tenants_query_flood_leaves_room_for_the_others_by_default(tmp_path, redis_url) -> None:
+    """Catches a query lane without a default per-tenant share: one tenant flooding /query/async
+    filled MAX_PENDING_QUERIES and every other tenant got 429 query_queue_full. By default a tenant
+    may hold a quarter of the lane (TENANT_MAX_PENDING_QUERIES unset): the flooder gets
+    429 tenant_query_queue_full, another tenant is still accepted, and nothing accepted is lost."""
+    settings = make_settings(tmp_path, redis_url, role="api", max_pending_queries=8, admin_token=ADMIN_TOKEN)
+    async with start_service(settings) as svc:
+        flooder, other = await make_tenant(svc, "flooder"), await make_tenant(svc, "other")
+        answers = [
+            await svc.client.post("/query/async", json={"query": f"flood {i}?"}, headers=flooder)
+            for i in range(12)
+        ]
+        codes = [a.status_code for a in answers]
+        assert codes == [202] * 2 + [429] * 10, codes
+        assert {a.json()["code"] for a in answers[2:]} == {"tenant_query_queue_full"}
+        for i in range(2):
+            ok = await svc.client.post("/query/async", json={"query": f"other {i}?"}, headers=other)
+            assert ok.status_code == 202, ok.text
+        for answer in answers[:2]:  # what was acknowledged is still waiting to be answered
+            view = await svc.client.get(f"/task/{answer.json()['task_id']}", headers=flooder)
+            assert view.json()["status"] == "pending"
 
 
 @pytest.mark.parametrize(

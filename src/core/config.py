@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Without TENANT_MAX_PENDING_QUERIES, one tenant may fill at most this fraction (1/n) of the query lane.
+TENANT_QUERY_SHARE_DIVISOR = 4
+
 
 class Settings(BaseSettings):
     """All runtime settings. Names map 1:1 to upper-case environment variables."""
@@ -116,7 +119,9 @@ class Settings(BaseSettings):
     max_concurrent_queries: int = Field(default=4, ge=1, le=256)
     #: Query tasks that may wait overall and per tenant (429 + Retry-After beyond; 0 = no limit).
     max_pending_queries: int = Field(default=1000, ge=0)
-    tenant_max_pending_queries: int = Field(default=0, ge=0)
+    #: Unset: a quarter of MAX_PENDING_QUERIES (at least 1), so one tenant's flood leaves the rest of
+    #: the lane to the others (they get no 429 from it); 0 = no per-tenant limit.
+    tenant_max_pending_queries: int | None = Field(default=None, ge=0)
     #: Time limit of one query task (it fails past it), and how long an api-role instance waits
     #: for a delegated /query before it answers 504.
     query_timeout_seconds: float = Field(default=300.0, gt=0)
@@ -180,6 +185,11 @@ class Settings(BaseSettings):
     #: addresses (e.g. "127.0.0.1,10.0.0.0/8,hooks.internal"). Empty: public addresses only.
     webhook_allowed_hosts: str = ""
     webhook_backoff_seconds: float = 1.0
+    #: Each delivery attempt ends within this time (connect, send, the receiver's status line and
+    #: what is read of its answer), however slowly the receiver trickles bytes.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    #: At most this much of a receiver's answer is read (only its status matters).
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
 
     # --- LLM --------------------------------------------------------------------------
     #: auto = openai when LLM_BASE_URL or LLM_API_KEY is set, else the offline stand-in.
@@ -249,6 +259,15 @@ class Settings(BaseSettings):
         if self.embedding_provider != "auto":
             return self.embedding_provider
         return "openai" if (self.embedding_base_url or self.embedding_api_key) else "e5"
+
+    @property
+    def tenant_query_share(self) -> int:
+        """Query tasks one tenant may have waiting (0 = no per-tenant limit)."""
+        if self.tenant_max_pending_queries is not None:
+            return self.tenant_max_pending_queries
+        return (
+            max(1, self.max_pending_queries // TENANT_QUERY_SHARE_DIVISOR) if self.max_pending_queries else 0
+        )
 
     def ttl_for(self, status: str) -> int | None:
         """Seconds a finished task is kept; None for live statuses (never expire)."""
