@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from .answers import _STREAM_PIECE_RE, _approx_tokens, _message_text, chat_answer, embed_vector
 from .config import MockConfig
 from .state import MockState, _error_payload, _json_response
+from .vision import all_text, as_json, image_parts, record, vision_answer
 
 # ----------------------------------------------------------------------------------------------
 # app
@@ -108,11 +109,17 @@ def create_mock_app(config: MockConfig | None = None) -> FastAPI:
             err = await fault_response("chat", cfg, started)
             if err is not None:
                 return err
-            delay = state.call_latency("chat", cfg)
+            images = image_parts(body["messages"])
+            delay = state.call_latency("vision" if images else "chat", cfg)
             if delay > 0:
                 await asyncio.sleep(delay)
-            kind, content = chat_answer(body, cfg)
-            state.kinds[kind] += 1
+            if images:
+                text = all_text(body["messages"])
+                record(state.vision_requests, text, images)
+                kind, content = "vision", vision_answer(text, images)
+            else:
+                kind, content = chat_answer(body, cfg)
+            state.kinds[kind] = state.kinds.get(kind, 0) + 1
             model = str(body.get("model") or cfg.model)
             cid = next_id("chatcmpl")
             created = int(time.time())
@@ -333,6 +340,11 @@ def create_mock_app(config: MockConfig | None = None) -> FastAPI:
         except ValidationError as exc:
             return _json_response({"detail": json.loads(exc.json())}, 422)
         return _json_response(new.model_dump())
+
+    @app.get("/_mock/vision")
+    async def vision_requests() -> Response:
+        """The requests that carried images: their text and image bytes (base64)."""
+        return _json_response(as_json(state.vision_requests))
 
     @app.post("/_mock/reset")
     async def reset(restore_config: bool = False) -> Response:

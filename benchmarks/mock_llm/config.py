@@ -24,6 +24,8 @@ class MockConfig(BaseModel):
     latency_jitter: float = Field(default=0.0, ge=0)
     #: Latency of embedding calls; None -> same as ``latency``.
     embedding_latency: float | None = Field(default=None, ge=0)
+    #: Latency of chat calls that carry images (vision); None -> same as ``latency``.
+    vision_latency: float | None = Field(default=None, ge=0)
     #: Seconds an injected (transient or permanent) error waits before it is returned.
     error_latency: float = Field(default=0.0, ge=0)
 

@@ -118,6 +118,8 @@ class MockState:
         self.in_flight = 0
         self.max_in_flight = 0
         self.records: deque[dict[str, Any]] = deque(maxlen=self.config.max_recorded_calls)
+        #: Chat requests that carried images (benchmarks/mock_llm/vision.py).
+        self.vision_requests: list[dict[str, Any]] = []
 
     def update_config(self, changes: dict[str, Any]) -> MockConfig:
         new = MockConfig.model_validate({**self.config.model_dump(), **changes})
@@ -168,6 +170,8 @@ class MockState:
         base = cfg.latency
         if endpoint == "embeddings" and cfg.embedding_latency is not None:
             base = cfg.embedding_latency
+        if endpoint == "vision" and cfg.vision_latency is not None:
+            base = cfg.vision_latency
         if cfg.latency_jitter > 0:
             base += self.jitter_rng.uniform(0.0, cfg.latency_jitter)
         return base

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Without TENANT_MAX_PENDING_QUERIES, one tenant may fill at most this fraction (1/n) of the query lane.
@@ -60,16 +60,18 @@ class Settings(BaseSettings):
     #: many bytes of body in all (413); each file also obeys MAX_UPLOAD_BYTES.
     max_batch_files: int = Field(default=100, ge=1, le=10_000)
     max_batch_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
-    #: PDF/DOCX are parsed in a child process (src/rag/parse_worker.py) with these bounds; a
-    #: document past any of them fails its task (not retried) with a clear error.
+    #: Rich formats (PDF, Office, EPUB, images, ...) are parsed in a child process
+    #: (src/rag/parsing/worker.py) with these bounds; a document past any of them fails its task
+    #: (not retried) with a clear error.
     #: DOCX/ZIP members may expand to this many bytes in total...
     max_expanded_bytes: int = Field(default=200 * 1024 * 1024, ge=1024 * 1024)
     #: ...and no member may expand more than this many times its compressed size.
     max_compression_ratio: float = Field(default=100.0, ge=2)
     #: Text a parse may produce (characters).
     max_extracted_chars: int = Field(default=20_000_000, ge=1000)
-    #: Address-space limit of the parse process (RLIMIT_AS) and its wall-clock limit.
-    parse_memory_bytes: int = Field(default=1536 * 1024 * 1024, ge=256 * 1024 * 1024)
+    #: Address-space limit of the parse process (RLIMIT_AS; the OCR engine alone needs ~0.7 GiB),
+    #: and how long it may go without progress (a page, slide, sheet or picture finished).
+    parse_memory_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=256 * 1024 * 1024)
     parse_timeout_seconds: float = Field(default=300.0, gt=0)
     #: Request line + headers may total this many bytes and fields, and must arrive within the
     #: timeout (431 / 408 otherwise; `python main.py` enforces them, see src/core/http_limits.py).
@@ -191,6 +193,47 @@ class Settings(BaseSettings):
     #: At most this much of a receiver's answer is read (only its status matters).
     webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
 
+    # --- documents: parser, OCR, pictures (README "Formats and parsers") -----------------
+    #: Which parser reads PDF, Office documents and pictures: offline (built in: text layers,
+    #: tables, pictures, OCR) or one of RAG-Anything's (mineru, docling, paddleocr), which must be
+    #: installed with their models (checked at start-up). RAG-Anything's variable name.
+    parser: Literal["offline", "mineru", "docling", "paddleocr"] = "offline"
+    #: Pixels one picture may have (Pillow's decompression-bomb bound); more fails the document,
+    #: or refuses a query image.
+    max_image_pixels: int = Field(default=89_478_485, ge=10_000)
+    #: Embedded pictures kept per document (more are left out and logged).
+    max_images_per_document: int = Field(default=200, ge=0)
+    #: Cells of all spreadsheet/CSV tables of a document (more fails it: a huge sheet).
+    max_table_cells: int = Field(default=2_000_000, ge=100)
+    #: Pages rendered and OCR'd per document (pages without a text layer).
+    max_ocr_pages: int = Field(default=500, ge=0)
+    #: Threads of one OCR run (onnxruntime intra-op threads in the parse child).
+    ocr_threads: int = Field(default=2, ge=1, le=64)
+
+    # --- vision model (optional; LightRAG 1.5's VLM_LLM_* names are accepted too) -----------
+    #: Any OpenAI-compatible chat endpoint that takes image content (vLLM, Ollama's /v1, OpenAI,
+    #: Qwen-VL, ...). Unset: pictures are read by the offline OCR, never "understood".
+    vlm_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("vlm_base_url", "vlm_llm_binding_host")
+    )
+    vlm_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("vlm_api_key", "vlm_llm_binding_api_key")
+    )
+    vlm_model: str = Field(default="gpt-4o-mini", validation_alias=AliasChoices("vlm_model", "vlm_llm_model"))
+    vlm_timeout_seconds: float = Field(
+        default=180.0, gt=0, validation_alias=AliasChoices("vlm_timeout_seconds", "vlm_llm_timeout")
+    )
+    #: Concurrent vision calls of this process, admitted by task priority like the LLM's.
+    vlm_max_async: int = Field(
+        default=4, ge=1, validation_alias=AliasChoices("vlm_max_async", "vlm_max_async_llm")
+    )
+    vlm_max_retries: int = Field(default=3, ge=0)
+    #: Pictures sent to the vision model are re-encoded smaller when their file is larger than this.
+    vlm_max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=64 * 1024)
+    #: A query may carry this many images of at most this many bytes each (decoded).
+    query_max_images: int = Field(default=4, ge=1, le=32)
+    query_max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+
     # --- LLM --------------------------------------------------------------------------
     #: auto = openai when LLM_BASE_URL or LLM_API_KEY is set, else the offline stand-in.
     llm_provider: Literal["auto", "openai", "offline"] = "auto"
@@ -253,6 +296,10 @@ class Settings(BaseSettings):
         if self.llm_provider != "auto":
             return self.llm_provider
         return "openai" if (self.llm_base_url or self.llm_api_key) else "offline"
+
+    @property
+    def vision_configured(self) -> bool:
+        return bool(self.vlm_base_url or self.vlm_api_key)
 
     @property
     def resolved_embedding_provider(self) -> str:

@@ -51,7 +51,7 @@ from src.ingestion.errors import (
     UploadTimeout,
 )
 from src.ingestion.files import UploadFiles
-from src.rag.parsers import SUPPORTED_EXTENSIONS
+from src.rag.parsing.formats import SUPPORTED_EXTENSIONS, magic_mismatch
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from src.core.config import Settings
@@ -121,16 +121,9 @@ def sanitize_filename(raw: str | None) -> str:
 
 def _check_magic(extension: str, head: bytes) -> None:
     """The extension must match the content (a renamed binary is rejected before indexing)."""
-    if extension == ".pdf" and b"%PDF-" not in head[:1024]:
-        raise ContentMismatch("file has a .pdf extension but is not a PDF")
-    if extension == ".docx" and not head.startswith(b"PK\x03\x04"):
-        raise ContentMismatch("file has a .docx extension but is not a DOCX (zip) file")
-    if (
-        extension not in (".pdf", ".docx")
-        and b"\x00" in head[:8192]
-        and not head.startswith((b"\xff\xfe", b"\xfe\xff"))
-    ):
-        raise ContentMismatch(f"file has a {extension} extension but contains binary data")
+    mismatch = magic_mismatch(extension, head)
+    if mismatch:
+        raise ContentMismatch(mismatch)
 
 
 class _DiskTarget(BaseTarget):
