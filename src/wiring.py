@@ -20,6 +20,8 @@ from src.ingestion.handler import IngestHandler
 from src.ingestion.ownership import LocalOwnership, Ownership, build_ownership, shared_storages_selected
 from src.ingestion.service import IngestionService
 from src.rag.engine.tenant_engines import TenantEngines
+from src.rag.llm.vision import vision_description
+from src.rag.parsing.external import check_parser
 from src.rag.storage.fence import register_write_fence
 from src.tasks.admission import express_slots_for
 from src.tasks.batches import BatchStore
@@ -73,6 +75,9 @@ async def start_services(
     redis_prefix: str = "ragsvc:",
     task_view: Callable[[TaskRecord], dict[str, Any]] = lambda r: r.model_dump(mode="json"),
 ) -> Services:
+    # A parser whose models are missing is refused now, not at the first upload.
+    parser = await asyncio.to_thread(check_parser, settings.parser)
+    log.info("documents: parser %s; pictures: %s", parser, vision_description(settings))
     for directory in (settings.data_dir, settings.uploads_dir, settings.rag_dir):
         directory.mkdir(parents=True, exist_ok=True)
     files = UploadFiles(

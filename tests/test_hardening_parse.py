@@ -164,7 +164,7 @@ def test_four_bombs_at_once_in_a_real_server_keep_rss_bounded_and_health_answeri
 
 async def test_cancel_kills_the_parse_process(tmp_path, redis_url, bomb) -> None:
     """Catches: a cancelled task leaving its parse child running until the parse timeout."""
-    from src.rag import parsers
+    from src.rag.parsing import isolated as parsers
 
     settings = make_settings(
         tmp_path,

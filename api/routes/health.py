@@ -23,6 +23,7 @@ from src.core.config import Settings
 from src.core.scrub import scrub_paths
 from src.rag.embedding import embedding_description
 from src.rag.llm import llm_description
+from src.rag.llm.vision import vision_description
 from src.wiring import Services
 
 router = APIRouter(tags=["health"])
@@ -62,6 +63,8 @@ async def health(request: Request, services: ServicesDep) -> JSONResponse:
         "storage": {"ok": writable, "loaded_tenants": services.engines.loaded()},
         "llm": llm_description(settings),
         "embedding": embedding_description(settings),
+        "parser": settings.parser,
+        "pictures": vision_description(settings),
         "tasks": {"running_here": services.runner.running_count, "capacity": services.runner.capacity},
     }
     if settings.role == "api":

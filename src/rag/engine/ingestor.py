@@ -1,18 +1,19 @@
 """Drive one document into the knowledge base and report where it is.
 
-Text files are read here (off the loop); PDF and DOCX go through RAG-Anything's parser
-framework (`RAGAnything.parse_document`, which runs our registered offline parser in a
-thread and caches the result). The text is then indexed by this task itself through the
-`DocumentIndexer` (no shared pipeline pass, no waiting for other documents): completion is
-known when the call returns, and progress comes from the indexer as chunks are extracted and
-entities/relations merged. Cancelling the task cancels the indexing coroutine; `purge` then
-takes out whatever the document wrote.
+Text files are read here (off the loop); rich formats (PDF, Office, pictures, ...) go through
+RAG-Anything's parser framework (`RAGAnything.parse_document`, which runs our registered offline
+parser in a thread and caches the result) and come back as a content list. Its text is then
+indexed by this task itself through the `DocumentIndexer` (no shared pipeline pass, no waiting
+for other documents): completion is known when the call returns, and progress comes from the
+indexer as chunks are extracted and entities/relations merged. Cancelling the task cancels the
+indexing coroutine; `purge` then takes out whatever the document wrote (pictures included).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ from typing import Any
 
 from lightrag import LightRAG
 from lightrag.base import DocStatus
-from raganything.utils import separate_content_with_page_map
 
 from src.core.scrub import scrub_paths
 from src.rag.engine.indexer import (
@@ -33,6 +33,7 @@ from src.rag.engine.indexer import (
     IndexProgress,
 )
 from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, abort_parse, read_text_document
+from src.rag.parsing.content import indexable_text
 from src.rag.scheduler import call_context
 from src.tasks.admission import yield_slot
 from src.tasks.models import Stage, TaskRecord
@@ -145,7 +146,7 @@ class DocumentIngestor:
             if not await asyncio.to_thread(path.exists):
                 raise IngestError(f"upload file for task {task.task_id} is missing")
             await report(Stage.PARSING, STAGE_PROGRESS[Stage.PARSING])
-            text = await self._extract_text(path, task.filename or path.name)
+            text = await self._extract_text(path, task.filename or path.name, task.doc_id)
 
         async def on_progress(progress: IndexProgress) -> None:
             if progress.stage == MERGING:
@@ -167,19 +168,28 @@ class DocumentIngestor:
     async def purge(self, doc_id: str) -> str:
         """Stop this document's indexing if it runs here, and delete everything it left."""
         result = await self.indexer.delete(doc_id)
+        await asyncio.to_thread(shutil.rmtree, self.parsed_dir(doc_id), True)
         log.info("purged document %s: %s", doc_id, result.status)
         return result.status
 
     async def close(self) -> None:
         await self.indexer.close()
 
-    async def _extract_text(self, path: Path, filename: str) -> str:
-        """The upload's text. Errors name the upload by its original filename, never a server path."""
+    def parsed_dir(self, doc_id: str) -> Path:
+        """Where the pictures extracted from a document are kept (per workspace, per document)."""
+        return Path(self.rag.working_dir) / "parsed" / doc_id
+
+    async def _extract_text(self, path: Path, filename: str, doc_id: str) -> str:
+        """The upload's text: its content list with tables as Markdown, equations as LaTeX and
+        pictures as what OCR read in them. Errors name the upload by its original filename, never
+        a server path."""
         known = _public_names(path, filename)
         try:
             if path.suffix.lower() not in RAGANYTHING_EXTENSIONS:
                 return await read_text_document(path)
-            content_list, _ = await self.rag_anything.parse_document(str(path), display_stats=False)
+            content_list, _ = await self.rag_anything.parse_document(
+                str(path), output_dir=str(self.parsed_dir(doc_id)), display_stats=False
+            )
         except asyncio.CancelledError:
             abort_parse(path)  # RAG-Anything's parse thread waits on a child process: stop it
             raise
@@ -188,9 +198,9 @@ class DocumentIngestor:
         except Exception as exc:  # RAG-Anything wraps parser failures
             detail = scrub_paths(f"{type(exc).__name__}: {exc}", known)
             raise DocumentParseError(f"{filename}: could not parse the file ({detail})") from None
-        text, _, _ = separate_content_with_page_map(content_list)
+        text = indexable_text(content_list)
         if not text.strip():
-            raise DocumentParseError("the document has no extractable text (scanned or empty?)")
+            raise DocumentParseError(f"{filename}: the document has no extractable text or pictures")
         return text
 
 
