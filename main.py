@@ -25,7 +25,6 @@ from src.core.http_limits import bounded_protocol
 from src.core.logs import configure_logging
 from src.core.metrics_listener import MetricsListener
 from src.core.shutdown_watch import reported_if_slow
-from src.tasks.fanout import TaskEventHub
 from src.wiring import start_services, stop_services
 
 
@@ -40,18 +39,8 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
             settings, redis_prefix=prefix, task_view=lambda record: task_view(record).model_dump()
         )
         app.state.services = services
-        # One task-change subscriber per process feeds every SSE stream (src/tasks/fanout.py).
-        hub = TaskEventHub(
-            services.store,
-            max_per_tenant=settings.sse_max_streams_per_tenant,
-            queue_size=settings.sse_queue_size,
-            max_waiters=settings.insert_max_waiters,
-            recheck_seconds=settings.insert_wait_recheck_seconds,
-        )
-        app.state.task_events = hub
         listener = None
         try:
-            await hub.start()
             if settings.metrics_port:
                 listener = MetricsListener(
                     settings.metrics_host, settings.metrics_port, lambda: health.render_metrics(services)
@@ -63,7 +52,6 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
             async with reported_if_slow("shutdown", settings.shutdown_grace_seconds + 20):
                 if listener is not None:
                     await listener.stop()
-                await hub.stop()
                 await stop_services(services)
 
     worker = settings.role == "worker"

@@ -15,11 +15,14 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 
 from api.errors import ApiError
+from src.core.defaults import DEFAULT_TENANT, MAX_PRIORITY, MIN_PRIORITY
 from src.core.logs import current_tenant
 from src.ingestion.batches import BatchService
-from src.ingestion.service import IngestionService
+from src.ingestion.knowledge import KnowledgeService
+from src.ingestion.submission import SubmissionService
+from src.ingestion.tasks import TaskService
+from src.tasks.fanout import TaskEventHub
 from src.tasks.models import TaskRecord
-from src.tenancy.tenants import DEFAULT_TENANT
 from src.wiring import Services
 
 
@@ -84,33 +87,45 @@ TenantDep = Annotated[str, Depends(get_tenant)]
 StreamTenantDep = Annotated[str, Depends(get_stream_tenant)]
 
 
-async def get_ingestion(services: ServicesDep) -> IngestionService:
+async def get_submission(services: ServicesDep) -> SubmissionService:
     # async for the same reason as get_services: a plain def would cost a thread-pool hop per request.
-    return services.ingestion
+    return services.submission
 
 
-IngestionDep = Annotated[IngestionService, Depends(get_ingestion)]
+async def get_tasks(services: ServicesDep) -> TaskService:
+    return services.tasks
+
+
+async def get_knowledge(services: ServicesDep) -> KnowledgeService:
+    return services.knowledge
 
 
 async def get_batches(services: ServicesDep) -> BatchService:
-    assert services.batches is not None  # built by start_services
     return services.batches
 
 
+async def get_events(services: ServicesDep) -> TaskEventHub:
+    return services.events
+
+
+SubmissionDep = Annotated[SubmissionService, Depends(get_submission)]
+TasksDep = Annotated[TaskService, Depends(get_tasks)]
+KnowledgeDep = Annotated[KnowledgeService, Depends(get_knowledge)]
 BatchesDep = Annotated[BatchService, Depends(get_batches)]
+EventsDep = Annotated[TaskEventHub, Depends(get_events)]
 
 
-async def get_owned_task(task_id: str, tenant: TenantDep, ingestion: IngestionDep) -> TaskRecord:
+async def get_owned_task(task_id: str, tenant: TenantDep, tasks: TasksDep) -> TaskRecord:
     """The task if it exists *and belongs to the caller*; otherwise the same 404 (no existence leak)."""
-    return await ingestion.task(tenant, task_id)
+    return await tasks.task(tenant, task_id)
 
 
 OwnedTaskDep = Annotated[TaskRecord, Depends(get_owned_task)]
 
 
-async def get_owned_stream_task(task_id: str, tenant: StreamTenantDep, ingestion: IngestionDep) -> TaskRecord:
+async def get_owned_stream_task(task_id: str, tenant: StreamTenantDep, tasks: TasksDep) -> TaskRecord:
     """`get_owned_task` for the event stream route (query-string key allowed)."""
-    return await ingestion.task(tenant, task_id)
+    return await tasks.task(tenant, task_id)
 
 
 OwnedStreamTaskDep = Annotated[TaskRecord, Depends(get_owned_stream_task)]
@@ -121,5 +136,10 @@ CallbackUrlQuery = Annotated[
     str | None, Query(description="POST a signed JSON event here when the task ends")
 ]
 PriorityQuery = Annotated[
-    int, Query(ge=0, le=9, description="0 (bulk) .. 9 (interactive); higher runs first")
+    int,
+    Query(
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description=f"{MIN_PRIORITY} (bulk) .. {MAX_PRIORITY} (interactive); higher runs first",
+    ),
 ]

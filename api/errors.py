@@ -1,7 +1,7 @@
 """One JSON error shape for every failure: {"detail": <message>, "code": <stable code>, ...context}.
 
-`DOMAIN_ERRORS` is the one table from a domain error (`src.ingestion.errors`) to its HTTP status
-and stable code: "where is the 413?" is answered here. Clients get a 4xx for anything they can
+`DOMAIN_ERRORS` is the one table from a domain error (`src.ingestion.errors`, `src.rag.errors`) to
+its HTTP status and stable code: "where is the 413?" is answered here. Clients get a 4xx for anything they can
 fix, 503 + Retry-After when Redis is unreachable, and never a stack trace. `ApiError` remains
 for the few errors that only exist in HTTP (authentication, rate limits, the admin API).
 """
@@ -19,7 +19,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from src.core.errors import DomainError
 from src.ingestion import errors as domain
+from src.rag import errors as kb
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class HttpError:
 
 
 #: Domain error -> HTTP. A subclass without an entry answers like its nearest listed parent.
-DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
+DOMAIN_ERRORS: dict[type[DomainError], HttpError] = {
     domain.InvalidRequest: HttpError(422, "invalid_request"),
     domain.InvalidDocId: HttpError(422, "invalid_doc_id"),
     domain.InvalidCallbackUrl: HttpError(422, "invalid_callback_url"),
@@ -87,16 +89,16 @@ DOMAIN_ERRORS: dict[type[domain.IngestionError], HttpError] = {
     domain.TaskNotFound: HttpError(404, "task_not_found"),
     domain.BatchNotFound: HttpError(404, "batch_not_found"),
     domain.DocumentNotFound: HttpError(404, "doc_not_found"),
-    domain.ProviderError: HttpError(502, "query_failed"),
+    kb.ProviderError: HttpError(502, "query_failed"),
     domain.DeleteFailed: HttpError(502, "delete_failed"),
-    domain.QueryTimeout: HttpError(504, "query_timeout"),
-    domain.NotInThisRole: HttpError(503, "not_in_this_role"),
-    domain.KnowledgeBaseUnavailable: HttpError(503, "knowledge_base_unavailable"),
-    domain.WorkspaceOwnedElsewhere: HttpError(503, "workspace_owned_elsewhere", retry_after=5),
+    kb.QueryTimeout: HttpError(504, "query_timeout"),
+    kb.NotInThisRole: HttpError(503, "not_in_this_role"),
+    kb.KnowledgeBaseUnavailable: HttpError(503, "knowledge_base_unavailable"),
+    kb.WorkspaceOwnedElsewhere: HttpError(503, "workspace_owned_elsewhere", retry_after=5),
 }
 
 
-def http_error_for(exc: domain.IngestionError) -> HttpError | None:
+def http_error_for(exc: DomainError) -> HttpError | None:
     """The answer for ``exc``: its class's entry, else its nearest listed parent's."""
     for cls in type(exc).__mro__:
         if cls in DOMAIN_ERRORS:
@@ -104,7 +106,7 @@ def http_error_for(exc: domain.IngestionError) -> HttpError | None:
     return None
 
 
-def error_entry(exc: domain.IngestionError) -> dict[str, object]:
+def error_entry(exc: DomainError) -> dict[str, object]:
     """One failed item of a request that carries several (a batch's file): the status and code it
     would have been answered with on its own, and the message."""
     http = http_error_for(exc) or HttpError(500, "internal_error")
@@ -122,8 +124,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers, **exc.extra)
 
-    @app.exception_handler(domain.IngestionError)
-    async def _domain_error(_: Request, exc: domain.IngestionError) -> JSONResponse:
+    @app.exception_handler(DomainError)
+    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
         http = http_error_for(exc)
         if http is None:  # a test keeps this unreachable: every domain error is in the table
             log.error("domain error %s has no HTTP mapping: %s", type(exc).__name__, exc)

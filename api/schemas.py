@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from src.core.defaults import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+
 QueryMode = Literal["naive", "local", "global", "hybrid", "mix"]
 
 
@@ -24,7 +26,7 @@ class TaskAccepted(BaseModel):
 
 class TaskView(BaseModel):
     task_id: str
-    priority: int = 5
+    priority: int = DEFAULT_PRIORITY
     doc_id: str
     filename: str
     file_size: int
@@ -71,7 +73,12 @@ class TextInsert(BaseModel):
     callback_url: str | None = Field(
         default=None, description="POST a signed JSON event here when the task ends"
     )
-    priority: int = Field(default=5, ge=0, le=9, description="0 (bulk) .. 9 (interactive); higher runs first")
+    priority: int = Field(
+        default=DEFAULT_PRIORITY,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description=f"{MIN_PRIORITY} (bulk) .. {MAX_PRIORITY} (interactive); higher runs first",
+    )
 
 
 class QueryRequest(BaseModel):

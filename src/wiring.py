@@ -8,28 +8,36 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from src.core.config import Settings
+from src.core.defaults import DEFAULT_TENANT
 from src.core.metrics import Metrics
 from src.core.redis_conn import RedisHandle, connect_redis
 from src.ingestion.batches import BatchService
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
-from src.ingestion.ownership import LocalOwnership, Ownership, build_ownership, shared_storages_selected
-from src.ingestion.service import IngestionService
+from src.ingestion.knowledge import KnowledgeService
+from src.ingestion.ownership import Ownership, build_ownership, shared_storages_selected
+from src.ingestion.query_lane import QueryLane
+from src.ingestion.submission import SubmissionService
+from src.ingestion.tasks import TaskService
+from src.rag.delegated import DelegatedKnowledgeBases
+from src.rag.engine.local import LocalKnowledgeBases
 from src.rag.engine.tenant_engines import TenantEngines
+from src.rag.knowledge import KnowledgeBases, workspace_of
 from src.rag.llm.vision import vision_description
 from src.rag.parsing.external import check_parser
 from src.rag.storage.fence import register_write_fence
 from src.tasks.admission import express_slots_for
 from src.tasks.batches import BatchStore
+from src.tasks.fanout import TaskEventHub
 from src.tasks.models import TaskRecord
 from src.tasks.runner import RunnerConfig, TaskRunner
 from src.tasks.store import TaskStore
 from src.tenancy.ratelimit import RateLimiter
-from src.tenancy.tenants import DEFAULT_TENANT, TenantRegistry
+from src.tenancy.tenants import TenantRegistry
 from src.webhooks import WebhookNotifier, load_or_create_secret
 
 log = logging.getLogger(__name__)
@@ -41,20 +49,28 @@ class Services:
     redis: RedisHandle
     store: TaskStore
     runner: TaskRunner
-    engines: TenantEngines
+    #: The process's one task-change subscriber: event streams and requests that wait for a task.
+    events: TaskEventHub
+    #: The knowledge bases as this instance's role may use them (src/rag/knowledge.py).
+    knowledge_bases: KnowledgeBases
     tenants: TenantRegistry
     limiter: RateLimiter
     metrics: Metrics
     webhooks: WebhookNotifier
     instance_id: str
-    #: The use-cases (submit, cancel, delete, query...); the HTTP routes call only this.
-    ingestion: IngestionService
+    files: UploadFiles
+    handler: IngestHandler
+    #: The use cases the HTTP routes call: submitting work, tasks, the knowledge base, batches.
+    submission: SubmissionService
+    tasks: TaskService
+    knowledge: KnowledgeService
+    batches: BatchService
     #: Which workspaces this instance may ingest into (all of them with the file storages).
-    ownership: Ownership = field(default_factory=LocalOwnership)
+    ownership: Ownership
+    #: LightRAG engines loaded in this process; None on an api-role instance that delegates.
+    engines: TenantEngines | None = None
     #: Removes this instance's storage write fence (set with shared storages only).
     remove_fence: Callable[[], None] | None = None
-    #: Batches of uploads (POST /batch); built on `ingestion`.
-    batches: BatchService | None = None
 
 
 def resolve_instance_id(settings: Settings) -> str:
@@ -109,28 +125,42 @@ async def start_services(
     tenants = TenantRegistry(redis.client, redis_prefix, cache_seconds=settings.auth_cache_seconds)
     limiter = RateLimiter(redis.url, redis_prefix, tenants, default_rpm=settings.tenant_requests_per_minute)
     metrics = Metrics()
-    ownership = build_ownership(settings, instance_id, redis_prefix, live_instances=store.live_instances)
-    engines = TenantEngines(
-        settings,
-        metrics,
-        max_cached=settings.max_cached_tenants,
-        idle_seconds=settings.tenant_idle_seconds,
-        owns=ownership.owns,
-        acquire=getattr(ownership, "try_acquire", None),
+    events = TaskEventHub(
+        store,
+        max_per_tenant=settings.sse_max_streams_per_tenant,
+        queue_size=settings.sse_queue_size,
+        max_waiters=settings.insert_max_waiters,
+        recheck_seconds=settings.insert_wait_recheck_seconds,
     )
-    ownership.workspace_for = engines.workspace_for  # type: ignore[attr-defined]
+    ownership = build_ownership(
+        settings,
+        instance_id,
+        redis_prefix,
+        workspace_for=lambda tenant: workspace_of(settings.workspace, tenant),
+        live_instances=store.live_instances,
+    )
     await ownership.start()
-    services_fence = None
+    remove_fence = None
     if ownership.shared:
         # Our storages refuse writes into workspaces this instance does not own (a stale owner).
-        services_fence = register_write_fence(ownership.owns_workspace)  # type: ignore[attr-defined]
+        remove_fence = register_write_fence(ownership.owns_workspace)
     runs_tasks = settings.role != "api"
-    if runs_tasks:
-        # The default tenant's knowledge base is loaded up front (it also resumes its unfinished
-        # documents); an api-role instance leaves that to the workers.
-        async with engines.use(DEFAULT_TENANT):
-            pass
-    engines.start_reaper()
+    engines: TenantEngines | None = None
+    if knowledge_bases_readable_here(settings):
+        engines = TenantEngines(
+            settings,
+            metrics,
+            max_cached=settings.max_cached_tenants,
+            idle_seconds=settings.tenant_idle_seconds,
+            owns=ownership.owns,
+            acquire=ownership.try_acquire,
+        )
+        if runs_tasks:
+            # The default tenant's knowledge base is loaded up front (it also resumes its unfinished
+            # documents); an api-role instance loads one when a request needs it.
+            async with engines.use(DEFAULT_TENANT):
+                pass
+        engines.start_reaper()
 
     secret = await asyncio.to_thread(load_or_create_secret, settings.webhook_secret, settings.data_dir)
     webhooks = WebhookNotifier(
@@ -143,7 +173,11 @@ async def start_services(
         max_response_bytes=settings.webhook_max_response_bytes,
         allowed_hosts=settings.webhook_allowed_hosts,
     )
-    handler = IngestHandler(engines, files, on_final=webhooks.notify)
+    queries = QueryLane(settings, store, events)
+    knowledge_bases: KnowledgeBases = (
+        LocalKnowledgeBases(engines) if engines is not None else DelegatedKnowledgeBases(settings, queries)
+    )
+    handler = IngestHandler(settings, knowledge_bases, files, on_final=webhooks.notify)
     runner = TaskRunner(
         store,
         handler,
@@ -155,8 +189,7 @@ async def start_services(
             # A document merging or waiting for its commit yields its slot to the next one. Waiting
             # documents are merged in groups (src/rag/engine/merge_groups.py), which only pays off if
             # extraction can run ahead of the merges: room for eight slots' worth (a finishing task
-            # holds only its extraction results). 200 documents sharing entities at 16:16: 54 s with
-            # 2x, 35-40 s with 8x (docs/benchmarks.md, E4).
+            # holds only its extraction results; see docs/benchmarks.md, E4).
             finishing_slots=8 * settings.max_concurrent_tasks,
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
@@ -177,7 +210,8 @@ async def start_services(
         # Stop the tasks first (they are handed back to the queue), then the workspace's indexing,
         # so nothing of this instance writes into the workspace once another instance may own it.
         runner.abandon_tenant(tenant)
-        await engines.stop_ingestion(tenant)
+        if engines is not None:
+            await engines.stop_ingestion(tenant)
 
     async def on_acquired(tenant: str) -> None:
         with contextlib.suppress(Exception):  # best effort: the sweeper requeues at lease expiry anyway
@@ -186,6 +220,7 @@ async def start_services(
     ownership.add_listener(on_lost=on_lost, on_acquired=on_acquired)
     if runs_tasks:
         await runner.start()
+    await events.start()
     metrics.start_sampling(store.ping)
     log.info(
         "service ready: instance %s, role %s, %d task slot(s), %d query slot(s)",
@@ -194,32 +229,32 @@ async def start_services(
         settings.max_concurrent_tasks if runs_tasks else 0,
         settings.max_concurrent_queries if runs_tasks else 0,
     )
-    ingestion = IngestionService(
-        settings,
-        store,
-        engines,
-        runner,
-        handler,
-        files,
-        metrics,
-        local_knowledge_bases=knowledge_bases_readable_here(settings),
+    submission = SubmissionService(settings, store, runner, files, knowledge_bases, queries, metrics)
+    tasks = TaskService(store, runner, events, handler.after_final)
+    batches = BatchService(
+        submission, tasks, BatchStore(redis.client, store.keys, ttl_seconds=batch_ttl(settings))
     )
-    batches = BatchService(ingestion, BatchStore(redis.client, store.keys, ttl_seconds=batch_ttl(settings)))
     return Services(
-        settings,
-        redis,
-        store,
-        runner,
-        engines,
-        tenants,
-        limiter,
-        metrics,
-        webhooks,
-        instance_id,
-        ingestion,
-        ownership,
-        services_fence,
-        batches,
+        settings=settings,
+        redis=redis,
+        store=store,
+        runner=runner,
+        events=events,
+        knowledge_bases=knowledge_bases,
+        tenants=tenants,
+        limiter=limiter,
+        metrics=metrics,
+        webhooks=webhooks,
+        instance_id=instance_id,
+        files=files,
+        handler=handler,
+        submission=submission,
+        tasks=tasks,
+        knowledge=KnowledgeService(settings, store, knowledge_bases),
+        batches=batches,
+        ownership=ownership,
+        engines=engines,
+        remove_fence=remove_fence,
     )
 
 
@@ -241,11 +276,13 @@ def batch_ttl(settings: Settings) -> int:
 
 
 async def stop_services(services: Services) -> None:
+    await services.events.stop()
     await services.runner.stop(services.settings.shutdown_grace_seconds)
     await services.metrics.stop_sampling()
     await services.webhooks.close()
     try:
-        await services.engines.close()
+        if services.engines is not None:
+            await services.engines.close()
     finally:
         await services.ownership.stop()  # the locks go after the engines: nothing of ours writes later
         if services.remove_fence is not None:

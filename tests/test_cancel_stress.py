@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from benchmarks.mock_llm import MockConfig, MockServer
+from src.rag.knowledge import PurgeOutcome
 from tests.conftest import FINAL, Service, start_service, upload, wait_for_task
 from tests.docs_factory import story
 from tests.test_reliability import llm_settings
@@ -178,14 +179,14 @@ async def test_purge_in_a_context_a_cancel_left_holding_a_lightrag_lock(service:
     response = await upload(service.client, "p.txt", story("lagoons", "Poisoned").encode())
     task = await wait_for_task(service.client, response.json()["task_id"])
     assert task["status"] == "completed"
-    handler = service.services.ingestion.handler
+    knowledge_bases = service.services.knowledge_bases
     async with service.services.engines.use("default") as engine:
         lock = engine.rag.doc_status._storage_lock
     assert type(lock).__name__ == "NamespaceLock"  # the LightRAG version this guards against
 
-    async def after_a_stranded_release() -> str:
+    async def after_a_stranded_release() -> PurgeOutcome:
         lock._ctx_var.set(object())  # what the cancelled __aexit__ leaves behind
-        return await handler.purge("default", task["doc_id"])
+        return (await knowledge_bases.purge("default", task["doc_id"])).outcome
 
     assert await asyncio.create_task(after_a_stranded_release()) == "success"
     assert (await service.client.get(f"/documents/{task['doc_id']}")).status_code == 404

@@ -105,6 +105,7 @@ def test_a_page_of_in_memory_records_is_newest_first_and_reads_enum_statuses() -
     from lightrag.base import DocStatus
 
     from src.rag.doc_listing import _page_of
+    from src.rag.knowledge import DocumentStatus
 
     items = [
         ("doc-a", {"status": DocStatus.PROCESSED, "created_at": "2026-01-01T00:00:01+00:00", "content": "x"}),
@@ -113,10 +114,11 @@ def test_a_page_of_in_memory_records_is_newest_first_and_reads_enum_statuses() -
         ("doc-d", {"status": "processing"}),  # no created_at: oldest
     ]
     page = _page_of(items, None, 10, 0)
-    assert [d["doc_id"] for d in page.documents] == ["doc-c", "doc-b", "doc-a", "doc-d"]
+    assert [d.doc_id for d in page.documents] == ["doc-c", "doc-b", "doc-a", "doc-d"]
     assert page.counts == {"pending": 0, "processing": 1, "preprocessed": 0, "processed": 2, "failed": 1}
-    assert page.documents[2]["status"] == "processed" and "content" not in page.documents[2]
-    processed = _page_of(items, DocStatus.PROCESSED, 1, 1)
-    assert [d["doc_id"] for d in processed.documents] == ["doc-a"] and processed.total == 2
-    assert _page_of(items, DocStatus.FAILED, 5, 0).documents[0]["error_msg"] == "boom"
+    shown = page.documents[2].as_dict()
+    assert shown["status"] == "processed" and "content" not in shown
+    processed = _page_of(items, DocumentStatus.PROCESSED, 1, 1)
+    assert [d.doc_id for d in processed.documents] == ["doc-a"] and processed.total == 2
+    assert _page_of(items, DocumentStatus.FAILED, 5, 0).documents[0].error_msg == "boom"
     assert _page_of(items, None, 5, 4).documents == [] and _page_of([], None, 5, 0).total == 0

@@ -31,7 +31,7 @@ STALLED = MockConfig(hang_rate=1.0, hang_seconds=20, error_endpoints=["chat"])
 
 
 def _hub(svc: Service):
-    return svc.app.state.task_events
+    return svc.services.events
 
 
 async def test_wait_answers_200_with_the_final_view_of_a_small_document(service: Service) -> None:

@@ -140,6 +140,7 @@ async def test_document_listing_on_postgres_pages_across_its_storage_pages(
     from lightrag.base import DocStatus
 
     from src.rag.doc_listing import list_documents
+    from src.rag.knowledge import DocumentStatus
 
     start = datetime(2026, 1, 1, tzinfo=UTC)
     records = {}
@@ -157,11 +158,11 @@ async def test_document_listing_on_postgres_pages_across_its_storage_pages(
 
     for limit, offset in ((50, 0), (30, 190), (1000, 0), (7, 199), (10, 225), (5, 400)):
         page = await list_documents(tenants["alpha"].doc_status, None, limit, offset)
-        assert [d["doc_id"] for d in page.documents] == newest[offset : offset + limit], (limit, offset)
+        assert [d.doc_id for d in page.documents] == newest[offset : offset + limit], (limit, offset)
         assert page.total == 230
         assert page.counts["processed"] == 207 and page.counts["failed"] == 23 and page.counts["pending"] == 0
-    page = await list_documents(tenants["alpha"].doc_status, DocStatus.FAILED, 10, 5)
-    assert [d["doc_id"] for d in page.documents] == failed[5:15] and page.total == 23
-    assert page.documents[0]["error_msg"] == "boom" and page.documents[0]["status"] == "failed"
+    page = await list_documents(tenants["alpha"].doc_status, DocumentStatus.FAILED, 10, 5)
+    assert [d.doc_id for d in page.documents] == failed[5:15] and page.total == 23
+    assert page.documents[0].error_msg == "boom" and page.documents[0].status == "failed"
     other = await list_documents(tenants["beta"].doc_status, None, 50, 0)
     assert other.total == 0 and other.documents == [] and other.counts["processed"] == 0

@@ -220,7 +220,7 @@ async def test_api_role_delegated_query_answers_like_a_direct_one(tmp_path, redi
                     "/query", json={"query": "who?", "mode": "naive", "only_need_context": True}
                 )
                 assert ok.status_code == 200, ok.text
-                assert api.services.engines.loaded() == []  # answered by the worker's knowledge base
+                assert api.services.knowledge_bases.loaded() == []  # answered by the worker's knowledge base
     lonely = make_settings(tmp_path / "a", redis_url, role="api", query_timeout_seconds=0.5)
     async with start_service(lonely) as api:  # no worker at all
         timed_out = await api.client.post("/query", json={"query": "anyone there?"})
@@ -249,13 +249,13 @@ async def test_query_task_runs_at_its_priority_for_its_tenant(tmp_path, redis_ur
     from src.rag.scheduler import current_call_context
 
     seen = []
-    real = queries.answer
+    real = queries.whole
 
-    async def observed(engines, tenant, spec):
-        seen.append((current_call_context(), tenant))
-        return await real(engines, tenant, spec)
+    async def observed(rag, spec):
+        seen.append((current_call_context(), rag.workspace))
+        return await real(rag, spec)
 
-    monkeypatch.setattr(queries, "answer", observed)
+    monkeypatch.setattr(queries, "whole", observed)
     async with start_service(make_settings(tmp_path, redis_url, admin_token="admin-secret")) as svc:
         acme = await make_tenant(svc, "acme")
         response = await svc.client.post(
@@ -263,5 +263,5 @@ async def test_query_task_runs_at_its_priority_for_its_tenant(tmp_path, redis_ur
         )
         assert response.status_code == 202, response.text
         await wait_for_task(svc.client, response.json()["task_id"], headers=acme, expect="completed")
-    ((context, tenant),) = seen
-    assert (context.priority, context.tenant, tenant) == (9, "acme", "acme")
+    ((context, workspace),) = seen
+    assert (context.priority, context.tenant) == (9, "acme") and workspace.endswith("--acme")

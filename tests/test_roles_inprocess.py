@@ -31,7 +31,7 @@ async def test_api_role_starts_no_runner_and_loads_no_knowledge_base(tmp_path, r
     """Catches an api process that claims tasks or loads (and resumes) a knowledge base at start-up."""
     async with start_service(make_settings(tmp_path, redis_url, role="api")) as api:
         assert api.services.runner._loops == []  # noqa: SLF001
-        assert api.services.engines.loaded() == []
+        assert api.services.knowledge_bases.loaded() == []
         accepted = await api.client.post("/insert/text", json={"text": "waits for a worker"})
         assert accepted.status_code == 202, accepted.text
         view = (await api.client.get(f"/task/{accepted.json()['task_id']}")).json()

@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from src.ingestion.errors import WorkspaceOwnedElsewhere
 from src.ingestion.ownership import (
     LocalOwnership,
     OwnershipConfigError,
     OwnershipLost,
     PgOwnership,
     build_ownership,
-    fence_llm,
     lock_key,
     pg_connector,
 )
+from src.rag.errors import WorkspaceOwnedElsewhere
+from src.rag.storage.fence import fence_llm
 from src.tasks.store import TaskStore
 from tests.pg import pg_env  # noqa: F401  (session fixture)
 from tests.unit.conftest import make_store, redis, store  # noqa: F401  (fixtures)
@@ -144,14 +144,14 @@ def test_configuration_errors_and_backend_choice(tmp_path, monkeypatch: pytest.M
     from tests.conftest import make_settings
 
     settings = make_settings(tmp_path, None)
-    assert isinstance(build_ownership(settings, "i", "p:", env={}), LocalOwnership)
+    assert isinstance(build_ownership(settings, "i", "p:", workspace_for=str, env={}), LocalOwnership)
     env = {
         "LIGHTRAG_KV_STORAGE": "PGKVStorage",
         "POSTGRES_USER": "u",
         "POSTGRES_PASSWORD": "p",
         "POSTGRES_DATABASE": "d",
     }
-    assert isinstance(build_ownership(settings, "i", "p:", env=env), PgOwnership)
+    assert isinstance(build_ownership(settings, "i", "p:", workspace_for=str, env=env), PgOwnership)
     assert lock_key("p:", "ws") == lock_key("p:", "ws") != lock_key("p:", "ws2")
 
 

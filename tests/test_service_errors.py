@@ -10,19 +10,27 @@ import pytest
 from fastapi import FastAPI
 
 from api.errors import DOMAIN_ERRORS, http_error_for, install_error_handlers
+from src.core.errors import DomainError
 from src.ingestion import errors as domain
+from src.rag import errors as kb
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
+#: Every domain error of the service layer and of the knowledge-base room (not their bases).
 DOMAIN_CLASSES = [
     cls
-    for _, cls in inspect.getmembers(domain, inspect.isclass)
-    if issubclass(cls, domain.IngestionError) and cls is not domain.IngestionError
+    for module in (domain, kb)
+    for _, cls in inspect.getmembers(module, inspect.isclass)
+    if issubclass(cls, DomainError) and cls not in (DomainError, domain.IngestionError, kb.KnowledgeBaseError)
 ]
 
 
+def test_both_rooms_errors_are_listed() -> None:
+    assert domain.TaskNotFound in DOMAIN_CLASSES and kb.ProviderError in DOMAIN_CLASSES
+
+
 @pytest.mark.parametrize("cls", DOMAIN_CLASSES, ids=lambda c: c.__name__)
-def test_every_domain_error_has_an_http_answer(cls: type[domain.IngestionError]) -> None:
+def test_every_domain_error_has_an_http_answer(cls: type[DomainError]) -> None:
     """Catches a new domain error that would fall through to the 500 fallback."""
     answer = http_error_for(cls("x"))
     assert answer is not None and 400 <= answer.status < 600
@@ -55,6 +63,8 @@ async def call(exc: Exception) -> httpx.Response:
         (domain.ContentMismatch("renamed"), 415, "content_mismatch", None),
         (domain.NotMultipart("form"), 400, "not_multipart", None),
         (domain.DeleteFailed("busy"), 502, "delete_failed", None),
+        (kb.WorkspaceOwnedElsewhere("owned"), 503, "workspace_owned_elsewhere", "5"),
+        (kb.NotInThisRole("api"), 503, "not_in_this_role", None),
     ],
 )
 async def test_domain_errors_answer_with_status_code_and_retry_after(exc, status, code, retry_after) -> None:

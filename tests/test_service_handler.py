@@ -7,22 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from src.core.metrics import Metrics
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
-from src.rag.engine.tenant_engines import TenantEngines
+from src.rag.delegated import DelegatedKnowledgeBases
 from src.tasks.models import TaskRecord, TaskStatus
 from tests.helpers import make_settings
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 
+class NobodyAnswers:
+    async def answer(self, tenant: str, spec: object, *, priority: int = 5) -> str:
+        raise AssertionError("the end-of-task hooks never query")
+
+
 @pytest.fixture
 def handler(tmp_path: Path) -> IngestHandler:
     settings = make_settings(tmp_path, None)
     settings.uploads_dir.mkdir(parents=True)
-    engines = TenantEngines(settings, Metrics(), max_cached=1, idle_seconds=60)  # never used here
-    return IngestHandler(engines, UploadFiles(settings.uploads_dir))
+    knowledge_bases = DelegatedKnowledgeBases(settings, NobodyAnswers())  # no knowledge base is touched
+    return IngestHandler(settings, knowledge_bases, UploadFiles(settings.uploads_dir))
 
 
 def stored(handler: IngestHandler, task_id: str, suffix: str = ".txt") -> TaskRecord:

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from src.rag.knowledge import PurgeOutcome, PurgeResult
 from tests.conftest import Service, free_port, make_settings, start_service, upload, wait_for_task
 from tests.docs_factory import story
 from tests.procs import service_env
@@ -51,7 +52,7 @@ async def test_two_file_parts_are_refused_and_nothing_is_stored(service: Service
         assert response.json()["code"] == "multiple_files"
     assert stored_files(service) == []
     assert await task_count(service) == 0
-    assert service.services.ingestion.files.bytes_used == 0  # the partial file was un-accounted too
+    assert service.services.files.bytes_used == 0  # the partial file was un-accounted too
 
 
 # ----------------------------------------------------------------------------- item 2
@@ -167,16 +168,16 @@ async def test_reupload_while_a_delete_is_pending_is_not_answered_with_the_delet
     assert (await wait_for_task(service.client, first["task_id"]))["status"] == "completed"
     doc_id = first["doc_id"]
 
-    handler = service.services.ingestion.handler
-    original_purge = handler.purge
+    knowledge_bases = service.services.knowledge_bases
+    original_purge = knowledge_bases.purge
     entered, release = asyncio.Event(), asyncio.Event()
 
-    async def held_purge(tenant: str, doc: str) -> str:
+    async def held_purge(tenant: str, doc: str) -> PurgeResult:
         entered.set()
         await release.wait()
         return await original_purge(tenant, doc)
 
-    monkeypatch.setattr(handler, "purge", held_purge)
+    monkeypatch.setattr(knowledge_bases, "purge", held_purge)
     deleting = asyncio.create_task(service.client.delete(f"/documents/{doc_id}"))
     await asyncio.wait_for(entered.wait(), 30)
 
@@ -209,10 +210,10 @@ async def test_failed_delete_gives_the_document_back_to_its_task(
     first = (await upload(service.client, "k.txt", data)).json()
     assert (await wait_for_task(service.client, first["task_id"]))["status"] == "completed"
 
-    async def failing_purge(tenant: str, doc: str) -> str:
-        return "fail"
+    async def failing_purge(tenant: str, doc: str) -> PurgeResult:
+        return PurgeResult(doc, PurgeOutcome.FAILED, "refused")
 
-    monkeypatch.setattr(service.services.ingestion.handler, "purge", failing_purge)
+    monkeypatch.setattr(service.services.knowledge_bases, "purge", failing_purge)
     failed = await service.client.delete(f"/documents/{first['doc_id']}")
     assert failed.status_code == 502 and failed.json()["code"] == "delete_failed"
     again = await upload(service.client, "k.txt", data)
@@ -269,7 +270,7 @@ async def test_uploads_are_refused_with_507_when_storage_is_short(tmp_path, redi
     down when a task's file is removed, so uploads are accepted again."""
     settings = make_settings(tmp_path, redis_url, max_uploads_dir_bytes=6000)
     async with start_service(settings) as svc:
-        files = svc.services.ingestion.files
+        files = svc.services.files
         big = ("lorem ipsum " * 400).encode()  # 4800 bytes
         accepted = await upload(svc.client, "big.txt", big)
         assert accepted.status_code == 202, accepted.text
@@ -330,7 +331,7 @@ async def test_failed_tasks_lose_their_upload_but_keep_their_error(tmp_path, red
             while stored_files(svc) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             assert stored_files(svc) == [], "the failed task's upload was kept"
-            assert svc.services.ingestion.files.bytes_used == 0
+            assert svc.services.files.bytes_used == 0
             assert (await svc.client.get(f"/task/{task_id}")).json()["error"] == final["error"]
 
 
@@ -340,7 +341,7 @@ async def test_size_is_measured_at_start_up(tmp_path, redis_url) -> None:
     settings.uploads_dir.mkdir(parents=True)
     (settings.uploads_dir / "left-over.txt").write_bytes(b"z" * 1234)
     async with start_service(settings) as svc:
-        assert svc.services.ingestion.files.bytes_used == 1234
+        assert svc.services.files.bytes_used == 1234
 
 
 # ----------------------------------------------------------------------------- item 11 (process level)

@@ -16,7 +16,8 @@ from api.deps import BatchesDep, CallbackUrlQuery, PriorityQuery, TenantDep
 from api.errors import error_entry, error_response
 from api.schemas import BatchAccepted, BatchCancelResult, BatchFileError, BatchView
 from api.views import iso
-from src.ingestion.service import SubmitOptions
+from src.core.defaults import DEFAULT_PRIORITY
+from src.ingestion.submission import SubmitOptions
 from src.tasks.models import TaskStatus
 
 router = APIRouter(tags=["batches"])
@@ -66,7 +67,7 @@ async def submit_batch(
     tenant: TenantDep,
     batches: BatchesDep,
     callback_url: CallbackUrlQuery = None,
-    priority: PriorityQuery = 5,
+    priority: PriorityQuery = DEFAULT_PRIORITY,
 ) -> JSONResponse:
     options = SubmitOptions(callback_url=callback_url, priority=priority)
     submitted = await batches.submit(tenant, request.headers, request.stream(), options, error_entry)

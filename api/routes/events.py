@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import OwnedStreamTaskDep, ServicesDep, StreamTenantDep
@@ -28,10 +28,6 @@ RETRY_MS = 2000
 #: A client whose socket does not take an event within this time is disconnected.
 SEND_TIMEOUT_SECONDS = 30.0
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def _hub(request: Request) -> TaskEventHub:
-    return request.app.state.task_events
 
 
 def _subscribe(hub: TaskEventHub, tenant: str, task_id: str | None = None) -> Subscription:
@@ -76,14 +72,13 @@ def _response(stream: AsyncIterator[ServerSentEvent], ping: float) -> EventSourc
 )
 async def task_events(
     task_id: str,
-    request: Request,
     owned: OwnedStreamTaskDep,
     services: ServicesDep,
     last_event_id: str | None = Header(default=None),
 ) -> EventSourceResponse:
     """The task's current state (unless unchanged since ``Last-Event-ID``), then each change; the
     stream ends after a final status."""
-    sub = _subscribe(_hub(request), owned.tenant, task_id)
+    sub = _subscribe(services.events, owned.tenant, task_id)
     last_seen = _since(last_event_id)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
@@ -123,7 +118,6 @@ async def task_events(
     response_class=EventSourceResponse,
 )
 async def all_task_events(
-    request: Request,
     tenant: StreamTenantDep,
     services: ServicesDep,
     limit: int = Query(default=100, ge=1, le=500),
@@ -132,7 +126,7 @@ async def all_task_events(
     """First the current state of the ``limit`` most recent tasks of the caller's tenant, then every
     change of any of its tasks; for dashboards. With ``Last-Event-ID`` only changes after that
     event are sent."""
-    sub = _subscribe(_hub(request), tenant)
+    sub = _subscribe(services.events, tenant)
     since = _since(last_event_id)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:

@@ -46,7 +46,7 @@ async def health(request: Request, services: ServicesDep) -> JSONResponse:
         redis = {"ok": True, "latency_ms": round(await services.store.ping(), 3)}
     except Exception as exc:
         redis = {"ok": False, "error": f"{type(exc).__name__}: {scrub_paths(str(exc))}"}
-    writable = await services.ingestion.files.writable()
+    writable = await services.files.writable()
     workers = await _workers_seen(services) if redis["ok"] else None
     healthy = redis["ok"] and writable and workers != 0
     status = 200 if healthy else 503
@@ -60,7 +60,7 @@ async def health(request: Request, services: ServicesDep) -> JSONResponse:
         **summary,
         "instance_id": services.instance_id,
         "redis": redis,
-        "storage": {"ok": writable, "loaded_tenants": services.engines.loaded()},
+        "storage": {"ok": writable, "loaded_tenants": services.knowledge_bases.loaded()},
         "llm": llm_description(settings),
         "embedding": embedding_description(settings),
         "parser": settings.parser,

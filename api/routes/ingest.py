@@ -1,6 +1,6 @@
 """Ingestion endpoints: accept a document, persist a task, answer 202 before any indexing work.
 
-HTTP only: the use-cases are `IngestionService.receive_upload/submit_file/submit_text`; their
+HTTP only: the use-cases are `SubmissionService.receive_upload/submit_file/submit_text`; their
 domain errors become HTTP answers through the table in `api/errors.py`.
 """
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from api.deps import CallbackUrlQuery, IngestionDep, PriorityQuery, TenantDep
+from api.deps import CallbackUrlQuery, PriorityQuery, SubmissionDep, TasksDep, TenantDep
 from api.schemas import TaskAccepted, TaskView, TextInsert
 from api.views import task_view
-from src.ingestion.service import Accepted, SubmitOptions
-from src.tasks.fanout import TaskEventHub
+from src.core.defaults import DEFAULT_PRIORITY
+from src.ingestion.submission import Accepted, SubmitOptions
+from src.ingestion.tasks import TaskService
 from src.tasks.models import TaskStatus
 
 router = APIRouter(tags=["ingest"])
@@ -50,15 +51,14 @@ def _wait_query() -> float:
     return Query(default=0.0, ge=0.0, le=MAX_WAIT_SECONDS, description=_WAIT_DOC)
 
 
-async def _answer_or_wait(request: Request, accepted: Accepted, wait: float) -> Response:
+async def _answer_or_wait(request: Request, tasks: TaskService, accepted: Accepted, wait: float) -> Response:
     """Without a wait (or for a duplicate, which keeps today's codes) the 202/200 acceptance;
     else the final view if the task ends within ``wait`` seconds, else the same 202.
 
     The task is persisted before the wait starts: if the client goes away (or this request is
     cancelled) only the waiting stops."""
     if wait > 0 and not accepted.duplicate:
-        hub: TaskEventHub = request.app.state.task_events
-        final = await hub.wait_final(accepted.record.task_id, wait)
+        final = await tasks.wait_final(accepted.record.task_id, wait)
         if final is not None:
             return Response(task_view(final).model_dump_json(), media_type="application/json")
     return _answer(request, accepted)
@@ -111,16 +111,17 @@ def _answer(request: Request, accepted: Accepted) -> JSONResponse:
 async def insert_document(
     request: Request,
     tenant: TenantDep,
-    ingestion: IngestionDep,
+    submission: SubmissionDep,
+    tasks: TasksDep,
     doc_id: str | None = Query(default=None, description="stable id; default: derived from the content hash"),
     callback_url: CallbackUrlQuery = None,
-    priority: PriorityQuery = 5,
+    priority: PriorityQuery = DEFAULT_PRIORITY,
     wait: float = _wait_query(),
     idempotency_key: str | None = Header(default=None, description=_IDEMPOTENCY_DOC),
 ) -> Response:
     options = SubmitOptions(doc_id, callback_url, priority, idempotency_key)
-    saved = await ingestion.receive_upload(tenant, request.headers, request.stream(), options)
-    return await _answer_or_wait(request, await ingestion.submit_file(tenant, saved, options), wait)
+    saved = await submission.receive_upload(tenant, request.headers, request.stream(), options)
+    return await _answer_or_wait(request, tasks, await submission.submit_file(tenant, saved, options), wait)
 
 
 router.add_api_route(
@@ -149,10 +150,11 @@ async def insert_text(
     body: TextInsert,
     request: Request,
     tenant: TenantDep,
-    ingestion: IngestionDep,
+    submission: SubmissionDep,
+    tasks: TasksDep,
     wait: float = _wait_query(),
     idempotency_key: str | None = Header(default=None, description=_IDEMPOTENCY_DOC),
 ) -> Response:
     options = SubmitOptions(body.doc_id, body.callback_url, body.priority, idempotency_key)
-    accepted = await ingestion.submit_text(tenant, body.text, options, body.filename)
-    return await _answer_or_wait(request, accepted, wait)
+    accepted = await submission.submit_text(tenant, body.text, options, body.filename)
+    return await _answer_or_wait(request, tasks, accepted, wait)

@@ -1,5 +1,6 @@
 """Query endpoints: one-shot answer, a streamed (NDJSON) answer, and a query run as a task
-(202 + task id; the use-cases live in IngestionService; this module only shapes the HTTP answers)."""
+(202 + task id; the use-cases live in KnowledgeService and SubmissionService; this module only shapes
+the HTTP answers)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import CallbackUrlQuery, IngestionDep, PriorityQuery, ServicesDep, TenantDep
+from api.deps import CallbackUrlQuery, KnowledgeDep, PriorityQuery, ServicesDep, SubmissionDep, TenantDep
 from api.schemas import QueryRequest, QueryResponse, QueryTaskAccepted
-from src.ingestion.errors import ProviderError
-from src.ingestion.service import SubmitOptions
-from src.rag.engine.queries import QuerySpec
+from src.core.defaults import DEFAULT_PRIORITY
+from src.ingestion.submission import SubmitOptions
+from src.rag.errors import ProviderError
+from src.rag.knowledge import QuerySpec
 from src.rag.llm import llm_description
 
 router = APIRouter(tags=["query"])
@@ -32,9 +34,9 @@ def _spec(body: QueryRequest) -> QuerySpec:
 
 @router.post("/query", response_model=QueryResponse, summary="Ask the knowledge base")
 async def query(
-    body: QueryRequest, tenant: TenantDep, ingestion: IngestionDep, services: ServicesDep
+    body: QueryRequest, tenant: TenantDep, knowledge: KnowledgeDep, services: ServicesDep
 ) -> QueryResponse:
-    answer = await ingestion.query(tenant, _spec(body))
+    answer = await knowledge.query(tenant, _spec(body))
     return QueryResponse(
         response=answer,
         mode=body.mode,
@@ -48,8 +50,8 @@ async def query(
     summary='Ask the knowledge base, streamed as NDJSON lines {"response": <text piece>}',
     response_class=StreamingResponse,
 )
-async def query_stream(body: QueryRequest, tenant: TenantDep, ingestion: IngestionDep) -> StreamingResponse:
-    pieces = await ingestion.query_stream(tenant, _spec(body))
+async def query_stream(body: QueryRequest, tenant: TenantDep, knowledge: KnowledgeDep) -> StreamingResponse:
+    pieces = await knowledge.query_stream(tenant, _spec(body))
 
     async def lines() -> AsyncIterator[bytes]:
         try:
@@ -84,12 +86,12 @@ async def query_async(
     body: QueryRequest,
     request: Request,
     tenant: TenantDep,
-    ingestion: IngestionDep,
-    priority: PriorityQuery = 5,
+    submission: SubmissionDep,
+    priority: PriorityQuery = DEFAULT_PRIORITY,
     callback_url: CallbackUrlQuery = None,
 ) -> JSONResponse:
     options = SubmitOptions(callback_url=callback_url, priority=priority)
-    record = await ingestion.submit_query(tenant, _spec(body), options)
+    record = await submission.submit_query(tenant, _spec(body), options)
     status_url = str(request.url_for("get_task", task_id=record.task_id).path)
     accepted = QueryTaskAccepted(
         message="Query accepted; poll status_url for the answer",

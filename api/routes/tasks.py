@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
-from api.deps import IngestionDep, OwnedTaskDep, TenantDep
+from api.deps import OwnedTaskDep, TasksDep, TenantDep
 from api.schemas import CancelResult, TaskList, TaskView
 from api.views import task_view
 from src.tasks.models import TaskStatus
@@ -29,12 +29,12 @@ async def get_task(task: OwnedTaskDep) -> Response:
 @router.get("/tasks", response_model=TaskList, summary="Recent tasks, newest first")
 async def list_tasks(
     tenant: TenantDep,
-    ingestion: IngestionDep,
+    tasks: TasksDep,
     status: TaskStatus | None = Query(default=None),
     limit: int = Query(default=50, ge=1, le=500),
     offset: int = Query(default=0, ge=0, le=1_000_000),
 ) -> TaskList:
-    total, records = await ingestion.tasks(tenant, status=status, offset=offset, limit=limit)
+    total, records = await tasks.tasks(tenant, status=status, offset=offset, limit=limit)
     return TaskList(total=total, offset=offset, limit=limit, tasks=[task_view(r) for r in records])
 
 
@@ -44,10 +44,10 @@ async def list_tasks(
     summary="Cancel a task, pending or running",
     responses={202: {"model": CancelResult, "description": "running task: being stopped and cleaned up"}},
 )
-async def cancel_task(task_id: str, tenant: TenantDep, ingestion: IngestionDep) -> JSONResponse:
+async def cancel_task(task_id: str, tenant: TenantDep, tasks: TasksDep) -> JSONResponse:
     """Pending → cancelled at once (200). Running → `cancelling` (202): its LLM work is stopped, its
     partial data removed from the knowledge base, then it becomes `cancelled`. Finished → 409."""
-    cancellation = await ingestion.cancel(tenant, task_id)
+    cancellation = await tasks.cancel(tenant, task_id)
     body = CancelResult(
         message=_CANCEL_MESSAGES[cancellation.status], task_id=task_id, status=cancellation.status
     )

@@ -3,7 +3,6 @@ task id (and later the tenant) of the asyncio task that logged it on every line.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
@@ -65,10 +64,9 @@ class JsonFormatter(logging.Formatter):
 
 def _route_library_loggers_to_root() -> None:
     """Libraries that install their own plain-text handlers (LightRAG's `lightrag` logger has one
-    and sets propagate=False) would print multi-line tracebacks into a JSON log stream. Import
-    them now, so their handlers exist, then send everything through the root handler."""
-    with contextlib.suppress(ImportError):
-        import lightrag.utils  # noqa: F401  (installs LightRAG's handler on import)
+    and sets propagate=False, on import) would print multi-line tracebacks into a JSON log stream:
+    send everything through the root handler. Runs when logging is configured, so configure it
+    once the application is imported (main.py does)."""
     for logger in list(logging.root.manager.loggerDict.values()):
         if isinstance(logger, logging.Logger) and (logger.handlers or not logger.propagate):
             logger.handlers.clear()

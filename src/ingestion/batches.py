@@ -1,10 +1,10 @@
 """Batches: many files in one request (seed 003), each an ordinary task; the batch only groups them.
 
 `submit` streams every file part with the checks of ``/insert`` (src/ingestion/uploads.py), queues
-the good files through `IngestionService.submit_file` and keeps each refusal with the answer
+the good files through `SubmissionService.submit_file` and keeps each refusal with the answer
 ``/insert`` would have given. `status` reads the state of the batch from its tasks' records (counts,
 progress, done). `cancel` cancels every task the batch created that is still pending or running,
-through `IngestionService.cancel` (the use-case of ``DELETE /task/{id}``).
+through `TaskService.cancel` (the use-case of ``DELETE /task/{id}``).
 
 Duplicates: a file whose content is already a task (earlier in the same batch, or before it) is
 answered like ``/insert`` answers it: the existing task, ``duplicate: true``. Such an entry counts in
@@ -18,8 +18,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from src.ingestion.errors import BatchNotFound, IngestionError, NotCancellable, TaskNotFound
-from src.ingestion.service import IngestionService, SubmitOptions
+from src.core.errors import DomainError
+from src.ingestion.errors import BatchNotFound, NotCancellable, TaskNotFound
+from src.ingestion.submission import SubmissionService, SubmitOptions
+from src.ingestion.tasks import TaskService
 from src.ingestion.uploads import Pace, receive_batch
 from src.tasks.batches import BatchRecord, BatchStore
 from src.tasks.models import TaskRecord, TaskStatus
@@ -27,7 +29,7 @@ from src.tasks.store import TaskStore
 
 #: How a refused file is described to the client: {status_code, error, detail} (given by the HTTP
 #: layer, which owns the status codes).
-Describe = Callable[[IngestionError], dict[str, Any]]
+Describe = Callable[[DomainError], dict[str, Any]]
 
 #: A task record that is gone: it finished and its TTL ended.
 EXPIRED = "expired"
@@ -63,8 +65,9 @@ class BatchCancellation:
 
 
 class BatchService:
-    def __init__(self, ingestion: IngestionService, store: BatchStore) -> None:
-        self.ingestion = ingestion
+    def __init__(self, submission: SubmissionService, tasks: TaskService, store: BatchStore) -> None:
+        self.submission = submission
+        self.tasks = tasks
         self.store = store
 
     async def submit(
@@ -75,13 +78,13 @@ class BatchService:
         options: SubmitOptions,
         describe: Describe,
     ) -> BatchSubmitted:
-        ingestion = self.ingestion
-        settings = ingestion.settings
-        await ingestion.admit(tenant, options)
+        submission = self.submission
+        settings = submission.settings
+        await submission.admit(tenant, options)
         received = await receive_batch(
             dict(headers),
             body,
-            ingestion.files,
+            submission.files,
             new_task_id=TaskStore.new_task_id,
             max_bytes=settings.max_upload_bytes,
             max_files=settings.max_batch_files,
@@ -95,8 +98,8 @@ class BatchService:
             while waiting:
                 saved = waiting.pop(0)
                 try:
-                    accepted = await ingestion.submit_file(tenant, saved, options)
-                except IngestionError as exc:  # queue full, doc conflict...: this file only
+                    accepted = await submission.submit_file(tenant, saved, options)
+                except DomainError as exc:  # queue full, doc conflict...: this file only
                     errors.append({"filename": saved.original_name, **describe(exc)})
                     continue
                 record = accepted.record
@@ -111,7 +114,7 @@ class BatchService:
                 )
         finally:
             for saved in waiting:  # an unexpected failure: files no task will ever own
-                await ingestion.files.remove(saved.path.name)
+                await submission.files.remove(saved.path.name)
         if not tasks:
             return BatchSubmitted(None, [], errors)
         stored = [{k: v for k, v in task.items() if k != "status"} for task in tasks]
@@ -127,7 +130,7 @@ class BatchService:
     async def status(self, tenant: str, batch_id: str) -> BatchStatus:
         record = await self.batch(tenant, batch_id)
         ids = list(dict.fromkeys(entry["task_id"] for entry in record.tasks))
-        found = {task.task_id: task for task in await self.ingestion.store.get_many(ids)}
+        found = {task.task_id: task for task in await self.tasks.store.get_many(ids)}
         tasks = [{**entry, **_task_state(found.get(entry["task_id"]))} for entry in record.tasks]
         counts = dict.fromkeys(STATUSES, 0)
         for task in tasks:
@@ -156,7 +159,7 @@ class BatchService:
 
     async def _cancel_one(self, tenant: str, task_id: str) -> tuple[str, str | None]:
         try:
-            cancellation = await self.ingestion.cancel(tenant, task_id)
+            cancellation = await self.tasks.cancel(tenant, task_id)
         except NotCancellable as exc:
             return "finished", str(exc.context.get("status"))
         except TaskNotFound:

@@ -1,21 +1,19 @@
-"""What can go wrong in an ingestion use-case, in domain words (no HTTP status codes here).
+"""What can go wrong in a use-case of the service layer, in domain words (no HTTP status codes).
 
 Every error carries a human message and, in ``context``, the ids a client needs to act on it
 (the task that holds a document, the status of a task that cannot be cancelled...). The HTTP
 layer maps each class to a status and a stable error code in one table (`api/errors.py`);
-a subclass without its own entry inherits its parent's.
+a subclass without its own entry inherits its parent's. What the knowledge base itself refuses
+(provider failures, a role that cannot write, ...) is in `src/rag/errors.py`.
 """
 
 from __future__ import annotations
 
+from src.core.errors import DomainError
 
-class IngestionError(Exception):
-    """Base of every expected failure of a use-case."""
 
-    def __init__(self, message: str, **context: object):
-        super().__init__(message)
-        self.message = message
-        self.context = context
+class IngestionError(DomainError):
+    """Base of every expected failure of a service-layer use-case."""
 
 
 # ----------------------------------------------------------------- the request itself
@@ -155,29 +153,6 @@ class BatchNotFound(IngestionError):
     """Unknown, expired, or owned by another tenant (the same answer, so nothing leaks)."""
 
 
-# ----------------------------------------------------------------- the knowledge base and its model
-class ProviderError(IngestionError):
-    """The LLM/embedding provider (or LightRAG around it) failed to answer a query."""
-
-
-class QueryTimeout(IngestionError):
-    """A query delegated to the workers (ROLE=api) found no answer within QUERY_TIMEOUT_SECONDS."""
-
-
-class NotInThisRole(IngestionError):
-    """This instance's role cannot do it (ROLE=api with process-local knowledge bases cannot write
-    into them); context: role."""
-
-
+# ----------------------------------------------------------------- the knowledge base
 class DeleteFailed(IngestionError):
-    """LightRAG could not delete the document."""
-
-
-class KnowledgeBaseUnavailable(IngestionError):
-    """The tenant's knowledge base cannot be opened as configured (e.g. it was indexed with another
-    embedding model); an operator must fix the configuration."""
-
-
-class WorkspaceOwnedElsewhere(KnowledgeBaseUnavailable):
-    """Several instances share the knowledge bases and another one owns this tenant's workspace:
-    only that one may write into it (a retry may land on it or find it free)."""
+    """The knowledge base could not delete the document."""

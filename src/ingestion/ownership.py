@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 from src.rag.storage.fence import OwnershipLost
 
-__all__ = ["LocalOwnership", "OwnershipLost", "PgOwnership", "build_ownership", "fence_llm", "lock_key"]
+__all__ = ["LocalOwnership", "OwnershipLost", "PgOwnership", "build_ownership", "lock_key"]
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,21 @@ class OwnershipConfigError(ValueError):
 
 
 class Ownership(Protocol):
-    """What the task runner and the knowledge bases need to know about workspace ownership."""
+    """What the task runner, the knowledge bases and the storage write fence need to know about
+    workspace ownership."""
 
     #: True when several instances share the knowledge bases (ownership matters).
     shared: bool
 
     def owns(self, tenant: str) -> bool: ...
+
+    def owns_workspace(self, workspace: str) -> bool:
+        """The write fence of src/rag/storage/fence.py: is ``workspace`` provably one of ours?"""
+        ...
+
+    async def try_acquire(self, tenant: str) -> bool:
+        """Take the workspace of ``tenant`` if nobody holds it (never waits for a holder)."""
+        ...
 
     def claimable(self) -> list[str] | None:
         """Tenants whose tasks this instance may claim; None means every tenant."""
@@ -107,6 +116,12 @@ class LocalOwnership:
     def owns(self, tenant: str) -> bool:
         return True
 
+    def owns_workspace(self, workspace: str) -> bool:
+        return True
+
+    async def try_acquire(self, tenant: str) -> bool:
+        return True
+
     def claimable(self) -> list[str] | None:
         return None
 
@@ -124,23 +139,6 @@ class LocalOwnership:
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "local"}
-
-
-def fence_llm(llm: Callable[..., Any], owns: Callable[[], bool]) -> Callable[..., Any]:
-    """Wrap an LLM function so that ingestion calls (extraction, gleaning, description summaries)
-    of a workspace no longer owned fail at once; queries (keywords, answers) are never fenced."""
-    from src.rag.prompts import classify_prompt
-
-    async def fenced(prompt: str, *args: Any, **kwargs: Any) -> Any:
-        if not owns():
-            kind = classify_prompt(
-                prompt, kwargs.get("system_prompt") or "", bool(kwargs.get("keyword_extraction"))
-            )
-            if kind in ("extract", "glean", "summary"):
-                raise OwnershipLost("this instance no longer owns the workspace; ingestion stopped")
-        return await llm(prompt, *args, **kwargs)
-
-    return fenced
 
 
 def lock_key(namespace: str, workspace: str) -> int:
@@ -406,12 +404,13 @@ def build_ownership(
     instance_id: str,
     namespace: str,
     *,
+    workspace_for: Callable[[str], str],
     live_instances: Callable[[], Awaitable[int]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> LocalOwnership | PgOwnership:
     """The ownership backend the configuration asks for (OWNERSHIP, LIGHTRAG_*_STORAGE, POSTGRES_*).
 
-    ``workspace_for`` is set by the caller once the knowledge bases exist."""
+    ``workspace_for`` maps a tenant to its knowledge-base workspace (`KnowledgeBases.workspace_for`)."""
     import os
 
     from src.rag.storage.selection import storage_kwargs_from_env
@@ -425,7 +424,7 @@ def build_ownership(
     return PgOwnership(
         pg_connector(env),
         instance_id=instance_id,
-        workspace_for=lambda tenant: tenant,
+        workspace_for=workspace_for,
         namespace=namespace,
         lock_timeout=settings.owner_lock_timeout_seconds,
         ping_seconds=settings.owner_ping_seconds,

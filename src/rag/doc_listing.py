@@ -13,39 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from lightrag.base import DocStatus, DocStatusStorage
 from lightrag.kg.json_doc_status_impl import JsonDocStatusStorage
 
-#: What a listing shows of each document (LightRAG's names; `error_msg` is its failure message).
-FIELDS = (
-    "status",
-    "chunks_count",
-    "content_summary",
-    "content_length",
-    "file_path",
-    "track_id",
-    "created_at",
-    "updated_at",
-    "error_msg",
-)
+from src.rag.knowledge import DocumentPage, DocumentRecord, DocumentStatus
+
 #: The page size of LightRAG's own `get_docs_paginated` (its maximum).
 _STORAGE_PAGE = 200
 
 
-@dataclass(frozen=True)
-class DocumentPage:
-    #: Documents matching the status filter (all of them without one).
-    total: int
-    #: Documents per LightRAG status, over the whole knowledge base (every status present, 0 or more).
-    counts: dict[str, int]
-    documents: list[dict[str, Any]]
-
-
 async def list_documents(
-    storage: DocStatusStorage, status: DocStatus | None, limit: int, offset: int
+    storage: DocStatusStorage, status: DocumentStatus | None, limit: int, offset: int
 ) -> DocumentPage:
     # (`_on_disk`: an embedded namespace whose memory is only a write-back buffer; doc status is not
     # one today, but if it became one its dict would no longer hold every record.)
@@ -57,7 +38,7 @@ async def list_documents(
 
 
 def page_of_records(
-    items: list[tuple[str, dict[str, Any]]], status: DocStatus | None, limit: int, offset: int
+    items: list[tuple[str, dict[str, Any]]], status: DocumentStatus | None, limit: int, offset: int
 ) -> DocumentPage:
     """The page of records read elsewhere (an api-role instance reads the workers' durable rows,
     src/rag/storage/durable.py). Blocking: call it in a thread."""
@@ -65,9 +46,9 @@ def page_of_records(
 
 
 def _page_of(
-    items: list[tuple[str, dict[str, Any]]], status: DocStatus | None, limit: int, offset: int
+    items: list[tuple[str, dict[str, Any]]], status: DocumentStatus | None, limit: int, offset: int
 ) -> DocumentPage:
-    counts = dict.fromkeys((s.value for s in DocStatus), 0)
+    counts = dict.fromkeys((s.value for s in DocumentStatus), 0)
     wanted = status.value if status is not None else None
     # (created_at, doc_id, record): doc ids are unique, so records themselves are never compared.
     matching: list[tuple[str, str, dict[str, Any]]] = []
@@ -77,33 +58,32 @@ def _page_of(
         if wanted is None or value == wanted:
             matching.append((str(record.get("created_at") or ""), doc_id, record))
     newest = heapq.nlargest(offset + limit, matching)[offset:]
-    return DocumentPage(len(matching), counts, [_row(doc_id, record) for _, doc_id, record in newest])
+    return DocumentPage(
+        len(matching), counts, [DocumentRecord.from_stored(doc_id, record) for _, doc_id, record in newest]
+    )
 
 
 async def _from_database(
-    storage: DocStatusStorage, status: DocStatus | None, limit: int, offset: int
+    storage: DocStatusStorage, status: DocumentStatus | None, limit: int, offset: int
 ) -> DocumentPage:
-    rows: list[dict[str, Any]] = []
+    rows: list[DocumentRecord] = []
     total = 0
     first, last = offset // _STORAGE_PAGE + 1, (offset + limit - 1) // _STORAGE_PAGE + 1
     for page in range(first, last + 1):
         docs, total = await storage.get_docs_paginated(
-            status_filter=status, page=page, page_size=_STORAGE_PAGE, sort_field="created_at"
+            status_filter=DocStatus(status.value) if status is not None else None,
+            page=page,
+            page_size=_STORAGE_PAGE,
+            sort_field="created_at",
         )
-        rows.extend(_row(doc_id, asdict(doc)) for doc_id, doc in docs)
+        rows.extend(DocumentRecord.from_stored(doc_id, asdict(doc)) for doc_id, doc in docs)
         if len(docs) < _STORAGE_PAGE:
             break
     start = offset - (first - 1) * _STORAGE_PAGE
-    counts = dict.fromkeys((s.value for s in DocStatus), 0)
+    counts = dict.fromkeys((s.value for s in DocumentStatus), 0)
     for name, count in (await storage.get_status_counts()).items():
         counts[_name(name)] = int(count)
     return DocumentPage(total, counts, rows[start : start + limit])
-
-
-def _row(doc_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    row = {"doc_id": doc_id, **{name: record.get(name) for name in FIELDS}}
-    row["status"] = _name(row["status"])
-    return row
 
 
 def _name(status: Any) -> str:

@@ -27,14 +27,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from src.core.defaults import DEFAULT_PRIORITY, DEFAULT_TENANT, MAX_PRIORITY, MIN_PRIORITY
 from src.core.metrics import PROVIDER_QUEUED, PROVIDER_RUNNING
 
 T = TypeVar("T")
-
-#: Priority of calls made outside any task (queries over HTTP, warm-ups): the task default.
-DEFAULT_PRIORITY = 5
-DEFAULT_TENANT = "default"
-MIN_PRIORITY, MAX_PRIORITY = 0, 9
 
 
 @dataclass(frozen=True, slots=True)

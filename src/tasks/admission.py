@@ -23,9 +23,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-#: Highest task priority (TaskRecord.priority runs 0..9): nothing can overtake it.
-MAX_PRIORITY = 9
-
+from src.core.defaults import MAX_PRIORITY
 
 #: Set by the runner in each task's context: moves that task from its slot to the finishing pool.
 _YIELD_HOOK: ContextVar[Callable[[], None] | None] = ContextVar("ragsvc_yield_slot", default=None)

@@ -11,10 +11,11 @@ stream ends; EventSource reconnects with Last-Event-ID and gets the current stat
 being buffered forever. When the subscription to Redis breaks (Redis restarted), streams are told
 to resynchronise (`RESYNC`) because notices may have been missed meanwhile.
 
-The same notices wake requests that wait for a task to end (`wait_final`, behind
-``POST /insert?wait=``): a waiter costs one record read per change of *its* task, plus a bounded
-fallback re-read every `recheck_seconds` in case a notice was lost. At most `max_waiters` wait per
-process; beyond that `wait_final` returns at once (the caller answers 202 as without a wait).
+The same notices wake requests that wait for a task to end (`wait_final`, behind ``POST
+/insert?wait=`` and the queries an api-role instance delegates to the workers): a waiter costs one
+record read per change of *its* task, plus a bounded fallback re-read every `recheck_seconds` in
+case a notice was lost. At most `max_waiters` wait per process; beyond that `wait_final` returns
+at once (the caller answers 202 as without a wait).
 """
 
 from __future__ import annotations
@@ -170,13 +171,15 @@ class TaskEventHub:
                     del index[key]
 
     # ----------------------------------------------------------------- waiters
-    async def wait_final(self, task_id: str, seconds: float) -> TaskRecord | None:
+    async def wait_final(self, task_id: str, seconds: float, *, bounded: bool = True) -> TaskRecord | None:
         """The task's record once it is final, if that happens within ``seconds``; else
-        None (also at once when `max_waiters` already wait here, or when the service stops).
+        None (also at once when the service stops, or when `max_waiters` already wait here and
+        ``bounded``: a waiter whose task is bounded elsewhere, e.g. by the query lane's own limits,
+        passes False).
 
         Waiting never changes the task: a caller that gives up (timeout, client gone, cancelled)
         leaves it running."""
-        if self.waiting >= self.max_waiters or self._stopping:
+        if (bounded and self.waiting >= self.max_waiters) or self._stopping:
             self.waits_refused += 1
             return None
         wake = asyncio.Event()

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from src.core.defaults import DEFAULT_PRIORITY, DEFAULT_TENANT
 from src.tasks.keys import INGEST_LANE, QUERY_KIND, QUERY_LANE
 
 
@@ -84,6 +85,16 @@ class CreateOutcome(StrEnum):
     EXISTS = "exists"
 
 
+class DeleteMark(StrEnum):
+    """What marking a doc id "being deleted" found (`TaskStore.mark_deleting`)."""
+
+    MARKED = "marked"
+    #: A live task holds the doc id: nothing marked.
+    LIVE = "live"
+    #: Another deletion of it runs already.
+    DELETING = "deleting"
+
+
 class CancelOutcome(StrEnum):
     #: Never ran: cancelled at once.
     CANCELLED = "cancelled"
@@ -144,9 +155,9 @@ class TaskRecord(BaseModel):
 
     task_id: str
     #: Owner of the task; every read and write of the API is scoped to it.
-    tenant: str = "default"
-    #: 0 (lowest) .. 9 (highest); higher priorities are admitted first.
-    priority: int = 5
+    tenant: str = DEFAULT_TENANT
+    #: MIN_PRIORITY .. MAX_PRIORITY (src/core/defaults.py); higher priorities are admitted first.
+    priority: int = DEFAULT_PRIORITY
     kind: TaskKind = TaskKind.FILE
     doc_id: str = ""
     filename: str = ""

@@ -25,6 +25,7 @@ from src.tasks.models import (
     CancelResult,
     CreateOutcome,
     CreateResult,
+    DeleteMark,
     FinishOutcome,
     HeartbeatResult,
     RequeueOutcome,
@@ -225,16 +226,16 @@ class TaskStore:
 
     async def mark_deleting(
         self, tenant: str, doc_id: str, *, ttl_seconds: int = 3600
-    ) -> tuple[str, str, str]:
+    ) -> tuple[DeleteMark, str, str]:
         """Mark ``doc_id`` as being deleted, unless a live task holds it or a deletion already runs.
 
-        Returns (outcome, marker, previous holder): 'marked', 'live' (previous = the live task) or
-        'deleting'. The marker expires after ``ttl_seconds`` should the deleting process die."""
+        Returns (outcome, marker, previous holder); with LIVE the previous holder is the live task.
+        The marker expires after ``ttl_seconds`` should the deleting process die."""
         marker = f"!deleting:{uuid.uuid4().hex}"
         outcome, holder = await self._mark_deleting(
             args=[self.prefix, tenant, doc_id, marker, str(ttl_seconds)]
         )
-        return _s(outcome), marker, _s(holder)
+        return DeleteMark(_s(outcome)), marker, _s(holder)
 
     async def unmark_deleting(self, tenant: str, doc_id: str, marker: str, *, restore: str = "") -> None:
         """End a deletion: forget the doc id (``restore`` = ''), or give it back to ``restore``."""

@@ -27,7 +27,6 @@ from src.tasks.keys import Keys
 
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _TENANT = re.compile(TENANT_PATTERN)
-DEFAULT_TENANT = "default"
 
 
 def valid_tenant(name: str) -> bool:

@@ -51,12 +51,11 @@ from lightrag.utils import (
 )
 
 from src.rag.engine.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
+from src.rag.knowledge import IndexProgress, IndexStage, ProgressSink
 from src.rag.scheduler import call_context, current_call_context
 
 log = logging.getLogger(__name__)
 
-#: Stages reported to the progress callback.
-CHUNKING, EXTRACTING, MERGING, DONE = "chunking", "extracting", "merging", "done"
 #: How long a cancelled document may take to unwind a stage before we stop waiting for it.
 UNWIND_SECONDS = 60.0
 
@@ -74,17 +73,6 @@ class DocumentMissingError(IndexingError):
 
 
 @dataclass
-class IndexProgress:
-    """Where one document is, counted at the source (chunk completions, graph upserts)."""
-
-    stage: str
-    chunks_total: int = 0
-    chunks_extracted: int = 0
-    merge_total: int = 0
-    merged: int = 0
-
-
-@dataclass
 class IndexOutcome:
     doc_id: str
     chunks_count: int
@@ -92,7 +80,6 @@ class IndexOutcome:
     already_processed: bool = False
 
 
-ProgressSink = Callable[[IndexProgress], Awaitable[None]]
 Flush = Callable[[], Awaitable[None]]
 
 
@@ -461,7 +448,7 @@ class DocumentIndexer:
         rag = self.rag
         stored = await rag.full_docs.get_by_id(doc_id) or {}
         file_path = _resolve_path(record.get("file_path"), stored.get("file_path"))
-        progress = IndexProgress(CHUNKING)
+        progress = IndexProgress(IndexStage.CHUNKING)
 
         async def report() -> None:
             if on_progress is not None:
@@ -527,14 +514,14 @@ class DocumentIndexer:
                 rag.text_chunks.upsert(chunks),
             )
 
-            progress.stage, progress.chunks_total = EXTRACTING, len(chunks)
+            progress.stage, progress.chunks_total = IndexStage.EXTRACTING, len(chunks)
             await report()
             extraction = self._extract(scope, chunks, global_config, progress, report)
             chunk_results = await self._stage(scope, extraction)
 
             all_nodes = {name for nodes, _ in chunk_results for name in nodes}
             all_edges = {tuple(sorted(key)) for _, edges in chunk_results for key in edges}
-            progress.stage, progress.merge_total = MERGING, len(all_nodes) + len(all_edges)
+            progress.stage, progress.merge_total = IndexStage.MERGING, len(all_nodes) + len(all_edges)
             await report()
             merge_intent = {
                 "merge_entities": sorted(all_nodes | {n for e in all_edges for n in e}),
@@ -622,7 +609,7 @@ class DocumentIndexer:
             )
             raise IndexingError(str(exc)) from exc
         await self.flush()
-        progress.stage = DONE
+        progress.stage = IndexStage.DONE
         await report()
         return IndexOutcome(doc_id, len(chunks), resumed)
 

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from src.core.defaults import DEFAULT_PRIORITY
 from src.core.metrics import PROVIDER_QUEUED, PROVIDER_RUNNING
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class MergeJob:
 
     doc_id: str
     chunk_results: list
-    priority: int = 5
+    priority: int = DEFAULT_PRIORITY
     #: Merge alone, never in a group (the retry after a failed group).
     solo: bool = False
     #: Anything the group runner needs per document (scope, progress hooks...).

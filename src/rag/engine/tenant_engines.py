@@ -21,11 +21,11 @@ from lightrag import LightRAG
 
 from src.core.config import Settings
 from src.core.metrics import Metrics
-from src.ingestion.errors import KnowledgeBaseUnavailable, WorkspaceOwnedElsewhere
-from src.ingestion.ownership import fence_llm
 from src.rag.engine.indexer import DocumentIndexer
 from src.rag.engine.ingestor import DocumentIngestor
-from src.tenancy.tenants import DEFAULT_TENANT
+from src.rag.errors import KnowledgeBaseUnavailable, WorkspaceOwnedElsewhere
+from src.rag.knowledge import workspace_of
+from src.rag.storage.fence import fence_llm
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,7 @@ class TenantEngines:
         self._reaper: asyncio.Task | None = None
 
     def workspace_for(self, tenant: str) -> str:
-        if tenant == DEFAULT_TENANT:
-            return self.settings.workspace
-        return f"{self.settings.workspace}--{tenant}"
+        return workspace_of(self.settings.workspace, tenant)
 
     @contextlib.asynccontextmanager
     async def use(self, tenant: str) -> AsyncIterator[TenantEngine]:
@@ -130,7 +128,7 @@ class TenantEngines:
         rag_anything = build_raganything(rag, self.settings)
         # A document counts as indexed once the group commit that includes it is on disk.
         indexer = DocumentIndexer(rag, flush=commit_for(rag))
-        ingestor = DocumentIngestor(rag, rag_anything, indexer, self.settings.uploads_dir)
+        ingestor = DocumentIngestor(rag, rag_anything, indexer)
         log.info("knowledge base of tenant %s loaded (workspace %s)", tenant, rag.workspace)
         return TenantEngine(tenant, rag, rag_anything, indexer, ingestor)
 

@@ -4,13 +4,15 @@ With several instances on shared storages, only a workspace's owner may write in
 (src/ingestion/ownership.py). An owner that was stalled (SIGSTOP, frozen VM) may resume in the
 middle of an entity merge, after another instance took the workspace over. Its ingestion LLM calls
 are fenced already; this fence also stops its graph writes (the merge's upserts and deletions),
-which need no LLM call. Storages we own call `check_write(workspace)` before each write.
+which need no LLM call. Storages we own call `check_write(workspace)` before each write, and
+`fence_llm` wraps a workspace's LLM function.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 _fences: list[Callable[[str], bool]] = []
 
@@ -39,3 +41,20 @@ def check_write(workspace: str) -> None:
     """Raise OwnershipLost unless no fence is installed or one of them allows ``workspace``."""
     if _fences and not any(fence(workspace) for fence in _fences):
         raise OwnershipLost(f"this instance does not own workspace {workspace!r}; write refused")
+
+
+def fence_llm(llm: Callable[..., Any], owns: Callable[[], bool]) -> Callable[..., Any]:
+    """Wrap an LLM function so that ingestion calls (extraction, gleaning, description summaries)
+    of a workspace no longer owned fail at once; queries (keywords, answers) are never fenced."""
+    from src.rag.prompts import classify_prompt
+
+    async def fenced(prompt: str, *args: Any, **kwargs: Any) -> Any:
+        if not owns():
+            kind = classify_prompt(
+                prompt, kwargs.get("system_prompt") or "", bool(kwargs.get("keyword_extraction"))
+            )
+            if kind in ("extract", "glean", "summary"):
+                raise OwnershipLost("this instance no longer owns the workspace; ingestion stopped")
+        return await llm(prompt, *args, **kwargs)
+
+    return fenced

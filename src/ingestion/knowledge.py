@@ -1,0 +1,97 @@
+"""The knowledge base as the client sees it: list its documents, look one up, delete one, query it.
+
+Everything goes through `KnowledgeBases` (src/rag/knowledge.py), whichever implementation this
+instance's role was given: the use cases here do not know whether the answer comes from a LightRAG
+instance in this process or from a worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from src.core.config import Settings
+from src.ingestion.errors import DeleteFailed, DocConflict, DocDeleting, DocumentNotFound
+from src.ingestion.submission import check_doc_id, check_query
+from src.rag.knowledge import (
+    AnswerStream,
+    DocumentPage,
+    DocumentRecord,
+    DocumentStatus,
+    KnowledgeBases,
+    PurgeOutcome,
+    QuerySpec,
+)
+from src.tasks.models import DeleteMark
+from src.tasks.store import TaskStore
+
+
+@dataclass(frozen=True)
+class DocumentRemoved:
+    doc_id: str
+    outcome: PurgeOutcome
+    message: str
+
+
+class KnowledgeService:
+    def __init__(self, settings: Settings, store: TaskStore, knowledge_bases: KnowledgeBases):
+        self.settings = settings
+        self.store = store
+        self.knowledge_bases = knowledge_bases
+
+    # ------------------------------------------------------------------ documents
+    async def documents(
+        self, tenant: str, status: DocumentStatus | None, limit: int, offset: int
+    ) -> DocumentPage:
+        """One page of the tenant's knowledge-base documents, newest first, with counts per status."""
+        return await self.knowledge_bases.documents(tenant, status, limit, offset)
+
+    async def document(self, tenant: str, doc_id: str) -> DocumentRecord:
+        check_doc_id(doc_id)
+        record = await self.knowledge_bases.document(tenant, doc_id)
+        if record is None:
+            raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
+        return record
+
+    async def delete_document(self, tenant: str, doc_id: str) -> DocumentRemoved:
+        """Remove a document and all data derived from it, through the purge a cancel uses (which
+        first stops any LLM work still running for it, e.g. a document resumed after a restart)."""
+        check_doc_id(doc_id)
+        self.knowledge_bases.check_writable()
+        # From here until the purge ends, the doc id is marked "being deleted": an upload of the same
+        # content is refused (409 doc_deleting) instead of being answered with the completed task
+        # whose document is about to disappear.
+        mark, marker, previous = await self.store.mark_deleting(tenant, doc_id)
+        if mark == DeleteMark.LIVE:
+            raise DocConflict(f"document {doc_id} is being indexed by task {previous}", task_id=previous)
+        if mark == DeleteMark.DELETING:
+            raise DocDeleting(f"document {doc_id} is already being deleted", doc_id=doc_id)
+        restore = previous  # nothing deleted: the previous holder answers duplicates again
+        try:
+            if await self.knowledge_bases.document(tenant, doc_id) is None:
+                raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
+            # Stops the document if it is being indexed here, then waits only for merges in flight,
+            # never for other documents to finish.
+            result = await self.knowledge_bases.purge(tenant, doc_id)
+            if result.outcome == PurgeOutcome.NOT_FOUND:
+                raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
+            if result.outcome != PurgeOutcome.DELETED:
+                raise DeleteFailed(
+                    f"the knowledge base could not delete document {doc_id} ({result.message})"
+                )
+            restore = ""  # deleted: the doc id is free, a re-upload indexes it again
+        finally:
+            await self.store.unmark_deleting(tenant, doc_id, marker, restore=restore)
+        return DocumentRemoved(
+            doc_id, result.outcome, f"document {doc_id} and all data derived from it were deleted"
+        )
+
+    # ------------------------------------------------------------------ queries
+    async def query(self, tenant: str, spec: QuerySpec) -> str:
+        check_query(self.settings, spec)
+        return await self.knowledge_bases.answer(tenant, spec)
+
+    async def query_stream(self, tenant: str, spec: QuerySpec) -> AnswerStream:
+        """Start answering; errors before the first piece raise here, later ones from the stream
+        (as ProviderError). Close the stream when done: it holds the tenant's knowledge base."""
+        check_query(self.settings, spec)
+        return await self.knowledge_bases.stream(tenant, spec)

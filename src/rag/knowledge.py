@@ -1,0 +1,276 @@
+"""The knowledge-base interface: what the service may ask of a tenant's knowledge base, in our types.
+
+The service layer, the task handler and the routes talk to `KnowledgeBases` only; no LightRAG or
+RAG-Anything type crosses it, so moving to another LightRAG release (or replacing a part of it) is
+work inside `src/rag`. Two implementations:
+
+- `src/rag/engine/local.py` (`LocalKnowledgeBases`): LightRAG and RAG-Anything loaded in this
+  process, one per tenant; every role that runs tasks, and an api-role instance on shared storages;
+- `src/rag/delegated.py` (`DelegatedKnowledgeBases`): an api-role instance whose knowledge bases
+  live in the workers' processes (embedded storages): answers come from a worker through the query
+  lane, document reads from the rows the workers made durable, writes are refused.
+
+"Index a document" takes a `DocumentContent`, RAG-Anything's *content list* (text, image, table and
+equation items), or a stored file that the knowledge base parses into one: the multimodal path
+feeds its items through the same entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from src.core.defaults import DEFAULT_PRIORITY, DEFAULT_TENANT
+
+
+class DocumentStatus(StrEnum):
+    """Where a document is in its knowledge base (the values LightRAG records)."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    PREPROCESSED = "preprocessed"
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+    @classmethod
+    def of(cls, value: Any) -> DocumentStatus:
+        """A stored status, whether a member of LightRAG's enum or its plain value."""
+        return cls(str(getattr(value, "value", value)))
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """One document as its knowledge base records it (never its content)."""
+
+    doc_id: str
+    status: DocumentStatus
+    chunks_count: int | None = None
+    content_summary: str | None = None
+    content_length: int | None = None
+    file_path: str | None = None
+    track_id: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    #: The failure message of a FAILED document.
+    error_msg: str | None = None
+
+    @classmethod
+    def from_stored(cls, doc_id: str, stored: Mapping[str, Any]) -> DocumentRecord:
+        """From a doc-status record as stored (a dict with LightRAG's field names)."""
+        known = {f.name for f in fields(cls)} - {"doc_id", "status"}
+        return cls(
+            doc_id=doc_id,
+            status=DocumentStatus.of(stored.get("status")),
+            **{name: stored.get(name) for name in known},
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status.value}
+
+
+@dataclass(frozen=True)
+class DocumentPage:
+    #: Documents matching the status filter (all of them without one).
+    total: int
+    #: Documents per status over the whole knowledge base (every status present, 0 or more).
+    counts: dict[str, int]
+    documents: list[DocumentRecord]
+
+
+#: One item of a content list (MinerU's format, which RAG-Anything consumes):
+#: {"type": "text", "text", "page_idx"}, {"type": "image", "img_path", "image_caption", ...},
+#: {"type": "table", "table_body", ...}, {"type": "equation", "latex" | "text", ...}.
+ContentItem = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DocumentContent:
+    """A parsed document as a content list."""
+
+    items: tuple[ContentItem, ...]
+    #: A text document as read (`of_text`): indexed exactly as it is, not as a parsed list.
+    plain: bool = False
+
+    @classmethod
+    def of_text(cls, text: str) -> DocumentContent:
+        return cls(({"type": "text", "text": text, "page_idx": 0},), plain=True)
+
+    def non_text_items(self) -> list[ContentItem]:
+        """Images, tables, equations...: what a multimodal pipeline adds to the text."""
+        return [item for item in self.items if item.get("type") != "text"]
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    """One document to take into a knowledge base.
+
+    ``content`` when it is already parsed; else ``source``, a stored file the knowledge base parses;
+    neither, to resume a document the knowledge base already holds the text of (an earlier attempt).
+    """
+
+    doc_id: str
+    #: The name the client gave the document: recorded as its file path, used in error messages.
+    name: str
+    source: Path | None = None
+    content: DocumentContent | None = None
+    #: Recorded with the document (our task id): ties knowledge-base records to the task.
+    track_id: str = ""
+    #: The admission priority of every provider call made for this document.
+    priority: int = DEFAULT_PRIORITY
+
+
+class IndexStage(StrEnum):
+    PARSING = "parsing"
+    CHUNKING = "chunking"
+    EXTRACTING = "extracting"
+    MERGING = "merging"
+    DONE = "done"
+
+
+@dataclass
+class IndexProgress:
+    """Where one document is, counted at the source (chunk completions, graph upserts)."""
+
+    stage: IndexStage
+    chunks_total: int = 0
+    chunks_extracted: int = 0
+    merge_total: int = 0
+    merged: int = 0
+
+
+ProgressSink = Callable[[IndexProgress], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    doc_id: str
+    chunks_count: int
+    #: The knowledge base held a record of the document from an earlier attempt.
+    resumed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"doc_id": self.doc_id, "chunks_count": self.chunks_count, "resumed": self.resumed}
+
+
+class PurgeOutcome(StrEnum):
+    DELETED = "success"
+    NOT_FOUND = "not_found"
+    FAILED = "fail"
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    doc_id: str
+    outcome: PurgeOutcome
+    message: str = ""
+
+
+class QueryMode(StrEnum):
+    NAIVE = "naive"
+    LOCAL = "local"
+    GLOBAL = "global"
+    HYBRID = "hybrid"
+    MIX = "mix"
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    text: str
+    mode: QueryMode = QueryMode.HYBRID
+    #: Answer with the retrieved context instead of a generated answer.
+    only_need_context: bool = False
+    top_k: int | None = None
+    chunk_top_k: int | None = None
+    response_type: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", QueryMode(self.mode))
+
+    def as_dict(self) -> dict[str, Any]:
+        """What a query task stores in its record (bounded: the API validates every field)."""
+        return {**asdict(self), "mode": self.mode.value}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QuerySpec:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+#: A streamed answer: text pieces; close it (``aclose``) when done, it holds the knowledge base.
+AnswerStream = AsyncGenerator[str, None]
+
+
+def workspace_of(base: str, tenant: str) -> str:
+    """The knowledge-base workspace of ``tenant`` (the default tenant keeps the configured one)."""
+    return base if tenant == DEFAULT_TENANT else f"{base}--{tenant}"
+
+
+class KnowledgeBases(Protocol):
+    """Every tenant's knowledge base, as the service uses them."""
+
+    def workspace_for(self, tenant: str) -> str: ...
+
+    def check_writable(self) -> None:
+        """Raise `NotInThisRole` when this instance cannot write into the knowledge bases."""
+        ...
+
+    async def index(self, tenant: str, request: IndexRequest, on_progress: ProgressSink) -> IndexResult:
+        """Take the document in and return once it is durable. Cancelling the caller stops the
+        document's work and keeps what it wrote (a later attempt resumes; `purge` removes it)."""
+        ...
+
+    async def purge(self, tenant: str, doc_id: str) -> PurgeResult:
+        """Stop the document's work if it runs here and delete everything it left."""
+        ...
+
+    async def document(self, tenant: str, doc_id: str) -> DocumentRecord | None: ...
+
+    async def documents(
+        self, tenant: str, status: DocumentStatus | None, limit: int, offset: int
+    ) -> DocumentPage: ...
+
+    async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str:
+        """The whole answer (or, with ``only_need_context``, the retrieved context)."""
+        ...
+
+    async def context(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str:
+        """Only the context retrieved for ``spec`` (no generated answer)."""
+        ...
+
+    async def stream(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> AnswerStream:
+        """Start answering: failures before the first piece raise here, later ones from the stream
+        (as `ProviderError`)."""
+        ...
+
+    def loaded(self) -> list[str]:
+        """Tenants whose knowledge base is loaded in this process."""
+        ...
+
+
+@dataclass
+class QueryAnswer:
+    """A completed query task's ``result``: the /query body, plus ``context`` when only the context
+    was asked for."""
+
+    response: str
+    mode: QueryMode
+    only_need_context: bool
+    llm: str
+
+    @classmethod
+    def of(cls, spec: QuerySpec, response: str, llm: str) -> QueryAnswer:
+        return cls(response, spec.mode, spec.only_need_context, llm)
+
+    def as_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "response": self.response,
+            "mode": self.mode.value,
+            "only_need_context": self.only_need_context,
+            "llm": self.llm,
+        }
+        if self.only_need_context:
+            result["context"] = self.response
+        return result
