@@ -23,6 +23,7 @@ from src.ingestion.ownership import Ownership, build_ownership, shared_storages_
 from src.ingestion.query_lane import QueryLane
 from src.ingestion.submission import SubmissionService
 from src.ingestion.tasks import TaskService
+from src.ingestion.upload_sweeper import UploadSweeper
 from src.rag.delegated import DelegatedKnowledgeBases
 from src.rag.engine.local import LocalKnowledgeBases
 from src.rag.engine.tenant_engines import TenantEngines
@@ -71,6 +72,8 @@ class Services:
     engines: TenantEngines | None = None
     #: Removes this instance's storage write fence (set with shared storages only).
     remove_fence: Callable[[], None] | None = None
+    #: Removes upload files no task will use (crashed uploads, orphaned stored files).
+    upload_sweeper: UploadSweeper | None = None
 
 
 def resolve_instance_id(settings: Settings) -> str:
@@ -96,17 +99,18 @@ async def start_services(
     log.info("documents: parser %s; pictures: %s", parser, vision_description(settings))
     for directory in (settings.data_dir, settings.uploads_dir, settings.rag_dir):
         directory.mkdir(parents=True, exist_ok=True)
+    instance_id = await asyncio.to_thread(resolve_instance_id, settings)
     files = UploadFiles(
         settings.uploads_dir,
         max_dir_bytes=settings.max_uploads_dir_bytes,
         min_free_bytes=settings.min_free_disk_bytes,
+        instance_id=instance_id,
     )
-    if settings.role != "worker":
-        # Uploads are received by the api side: a worker starting beside a running api process
-        # must not delete the part file of an upload that api is streaming into the shared dir.
-        await asyncio.to_thread(files.remove_partials)
     await asyncio.to_thread(files.measure)
-    instance_id = await asyncio.to_thread(resolve_instance_id, settings)
+    # Before serving: this instance's earlier run left part files no request can finish now, and
+    # other instances' are removed only when their writer is provably gone (src/ingestion/files.py).
+    if await asyncio.to_thread(files.claim_instance):
+        await asyncio.to_thread(files.remove_abandoned_parts, own=True)
 
     # The first use of the OpenAI client's chat/embeddings resources imports modules (~0.5 s); do it
     # here, in a thread, instead of on the event loop in the middle of the first request.
@@ -234,6 +238,13 @@ async def start_services(
     batches = BatchService(
         submission, tasks, BatchStore(redis.client, store.keys, ttl_seconds=batch_ttl(settings))
     )
+    sweeper = UploadSweeper(
+        files,
+        store.existing,
+        orphan_seconds=settings.orphan_upload_seconds,
+        interval_seconds=min(300.0, settings.orphan_upload_seconds / 4),
+    )
+    sweeper.start()
     return Services(
         settings=settings,
         redis=redis,
@@ -255,6 +266,7 @@ async def start_services(
         ownership=ownership,
         engines=engines,
         remove_fence=remove_fence,
+        upload_sweeper=sweeper,
     )
 
 
@@ -276,6 +288,8 @@ def batch_ttl(settings: Settings) -> int:
 
 
 async def stop_services(services: Services) -> None:
+    if services.upload_sweeper is not None:
+        await services.upload_sweeper.stop()
     await services.events.stop()
     await services.runner.stop(services.settings.shutdown_grace_seconds)
     await services.metrics.stop_sampling()
@@ -289,6 +303,7 @@ async def stop_services(services: Services) -> None:
             services.remove_fence()
         await services.limiter.close()
         await services.redis.close()
+        services.files.release_instance()
 
 
 def _preload_provider_modules() -> None:

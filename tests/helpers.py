@@ -146,6 +146,11 @@ def story(topic: str, marker: str, sentences: int = 12) -> str:
     return " ".join(text)
 
 
+def upload_files(directory: Path) -> list[Path]:
+    """What an uploads directory holds, without its `.instances` directory (the instances' locks)."""
+    return [p for p in directory.iterdir() if not p.name.startswith(".")]
+
+
 # --- the service in-process -------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from tests.helpers import (
     make_tenant,
     start_service,
     story,
+    upload_files,
     wait_for_status,
     wait_until,
 )
@@ -43,7 +44,7 @@ END = f"--{BOUNDARY}--\r\n".encode()
 
 
 def stored(svc: Service) -> list[str]:
-    return sorted(p.name for p in svc.settings.uploads_dir.iterdir())
+    return sorted(p.name for p in upload_files(svc.settings.uploads_dir))
 
 
 async def assert_nothing_kept(svc: Service) -> None:

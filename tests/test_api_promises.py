@@ -22,6 +22,7 @@ from tests.helpers import (
     start_service,
     story,
     upload,
+    upload_files,
     wait_for_status,
     wait_for_task,
     wait_until,
@@ -102,11 +103,11 @@ async def test_text_over_max_text_chars_is_413_and_leaves_nothing(tmp_path, redi
         too_long = await svc.client.post("/insert/text", json={"text": "x" * 201})
         assert too_long.status_code == 413, too_long.text
         assert too_long.json()["code"] == "too_large" and "200" in too_long.json()["detail"]
-        assert list(svc.settings.uploads_dir.iterdir()) == []
+        assert list(upload_files(svc.settings.uploads_dir)) == []
         assert (await svc.client.get("/tasks")).json()["total"] == 0
         at_limit = await svc.client.post("/insert/text", json={"text": "y" * 200})
         assert at_limit.status_code == 202, at_limit.text
-        stored = [p.name for p in svc.settings.uploads_dir.iterdir()]
+        stored = [p.name for p in upload_files(svc.settings.uploads_dir)]
         assert len(stored) == 1 and stored[0].startswith(at_limit.json()["task_id"]), stored
         assert (await svc.client.get("/tasks")).json()["total"] == 1
 
@@ -126,8 +127,8 @@ async def test_sweeper_removes_leftover_uploads_of_expired_tasks_only(tmp_path, 
         # A live task's upload must survive every sweep.
         await svc.services.runner.stop(grace_seconds=0)
         alive = (await upload(svc.client, "b.txt", story("fens", "Sweepalive").encode())).json()
-        alive_files = [p for p in uploads.iterdir() if p.name.startswith(alive["task_id"])]
-        assert len(alive_files) == 1, list(uploads.iterdir())
+        alive_files = [p for p in upload_files(uploads) if p.name.startswith(alive["task_id"])]
+        assert len(alive_files) == 1, list(upload_files(uploads))
         # The runner's loops are stopped; run the sweeper by hand until the record has expired.
         runner = svc.services.runner
 

@@ -30,6 +30,7 @@ from tests.helpers import (
     start_service,
     story,
     upload,
+    upload_files,
     wait_for_status,
     wait_for_task,
     wait_until,
@@ -63,7 +64,7 @@ async def assert_cancelled_and_gone(svc: Service, task: dict, marker: str) -> di
     assert final["history"] and final["history"][-1]["outcome"] == "cancelled", final
     assert (await svc.client.get(f"/documents/{task['doc_id']}")).status_code == 404
     assert marker not in await context_for(svc, f"{marker} project")
-    leftovers = [p.name for p in svc.settings.uploads_dir.iterdir() if p.name.startswith(task["task_id"])]
+    leftovers = [p.name for p in upload_files(svc.settings.uploads_dir) if p.name.startswith(task["task_id"])]
     assert leftovers == [], leftovers
     return final
 

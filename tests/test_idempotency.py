@@ -16,6 +16,7 @@ from tests.helpers import (
     start_service,
     story,
     upload,
+    upload_files,
     wait_for_task,
     wait_until,
 )
@@ -33,7 +34,7 @@ async def held(tmp_path, redis_url):
 
 
 def files_of(svc: Service) -> list[str]:
-    return sorted(p.name for p in svc.settings.uploads_dir.iterdir())
+    return sorted(p.name for p in upload_files(svc.settings.uploads_dir))
 
 
 async def test_idempotency_key_is_kept_24_hours_then_freed(held: Service) -> None:

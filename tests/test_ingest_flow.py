@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import Service, make_docx, make_pdf, story, upload, wait_for_task
+from tests.helpers import Service, make_docx, make_pdf, story, upload, upload_files, wait_for_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -68,7 +68,7 @@ async def test_upload_uploads_dir_is_emptied_after_completion(service: Service) 
     response = await upload(service.client, "a.txt", story("geothermal", "Orvandel").encode())
     final = await wait_for_task(service.client, response.json()["task_id"])
     assert final["status"] == "completed"
-    assert list(service.settings.uploads_dir.iterdir()) == []
+    assert list(upload_files(service.settings.uploads_dir)) == []
 
 
 async def test_text_insert_and_streaming_query(service: Service) -> None:
@@ -109,7 +109,7 @@ async def test_same_doc_id_is_refused_and_same_content_is_deduplicated(service: 
     await wait_for_task(service.client, one.json()["task_id"])
     three = await upload(service.client, "z.txt", story("dams", "Hexamoor").encode())
     assert three.status_code == 200 and three.json()["duplicate"] and three.json()["status"] == "completed"
-    assert list(p.suffix for p in service.settings.uploads_dir.iterdir() if p.suffix == ".part") == []
+    assert list(p.suffix for p in upload_files(service.settings.uploads_dir) if p.suffix == ".part") == []
 
 
 async def test_delete_document(service: Service) -> None:

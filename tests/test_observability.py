@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from src.core.config import Settings
 from src.core.logs import JsonFormatter, _ContextFilter, current_task_id, current_tenant
-from tests.helpers import Service, make_settings, story, upload, wait_for_task, wait_until
+from tests.helpers import Service, make_settings, story, upload, upload_files, wait_for_task, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 ADMIN = "metrics-admin"
@@ -143,7 +143,7 @@ async def test_a_client_abort_mid_upload_is_logged_at_info_without_a_traceback(
             lambda: asyncio.sleep(0, result=about_the_abort()), timeout=30, message="the abort was logged"
         )
         await wait_until(
-            lambda: asyncio.sleep(0, result=not any(svc.settings.uploads_dir.iterdir())),
+            lambda: asyncio.sleep(0, result=not any(upload_files(svc.settings.uploads_dir))),
             message="the partial file removed",
         )
         assert [(r.levelno, bool(r.exc_info)) for r in logged] == [(logging.INFO, False)], [

@@ -26,6 +26,7 @@ from tests.helpers import (
     start_service,
     story,
     upload,
+    upload_files,
     wait_for_task,
     wait_until,
 )
@@ -78,7 +79,7 @@ async def test_cancel_running_task_stops_its_llm_work_and_removes_its_data(tmp_p
             assert (await svc.client.get(f"/documents/{victim['doc_id']}")).status_code == 404
             assert "Victimora" not in await context_for(svc, "Victimora canals")
             assert "Bystandor" in await context_for(svc, "Bystandor ferries")
-            assert not any(p.name.startswith(victim["task_id"]) for p in settings.uploads_dir.iterdir())
+            assert not any(p.name.startswith(victim["task_id"]) for p in upload_files(settings.uploads_dir))
             # A re-submission of the same document is not touched by the old cancel.
             resubmitted = await upload(svc.client, "big.txt", story("canals", "Victimora", 120).encode())
             assert resubmitted.status_code == 202 and not resubmitted.json()["duplicate"]
@@ -149,7 +150,7 @@ async def test_idempotency_key_returns_the_same_task(service: Service) -> None:
         "/insert/text", json={"text": "x"}, headers={"Idempotency-Key": "a" * 300}
     )
     assert bad.status_code == 422 and bad.json()["code"] == "invalid_idempotency_key"
-    stored = [p.name for p in service.settings.uploads_dir.iterdir()]
+    stored = [p.name for p in upload_files(service.settings.uploads_dir)]
     assert len(stored) == 1 and stored[0].startswith(first.json()["task_id"]), stored
     assert (await service.client.get("/tasks")).json()["total"] == 1
 
@@ -164,7 +165,7 @@ async def test_backpressure_answers_429_with_retry_after(tmp_path, redis_url) ->
         assert int(full.headers["retry-after"]) > 0
         text = await svc.client.post("/insert/text", json={"text": "more"})
         assert text.status_code == 429
-        assert len(list(svc.settings.uploads_dir.iterdir())) == 2
+        assert len(list(upload_files(svc.settings.uploads_dir))) == 2
         assert (await svc.client.get("/api/queue/stats")).json()["pending"] == 2
 
 
@@ -195,7 +196,7 @@ async def test_redis_outage_gives_503_and_loses_nothing(tmp_path) -> None:
                     )
                     assert response.status_code == 202, response.text
                     ids.append(response.json()["task_id"])
-                before = {p.name for p in settings.uploads_dir.iterdir()}
+                before = {p.name for p in upload_files(settings.uploads_dir)}
                 # The outage starts while the documents are being extracted.
                 await wait_until(
                     lambda: asyncio.to_thread(lambda: extraction_calls(mock_stats(mock)) >= 1),
@@ -215,7 +216,7 @@ async def test_redis_outage_gives_503_and_loses_nothing(tmp_path) -> None:
                 assert health.status_code == 503 and health.json() == {"status": "degraded"}
                 assert "retry-after" in health.headers
                 # Neither the partial nor the renamed final file of the refused uploads is left.
-                after = {p.name for p in settings.uploads_dir.iterdir()}
+                after = {p.name for p in upload_files(settings.uploads_dir)}
                 assert after <= before, f"refused uploads left files: {sorted(after - before)}"
 
                 # Tasks keep running on their in-memory state, and one that finishes retries its

@@ -8,6 +8,7 @@ LightRAG must hold each document exactly once.
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from src.rag.storage.sqlite_store import read_kv_namespace
-from tests.helpers import free_port, story
+from tests.helpers import free_port, story, wait_sync
 from tests.procs import (
     kill_embedded_redis,
     service_env,
@@ -178,4 +179,53 @@ def test_kill9_under_steady_upload_load_loses_no_acknowledged_task(tmp_path: Pat
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+        kill_embedded_redis(data_dir)
+
+
+def test_kill9_mid_batch_leaves_no_file_without_a_task_after_the_restart(tmp_path: Path) -> None:
+    """Catches the files of a batch cut off by kill -9 staying on disk forever: its files that had
+    fully arrived were already stored under their final names while their tasks did not exist yet
+    (only `.part` files were swept). Now they keep this instance's part name until their task is
+    submitted, and the restarted instance removes them before it serves; what was acknowledged
+    before the kill (a 202) still completes."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = service_env(data_dir, port)
+    uploads = data_dir / "uploads"
+    service = start_service(env, tmp_path / "service.log")
+    try:
+        acknowledged = httpx.post(
+            f"{base}/insert",
+            files={"file": ("kept.txt", story("fjords", "Ackedbefore").encode())},
+            timeout=30,
+        )
+        assert acknowledged.status_code == 202, acknowledged.text
+        task_id = acknowledged.json()["task_id"]
+
+        parts = [
+            b'--b\r\nContent-Disposition: form-data; name="files"; filename="f%d.txt"\r\n\r\n' % i
+            + story(f"batch topic {i}", f"Batchkill{i}").encode()
+            + b"\r\n"
+            for i in range(3)
+        ]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /batch HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 10000000\r\n\r\n" + parts[0] + parts[1] + parts[2][:200]
+            )
+            wait_sync(  # two files complete and a third streaming: three files of the batch
+                lambda: len([p for p in uploads.iterdir() if p.is_file()]) >= 4,
+                timeout=60,
+                message="the batch's files on disk",
+            )
+            service.send_signal(signal.SIGKILL)
+            service.wait(timeout=10)
+        service = start_service(env, tmp_path / "service.log")
+        on_disk = {p.name.split(".")[0] for p in uploads.iterdir() if p.is_file()}
+        assert on_disk <= {task_id}, f"files without a task after the restart: {on_disk}"
+        assert wait_all_final(base, [task_id], timeout=120) == ["completed"]
+        assert [p for p in uploads.iterdir() if p.is_file()] == []  # the completed task's file too
+    finally:
+        terminate_and_wait(service, tmp_path / "service.log")
         kill_embedded_redis(data_dir)

@@ -3,11 +3,13 @@ finished task's upload, `forget` removes the files of an expired task. Both must
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from src.ingestion.files import UploadFiles
+from src.ingestion.files import UNOWNED_PART_SECONDS, UploadFiles
 from src.ingestion.handler import IngestHandler
 from src.rag.delegated import DelegatedKnowledgeBases
 from src.tasks.models import TaskRecord, TaskStatus
@@ -94,10 +96,51 @@ async def test_forget_never_raises(handler: IngestHandler) -> None:
     assert (handler.files.dir / "stuck.d").is_dir()
 
 
-def test_remove_partials_only_touches_part_files(tmp_path: Path) -> None:
-    """Catches start-up cleanup deleting complete uploads that queued tasks still need."""
-    files = UploadFiles(tmp_path)
-    (tmp_path / "a.part").write_text("x")
-    (tmp_path / "b.txt").write_text("x")
-    assert files.remove_partials() == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["b.txt"]
+def test_part_files_are_removed_only_when_their_writer_is_provably_gone(tmp_path: Path) -> None:
+    """Catches start-up cleanup deleting part files that a live instance sharing the directory is
+    still writing (the second instance's start made the first one's upload answer 500), deleting
+    complete uploads, or keeping the parts of a writer that is gone (a crashed earlier run of this
+    instance, a dead instance, or an old unowned part) forever."""
+    old = time.time() - 2 * UNOWNED_PART_SECONDS
+    live = UploadFiles(tmp_path, instance_id="live-1")
+    assert live.claim_instance()
+    previous = UploadFiles(tmp_path, instance_id="me")  # this instance's crashed earlier run
+    assert previous.claim_instance()
+    dead = UploadFiles(tmp_path, instance_id="dead-1")
+    assert dead.claim_instance()
+    for files, task in ((live, "t1"), (previous, "t2"), (dead, "t3")):
+        files.part_path(task).write_text("x")
+    previous.release_instance()
+    dead.release_instance()
+    (tmp_path / "t4.gone-2.part").write_text("x")  # no lock file: age decides
+    (tmp_path / "t5.gone-2.part").write_text("x")
+    os.utime(tmp_path / "t5.gone-2.part", (old, old))
+    (tmp_path / "t6.part").write_text("x")  # unowned, from an older version
+    (tmp_path / "t7.part").write_text("x")
+    os.utime(tmp_path / "t7.part", (old, old))
+    (tmp_path / "0c1f2a3b-t8.txt").write_text("a stored upload")
+
+    me = UploadFiles(tmp_path, instance_id="me")
+    assert me.claim_instance()
+    assert me.remove_abandoned_parts() == 3  # periodic pass: the dead instance's and the old ones
+    assert (tmp_path / "t2.me.part").exists()  # its own are left to the start-up pass
+    assert me.remove_abandoned_parts(own=True) == 1
+    left = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert left == ["0c1f2a3b-t8.txt", "t1.live-1.part", "t4.gone-2.part", "t6.part"]
+    twin = UploadFiles(tmp_path, instance_id="me")
+    assert not twin.claim_instance()  # the same instance id alive twice: its files are left alone
+    twin.part_path("t9").write_text("x")
+    assert twin.remove_abandoned_parts(own=True) == 0 and me.remove_abandoned_parts() == 0
+    live.release_instance()
+    assert me.remove_abandoned_parts() == 1  # the live instance stopped: its part is abandoned now
+
+
+def test_orphan_candidates_are_stored_uploads_past_their_age(tmp_path: Path) -> None:
+    """Catches the orphan sweep looking at part files or foreign names, or at files just stored."""
+    files = UploadFiles(tmp_path, instance_id="me")
+    (tmp_path / "2f6c0d4e-aaaa.txt").write_text("stored")
+    files.part_path("2f6c0d4e-bbbb").write_text("streaming")
+    (tmp_path / "notes").write_text("not an upload name")
+    assert files.orphans(older_than=60) == {}
+    later = files.orphans(older_than=60, now=time.time() + 120)
+    assert later == {"2f6c0d4e-aaaa": tmp_path / "2f6c0d4e-aaaa.txt"}

@@ -12,6 +12,7 @@ from tests.helpers import (
     start_service,
     story,
     upload,
+    upload_files,
     wait_for_status,
     wait_for_task,
     wait_until,
@@ -52,7 +53,7 @@ async def test_cancel_pending_task(one_slot: Service) -> None:
     cancelled = await one_slot.client.delete(f"/task/{second['task_id']}")
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
-    assert not any(p.name.startswith(second["task_id"]) for p in one_slot.settings.uploads_dir.iterdir())
+    assert not any(p.name.startswith(second["task_id"]) for p in upload_files(one_slot.settings.uploads_dir))
 
     gate.set()
     assert (await wait_for_task(one_slot.client, first["task_id"]))["status"] == "completed"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Service, make_pdf, make_settings, start_service, upload
+from tests.helpers import Service, make_pdf, make_settings, start_service, upload, upload_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def leftovers(svc: Service) -> list[Path]:
-    return list(svc.settings.uploads_dir.iterdir())
+    return list(upload_files(svc.settings.uploads_dir))
 
 
 async def assert_nothing_stored(svc: Service) -> None:

@@ -20,6 +20,7 @@ import pytest
 from src.rag.knowledge import PurgeOutcome, PurgeResult
 from tests.conftest import Service, free_port, make_settings, start_service, upload, wait_for_task
 from tests.docs_factory import story
+from tests.helpers import upload_files
 from tests.procs import service_env
 from tests.procs import start_service as start_process
 
@@ -28,7 +29,7 @@ ADMIN = {"Authorization": "Bearer admin-secret"}
 
 
 def stored_files(svc: Service) -> list[Path]:
-    return sorted(svc.settings.uploads_dir.iterdir())
+    return sorted(upload_files(svc.settings.uploads_dir))
 
 
 async def task_count(svc: Service) -> int:
@@ -425,7 +426,7 @@ def test_stalled_and_trickling_bodies_get_408_and_their_partial_file_is_removed(
             answer += _read_answer(sock, timeout=30)
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"slower than 2000 bytes/s" in answer
-        assert _parts(uploads) == [] and list(uploads.iterdir()) == []
+        assert _parts(uploads) == [] and list(upload_files(uploads)) == []
 
         # The server is fine afterwards.
         ok = httpx.post(f"http://127.0.0.1:{port}/insert/text", json={"text": "still serving"}, timeout=30)

@@ -13,7 +13,7 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from src.webhooks import receiver_secret, signature_headers
-from tests.helpers import make_pdf, make_settings, start_service, story, upload, wait_for_task
+from tests.helpers import make_pdf, make_settings, start_service, story, upload, upload_files, wait_for_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 SECRET = "test-webhook-secret"
@@ -157,7 +157,7 @@ async def test_invalid_callback_url_is_422(service, bad: str) -> None:
     assert response.status_code == 422 and response.json()["code"] == "invalid_callback_url"
     text = await service.client.post("/insert/text", json={"text": "hello", "callback_url": bad})
     assert text.status_code == 422
-    assert list(service.settings.uploads_dir.iterdir()) == []
+    assert list(upload_files(service.settings.uploads_dir)) == []
 
 
 def test_signature_follows_the_standard_webhooks_spec() -> None:

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     #: less than this free, or the directory would grow past MAX_UPLOADS_DIR_BYTES (0 = no bound).
     min_free_disk_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
     max_uploads_dir_bytes: int = Field(default=20 * 1024 * 1024 * 1024, ge=0)
+    #: A stored upload no task record refers to (a crash between storing it and writing its record)
+    #: is removed once it is this old; the uploads directory is swept every quarter of it (at most
+    #: every 5 minutes). Part files whose writer died are removed at the next sweep or start-up.
+    orphan_upload_seconds: float = Field(default=3600.0, ge=1.0)
     max_query_chars: int = 8000
     #: POST /batch: at most this many file parts (413 `too_many_files` beyond, nothing kept) and this
     #: many bytes of body in all (413); each file also obeys MAX_UPLOAD_BYTES.

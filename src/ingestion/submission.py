@@ -130,6 +130,7 @@ class SubmissionService:
             self._check_options(options)
             if options.doc_id:
                 await self._refuse_indexed_doc(tenant, options.doc_id, saved.sha256)
+            stored = await self.files.promote(saved.path, saved.task_id, saved.extension)
         except BaseException:
             await self.files.remove(saved.path.name)
             raise
@@ -139,7 +140,7 @@ class SubmissionService:
             task_id=saved.task_id,
             doc_id=options.doc_id or f"doc-{saved.sha256[:32]}",
             filename=saved.original_name,
-            stored=saved.path,
+            stored=stored,
             size=saved.size,
             sha256=saved.sha256,
             kind=TaskKind.FILE,

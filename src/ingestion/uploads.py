@@ -5,7 +5,8 @@ receive channel goes through `streaming-form-data`'s incremental parser and is a
 aiofiles to the task's partial file (named by `UploadFiles`). The size limit, the file type
 (extension and magic bytes), emptiness, exactly one file part, the room left on disk and the
 pace of the body (idle timeout, minimum average rate) are checked as the data flows; on any
-failure the partial file is removed. Only a complete, valid upload is renamed to its final name.
+failure the partial file is removed. Only a complete, valid upload is renamed to its final name, when
+its task is submitted.
 
 `receive_batch` streams several ``files`` parts the same way, each under its own task id: a part
 that fails its own checks (size, type, content, emptiness, disk) becomes a rejection and the other
@@ -97,6 +98,7 @@ class Pace:
 @dataclass(frozen=True)
 class SavedUpload:
     task_id: str
+    #: The received file, still under its part name (`UploadFiles.promote` makes it the task's).
     path: Path
     original_name: str
     extension: str
@@ -185,15 +187,14 @@ class _DiskTarget(BaseTarget):
         return self.size
 
     async def store(self, task_id: str, form_fields: dict[str, str]) -> SavedUpload:
-        """The checks that need the whole file, then the partial file becomes the stored upload."""
+        """The checks that need the whole file. The file keeps its part name (this instance's) until
+        its task is submitted: a crash before that leaves nothing that looks like a task's upload."""
         if self.size == 0:
             raise EmptyUpload("the uploaded file is empty")
         _check_magic(self.extension, self._head)
-        final_path = self.files.final_path(task_id, self.extension)
-        await aiofiles.os.replace(self.part_path, final_path)
         return SavedUpload(
             task_id=task_id,
-            path=final_path,
+            path=self.part_path,
             original_name=sanitize_filename(self.multipart_filename),
             extension=self.extension,
             size=self.size,

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 
@@ -168,6 +169,17 @@ class TaskStore:
     async def get(self, task_id: str) -> TaskRecord | None:
         raw = await self.redis.hgetall(self.keys.task(task_id))
         return TaskRecord.from_redis(_decode(raw)) if raw else None
+
+    async def existing(self, task_ids: Iterable[str]) -> set[str]:
+        """The ids among ``task_ids`` that have a record."""
+        ids = list(task_ids)
+        if not ids:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.exists(self.keys.task(task_id))
+            found = await pipe.execute()
+        return {task_id for task_id, n in zip(ids, found, strict=True) if n}
 
     async def get_many(self, task_ids: list[str]) -> list[TaskRecord]:
         if not task_ids:
