@@ -8,6 +8,14 @@ bash scripts/setup-venv.sh test,bench
 # scenario is skipped with a note in the report.
 command -v wrk >/dev/null || echo "note: wrk not installed (apt-get install wrk); the hotpath scenario will be skipped" >&2
 .venv/bin/python -m benchmarks "$@"
+# Multimodal documents (issue 24): offline OCR speed and a 30-page scanned PDF end to end; own section.
+skip_mm=0
+for a in "$@"; do case "$a" in --only|--only=*) skip_mm=1 ;; esac; done
+if [ "$skip_mm" = 0 ]; then
+  mm_args=()
+  for a in "$@"; do [ "$a" = --quick ] && mm_args+=(--quick); done
+  .venv/bin/python -m benchmarks.multimodal "${mm_args[@]}"
+fi
 # The soak (issue 16) writes its own section of docs/benchmarks.md: 30 minutes per storage set, 3 with --quick.
 # Skipped when --only picks scenarios of the harness.
 soak_args=()

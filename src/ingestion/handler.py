@@ -45,6 +45,9 @@ def progress_percent(progress: IndexProgress) -> tuple[Stage, float]:
     if stage == Stage.EXTRACTING and progress.chunks_total:
         span = STAGE_PROGRESS[Stage.MERGING] - STAGE_PROGRESS[Stage.EXTRACTING]
         value = STAGE_PROGRESS[Stage.EXTRACTING] + span * progress.chunks_extracted / progress.chunks_total
+    elif stage == Stage.PARSING and progress.items_total:
+        span = STAGE_PROGRESS[Stage.QUEUED] - STAGE_PROGRESS[Stage.PARSING]
+        value = STAGE_PROGRESS[Stage.PARSING] + span * progress.items_described / progress.items_total
     elif stage == Stage.MERGING and progress.merge_total:
         span = 99.0 - STAGE_PROGRESS[Stage.MERGING]
         value = STAGE_PROGRESS[Stage.MERGING] + span * min(1.0, progress.merged / progress.merge_total)

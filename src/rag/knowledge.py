@@ -139,6 +139,9 @@ class IndexProgress:
     chunks_extracted: int = 0
     merge_total: int = 0
     merged: int = 0
+    #: Pictures, tables and equations of the document, and how many are described (parsing stage).
+    items_total: int = 0
+    items_described: int = 0
 
 
 ProgressSink = Callable[[IndexProgress], Awaitable[None]]

@@ -173,13 +173,16 @@ def register_offline_parser() -> None:
         register_parser(OFFLINE_PARSER_NAME, OfflineParser)
 
 
-def build_raganything(rag: LightRAG, settings: Settings) -> RAGAnything:
-    """RAG-Anything around an initialised LightRAG, configured to stay offline.
+def build_raganything(rag: LightRAG, settings: Settings, vision_func: Any = None) -> RAGAnything:
+    """RAG-Anything around an initialised LightRAG, with ``OfflineParser`` (or ``PARSER``).
 
-    Text-only: image/table/equation/audio/video processing is off (no vision model), the
-    parser is ``OfflineParser``. RAG-Anything registers ``atexit(self.close)``, which would
-    keep every instance alive and re-finalise LightRAG's storages in a new event loop at
-    exit; that hook is removed - the caller owns the LightRAG instance's lifecycle.
+    Our tasks use it to parse (``parse_document``) and for its multimodal chunk template and
+    queries; they describe pictures, tables and equations themselves (src/rag/engine/modal.py).
+    Its own pipeline (``process_document_complete``, ``insert_content_list``) keeps table and
+    equation processing on, and picture processing when a vision model is configured; audio and
+    video are off. RAG-Anything registers ``atexit(self.close)``, which would keep every instance
+    alive and re-finalise LightRAG's storages in a new event loop at exit; that hook is removed -
+    the caller owns the LightRAG instance's lifecycle.
     """
     register_offline_parser()
     configure_parse_limits(settings)
@@ -187,18 +190,18 @@ def build_raganything(rag: LightRAG, settings: Settings) -> RAGAnything:
     parsed_dir.mkdir(parents=True, exist_ok=True)
     config = RAGAnythingConfig(
         working_dir=str(rag.working_dir),
-        parser=OFFLINE_PARSER_NAME,
+        parser=OFFLINE_PARSER_NAME if settings.parser == OFFLINE_PARSER_NAME else settings.parser,
         parse_method="txt",
         parser_output_dir=str(parsed_dir),
         display_content_stats=False,
-        enable_image_processing=False,
-        enable_table_processing=False,
-        enable_equation_processing=False,
+        enable_image_processing=vision_func is not None,
+        enable_table_processing=True,
+        enable_equation_processing=True,
         enable_audio_processing=False,
         enable_video_processing=False,
         supported_file_extensions=sorted(SUPPORTED_EXTENSIONS),
         use_full_path=False,
     )
-    rag_anything = RAGAnything(lightrag=rag, config=config)
+    rag_anything = RAGAnything(lightrag=rag, config=config, vision_model_func=vision_func)
     atexit.unregister(rag_anything.close)
     return rag_anything

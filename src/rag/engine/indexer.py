@@ -51,6 +51,7 @@ from lightrag.utils import (
 )
 
 from src.rag.engine.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
+from src.rag.engine.modal import MODAL_KEY, link_modal_entities, modal_chunk_records
 from src.rag.knowledge import IndexProgress, IndexStage, ProgressSink
 from src.rag.scheduler import call_context, current_call_context
 
@@ -291,8 +292,15 @@ class DocumentIndexer:
         file_path: str = "",
         track_id: str = "",
         on_progress: ProgressSink | None = None,
+        modal_chunks: list[dict[str, Any]] | None = None,
     ) -> IndexOutcome:
         """Index ``doc_id`` (``text`` may be None to resume from full_docs) and return when PROCESSED.
+
+        ``modal_chunks`` (src/rag/engine/modal.py ``ModalChunk.as_dict()``) are the document's
+        pictures, tables and equations as RAG-Anything's multimodal chunks: kept with the text in
+        full_docs (so a resumed attempt has them), indexed as chunks of this document after its text
+        chunks, each with its own entity and ``belongs_to`` relations, as ``insert_content_list``
+        writes them.
 
         Cancelling the caller stops the document's work (LightRAG's own cancellation flag plus
         its in-flight LLM calls) and waits for it to unwind; nothing is deleted here (the caller
@@ -302,7 +310,8 @@ class DocumentIndexer:
             # The same document indexed twice in this process: let the first attempt finish.
             await asyncio.wait({previous})
         job = asyncio.create_task(
-            self._index(doc_id, text, file_path, track_id, on_progress), name=f"index-{doc_id}"
+            self._index(doc_id, text, file_path, track_id, on_progress, modal_chunks or []),
+            name=f"index-{doc_id}",
         )
         self._jobs[doc_id] = job
         job.add_done_callback(lambda t, d=doc_id: self._jobs.pop(d, None) if self._jobs.get(d) is t else None)
@@ -356,9 +365,16 @@ class DocumentIndexer:
 
     # ------------------------------------------------------------------ records
     async def _enqueue(
-        self, doc_id: str, text: str, file_path: str, track_id: str, created_at: str | None = None
+        self,
+        doc_id: str,
+        text: str,
+        file_path: str,
+        track_id: str,
+        created_at: str | None = None,
+        modal: list[dict[str, Any]] | None = None,
     ) -> tuple[dict[str, Any], str]:
-        """full_docs + PENDING doc status, as `apipeline_enqueue_documents` writes them."""
+        """full_docs + PENDING doc status, as `apipeline_enqueue_documents` writes them (plus the
+        multimodal chunks, when the document has any)."""
         content = await asyncio.to_thread(sanitize_text_for_encoding, text)
         path = file_path.strip() if isinstance(file_path, str) else ""
         path = path or "unknown_source"
@@ -372,12 +388,21 @@ class DocumentIndexer:
             "file_path": path,
             "track_id": track_id,
         }
-        await self.rag.full_docs.upsert({doc_id: {"content": content, "file_path": path}})
+        full_doc: dict[str, Any] = {"content": content, "file_path": path}
+        if modal:
+            full_doc[MODAL_KEY] = modal
+        await self.rag.full_docs.upsert({doc_id: full_doc})
         await self.rag.doc_status.upsert({doc_id: dict(status)})
         return status, content
 
     async def _index(
-        self, doc_id: str, text: str | None, file_path: str, track_id: str, on_progress: ProgressSink | None
+        self,
+        doc_id: str,
+        text: str | None,
+        file_path: str,
+        track_id: str,
+        on_progress: ProgressSink | None,
+        modal: list[dict[str, Any]],
     ) -> IndexOutcome:
         record = await self.rag.doc_status.get_by_id(doc_id)
         if record is not None and record.get("status") == DocStatus.PROCESSED:
@@ -385,16 +410,17 @@ class DocumentIndexer:
             await self.flush()
             return IndexOutcome(doc_id, int(record.get("chunks_count") or 0), True, already_processed=True)
         if record is None:
-            if not text:
+            if not text and not modal:
                 raise DocumentMissingError(f"no text for document {doc_id}")
-            record, content = await self._enqueue(doc_id, text, file_path, track_id)
+            record, content = await self._enqueue(doc_id, text or "", file_path, track_id, modal=modal)
             return await self._process(doc_id, record, content, False, on_progress)
         # Left PENDING/PROCESSING/FAILED by an attempt that died or failed: resume from its records.
         stored = await self.rag.full_docs.get_by_id(doc_id) or {}
-        content = stored.get("content") or text
-        if not content:
+        content = stored.get("content") or text or ""
+        modal = stored.get(MODAL_KEY) or modal
+        if not content and not modal:
             raise DocumentMissingError(f"no text for document {doc_id} (full_docs has none)")
-        if self._may_hold_derived_data(record) or not stored.get("content"):
+        if self._may_hold_derived_data(record) or not (stored.get("content") or stored.get(MODAL_KEY)):
             # Take out what the earlier attempt wrote: LightRAG's merge is not idempotent
             # (re-merging a chunk would duplicate its descriptions). Same ids, same text after.
             await self._purge(doc_id)
@@ -404,6 +430,7 @@ class DocumentIndexer:
                 _resolve_path(record.get("file_path"), stored.get("file_path"), file_path),
                 record.get("track_id") or track_id,
                 created_at=record.get("created_at"),
+                modal=modal,
             )
         return await self._process(doc_id, record, content, True, on_progress)
 
@@ -426,6 +453,7 @@ class DocumentIndexer:
             # Take out what the group wrote for this document, then merge it alone: the group's
             # failure may be another document's fault, and a retry must not depend on it.
             log.warning("document %s: %s; purging it and indexing it again alone", doc_id, exc)
+            modal = ((await self.rag.full_docs.get_by_id(doc_id)) or {}).get(MODAL_KEY)
             await self._purge(doc_id)
             record, content = await self._enqueue(
                 doc_id,
@@ -433,6 +461,7 @@ class DocumentIndexer:
                 str(record.get("file_path") or ""),
                 str(record.get("track_id") or ""),
                 created_at=record.get("created_at"),
+                modal=modal,
             )
             return await self._process_once(doc_id, record, content, resumed, on_progress, solo=True)
 
@@ -474,14 +503,18 @@ class DocumentIndexer:
         merge_intent: dict[str, Any] = {}
         await report()
         try:
-            result = await asyncio.to_thread(
-                rag.chunking_func,
-                rag.tokenizer,
-                content,
-                self.split_by_character,
-                self.split_by_character_only,
-                rag.chunk_overlap_token_size,
-                rag.chunk_token_size,
+            result = (
+                []
+                if not content.strip()
+                else await asyncio.to_thread(
+                    rag.chunking_func,
+                    rag.tokenizer,
+                    content,
+                    self.split_by_character,
+                    self.split_by_character_only,
+                    rag.chunk_overlap_token_size,
+                    rag.chunk_token_size,
+                )
             )
             if inspect.isawaitable(result):
                 result = await result
@@ -496,6 +529,10 @@ class DocumentIndexer:
                 }
                 for dp in result
             }
+            modal, owners = modal_chunk_records(
+                stored.get(MODAL_KEY) or [], doc_id, file_path, len(chunks), rag.tokenizer
+            )
+            chunks.update(modal)
             processing_start_time = int(time.time())
             await asyncio.gather(
                 rag.doc_status.upsert(
@@ -518,6 +555,7 @@ class DocumentIndexer:
             await report()
             extraction = self._extract(scope, chunks, global_config, progress, report)
             chunk_results = await self._stage(scope, extraction)
+            chunk_results = link_modal_entities(list(chunks), chunk_results, owners, file_path)
 
             all_nodes = {name for nodes, _ in chunk_results for name in nodes}
             all_edges = {tuple(sorted(key)) for _, edges in chunk_results for key in edges}

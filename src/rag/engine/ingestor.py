@@ -2,9 +2,10 @@
 
 Text files are read here (off the loop); rich formats (PDF, Office, pictures, ...) go through
 RAG-Anything's parser framework (`RAGAnything.parse_document`, which runs our registered offline
-parser in a child process and caches the result) and come back as a content list. Its text is
-then indexed by the caller's task itself through the `DocumentIndexer` (no shared pipeline pass,
-no waiting for other documents): completion is known when the call returns, and progress comes
+parser in a child process and caches the result) and come back as a content list. Its pictures,
+tables and equations are described by RAG-Anything's modal processors (src/rag/engine/modal.py) and
+indexed, with the text, by the caller's task itself through the `DocumentIndexer` (no shared
+pipeline pass, no waiting for other documents): completion is known when the call returns, and progress comes
 from the indexer as chunks are extracted and entities/relations merged. Cancelling the caller
 cancels the indexing coroutine; `purge` then takes out whatever the document wrote (pictures
 included).
@@ -22,6 +23,7 @@ from lightrag.base import DocStatus
 
 from src.core.scrub import scrub_paths
 from src.rag.engine.indexer import DocumentIndexer, IndexingError
+from src.rag.engine.modal import MODAL_KEY, ModalDescriber, split_content
 from src.rag.errors import IndexFailed, is_transient_message
 from src.rag.knowledge import (
     DocumentContent,
@@ -34,7 +36,6 @@ from src.rag.knowledge import (
     PurgeResult,
 )
 from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, abort_parse, read_text_document
-from src.rag.parsing.content import indexable_text
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,19 @@ log = logging.getLogger(__name__)
 class DocumentIngestor:
     """Knows how to take one document into one LightRAG workspace, and how to take it back out."""
 
-    def __init__(self, rag: LightRAG, rag_anything: object, indexer: DocumentIndexer):
+    def __init__(
+        self,
+        rag: LightRAG,
+        rag_anything: object,
+        indexer: DocumentIndexer,
+        describer: ModalDescriber | None = None,
+    ):
         self.rag = rag
         #: RAG-Anything around ``rag`` (its parser framework and parse cache).
         self.rag_anything = rag_anything
         self.indexer = indexer
+        #: Describes pictures, tables and equations (offline, honestly, when no model is set).
+        self.describer = describer or ModalDescriber(rag, rag_anything, vision_func=None, llm_is_model=False)
 
     async def ingest(self, request: IndexRequest, on_progress: ProgressSink) -> IndexResult:
         """Index the request's document; return once it is PROCESSED and durable."""
@@ -57,13 +66,18 @@ class DocumentIngestor:
                 raise IndexFailed(f"the stored upload of document {doc_id} is missing")
             await on_progress(IndexProgress(IndexStage.PARSING))
             content = await self._parse(request.source, request.name or request.source.name, doc_id)
+        text: str | None = None
+        modal: list[dict] = []
+        if content is not None:
+            text, modal = await self._text_and_modal(content, request.name, on_progress)
         try:
             outcome = await self.indexer.index(
                 doc_id,
-                self._text_of(content, request.name) if content is not None else None,
+                text,
                 file_path=request.name,
                 track_id=request.track_id,
                 on_progress=on_progress,
+                modal_chunks=modal,
             )
         except IndexingError as exc:
             message = str(exc)
@@ -79,7 +93,8 @@ class DocumentIngestor:
             return True
         if DocStatus(existing.get("status")) == DocStatus.PROCESSED:
             return False
-        return not ((await self.rag.full_docs.get_by_id(doc_id)) or {}).get("content")
+        stored = (await self.rag.full_docs.get_by_id(doc_id)) or {}
+        return not (stored.get("content") or stored.get(MODAL_KEY))
 
     async def purge(self, doc_id: str) -> PurgeResult:
         """Stop this document's indexing if it runs here, and delete everything it left."""
@@ -99,16 +114,25 @@ class DocumentIngestor:
         """Where the pictures extracted from a document are kept (per workspace, per document)."""
         return Path(self.rag.working_dir) / "parsed" / doc_id
 
-    @staticmethod
-    def _text_of(content: DocumentContent, name: str) -> str:
-        """What is indexed of a content list: every item as text, in document order (tables as
-        Markdown, equations as LaTeX, pictures as what OCR read in them)."""
+    async def _text_and_modal(
+        self, content: DocumentContent, name: str, on_progress: ProgressSink
+    ) -> tuple[str, list[dict]]:
+        """The text to chunk, and the pictures, tables and equations as multimodal chunks: described
+        item by item (model calls run in this task, at its priority; progress counts the items)."""
         if content.plain:
-            return str(content.items[0]["text"])
-        text = indexable_text(list(content.items))
-        if not text.strip():
+            return str(content.items[0]["text"]), []
+        items_list = list(content.items)
+        text, items = split_content(items_list)
+        modal: list[dict] = []
+        if items:
+
+            async def on_item(done: int, total: int) -> None:
+                await on_progress(IndexProgress(IndexStage.PARSING, items_total=total, items_described=done))
+
+            modal = [chunk.as_dict() for chunk in await self.describer.describe(items_list, items, on_item)]
+        if not text.strip() and not modal:
             raise DocumentParseError(f"{name}: the document has no extractable text or pictures")
-        return text
+        return text, modal
 
     async def _parse(self, path: Path, filename: str, doc_id: str) -> DocumentContent:
         """The upload as a content list (pictures kept under `parsed_dir`). Errors name the upload

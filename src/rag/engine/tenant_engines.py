@@ -23,6 +23,7 @@ from src.core.config import Settings
 from src.core.metrics import Metrics
 from src.rag.engine.indexer import DocumentIndexer
 from src.rag.engine.ingestor import DocumentIngestor
+from src.rag.engine.modal import ModalDescriber
 from src.rag.errors import KnowledgeBaseUnavailable, WorkspaceOwnedElsewhere
 from src.rag.knowledge import workspace_of
 from src.rag.storage.fence import fence_llm
@@ -108,6 +109,14 @@ class TenantEngines:
                 await self._evict_over_capacity()
             return engine
 
+    def _vision(self) -> Any:
+        """The process's vision model (one client for every knowledge base), or None."""
+        if not hasattr(self, "_vision_func"):
+            from src.rag.llm.vision import build_vision_func
+
+            self._vision_func = build_vision_func(self.settings)
+        return self._vision_func
+
     async def _build(self, tenant: str) -> TenantEngine:
         from src.rag.builder import build_lightrag
         from src.rag.embedding_signature import EmbeddingMismatchError
@@ -125,10 +134,18 @@ class TenantEngines:
             rag = await build_lightrag(self.settings, workspace=self.workspace_for(tenant), llm_wrapper=wrap)
         except EmbeddingMismatchError as exc:
             raise KnowledgeBaseUnavailable(str(exc)) from exc
-        rag_anything = build_raganything(rag, self.settings)
+        vision = self._vision()
+        fenced_vision = None if vision is None else fence_llm(vision, lambda: owns(tenant))
+        rag_anything = build_raganything(rag, self.settings, fenced_vision)
         # A document counts as indexed once the group commit that includes it is on disk.
         indexer = DocumentIndexer(rag, flush=commit_for(rag))
-        ingestor = DocumentIngestor(rag, rag_anything, indexer)
+        describer = ModalDescriber(
+            rag,
+            rag_anything,
+            vision_func=fenced_vision,
+            llm_is_model=self.settings.resolved_llm_provider != "offline",
+        )
+        ingestor = DocumentIngestor(rag, rag_anything, indexer, describer)
         log.info("knowledge base of tenant %s loaded (workspace %s)", tenant, rag.workspace)
         return TenantEngine(tenant, rag, rag_anything, indexer, ingestor)
 

@@ -79,11 +79,18 @@ def parse_in_process(kind: str, path: Path, out_dir: Path, limits: ParseLimits |
     return items
 
 
-def _limit_memory(max_bytes: int) -> None:
+#: The child yields the CPU to the service: OCR keeps both cores busy for minutes, and the
+#: service's event loop (uploads, polls) must not wait behind it.
+NICENESS = 10
+
+
+def _limit_resources(max_bytes: int) -> None:
+    import os
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.nice(NICENESS)
 
 
 def main(argv: list[str]) -> int:
@@ -92,7 +99,7 @@ def main(argv: list[str]) -> int:
     path = Path(path_arg)
     too_big = f"{path.name}: parsing needs more than {limits.memory_bytes:,} bytes"
     try:
-        _limit_memory(limits.memory_bytes)
+        _limit_resources(limits.memory_bytes)
         items = parse_in_process(kind, path, Path(out_arg), limits)
         sys.stdout.write(json.dumps(items, ensure_ascii=False))
         sys.stdout.flush()
