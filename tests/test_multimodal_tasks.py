@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from benchmarks.mock_llm import MockConfig, MockServer
-from src.tenancy.tenants import DEFAULT_TENANT
+from src.core.defaults import DEFAULT_TENANT
 from tests.conftest import make_settings, start_service, upload, wait_for_task
 from tests.multimodal_docs import docx_rich, text_image
 
