@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from src.rag.delegated import DelegatedKnowledgeBases
 from src.rag.engine.local import LocalKnowledgeBases
 from src.rag.engine.tenant_engines import TenantEngines
 from src.rag.knowledge import KnowledgeBases, workspace_of
+from src.rag.lightrag_compat import check_lightrag_version
 from src.rag.llm.vision import vision_description
 from src.rag.parsing.external import check_parser
 from src.rag.storage.fence import register_write_fence
@@ -94,6 +94,8 @@ async def start_services(
     redis_prefix: str = "ragsvc:",
     task_view: Callable[[TaskRecord], dict[str, Any]] = lambda r: r.model_dump(mode="json"),
 ) -> Services:
+    # Another LightRAG release would break in the middle of a document (some reach-ins silently).
+    check_lightrag_version()
     # A parser whose models are missing is refused now, not at the first upload.
     parser = await asyncio.to_thread(check_parser, settings.parser)
     log.info("documents: parser %s; pictures: %s", parser, vision_description(settings))
@@ -277,7 +279,7 @@ def knowledge_bases_readable_here(settings: Settings) -> bool:
         return True
     from src.rag.storage.selection import storage_kwargs_from_env
 
-    return shared_storages_selected(storage_kwargs_from_env(os.environ))
+    return shared_storages_selected(storage_kwargs_from_env(settings.lightrag_env))
 
 
 def batch_ttl(settings: Settings) -> int:

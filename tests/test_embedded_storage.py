@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -644,7 +645,7 @@ def test_env_names_override_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -
     """Catches LIGHTRAG_*_STORAGE being ignored (LightRAG Server's names must keep working)."""
     monkeypatch.delenv("LIGHTRAG_KV_STORAGE", raising=False)
     monkeypatch.setenv("LIGHTRAG_GRAPH_STORAGE", "NetworkXStorage")
-    kwargs = storage_kwargs_from_env()
+    kwargs = storage_kwargs_from_env(os.environ)
     assert kwargs["kv_storage"] == "SqliteKVStorage"
     assert kwargs["graph_storage"] == "NetworkXStorage"
     assert kwargs["vector_storage"] == "SqliteVectorStorage"

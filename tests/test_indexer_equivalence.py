@@ -1,4 +1,4 @@
-"""DocumentIndexer against LightRAG 1.4.16 itself, on real storages in tmp dirs.
+"""DocumentIndexer against the supported LightRAG itself, on real storages in tmp dirs.
 
 The same document indexed by our per-document engine (workspace A) and by LightRAG's own
 `ainsert` (workspace B) with the same deterministic LLM (the offline stand-in) and the offline

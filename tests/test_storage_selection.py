@@ -152,7 +152,7 @@ def test_guard_turns_runtime_install_into_named_import_error() -> None:
     result = _run_isolated(
         """
         import importlib.util
-        from src.rag.storage.selection import RuntimeInstallBlocked, block_runtime_installs
+        from src.rag.lightrag_compat import RuntimeInstallBlocked, block_runtime_installs
         block_runtime_installs()
         import pipmaster
         try:

@@ -6,7 +6,9 @@ machine with nothing configured.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import os
+from collections.abc import Mapping
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -282,6 +284,13 @@ class Settings(BaseSettings):
     #: finishing within the delay share one transaction.
     storage_flush_interval_seconds: float = Field(default=1.0, ge=0.0, le=60.0)
     storage_commit_delay_seconds: float = Field(default=0.02, ge=0.0, le=60.0)
+
+    @cached_property
+    def lightrag_env(self) -> Mapping[str, str]:
+        """LightRAG's own variables (LIGHTRAG_*_STORAGE, POSTGRES_*, NEO4J_*, ..., *_WORKSPACE), which
+        LightRAG also reads from the process environment by itself: taken once here, so our storage
+        selection and ownership backend check the values LightRAG will use."""
+        return dict(os.environ)
 
     @property
     def uploads_dir(self) -> Path:

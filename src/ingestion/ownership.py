@@ -43,6 +43,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from src.core.config import Settings
 from src.rag.storage.fence import OwnershipLost
 
 __all__ = ["LocalOwnership", "OwnershipLost", "PgOwnership", "build_ownership", "lock_key"]
@@ -400,7 +401,7 @@ def pg_connector(env: Mapping[str, str]) -> Callable[[], Awaitable[Any]]:
 
 
 def build_ownership(
-    settings: Any,
+    settings: Settings,
     instance_id: str,
     namespace: str,
     *,
@@ -408,14 +409,13 @@ def build_ownership(
     live_instances: Callable[[], Awaitable[int]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> LocalOwnership | PgOwnership:
-    """The ownership backend the configuration asks for (OWNERSHIP, LIGHTRAG_*_STORAGE, POSTGRES_*).
+    """The ownership backend the configuration asks for (OWNERSHIP; LIGHTRAG_*_STORAGE and POSTGRES_*
+    from ``env``, by default the settings' `lightrag_env`).
 
     ``workspace_for`` maps a tenant to its knowledge-base workspace (`KnowledgeBases.workspace_for`)."""
-    import os
-
     from src.rag.storage.selection import storage_kwargs_from_env
 
-    env = os.environ if env is None else env
+    env = settings.lightrag_env if env is None else env
     mode = settings.ownership
     if mode == "auto":
         mode = "postgres" if shared_storages_selected(storage_kwargs_from_env(env)) else "local"

@@ -20,10 +20,8 @@ import numpy as np
 
 from src.core.metrics import PROVIDER_BATCHED_REQUESTS, PROVIDER_CALLS, PROVIDER_TEXTS
 
+from .lightrag_compat import LIMITER_KWARGS
 from .scheduler import CallContext, CallScheduler, call_context, current_call_context
-
-#: LightRAG's limiter kwargs (lightrag/utils.py priority_limit_async_func_call); ours replaces it.
-LIMITER_KWARGS = ("_priority", "_timeout", "_queue_timeout")
 
 EmbedFn = Callable[..., Awaitable[np.ndarray]]
 

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from lightrag import LightRAG
-from lightrag.base import StorageNameSpace
 from lightrag.utils import EmbeddingFunc
 
 from src.core.config import Settings
 from src.core.metrics import PROVIDER_CALLS
 
-from .batching import LIMITER_KWARGS, EmbeddingBatcher
+from .batching import EmbeddingBatcher
 from .embedding import build_embedding_func
 from .embedding_signature import ensure_embedding_signature
+from .lightrag_compat import LIMITER_KWARGS, replace_provider_functions
 from .llm import build_llm_func
 from .scheduler import ProviderSchedulers, shared_schedulers
 from .storage.selection import storage_kwargs_from_env
@@ -107,7 +107,7 @@ async def build_lightrag(
         commit_delay=settings.storage_commit_delay_seconds,
     )
     # The embedded SQLite storages unless LIGHTRAG_*_STORAGE say otherwise.
-    storages = storage_kwargs_from_env()
+    storages = storage_kwargs_from_env(settings.lightrag_env)
     batcher = EmbeddingBatcher(
         provider_embedding.func,
         max_batch=settings.embedding_batch_size,
@@ -133,12 +133,7 @@ async def build_lightrag(
 
     rag = await asyncio.to_thread(construct)
     install_provider_functions(rag, llm_func, embedding_func, schedulers, 2 * outer_timeout_seconds(settings))
-    # initialize_storages() also initialises this workspace's pipeline status in 1.4.16
-    # (lightrag.py initialize_storages); calling it again is a no-op kept for older releases.
-    await rag.initialize_storages()
-    from lightrag.kg.shared_storage import initialize_pipeline_status
-
-    await initialize_pipeline_status(workspace=workspace)
+    await rag.initialize_storages()  # also initialises this workspace's pipeline status
     logger.info("LightRAG ready: working_dir=%s workspace=%s", working_dir, workspace)
     return rag
 
@@ -152,19 +147,12 @@ def install_provider_functions(
 ) -> None:
     """Replace LightRAG's limiter-wrapped LLM and embedding functions with our scheduled ones.
 
-    ``LightRAG.__post_init__`` (1.4.16) wraps ``llm_model_func`` (bound to ``hashing_kv`` and
-    ``llm_model_kwargs`` with a partial) and ``embedding_func.func`` in
-    ``priority_limit_async_func_call``, whose long-lived worker tasks run the calls: a ContextVar
-    read there belongs to whichever task started the workers, not to the caller, so priorities
-    could not reach the scheduler. Where LightRAG reads them afterwards:
-
-    - ``self.llm_model_func`` via ``asdict(self)`` -> ``global_config["llm_model_func"]`` in
-      ``process_document`` / ``extract_entities`` / ``merge_nodes_and_edges`` / ``aquery`` (read at
-      call time, so assigning the attribute is enough; it must be a plain function because
-      ``asdict`` deep-copies it);
-    - ``self.embedding_func`` and each storage's ``embedding_func`` (captured at construction:
-      vector upserts/queries and ``text_chunks_db.embedding_func`` for query embeddings).
-    Both run in the caller's task here, bounded by our schedulers instead of LightRAG's workers.
+    ``LightRAG.__post_init__`` wraps ``llm_model_func`` (bound to ``hashing_kv`` and
+    ``llm_model_kwargs`` with a partial) and ``embedding_func.func`` in its limiter, whose
+    long-lived worker tasks run the calls: a ContextVar read there belongs to whichever task started
+    the workers, not to the caller, so priorities could not reach the scheduler. Ours run in the
+    caller's task, bounded by our schedulers (`lightrag_compat.replace_provider_functions` says where
+    LightRAG reads them).
     """
     hashing_kv = rag.llm_response_cache
     bound = dict(rag.llm_model_kwargs)
@@ -184,8 +172,4 @@ def install_provider_functions(
 
     scheduled_llm.scheduler = scheduler  # type: ignore[attr-defined]
     scheduled_llm.provider_func = llm_func  # type: ignore[attr-defined]
-    rag.llm_model_func = scheduled_llm
-    rag.embedding_func = embedding_func
-    for value in list(vars(rag).values()):
-        if isinstance(value, StorageNameSpace) and getattr(value, "embedding_func", None) is not None:
-            value.embedding_func = embedding_func
+    replace_provider_functions(rag, scheduled_llm, embedding_func)

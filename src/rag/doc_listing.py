@@ -17,9 +17,9 @@ from dataclasses import asdict
 from typing import Any
 
 from lightrag.base import DocStatus, DocStatusStorage
-from lightrag.kg.json_doc_status_impl import JsonDocStatusStorage
 
 from src.rag.knowledge import DocumentPage, DocumentRecord, DocumentStatus
+from src.rag.lightrag_compat import json_doc_status_items
 
 #: The page size of LightRAG's own `get_docs_paginated` (its maximum).
 _STORAGE_PAGE = 200
@@ -28,11 +28,8 @@ _STORAGE_PAGE = 200
 async def list_documents(
     storage: DocStatusStorage, status: DocumentStatus | None, limit: int, offset: int
 ) -> DocumentPage:
-    # (`_on_disk`: an embedded namespace whose memory is only a write-back buffer; doc status is not
-    # one today, but if it became one its dict would no longer hold every record.)
-    if isinstance(storage, JsonDocStatusStorage) and not getattr(storage, "_on_disk", False):
-        async with storage._storage_lock:  # noqa: SLF001 - LightRAG's lock of its in-memory dict
-            items = list(storage._data.items())  # noqa: SLF001
+    items = await json_doc_status_items(storage)
+    if items is not None:
         return await asyncio.to_thread(_page_of, items, status, limit, offset)
     return await _from_database(storage, status, limit, offset)
 

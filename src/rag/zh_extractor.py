@@ -9,7 +9,7 @@ mentioned once. Code is handled apart: fenced blocks are skipped, identifiers an
 (``main.py``, ``/insert``, ``run_pipeline``) are kept whole. Relations link phrases of one
 clause, with the verbs between them as keywords. Deterministic and lexical: not a language model.
 
-``extract_graph_records`` returns LightRAG 1.4.16's extraction record format, so the offline
+``extract_graph_records`` returns LightRAG's extraction record format, so the offline
 LLM can answer an extraction prompt with it directly.
 
 One module (~640 lines): the Chinese, English and code rules share one tokenisation and one
@@ -560,7 +560,7 @@ def _entity_type(kind: str, allowed: dict[str, str]) -> str:
 
 
 def extract_graph_records(text: str, entity_types: list[str] | None = None) -> str:
-    """Entities/relations of ``text`` in LightRAG 1.4.16's extraction output format."""
+    """Entities/relations of ``text`` in LightRAG's extraction output format."""
     allowed = {
         t.strip().lower().replace(" ", ""): t.strip().lower().replace(" ", "") for t in entity_types or []
     }

@@ -3,14 +3,16 @@
 LightRAG's batch pipeline (`apipeline_process_enqueue_documents`) waits for a whole batch
 (`asyncio.gather`) before it looks at documents that arrived meanwhile, so a document's wait
 depends on every other document. `DocumentIndexer` runs the body of LightRAG's per-document
-`process_document` (lightrag.py 1.4.16, ~1873-2300) for exactly one document, owned by the
+`process_document` (lightrag.py) for exactly one document, owned by the
 caller's task: the same doc-status and full_docs records, `rag.chunking_func`, chunk upserts,
 `operate.extract_entities`, `operate.merge_nodes_and_edges` (with LightRAG's keyed locks), the
 entity/relation chunk-tracking storages and the LLM cache. No document waits for another.
 
-One module (~700 lines) because it is one concept that must be read as a whole: the mirror of
+One module (~650 lines) because it is one concept that must be read as a whole: the mirror of
 LightRAG's `process_document`, its cancellation and its resume/purge rules depend on each other
 line by line, and the equivalence test (tests/test_indexer_equivalence.py) pins them together.
+What a running document owns is in `scope.py`; the clean-up before deleting an unfinished one in
+`partial_delete.py`.
 
 Cancellation is per document and needs no prompt matching: every document gets its own
 `pipeline_status` dict (LightRAG checks its `cancellation_requested` flag at each chunk, entity
@@ -24,7 +26,8 @@ set because it is not safe against concurrent merges. We never set that flag; in
 workspace gate lets merges run together (shared) and gives a delete the graph alone
 (exclusive), so a delete waits at most for merge phases in flight, never for whole documents.
 
-Pinned to lightrag-hku 1.4.16 (see tests/test_indexer_equivalence.py for the equivalence check).
+It mirrors the supported LightRAG release (`lightrag_compat.SUPPORTED_LIGHTRAG`, whose internals
+it reaches through that module); tests/test_indexer_equivalence.py checks the equivalence.
 """
 
 from __future__ import annotations
@@ -34,35 +37,42 @@ import contextlib
 import inspect
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from lightrag import LightRAG
 from lightrag.base import DeletionResult, DocStatus
-from lightrag.operate import extract_entities, merge_nodes_and_edges
 from lightrag.utils import (
     compute_mdhash_id,
     get_content_summary,
-    make_relation_chunk_key,
     sanitize_text_for_encoding,
 )
 
 from src.rag.engine.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
 from src.rag.engine.modal import MODAL_KEY, link_modal_entities, modal_chunk_records
+from src.rag.engine.partial_delete import prepare_partial_delete
+from src.rag.engine.scope import (
+    UNWIND_SECONDS,
+    DocumentCancelledError,
+    DocumentScope,
+    GraphGate,
+    ObservedGraph,
+    fire,
+    wait_out,
+)
 from src.rag.knowledge import IndexProgress, IndexStage, ProgressSink
+from src.rag.lightrag_compat import (
+    DELETE_REFUSED_WHILE_BUSY,
+    document_global_config,
+    extract_entities,
+    merge_nodes_and_edges,
+    persist_all,
+)
 from src.rag.scheduler import call_context, current_call_context
 
 log = logging.getLogger(__name__)
-
-#: How long a cancelled document may take to unwind a stage before we stop waiting for it.
-UNWIND_SECONDS = 60.0
-
-
-class DocumentCancelledError(Exception):
-    """Raised inside a cancelled document's LLM calls, so LightRAG unwinds its own stage tasks."""
 
 
 class IndexingError(Exception):
@@ -84,141 +94,11 @@ class IndexOutcome:
 Flush = Callable[[], Awaitable[None]]
 
 
-class GraphGate:
-    """Shared for merges, exclusive for deletes (writer preference), per workspace."""
-
-    def __init__(self) -> None:
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-        self._waiters: list[asyncio.Future[None]] = []
-
-    def _wake(self) -> None:
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
-
-    async def _wait_until(self, ready: Callable[[], bool]) -> None:
-        while not ready():
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-
-    @contextlib.asynccontextmanager
-    async def shared(self) -> AsyncIterator[None]:
-        await self._wait_until(lambda: not self._writer and not self._writers_waiting)
-        self._readers += 1
-        try:
-            yield
-        finally:
-            self._readers -= 1
-            self._wake()
-
-    @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        self._writers_waiting += 1
-        try:
-            await self._wait_until(lambda: not self._writer and self._readers == 0)
-        finally:
-            self._writers_waiting -= 1
-        self._writer = True
-        try:
-            yield
-        finally:
-            self._writer = False
-            self._wake()
-
-
-class _DocScope:
-    """One document's private LightRAG pipeline status, lock and cancellable LLM function."""
-
-    def __init__(self, doc_id: str, llm_func: Callable[..., Any]):
-        self.doc_id = doc_id
-        self.status: dict[str, Any] = {
-            "busy": False,  # never the workspace's shared flag: this dict is ours alone
-            "cancellation_requested": False,
-            "latest_message": "",
-            "history_messages": deque(maxlen=100),
-        }
-        self.lock = asyncio.Lock()
-        self.stopped = False
-        #: Called by stop(): e.g. leave the merge queue.
-        self.on_stop: list[Callable[[], None]] = []
-        self._inflight: set[asyncio.Task] = set()
-        self._aborted: set[asyncio.Task] = set()
-        self._llm = llm_func
-
-    async def llm(self, *args: Any, **kwargs: Any) -> Any:
-        if self.stopped:
-            raise DocumentCancelledError(f"document {self.doc_id} was stopped")
-        me = asyncio.current_task()
-        if me is None:
-            return await self._llm(*args, **kwargs)
-        self._inflight.add(me)
-        try:
-            return await self._llm(*args, **kwargs)
-        except asyncio.CancelledError:
-            if me in self._aborted and me.uncancel() == 0:
-                raise DocumentCancelledError(f"document {self.doc_id} was stopped") from None
-            raise
-        finally:
-            self._inflight.discard(me)
-            self._aborted.discard(me)
-
-    def stop(self) -> None:
-        """Ask LightRAG's stage code to stop: flag for new work, abort LLM calls in flight."""
-        self.stopped = True
-        self.status["cancellation_requested"] = True
-        for task in list(self._inflight):
-            if task not in self._aborted and not task.done():
-                self._aborted.add(task)
-                task.cancel()
-        for callback in self.on_stop:
-            callback()
-
-
-class _ObservedGraph:
-    """Passes everything to the graph storage; sees the upserts of the merge phase (progress, and
-    a group's per-document bookkeeping: which nodes it found missing and then created)."""
-
-    def __init__(self, graph: Any, on_node: Callable[[str], None], on_edge: Callable[[str, str], None]):
-        self._graph = graph
-        self._on_node = on_node
-        self._on_edge = on_edge
-        self.missing: set[str] = set()
-        self.upserted_nodes: set[str] = set()
-        self.upserted_edges: set[tuple[str, str]] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._graph, name)
-
-    async def get_node(self, node_id: str) -> Any:
-        node = await self._graph.get_node(node_id)
-        if node is None:
-            self.missing.add(node_id)
-        return node
-
-    async def upsert_node(self, node_id: str, node_data: dict[str, Any]) -> None:
-        await self._graph.upsert_node(node_id, node_data)
-        self.upserted_nodes.add(node_id)
-        self._on_node(node_id)
-
-    async def upsert_edge(self, source: str, target: str, edge_data: dict[str, Any]) -> None:
-        await self._graph.upsert_edge(source, target, edge_data)
-        self.upserted_edges.add((source, target) if source <= target else (target, source))
-        self._on_edge(source, target)
-
-
 @dataclass
 class _MergeMember:
     """What the merge of one document needs besides its extraction results."""
 
-    scope: _DocScope
+    scope: DocumentScope
     global_config: dict[str, Any]
     file_path: str
     on_node: Callable[[str], None]
@@ -227,21 +107,6 @@ class _MergeMember:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-async def _wait_out(task: asyncio.Task, limit: float) -> None:
-    """Wait for ``task`` to end even if we are cancelled meanwhile (bounded by ``limit`` seconds)."""
-    deadline = time.monotonic() + limit
-    while not task.done():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            log.error("a stopped document stage did not unwind in %.0f s; cancelling it", limit)
-            task.cancel()
-            break
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({task}, timeout=remaining)
-    if task.done() and not task.cancelled():
-        task.exception()  # retrieved: the caller reports the cancellation, not this
 
 
 class DocumentIndexer:
@@ -281,8 +146,8 @@ class DocumentIndexer:
         return job is not None and not job.done()
 
     async def flush_all(self) -> None:
-        """Persist every storage, as LightRAG's `_insert_done` does after each document."""
-        await self.rag._insert_done()
+        """Persist every storage, as LightRAG does after each document."""
+        await persist_all(self.rag)
 
     async def index(
         self,
@@ -320,7 +185,7 @@ class DocumentIndexer:
         except asyncio.CancelledError:
             if not job.done():
                 job.cancel()
-                await _wait_out(job, UNWIND_SECONDS)
+                await wait_out(job, UNWIND_SECONDS)
                 raise
             if job.cancelled():
                 # Not our caller: a purge/delete of this document stopped it.
@@ -335,7 +200,7 @@ class DocumentIndexer:
         job = self._jobs.get(doc_id)
         if job is not None and not job.done():
             job.cancel()
-            await _wait_out(job, UNWIND_SECONDS)
+            await wait_out(job, UNWIND_SECONDS)
         return await self._purge(doc_id)
 
     async def _purge(self, doc_id: str) -> DeletionResult:
@@ -344,10 +209,10 @@ class DocumentIndexer:
             if record is None:
                 return DeletionResult("not_found", doc_id, f"Document {doc_id} not found.", 404, "")
             if record.get("status") != DocStatus.PROCESSED:
-                await self._prepare_partial_delete(doc_id, record)
+                await prepare_partial_delete(self.rag, doc_id, record)
             while True:
                 result = await self.rag.adelete_by_doc_id(doc_id)
-                if result.status != "not_allowed":
+                if result.status != DELETE_REFUSED_WHILE_BUSY:
                     break
                 # Only an outside caller of LightRAG's own pipeline sets `busy`; we never do.
                 log.warning("LightRAG refused deleting %s (%s); retrying", doc_id, result.message)
@@ -361,7 +226,7 @@ class DocumentIndexer:
         for job in jobs:
             job.cancel()
         for job in jobs:
-            await _wait_out(job, UNWIND_SECONDS)
+            await wait_out(job, UNWIND_SECONDS)
 
     # ------------------------------------------------------------------ records
     async def _enqueue(
@@ -493,9 +358,8 @@ class DocumentIndexer:
                 "track_id": record.get("track_id"),
             }
 
-        scope = _DocScope(doc_id, rag.llm_model_func)
-        global_config = asdict(rag)
-        global_config["llm_model_func"] = scope.llm
+        scope = DocumentScope(doc_id, rag.llm_model_func)
+        global_config = document_global_config(rag, scope.llm)
         chunks: dict[str, Any] = {}
         processing_start_time = int(time.time())
         merged_entities: set[str] = set()
@@ -584,14 +448,14 @@ class DocumentIndexer:
                 if name in all_nodes and name not in merged_entities:
                     merged_entities.add(name)
                     progress.merged = len(merged_entities) + len(merged_edges)
-                    _fire(report)
+                    fire(report)
 
             def on_edge(src: str, tgt: str) -> None:
                 key = tuple(sorted((src, tgt)))
                 if key in all_edges and key not in merged_edges:
                     merged_edges.add(key)  # type: ignore[arg-type]
                     progress.merged = len(merged_entities) + len(merged_edges)
-                    _fire(report)
+                    fire(report)
 
             job = MergeJob(
                 doc_id,
@@ -651,14 +515,14 @@ class DocumentIndexer:
         await report()
         return IndexOutcome(doc_id, len(chunks), resumed)
 
-    async def _stage(self, scope: _DocScope, coro: Awaitable[Any]) -> Any:
+    async def _stage(self, scope: DocumentScope, coro: Awaitable[Any]) -> Any:
         """Run a stage that LightRAG fans out into tasks; on cancel, stop it and let it unwind."""
         task = asyncio.ensure_future(coro)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             scope.stop()
-            await _wait_out(task, UNWIND_SECONDS)
+            await wait_out(task, UNWIND_SECONDS)
             raise
 
     async def _merge_group(self, group: MergeGroup) -> None:
@@ -675,11 +539,11 @@ class DocumentIndexer:
             for member in members:
                 member.on_edge(src, tgt)
 
-        graph = _ObservedGraph(rag.chunk_entity_relation_graph, on_node, on_edge)
+        graph = ObservedGraph(rag.chunk_entity_relation_graph, on_node, on_edge)
         if len(jobs) == 1:  # exactly LightRAG's own merge of one document
             scope, global_config, doc_id = members[0].scope, members[0].global_config, jobs[0].doc_id
         else:  # LightRAG's phase 3 (the per-document entity/relation lists) is done below, per member
-            scope = _DocScope(f"group of {len(jobs)}", rag.llm_model_func)
+            scope = DocumentScope(f"group of {len(jobs)}", rag.llm_model_func)
             group.on_all_stopped.append(scope.stop)
             if group.all_stopped():
                 scope.stop()
@@ -709,7 +573,7 @@ class DocumentIndexer:
                 if doc_id is None:
                     await self._record_group_members(jobs, graph)
 
-    async def _record_group_members(self, jobs: list[MergeJob], graph: _ObservedGraph) -> None:
+    async def _record_group_members(self, jobs: list[MergeJob], graph: ObservedGraph) -> None:
         """LightRAG's phase 3 for each member of a group: the entities and relations it merged,
         plus the relation endpoints the group created (LightRAG's `added_entities`)."""
         group_nodes = set().union(*(job.node_names() for job in jobs))
@@ -730,7 +594,7 @@ class DocumentIndexer:
 
     async def _extract(
         self,
-        scope: _DocScope,
+        scope: DocumentScope,
         chunks: dict[str, Any],
         global_config: dict[str, Any],
         progress: IndexProgress,
@@ -771,57 +635,6 @@ class DocumentIndexer:
             raise failed.exception()  # type: ignore[misc]
         return [task.result() for task in tasks]
 
-    # ------------------------------------------------------------------ deleting partial documents
-    async def _prepare_partial_delete(
-        self,
-        doc_id: str,
-        record: dict[str, Any],
-    ) -> None:
-        """Make `adelete_by_doc_id` see everything an unfinished merge may have touched.
-
-        LightRAG finds a document's entities through full_entities/full_relations, which it only
-        writes at the end of a successful merge. We record the merge's entity and relation names
-        in the doc-status metadata before merging; here they are written where the delete looks.
-        Chunk-tracking records of entities the graph never received are cleaned up directly.
-        """
-        rag = self.rag
-        metadata = record.get("metadata") or {}
-        names = set(metadata.get("merge_entities") or [])
-        pairs = {tuple(sorted(p)) for p in (metadata.get("merge_relations") or []) if len(p) == 2}
-        if not names and not pairs:
-            return
-        chunk_ids = set(record.get("chunks_list") or [])
-        known_entities = await rag.full_entities.get_by_id(doc_id) or {}
-        known_relations = await rag.full_relations.get_by_id(doc_id) or {}
-        names |= set(known_entities.get("entity_names") or [])
-        pairs |= {tuple(sorted(p)) for p in (known_relations.get("relation_pairs") or []) if len(p) == 2}
-        graph = rag.chunk_entity_relation_graph
-        if names:
-            await rag.full_entities.upsert({doc_id: {"entity_names": sorted(names), "count": len(names)}})
-        if pairs:
-            await rag.full_relations.upsert(
-                {doc_id: {"relation_pairs": [list(p) for p in sorted(pairs)], "count": len(pairs)}}
-            )
-        for name in names:
-            if rag.entity_chunks is not None and not await graph.has_node(name):
-                await _subtract_chunks(rag.entity_chunks, name, chunk_ids)
-        for src, tgt in pairs:
-            if rag.relation_chunks is not None and not await graph.has_edge(src, tgt):
-                await _subtract_chunks(rag.relation_chunks, make_relation_chunk_key(src, tgt), chunk_ids)
-
-
-async def _subtract_chunks(storage: Any, key: str, chunk_ids: set[str]) -> None:
-    stored = await storage.get_by_id(key)
-    if not stored or not isinstance(stored, dict):
-        return
-    remaining = [c for c in stored.get("chunk_ids", []) if c and c not in chunk_ids]
-    if remaining == stored.get("chunk_ids"):
-        return
-    if remaining:
-        await storage.upsert({key: {"chunk_ids": remaining, "count": len(remaining)}})
-    else:
-        await storage.delete([key])
-
 
 def _resolve_path(*candidates: Any) -> str:
     """LightRAG's `_resolve_doc_file_path`: the first non-placeholder path."""
@@ -837,13 +650,3 @@ def _resolve_path(*candidates: Any) -> str:
         ):
             return candidate.strip()
     return "unknown_source"
-
-
-_background: set[asyncio.Task] = set()
-
-
-def _fire(report: Callable[[], Awaitable[None]]) -> None:
-    """Report from a synchronous hook without blocking LightRAG's merge task."""
-    task = asyncio.ensure_future(report())
-    _background.add(task)
-    task.add_done_callback(_background.discard)

@@ -1,4 +1,4 @@
-"""LLM functions for LightRAG 1.4.16: an OpenAI-compatible client and an offline stand-in.
+"""LLM functions for LightRAG: an OpenAI-compatible client and an offline stand-in.
 
 ``openai.py`` is the adapter for any OpenAI-compatible endpoint; ``offline.py`` answers LightRAG's
 prompts without a model (graph records and keywords from ``src/rag/zh_extractor.py``, text helpers

@@ -205,11 +205,11 @@ async def _stream_text(text: str) -> AsyncIterator[str]:
 class OfflineExtractiveLLM:
     """Deterministic stand-in for a generative LLM, so LightRAG can index and answer offline.
 
-    It recognises LightRAG 1.4.16's prompts (lightrag/prompt.py) and answers each in the exact
-    format LightRAG parses: heuristic entity/relation records for extraction, nothing new for
-    gleaning, merged descriptions for summaries, the query's own words as keywords, and, for
-    the final answer, a clearly labelled extract of the retrieved context. It generates no
-    text of its own and understands nothing: it exists so the service works without a model.
+    It recognises LightRAG's prompts (lightrag/prompt.py, through src/rag/prompts.py) and answers each
+    in the exact format LightRAG parses: heuristic entity/relation records for extraction, nothing new
+    for gleaning, merged descriptions for summaries, the query's own words as keywords, and, for the
+    final answer, a clearly labelled extract of the retrieved context. It generates no text of its own
+    and understands nothing: it exists so the service works without a model.
     """
 
     _EXTRACT_RE = re.compile(r"<Input Text>\s*```\n?(.*?)\n?```\s*<Output>", re.DOTALL)

@@ -1,4 +1,4 @@
-"""OpenAI-compatible chat completions adapter for LightRAG 1.4.16's ``llm_model_func``.
+"""OpenAI-compatible chat completions adapter for LightRAG's ``llm_model_func``.
 
 LightRAG calls ``llm_model_func(prompt, system_prompt=..., history_messages=...,
 keyword_extraction=..., stream=..., hashing_kv=..., enable_cot=..., ...)`` (see

@@ -8,7 +8,7 @@ saved as .jpg is common and harmless: Pillow reads the content, not the name).
 
 from __future__ import annotations
 
-#: Text files indexed as they are (LightRAG Server 1.4.16's text-like list, plus .markdown).
+#: Text files indexed as they are (LightRAG Server's text-like list, plus .markdown).
 TEXT_LIKE_EXTENSIONS: frozenset[str] = frozenset(
     {
         ".txt", ".md", ".markdown", ".mdx", ".tex", ".xml", ".yaml", ".yml", ".log", ".conf",

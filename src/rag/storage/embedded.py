@@ -30,17 +30,19 @@ from typing import Any
 import networkx as nx
 import numpy as np
 from lightrag.base import BaseVectorStorage
-from lightrag.kg.json_doc_status_impl import JsonDocStatusStorage
-from lightrag.kg.json_kv_impl import JsonKVStorage
-from lightrag.kg.networkx_impl import NetworkXStorage
-from lightrag.kg.shared_storage import (
-    get_data_init_lock,
-    get_namespace_data,
-    get_namespace_lock,
-    get_update_flag,
-    try_initialize_namespace,
-)
 from lightrag.utils import compute_mdhash_id, load_json
+
+from src.rag.lightrag_compat import (
+    JsonDocStatusStorage,
+    JsonKVStorage,
+    JsonStorageState,
+    NetworkXState,
+    NetworkXStorage,
+    join_namespace,
+    register_storage,
+    update_flag,
+    validate_embedding_func,
+)
 
 from .sqlite_store import WorkspaceStore, WriteSet, acquire_store, store_for
 
@@ -73,7 +75,7 @@ def _workspace_dir(global_config: dict[str, Any], workspace: str) -> str:
 DISK_BACKED_NAMESPACES = ("llm_response_cache", "full_docs")
 
 
-class _SqliteKVMixin:
+class _SqliteKVMixin(JsonStorageState):
     """Dirty-key tracking over LightRAG's in-memory JSON storages; rows live in table ``kv``.
 
     In a namespace of ``DISK_BACKED_NAMESPACES`` the in-memory dict is only a write-back buffer:
@@ -82,12 +84,7 @@ class _SqliteKVMixin:
     store's worker thread."""
 
     is_doc_status = False
-    namespace: str
-    workspace: str
     global_config: dict[str, Any]
-    _data: Any
-    _storage_lock: Any
-    _file_name: str
 
     def _init_dirty(self) -> None:
         self._dirty: dict[str, None] = {}  # ordered: rows are written in change order
@@ -99,11 +96,7 @@ class _SqliteKVMixin:
     async def initialize(self) -> None:
         self._store = acquire_store(self.global_config, self.workspace)
         self._store.register(self)  # type: ignore[arg-type]
-        self._storage_lock = get_namespace_lock(self.namespace, workspace=self.workspace)
-        self.storage_updated = await get_update_flag(self.namespace, workspace=self.workspace)
-        async with get_data_init_lock():
-            need_init = await try_initialize_namespace(self.namespace, workspace=self.workspace)
-            self._data = await get_namespace_data(self.namespace, workspace=self.workspace)
+        async with join_namespace(self) as need_init:
             if need_init:
                 await self._import_legacy()
                 if self._on_disk:
@@ -114,14 +107,14 @@ class _SqliteKVMixin:
                     "SELECT id, value FROM kv WHERE ns = ? ORDER BY rowid", self.namespace
                 )
                 loaded = await asyncio.to_thread(lambda: {k: json.loads(v) for k, v in rows})
-                async with self._storage_lock:
-                    self._data.update(loaded)
+                async with self.records_lock:
+                    self.records.update(loaded)
                 logger.info(
                     "[%s] SQLite load %s with %d records", self.workspace, self.namespace, len(loaded)
                 )
 
     async def _import_legacy(self) -> None:
-        path, ns = self._file_name, self.namespace
+        path, ns = self.legacy_file, self.namespace
 
         def load() -> list[WriteSet] | None:
             if not os.path.exists(path):
@@ -155,8 +148,8 @@ class _SqliteKVMixin:
 
     # --- reads of a disk-backed namespace (memory first, then SQLite) ----------------------------
     async def _stored_create_times(self, data: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        async with self._storage_lock:
-            absent = [k for k in data if k not in self._data]
+        async with self.records_lock:
+            absent = [k for k in data if k not in self.records]
         assert self._store is not None
         stored = await self._store.read_kv(self.namespace, absent)
         return {k: v.get("create_time", 0) for k, v in stored.items() if k not in self._tombstones}
@@ -169,8 +162,8 @@ class _SqliteKVMixin:
     async def get_by_ids(self, ids: list[str]) -> list[dict[str, Any] | None]:
         if not self._on_disk:
             return await super().get_by_ids(ids)  # type: ignore[misc]
-        async with self._storage_lock:
-            found = {i: self._data[i] for i in ids if i in self._data}
+        async with self.records_lock:
+            found = {i: self.records[i] for i in ids if i in self.records}
             gone = {i for i in ids if i in self._tombstones and i not in found}
         assert self._store is not None
         missing = [i for i in dict.fromkeys(ids) if i not in found and i not in gone]
@@ -189,8 +182,8 @@ class _SqliteKVMixin:
     async def filter_keys(self, keys: set[str]) -> set[str]:
         if not self._on_disk:
             return await super().filter_keys(keys)  # type: ignore[misc]
-        async with self._storage_lock:
-            in_memory = {k for k in keys if k in self._data}
+        async with self.records_lock:
+            in_memory = {k for k in keys if k in self.records}
             gone = {k for k in keys if k in self._tombstones} - in_memory
         assert self._store is not None
         stored = await self._store.kv_ids(self.namespace, list(set(keys) - in_memory - gone))
@@ -199,7 +192,7 @@ class _SqliteKVMixin:
     async def is_empty(self) -> bool:
         if not self._on_disk:
             return await super().is_empty()  # type: ignore[misc]
-        if self._data:
+        if self.records:
             return False
         assert self._store is not None
         stored = await self._store.count("kv", self.namespace)
@@ -214,8 +207,8 @@ class _SqliteKVMixin:
 
     async def drop(self) -> dict[str, str]:
         try:
-            async with self._storage_lock:
-                self._data.clear()
+            async with self.records_lock:
+                self.records.clear()
                 self._dirty.clear()
                 self._tombstones.clear()
                 self._dropped = True
@@ -241,7 +234,7 @@ class _SqliteKVMixin:
         ws = WriteSet("kv", self.namespace, drop=dropped)
         snapshot: dict[str, Any] = {}
         for k in keys:
-            v = self._data.get(k)
+            v = self.records.get(k)
             snapshot[k] = v
             if v is None:
                 ws.deletes.append((k,))
@@ -258,11 +251,11 @@ class _SqliteKVMixin:
             for k, v in snapshot.items():
                 if k in self._dirty:  # changed again since the snapshot: the next flush owns it
                     continue
-                current = self._data.get(k)
+                current = self.records.get(k)
                 if v is None and current is None:
                     self._tombstones.discard(k)
                 elif v is not None and current is v:
-                    del self._data[k]
+                    del self.records[k]
 
         ws.restore = restore
         if self._on_disk:
@@ -312,7 +305,7 @@ class SqliteVectorStorage(BaseVectorStorage):
     is_doc_status = False
 
     def __post_init__(self) -> None:
-        self._validate_embedding_func()
+        validate_embedding_func(self)
         kwargs = self.global_config.get("vector_db_storage_cls_kwargs", {})
         cosine_threshold = kwargs.get("cosine_better_than_threshold")
         if cosine_threshold is None:
@@ -326,7 +319,6 @@ class SqliteVectorStorage(BaseVectorStorage):
         self._max_batch_size = self.global_config["embedding_batch_num"]
         self._dim = int(self.embedding_func.embedding_dim)
         self._reset()
-        self._storage_lock = None
         self.storage_updated = None
         self._dirty: dict[str, None] = {}  # ordered: rows are written in change order
         self._dropped = False
@@ -340,8 +332,7 @@ class SqliteVectorStorage(BaseVectorStorage):
         self._index: dict[str, int] = {}
 
     async def initialize(self) -> None:
-        self.storage_updated = await get_update_flag(self.namespace, workspace=self.workspace)
-        self._storage_lock = get_namespace_lock(self.namespace, workspace=self.workspace)
+        self.storage_updated = await update_flag(self.namespace, self.workspace)
         self._store = acquire_store(self.global_config, self.workspace)
         self._store.register(self)
         await self._import_legacy()
@@ -585,7 +576,7 @@ def _edge_key(u: str, v: str) -> tuple[str, str]:
 
 
 @dataclass
-class SqliteGraphStorage(NetworkXStorage):
+class SqliteGraphStorage(NetworkXState, NetworkXStorage):
     """NetworkXStorage semantics; dirty nodes and edges are rows instead of a rewritten GraphML file."""
 
     is_doc_status = False
@@ -595,10 +586,7 @@ class SqliteGraphStorage(NetworkXStorage):
             self.workspace = ""
         workspace_dir = _workspace_dir(self.global_config, self.workspace)
         os.makedirs(workspace_dir, exist_ok=True)
-        self._graphml_xml_file = os.path.join(workspace_dir, f"graph_{self.namespace}.graphml")
-        self._storage_lock = None
-        self.storage_updated = None
-        self._graph = nx.Graph()
+        self.init_graph_state(os.path.join(workspace_dir, f"graph_{self.namespace}.graphml"))
         self._dirty_nodes: dict[str, None] = {}  # ordered, like _dirty
         self._dirty_edges: dict[tuple[str, str], None] = {}
         self._dropped = False
@@ -622,17 +610,17 @@ class SqliteGraphStorage(NetworkXStorage):
             g.add_edges_from((s, t, json.loads(d)) for s, t, d in edges)
             return g
 
-        self._graph = await asyncio.to_thread(build)
+        self.nx_graph = await asyncio.to_thread(build)
         logger.info(
             "[%s] SQLite load graph %s: %d nodes, %d edges",
             self.workspace,
             self.namespace,
-            self._graph.number_of_nodes(),
-            self._graph.number_of_edges(),
+            self.nx_graph.number_of_nodes(),
+            self.nx_graph.number_of_edges(),
         )
 
     async def _import_legacy(self) -> None:
-        path, ns = self._graphml_xml_file, self.namespace
+        path, ns = self.legacy_graph_file, self.namespace
         assert self._store is not None
 
         def load() -> list[WriteSet] | None:
@@ -647,7 +635,7 @@ class SqliteGraphStorage(NetworkXStorage):
         await self._store.import_legacy("graph_nodes", ns, load, path)
 
     async def _get_graph(self) -> nx.Graph:
-        return self._graph  # one process owns the workspace: no reload from another writer's file
+        return self.nx_graph  # one process owns the workspace: no reload from another writer's file
 
     def _touch(self, nodes: Any = (), edges: Any = ()) -> None:
         self._dirty_nodes.update(dict.fromkeys(nodes))
@@ -672,7 +660,8 @@ class SqliteGraphStorage(NetworkXStorage):
         self._touch(nodes=[n for s, t, _ in edges for n in (s, t)], edges=[(s, t) for s, t, _ in edges])
 
     def _incident(self, nodes: list[str]) -> list[tuple[str, str]]:
-        return [e for n in nodes if self._graph.has_node(n) for e in self._graph.edges(n)]
+        graph = self.nx_graph
+        return [e for n in nodes if graph.has_node(n) for e in graph.edges(n)]
 
     async def delete_node(self, node_id: str) -> None:
         incident = self._incident([node_id])
@@ -695,7 +684,7 @@ class SqliteGraphStorage(NetworkXStorage):
 
     async def drop(self) -> dict[str, str]:
         try:
-            self._graph = nx.Graph()
+            self.nx_graph = nx.Graph()
             self._dirty_nodes.clear()
             self._dirty_edges.clear()
             self._dropped = True
@@ -717,7 +706,7 @@ class SqliteGraphStorage(NetworkXStorage):
             return []
         nodes, edges, dropped = self._dirty_nodes, self._dirty_edges, self._dropped
         self._dirty_nodes, self._dirty_edges, self._dropped = {}, {}, False
-        g = self._graph
+        g = self.nx_graph
         nws = WriteSet("graph_nodes", self.namespace, drop=dropped)
         for n in nodes:
             if g.has_node(n):
@@ -751,14 +740,8 @@ _KINDS = {
 
 def register_embedded_storages() -> None:
     """Make the four classes selectable by name in ``LightRAG(kv_storage=...)`` (idempotent)."""
-    import lightrag.kg as kg
-
     for name, kind in _KINDS.items():
-        impls = kg.STORAGE_IMPLEMENTATIONS[kind]["implementations"]
-        if name not in impls:
-            impls.append(name)
-        kg.STORAGES[name] = __name__
-        kg.STORAGE_ENV_REQUIREMENTS.setdefault(name, [])
+        register_storage(kind, name, __name__)
 
 
 def commit_for(rag: Any) -> Callable[[], Awaitable[None]]:

@@ -16,25 +16,25 @@ One module (~560 lines): `BaseGraphStorage` has 28 methods, all of them over the
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, final
 
+import asyncpg
 from lightrag.base import BaseGraphStorage
 from lightrag.types import KnowledgeGraph, KnowledgeGraphEdge, KnowledgeGraphNode
 from lightrag.utils import logger
 
-from .selection import block_runtime_installs, register_storage
-
-block_runtime_installs()
-
-import asyncpg  # noqa: E402
-from lightrag.kg.postgres_impl import ClientManager, PostgreSQLDB  # noqa: E402
-from lightrag.kg.shared_storage import get_data_init_lock  # noqa: E402
-
-from src.rag.storage.fence import check_write  # noqa: E402
+from src.rag.lightrag_compat import (
+    get_data_init_lock,
+    install_check_tables_lock,
+    postgres_client,
+    register_storage,
+    release_postgres_client,
+    run_with_retry,
+)
+from src.rag.storage.fence import check_write
 
 T = TypeVar("T")
 
@@ -76,41 +76,7 @@ DEGREES_CTE = f"""
     degrees AS (SELECT id, count(*) AS degree FROM ends GROUP BY id)"""
 
 
-#: Serialises LightRAG's own table creation (PostgreSQLDB.check_tables) across instances.
-LIGHTRAG_SCHEMA_LOCK_KEY = 0x5047_4C52_5343_48  # "PGLRSCH"
-
-
-def install_check_tables_lock() -> None:
-    """Run LightRAG's `PostgreSQLDB.check_tables` under a cluster-wide advisory lock (idempotent).
-
-    Why: check_tables probes each table and creates it without IF NOT EXISTS, so instances that
-    start together on a fresh database fail with DuplicateTableError (measured: 1 run in 3).
-    The lock is session-level on one pooled connection; check_tables itself runs on others, so
-    the pool needs at least two connections (LightRAG's default is 50).
-    """
-    original = PostgreSQLDB.check_tables
-    if getattr(original, "_rag_locked", False):
-        return
-
-    async def check_tables(self: PostgreSQLDB) -> None:
-        await self._ensure_pool()
-        assert self.pool is not None
-        async with self.pool.acquire() as conn:
-            # Poll rather than block: check_tables may CREATE INDEX CONCURRENTLY, which waits for
-            # every open statement, including a session blocked in pg_advisory_lock (a deadlock).
-            while True:  # noqa: ASYNC110 (the lock lives in another process: nothing to await but time)
-                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LIGHTRAG_SCHEMA_LOCK_KEY):
-                    break
-                await asyncio.sleep(0.05)
-            try:
-                await original(self)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", LIGHTRAG_SCHEMA_LOCK_KEY)
-
-    check_tables._rag_locked = True  # type: ignore[attr-defined]
-    PostgreSQLDB.check_tables = check_tables  # type: ignore[method-assign]
-
-
+# LightRAG's table creation races between instances starting together: serialised.
 install_check_tables_lock()
 
 
@@ -138,7 +104,8 @@ def _merge_rows(rows: list[tuple[Any, dict[str, Any]]]) -> dict[Any, dict[str, A
 class PGPlainGraphStorage(BaseGraphStorage):
     """`BaseGraphStorage` on two plain PostgreSQL tables, one row set per (workspace, namespace)."""
 
-    db: PostgreSQLDB | None = field(default=None)
+    #: LightRAG's `PostgreSQLDB` client, shared with its PG storages.
+    db: Any = field(default=None)
 
     def __post_init__(self) -> None:
         self.graph = self.namespace
@@ -147,7 +114,7 @@ class PGPlainGraphStorage(BaseGraphStorage):
         async with get_data_init_lock():
             if self.db is None:
                 vector_storage = self.global_config.get("vector_storage")
-                self.db = await ClientManager.get_client(vector_storage=vector_storage)
+                self.db = await postgres_client(vector_storage)
             # Same priority as LightRAG's PG storages so all four agree; src.rag.storage.selection
             # refuses POSTGRES_WORKSPACE because it would merge every tenant into one workspace.
             if self.db.workspace:
@@ -172,13 +139,13 @@ class PGPlainGraphStorage(BaseGraphStorage):
 
     async def finalize(self) -> None:
         if self.db is not None:
-            await ClientManager.release_client(self.db)
+            await release_postgres_client(self.db)
             self.db = None
 
     async def _run(self, operation: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         if self.db is None:
             raise RuntimeError(f"{STORAGE_NAME} used before initialize()")
-        return await self.db._run_with_retry(operation)
+        return await run_with_retry(self.db, operation)
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         return await self._run(lambda conn: conn.fetch(sql, self.workspace, self.graph, *args))

@@ -1,7 +1,8 @@
 """Storage selection by environment, with LightRAG Server's variable names, validated at start-up.
 
-`storage_kwargs_from_env()` reads LIGHTRAG_KV_STORAGE / LIGHTRAG_VECTOR_STORAGE /
-LIGHTRAG_GRAPH_STORAGE / LIGHTRAG_DOC_STATUS_STORAGE (file storages when unset), checks that each
+`storage_kwargs_from_env(env)` reads (from ``Settings.lightrag_env``) LIGHTRAG_KV_STORAGE /
+LIGHTRAG_VECTOR_STORAGE / LIGHTRAG_GRAPH_STORAGE / LIGHTRAG_DOC_STATUS_STORAGE (file storages when
+unset), checks that each
 name exists and fits its slot, that the variables it needs (POSTGRES_*, NEO4J_*, REDIS_URI, ...) are
 set and that its driver package is installed, and returns the kwargs for `LightRAG(...)`.
 Every problem is reported at start-up in one `StorageConfigError` that names the variable, instead
@@ -10,18 +11,24 @@ of surfacing on the first document.
 `*_WORKSPACE` overrides (POSTGRES_WORKSPACE, REDIS_WORKSPACE, ...) are refused: LightRAG lets them
 replace every instance's workspace, which would merge all tenants into one knowledge base.
 
-`block_runtime_installs()` stops LightRAG's `pipmaster` from pip-installing drivers at import
-time: a missing driver becomes an ImportError naming the package to declare.
+LightRAG's `pipmaster` is stopped from pip-installing drivers at import time
+(`lightrag_compat.block_runtime_installs`): a missing driver becomes an ImportError naming the
+package to declare.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Mapping
 from typing import Any
 
-import pipmaster
+from src.rag.lightrag_compat import (
+    block_runtime_installs,
+    install_check_tables_lock,
+    register_storage,
+    storage_env_requirements,
+    storage_implementations,
+)
 
 #: LightRAG(...) keyword -> (environment variable, LightRAG storage type, default). The defaults are
 #: the embedded SQLite storages (src/rag/storage/embedded.py): LightRAG's file storages rewrite
@@ -68,64 +75,9 @@ OWN_STORAGES: list[tuple[str, str, str, list[str]]] = [
     ),
 ]
 
-_PIP_FUNCTIONS = (
-    "install",
-    "install_if_missing",
-    "install_edit",
-    "install_requirements",
-    "install_multiple",
-    "install_multiple_if_not_installed",
-    "install_version",
-    "install_or_update",
-    "install_or_update_multiple",
-    "ensure_packages",
-    "ensure_requirements",
-    "async_install",
-    "async_install_if_missing",
-    "async_ensure_packages",
-    "async_ensure_requirements",
-)
-
 
 class StorageConfigError(ValueError):
     """Start-up configuration of the storages is unknown or incomplete."""
-
-
-class RuntimeInstallBlocked(ImportError):
-    """LightRAG tried to pip-install a package while the service runs."""
-
-
-def block_runtime_installs() -> None:
-    """Make every pipmaster install function raise instead of running pip (idempotent).
-
-    LightRAG's storage modules call `pm.install(...)` at import time when a driver is missing;
-    in a service that would mutate the environment at run time (and fail offline).
-    """
-    for name in _PIP_FUNCTIONS:
-        current = getattr(pipmaster, name, None)
-        if current is None or getattr(current, "_rag_blocked", False):
-            continue
-
-        def refuse(*args: Any, _name: str = name, **kwargs: Any) -> Any:
-            package = args[0] if args else kwargs.get("package") or kwargs.get("packages")
-            raise RuntimeInstallBlocked(
-                f"LightRAG asked pipmaster.{_name}({package!r}) at run time; this service never installs "
-                f"packages while running: declare {package!r} as a dependency in pyproject.toml"
-            )
-
-        refuse._rag_blocked = True  # type: ignore[attr-defined]
-        setattr(pipmaster, name, refuse)
-
-
-def register_storage(storage_type: str, name: str, module: str, env_vars: list[str]) -> None:
-    """Add a storage class to LightRAG's tables so `LightRAG(<slot>=name)` finds it (idempotent)."""
-    from lightrag import kg
-
-    implementations = kg.STORAGE_IMPLEMENTATIONS[storage_type]["implementations"]
-    if name not in implementations:
-        implementations.append(name)
-    kg.STORAGES[name] = module  # an absolute module path: lazy_external_import ignores the package
-    kg.STORAGE_ENV_REQUIREMENTS[name] = list(env_vars)
 
 
 def register_own_storages() -> None:
@@ -143,15 +95,12 @@ def _drivers_for(name: str) -> list[tuple[str, str]]:
     return []
 
 
-def storage_kwargs_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def storage_kwargs_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     """Validate the storage configuration and return `{kv_storage, vector_storage, graph_storage,
     doc_status_storage}` for `LightRAG(...)`. Raises StorageConfigError listing every problem.
 
     With nothing set the result is the embedded SQLite storages.
     """
-    from lightrag import kg
-
-    env = os.environ if env is None else env
     block_runtime_installs()
     register_own_storages()
     problems: list[str] = []
@@ -159,12 +108,12 @@ def storage_kwargs_from_env(env: Mapping[str, str] | None = None) -> dict[str, A
     for keyword, (variable, storage_type, default) in SLOTS.items():
         name = (env.get(variable) or "").strip() or default
         kwargs[keyword] = name
-        allowed = kg.STORAGE_IMPLEMENTATIONS[storage_type]["implementations"]
+        allowed = storage_implementations(storage_type)
         if name not in allowed:
             choices = ", ".join(allowed)
             problems.append(f"{variable}={name!r} is not a {storage_type}; choose one of: {choices}")
             continue
-        required = kg.STORAGE_ENV_REQUIREMENTS.get(name, [])
+        required = storage_env_requirements(name)
         missing = [var for var in required if not (env.get(var) or "").strip()]
         if missing:
             problems.append(f"{variable}={name} needs the environment variable(s) {', '.join(missing)}")
@@ -186,7 +135,5 @@ def storage_kwargs_from_env(env: Mapping[str, str] | None = None) -> dict[str, A
     if problems:
         raise StorageConfigError("Storage configuration invalid: " + "; ".join(problems))
     if any(name.startswith("PG") for name in kwargs.values()):
-        from .pg_graph import install_check_tables_lock  # LightRAG's table creation races otherwise
-
-        install_check_tables_lock()
+        install_check_tables_lock()  # LightRAG's table creation races between instances otherwise
     return kwargs

@@ -1,0 +1,177 @@
+"""What the indexer owns while one document runs: its scope (private pipeline status, cancellable
+LLM function), the graph wrapper that sees the merge's upserts, and the workspace's merge/delete gate.
+
+Why a document's own pipeline status and LLM function: LightRAG checks ``cancellation_requested`` in
+the status dict it is given at each chunk, entity and relation, and calls the LLM function of its
+``global_config``; a private pair per document stops exactly that document, with no prompt matching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from src.rag.lightrag_compat import new_pipeline_status
+
+log = logging.getLogger(__name__)
+
+#: How long a cancelled document may take to unwind a stage before we stop waiting for it.
+UNWIND_SECONDS = 60.0
+
+
+class DocumentCancelledError(Exception):
+    """Raised inside a cancelled document's LLM calls, so LightRAG unwinds its own stage tasks."""
+
+
+class DocumentScope:
+    """One document's private LightRAG pipeline status, lock and cancellable LLM function."""
+
+    def __init__(self, doc_id: str, llm_func: Callable[..., Any]):
+        self.doc_id = doc_id
+        self.status: dict[str, Any] = new_pipeline_status()
+        self.lock = asyncio.Lock()
+        self.stopped = False
+        #: Called by stop(): e.g. leave the merge queue.
+        self.on_stop: list[Callable[[], None]] = []
+        self._inflight: set[asyncio.Task] = set()
+        self._aborted: set[asyncio.Task] = set()
+        self._llm = llm_func
+
+    async def llm(self, *args: Any, **kwargs: Any) -> Any:
+        if self.stopped:
+            raise DocumentCancelledError(f"document {self.doc_id} was stopped")
+        me = asyncio.current_task()
+        if me is None:
+            return await self._llm(*args, **kwargs)
+        self._inflight.add(me)
+        try:
+            return await self._llm(*args, **kwargs)
+        except asyncio.CancelledError:
+            if me in self._aborted and me.uncancel() == 0:
+                raise DocumentCancelledError(f"document {self.doc_id} was stopped") from None
+            raise
+        finally:
+            self._inflight.discard(me)
+            self._aborted.discard(me)
+
+    def stop(self) -> None:
+        """Ask LightRAG's stage code to stop: flag for new work, abort LLM calls in flight."""
+        self.stopped = True
+        self.status["cancellation_requested"] = True
+        for task in list(self._inflight):
+            if task not in self._aborted and not task.done():
+                self._aborted.add(task)
+                task.cancel()
+        for callback in self.on_stop:
+            callback()
+
+
+class ObservedGraph:
+    """Passes everything to the graph storage; sees the upserts of the merge phase (progress, and
+    a group's per-document bookkeeping: which nodes it found missing and then created)."""
+
+    def __init__(self, graph: Any, on_node: Callable[[str], None], on_edge: Callable[[str, str], None]):
+        self._storage = graph
+        self._on_node = on_node
+        self._on_edge = on_edge
+        self.missing: set[str] = set()
+        self.upserted_nodes: set[str] = set()
+        self.upserted_edges: set[tuple[str, str]] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    async def get_node(self, node_id: str) -> Any:
+        node = await self._storage.get_node(node_id)
+        if node is None:
+            self.missing.add(node_id)
+        return node
+
+    async def upsert_node(self, node_id: str, node_data: dict[str, Any]) -> None:
+        await self._storage.upsert_node(node_id, node_data)
+        self.upserted_nodes.add(node_id)
+        self._on_node(node_id)
+
+    async def upsert_edge(self, source: str, target: str, edge_data: dict[str, Any]) -> None:
+        await self._storage.upsert_edge(source, target, edge_data)
+        self.upserted_edges.add((source, target) if source <= target else (target, source))
+        self._on_edge(source, target)
+
+
+class GraphGate:
+    """Shared for merges, exclusive for deletes (writer preference), per workspace."""
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def _wait_until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        await self._wait_until(lambda: not self._writer and not self._writers_waiting)
+        self._readers += 1
+        try:
+            yield
+        finally:
+            self._readers -= 1
+            self._wake()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        self._writers_waiting += 1
+        try:
+            await self._wait_until(lambda: not self._writer and self._readers == 0)
+        finally:
+            self._writers_waiting -= 1
+        self._writer = True
+        try:
+            yield
+        finally:
+            self._writer = False
+            self._wake()
+
+
+async def wait_out(task: asyncio.Task, limit: float) -> None:
+    """Wait for ``task`` to end even if we are cancelled meanwhile (bounded by ``limit`` seconds)."""
+    deadline = time.monotonic() + limit
+    while not task.done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            log.error("a stopped document stage did not unwind in %.0f s; cancelling it", limit)
+            task.cancel()
+            break
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task}, timeout=remaining)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: the caller reports the cancellation, not this
+
+
+_background: set[asyncio.Task] = set()
+
+
+def fire(report: Callable[[], Awaitable[None]]) -> None:
+    """Report from a synchronous hook without blocking LightRAG's merge task."""
+    task = asyncio.ensure_future(report())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
