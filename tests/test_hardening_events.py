@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from src.tasks.fanout import TaskEventHub, TooManyStreams
-from tests.conftest import Service, free_port, upload, wait_for_task
+from tests.conftest import Service, upload, wait_for_task
 from tests.procs import service_env
 from tests.procs import start_service as start_process
 
@@ -57,15 +57,14 @@ async def _watch(http: httpx.AsyncClient, connected: list, target: dict, done: a
 
 
 async def test_many_streams_share_one_subscription_and_idle_streams_read_nothing(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, listen
 ) -> None:
     """Catches: each stream polling the 100 newest tasks 4x/s (Redis reads grow with connections x
     time; 200 streams saturated the CPU), and no cap on streams per tenant."""
-    port = free_port()
+    service_http = listen()
     env = service_env(
         tmp_path / "data",
-        port,
-        1,
+        service_http,
         LLM_PROVIDER="offline",
         EMBEDDING_PROVIDER="hash",
         REDIS_URL=redis_url,
@@ -76,7 +75,7 @@ async def test_many_streams_share_one_subscription_and_idle_streams_read_nothing
     stats = redis.Redis.from_url(redis_url)
     limits = httpx.Limits(max_connections=CLIENTS + 20, max_keepalive_connections=CLIENTS + 20)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as http:
+        async with httpx.AsyncClient(base_url=service_http.url, timeout=120, limits=limits) as http:
             # Some history for the streams to start from.
             first = (await http.post("/insert/text", json={"text": "seed text " * 50})).json()
             await wait_for_task(http, first["task_id"])

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.bombs import make_docx_bomb, retag
-from tests.conftest import free_port, make_settings, start_service, upload, wait_for_task
+from tests.conftest import make_settings, start_service, upload, wait_for_task
 from tests.docs_factory import make_docx, make_pdf, story
 from tests.procs import kill_embedded_redis, service_env
 from tests.procs import start_service as start_process
@@ -89,18 +89,17 @@ async def test_text_cap_fails_the_task_with_a_clear_error(tmp_path, redis_url) -
 
 
 def test_four_bombs_at_once_in_a_real_server_keep_rss_bounded_and_health_answering(
-    tmp_path: Path, bomb: bytes
+    tmp_path: Path, bomb: bytes, listen
 ) -> None:
     """Size/ratio checks disabled, so four 1 GiB bombs reach the parse processes at once: each dies
     at PARSE_MEMORY_BYTES, the tasks fail (not retried), the server's own RSS stays flat and /health
     keeps answering throughout. Catches: parsing in the service process (4.4 GB peak, /health
     stalled for seconds, 1.7 GB kept afterwards)."""
-    port = free_port()
+    http = listen()
     data_dir = tmp_path / "data"
     env = service_env(
         data_dir,
-        port,
-        1,
+        http,
         LLM_PROVIDER="offline",
         EMBEDDING_PROVIDER="hash",
         MAX_CONCURRENT_TASKS="4",
@@ -109,7 +108,7 @@ def test_four_bombs_at_once_in_a_real_server_keep_rss_bounded_and_health_answeri
         PARSE_MEMORY_BYTES=str(400 * 1024 * 1024),
     )
     proc = start_process(env, tmp_path / "service.log")
-    base = f"http://127.0.0.1:{port}"
+    base = http.url
     try:
         baseline = _rss_mb(proc.pid)
         health_codes: list[int] = []

@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port
-from tests.procs import kill_embedded_redis, service_env, start_service
+from tests.procs import Listener, kill_embedded_redis, service_env, start_service
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 
@@ -46,13 +45,13 @@ def _rss_kb(pid: int) -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
-    port = free_port()
-    env = service_env(tmp / "data", port, free_port(), LLM_PROVIDER="offline", HEADER_TIMEOUT_SECONDS="1.5")
-    proc = start_service(env, tmp / "service.log")
-    yield proc, port
-    proc.terminate()
-    proc.wait(timeout=30)
-    kill_embedded_redis(tmp / "data")
+    with Listener() as http:
+        env = service_env(tmp / "data", http, HEADER_TIMEOUT_SECONDS="1.5")
+        proc = start_service(env, tmp / "service.log")
+        yield proc, http.port
+        proc.terminate()
+        proc.wait(timeout=30)
+        kill_embedded_redis(tmp / "data")
 
 
 def _connect(port: int) -> socket.socket:

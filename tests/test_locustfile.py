@@ -9,23 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
 from tests.procs import ROOT, kill_embedded_redis, service_env, start_service
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 
 
-def test_locustfile_runs_headless_without_failures(tmp_path: Path) -> None:
+def test_locustfile_runs_headless_without_failures(tmp_path: Path, listen) -> None:
     """Catches a locustfile that no longer matches the API (wrong paths or bodies show up as
     failures) or that never reaches the endpoints it claims to exercise."""
-    port = free_port()
-    env = service_env(tmp_path / "data", port, free_port(), LLM_PROVIDER="offline")
+    http = listen()
+    env = service_env(tmp_path / "data", http)
     service = start_service(env, tmp_path / "service.log")
     try:
         result = subprocess.run(
             [
                 sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"),
-                "--host", f"http://127.0.0.1:{port}", "--headless", "-u", "6", "-r", "6", "-t", "20s",
+                "--host", http.url, "--headless", "-u", "6", "-r", "6", "-t", "20s",
                 "--csv", str(tmp_path / "run"), "--only-summary", "--stop-timeout", "30",
             ],
             cwd=ROOT, capture_output=True, text=True, timeout=180,

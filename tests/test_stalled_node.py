@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from tests.helpers import free_port, story, wait_sync
+from tests.helpers import story, wait_sync
 from tests.procs import service_env, start_mock_llm, start_service, stop_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(600)]
@@ -56,14 +57,15 @@ def log_lines(path: Path) -> list[str]:
     return path.read_text(errors="replace").splitlines() if path.exists() else []
 
 
-def test_stalled_node_is_fenced_and_its_task_completes_exactly_once(tmp_path: Path, redis_url: str) -> None:
+def test_stalled_node_is_fenced_and_its_task_completes_exactly_once(
+    tmp_path: Path, redis_url: str, listen
+) -> None:
     """Catches a node that, resumed after its lease expired, still writes its attempt's progress or
     final state over the new owner's (no epoch fence), finishes the task a second time, or sends a
     second completion webhook; and a lease that is never taken back from a frozen node."""
-    llm_port = free_port()
-    mock = start_mock_llm(llm_port, latency=0.3)
+    mock = start_mock_llm(latency=0.3)
     receiver = Receiver()
-    prefix = f"stall{free_port()}:"
+    prefix = f"stall{uuid.uuid4().hex[:8]}:"
     common = dict(
         REDIS_URL=redis_url,
         REDIS_PREFIX=prefix,
@@ -77,16 +79,16 @@ def test_stalled_node_is_fenced_and_its_task_completes_exactly_once(tmp_path: Pa
         CHUNK_TOKEN_SIZE="200",
         WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
     )
-    ports = [free_port(), free_port()]
+    listeners = [listen(), listen()]
     logs = [tmp_path / f"node{i}.log" for i in range(2)]
     procs: list = []
     store = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         for i in range(2):
             node = dict(INSTANCE_ID=f"node-{i}", WORKSPACE=f"n{i}")
-            env = service_env(tmp_path / f"node{i}", ports[i], llm_port, **node, **common)
+            env = service_env(tmp_path / f"node{i}", listeners[i], mock, **node, **common)
             procs.append(start_service(env, logs[i]))
-        bases = [f"http://127.0.0.1:{p}" for p in ports]
+        bases = [listener.url for listener in listeners]
         accepted = httpx.post(
             f"{bases[0]}/insert",
             params={"callback_url": receiver.url},

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from src.rag.knowledge import PurgeOutcome, PurgeResult
-from tests.conftest import Service, free_port, make_settings, start_service, upload, wait_for_task
+from tests.conftest import Service, make_settings, start_service, upload, wait_for_task
 from tests.docs_factory import story
 from tests.helpers import upload_files
 from tests.procs import service_env
@@ -369,16 +369,18 @@ def _parts(uploads: Path) -> list[Path]:
     return list(uploads.glob("*.part"))
 
 
-def test_stalled_and_trickling_bodies_get_408_and_their_partial_file_is_removed(tmp_path, redis_url) -> None:
+def test_stalled_and_trickling_bodies_get_408_and_their_partial_file_is_removed(
+    tmp_path, redis_url, listen
+) -> None:
     """Bug: an upload that stopped mid-body was held open with its `.part` file indefinitely (65 s+
     observed). Now a real uvicorn process answers 408 (JSON, connection closed) once the body is idle
     for UPLOAD_IDLE_TIMEOUT_SECONDS, or averages below UPLOAD_MIN_BYTES_PER_SECOND after the grace
     period, and removes the partial file."""
-    port = free_port()
+    http = listen()
+    port = http.port
     env = service_env(
         tmp_path / "data",
-        port,
-        free_port(),  # no LLM needed: nothing is indexed
+        http,  # no LLM needed: nothing is indexed
         REDIS_URL=redis_url,
         REDIS_PREFIX=f"t{uuid.uuid4().hex[:8]}:",
         UPLOAD_IDLE_TIMEOUT_SECONDS="2",

@@ -15,6 +15,10 @@ Endpoints
   ``base64`` encoding (the ``openai`` client asks for base64 by default).
 * ``GET /v1/models``
 * ``GET /_mock/stats``, ``GET|POST /_mock/config``, ``POST /_mock/reset``, ``GET /_mock/health``.
+* ``POST /_mock/hold`` ``{"kinds": ["extract", ...]}`` (kinds of ``KINDS``, ``"vision"`` or ``"embeddings"``): from
+  then on such calls wait, answering nothing, until ``POST /_mock/release`` (or a reset); the stats'
+  ``held`` counts the calls waiting. Tests hold the mock to keep a task busy for exactly as long as
+  they need, instead of giving it a latency to wait out (tests/helpers.py: ``hold``/``release``).
 
 Faults (chat + embeddings, see ``MockConfig.error_endpoints``): ``fail_first`` deterministic
 failures, random transient errors with probability ``error_rate`` (429 with ``Retry-After`` /
@@ -25,6 +29,9 @@ given seed is fully reproducible.
 Run standalone::
 
     python -m benchmarks.mock_llm --port 8999 --latency 0.5 --error-rate 0.3 --error-status 429
+
+(``--port 0``: any free port, printed on stderr; ``--fd N``: serve on an inherited listening socket,
+as tests/procs.py's ``start_mock_llm`` does.)
 
 or in-process on a real socket (e.g. for code that builds its own ``AsyncOpenAI`` client)::
 

@@ -12,7 +12,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from .answers import _STREAM_PIECE_RE, _approx_tokens, _message_text, chat_answer, embed_vector
+from src.rag.prompts import KINDS
+
+from .answers import (
+    _STREAM_PIECE_RE,
+    _approx_tokens,
+    _message_text,
+    chat_answer,
+    classify_request,
+    embed_vector,
+)
 from .config import MockConfig
 from .state import MockState, _error_payload, _json_response
 from .vision import all_text, as_json, image_parts, record, vision_answer
@@ -110,6 +119,8 @@ def create_mock_app(config: MockConfig | None = None) -> FastAPI:
             if err is not None:
                 return err
             images = image_parts(body["messages"])
+            held_as = "vision" if images else classify_request(body["messages"], body.get("response_format"))
+            await state.wait_if_held(held_as)
             delay = state.call_latency("vision" if images else "chat", cfg)
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -272,6 +283,7 @@ def create_mock_app(config: MockConfig | None = None) -> FastAPI:
             err = await fault_response("embeddings", cfg, started)
             if err is not None:
                 return err
+            await state.wait_if_held("embeddings")
             delay = state.call_latency("embeddings", cfg)
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -345,6 +357,26 @@ def create_mock_app(config: MockConfig | None = None) -> FastAPI:
     async def vision_requests() -> Response:
         """The requests that carried images: their text and image bytes (base64)."""
         return _json_response(as_json(state.vision_requests))
+
+    @app.post("/_mock/hold")
+    async def hold(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            body = None
+        kinds = body.get("kinds") if isinstance(body, dict) else None
+        allowed = {*KINDS, "vision", "embeddings"}
+        if not isinstance(kinds, list) or not kinds or not set(kinds) <= allowed:
+            detail = f"body must be {{'kinds': [...]}} with kinds from {sorted(allowed)}"
+            return _json_response({"detail": detail}, 400)
+        state.hold(frozenset(kinds))
+        return _json_response({"hold_kinds": sorted(state.hold_kinds), "held": state.held})
+
+    @app.post("/_mock/release")
+    async def release() -> Response:
+        held = state.held
+        state.release()
+        return _json_response({"released": held})
 
     @app.post("/_mock/reset")
     async def reset(restore_config: bool = False) -> Response:

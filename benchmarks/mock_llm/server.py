@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import threading
 import time
@@ -79,7 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.mock_llm",
         description="OpenAI-compatible mock LLM + embedding server (binds 127.0.0.1 only).",
     )
-    p.add_argument("--port", type=int, default=8999, help="TCP port on 127.0.0.1 (default 8999)")
+    p.add_argument(
+        "--port", type=int, default=8999, help="TCP port on 127.0.0.1 (default 8999; 0 = any free port)"
+    )
+    p.add_argument(
+        "--fd",
+        type=int,
+        default=None,
+        help="serve on this inherited listening socket instead of --port (the parent bound it)",
+    )
     p.add_argument("--latency", type=float, default=0.0, help="seconds per chat call")
     p.add_argument("--latency-jitter", type=float, default=0.0, help="extra uniform [0, J] seconds")
     p.add_argument("--embedding-latency", type=float, default=None, help="seconds per embedding call")
@@ -146,16 +155,18 @@ def main(argv: list[str] | None = None) -> None:
         cfg = config_from_args(args)
     except ValidationError as exc:
         parser.error(str(exc))
-    print(
-        f"mock LLM: http://127.0.0.1:{args.port}/v1 config={cfg.model_dump_json()}",
-        file=sys.stderr,
-        flush=True,
-    )
-    uvicorn.run(
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)
+    else:
+        sock = socket.create_server(("127.0.0.1", args.port))  # bound here: --port 0 is reported
+    port = sock.getsockname()[1]
+    print(f"mock LLM: http://127.0.0.1:{port}/v1 config={cfg.model_dump_json()}", file=sys.stderr, flush=True)
+    config = uvicorn.Config(
         create_mock_app(cfg),
         host="127.0.0.1",
-        port=args.port,
+        port=port,
         log_level=args.log_level,
         access_log=False,
         lifespan="off",
     )
+    uvicorn.Server(config).run(sockets=[sock])

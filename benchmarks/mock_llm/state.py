@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -90,6 +91,9 @@ class MockState:
     def __init__(self, config: MockConfig):
         self.initial_config = config.model_copy(deep=True)
         self.config = config.model_copy(deep=True)
+        #: Kinds of call (``KINDS``, or ``"embeddings"``) that wait at the gate until released.
+        self.hold_kinds: frozenset[str] = frozenset()
+        self._gate = asyncio.Event()
         self.reset()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -101,6 +105,7 @@ class MockState:
         self.eligible_calls = 0  # counter behind fail_first
 
     def reset(self, restore_config: bool = False) -> None:
+        self.release()
         if restore_config:
             self.config = self.initial_config.model_copy(deep=True)
         self.reseed()
@@ -117,6 +122,8 @@ class MockState:
         self.embedding_inputs = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.held = 0  # calls waiting at the gate now
+        self.held_total = 0
         self.records: deque[dict[str, Any]] = deque(maxlen=self.config.max_recorded_calls)
         #: Chat requests that carried images (benchmarks/mock_llm/vision.py).
         self.vision_requests: list[dict[str, Any]] = []
@@ -129,6 +136,30 @@ class MockState:
         if "max_recorded_calls" in changes:
             self.records = deque(self.records, maxlen=new.max_recorded_calls)
         return new
+
+    # --- hold and release ----------------------------------------------------------------------
+    def hold(self, kinds: frozenset[str]) -> None:
+        """From now on, calls of these kinds wait (answering nothing) until :meth:`release`: a test
+        keeps a task busy for exactly as long as it needs instead of waiting out a latency."""
+        if self._gate.is_set():
+            self._gate = asyncio.Event()
+        self.hold_kinds = kinds
+
+    def release(self) -> None:
+        """Let every held call go on and hold no more."""
+        self.hold_kinds = frozenset()
+        self._gate.set()
+
+    async def wait_if_held(self, kind: str) -> None:
+        if kind not in self.hold_kinds:
+            return
+        gate = self._gate
+        self.held += 1
+        self.held_total += 1
+        try:
+            await gate.wait()
+        finally:
+            self.held -= 1
 
     # --- per call -----------------------------------------------------------------------------
     def enter(self) -> None:
@@ -229,6 +260,9 @@ class MockState:
             "embedding_inputs": self.embedding_inputs,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "held": self.held,
+            "held_total": self.held_total,
+            "hold_kinds": sorted(self.hold_kinds),
             "latency": latency,
             "uptime_s": round(time.time() - self.started, 3),
             "config": self.config.model_dump(),

@@ -26,7 +26,12 @@ class Settings(BaseSettings):
 
     # --- HTTP -------------------------------------------------------------------------
     host: str = "127.0.0.1"
-    port: int = 8000
+    #: 0 = a free port chosen by the kernel; the bound address is logged ("listening on http://…").
+    port: int = Field(default=8000, ge=0, le=65535)
+    #: Serve on this inherited, already listening socket instead of binding HOST:PORT: a supervisor
+    #: (or a test) binds first and passes the descriptor, so the port is known before the service
+    #: starts and no other process can take it meanwhile (see main.listening_socket).
+    listen_fd: int | None = Field(default=None, ge=0)
     log_level: str = "INFO"
     #: json: one JSON object per line with the task id; text: human-readable lines.
     log_format: Literal["json", "text"] = "json"
@@ -89,8 +94,9 @@ class Settings(BaseSettings):
     #: "public" = everyone (single-user setups without an admin token).
     health_details: Literal["admin", "public"] = "admin"
     #: /metrics on the main port needs the admin token. Set METRICS_PORT to also serve it without a
-    #: token on a separate listener (METRICS_HOST, loopback by default) for a Prometheus scraper.
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: token on a separate listener (METRICS_HOST, loopback by default) for a Prometheus scraper;
+    #: 0 = a free port chosen by the kernel (logged as "metrics listening on http://…").
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
 
     # --- event streams (SSE) ----------------------------------------------------------

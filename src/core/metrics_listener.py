@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Awaitable, Callable, Generator
 
@@ -20,6 +21,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+log = logging.getLogger(__name__)
 
 
 class _Server(uvicorn.Server):
@@ -49,6 +52,8 @@ class MetricsListener:
             raise RuntimeError(f"METRICS_PORT {self.port} on {self.host} is not available: {exc}") from exc
         sock.listen(128)
         sock.setblocking(False)
+        self.port = sock.getsockname()[1]  # METRICS_PORT=0: the one the kernel chose
+        log.info("metrics listening on http://%s:%d", self.host, self.port)
         # access_log=False would detach the process-wide "uvicorn.access" logger (the main server's too).
         config = uvicorn.Config(app, lifespan="off", log_config=None)
         self._server = _Server(config)
