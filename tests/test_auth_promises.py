@@ -56,6 +56,13 @@ async def test_auth_mode_open_never_asks_for_a_key(tmp_path, redis_url) -> None:
     """Catches AUTH_MODE=open starting to require keys once one exists (as auto does)."""
     settings = make_settings(tmp_path, redis_url, auth_mode="open", admin_token=ADMIN_TOKEN)
     async with start_service(settings) as svc:
-        await make_tenant(svc, "someone")
+        keyed = await make_tenant(svc, "someone")
+        theirs = await svc.client.post("/insert/text", json={"text": "the tenant's note"}, headers=keyed)
+        assert theirs.status_code == 202, theirs.text
+        # Without a key: accepted and served as the default tenant, who sees only its own tasks.
+        mine = await svc.client.post("/insert/text", json={"text": "an anonymous note"})
+        assert mine.status_code == 202, mine.text
         response = await svc.client.get("/tasks")
         assert response.status_code == 200, response.text
+        assert [t["task_id"] for t in response.json()["tasks"]] == [mine.json()["task_id"]]
+        assert (await svc.client.get(f"/task/{theirs.json()['task_id']}")).status_code == 404

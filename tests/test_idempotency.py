@@ -94,9 +94,14 @@ async def test_idempotency_key_is_free_again_after_a_cancelled_task(held: Servic
     retry = await upload(held.client, "a.txt", story("reeds", "Cancelidem").encode(), headers=key)
     assert retry.status_code == 202 and not retry.json()["duplicate"], retry.text
     assert retry.json()["task_id"] != first["task_id"]
-    # ... and from then on the key answers with the new task.
-    again = await held.client.post("/insert/text", json={"text": "anything"}, headers=key)
-    assert again.json()["task_id"] == retry.json()["task_id"]
+    # ... and from then on the key answers with the new task: the same request is its duplicate,
+    # another request under the key is refused, naming the task the key now belongs to.
+    same = await upload(held.client, "a.txt", story("reeds", "Cancelidem").encode(), headers=key)
+    assert same.status_code == 202 and same.json()["duplicate"], same.text
+    assert same.json()["task_id"] == retry.json()["task_id"]
+    other = await held.client.post("/insert/text", json={"text": "anything"}, headers=key)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused", other.text
+    assert other.json()["task_id"] == retry.json()["task_id"]
 
 
 async def test_idempotency_key_is_free_again_after_a_failed_task(tmp_path, redis_url) -> None:

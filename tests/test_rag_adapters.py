@@ -487,7 +487,12 @@ async def test_openai_llm_retries_strips_kwargs_and_streams(
     import src.rag.retry as retry_module
     from src.rag.llm import OpenAICompatibleLLM
 
-    monkeypatch.setattr(retry_module, "_wait", lambda state: 0.0)
+    # The real wait policy runs (Retry-After parsing included); only its jitter is pinned, and the
+    # waits it chose are recorded: the 503 and 429 below advertise 10 ms and 20 ms.
+    waits: list[float] = []
+    real_wait = retry_module._wait
+    monkeypatch.setattr(retry_module.random, "uniform", lambda low, high: low)
+    monkeypatch.setattr(retry_module, "_wait", lambda state: waits.append(real_wait(state)) or waits[-1])
     settings = make_settings(
         tmp_path, llm_provider="openai", llm_base_url="http://llm.test/v1", llm_model="m", llm_max_retries=3
     )
@@ -503,7 +508,13 @@ async def test_openai_llm_retries_strips_kwargs_and_streams(
         requests.append(body)
         if failures["left"]:
             failures["left"] -= 1
-            return httpx.Response(503 if failures["left"] else 429, json={"error": {"message": "busy"}})
+            if failures["left"]:  # milliseconds (the header the openai SDK reads), then seconds
+                return httpx.Response(
+                    503, json={"error": {"message": "busy"}}, headers={"retry-after-ms": "10"}
+                )
+            return httpx.Response(
+                429, json={"error": {"message": "slow down"}}, headers={"retry-after": "0.02"}
+            )
         if body.get("stream"):
             chunks = [
                 {"id": "s", "object": "chat.completion.chunk", "created": 0, "model": "m",
@@ -523,6 +534,7 @@ async def test_openai_llm_retries_strips_kwargs_and_streams(
     )  # fmt: skip
     assert result == "answer"
     assert len(requests) == 3  # two transient failures, then success
+    assert waits == [0.01, 0.02]  # each server's hint was honoured (retry-after-ms, then Retry-After)
     sent = requests[-1]
     assert [m["role"] for m in sent["messages"]] == ["system", "user", "user"]
     assert sent["temperature"] == 0.1
@@ -552,6 +564,34 @@ async def test_openai_llm_retries_strips_kwargs_and_streams(
     with pytest.raises(openai.APIStatusError):
         await llm("q")
     assert failures["left"] == 2  # gave up after llm_max_retries=3 attempts
+
+
+def test_retry_wait_honours_the_server_hint_within_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catches a Retry-After ignored, read in the wrong unit, or obeyed without a cap (a provider
+    asking for an hour would stall a task that long); an HTTP-date falls back to our own backoff."""
+    import httpx
+    import openai
+    import tenacity
+
+    import src.rag.retry as retry_module
+
+    monkeypatch.setattr(retry_module.random, "uniform", lambda low, high: high)
+
+    def wait_after(headers: dict[str, str], attempt: int = 1) -> float:
+        request = httpx.Request("POST", "http://llm.test/v1/chat/completions")
+        response = httpx.Response(429, headers=headers, request=request)
+        error = openai.RateLimitError("slow down", response=response, body=None)
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        state.attempt_number = attempt
+        state.set_exception((type(error), error, None))
+        return retry_module._wait(state)
+
+    assert wait_after({"retry-after": "2"}) == 2.25  # seconds, plus at most 0.25 s of jitter
+    assert wait_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.75  # the exact one wins
+    assert wait_after({"retry-after": "3600"}) == retry_module.MAX_BACKOFF_SECONDS + 0.25
+    date = {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}
+    assert wait_after(date, attempt=1) == 0.5 and wait_after(date, attempt=3) == 2.0  # own backoff
+    assert wait_after({}, attempt=20) == retry_module.MAX_BACKOFF_SECONDS
 
 
 @pytest.mark.asyncio

@@ -122,8 +122,10 @@ async def test_list_filters_and_pages(one_slot: Service) -> None:
     assert page["total"] == 5 and [t["task_id"] for t in page["tasks"]] == ids[::-1][:2]
     page2 = (await one_slot.client.get("/tasks", params={"limit": 2, "offset": 2})).json()
     assert [t["task_id"] for t in page2["tasks"]] == ids[::-1][2:4]
+    await wait_for_status(one_slot.client, ids[0], "processing")  # the one slot holds the first
     pending = (await one_slot.client.get("/tasks", params={"status": "pending"})).json()
-    assert pending["total"] >= 4
+    assert pending["total"] == 4 and [t["task_id"] for t in pending["tasks"]] == ids[:0:-1], pending
+    assert {t["status"] for t in pending["tasks"]} == {"pending"}
     bad = await one_slot.client.get("/tasks", params={"status": "exploded"})
     assert bad.status_code == 422
     gate.set()
@@ -143,15 +145,27 @@ async def test_expired_lease_is_requeued_and_completed(tmp_path, redis_url) -> N
         body = (await upload(svc.client, "a.txt", story("tides", "Deadlease").encode())).json()
         claimed = await store.claim("ghost-instance", lease_seconds=1.0)  # a worker that then dies
         assert claimed and claimed.task_id == body["task_id"] and claimed.attempt == 1
-        gate.set()
         await svc.services.runner.start()
-        final = await wait_for_task(svc.client, body["task_id"], timeout=60)
-        assert final["status"] == "completed" and final["attempt"] == 2
-        # The ghost's late final write is refused by the epoch fence.
-        from src.tasks.models import TaskStatus
+
+        async def second_attempt_running() -> bool:
+            record = await store.get(body["task_id"])
+            return record is not None and record.attempt == 2 and record.status == "processing"
+
+        await wait_until(second_attempt_running, timeout=60, message="attempt 2 claimed by the runner")
+        # The ghost's late final write, while attempt 2 runs, is refused by the epoch fence...
+        from src.tasks.models import FinishOutcome, TaskStatus
 
         outcome = await store.finish(
             body["task_id"], 1, TaskStatus.FAILED, error="zombie", stage="failed", progress=0
         )
-        assert outcome != "ok"
+        assert outcome == FinishOutcome.STALE
+        gate.set()
+        final = await wait_for_task(svc.client, body["task_id"], timeout=60)
+        assert final["status"] == "completed" and final["attempt"] == 2
+        assert [h["outcome"] for h in final["history"]] == ["lease-expired", "completed"], final
+        # ...and after the end by the final state.
+        late = await store.finish(
+            body["task_id"], 1, TaskStatus.FAILED, error="zombie", stage="failed", progress=0
+        )
+        assert late == FinishOutcome.ALREADY_FINAL
         assert (await svc.client.get(f"/task/{body['task_id']}")).json()["status"] == "completed"

@@ -59,9 +59,18 @@ async def test_oversize_streamed_without_content_length(small: Service) -> None:
     await assert_nothing_stored(small)
 
 
-async def test_file_exactly_at_limit_is_accepted(small: Service) -> None:
-    response = await upload(small.client, "edge.txt", b"c" * 10_000)
-    assert response.status_code == 202, response.text
+async def test_file_at_the_limit_is_accepted_and_one_byte_more_is_413(small: Service) -> None:
+    """Catches an off-by-one in MAX_UPLOAD_BYTES either way (the limit refused, limit + 1 kept)
+    and a stored file that is not the bytes sent. The runner is held so the file stays to be read."""
+    await small.services.runner.stop(grace_seconds=0)
+    at_limit = await upload(small.client, "edge.txt", b"c" * 10_000)
+    assert at_limit.status_code == 202, at_limit.text
+    assert at_limit.json()["file_size"] == 10_000
+    [stored] = leftovers(small)
+    assert stored.read_bytes() == b"c" * 10_000
+    over = await upload(small.client, "over.txt", b"d" * 10_001)
+    assert over.status_code == 413 and over.json()["code"] == "too_large", over.text
+    assert leftovers(small) == [stored]
 
 
 @pytest.mark.parametrize(
