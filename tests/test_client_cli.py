@@ -391,7 +391,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[L
 
 
 def ragsvc(live: LiveService, *args: str):
-    result = CliRunner().invoke(cli_app, ["--url", live.url, *args])
+    # Piped output is as wide as the CLI makes it unless $COLUMNS says otherwise, and pytest-xdist's
+    # workers inherit a terminal's COLUMNS: without this, ids were folded under `-n`.
+    result = CliRunner().invoke(cli_app, ["--url", live.url, *args], env={"COLUMNS": None})
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result

@@ -15,8 +15,8 @@ Endpoints
   ``base64`` encoding (the ``openai`` client asks for base64 by default).
 * ``GET /v1/models``
 * ``GET /_mock/stats``, ``GET|POST /_mock/config``, ``POST /_mock/reset``, ``GET /_mock/health``.
-* ``POST /_mock/hold`` ``{"kinds": ["extract", ...]}`` (kinds of ``KINDS``, ``"vision"`` or ``"embeddings"``): from
-  then on such calls wait, answering nothing, until ``POST /_mock/release`` (or a reset); the stats'
+* ``POST /_mock/hold`` ``{"kinds": ["extract", ...]}`` (of ``KINDS``, ``"vision"``, ``"embeddings"``):
+  from then on such calls wait, answering nothing, until ``POST /_mock/release`` (or a reset); the stats'
   ``held`` counts the calls waiting. Tests hold the mock to keep a task busy for exactly as long as
   they need, instead of giving it a latency to wait out (tests/helpers.py: ``hold``/``release``).
 
