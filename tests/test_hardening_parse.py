@@ -112,18 +112,23 @@ def test_four_bombs_at_once_in_a_real_server_keep_rss_bounded_and_health_answeri
     try:
         baseline = _rss_mb(proc.pid)
         health_codes: list[int] = []
+        health_errors: list[str] = []  # a /health that timed out or failed: asserted empty below
         latencies: list[float] = []  # reported, not asserted
         peak = [baseline]
         done = threading.Event()
 
         def probe() -> None:
-            with httpx.Client(base_url=base, timeout=10) as client:
+            # 30 s: a generous bound on a loaded machine; parsing on the event loop stalled it for good.
+            with httpx.Client(base_url=base, timeout=30) as client:
                 while not done.is_set():
                     started = time.perf_counter()
-                    health_codes.append(client.get("/health").status_code)
+                    try:
+                        health_codes.append(client.get("/health").status_code)
+                    except Exception as exc:  # noqa: BLE001 - recorded, asserted in the test's thread
+                        health_errors.append(repr(exc))
                     latencies.append(time.perf_counter() - started)
                     peak[0] = max(peak[0], _rss_mb(proc.pid))
-                    time.sleep(0.05)
+                    time.sleep(0.05)  # the probe's pace, not a synchronisation
 
         prober = threading.Thread(target=probe, daemon=True)
         prober.start()
@@ -143,7 +148,9 @@ def test_four_bombs_at_once_in_a_real_server_keep_rss_bounded_and_health_answeri
                         finals[task_id] = body
                 time.sleep(0.2)
         done.set()
-        prober.join(timeout=15)
+        prober.join(timeout=60)
+        assert not prober.is_alive(), "the /health probe is still waiting for an answer"
+        assert health_errors == [], health_errors
         assert len(finals) == 4, finals
         for body in finals.values():
             assert body["status"] == "failed" and body["attempt"] == 1, body
@@ -154,7 +161,9 @@ def test_four_bombs_at_once_in_a_real_server_keep_rss_bounded_and_health_answeri
             f"service RSS {baseline:.0f} -> peak {peak[0]:.0f} MB; /health answered {len(health_codes)}x, "
             f"max {max(latencies) * 1000:.0f} ms"
         )
-        assert growth < 150, f"service RSS grew by {growth:.0f} MB while parsing bombs"
+        # Parsing one bomb in the service process grows it by over 1 GiB (4.4 GB peak was observed);
+        # a bound well below that, far above the noise of a busy machine.
+        assert growth < 512, f"service RSS grew by {growth:.0f} MB while parsing bombs"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -112,7 +112,8 @@ def test_many_unterminated_huge_headers_cost_bounded_memory(server) -> None:
         for sock in sockets:
             sock.close()
     assert all(sent < 16 * 1024 * 1024 for sent in sent_per_socket), "a connection took all 16 MB"
-    assert growth_mb < 64, f"server grew by {growth_mb:.0f} MB"
+    # Buffering the headers would cost 30 x 16 MB = 480 MB; the bound is far above a busy machine's noise.
+    assert growth_mb < 200, f"server grew by {growth_mb:.0f} MB"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200:
@@ -128,7 +129,7 @@ def test_normal_requests_with_bodies_still_work(server) -> None:
     response = httpx.post(
         f"http://127.0.0.1:{port}/insert/text", json={"text": "Bounded headers, " * 150_000}, timeout=60
     )
-    assert response.status_code in (202, 413), response.text
+    assert response.status_code == 202, response.text  # 2.5 M characters, below MAX_TEXT_CHARS
     upload = httpx.post(
         f"http://127.0.0.1:{port}/insert",
         files={"file": ("big.txt", b"Plain text body line.\n" * 150_000)},
