@@ -88,6 +88,13 @@ class QueryRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=1, le=200)
     chunk_top_k: int | None = Field(default=None, ge=1, le=200)
     response_type: str | None = Field(default=None, max_length=100)
+    #: A picture attached to the question, as seed 000 sends it: a `data:image/...;base64,` URL
+    #: (or raw base64). `images` takes several.
+    image_base64: str | None = None
+    images: list[str] = Field(default_factory=list, max_length=32)
+
+    def attached_images(self) -> list[str]:
+        return ([self.image_base64] if self.image_base64 else []) + list(self.images)
 
 
 class QueryTaskAccepted(BaseModel):

@@ -36,7 +36,7 @@ def _spec(body: QueryRequest) -> QuerySpec:
 async def query(
     body: QueryRequest, tenant: TenantDep, knowledge: KnowledgeDep, services: ServicesDep
 ) -> QueryResponse:
-    answer = await knowledge.query(tenant, _spec(body))
+    answer = await knowledge.query(tenant, _spec(body), body.attached_images())
     return QueryResponse(
         response=answer,
         mode=body.mode,
@@ -51,7 +51,7 @@ async def query(
     response_class=StreamingResponse,
 )
 async def query_stream(body: QueryRequest, tenant: TenantDep, knowledge: KnowledgeDep) -> StreamingResponse:
-    pieces = await knowledge.query_stream(tenant, _spec(body))
+    pieces = await knowledge.query_stream(tenant, _spec(body), body.attached_images())
 
     async def lines() -> AsyncIterator[bytes]:
         try:
@@ -91,7 +91,7 @@ async def query_async(
     callback_url: CallbackUrlQuery = None,
 ) -> JSONResponse:
     options = SubmitOptions(callback_url=callback_url, priority=priority)
-    record = await submission.submit_query(tenant, _spec(body), options)
+    record = await submission.submit_query(tenant, _spec(body), options, body.attached_images())
     status_url = str(request.url_for("get_task", task_id=record.task_id).path)
     accepted = QueryTaskAccepted(
         message="Query accepted; poll status_url for the answer",

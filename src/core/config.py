@@ -303,6 +303,11 @@ class Settings(BaseSettings):
         return self.upload_dir or self.data_dir / "uploads"
 
     @property
+    def query_images_dir(self) -> Path:
+        """Pictures attached to questions, kept while their query runs (shared like DATA_DIR)."""
+        return self.data_dir / "query-images"
+
+    @property
     def rag_dir(self) -> Path:
         return self.data_dir / "rag"
 

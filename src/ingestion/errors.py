@@ -42,6 +42,18 @@ class QueryTooLong(InvalidRequest):
     pass
 
 
+class InvalidImage(InvalidRequest):
+    """A picture attached to a question is not base64, not a picture, or unreadable."""
+
+
+class TooManyImages(InvalidRequest):
+    pass
+
+
+class ImageTooLarge(IngestionError):
+    """A picture attached to a question has more bytes or pixels than allowed."""
+
+
 # ----------------------------------------------------------------- the uploaded content
 class MalformedUpload(IngestionError):
     """The multipart body cannot be parsed."""

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from src.core.config import Settings
 from src.ingestion.files import UploadFiles
+from src.ingestion.query_images import remove_query_images
 from src.rag.errors import is_transient
 from src.rag.knowledge import IndexProgress, IndexRequest, IndexStage, KnowledgeBases, QueryAnswer, QuerySpec
 from src.rag.llm import llm_description
@@ -119,6 +120,11 @@ class IngestHandler:
                 await self.files.remove(task.stored_name)
             except Exception:
                 log.exception("task %s: could not remove its upload %s", task.task_id, task.stored_name)
+        if status.is_final and task.kind == TaskKind.QUERY and (task.query or {}).get("images"):
+            try:
+                await remove_query_images(self.settings, task.query["images"])
+            except Exception:
+                log.exception("task %s: could not remove its query images", task.task_id)
         if status.is_final:
             try:
                 self.on_final(task.task_id)

@@ -7,10 +7,11 @@ instance in this process or from a worker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from src.core.config import Settings
 from src.ingestion.errors import DeleteFailed, DocConflict, DocDeleting, DocumentNotFound
+from src.ingestion.query_images import remove_query_images, store_query_images
 from src.ingestion.submission import check_doc_id, check_query
 from src.rag.knowledge import (
     AnswerStream,
@@ -86,12 +87,35 @@ class KnowledgeService:
         )
 
     # ------------------------------------------------------------------ queries
-    async def query(self, tenant: str, spec: QuerySpec) -> str:
+    async def query(self, tenant: str, spec: QuerySpec, images: list[str] | None = None) -> str:
+        """The answer; ``images`` are pictures attached to the question (base64 / data URLs), kept
+        only while it is answered."""
         check_query(self.settings, spec)
-        return await self.knowledge_bases.answer(tenant, spec)
+        names = await store_query_images(self.settings, images or [])
+        try:
+            return await self.knowledge_bases.answer(tenant, replace(spec, images=names))
+        finally:
+            await remove_query_images(self.settings, names)
 
-    async def query_stream(self, tenant: str, spec: QuerySpec) -> AnswerStream:
+    async def query_stream(
+        self, tenant: str, spec: QuerySpec, images: list[str] | None = None
+    ) -> AnswerStream:
         """Start answering; errors before the first piece raise here, later ones from the stream
-        (as ProviderError). Close the stream when done: it holds the tenant's knowledge base."""
+        (as ProviderError). Close the stream when done: it holds the tenant's knowledge base (and
+        the question's pictures)."""
         check_query(self.settings, spec)
-        return await self.knowledge_bases.stream(tenant, spec)
+        names = await store_query_images(self.settings, images or [])
+        try:
+            pieces = await self.knowledge_bases.stream(tenant, replace(spec, images=names))
+        except BaseException:
+            await remove_query_images(self.settings, names)
+            raise
+        return self._dropping_images(pieces, names) if names else pieces
+
+    async def _dropping_images(self, pieces: AnswerStream, names: tuple[str, ...]) -> AnswerStream:
+        try:
+            async for piece in pieces:
+                yield piece
+        finally:
+            await pieces.aclose()
+            await remove_query_images(self.settings, names)

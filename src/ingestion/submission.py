@@ -36,6 +36,7 @@ from src.ingestion.errors import (
     TooLarge,
 )
 from src.ingestion.files import UploadFiles
+from src.ingestion.query_images import remove_query_images, store_query_images
 from src.ingestion.query_lane import QueryLane
 from src.ingestion.uploads import Pace, SavedUpload, receive_upload, sanitize_filename
 from src.rag.knowledge import DocumentStatus, KnowledgeBases, QuerySpec
@@ -177,13 +178,24 @@ class SubmissionService:
         )
 
     # ------------------------------------------------------------------ queries
-    async def submit_query(self, tenant: str, spec: QuerySpec, options: SubmitOptions) -> TaskRecord:
-        """Queue a query task (POST /query/async) in the query lane: it never waits behind documents."""
+    async def submit_query(
+        self, tenant: str, spec: QuerySpec, options: SubmitOptions, images: list[str] | None = None
+    ) -> TaskRecord:
+        """Queue a query task (POST /query/async) in the query lane: it never waits behind documents.
+        Its pictures are kept until the task ends (`IngestHandler.after_final` removes them)."""
         check_query(self.settings, spec)
         self._check_options(options)
-        record = await self.queries.submit(
-            tenant, spec, priority=options.priority, callback_url=options.callback_url
-        )
+        names = await store_query_images(self.settings, images or [])
+        try:
+            record = await self.queries.submit(
+                tenant,
+                replace(spec, images=names),
+                priority=options.priority,
+                callback_url=options.callback_url,
+            )
+        except BaseException:
+            await remove_query_images(self.settings, names)
+            raise
         self.runner.notify()
         return record
 

@@ -188,13 +188,16 @@ class QuerySpec:
     top_k: int | None = None
     chunk_top_k: int | None = None
     response_type: str | None = None
+    #: Pictures attached to the question: names of files in ``Settings.query_images_dir``.
+    images: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", QueryMode(self.mode))
+        object.__setattr__(self, "images", tuple(self.images))
 
     def as_dict(self) -> dict[str, Any]:
         """What a query task stores in its record (bounded: the API validates every field)."""
-        return {**asdict(self), "mode": self.mode.value}
+        return {**asdict(self), "mode": self.mode.value, "images": list(self.images)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuerySpec:

@@ -84,6 +84,11 @@ def configure_parse_limits(settings: Settings) -> None:
     _default_out_dir = Path(settings.data_dir) / "parsed"
 
 
+def parse_limits() -> ParseLimits:
+    """The bounds every parse child of this process runs under (from the settings)."""
+    return _limits
+
+
 def parse_file(path: Path, out_dir: Path | None = None, on_progress: Any = None) -> ContentList:
     """Any supported file → content list (blocking; rich formats in a child process)."""
     path = Path(path)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 from src.core.defaults import DEFAULT_PRIORITY
 from src.rag.doc_listing import list_documents
-from src.rag.engine import queries
+from src.rag.engine import image_questions, queries
 from src.rag.engine.tenant_engines import TenantEngine, TenantEngines
 from src.rag.errors import ProviderError
 from src.rag.knowledge import (
@@ -32,6 +33,7 @@ from src.rag.knowledge import (
     QuerySpec,
 )
 from src.rag.lightrag_compat import in_own_task
+from src.rag.parsers import parse_limits
 from src.rag.scheduler import call_context
 from src.rag.storage.fence import OwnershipLost
 
@@ -95,7 +97,15 @@ class LocalKnowledgeBases:
     async def _answer(self, tenant: str, spec: QuerySpec, priority: int) -> str:
         async with self.engines.use(tenant) as engine:
             with call_context(priority=priority, tenant=tenant):
+                if spec.images:
+                    return await self._answer_with_images(engine, spec)
                 return await queries.whole(engine.rag, spec) or ""
+
+    async def _answer_with_images(self, engine: TenantEngine, spec: QuerySpec) -> str:
+        directory = self.engines.settings.query_images_dir
+        paths = [directory / Path(name).name for name in spec.images]
+        vision = self.engines.vision()
+        return await image_questions.answer(engine.rag, spec, paths, vision=vision, limits=parse_limits())
 
     async def context(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str:
         return await self.answer(tenant, replace(spec, only_need_context=True), priority=priority)
@@ -104,6 +114,9 @@ class LocalKnowledgeBases:
         """The first piece is awaited here, before the caller commits to a 200 status line: LightRAG
         returns a lazy iterator, so a provider that refuses the request fails on the first read.
         The engine stays borrowed until the stream is closed, so it cannot be evicted mid-answer."""
+        if spec.images:  # answered whole (pictures are described first), then sent as one piece
+            whole = await self.answer(tenant, spec, priority=priority)
+            return _prepend(whole, _no_pieces())
         engine = await self.engines.acquire(tenant)
         try:
             with call_context(priority=priority, tenant=tenant):

@@ -109,7 +109,7 @@ class TenantEngines:
                 await self._evict_over_capacity()
             return engine
 
-    def _vision(self) -> Any:
+    def vision(self) -> Any:
         """The process's vision model (one client for every knowledge base), or None."""
         if not hasattr(self, "_vision_func"):
             from src.rag.llm.vision import build_vision_func
@@ -134,7 +134,7 @@ class TenantEngines:
             rag = await build_lightrag(self.settings, workspace=self.workspace_for(tenant), llm_wrapper=wrap)
         except EmbeddingMismatchError as exc:
             raise KnowledgeBaseUnavailable(str(exc)) from exc
-        vision = self._vision()
+        vision = self.vision()
         fenced_vision = None if vision is None else fence_llm(vision, lambda: owns(tenant))
         rag_anything = build_raganything(rag, self.settings, fenced_vision)
         # A document counts as indexed once the group commit that includes it is on disk.
