@@ -375,3 +375,26 @@ def test_every_prompt_marker_we_key_on_is_in_lightrags_prompts() -> None:
     assert missing == []
     assert PROMPTS["DEFAULT_TUPLE_DELIMITER"] == prompts.TUPLE_DELIMITER
     assert PROMPTS["DEFAULT_COMPLETION_DELIMITER"] == prompts.COMPLETION_DELIMITER
+
+
+def test_raganything_writes_multimodal_chunks_with_the_template_we_call() -> None:
+    """src/rag/engine/modal.py writes picture/table/equation chunks through RAG-Anything's private
+    `_apply_chunk_template` (kind, item, description), and the modal processors it drives describe
+    an item with `generate_chunk_sections(item, kind, item_info, entity_name)`."""
+    import inspect
+
+    from raganything import RAGAnything
+    from raganything.modalprocessors import BaseModalProcessor
+    from raganything.prompt import PROMPTS
+
+    from src.rag.lightrag_compat import multimodal_chunk_text
+
+    template = inspect.signature(RAGAnything._apply_chunk_template)
+    assert list(template.parameters)[1:] == ["content_type", "original_item", "description"]
+    sections = inspect.signature(BaseModalProcessor.generate_chunk_sections)
+    assert list(sections.parameters)[1:] == ["modal_content", "content_type", "item_info", "entity_name"]
+    assert {"QUERY_IMAGE_DESCRIPTION", "QUERY_IMAGE_ANALYST_SYSTEM", "QUERY_ENHANCEMENT_SUFFIX"} <= set(
+        PROMPTS
+    )
+    text = multimodal_chunk_text(RAGAnything.__new__(RAGAnything), "equation", {"text": "E=mc^2"}, "energy")
+    assert "E=mc^2" in text and "energy" in text

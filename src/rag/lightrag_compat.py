@@ -439,3 +439,14 @@ async def persist_all(rag: LightRAG) -> None:
     """Ask every storage to persist, as LightRAG's private `_insert_done` does after each document
     (used when no group commit is given: storages chosen with LIGHTRAG_*_STORAGE)."""
     await rag._insert_done()
+
+
+# --------------------------------------------------------------------------------- RAG-Anything
+# Multimodal items (src/rag/engine/modal.py) are written exactly as RAG-Anything's own pipeline
+# writes them; the chunk text comes from its private template method so the two never drift.
+
+
+def multimodal_chunk_text(rag_anything: Any, kind: str, item: dict[str, Any], description: str) -> str:
+    """RAG-Anything 1.4.3's ``RAGAnything._apply_chunk_template``: the chunk ``insert_content_list``
+    writes for an image / table / equation / generic item with its description."""
+    return str(rag_anything._apply_chunk_template(kind, item, description))

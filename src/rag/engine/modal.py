@@ -33,6 +33,7 @@ from raganything.modalprocessors import (
 )
 from raganything.utils import separate_content_with_page_map
 
+from src.rag.lightrag_compat import multimodal_chunk_text
 from src.rag.parsing.content import ContentList, describe_image
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class ModalDescriber:
                 description, entity = section["description"], section["entity_info"]
             else:
                 description, entity = _offline_description(item, number)
-            content = self.rag_anything._apply_chunk_template(kind, item, description)
+            content = multimodal_chunk_text(self.rag_anything, kind, item, description)
             chunks.append(
                 ModalChunk(
                     content=content,
