@@ -84,7 +84,7 @@ async def test_events_for_unknown_task_is_404(service: Service) -> None:
 
 
 async def test_client_wait_for_uses_the_event_stream(service: Service) -> None:
-    from src.client.client import AsyncRagClient
+    from src.client import AsyncRagClient
 
     client = AsyncRagClient(base_url="http://svc", transport=service.client._transport)
     async with client:

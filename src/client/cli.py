@@ -17,6 +17,9 @@
 
 Global options (before the command): --url (or $RAGSVC_URL), --api-key (or $RAGSVC_API_KEY),
 --json (machine-readable output on stdout), --timeout. Exit codes: see cli_common.py.
+
+One module (~500 lines): the command table of `ragsvc`, one short command per API operation (the
+admin and batch commands live in cli_admin.py and cli_batch.py).
 """
 
 from __future__ import annotations

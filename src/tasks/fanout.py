@@ -1,7 +1,7 @@
 """One task-change fan-out per process for the event streams (SSE).
 
-Why: a stream that polls Redis costs connections x time (200 dashboards polling 4x/s kept a
-server at 100 % CPU). Instead the task store publishes a small notice (the task id) on a Redis
+Why: a stream that polls Redis costs connections x time, so a few hundred open dashboards would
+keep a server busy doing nothing. Instead the task store publishes a small notice (the task id) on a Redis
 pub/sub channel after every task write (`TaskStore.events_channel`), from whichever instance made
 it. Each process runs one subscriber here: per notice it reads the task record once and pushes it
 to the local streams of that tenant (and of that task). Cost grows with events, not connections.

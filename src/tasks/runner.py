@@ -15,6 +15,10 @@ exhausted); requeued with backoff (transient error); cancelled (after its partia
 purged); handed back to the queue (shutdown, lost lease). What a final state means for the
 domain (files, webhooks) is the handler's business: the runner calls ``after_final`` once per final
 state it persisted and ``forget`` for records whose TTL ended; it knows no files, no LightRAG.
+
+One module (~630 lines): the dispatchers, the heartbeat, the sweeper and an attempt's outcomes all
+act on the same table of running tasks and the same lease/epoch rules; split, each part would
+reach into the others' state.
 """
 
 from __future__ import annotations

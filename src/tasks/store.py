@@ -4,6 +4,9 @@ Every state transition is one Lua script (``lua/*.lua``), so it is atomic and fe
 a write that names an attempt (epoch) older than the task's current one is refused,
 which is what keeps a zombie attempt from overwriting a newer one. The keys are listed in
 :mod:`src.tasks.keys`; the outcomes each call can report are the enums of :mod:`src.tasks.models`.
+
+One module (~490 lines): one thin method per script over one key layout; the scripts themselves
+are the substance (``lua/*.lua``).
 """
 
 from __future__ import annotations

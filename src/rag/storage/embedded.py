@@ -11,7 +11,7 @@ commit delay, shared by the documents finishing meanwhile).
 Single process per workspace, like LightRAG's own file storages with one worker.
 
 The four storages share one dirty-tracking and snapshot contract with the flusher, which is why
-they stay together in one module (~700 lines) rather than four that import each other's internals.
+they stay together in one module (~780 lines) rather than four that import each other's internals.
 """
 
 from __future__ import annotations

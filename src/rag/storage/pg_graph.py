@@ -11,7 +11,7 @@ Semantics follow NetworkXStorage (the behavioural suite in tests/test_graph_stor
 against both): upserts merge properties, `upsert_edge` creates missing endpoints with no
 properties, degrees count a self-loop twice.
 
-One module (~560 lines): `BaseGraphStorage` has 28 methods, all of them over the same two tables.
+One module (~540 lines): `BaseGraphStorage` has 28 methods, all of them over the same two tables.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from src.rag.lightrag_compat import (
 
 #: LightRAG(...) keyword -> (environment variable, LightRAG storage type, default). The defaults are
 #: the embedded SQLite storages (src/rag/storage/embedded.py): LightRAG's file storages rewrite
-#: whole files on the event loop after every pass, which does not scale (issue 16).
+#: whole files on the event loop after every pass, which does not scale with the knowledge base.
 SLOTS: dict[str, tuple[str, str, str]] = {
     "kv_storage": ("LIGHTRAG_KV_STORAGE", "KV_STORAGE", "SqliteKVStorage"),
     "vector_storage": ("LIGHTRAG_VECTOR_STORAGE", "VECTOR_STORAGE", "SqliteVectorStorage"),
