@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from src.core.defaults import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
-QueryMode = Literal["naive", "local", "global", "hybrid", "mix"]
+QueryMode = Literal["naive", "local", "global", "hybrid", "mix", "bypass"]
+
+#: Bounds of what a query may carry besides its text (the total is bounded too: MAX_QUERY_INPUT_CHARS).
+MAX_HISTORY_MESSAGES = 100
+MAX_MESSAGE_CHARS = 20_000
+MAX_USER_PROMPT_CHARS = 4000
+MAX_KEYWORDS = 50
+MAX_KEYWORD_CHARS = 200
+MAX_CONTEXT_TOKENS = 1_000_000
 
 
 class TaskAccepted(BaseModel):
@@ -81,13 +89,42 @@ class TextInsert(BaseModel):
     )
 
 
-class QueryRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=8000)
-    mode: QueryMode = "hybrid"
+class ChatMessage(BaseModel):
+    role: Literal["user", "assistant", "system"]
+    content: str = Field(default="", max_length=MAX_MESSAGE_CHARS)
+
+
+Keyword = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEYWORD_CHARS)]
+
+
+class QueryOptions(BaseModel):
+    """LightRAG Server's query options (its `QueryRequest`), bounded."""
+
     only_need_context: bool = False
+    only_need_prompt: bool = Field(default=False, description="answer with the prompt the LLM would get")
     top_k: int | None = Field(default=None, ge=1, le=200)
     chunk_top_k: int | None = Field(default=None, ge=1, le=200)
     response_type: str | None = Field(default=None, max_length=100)
+    max_entity_tokens: int | None = Field(default=None, ge=1, le=MAX_CONTEXT_TOKENS)
+    max_relation_tokens: int | None = Field(default=None, ge=1, le=MAX_CONTEXT_TOKENS)
+    max_total_tokens: int | None = Field(default=None, ge=1, le=MAX_CONTEXT_TOKENS)
+    hl_keywords: list[Keyword] = Field(
+        default_factory=list, max_length=MAX_KEYWORDS, description="high-level retrieval keywords"
+    )
+    ll_keywords: list[Keyword] = Field(
+        default_factory=list, max_length=MAX_KEYWORDS, description="low-level retrieval keywords"
+    )
+    conversation_history: list[ChatMessage] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY_MESSAGES,
+        description="earlier turns, sent to the LLM for context (not used for retrieval)",
+    )
+    user_prompt: str | None = Field(default=None, max_length=MAX_USER_PROMPT_CHARS)
+    enable_rerank: bool | None = Field(
+        default=None, description="rerank retrieved chunks (default: when a reranker is configured)"
+    )
+    include_references: bool = Field(default=False, description="add `references` to the answer")
+    include_chunk_content: bool = Field(default=False, description="each reference's chunk texts")
     #: A picture attached to the question, as seed 000 sends it: a `data:image/...;base64,` URL
     #: (or raw base64). `images` takes several.
     image_base64: str | None = None
@@ -95,6 +132,26 @@ class QueryRequest(BaseModel):
 
     def attached_images(self) -> list[str]:
         return ([self.image_base64] if self.image_base64 else []) + list(self.images)
+
+
+class QueryRequest(QueryOptions):
+    query: str = Field(min_length=1, max_length=8000)
+    mode: QueryMode = "hybrid"
+
+
+class ReferenceOut(BaseModel):
+    reference_id: str
+    file_path: str
+    content: list[str] | None = None
+
+
+class QueryDataOut(BaseModel):
+    """LightRAG Server's `/query/data` body: the retrieval behind an answer."""
+
+    status: str
+    message: str
+    data: dict[str, Any] = Field(description="entities, relationships, chunks, references")
+    metadata: dict[str, Any]
 
 
 class QueryTaskAccepted(BaseModel):
@@ -111,6 +168,8 @@ class QueryResponse(BaseModel):
     mode: QueryMode
     only_need_context: bool
     llm: str
+    #: With `include_references`: the sources behind the answer.
+    references: list[ReferenceOut] | None = None
 
 
 class QueueStats(BaseModel):

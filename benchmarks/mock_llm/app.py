@@ -131,6 +131,7 @@ def create_mock_app(config: MockConfig | None = None) -> FastAPI:
             else:
                 kind, content = chat_answer(body, cfg)
             state.kinds[kind] = state.kinds.get(kind, 0) + 1
+            state.chat_requests.append({"kind": kind, "messages": body["messages"]})
             model = str(body.get("model") or cfg.model)
             cid = next_id("chatcmpl")
             created = int(time.time())
@@ -327,6 +328,31 @@ def create_mock_app(config: MockConfig | None = None) -> FastAPI:
         )
 
     # --- control ------------------------------------------------------------------------------
+    @app.post("/v1/rerank")
+    async def rerank(request: Request) -> Response:
+        """Jina/Cohere's rerank API: a document scores 1.0 when it contains every word (4+ letters)
+        of the query, else 0.1 - so a reranker's effect is visible in what a query retrieves."""
+        state.calls["rerank"] += 1
+        denied = check_auth(request, state.config)
+        if denied is not None:
+            return denied
+        body = await read_json(request)
+        if isinstance(body, Response):
+            return body
+        query, documents = str(body.get("query") or ""), body.get("documents") or []
+        words = [w for w in query.lower().split() if len(w) >= 4 and w.isalpha()]
+        scored = [
+            {"index": i, "relevance_score": 1.0 if all(w in str(d).lower() for w in words) else 0.1}
+            for i, d in enumerate(documents)
+        ]
+        scored.sort(key=lambda r: -r["relevance_score"])
+        top_n = body.get("top_n")
+        return _json_response({"results": scored[: int(top_n)] if top_n else scored})
+
+    @app.get("/_mock/chats")
+    async def chats() -> Response:
+        return _json_response(list(state.chat_requests))
+
     @app.get("/_mock/health")
     async def health() -> Response:
         return _json_response({"status": "ok"})

@@ -18,7 +18,7 @@ from src.rag.prompts import (
 
 from .config import MockConfig
 
-ENDPOINTS = ("chat", "embeddings", "models")
+ENDPOINTS = ("chat", "embeddings", "models", "rerank")
 
 # ----------------------------------------------------------------------------------------------
 # state
@@ -127,6 +127,8 @@ class MockState:
         self.records: deque[dict[str, Any]] = deque(maxlen=self.config.max_recorded_calls)
         #: Chat requests that carried images (benchmarks/mock_llm/vision.py).
         self.vision_requests: list[dict[str, Any]] = []
+        #: The last chat requests' kind and messages (GET /_mock/chats), newest last.
+        self.chat_requests: deque[dict[str, Any]] = deque(maxlen=100)
 
     def update_config(self, changes: dict[str, Any]) -> MockConfig:
         new = MockConfig.model_validate({**self.config.model_dump(), **changes})

@@ -257,6 +257,23 @@ class Settings(BaseSettings):
     llm_max_async: int = Field(default=8, ge=1)
     llm_max_retries: int = 3
 
+    # --- queries (LightRAG Server's variable names) -----------------------------------------
+    #: A query's text, user prompt, conversation history and keywords together (characters).
+    max_query_input_chars: int = Field(default=200_000, ge=1000)
+    #: Language of the entity descriptions and summaries LightRAG writes (answers follow the
+    #: language of the question).
+    summary_language: str = Field(default="English", min_length=1, max_length=50)
+    #: Reranker of retrieved chunks: null (none), cohere, jina or aliyun (their APIs, or any
+    #: server speaking one of them, e.g. a local vLLM / Xinference rerank endpoint).
+    rerank_binding: Literal["null", "cohere", "jina", "aliyun"] = "null"
+    rerank_model: str | None = None
+    rerank_binding_host: str | None = None
+    rerank_binding_api_key: str | None = None
+    #: Chunks scoring below this after reranking are dropped.
+    min_rerank_score: float = 0.0
+    #: Rerank when a query does not say (enable_rerank unset), if a reranker is configured.
+    rerank_by_default: bool = True
+
     # --- embeddings -------------------------------------------------------------------
     #: auto = openai when EMBEDDING_BASE_URL or EMBEDDING_API_KEY is set, else e5 (offline,
     #: multilingual-e5-small 4-bit); onnx = all-MiniLM-L6-v2 (offline, English only, ~8x faster).

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from src.core.config import Settings
 from src.ingestion.files import UploadFiles
 from src.ingestion.query_images import remove_query_images
+from src.ingestion.query_lane import QUERY_DATA
 from src.rag.errors import is_transient
 from src.rag.knowledge import IndexProgress, IndexRequest, IndexStage, KnowledgeBases, QueryAnswer, QuerySpec
 from src.rag.llm import llm_description
@@ -79,9 +80,13 @@ class IngestHandler:
     async def _answer(self, task: TaskRecord) -> dict:
         """A query task: read-only (no workspace ownership needed), its provider calls admitted at
         the task's priority for its tenant."""
-        spec = QuerySpec.from_dict(task.query or {})
-        response = await self.knowledge_bases.answer(task.tenant, spec, priority=task.priority)
-        return QueryAnswer.of(spec, response, llm_description(self.settings)).as_dict()
+        stored = task.query or {}
+        spec = QuerySpec.from_dict(stored)
+        if stored.get("purpose") == QUERY_DATA:
+            data = await self.knowledge_bases.retrieve(task.tenant, spec, priority=task.priority)
+            return data.as_dict()
+        result = await self.knowledge_bases.answer(task.tenant, spec, priority=task.priority)
+        return QueryAnswer.of(spec, result, llm_description(self.settings)).as_dict()
 
     async def _index(self, task: TaskRecord, report: Report) -> dict:
         async def on_progress(progress: IndexProgress) -> None:

@@ -20,7 +20,10 @@ from src.rag.knowledge import (
     DocumentStatus,
     KnowledgeBases,
     PurgeOutcome,
+    QueryResult,
     QuerySpec,
+    RetrievedData,
+    StreamedAnswer,
 )
 from src.tasks.models import DeleteMark
 from src.tasks.store import TaskStore
@@ -87,7 +90,7 @@ class KnowledgeService:
         )
 
     # ------------------------------------------------------------------ queries
-    async def query(self, tenant: str, spec: QuerySpec, images: list[str] | None = None) -> str:
+    async def query(self, tenant: str, spec: QuerySpec, images: list[str] | None = None) -> QueryResult:
         """The answer; ``images`` are pictures attached to the question (base64 / data URLs), kept
         only while it is answered."""
         check_query(self.settings, spec)
@@ -99,18 +102,20 @@ class KnowledgeService:
 
     async def query_stream(
         self, tenant: str, spec: QuerySpec, images: list[str] | None = None
-    ) -> AnswerStream:
+    ) -> StreamedAnswer:
         """Start answering; errors before the first piece raise here, later ones from the stream
-        (as ProviderError). Close the stream when done: it holds the tenant's knowledge base (and
-        the question's pictures)."""
+        (as ProviderError). Close the stream (``pieces.aclose()``) when done: it holds the tenant's
+        knowledge base (and the question's pictures)."""
         check_query(self.settings, spec)
         names = await store_query_images(self.settings, images or [])
         try:
-            pieces = await self.knowledge_bases.stream(tenant, replace(spec, images=names))
+            answer = await self.knowledge_bases.stream(tenant, replace(spec, images=names))
         except BaseException:
             await remove_query_images(self.settings, names)
             raise
-        return self._dropping_images(pieces, names) if names else pieces
+        if not names:
+            return answer
+        return StreamedAnswer(answer.references, self._dropping_images(answer.pieces, names))
 
     async def _dropping_images(self, pieces: AnswerStream, names: tuple[str, ...]) -> AnswerStream:
         try:
@@ -119,3 +124,8 @@ class KnowledgeService:
         finally:
             await pieces.aclose()
             await remove_query_images(self.settings, names)
+
+    async def query_data(self, tenant: str, spec: QuerySpec) -> RetrievedData:
+        """What retrieval finds for the question (entities, relationships, chunks), no answer."""
+        check_query(self.settings, spec)
+        return await self.knowledge_bases.retrieve(tenant, spec)

@@ -14,10 +14,14 @@ from src.core.config import Settings
 from src.core.defaults import DEFAULT_PRIORITY
 from src.ingestion.errors import QueryQueueFull, TaskExists, TenantQueryQueueFull
 from src.rag.errors import ProviderError, QueryTimeout
-from src.rag.knowledge import QuerySpec
+from src.rag.knowledge import QueryAnswer, QueryResult, QuerySpec, RetrievedData
 from src.tasks.fanout import TaskEventHub
 from src.tasks.models import CreateOutcome, Stage, TaskKind, TaskRecord, TaskStatus
 from src.tasks.store import TaskStore
+
+#: What a query task is for: an answer (``result.response``) or retrieval only (``/query/data``).
+QUERY_ANSWER = "answer"
+QUERY_DATA = "data"
 
 
 class QueryLane:
@@ -33,6 +37,7 @@ class QueryLane:
         *,
         priority: int = DEFAULT_PRIORITY,
         callback_url: str | None = None,
+        purpose: str = QUERY_ANSWER,
     ) -> TaskRecord:
         """Queue a query task; it waits in a lane of its own, never behind documents. (The caller
         wakes its runner: an api-role instance has none running, a worker answers.)"""
@@ -42,7 +47,7 @@ class QueryLane:
             tenant=tenant,
             priority=priority,
             kind=TaskKind.QUERY,
-            query=spec.as_dict(),
+            query={**spec.as_dict(), "purpose": purpose},
             callback_url=callback_url,
             stage=Stage.QUEUED,
             created_at=now,
@@ -59,12 +64,31 @@ class QueryLane:
             raise TaskExists(f"task {record.task_id} already exists")
         return record
 
-    async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str:
+    async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> QueryResult:
         """Answer through a query task run by a worker, waiting at most QUERY_TIMEOUT_SECONDS.
 
         Failures answer as on a direct query (502); a timeout (504) or a caller that goes away
         cancels the task, so no worker spends the LLM on an answer nobody reads."""
-        record = await self.submit(tenant, spec, priority=priority)
+        return QueryAnswer.result_of(await self._delegate(tenant, spec, priority, QUERY_ANSWER))
+
+    async def retrieve(
+        self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY
+    ) -> RetrievedData:
+        """`/query/data` through a query task run by a worker (as `answer`)."""
+        stored = await self._delegate(tenant, spec, priority, QUERY_DATA)
+        data = stored.get("data") or {}
+        return RetrievedData(
+            status=str(stored.get("status", "")),
+            message=str(stored.get("message", "")),
+            entities=list(data.get("entities") or []),
+            relationships=list(data.get("relationships") or []),
+            chunks=list(data.get("chunks") or []),
+            references=list(data.get("references") or []),
+            metadata=dict(stored.get("metadata") or {}),
+        )
+
+    async def _delegate(self, tenant: str, spec: QuerySpec, priority: int, purpose: str) -> dict:
+        record = await self.submit(tenant, spec, priority=priority, purpose=purpose)
         timeout = self.settings.query_timeout_seconds
         try:
             final = await self.events.wait_final(record.task_id, timeout, bounded=False)
@@ -80,5 +104,5 @@ class QueryLane:
                 await self.store.request_cancel(record.task_id)
             raise
         if final.status == TaskStatus.COMPLETED:
-            return str((final.result or {}).get("response", ""))
+            return dict(final.result or {})
         raise ProviderError(final.error or f"the query task ended {final.status}")

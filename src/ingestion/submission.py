@@ -60,6 +60,11 @@ def check_doc_id(doc_id: str) -> None:
 def check_query(settings: Settings, spec: QuerySpec) -> None:
     if len(spec.text) > settings.max_query_chars:
         raise QueryTooLong(f"query exceeds {settings.max_query_chars} characters")
+    if spec.characters() > settings.max_query_input_chars:
+        raise QueryTooLong(
+            f"the query, user prompt, conversation history and keywords exceed "
+            f"{settings.max_query_input_chars} characters together"
+        )
 
 
 @dataclass(frozen=True)

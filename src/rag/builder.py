@@ -21,6 +21,7 @@ from .embedding import build_embedding_func
 from .embedding_signature import ensure_embedding_signature
 from .lightrag_compat import LIMITER_KWARGS, replace_provider_functions
 from .llm import build_llm_func
+from .rerank import build_rerank_func
 from .scheduler import ProviderSchedulers, shared_schedulers
 from .storage.selection import storage_kwargs_from_env
 from .storage.sqlite_store import configure as configure_embedded_storages
@@ -119,17 +120,24 @@ async def build_lightrag(
     if llm_wrapper is not None:  # e.g. the document guard that stops LLM work of cancelled tasks
         llm_func = llm_wrapper(llm_func)
 
+    rerank_func = build_rerank_func(settings)
+
     def construct() -> LightRAG:
         working_dir.mkdir(parents=True, exist_ok=True)
-        return LightRAG(
+        rag = LightRAG(
             working_dir=str(working_dir),
             workspace=workspace,
             tokenizer=tokenizer,
             embedding_func=embedding_func,
             llm_model_func=llm_func,
+            rerank_model_func=rerank_func,
+            min_rerank_score=settings.min_rerank_score,
             **storages,
             **lightrag_kwargs(settings),
         )
+        # SUMMARY_LANGUAGE from our settings (LightRAG would read the process environment).
+        rag.addon_params["language"] = settings.summary_language
+        return rag
 
     rag = await asyncio.to_thread(construct)
     install_provider_functions(rag, llm_func, embedding_func, schedulers, 2 * outer_timeout_seconds(settings))

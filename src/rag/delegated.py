@@ -30,7 +30,10 @@ from src.rag.knowledge import (
     IndexResult,
     ProgressSink,
     PurgeResult,
+    QueryResult,
     QuerySpec,
+    RetrievedData,
+    StreamedAnswer,
     workspace_of,
 )
 from src.rag.storage.durable import read_doc_status, read_doc_statuses
@@ -39,7 +42,13 @@ from src.rag.storage.durable import read_doc_status, read_doc_statuses
 class QueryDelegate(Protocol):
     """Who answers a query for this instance (a worker, through a query task)."""
 
-    async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str: ...
+    async def answer(
+        self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY
+    ) -> QueryResult: ...
+
+    async def retrieve(
+        self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY
+    ) -> RetrievedData: ...
 
 
 class DelegatedKnowledgeBases:
@@ -86,15 +95,24 @@ class DelegatedKnowledgeBases:
         return await asyncio.to_thread(page_of_records, records, status, limit, offset)
 
     # ------------------------------------------------------------------ answers: a worker's
-    async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str:
+    async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> QueryResult:
         return await self.delegate.answer(tenant, spec, priority=priority)
 
     async def context(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str:
-        return await self.answer(tenant, replace(spec, only_need_context=True), priority=priority)
+        result = await self.answer(tenant, replace(spec, only_need_context=True), priority=priority)
+        return result.response
 
-    async def stream(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> AnswerStream:
+    async def retrieve(
+        self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY
+    ) -> RetrievedData:
+        return await self.delegate.retrieve(tenant, spec, priority=priority)
+
+    async def stream(
+        self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY
+    ) -> StreamedAnswer:
         """The whole answer as one piece (a query task's result is not streamed)."""
-        return _one_piece(await self.answer(tenant, spec, priority=priority))
+        result = await self.answer(tenant, spec, priority=priority)
+        return StreamedAnswer(result.references, _one_piece(result.response))
 
 
 async def _one_piece(answer: str) -> AnswerStream:

@@ -177,10 +177,22 @@ class QueryMode(StrEnum):
     GLOBAL = "global"
     HYBRID = "hybrid"
     MIX = "mix"
+    #: No retrieval: the question (and the conversation) goes to the LLM as it is.
+    BYPASS = "bypass"
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One earlier turn of a conversation (sent to the LLM for context, never used for retrieval)."""
+
+    role: str
+    content: str
 
 
 @dataclass(frozen=True)
 class QuerySpec:
+    """A question and LightRAG Server's query options, in our types (bounded by the API)."""
+
     text: str
     mode: QueryMode = QueryMode.HYBRID
     #: Answer with the retrieved context instead of a generated answer.
@@ -190,19 +202,118 @@ class QuerySpec:
     response_type: str | None = None
     #: Pictures attached to the question: names of files in ``Settings.query_images_dir``.
     images: tuple[str, ...] = ()
+    #: Answer with the prompt the LLM would get instead of calling it.
+    only_need_prompt: bool = False
+    #: Extra instructions for the LLM, put into LightRAG's answer prompt.
+    user_prompt: str | None = None
+    conversation_history: tuple[ChatMessage, ...] = ()
+    #: Retrieval keywords chosen by the client (the LLM's keyword extraction is skipped when given).
+    hl_keywords: tuple[str, ...] = ()
+    ll_keywords: tuple[str, ...] = ()
+    max_entity_tokens: int | None = None
+    max_relation_tokens: int | None = None
+    max_total_tokens: int | None = None
+    #: Rerank the retrieved chunks; None: whenever a reranker is configured (RERANK_BY_DEFAULT).
+    enable_rerank: bool | None = None
+    #: Ask for the sources behind the answer (``QueryResult.references``).
+    include_references: bool = False
+    #: With the references: the text of the chunks each one stands for.
+    include_chunk_content: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", QueryMode(self.mode))
+        history = tuple(
+            m if isinstance(m, ChatMessage) else ChatMessage(str(m["role"]), str(m.get("content", "")))
+            for m in self.conversation_history
+        )
+        object.__setattr__(self, "conversation_history", history)
+        object.__setattr__(self, "hl_keywords", tuple(self.hl_keywords))
+        object.__setattr__(self, "ll_keywords", tuple(self.ll_keywords))
         object.__setattr__(self, "images", tuple(self.images))
 
     def as_dict(self) -> dict[str, Any]:
         """What a query task stores in its record (bounded: the API validates every field)."""
-        return {**asdict(self), "mode": self.mode.value, "images": list(self.images)}
+        data = asdict(self)
+        data["mode"] = self.mode.value
+        data["conversation_history"] = [asdict(m) for m in self.conversation_history]
+        data["hl_keywords"] = list(self.hl_keywords)
+        data["ll_keywords"] = list(self.ll_keywords)
+        data["images"] = list(self.images)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuerySpec:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def characters(self) -> int:
+        """Everything the client sent that reaches the LLM, in characters (bounded in total)."""
+        return (
+            len(self.text)
+            + len(self.user_prompt or "")
+            + sum(len(m.content) + len(m.role) for m in self.conversation_history)
+            + sum(len(k) for k in self.hl_keywords + self.ll_keywords)
+        )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A source behind an answer: LightRAG's numbered reference to a document's file path."""
+
+    reference_id: str
+    file_path: str
+    #: The retrieved chunks of that source (only with ``include_chunk_content``).
+    content: tuple[str, ...] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"reference_id": self.reference_id, "file_path": self.file_path}
+        if self.content is not None:
+            data["content"] = list(self.content)
+        return data
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """An answer (or, with only_need_context / only_need_prompt, the context or the prompt) and the
+    references behind it (empty unless asked for)."""
+
+    response: str
+    references: tuple[Reference, ...] = ()
+
+
+@dataclass(frozen=True)
+class StreamedAnswer:
+    """A streamed answer: the references are known before the first piece."""
+
+    references: tuple[Reference, ...]
+    pieces: AsyncGenerator[str, None]
+
+
+@dataclass(frozen=True)
+class RetrievedData:
+    """What retrieval found for a question, without an answer (LightRAG Server's ``/query/data``):
+    entities, relationships and chunks as plain JSON rows, plus the references and metadata."""
+
+    status: str
+    message: str
+    entities: list[dict[str, Any]]
+    relationships: list[dict[str, Any]]
+    chunks: list[dict[str, Any]]
+    references: list[dict[str, Any]]
+    metadata: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "message": self.message,
+            "data": {
+                "entities": self.entities,
+                "relationships": self.relationships,
+                "chunks": self.chunks,
+                "references": self.references,
+            },
+            "metadata": self.metadata,
+        }
 
 
 #: A streamed answer: text pieces; close it (``aclose``) when done, it holds the knowledge base.
@@ -238,17 +349,26 @@ class KnowledgeBases(Protocol):
         self, tenant: str, status: DocumentStatus | None, limit: int, offset: int
     ) -> DocumentPage: ...
 
-    async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str:
-        """The whole answer (or, with ``only_need_context``, the retrieved context)."""
+    async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> QueryResult:
+        """The whole answer (or, with ``only_need_context``, the retrieved context), with its
+        references when ``spec.include_references``."""
         ...
 
     async def context(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str:
         """Only the context retrieved for ``spec`` (no generated answer)."""
         ...
 
-    async def stream(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> AnswerStream:
+    async def stream(
+        self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY
+    ) -> StreamedAnswer:
         """Start answering: failures before the first piece raise here, later ones from the stream
         (as `ProviderError`)."""
+        ...
+
+    async def retrieve(
+        self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY
+    ) -> RetrievedData:
+        """The entities, relationships and chunks retrieval finds for ``spec`` (no answer)."""
         ...
 
     def loaded(self) -> list[str]:
@@ -265,10 +385,12 @@ class QueryAnswer:
     mode: QueryMode
     only_need_context: bool
     llm: str
+    references: tuple[Reference, ...] | None = None
 
     @classmethod
-    def of(cls, spec: QuerySpec, response: str, llm: str) -> QueryAnswer:
-        return cls(response, spec.mode, spec.only_need_context, llm)
+    def of(cls, spec: QuerySpec, result: QueryResult, llm: str) -> QueryAnswer:
+        references = result.references if spec.include_references else None
+        return cls(result.response, spec.mode, spec.only_need_context, llm, references)
 
     def as_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = {
@@ -279,4 +401,21 @@ class QueryAnswer:
         }
         if self.only_need_context:
             result["context"] = self.response
+        if self.references is not None:
+            result["references"] = [r.as_dict() for r in self.references]
         return result
+
+    @staticmethod
+    def result_of(stored: Mapping[str, Any]) -> QueryResult:
+        """A completed query task's ``result`` back as a `QueryResult`."""
+        return QueryResult(
+            str(stored.get("response", "")),
+            tuple(
+                Reference(
+                    str(r.get("reference_id", "")),
+                    str(r.get("file_path", "")),
+                    tuple(r["content"]) if r.get("content") is not None else None,
+                )
+                for r in stored.get("references") or ()
+            ),
+        )

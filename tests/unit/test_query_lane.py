@@ -54,7 +54,7 @@ async def test_the_workers_answer_arrives_through_the_change_notice(lane: QueryL
     if answering.done():
         pytest.fail(f"the delegated query gave up at once (refused a waiter slot?): {answering}")
     await worker(lane.store, TaskStatus.COMPLETED, result={"response": "Ada"})
-    assert await asyncio.wait_for(answering, 20) == "Ada"
+    assert (await asyncio.wait_for(answering, 20)).response == "Ada"
     blocker.cancel()
 
 

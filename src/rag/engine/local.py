@@ -30,7 +30,10 @@ from src.rag.knowledge import (
     IndexResult,
     ProgressSink,
     PurgeResult,
+    QueryResult,
     QuerySpec,
+    RetrievedData,
+    StreamedAnswer,
 )
 from src.rag.lightrag_compat import in_own_task
 from src.rag.parsers import parse_limits
@@ -91,48 +94,62 @@ class LocalKnowledgeBases:
             return await list_documents(engine.rag.doc_status, status, limit, offset)
 
     # ------------------------------------------------------------------ answers
-    async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str:
+    async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> QueryResult:
         return await in_own_task(self._answer(tenant, spec, priority))
 
-    async def _answer(self, tenant: str, spec: QuerySpec, priority: int) -> str:
+    async def _answer(self, tenant: str, spec: QuerySpec, priority: int) -> QueryResult:
         async with self.engines.use(tenant) as engine:
             with call_context(priority=priority, tenant=tenant):
                 if spec.images:
                     return await self._answer_with_images(engine, spec)
-                return await queries.whole(engine.rag, spec) or ""
+                return await queries.whole(engine.rag, spec)
 
-    async def _answer_with_images(self, engine: TenantEngine, spec: QuerySpec) -> str:
+    async def _answer_with_images(self, engine: TenantEngine, spec: QuerySpec) -> QueryResult:
         directory = self.engines.settings.query_images_dir
         paths = [directory / Path(name).name for name in spec.images]
         vision = self.engines.vision()
-        return await image_questions.answer(engine.rag, spec, paths, vision=vision, limits=parse_limits())
+        response = await image_questions.answer(engine.rag, spec, paths, vision=vision, limits=parse_limits())
+        return QueryResult(response)
 
     async def context(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str:
-        return await self.answer(tenant, replace(spec, only_need_context=True), priority=priority)
+        result = await self.answer(tenant, replace(spec, only_need_context=True), priority=priority)
+        return result.response
 
-    async def stream(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> AnswerStream:
+    async def retrieve(
+        self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY
+    ) -> RetrievedData:
+        return await in_own_task(self._retrieve(tenant, spec, priority))
+
+    async def _retrieve(self, tenant: str, spec: QuerySpec, priority: int) -> RetrievedData:
+        async with self.engines.use(tenant) as engine:
+            with call_context(priority=priority, tenant=tenant):
+                return await queries.retrieve(engine.rag, spec)
+
+    async def stream(
+        self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY
+    ) -> StreamedAnswer:
         """The first piece is awaited here, before the caller commits to a 200 status line: LightRAG
         returns a lazy iterator, so a provider that refuses the request fails on the first read.
         The engine stays borrowed until the stream is closed, so it cannot be evicted mid-answer."""
         if spec.images:  # answered whole (pictures are described first), then sent as one piece
             whole = await self.answer(tenant, spec, priority=priority)
-            return _prepend(whole, _no_pieces())
+            return StreamedAnswer(whole.references, _prepend(whole.response, _no_pieces()))
         engine = await self.engines.acquire(tenant)
         try:
             with call_context(priority=priority, tenant=tenant):
-                answer = await queries.ask(engine.rag, spec, stream=True)
+                asked = await queries.ask(engine.rag, spec, stream=True)
         except BaseException:
             self.engines.release(engine)
             raise
-        pieces = self._pieces(engine, answer, priority, tenant)
+        pieces = self._pieces(engine, asked.content, priority, tenant)
         try:
             first = await anext(pieces)
         except StopAsyncIteration:
-            return _no_pieces()
+            return StreamedAnswer(asked.references, _no_pieces())
         except BaseException:
             await pieces.aclose()
             raise
-        return _prepend(first, pieces)
+        return StreamedAnswer(asked.references, _prepend(first, pieces))
 
     async def _pieces(
         self, engine: TenantEngine, answer: str | AsyncIterator[str], priority: int, tenant: str
