@@ -26,7 +26,7 @@ from lightrag import LightRAG
 from raganything.prompt import PROMPTS
 
 from src.rag.engine import queries
-from src.rag.knowledge import QuerySpec
+from src.rag.knowledge import QueryResult, QuerySpec
 from src.rag.parsing.isolated import run_isolated
 from src.rag.parsing.limits import ParseLimits
 
@@ -72,7 +72,7 @@ async def answer(
     *,
     vision: VisionFunc | None,
     limits: ParseLimits,
-) -> str:
+) -> QueryResult:
     """The answer (or, with ``only_need_context``, the retrieved context) to a question with pictures."""
     plain = replace(spec, images=())
     if vision is None:
@@ -88,10 +88,10 @@ async def answer(
         )
         parts.append(f"\nRelated image content: {description}")
     enhanced = "\n".join(parts) + PROMPTS["QUERY_ENHANCEMENT_SUFFIX"]
-    context = await queries.whole(rag, replace(plain, text=enhanced, only_need_context=True))
+    retrieved = await queries.whole(rag, replace(plain, text=enhanced, only_need_context=True))
     if spec.only_need_context:
-        return context
+        return retrieved
     result: Any = await vision(
-        spec.text, system_prompt=ANSWER_SYSTEM.format(context=context), image_data=images
+        spec.text, system_prompt=ANSWER_SYSTEM.format(context=retrieved.response), image_data=images
     )
-    return str(result)
+    return QueryResult(str(result), retrieved.references)

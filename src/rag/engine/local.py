@@ -108,8 +108,7 @@ class LocalKnowledgeBases:
         directory = self.engines.settings.query_images_dir
         paths = [directory / Path(name).name for name in spec.images]
         vision = self.engines.vision()
-        response = await image_questions.answer(engine.rag, spec, paths, vision=vision, limits=parse_limits())
-        return QueryResult(response)
+        return await image_questions.answer(engine.rag, spec, paths, vision=vision, limits=parse_limits())
 
     async def context(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> str:
         result = await self.answer(tenant, replace(spec, only_need_context=True), priority=priority)
