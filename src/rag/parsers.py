@@ -80,6 +80,7 @@ def configure_parse_limits(settings: Settings) -> None:
         max_table_cells=settings.max_table_cells,
         max_ocr_pages=settings.max_ocr_pages,
         ocr_threads=settings.ocr_threads,
+        ocr_pictures=not settings.vision_configured,
     )
     _default_out_dir = Path(settings.data_dir) / "parsed"
 

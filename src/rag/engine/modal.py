@@ -17,6 +17,7 @@ equations are described the same honest way (their caption, header and formula),
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 ItemProgress = Callable[[int, int], Awaitable[None]]
 #: RAG-Anything names a model-made entity "<name> (<type>)" (ImageModalProcessor._parse_response).
 _SUMMARY_CHARS = 300
+#: Items of one document described at once (RAG-Anything uses max_parallel_insert, 2 by default).
+DESCRIBE_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -135,37 +138,53 @@ class ModalDescriber:
     async def describe(
         self, content_list: ContentList, items: ContentList, on_item: ItemProgress | None = None
     ) -> list[ModalChunk]:
-        """One ModalChunk per item, in document order. Model calls run in the caller's task (its
-        call context: priority, tenant); cancelling the caller stops them."""
-        chunks: list[ModalChunk] = []
-        for number, item in enumerate(items, 1):
-            kind = str(item.get("type") or "generic")
-            if self.uses_model(kind):
-                processor = self._processor(kind)
-                processor.set_content_source(content_list, "minerU")
-                item_info = {
-                    "page_idx": item.get("page_idx", 0),
-                    "index": item.get("_content_list_index", number - 1),
-                    "type": kind,
-                }
-                [section] = (await processor.generate_chunk_sections(item, kind, item_info, None))[:1]
-                description, entity = section["description"], section["entity_info"]
-            else:
-                description, entity = _offline_description(item, number)
-            content = multimodal_chunk_text(self.rag_anything, kind, item, description)
-            chunks.append(
-                ModalChunk(
-                    content=content,
-                    entity_name=str(entity["entity_name"]),
-                    entity_type=str(entity.get("entity_type") or kind),
-                    summary=str(entity.get("summary") or description),
-                    original_type=kind,
-                    page_idx=int(item.get("page_idx") or 0),
-                )
-            )
+        """One ModalChunk per item, in document order. Items are described concurrently (at most
+        DESCRIBE_CONCURRENCY at once; the LLM and vision schedulers bound the calls in flight);
+        model calls run in the caller's task context (its priority, tenant); cancelling the
+        caller stops them all."""
+        semaphore = asyncio.Semaphore(DESCRIBE_CONCURRENCY)
+        done = 0
+
+        async def one(number: int, item: dict[str, Any]) -> ModalChunk:
+            nonlocal done
+            async with semaphore:
+                chunk = await self._describe_one(content_list, number, item)
+            done += 1
             if on_item is not None:
-                await on_item(number, len(items))
-        return chunks
+                await on_item(done, len(items))
+            return chunk
+
+        tasks = [asyncio.ensure_future(one(n, item)) for n, item in enumerate(items, 1)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _describe_one(self, content_list: ContentList, number: int, item: dict[str, Any]) -> ModalChunk:
+        kind = str(item.get("type") or "generic")
+        if self.uses_model(kind):
+            processor = self._processor(kind)
+            processor.set_content_source(content_list, "minerU")
+            item_info = {
+                "page_idx": item.get("page_idx", 0),
+                "index": item.get("_content_list_index", number - 1),
+                "type": kind,
+            }
+            [section] = (await processor.generate_chunk_sections(item, kind, item_info, None))[:1]
+            description, entity = section["description"], section["entity_info"]
+        else:
+            description, entity = _offline_description(item, number)
+        return ModalChunk(
+            content=multimodal_chunk_text(self.rag_anything, kind, item, description),
+            entity_name=str(entity["entity_name"]),
+            entity_type=str(entity.get("entity_type") or kind),
+            summary=str(entity.get("summary") or description),
+            original_type=kind,
+            page_idx=int(item.get("page_idx") or 0),
+        )
 
 
 #: Where a document's multimodal chunks are kept in its full_docs record (so a resumed attempt

@@ -100,7 +100,7 @@ def _item(
             job.out_dir,
             f"p{page + 1}-{job.images_kept}",
             page,
-            job.ocr,
+            job.picture_ocr,
             caption=_strings(raw.get("image_caption", raw.get("img_caption"))),
             footnote=_strings(raw.get("image_footnote", raw.get("img_footnote"))),
         )

@@ -24,7 +24,7 @@ def parse_image(job: ParseJob) -> ContentList:
                 raise
             except (EOFError, OSError, ValueError):
                 break
-        item = picture_item(image, job.out_dir, f"p{frame + 1}", frame, job.ocr)
+        item = picture_item(image, job.out_dir, f"p{frame + 1}", frame, job.picture_ocr)
         job.budget.take(item["ocr_text"])
         items.append(item)
         job.progress(frame + 1, frames)

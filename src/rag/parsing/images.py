@@ -77,11 +77,11 @@ def store_image(image: Any, out_dir: Path, stem: str) -> Path:
 
 
 def picture_item(
-    image: Any, out_dir: Path, stem: str, page_idx: int, ocr: Ocr, **extra: Any
+    image: Any, out_dir: Path, stem: str, page_idx: int, ocr: Ocr | None, **extra: Any
 ) -> dict[str, Any]:
     """An ``image`` content item for a decoded picture: stored copy, original size, OCR text."""
     path = store_image(image, out_dir, stem)
-    text = ocr.read(image)
+    text = ocr.read(image) if ocr is not None else ""
     return image_item(str(path), page_idx, width=image.width, height=image.height, ocr_text=text, **extra)
 
 

@@ -42,6 +42,11 @@ class ParseJob:
         sys.stderr.write(f"{PROGRESS_PREFIX}{done} {total}\n")
         sys.stderr.flush()
 
+    @property
+    def picture_ocr(self) -> Ocr | None:
+        """The OCR engine for pictures, or None when a vision model will look at them instead."""
+        return self.ocr if self.limits.ocr_pictures else None
+
     def note(self, message: str) -> None:
         """Something the service should log although the parse succeeded."""
         sys.stderr.write(f"{self.name}: {message}\n")
@@ -64,7 +69,7 @@ class ParseJob:
             return None
         self.images_kept += 1
         item = picture_item(
-            image, self.out_dir, f"p{page_idx + 1}-{self.images_kept}", page_idx, self.ocr, **extra
+            image, self.out_dir, f"p{page_idx + 1}-{self.images_kept}", page_idx, self.picture_ocr, **extra
         )
         self.budget.take(item["ocr_text"])
         return item

@@ -29,6 +29,8 @@ class ParseLimits:
     max_ocr_pages: int = 500
     #: OCR (onnxruntime) threads in the child.
     ocr_threads: int = 2
+    #: OCR pictures (not only scanned pages): off when a vision model describes them.
+    ocr_pictures: bool = True
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
