@@ -1,10 +1,13 @@
 """Application factory and entry points.
 
-uvicorn main:app          # the FastAPI convention (also `fastapi run main.py`)
-python main.py            # same app, on HOST:PORT from the settings (default 127.0.0.1:8000)
+python main.py                                        # HOST:PORT from the settings (127.0.0.1:8000)
+uvicorn main:app                                      # the FastAPI convention (also `fastapi run`)
+gunicorn -k uvicorn.workers.UvicornWorker main:app    # several worker processes
 
 `app` is built at import time from the environment; tests call `create_app(settings)` instead.
-Building the app is cheap: every service starts in the lifespan.
+Building the app is cheap: every service starts in the lifespan. Importing this module also bounds
+uvicorn's HTTP protocols (headers, idle connections, connection counts: src/core/http_limits.py),
+so every launcher above serves with the same bounds.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from api.routes.ui import router as ui_router
 from api.views import task_view
 from src.core.config import Settings, get_settings
 from src.core.heap import long_lived_objects_frozen
-from src.core.http_limits import bounded_protocol
+from src.core.http_limits import HttpLimits, active_connection_cap
+from src.core.http_limits import install as install_http_limits
 from src.core.logs import configure_logging
 from src.core.metrics_listener import MetricsListener
 from src.core.shutdown_watch import reported_if_slow
@@ -85,6 +89,15 @@ WORKER_PATHS = frozenset({"/health", "/metrics"})
 
 settings = get_settings()
 configure_logging(settings.log_level, settings.log_format)
+install_http_limits(HttpLimits.of(settings))
+logging.getLogger(__name__).info(
+    "HTTP bounds: headers %d bytes / %d fields / %g s, %d connections (%s per client)",
+    settings.max_header_bytes,
+    settings.max_header_count,
+    settings.header_timeout_seconds,
+    active_connection_cap(),
+    settings.max_connections_per_client or "no cap",
+)
 app = create_app(settings)
 
 
@@ -116,9 +129,6 @@ def main() -> None:
     logging.getLogger("main").info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
     config = uvicorn.Config(
         app,
-        http=bounded_protocol(
-            settings.max_header_bytes, settings.max_header_count, settings.header_timeout_seconds
-        ),
         host=host,
         port=port,  # the bound port, so uvicorn's own start-up line names it too
         log_level=settings.log_level.lower(),

@@ -34,7 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ import httpx
 from tests.helpers import scrubbed_env, wait_http, wait_sync
 
 __all__ = [
+    "LAUNCHERS",
     "ROOT",
     "Listener",
     "MockProcess",
@@ -146,9 +147,32 @@ def service_env(data_dir: Path, listener: Listener | None, llm: Any = None, **ex
     return env
 
 
-def spawn_service(env: dict[str, str], log_path: Path, *command: str) -> subprocess.Popen:
+#: The ways the service is started in the wild; the HTTP bounds must hold under each of them.
+LAUNCHERS = ("python main.py", "uvicorn main:app", "gunicorn main:app")
+
+
+def launch_command(launcher: str, env: dict[str, str]) -> tuple[str, ...]:
+    """The command line of ``launcher`` serving on env's LISTEN_FD (inherited listening socket)."""
+    fd = env["LISTEN_FD"]
+    if launcher == "python main.py":
+        return (sys.executable, "main.py")
+    if launcher == "uvicorn main:app":
+        return (sys.executable, "-m", "uvicorn", "main:app", "--fd", fd)
+    if launcher == "gunicorn main:app":
+        return (sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", "1",
+                "-b", f"fd://{fd}", "--graceful-timeout", "20", "main:app")  # fmt: skip
+    raise ValueError(launcher)
+
+
+def spawn_service(
+    env: dict[str, str],
+    log_path: Path,
+    *command: str,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen:
     """Start the service (default `python main.py`) with ``env``, passing its LISTEN_FD; its stdout
-    and stderr are appended to ``log_path``. Returns at once (see :func:`start_service`)."""
+    and stderr are appended to ``log_path``; ``preexec_fn`` runs in the child (e.g. a resource
+    limit). Returns at once (see :func:`start_service`)."""
     fds = (int(env["LISTEN_FD"]),) if "LISTEN_FD" in env else ()
     with open(log_path, "ab") as log:  # the child holds its own descriptor
         return subprocess.Popen(
@@ -158,12 +182,22 @@ def spawn_service(env: dict[str, str], log_path: Path, *command: str) -> subproc
             stdout=log,
             stderr=log,
             pass_fds=fds,
+            preexec_fn=preexec_fn,
         )
 
 
-def start_service(env: dict[str, str], log_path: Path, timeout: float = 120) -> subprocess.Popen:
-    """:func:`spawn_service`, then wait until its /health answers (the service log's tail if not)."""
-    proc = spawn_service(env, log_path)
+def start_service(
+    env: dict[str, str],
+    log_path: Path,
+    timeout: float = 120,
+    *,
+    launcher: str = "python main.py",
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen:
+    """:func:`spawn_service` with ``launcher`` (one of LAUNCHERS; it needs a LISTEN_FD unless it is
+    the default), then wait until its /health answers (the service log's tail if not)."""
+    command = launch_command(launcher, env) if launcher != "python main.py" else ()
+    proc = spawn_service(env, log_path, *command, preexec_fn=preexec_fn)
     try:
         if env.get("PORT") == "0":
 

@@ -1,4 +1,5 @@
-"""The embedded Redis is stopped and probed with one attempt, never redis-py's retry loop.
+"""The embedded Redis is stopped and probed with one attempt, never redis-py's retry loop, and is
+restarted only when it is really down.
 
 redis-py retries a failed command three times with backoff by default. SHUTDOWN closes the
 socket by design, so with the default client every clean stop of the service paid ~4 s of
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 from pathlib import Path
 
 import pytest
 from redis.asyncio.connection import UnixDomainSocketConnection
 
 from src.core.embedded_redis import EmbeddedRedis
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -60,5 +63,49 @@ async def test_probing_a_dead_server_tries_once(tmp_path: Path, connects: list[s
         connects.clear()
         assert await server._answers() is False
         assert connects == [str(server.socket)]
+    finally:
+        await server.stop()
+
+
+def lowest_free_descriptor() -> int:
+    """A new descriptor takes the lowest free number: with the limit there, none can be opened."""
+    free = 0
+    while _is_open(free):
+        free += 1
+    return free
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+async def test_the_supervisor_does_not_restart_a_healthy_server_when_it_cannot_open_a_socket(
+    tmp_path: Path, connects: list[str]
+) -> None:
+    """Catches the supervisor taking its own EMFILE for a dead server: under a flood of idle
+    connections it could not open a socket, read neither a PING answer nor the pid file, and
+    SIGKILLed (and restarted) a healthy redis-server. Here this process really runs out of
+    descriptors (RLIMIT_NOFILE lowered to what is open) for dozens of checks: the same server
+    keeps running, no restart is counted, and it answers once descriptors are back."""
+    server = EmbeddedRedis(tmp_path / "redis", check_seconds=0.02)
+    await server.start()
+    pid = server.pid
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        connects.clear()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free_descriptor(), hard))  # none left
+        try:
+            await wait_until(lambda: asyncio.sleep(0, result=len(connects) >= 40), timeout=30)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        connects.clear()  # descriptors are back: let the supervisor check a few more times
+        await wait_until(lambda: asyncio.sleep(0, result=len(connects) >= 20), timeout=30)
+        assert server.restarts == 0 and server.pid == pid
+        os.kill(pid, 0)  # still alive
+        assert await server._answers()
     finally:
         await server.stop()

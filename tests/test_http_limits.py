@@ -1,30 +1,46 @@
-"""Real uvicorn process (`python main.py`): header blocks are bounded in size, count and time
-before the app or authentication runs (issue 12 item 10)."""
+"""Real processes under every launcher of `main:app` (`python main.py`, `uvicorn main:app`, gunicorn's
+UvicornWorker): header blocks are bounded in size, count and time before the app or authentication
+runs, and a connection that says nothing is closed (issue 12 item 10, issue 25 items 6 and 10: under
+`uvicorn main:app` a 32 MB header used to be answered 200, the bounds lived only in `python main.py`)."""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
-from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
-from tests.procs import Listener, kill_embedded_redis, service_env, start_service
+from tests.procs import (
+    LAUNCHERS,
+    ROOT,
+    Listener,
+    kill_embedded_redis,
+    service_env,
+    start_service,
+    stop_process,
+)
 
-pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(600)]
 
 
 def _read_response(sock: socket.socket, timeout: float = 20.0) -> tuple[int, dict]:
     sock.settimeout(timeout)
     data = b""
-    while b"\r\n\r\n" not in data or len(data) < data.find(b"\r\n\r\n") + 4 + _length(data):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    try:
+        while b"\r\n\r\n" not in data or len(data) < data.find(b"\r\n\r\n") + 4 + _length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass  # the server closed with unread bytes of ours: what it sent before is in ``data``
     head, _, body = data.partition(b"\r\n\r\n")
+    if not head:
+        return 0, {}
     return int(head.split(b" ", 2)[1]), json.loads(body) if body else {}
 
 
@@ -36,26 +52,54 @@ def _length(data: bytes) -> int:
 
 
 def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    """The service's resident memory: the process and its children (gunicorn's worker), not the
+    embedded redis-server."""
+    root = psutil.Process(pid)
+    tree = [root, *root.children(recursive=True)]
+    return sum(p.memory_info().rss for p in tree if "redis" not in p.name()) // 1024
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=LAUNCHERS)
+def server(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
     with Listener() as http:
         env = service_env(tmp / "data", http, HEADER_TIMEOUT_SECONDS="1.5")
-        proc = start_service(env, tmp / "service.log")
+        proc = start_service(env, tmp / "service.log", launcher=request.param)
         yield proc, http.port
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc)
         kill_embedded_redis(tmp / "data")
 
 
 def _connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def _send_until_cut(sock: socket.socket, data_size: int, chunk: bytes) -> int:
+    """Send up to ``data_size`` bytes of ``chunk``s; how many went out before the server cut us off."""
+    sent = 0
+    try:
+        while sent < data_size:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass  # the server answered and closed the connection
+    return sent
+
+
+def test_a_32_mb_header_is_cut_off_with_431(server) -> None:
+    """Catches header bounds that depend on the launcher: under `uvicorn main:app` a 32 MB header to
+    /health was read whole and answered 200. Every launcher cuts it off early with a JSON 431."""
+    _, port = server
+    with _connect(port) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = _send_until_cut(sock, 32 * 1024 * 1024, b"a" * (256 * 1024))
+        if sent == 32 * 1024 * 1024:
+            sock.sendall(b"\r\n\r\n")
+        status, body = _read_response(sock)
+    assert sent < 32 * 1024 * 1024, "the server read the whole 32 MB header"
+    assert status in (0, 431), status  # 0: the reset came before we could read the 431
+    if status:
+        assert body["code"] == "headers_too_large"
 
 
 def test_oversized_header_is_431_json(server) -> None:
@@ -87,26 +131,25 @@ def test_stalled_header_block_is_closed_with_408(server) -> None:
     assert status == 408 and body["code"] == "header_timeout"
 
 
+def test_a_connection_that_sends_nothing_is_closed(server) -> None:
+    """Catches idle sockets held forever (20,000 of them took every file descriptor): a connection
+    that never sends a byte is closed once HEADER_TIMEOUT_SECONDS have passed."""
+    _, port = server
+    with _connect(port) as sock:
+        sock.settimeout(30)
+        assert sock.recv(1024) == b""  # EOF from the server, not our 30 s timeout
+
+
 def test_many_unterminated_huge_headers_cost_bounded_memory(server) -> None:
     """Catches per-connection header buffering: 30 clients each trying to send 16 MB of one header
     must each be cut off early, and the server must not grow by anything like 30 x 16 MB."""
     proc, port = server
     before = _rss_kb(proc.pid)
     sockets = [_connect(port) for _ in range(30)]
-    sent_per_socket = []
     try:
         for sock in sockets:
             sock.sendall(b"POST /insert HTTP/1.1\r\nHost: x\r\nX-Huge: ")
-        chunk = b"b" * (256 * 1024)
-        for sock in sockets:
-            sent = 0
-            try:
-                while sent < 16 * 1024 * 1024:
-                    sock.sendall(chunk)
-                    sent += len(chunk)
-            except OSError:
-                pass  # the server answered 431 and closed the connection
-            sent_per_socket.append(sent)
+        sent_per_socket = [_send_until_cut(s, 16 * 1024 * 1024, b"b" * (256 * 1024)) for s in sockets]
         growth_mb = (_rss_kb(proc.pid) - before) / 1024
     finally:
         for sock in sockets:
@@ -136,3 +179,12 @@ def test_normal_requests_with_bodies_still_work(server) -> None:
         timeout=60,
     )
     assert upload.status_code == 202, upload.text
+
+
+def test_the_docker_image_starts_a_tested_launcher() -> None:
+    """Catches a Dockerfile whose CMD starts the service some way these tests do not cover."""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    command = re.search(r"^CMD \[(.+)\]$", dockerfile, re.M)
+    assert command is not None
+    argv = json.loads(f"[{command.group(1)}]")
+    assert " ".join(argv) in LAUNCHERS, argv

@@ -85,10 +85,17 @@ class Settings(BaseSettings):
     parse_memory_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=256 * 1024 * 1024)
     parse_timeout_seconds: float = Field(default=300.0, gt=0)
     #: Request line + headers may total this many bytes and fields, and must arrive within the
-    #: timeout (431 / 408 otherwise; `python main.py` enforces them, see src/core/http_limits.py).
+    #: timeout (431 / 408 otherwise; a connection that sends nothing is closed after the timeout).
+    #: Enforced by uvicorn's protocols whatever the launcher (src/core/http_limits.py).
     max_header_bytes: int = Field(default=64 * 1024, ge=4096)
     max_header_count: int = Field(default=100, ge=10)
     header_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: Open connections at once (0: derived from the open-files limit, raised to its hard limit at
+    #: start-up, keeping room for the service's own files; at most 10,000) and per client address
+    #: (0 = no cap: set 0 behind a proxy, where every connection has the proxy's address). Beyond
+    #: either: 503 and closed at once.
+    max_connections: int = Field(default=0, ge=0)
+    max_connections_per_client: int = Field(default=512, ge=0)
     #: Who sees /health's details (Redis, storage, loaded tenants, models, tasks): "admin" = only a
     #: request with `Authorization: Bearer $ADMIN_TOKEN` (everyone else gets {"status"} only);
     #: "public" = everyone (single-user setups without an admin token).

@@ -6,6 +6,11 @@ route into 503 until someone restarts the service by hand. The supervisor checks
 second and restarts it with backoff on the same data directory (AOF, fsync every second), on a
 fixed unix socket, so the connection pool reconnects to the new server by itself.
 
+Only a Redis that is really down is restarted: its process gone, or alive but silent for
+HUNG_CHECKS checks in a row (a busy server, e.g. rewriting its AOF, may miss one). A check that
+could not even be made because this process is out of descriptors (or memory) says nothing about
+Redis: a flood of idle connections once made the supervisor SIGKILL a healthy redis-server.
+
 Why a session of its own: the server must outlive a kill -9 of this process (task state must not
 vanish with it); the next start finds it answering on the socket and re-attaches instead of
 starting a second server on the same files. A clean shutdown stops it (SHUTDOWN saves first).
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import hashlib
 import logging
 import os
@@ -34,6 +40,17 @@ log = logging.getLogger(__name__)
 
 #: sun_path is 108 bytes on Linux; deeper data dirs get a socket under the temp dir instead.
 _MAX_SOCKET_PATH = 100
+#: A live redis-server silent for this many checks in a row is taken for hung and restarted.
+HUNG_CHECKS = 10
+#: Failures that mean *this* process could not open a connection, not that Redis is down.
+_OWN_EXHAUSTION = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Probe(enum.Enum):
+    ANSWERS = "answers"
+    SILENT = "silent"
+    #: This process could not make the check (out of descriptors or memory): no news about Redis.
+    CANNOT_ASK = "cannot-ask"
 
 
 class EmbeddedState(enum.StrEnum):
@@ -87,6 +104,7 @@ class EmbeddedRedis:
         self.state = EmbeddedState.STOPPED
         self.restarts = 0
         self._proc: subprocess.Popen | None = None
+        self._pid: int | None = None
         self._watch: asyncio.Task | None = None
 
     @property
@@ -95,9 +113,12 @@ class EmbeddedRedis:
 
     @property
     def pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            return int(self.pidfile.read_text().strip())
-        return None
+        """The server's pid, remembered once known: reading the pid file needs a descriptor, and a
+        process out of descriptors must not conclude that the server is gone."""
+        if self._pid is None:
+            with contextlib.suppress(OSError, ValueError):
+                self._pid = int(self.pidfile.read_text().strip())
+        return self._pid
 
     async def start(self) -> None:
         await asyncio.to_thread(self.redis_dir.mkdir, parents=True, exist_ok=True)
@@ -125,17 +146,22 @@ class EmbeddedRedis:
         return {"state": self.state.value, "restarts": self.restarts}
 
     async def _answers(self) -> bool:
+        return await self._probe() == Probe.ANSWERS
+
+    async def _probe(self) -> Probe:
         if not await asyncio.to_thread(self.socket.exists):
-            return False
+            return Probe.SILENT
         client = _one_shot_client(self.socket, 1)
         try:
-            return bool(await client.ping())
-        except (RedisError, OSError):
-            return False
+            return Probe.ANSWERS if await client.ping() else Probe.SILENT
+        except (RedisError, OSError) as exc:
+            return Probe.CANNOT_ASK if _own_exhaustion(exc) else Probe.SILENT
         finally:
-            await client.aclose()
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
 
     async def _spawn(self) -> None:
+        self._pid = None
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(self.socket.unlink)
         args = [
@@ -167,6 +193,7 @@ class EmbeddedRedis:
                     f"embedded redis-server did not start (see {self.redis_dir / 'redis.log'})"
                 )
             await asyncio.sleep(0.02)
+        self._pid = self._proc.pid
         log.info("embedded redis-server started (pid %s), data in %s", self._proc.pid, self.redis_dir)
 
     def _process_gone(self) -> bool:
@@ -184,14 +211,22 @@ class EmbeddedRedis:
     async def _supervise(self) -> None:
         backoff = 0.2
         misses = 0
+        blind = False
         while True:
             await asyncio.sleep(self.check_seconds)
-            if await self._answers():
-                backoff, misses = 0.2, 0
+            probe = await self._probe()
+            if probe == Probe.ANSWERS:
+                backoff, misses, blind = 0.2, 0, False
+                continue
+            if probe == Probe.CANNOT_ASK and not self._process_gone():
+                if not blind:
+                    log.warning("cannot check the embedded redis-server: this process is out of descriptors")
+                blind = True
                 continue
             misses += 1
-            # A live process that missed one check may just be busy (an AOF rewrite): give it one more.
-            if misses < 2 and not self._process_gone():
+            # A live process that misses checks may just be busy (an AOF rewrite): only a long
+            # silence is taken for a hang.
+            if misses < HUNG_CHECKS and not self._process_gone():
                 continue
             self.state = EmbeddedState.RESTARTING
             log.warning("embedded redis-server is not answering: restarting it")
@@ -210,6 +245,17 @@ class EmbeddedRedis:
                 continue
             self.restarts += 1
             self.state = EmbeddedState.RUNNING
+
+
+def _own_exhaustion(exc: BaseException) -> bool:
+    """Did the check fail because this process ran out of descriptors or memory? (redis-py keeps
+    the OSError as the cause of its ConnectionError.)"""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _OWN_EXHAUSTION:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _reap(proc: subprocess.Popen, timeout: float) -> None:
