@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, story, wait_sync
+from tests.helpers import story, wait_sync
 from tests.procs import embedded_redis_pid, kill_embedded_redis, service_env, start_service, stop_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(600)]
@@ -57,7 +57,7 @@ def _open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def test_an_idle_connection_flood_leaves_the_service_answering(tmp_path: Path) -> None:
+def test_an_idle_connection_flood_leaves_the_service_answering(tmp_path: Path, listen) -> None:
     """Catches a service that lets idle sockets take every descriptor. Flooders on two addresses open
     1,500 idle connections each; each address may hold MAX_CONNECTIONS_PER_CLIENT (100) and the
     rest are answered 503 too_many_connections at once. Meanwhile a client on a third address gets
@@ -67,11 +67,11 @@ def test_an_idle_connection_flood_leaves_the_service_answering(tmp_path: Path) -
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 20_000)), hard))
     data_dir = tmp_path / "data"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    http = listen()
+    port, base = http.port, http.url
     env = service_env(
         data_dir,
-        port,
+        http,
         HEADER_TIMEOUT_SECONDS="20",
         MAX_CONNECTIONS_PER_CLIENT="100",
         ADMIN_TOKEN="flood-admin",
