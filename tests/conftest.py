@@ -72,6 +72,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def _lightrag_locks_of_this_tests_loop(request: pytest.FixtureRequest) -> None:
+    """LightRAG keeps process-wide asyncio locks (`lightrag.kg.shared_storage`: namespace data and
+    the keyed storage/pipeline locks RAG-Anything's merge takes) that bind to the first event loop
+    that waits on them. The service runs one loop; a test function runs its own, so a lock one test
+    contended would fail the next with "bound to a different event loop". Each function-loop test
+    starts from fresh LightRAG process state; a module sharing one loop keeps it across its tests."""
+    marker = request.node.get_closest_marker("asyncio")
+    if marker is not None and marker.kwargs.get("loop_scope", "function") != "function":
+        return
+    import sys
+
+    shared_storage = sys.modules.get("lightrag.kg.shared_storage")
+    if shared_storage is None:  # nothing of LightRAG loaded yet (the unit layer)
+        return
+    shared_storage.finalize_share_data()  # the next LightRAG() initializes it again, keyed locks too
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _scrub_service_environment() -> Iterator[None]:
     """A developer's REDIS_URL, LLM_* or MAX_* variables must not reach the Settings a test builds."""

@@ -30,6 +30,7 @@ from typing import Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from src.core.waiting import wait_event
 from src.tasks.models import TaskRecord
 from src.tasks.store import TaskStore
 
@@ -194,8 +195,7 @@ class TaskEventHub:
                     record = await self.store.get(task_id)
                     if record is None or record.status.is_final:
                         return record
-                    with contextlib.suppress(TimeoutError):  # fallback re-read: a lost notice
-                        await asyncio.wait_for(wake.wait(), self.recheck_seconds)
+                    await wait_event(wake, self.recheck_seconds)  # then re-read: a lost notice
         except TimeoutError:
             pass
         finally:

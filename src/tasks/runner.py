@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from src.core.logs import current_task_id, current_tenant
 from src.core.metrics import Metrics
+from src.core.waiting import wait_event
 from src.tasks.admission import Admission, Slot, bind_yield_hook
 from src.tasks.keys import INGEST_LANE, QUERY_LANE
 from src.tasks.models import (
@@ -357,8 +358,7 @@ class TaskRunner:
                         counts_as_failure=False,
                     )
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lane.wake.wait(), timeout=self.config.idle_poll_seconds)
+                await wait_event(lane.wake, self.config.idle_poll_seconds)
                 continue
             running = _Running(task=claimed, lane=lane, slot=slot)
             lane.admission.started(claimed.priority)
@@ -608,8 +608,7 @@ class TaskRunner:
     async def _pause(self, seconds: float) -> bool:
         """Sleep, but wake at once on stop(); False means stop. A stop flag, not just task.cancel(),
         ends the loops: a cancellation swallowed inside a library call must not keep them alive."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
+        await wait_event(self._stopped, seconds)
         return not self._stopped.is_set()
 
     async def sweep(self) -> None:
