@@ -14,6 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from api.body_limits import before_body, remembered
 from api.errors import ApiError
 from src.core.defaults import DEFAULT_TENANT, MAX_PRIORITY, MIN_PRIORITY
 from src.core.logs import current_tenant
@@ -44,13 +45,17 @@ def _presented_key(request: Request, *, allow_query: bool) -> str | None:
     return key or None
 
 
+@before_body
 async def get_tenant(request: Request, services: ServicesDep) -> str:
-    return await _authenticate(request, services, allow_query=False)
+    return await remembered(request, "tenant", lambda: _authenticate(request, services, allow_query=False))
 
 
+@before_body
 async def get_stream_tenant(request: Request, services: ServicesDep) -> str:
     """Like `get_tenant`, but also accepts ``?access_token=`` (EventSource cannot send headers)."""
-    return await _authenticate(request, services, allow_query=True)
+    return await remembered(
+        request, "stream-tenant", lambda: _authenticate(request, services, allow_query=True)
+    )
 
 
 async def _authenticate(request: Request, services: Services, *, allow_query: bool) -> str:

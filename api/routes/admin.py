@@ -8,11 +8,13 @@ import hmac
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
+from api.body_limits import BoundedJsonRoute, before_body
 from api.deps import ServicesDep
 from api.errors import ApiError
 from src.tenancy.tenants import TENANT_PATTERN, TenantQuota
 
 
+@before_body
 async def require_admin(request: Request, services: ServicesDep) -> None:
     token = services.settings.admin_token
     if not token:
@@ -25,7 +27,9 @@ async def require_admin(request: Request, services: ServicesDep) -> None:
         )
 
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], route_class=BoundedJsonRoute
+)
 
 
 class TenantCreate(BaseModel):

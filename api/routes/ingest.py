@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from api.body_limits import BoundedJsonRoute
 from api.deps import CallbackUrlQuery, PriorityQuery, SubmissionDep, TasksDep, TenantDep
 from api.schemas import TaskAccepted, TaskView, TextInsert
 from api.views import task_view
@@ -17,7 +18,7 @@ from src.ingestion.submission import Accepted, SubmitOptions
 from src.ingestion.tasks import TaskService
 from src.tasks.models import TaskStatus
 
-router = APIRouter(tags=["ingest"])
+router = APIRouter(tags=["ingest"], route_class=BoundedJsonRoute)
 
 UPLOAD_DOC = """Stream one document (multipart field `file`) to disk and queue it for indexing.
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from api.body_limits import BoundedJsonRoute
 from api.deps import CallbackUrlQuery, KnowledgeDep, PriorityQuery, ServicesDep, SubmissionDep, TenantDep
 from api.schemas import QueryDataOut, QueryOptions, QueryRequest, QueryResponse, QueryTaskAccepted
 from src.core.defaults import DEFAULT_PRIORITY
@@ -18,7 +19,7 @@ from src.rag.errors import ProviderError
 from src.rag.knowledge import ChatMessage, QuerySpec, Reference, StreamedAnswer
 from src.rag.llm import llm_description
 
-router = APIRouter(tags=["query"])
+router = APIRouter(tags=["query"], route_class=BoundedJsonRoute)
 
 
 def query_spec(text: str, mode: str, options: QueryOptions) -> QuerySpec:

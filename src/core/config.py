@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     #: every 5 minutes). Part files whose writer died are removed at the next sweep or start-up.
     orphan_upload_seconds: float = Field(default=3600.0, ge=1.0)
     max_query_chars: int = 8000
+    #: A JSON request body may have this many bytes (413 beyond, declared or streamed; read only
+    #: after authentication, at the pace of uploads). /insert/text allows what MAX_TEXT_CHARS needs,
+    #: the query routes what QUERY_MAX_IMAGES pictures need on top (api/body_limits.py).
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=4096)
     #: POST /batch: at most this many file parts (413 `too_many_files` beyond, nothing kept) and this
     #: many bytes of body in all (413); each file also obeys MAX_UPLOAD_BYTES.
     max_batch_files: int = Field(default=100, ge=1, le=10_000)

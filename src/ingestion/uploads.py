@@ -17,16 +17,13 @@ Bytes that are not file data (part headers, boundaries, other fields) are bounde
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import re
-import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aiofiles
 import aiofiles.os
@@ -34,6 +31,7 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget, ValueTarget
 
+from src.core.body_pace import BodyTimeout, Pace, PaceClock
 from src.ingestion.errors import (
     ContentMismatch,
     EmptyUpload,
@@ -54,9 +52,6 @@ from src.ingestion.errors import (
 from src.ingestion.files import UploadFiles
 from src.rag.parsing.formats import SUPPORTED_EXTENSIONS, magic_mismatch
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from src.core.config import Settings
-
 __all__ = [
     "Pace",
     "ReceivedBatch",
@@ -75,24 +70,6 @@ _MAX_NAME = 200
 
 #: The failures of one file of a batch that leave the other files alone.
 _FILE_ERRORS = (TooLarge, UnsupportedType, EmptyUpload, InsufficientStorage)
-
-
-@dataclass(frozen=True)
-class Pace:
-    """How a request body must arrive: ``idle_timeout`` (0 = none) bounds the wait for each piece;
-    after ``grace`` seconds the body must also have averaged ``min_rate`` bytes/s (0 = no floor)."""
-
-    idle_timeout: float = 0.0
-    min_rate: float = 0.0
-    grace: float = 0.0
-
-    @classmethod
-    def of(cls, settings: Settings) -> Pace:
-        return cls(
-            settings.upload_idle_timeout_seconds,
-            settings.upload_min_bytes_per_second,
-            settings.upload_min_rate_grace_seconds,
-        )
 
 
 @dataclass(frozen=True)
@@ -303,29 +280,16 @@ class _BatchTarget(BaseTarget):
 async def _paced(body: AsyncIterator[bytes], pace: Pace) -> AsyncIterator[bytes]:
     """``body``, but a stalled or too slow client raises UploadTimeout instead of holding the
     connection and its partial file open forever."""
-    idle_timeout, min_rate, grace = pace.idle_timeout, pace.min_rate, pace.grace
     chunks = body.__aiter__()
-    start = time.monotonic()
-    received = 0
+    clock = PaceClock(pace)
     while True:
-        idle = idle_timeout or None
-        rate_left = None
-        if min_rate:
-            # The moment the running average would fall below min_rate if nothing else arrived.
-            rate_left = max(grace, received / min_rate) - (time.monotonic() - start)
-        wait = min((t for t in (idle, rate_left) if t is not None), default=None)
         try:
-            async with asyncio.timeout(None if wait is None else max(wait, 0.0)):
-                chunk = await chunks.__anext__()
+            chunk = await clock.next(chunks.__anext__())
         except StopAsyncIteration:
             return
-        except TimeoutError:
-            if rate_left is not None and wait == rate_left:
-                raise UploadTimeout(
-                    f"the request body arrived slower than {min_rate:g} bytes/s; upload aborted"
-                ) from None
-            raise UploadTimeout(f"no request body data for {idle_timeout:g} s; upload aborted") from None
-        received += len(chunk)
+        except BodyTimeout as exc:
+            raise UploadTimeout(f"{exc.message}; upload aborted") from None
+        clock.add(len(chunk))
         yield chunk
 
 
