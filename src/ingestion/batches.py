@@ -18,11 +18,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from src.core.body_pace import Pace
 from src.core.errors import DomainError
 from src.ingestion.errors import BatchNotFound, NotCancellable, TaskNotFound
 from src.ingestion.submission import SubmissionService, SubmitOptions
 from src.ingestion.tasks import TaskService
-from src.ingestion.uploads import Pace, receive_batch
+from src.ingestion.uploads import receive_batch
 from src.tasks.batches import BatchRecord, BatchStore
 from src.tasks.models import TaskRecord, TaskStatus
 from src.tasks.store import TaskStore

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
+from src.core.body_pace import Pace
 from src.core.config import Settings
 from src.core.defaults import DEFAULT_PRIORITY
 from src.core.metrics import Metrics
@@ -38,7 +39,7 @@ from src.ingestion.errors import (
 from src.ingestion.files import UploadFiles
 from src.ingestion.query_images import remove_query_images, store_query_images
 from src.ingestion.query_lane import QueryLane
-from src.ingestion.uploads import Pace, SavedUpload, receive_upload, sanitize_filename
+from src.ingestion.uploads import SavedUpload, receive_upload, sanitize_filename
 from src.rag.knowledge import DocumentStatus, KnowledgeBases, QuerySpec
 from src.tasks.models import CreateOutcome, Stage, TaskKind, TaskRecord
 from src.tasks.runner import TaskRunner

@@ -53,7 +53,6 @@ from src.ingestion.files import UploadFiles
 from src.rag.parsing.formats import SUPPORTED_EXTENSIONS, magic_mismatch
 
 __all__ = [
-    "Pace",
     "ReceivedBatch",
     "RejectedFile",
     "SavedUpload",
