@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio.connection import UnixDomainSocketConnection
 
-from src.core.embedded_redis import EmbeddedRedis
+from src.core.embedded_redis import EmbeddedRedis, Probe
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -109,3 +109,28 @@ async def test_the_supervisor_does_not_restart_a_healthy_server_when_it_cannot_o
         assert await server._answers()
     finally:
         await server.stop()
+
+
+async def test_stop_ends_a_supervisor_that_swallowed_its_cancellation(tmp_path: Path) -> None:
+    """Catches a shutdown that waits forever: a library call that swallows the supervisor's
+    cancellation (seen with a server that could not be restarted any more: its data dir was gone)
+    left it retrying for good. Counts, no timing: the stop returns and the loop ran no more."""
+    server = EmbeddedRedis(tmp_path / "redis", check_seconds=0.01)
+    probes = 0
+    in_probe = asyncio.Event()
+
+    async def swallowing_probe() -> Probe:
+        nonlocal probes
+        probes += 1
+        in_probe.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass  # as a careless library call might
+        return Probe.ANSWERS
+
+    server._probe = swallowing_probe  # type: ignore[method-assign]
+    server._watch = asyncio.create_task(server._supervise())
+    await asyncio.wait_for(in_probe.wait(), 10)
+    await asyncio.wait_for(server.stop(), 30)
+    assert server._watch.done() and probes == 1

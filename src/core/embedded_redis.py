@@ -106,6 +106,7 @@ class EmbeddedRedis:
         self._proc: subprocess.Popen | None = None
         self._pid: int | None = None
         self._watch: asyncio.Task | None = None
+        self._stopping = False
 
     @property
     def url(self) -> str:
@@ -127,13 +128,20 @@ class EmbeddedRedis:
         else:
             await self._spawn()
         self.state = EmbeddedState.RUNNING
+        self._stopping = False
         self._watch = asyncio.create_task(self._supervise(), name="embedded-redis-supervisor")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._watch:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            # A cancellation swallowed inside a library call left the supervisor restarting a
+            # server forever while shutdown waited for it: the loop also checks a stop flag, and
+            # the cancellation is repeated until the task has ended.
+            while not self._watch.done():
+                self._watch.cancel()
+                await asyncio.wait({self._watch}, timeout=1.0)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                self._watch.result()
         self.state = EmbeddedState.STOPPED
         client = _one_shot_client(self.socket, 5)
         with contextlib.suppress(RedisError, OSError):
@@ -212,7 +220,7 @@ class EmbeddedRedis:
         backoff = 0.2
         misses = 0
         blind = False
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.check_seconds)
             probe = await self._probe()
             if probe == Probe.ANSWERS:
