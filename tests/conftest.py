@@ -162,6 +162,19 @@ def start_redis_server(workdir: Path, *extra: str, timeout: float = 30.0) -> tup
         client.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    """A failed test may leave a service or mock it started running (a stop that timed out): stopped
+    here at the end of the session, with the embedded Redis of each service. Looked up lazily: the
+    unit layer never starts one."""
+    yield
+    import sys
+
+    procs = sys.modules.get("tests.procs")
+    if procs is not None and (count := procs.stop_leftovers()):
+        print(f"\nstopped {count} child process(es) a test left running", file=sys.stderr)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One redis-server per pytest process (per xdist worker), on a UNIX socket; every test still

@@ -62,6 +62,23 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Every child this module started, with the data dir of the services among them: what a failed test
+#: left running is stopped at the end of the session (tests/conftest.py), never left on the machine.
+_spawned: list[tuple[subprocess.Popen, Path | None]] = []
+
+
+def stop_leftovers() -> int:
+    """Stop every child of this module still running (and a service's embedded Redis); how many."""
+    stopped = 0
+    for proc, data_dir in _spawned:
+        if proc.poll() is None:
+            stop_process(proc, timeout=10)
+            stopped += 1
+        if data_dir is not None:
+            kill_embedded_redis(data_dir)
+    _spawned.clear()
+    return stopped
+
 
 class Listener:
     """A listening TCP socket on 127.0.0.1 bound to a kernel-chosen port, for a child to serve on."""
@@ -115,6 +132,7 @@ def start_mock_llm(latency: float = 0.0, *args: str) -> MockProcess:
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         proc.port, proc.root_url, proc.base_url = listener.port, listener.url, f"{listener.url}/v1"
+    _spawned.append((proc, None))
     try:
         wait_http(f"{proc.root_url}/_mock/health", proc=proc)
     except AssertionError:
@@ -175,7 +193,7 @@ def spawn_service(
     limit). Returns at once (see :func:`start_service`)."""
     fds = (int(env["LISTEN_FD"]),) if "LISTEN_FD" in env else ()
     with open(log_path, "ab") as log:  # the child holds its own descriptor
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             list(command or (sys.executable, "main.py")),
             cwd=ROOT,
             env=env,
@@ -184,6 +202,8 @@ def spawn_service(
             pass_fds=fds,
             preexec_fn=preexec_fn,
         )
+    _spawned.append((proc, Path(env["DATA_DIR"]) if "DATA_DIR" in env else None))
+    return proc
 
 
 def start_service(

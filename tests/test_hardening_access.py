@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings, start_service
-from tests.procs import kill_embedded_redis, logged_url, service_env
+from tests.procs import kill_embedded_redis, logged_url, service_env, stop_process
 from tests.procs import start_service as start_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
@@ -85,8 +85,7 @@ def test_query_keys_only_on_event_streams_and_never_logged_health_and_metrics_lo
         assert separate.status_code == 200 and "ragsvc_task_slots" in separate.text
         assert httpx.get(f"{metrics}/health", timeout=10).status_code == 404
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc)
         kill_embedded_redis(data_dir)
     log = log_path.read_text()
     assert "GET /tasks?access_token=[redacted]" in log  # the access log did record the request

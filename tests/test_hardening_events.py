@@ -13,7 +13,7 @@ import redis
 
 from src.tasks.fanout import TaskEventHub, TooManyStreams
 from tests.conftest import Service, upload, wait_for_task
-from tests.procs import service_env
+from tests.procs import service_env, stop_process
 from tests.procs import start_service as start_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
@@ -105,8 +105,7 @@ async def test_many_streams_share_one_subscription_and_idle_streams_read_nothing
             assert all(results) and len(results) == CLIENTS
     finally:
         stats.close()
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc)
 
 
 async def test_slow_subscriber_is_dropped_and_cap_is_enforced(service: Service) -> None:

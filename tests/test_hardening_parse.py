@@ -14,7 +14,7 @@ import pytest
 from tests.bombs import make_docx_bomb, retag
 from tests.conftest import make_settings, start_service, upload, wait_for_task
 from tests.docs_factory import make_docx, make_pdf, story
-from tests.procs import kill_embedded_redis, service_env
+from tests.procs import kill_embedded_redis, service_env, stop_process
 from tests.procs import start_service as start_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
@@ -165,8 +165,7 @@ def test_four_bombs_at_once_in_a_real_server_keep_rss_bounded_and_health_answeri
         # a bound well below that, far above the noise of a busy machine.
         assert growth < 512, f"service RSS grew by {growth:.0f} MB while parsing bombs"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc)
         kill_embedded_redis(data_dir)
 
 

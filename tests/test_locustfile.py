@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ROOT, kill_embedded_redis, service_env, start_service
+from tests.procs import ROOT, kill_embedded_redis, service_env, start_service, stop_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 
@@ -31,8 +31,7 @@ def test_locustfile_runs_headless_without_failures(tmp_path: Path, listen) -> No
             env={**env, "LOCUST_DOC_SENTENCES": "10", "LOCUST_POLL_SECONDS": "60"},
         )  # fmt: skip
     finally:
-        service.terminate()
-        service.wait(timeout=30)
+        stop_process(service)
         kill_embedded_redis(tmp_path / "data")
     with open(tmp_path / "run_stats.csv") as handle:
         rows = {row["Name"]: row for row in csv.DictReader(handle)}

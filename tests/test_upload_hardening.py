@@ -21,7 +21,7 @@ from src.rag.knowledge import PurgeOutcome, PurgeResult
 from tests.conftest import Service, make_settings, start_service, upload, wait_for_task
 from tests.docs_factory import story
 from tests.helpers import upload_files
-from tests.procs import service_env
+from tests.procs import service_env, stop_process
 from tests.procs import start_service as start_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
@@ -434,5 +434,4 @@ def test_stalled_and_trickling_bodies_get_408_and_their_partial_file_is_removed(
         ok = httpx.post(f"http://127.0.0.1:{port}/insert/text", json={"text": "still serving"}, timeout=30)
         assert ok.status_code == 202, ok.text
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc)
