@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
 
 from benchmarks.mock_llm import MockConfig, MockServer
 from tests.helpers import (
+    hold,
     llm_settings,
     make_settings,
+    release,
     start_service,
     story,
     upload,
     upload_files,
-    wait_for_status,
     wait_for_task,
+    wait_held,
     wait_until,
 )
 
@@ -78,17 +80,19 @@ async def test_streamed_query_answers_502_when_the_llm_provider_fails_before_the
 async def test_delete_document_is_409_while_it_is_being_indexed(tmp_path, redis_url) -> None:
     """Catches a DELETE /documents/{id} accepted while the document's task is running (LightRAG
     would delete under a live pipeline, and the task would then complete a document that is gone)."""
-    with MockServer(MockConfig(latency=0.5)) as mock:
-        settings = llm_settings(tmp_path, redis_url, mock, llm_max_async=1, chunk_token_size=200)
+    with MockServer(MockConfig()) as mock:
+        settings = llm_settings(tmp_path, redis_url, mock, embedding_provider="hash")
         async with start_service(settings) as svc:
-            body = (await upload(svc.client, "d.txt", story("bridges", "Deletemid", 60).encode())).json()
-            await wait_for_status(svc.client, body["task_id"], "processing")
+            await hold(mock, "extract")  # the task stays in its extraction until released
+            body = (await upload(svc.client, "d.txt", story("bridges", "Deletemid", 6).encode())).json()
+            await wait_held(mock)
             refused = await svc.client.delete(f"/documents/{body['doc_id']}")
             assert refused.status_code == 409, refused.text
             assert refused.json()["code"] == "doc_in_progress"
             assert body["task_id"] in refused.json()["detail"]
             # The refused delete changed nothing: the task completes and its document is there.
-            await wait_for_task(svc.client, body["task_id"], expect="completed", timeout=200)
+            await release(mock)
+            await wait_for_task(svc.client, body["task_id"], expect="completed")
             assert (await svc.client.get(f"/documents/{body['doc_id']}")).status_code == 200
             deleted = await svc.client.delete(f"/documents/{body['doc_id']}")
             assert deleted.status_code == 200, deleted.text
@@ -142,19 +146,22 @@ async def test_sweeper_removes_leftover_uploads_of_expired_tasks_only(tmp_path, 
         assert (await svc.client.get(f"/task/{alive['task_id']}")).json()["status"] == "pending"
 
 
-class SlowReceiver:
-    """A loopback webhook receiver that answers each delivery after ``delay`` seconds."""
+class HeldReceiver:
+    """A loopback webhook receiver that answers each delivery only once released (never, unless
+    :meth:`release` is called: a hung receiver)."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self) -> None:
         self.deliveries: list[bytes] = []
         self.started = threading.Event()
+        self.answer = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 receiver.started.set()
                 body = self.rfile.read(int(self.headers["content-length"]))
-                time.sleep(delay)
+                if not receiver.answer.wait(timeout=3600):
+                    return
                 receiver.deliveries.append(body)
                 self.send_response(204)
                 self.end_headers()
@@ -167,7 +174,11 @@ class SlowReceiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def release(self) -> None:
+        self.answer.set()
+
     def close(self) -> None:
+        self.answer.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -175,7 +186,7 @@ class SlowReceiver:
 async def test_shutdown_lets_a_webhook_in_flight_finish(tmp_path, redis_url) -> None:
     """Catches a shutdown that cancels deliveries in flight at once: a task that completed just
     before SIGTERM would never be reported to its receiver."""
-    receiver = SlowReceiver(delay=1.0)
+    receiver = HeldReceiver()
     try:
         settings = make_settings(tmp_path, redis_url, webhook_allowed_hosts="127.0.0.1")
         async with start_service(settings) as svc:
@@ -188,7 +199,15 @@ async def test_shutdown_lets_a_webhook_in_flight_finish(tmp_path, redis_url) -> 
             await wait_until(
                 lambda: asyncio.to_thread(receiver.started.wait, 0.2), message="delivery started"
             )
-            assert receiver.deliveries == []  # still in flight when the service stops
+            assert receiver.deliveries == []  # still in flight when the service stops...
+            webhooks = svc.services.webhooks
+            closing = webhooks.close
+
+            async def answered_while_stopping(*args: Any, **kwargs: Any) -> None:
+                receiver.release()  # ...and answered only once the service is stopping
+                await closing(*args, **kwargs)
+
+            webhooks.close = answered_while_stopping
         assert len(receiver.deliveries) == 1, "the delivery in flight at shutdown was dropped"
         assert b'"task.completed"' in receiver.deliveries[0]
     finally:
@@ -201,7 +220,7 @@ async def test_shutdown_is_bounded_with_a_hung_webhook_receiver_and_leaves_no_lo
     """Catches a shutdown that waits forever for a receiver that never answers, and background loops
     (sweeper, heartbeat, dispatcher, webhook jobs) left running after the service stopped — they
     would keep hitting a closed Redis pool and log errors forever."""
-    receiver = SlowReceiver(delay=3600)
+    receiver = HeldReceiver()  # never answers
     try:
         settings = make_settings(tmp_path, redis_url, webhook_allowed_hosts="127.0.0.1")
         before = asyncio.all_tasks()

@@ -1,8 +1,8 @@
 """Real processes: the service under uvicorn with its embedded Redis, killed with -9 mid-ingestion.
 
-The mock OpenAI-compatible server adds latency to every LLM call so that ingestion is still
-running when the service is killed; the restarted service must finish every task, and
-LightRAG must hold each document exactly once.
+The mock OpenAI-compatible server holds the extraction calls (tests/helpers.py hold_llm) so that
+ingestion is still running when the service is killed; the restarted service must finish every
+task, and LightRAG must hold each document exactly once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from src.rag.storage.sqlite_store import read_kv_namespace
-from tests.helpers import story, wait_sync
+from tests.helpers import hold_llm, release_llm, story, wait_held_sync, wait_sync
 from tests.procs import (
     kill_embedded_redis,
     service_env,
@@ -58,33 +58,34 @@ def test_kill9_mid_ingestion_then_restart_completes_every_task_once(tmp_path: Pa
     data_dir = tmp_path / "data"
     http = listen()  # kept open: the restarted service serves on the same socket
     base = http.url
-    mock = start_mock_llm(latency=0.4)
-    env = service_env(data_dir, http, mock)
+    mock = start_mock_llm()
+    env = service_env(data_dir, http, mock, EMBEDDING_PROVIDER="hash")  # lookups by marker word only
     service = start_service(env, tmp_path / "service.log")
     try:
         task_ids, doc_ids = [], []
-        for i in range(20):
+
+        def send(i: int) -> None:
             text = story(f"subject {i}", f"Restartmark{i}", 14).encode()
             response = httpx.post(f"{base}/insert", files={"file": (f"doc{i}.txt", text)}, timeout=30)
             assert response.status_code == 202, response.text
             task_ids.append(response.json()["task_id"])
             doc_ids.append(response.json()["doc_id"])
 
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            current = statuses(base, task_ids)
-            if "processing" in current and current.count("completed") >= 1:
-                break
-            time.sleep(0.2)
+        send(0)  # one document completes before the crash...
+        wait_sync(lambda: statuses(base, task_ids) == ["completed"], timeout=120, message="doc 0 completed")
+        hold_llm(mock, "extract")  # ...the others are caught mid-extraction (both slots busy)
+        for i in range(1, 6):
+            send(i)
+        wait_held_sync(mock, 2)
         before_kill = statuses(base, task_ids)
         service.send_signal(signal.SIGKILL)
         service.wait(timeout=10)
-        assert before_kill.count("completed") < 20, "ingestion finished before the kill; slow the mock down"
-        assert "processing" in before_kill
+        assert before_kill.count("completed") == 1 and before_kill.count("processing") == 2, before_kill
+        release_llm(mock)  # the dead process's calls go nowhere; the restarted one's are answered
 
         service = start_service(env, tmp_path / "service.log")
         current = wait_all_final(base, task_ids)
-        assert current == ["completed"] * 20, current
+        assert current == ["completed"] * 6, current
 
         for doc_id in doc_ids:
             doc = httpx.get(f"{base}/documents/{doc_id}", timeout=10).json()
@@ -117,13 +118,14 @@ def test_kill9_under_steady_upload_load_loses_no_acknowledged_task(tmp_path: Pat
     data_dir = tmp_path / "data"
     http = listen()
     base = http.url
-    mock = start_mock_llm(latency=0.1)
+    mock = start_mock_llm(latency=0.05)
     # A long flush interval and commit delay widen the window in which finished documents are not
     # yet on disk (the commit delay alone would flush them within 20 ms).
     env = service_env(
         data_dir,
         http,
         mock,
+        EMBEDDING_PROVIDER="hash",
         MAX_CONCURRENT_TASKS="4",
         STORAGE_FLUSH_INTERVAL_SECONDS="2",
         STORAGE_COMMIT_DELAY_SECONDS="2",
@@ -154,12 +156,12 @@ def test_kill9_under_steady_upload_load_loses_no_acknowledged_task(tmp_path: Pat
     thread = threading.Thread(target=uploader, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
+
+        def mid_load() -> bool:
             current = statuses(base, list(acknowledged))
-            if current.count("completed") >= 8 and "processing" in current:
-                break
-            time.sleep(0.2)
+            return current.count("completed") >= 4 and "processing" in current
+
+        wait_sync(mid_load, timeout=180, message="4 completed while others run")
         service.send_signal(signal.SIGKILL)
         service.wait(timeout=10)
         killed = time.monotonic()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from tests.helpers import story, wait_sync
+from tests.helpers import hold_llm, release_llm, story, wait_held_sync, wait_sync
 from tests.procs import service_env, start_mock_llm, start_service, stop_process
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(600)]
@@ -63,7 +63,8 @@ def test_stalled_node_is_fenced_and_its_task_completes_exactly_once(
     """Catches a node that, resumed after its lease expired, still writes its attempt's progress or
     final state over the new owner's (no epoch fence), finishes the task a second time, or sends a
     second completion webhook; and a lease that is never taken back from a frozen node."""
-    mock = start_mock_llm(latency=0.3)
+    mock = start_mock_llm()
+    hold_llm(mock, "extract")  # each attempt waits at its first extraction call until released
     receiver = Receiver()
     prefix = f"stall{uuid.uuid4().hex[:8]}:"
     common = dict(
@@ -92,22 +93,18 @@ def test_stalled_node_is_fenced_and_its_task_completes_exactly_once(
         accepted = httpx.post(
             f"{bases[0]}/insert",
             params={"callback_url": receiver.url},
-            files={"file": ("long.txt", story("canal locks", "Stallmark", 60).encode())},
+            files={"file": ("locks.txt", story("canal locks", "Stallmark", 8).encode())},
             timeout=30,
         )
         assert accepted.status_code == 202, accepted.text
         task_id, doc_id = accepted.json()["task_id"], accepted.json()["doc_id"]
         key = f"{prefix}task:{task_id}"
 
-        # Freeze whichever node runs the task, while it is extracting.
-        def running_owner() -> str | None:
-            record = store.hgetall(key)
-            if record.get("status") == "processing" and record.get("owner") and record.get("attempt") == "1":
-                return record["owner"]
-            assert record.get("status") in ("pending", "processing"), record
-            return None
-
-        owner = poll("attempt 1 running on a node", running_owner)
+        # Freeze whichever node runs the task, while it is extracting (its call is held).
+        wait_held_sync(mock, 1, timeout=DEADLINE)
+        record = store.hgetall(key)
+        assert record.get("status") == "processing" and record.get("attempt") == "1", record
+        owner = record["owner"]
         stalled = int(owner.rsplit("-", 1)[1])
         other = 1 - stalled
         os.kill(procs[stalled].pid, signal.SIGSTOP)
@@ -119,6 +116,7 @@ def test_stalled_node_is_fenced_and_its_task_completes_exactly_once(
             return record.get("attempt") == "2" and record.get("owner") == f"node-{other}"
 
         poll("attempt 2 claimed by the other node", taken_over)
+        wait_held_sync(mock, 2, timeout=DEADLINE)  # attempt 2 is extracting (held): it is running
         os.kill(procs[stalled].pid, signal.SIGCONT)  # resumed while attempt 2 runs
 
         # The resumed node finds out it lost the task: its heartbeat is answered "lost" or its final
@@ -130,6 +128,7 @@ def test_stalled_node_is_fenced_and_its_task_completes_exactly_once(
             )
 
         poll("the resumed node being refused", stalled_node_fenced)
+        release_llm(mock)  # attempt 2 goes on to the end
 
         def final() -> dict | None:
             view = httpx.get(f"{bases[other]}/task/{task_id}", timeout=10).json()
