@@ -24,6 +24,7 @@ from fastapi import APIRouter, FastAPI
 from api.errors import install_error_handlers
 from api.routes import admin, batch, documents, events, health, ingest, query, tasks
 from api.routes.ui import router as ui_router
+from api.task_poll import TaskPollMiddleware
 from api.views import task_view
 from src.core.config import Settings, get_settings
 from src.core.heap import long_lived_objects_frozen
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
         probes.routes.extend(r for r in health.router.routes if getattr(r, "path", None) in WORKER_PATHS)
         app.include_router(probes)
         return app
+    app.add_middleware(TaskPollMiddleware, handlers=app.exception_handlers)  # GET /task/{id}
     routers = (ingest, batch, tasks, events, query, documents, health, admin)
     for module in routers:
         app.include_router(module.router)

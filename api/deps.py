@@ -47,18 +47,20 @@ def _presented_key(request: Request, *, allow_query: bool) -> str | None:
 
 @before_body
 async def get_tenant(request: Request, services: ServicesDep) -> str:
-    return await remembered(request, "tenant", lambda: _authenticate(request, services, allow_query=False))
+    return await remembered(request, "tenant", lambda: authenticate(request, services, allow_query=False))
 
 
 @before_body
 async def get_stream_tenant(request: Request, services: ServicesDep) -> str:
     """Like `get_tenant`, but also accepts ``?access_token=`` (EventSource cannot send headers)."""
     return await remembered(
-        request, "stream-tenant", lambda: _authenticate(request, services, allow_query=True)
+        request, "stream-tenant", lambda: authenticate(request, services, allow_query=True)
     )
 
 
-async def _authenticate(request: Request, services: Services, *, allow_query: bool) -> str:
+async def authenticate(request: Request, services: Services, *, allow_query: bool) -> str:
+    """The caller's tenant from its API key (401 without a valid one when keys are required), its
+    request counted against the tenant's rate limit (429)."""
     key = _presented_key(request, allow_query=allow_query)
     mode = services.settings.auth_mode
     if key:

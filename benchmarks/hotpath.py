@@ -44,14 +44,19 @@ end
 """
 
 
-def run_wrk(base: str, paths: list[str], connections: int, duration: float, workdir: Path) -> dict:
-    """One wrk run over ``paths`` (round-robin from a random start per thread); req/s and percentiles."""
+def run_wrk(
+    base: str, paths: list[str], connections: int, duration: float, workdir: Path, headers: dict | None = None
+) -> dict:
+    """One wrk run over ``paths`` (round-robin from a random start per thread), sending ``headers``
+    with each request; req/s and percentiles."""
     script = workdir / "wrk-paths.lua"
     script.write_text(_LUA)
     paths_file = workdir / f"wrk-paths-{time.monotonic_ns()}.txt"
     paths_file.write_text("\n".join(paths) + "\n")
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
            "-s", str(script), base]  # fmt: skip
+    for name, value in (headers or {}).items():
+        cmd[1:1] = ["-H", f"{name}: {value}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60,
                          env={"WRK_PATHS": str(paths_file), "PATH": "/usr/bin:/bin"})  # fmt: skip
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)

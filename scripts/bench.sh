@@ -15,6 +15,8 @@ if [ "$skip_mm" = 0 ]; then
   mm_args=()
   for a in "$@"; do [ "$a" = --quick ] && mm_args+=(--quick); done
   .venv/bin/python -m benchmarks.multimodal "${mm_args[@]}"
+  # The poll hot path (issue 25 item 12): GET /task/{id} against a bare Starlette endpoint; own section.
+  .venv/bin/python -m benchmarks.poll "${mm_args[@]}"
 fi
 # The soak (issue 16) writes its own section of docs/benchmarks.md: 30 minutes per storage set, 3 with --quick.
 # Skipped when --only picks scenarios of the harness.

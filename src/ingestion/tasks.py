@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from src.core.defaults import DEFAULT_TENANT
 from src.ingestion.errors import NotCancellable, TaskNotFound
 from src.tasks.fanout import TaskEventHub
 from src.tasks.models import CancelOutcome, TaskRecord, TaskStatus
@@ -42,6 +43,13 @@ class TaskService:
         if record is None or record.tenant != tenant:
             raise TaskNotFound(f"task {task_id} not found (unknown, or expired after its TTL)")
         return record
+
+    async def stored_fields(self, tenant: str, task_id: str) -> dict[str, str]:
+        """`task`, as the stored hash's strings (the poll route writes its view from them)."""
+        fields = await self.store.fields(task_id) if len(task_id) <= 64 else {}
+        if not fields or (fields.get("tenant") or DEFAULT_TENANT) != tenant:
+            raise TaskNotFound(f"task {task_id} not found (unknown, or expired after its TTL)")
+        return fields
 
     async def tasks(
         self, tenant: str, *, status: TaskStatus | None, offset: int, limit: int

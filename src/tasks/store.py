@@ -170,8 +170,12 @@ class TaskStore:
         return None if out == CreateOutcome.CREATED else out
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        raw = await self.redis.hgetall(self.keys.task(task_id))
-        return TaskRecord.from_redis(_decode(raw)) if raw else None
+        fields = await self.fields(task_id)
+        return TaskRecord.from_redis(fields) if fields else None
+
+    async def fields(self, task_id: str) -> dict[str, str]:
+        """The task's stored hash as it is (empty if there is none): for readers that need no model."""
+        return _decode(await self.redis.hgetall(self.keys.task(task_id)))
 
     async def existing(self, task_ids: Iterable[str]) -> set[str]:
         """The ids among ``task_ids`` that have a record."""
