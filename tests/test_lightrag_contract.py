@@ -250,6 +250,17 @@ def test_postgres_reach_ins_exist_with_the_arguments_we_pass() -> None:
     }
     assert inspect.iscoroutinefunction(PostgreSQLDB._ensure_pool)
     assert {"self", "operation"} <= _params(PostgreSQLDB._run_with_retry)
+    # fence_postgres wraps the operation (first argument) and passes the rest by keyword; every
+    # statement of LightRAG's PG storages must reach the pool through it.
+    retry = inspect.signature(PostgreSQLDB._run_with_retry).parameters
+    assert list(retry)[:2] == ["self", "operation"]
+    assert all(p.kind == p.KEYWORD_ONLY for name, p in retry.items() if name not in ("self", "operation"))
+    for method in (PostgreSQLDB.execute, PostgreSQLDB.query):
+        assert "self._run_with_retry(" in inspect.getsource(method), method
+    from src.rag.storage.fence import check_current_write
+
+    compat.fence_postgres(check_current_write)  # the check production installs (process-wide, once)
+    assert getattr(PostgreSQLDB._run_with_retry, "_rag_fenced", False)
     assert "vector_storage" in _params(ClientManager.get_client)
     assert "db" in _params(ClientManager.release_client)
     compat.install_check_tables_lock()

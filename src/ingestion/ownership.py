@@ -16,9 +16,12 @@ held on one dedicated connection of this instance (not LightRAG's pool):
 * the connection sets `idle_session_timeout`, and this instance pings it every `ping_seconds`: a
   *stalled* owner (SIGSTOP, a frozen VM, a partition) stops pinging, the server ends the session
   after `lock_timeout` seconds and the lock is free for another instance;
-* a resumed owner notices before doing more work: `owns()` is false as soon as the last good ping is
-  older than the lock timeout (monotonic clock), and the ping loop then reports every workspace as
-  lost, which stops that workspace's running tasks and its indexing (`on_lost` listeners).
+* a resumed owner notices before doing more work: `owns()` is false as soon as the last good ping
+  was *sent* more than the lock timeout minus one ping period ago (monotonic clock). The server's
+  idle timer starts only once it has answered, so this instance distrusts its locks before the
+  server can free them; the write fence (src/rag/storage/fence.py) refuses from that moment on, and
+  the ping loop then reports every workspace as lost, which stops that workspace's running tasks
+  and its indexing (`on_lost` listeners).
 
 Why not a Redis lease: a lease needs a fencing token checked by the *storage* on every write, and
 LightRAG's storages cannot check one. The advisory lock lives in the same server as the data, so a
@@ -98,6 +101,10 @@ class Ownership(Protocol):
         """Called by an idle dispatcher: take more workspaces with work; True if one was taken."""
         ...
 
+    async def adopt(self, tenants: list[str]) -> None:
+        """Tenants with documents running on other instances: take those whose lock is free."""
+        ...
+
     def add_listener(
         self, *, on_lost: Listener | None = None, on_acquired: Listener | None = None
     ) -> None: ...
@@ -128,6 +135,9 @@ class LocalOwnership:
 
     async def acquire_more(self, pending: list[str], running: Mapping[str, int], free_slots: int) -> bool:
         return False
+
+    async def adopt(self, tenants: list[str]) -> None:
+        pass
 
     def add_listener(self, *, on_lost: Listener | None = None, on_acquired: Listener | None = None) -> None:
         pass
@@ -251,11 +261,12 @@ class PgOwnership:
         ):
             with contextlib.suppress(Exception):
                 await conn.execute(f"SET {setting} = {value}")
+        sent = time.monotonic()  # the session's idle time starts after this statement
         await conn.execute(
             "SELECT set_config('application_name', $1, false)", f"ragsvc-owner:{self.instance_id}"
         )
         self._conn = conn
-        self._last_ok = time.monotonic()
+        self._last_ok = sent
         return conn
 
     # ------------------------------------------------------------------ acquire / release
@@ -269,10 +280,11 @@ class PgOwnership:
         try:
             async with self._io:
                 conn = await self._ensure_connection()
+                sent = time.monotonic()
                 got = await asyncio.wait_for(
                     conn.fetchval("SELECT pg_try_advisory_lock($1)", key), timeout=self.lock_timeout
                 )
-                self._last_ok = time.monotonic()
+                self._last_ok = sent
         except Exception as exc:  # asyncpg, OSError, TimeoutError: the connection is not trustworthy
             log.warning("ownership: could not try the lock of tenant %s: %s", tenant, exc)
             await self._connection_lost(str(exc))
@@ -322,6 +334,18 @@ class PgOwnership:
                 return True
         return False
 
+    async def adopt(self, tenants: list[str]) -> None:
+        """Take the workspaces of ``tenants`` (documents of theirs run on other instances) that have
+        no owner any more, regardless of the fair share: a workspace whose owner died or stalled with
+        every task running has nothing pending, so `acquire_more` would never look at it, and its
+        tasks would wait for their lease. A live owner still holds the lock: trying costs one
+        `pg_try_advisory_lock`. At most three tenants per call (the runner calls every second)."""
+        candidates = [t for t in tenants if t not in self._owned]
+        random.shuffle(candidates)
+        for tenant in candidates[:3]:
+            if await self.try_acquire(tenant):
+                log.warning("ownership: took over the workspace of tenant %s from a lost owner", tenant)
+
     async def _count_live(self) -> int:
         if self._live_instances is None:
             return 1
@@ -344,8 +368,9 @@ class PgOwnership:
             try:
                 async with self._io:
                     conn = await self._ensure_connection()
+                    sent = time.monotonic()
                     await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.lock_timeout / 2)
-                self._last_ok = time.monotonic()
+                self._last_ok = sent
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

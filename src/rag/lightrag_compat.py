@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import importlib.metadata
 import re
 from collections import deque
@@ -65,6 +66,7 @@ __all__ = [
     "check_lightrag_version",
     "document_global_config",
     "extract_entities",
+    "fence_postgres",
     "get_data_init_lock",
     "in_own_task",
     "installed_lightrag_version",
@@ -361,6 +363,34 @@ def install_check_tables_lock() -> None:
 
     check_tables._rag_locked = True  # type: ignore[attr-defined]
     PostgreSQLDB.check_tables = check_tables  # type: ignore[method-assign]
+
+
+def fence_postgres(check: Callable[[], None]) -> None:
+    """Call ``check()`` before every operation LightRAG's PostgreSQL storages run on a pooled
+    connection, including each retry (idempotent; ``check`` raises to refuse).
+
+    Why: with several instances, only a workspace's owner may write into it; an owner resuming
+    from a stall must send nothing more once its lock may be gone (src/rag/storage/fence.py).
+    Every read and write of LightRAG's PG storages goes through `PostgreSQLDB._run_with_retry`
+    (`execute`, `query` and the storages' batched upserts), which hands the operation a connection:
+    the check runs right before the operation uses it."""
+    block_runtime_installs()
+    from lightrag.kg.postgres_impl import PostgreSQLDB
+
+    original = PostgreSQLDB._run_with_retry
+    if getattr(original, "_rag_fenced", False):
+        return
+
+    @functools.wraps(original)
+    async def run_with_retry(self: Any, operation: Callable[[Any], Any], **kwargs: Any) -> Any:
+        async def fenced(connection: Any) -> Any:
+            check()
+            return await operation(connection)
+
+        return await original(self, fenced, **kwargs)
+
+    run_with_retry._rag_fenced = True  # type: ignore[attr-defined]
+    PostgreSQLDB._run_with_retry = run_with_retry  # type: ignore[method-assign]
 
 
 async def postgres_client(vector_storage: str | None) -> Any:

@@ -8,7 +8,10 @@ and queries (query lane, MAX_CONCURRENT_QUERIES slots, any instance may run them
 each other's slots. One heartbeat loop renews the leases of all running tasks (so a long LLM call
 never lets a lease lapse) and notices cancel requests made through other instances; one sweeper
 loop requeues tasks whose lease expired (their worker died) and prunes index entries of expired
-records.
+records. With a claim gate (several instances sharing workspaces) one takeover loop looks every
+`idle_poll_seconds` for documents running on other instances and has the gate take workspaces
+whose owner is gone: the lease (30 s) must not keep a dead owner's running documents waiting
+once its ownership lock is free (seconds).
 
 Every attempt ends in exactly one of: completed; failed (permanent error, timeout, or retries
 exhausted); requeued with backoff (transient error); cancelled (after its partial data is
@@ -16,9 +19,9 @@ purged); handed back to the queue (shutdown, lost lease). What a final state mea
 domain (files, webhooks) is the handler's business: the runner calls ``after_final`` once per final
 state it persisted and ``forget`` for records whose TTL ended; it knows no files, no LightRAG.
 
-One module (~630 lines): the dispatchers, the heartbeat, the sweeper and an attempt's outcomes all
-act on the same table of running tasks and the same lease/epoch rules; split, each part would
-reach into the others' state.
+One module (~660 lines): the dispatchers, the heartbeat, the sweeper, the takeover loop and an
+attempt's outcomes all act on the same table of running tasks and the same lease/epoch rules;
+split, each part would reach into the others' state.
 """
 
 from __future__ import annotations
@@ -99,6 +102,11 @@ class ClaimGate(Protocol):
 
     async def acquire_more(self, pending: list[str], running: dict[str, int], free_slots: int) -> bool:
         """Nothing claimable and slots free: try to take more tenants with pending work."""
+        ...
+
+    async def adopt(self, tenants: list[str]) -> None:
+        """``tenants`` have documents running on other instances: take the ones nobody owns any
+        more (their owner died or stalled), whether or not anything of theirs waits."""
         ...
 
 
@@ -214,6 +222,8 @@ class TaskRunner:
             asyncio.create_task(self._heartbeat_loop(), name="task-heartbeat"),
             asyncio.create_task(self._sweep_loop(), name="task-sweeper"),
         ]
+        if self.gate is not None:
+            self._loops.append(asyncio.create_task(self._takeover_loop(), name="task-takeover"))
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop claiming, give running tasks ``grace_seconds``, then hand the rest back to the queue."""
@@ -604,6 +614,26 @@ class TaskRunner:
                 log.exception("sweep failed")
             if not await self._pause(self.config.sweep_seconds):
                 return
+
+    async def _takeover_loop(self) -> None:
+        """Documents running elsewhere whose owner lost its workspace are taken over at once."""
+        assert self.gate is not None
+        while await self._pause(self.config.idle_poll_seconds):
+            try:
+                elsewhere = await self.store.tenants_running_elsewhere(self.instance_id)
+                if not elsewhere:
+                    continue
+                owned = set(self.gate.claimable() or [])
+                for tenant in elsewhere:
+                    if tenant in owned:
+                        # Ours already, yet another instance still holds a task of it: that attempt
+                        # is a previous owner's (fenced by attempt when requeued).
+                        await self.reclaim_tenant(tenant)
+                await self.gate.adopt([t for t in elsewhere if t not in owned])
+            except _REDIS_DOWN as exc:
+                log.warning("takeover check skipped, Redis unavailable: %s", exc)
+            except Exception:
+                log.exception("takeover check failed")
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep, but wake at once on stop(); False means stop. A stop flag, not just task.cancel(),

@@ -5,7 +5,7 @@ a write that names an attempt (epoch) older than the task's current one is refus
 which is what keeps a zombie attempt from overwriting a newer one. The keys are listed in
 :mod:`src.tasks.keys`; the outcomes each call can report are the enums of :mod:`src.tasks.models`.
 
-One module (~490 lines): one thin method per script over one key layout; the scripts themselves
+One module (~510 lines): one thin method per script over one key layout; the scripts themselves
 are the substance (``lua/*.lua``).
 """
 
@@ -22,7 +22,7 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from src.tasks.keys import INDEX_ALL, INGEST_LANE, LUA_KEYS, QUERY_LANE, Keys
+from src.tasks.keys import INDEX_ALL, INGEST_LANE, LUA_KEYS, QUERY_KIND, QUERY_LANE, Keys
 from src.tasks.models import (
     FINAL_STATUSES,
     CancelOutcome,
@@ -323,6 +323,23 @@ class TaskStore:
                 pipe.zcount(self.keys.delayed(t), "-inf", now)  # due retries count too
             sizes = await pipe.execute()
         return [t for i, t in enumerate(tenants) if int(sizes[2 * i]) + int(sizes[2 * i + 1]) > 0]
+
+    async def tenants_running_elsewhere(self, instance_id: str) -> list[str]:
+        """Tenants with documents (ingestion lane) running on instances other than ``instance_id``:
+        where a dead or stalled owner may have left running tasks and nothing waiting."""
+        ids = await self.redis.zrange(self.keys.running, 0, -1)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hmget(self.keys.task(_s(task_id)), "tenant", "owner", "kind")
+            rows = await pipe.execute()
+        tenants = {
+            _s(tenant)
+            for tenant, owner, kind in rows
+            if tenant and owner and _s(owner) != instance_id and _s(kind or b"") != QUERY_KIND
+        }
+        return sorted(tenants)
 
     async def touch_instance(self, instance_id: str) -> None:
         """Say this instance is alive (the fleet size decides each instance's share of workspaces)."""

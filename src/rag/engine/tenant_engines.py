@@ -26,7 +26,7 @@ from src.rag.engine.ingestor import DocumentIngestor
 from src.rag.engine.modal import ModalDescriber
 from src.rag.errors import KnowledgeBaseUnavailable, WorkspaceOwnedElsewhere
 from src.rag.knowledge import workspace_of
-from src.rag.storage.fence import fence_llm
+from src.rag.storage.fence import fence_llm, writing_into
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,8 @@ class TenantEngines:
                     f"another instance is ingesting into the knowledge base of tenant {tenant}; retry later"
                 )
         async with self.use(tenant) as engine:
-            yield engine
+            with writing_into(engine.rag.workspace):
+                yield engine
 
     async def stop_ingestion(self, tenant: str) -> None:
         """This instance no longer owns the tenant's workspace: stop its documents' indexing now and

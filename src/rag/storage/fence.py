@@ -4,14 +4,17 @@ With several instances on shared storages, only a workspace's owner may write in
 (src/ingestion/ownership.py). An owner that was stalled (SIGSTOP, frozen VM) may resume in the
 middle of an entity merge, after another instance took the workspace over. Its ingestion LLM calls
 are fenced already; this fence also stops its graph writes (the merge's upserts and deletions),
-which need no LLM call. Storages we own call `check_write(workspace)` before each write, and
-`fence_llm` wraps a workspace's LLM function.
+which need no LLM call. Storages we own call `check_write(workspace)` before each write,
+`fence_llm` wraps a workspace's LLM function, and LightRAG's PostgreSQL storages check the
+workspace the current task writes into (`writing_into`) before each database operation.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 _fences: list[Callable[[str], bool]] = []
@@ -58,3 +61,29 @@ def fence_llm(llm: Callable[..., Any], owns: Callable[[], bool]) -> Callable[...
         return await llm(prompt, *args, **kwargs)
 
     return fenced
+
+
+#: The workspace the current task writes into (set while a document of it is indexed or purged):
+#: LightRAG's own PostgreSQL storages are fenced through it (`lightrag_compat.fence_postgres`).
+_writing_into: ContextVar[str | None] = ContextVar("ragsvc_writing_into", default=None)
+
+
+@contextlib.contextmanager
+def writing_into(workspace: str) -> Iterator[None]:
+    """Mark this task (and the tasks it starts) as writing into ``workspace``."""
+    token = _writing_into.set(workspace)
+    try:
+        yield
+    finally:
+        _writing_into.reset(token)
+
+
+def check_current_write() -> None:
+    """Raise OwnershipLost when this task writes into a workspace this instance no longer owns.
+
+    Called before each database operation LightRAG's PostgreSQL storages run (also each retry):
+    an owner that resumes from a stall past its lock sends nothing more into the workspace, even
+    the LLM-cache, chunk, vector and doc-status upserts that need no LLM call or graph write."""
+    workspace = _writing_into.get()
+    if workspace is not None:
+        check_write(workspace)

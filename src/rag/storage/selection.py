@@ -24,11 +24,13 @@ from typing import Any
 
 from src.rag.lightrag_compat import (
     block_runtime_installs,
+    fence_postgres,
     install_check_tables_lock,
     register_storage,
     storage_env_requirements,
     storage_implementations,
 )
+from src.rag.storage.fence import check_current_write
 
 #: LightRAG(...) keyword -> (environment variable, LightRAG storage type, default). The defaults are
 #: the embedded SQLite storages (src/rag/storage/embedded.py): LightRAG's file storages rewrite
@@ -136,4 +138,5 @@ def storage_kwargs_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         raise StorageConfigError("Storage configuration invalid: " + "; ".join(problems))
     if any(name.startswith("PG") for name in kwargs.values()):
         install_check_tables_lock()  # LightRAG's table creation races between instances otherwise
+        fence_postgres(check_current_write)  # a stale owner's writes are refused (fence.py)
     return kwargs
