@@ -24,15 +24,18 @@ from tests.helpers import (
     Service,
     context_for,
     extraction_calls,
+    hold,
     llm_settings,
     make_settings,
     mock_stats,
+    release,
     start_service,
     story,
     upload,
     upload_files,
     wait_for_status,
     wait_for_task,
+    wait_held,
     wait_until,
 )
 
@@ -149,7 +152,7 @@ async def test_cancel_from_another_instance_stops_the_running_attempt(tmp_path, 
     """Catches a cancel that only works on the instance running the task: asked on another instance
     (same Redis), the running attempt must stop, its LLM work must end and its data be purged."""
     shared = dict(upload_dir=tmp_path / "uploads")
-    with MockServer(MockConfig(latency=0.5)) as mock:
+    with MockServer(MockConfig()) as mock:
         runner_settings = llm_settings(
             tmp_path / "a", redis_url, mock, llm_max_async=1, chunk_token_size=200, **shared
         )
@@ -157,19 +160,23 @@ async def test_cancel_from_another_instance_stops_the_running_attempt(tmp_path, 
         async with start_service(runner_settings) as a:
             async with start_service(other_settings, prefix=a.prefix) as b:
                 await b.services.runner.stop(grace_seconds=0)  # only instance a runs tasks
-                data = story("locks", "Crosscancel", 60).encode()
+                await hold(mock, "extract", "glean")  # instance a's attempt waits in its first call
+                data = story("locks", "Crosscancel", 30).encode()
                 task = (await upload(b.client, "cross.txt", data)).json()
-                await wait_for_status(b.client, task["task_id"], "processing")
-                await wait_until(
-                    lambda: asyncio.to_thread(lambda: extraction_calls(mock_stats(mock)) >= 1),
-                    message="extraction started on instance a",
-                )
+                await wait_held(mock)
+                calls_at_cancel = extraction_calls(mock_stats(mock))
                 cancel = await b.client.delete(f"/task/{task['task_id']}")
                 assert cancel.status_code == 202 and cancel.json()["status"] == "cancelling", cancel.text
-                calls_at_cancel = extraction_calls(mock_stats(mock))
                 final = await wait_for_task(b.client, task["task_id"], expect="cancelled")
                 assert final["history"][-1]["outcome"] == "cancelled", final
-                # Instance a stopped the attempt: at most the call in flight (+ its gleaning) followed.
+                # Instance a stopped the attempt: once the held call is answered, at most its
+                # gleaning follows. Several chunks at one call at a time: a live attempt would go
+                # on with its next chunks' calls.
+                await release(mock)
+                await wait_until(
+                    lambda: asyncio.to_thread(lambda: mock_stats(mock)["in_flight"] == 0),
+                    message="the held call answered",
+                )
                 assert extraction_calls(mock_stats(mock)) - calls_at_cancel <= 2
                 assert (await a.client.get(f"/documents/{task['doc_id']}")).status_code == 404
                 assert "Crosscancel" not in await context_for(a, "Crosscancel project")

@@ -8,7 +8,6 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -227,14 +226,19 @@ async def test_disk_backed_kv_never_evicts_a_record_changed_during_its_write(tmp
     await kv.upsert({"d": {"content": "v1"}})
     real_write = store._write
 
-    def slow_write(sets):  # the loop runs the upsert below while this write is under way
-        time.sleep(0.2)
+    started, proceed = threading.Event(), threading.Event()
+
+    def held_write(sets):  # the loop runs the upsert below while this write is under way
+        started.set()
+        assert proceed.wait(60), "the write was never released"
         return real_write(sets)
 
-    store._write = slow_write
+    store._write = held_write
     flush = asyncio.create_task(store.commit())
-    await asyncio.sleep(0.05)
-    await kv.upsert({"d": {"content": "v2"}})
+    assert await asyncio.to_thread(started.wait, 60), "the flush never started writing"
+    async with asyncio.timeout(30):  # the upsert must not wait for the write in flight
+        await kv.upsert({"d": {"content": "v2"}})
+    proceed.set()
     await flush
     store._write = real_write
     assert (await kv.get_by_id("d"))["content"] == "v2"

@@ -52,6 +52,27 @@ def wait_all_final(base: str, ids: list[str], timeout: float) -> list[str]:
     return current
 
 
+def persist_everything(data_dir: Path) -> None:
+    """Have the embedded Redis rewrite its AOF and wait until the rewrite is done: everything it
+    holds is then on disk (appendfsync everysec alone gives no moment to wait for)."""
+    import redis
+
+    from src.core.embedded_redis import socket_path_for
+
+    client = redis.Redis(unix_socket_path=str(socket_path_for(data_dir / "redis")), decode_responses=True)
+    try:
+        client.bgrewriteaof()
+
+        def rewritten() -> bool:
+            info = client.info("persistence")
+            return info["aof_rewrite_in_progress"] == 0 and info["aof_rewrite_scheduled"] == 0
+
+        wait_sync(rewritten, timeout=60, interval=0.05, message="AOF rewrite finished")
+        assert client.info("persistence")["aof_last_bgrewrite_status"] == "ok"
+    finally:
+        client.close()
+
+
 def test_sigterm_drains_then_requeues_and_the_next_start_resumes(tmp_path: Path, listen) -> None:
     data_dir = tmp_path / "data"
     http = listen()
@@ -146,7 +167,7 @@ def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path, listen) -> Non
     try:
         [task_id] = upload_docs(base, 1, "Supervised")
         assert wait_all_final(base, [task_id], 120) == ["completed"]
-        time.sleep(1.5)  # appendfsync everysec: the completed record is on disk
+        persist_everything(data_dir)  # the completed record is on disk, not only in memory
         first_pid = embedded_redis_pid(data_dir)
         assert first_pid is not None
         os.kill(first_pid, signal.SIGKILL)

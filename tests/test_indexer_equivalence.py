@@ -460,9 +460,20 @@ async def test_missing_text_and_a_busy_lightrag_pipeline(pair) -> None:
     await indexer.index("doc-b", BYSTANDER, file_path="b.txt", track_id="tb")
     status = await get_namespace_data("pipeline_status", workspace=ours.workspace)
     status.update({"busy": True, "job_name": "Default Job"})
+    real_delete, refusals, refused_twice = ours.adelete_by_doc_id, [], asyncio.Event()
+
+    async def counted_delete(doc_id: str, *args: Any, **kwargs: Any) -> Any:
+        result = await real_delete(doc_id, *args, **kwargs)
+        refusals.append(result.status)
+        if len(refusals) >= 2:
+            refused_twice.set()
+        return result
+
+    ours.adelete_by_doc_id = counted_delete
     deleting = asyncio.create_task(indexer.delete("doc-b"))
-    await asyncio.sleep(0.5)
-    assert not deleting.done()  # LightRAG said not_allowed; we retry instead of failing
+    await asyncio.wait_for(refused_twice.wait(), 30)
+    assert not deleting.done()  # LightRAG said not_allowed twice; we retried instead of failing
+    assert refusals[:2] == ["not_allowed", "not_allowed"], refusals
     status["busy"] = False
     assert (await asyncio.wait_for(deleting, 30)).status == "success"
 
