@@ -189,13 +189,14 @@ async def test_redis_outage_gives_503_and_loses_nothing(tmp_path) -> None:
             async with start_service(settings) as svc:
                 # (added after the start: configure_logging clears every logger's handlers)
                 logging.getLogger("src.tasks.runner").addHandler(runner_log)
-                ids = []
+                ids, doc_ids = [], []
                 for i in range(4):
                     response = await upload(
                         svc.client, f"o{i}.txt", story(f"s{i}", f"Outage{i}z", 10).encode()
                     )
                     assert response.status_code == 202, response.text
                     ids.append(response.json()["task_id"])
+                    doc_ids.append(response.json()["doc_id"])
                 before = {p.name for p in upload_files(settings.uploads_dir)}
                 # The outage starts while the documents are being extracted.
                 await wait_until(
@@ -215,6 +216,12 @@ async def test_redis_outage_gives_503_and_loses_nothing(tmp_path) -> None:
                 health = await svc.client.get("/health")
                 assert health.status_code == 503 and health.json() == {"status": "degraded"}
                 assert "retry-after" in health.headers
+                # Every other route that needs Redis answers the same: 503 + Retry-After, in JSON.
+                for method, path, kwargs in redis_backed_requests(ids[1], doc_ids[1]):
+                    refused = await svc.client.request(method, path, **kwargs)
+                    assert refused.status_code == 503, (method, path, refused.status_code, refused.text)
+                    assert int(refused.headers["retry-after"]) > 0, (method, path)
+                    assert refused.json()["code"] == "store_unavailable", (method, path, refused.text)
                 # Neither the partial nor the renamed final file of the refused uploads is left.
                 after = {p.name for p in upload_files(settings.uploads_dir)}
                 assert after <= before, f"refused uploads left files: {sorted(after - before)}"
@@ -242,6 +249,22 @@ async def test_redis_outage_gives_503_and_loses_nothing(tmp_path) -> None:
         logging.getLogger("src.tasks.runner").removeHandler(runner_log)
         redis_proc.kill()
         redis_proc.wait(timeout=10)
+
+
+def redis_backed_requests(task_id: str, doc_id: str) -> list[tuple[str, str, dict]]:
+    """Requests of every route that reads or writes Redis (besides /insert, /insert/text,
+    GET /task/{id} and /health, checked above): during an outage each must answer 503."""
+    return [
+        ("GET", "/tasks", {}),
+        ("DELETE", f"/task/{task_id}", {}),
+        ("GET", "/api/queue/stats", {}),
+        ("POST", "/batch", {"files": [("files", ("b.txt", b"a batch file during the outage"))]}),
+        ("GET", "/batch/0123456789abcdef0123456789abcdef", {}),
+        ("DELETE", f"/documents/{doc_id}", {}),
+        ("POST", "/query/async", {"json": {"query": "Outage0z", "mode": "naive"}}),
+        ("GET", "/events", {}),
+        ("GET", f"/task/{task_id}/events", {}),
+    ]
 
 
 class RecordingHandler(logging.Handler):

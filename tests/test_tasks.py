@@ -128,6 +128,11 @@ async def test_list_filters_and_pages(one_slot: Service) -> None:
     assert {t["status"] for t in pending["tasks"]} == {"pending"}
     bad = await one_slot.client.get("/tasks", params={"status": "exploded"})
     assert bad.status_code == 422
+    # The page size is bounded as the README says (limit <= 500): 500 answers, 501 is a 422.
+    assert (await one_slot.client.get("/tasks", params={"limit": 500})).json()["total"] == 5
+    for params in ({"limit": 501}, {"limit": 0}, {"offset": -1}):
+        refused = await one_slot.client.get("/tasks", params=params)
+        assert refused.status_code == 422 and refused.json()["code"], (params, refused.text)
     gate.set()
     for task_id in ids:
         assert (await wait_for_task(one_slot.client, task_id))["status"] == "completed"
