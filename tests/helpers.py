@@ -57,8 +57,17 @@ def scrubbed_env(**extra: str) -> dict[str, str]:
 # --- settings ---------------------------------------------------------------------------------------
 
 
+def embedding_provider_for_tests() -> str:
+    """The embedding provider of the tests that do not name one (see :func:`make_settings`)."""
+    return os.environ.get("TEST_EMBEDDING_PROVIDER", "hash")
+
+
 def make_settings(tmp_path: Path, redis_url: str | None, **overrides: Any) -> Settings:
-    """Settings of one test: own data dir and workspace, offline LLM, fast heartbeat and sweep."""
+    """Settings of one test: own data dir and workspace, offline LLM, fast heartbeat and sweep.
+
+    Embeddings: feature hashing (``hash``) unless a test asks for a model: the tests find documents
+    by their marker words, which hashing matches exactly, and a model's vectors cost most of an
+    in-process test's CPU. ``TEST_EMBEDDING_PROVIDER=onnx`` (or ``e5``) runs them on real vectors."""
     from src.core.config import Settings
 
     values: dict[str, Any] = dict(
@@ -66,7 +75,7 @@ def make_settings(tmp_path: Path, redis_url: str | None, **overrides: Any) -> Se
         redis_url=redis_url,
         workspace=f"ws{uuid.uuid4().hex[:10]}",
         llm_provider="offline",
-        embedding_provider=os.environ.get("TEST_EMBEDDING_PROVIDER", "onnx"),
+        embedding_provider=embedding_provider_for_tests(),
         max_concurrent_tasks=4,
         heartbeat_seconds=1.0,
         lease_seconds=15.0,

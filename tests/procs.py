@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import scrubbed_env, wait_http, wait_sync
+from tests.helpers import embedding_provider_for_tests, scrubbed_env, wait_http, wait_sync
 
 __all__ = [
     "LAUNCHERS",
@@ -145,14 +145,15 @@ def service_env(data_dir: Path, listener: Listener | None, llm: Any = None, **ex
     """A scrubbed environment for `python main.py`: own data dir, serving on ``listener``
     (LISTEN_FD; PORT names its port for the reader; None: PORT=0, any free port, named in the log:
     ``logged_url(log, "listening on ")``), the mock LLM ``llm`` (anything with a ``base_url``:
-    MockProcess, MockServer) else the offline LLM, onnx embeddings; ``extra`` overrides anything."""
+    MockProcess, MockServer) else the offline LLM, the tests' embeddings (tests.helpers.make_settings);
+    ``extra`` overrides anything."""
     env = scrubbed_env(
         DATA_DIR=str(data_dir),
         HOST="127.0.0.1",
         PORT=str(listener.port) if listener else "0",
         **({"LISTEN_FD": str(listener.fd)} if listener else {}),
         WORKSPACE="restart",
-        EMBEDDING_PROVIDER="onnx",
+        EMBEDDING_PROVIDER=embedding_provider_for_tests(),
         MAX_CONCURRENT_TASKS="2",
         LEASE_SECONDS="30",
         LOG_LEVEL="INFO",
