@@ -122,22 +122,3 @@ async def test_health_details_public_opt_in(tmp_path: Path, redis_url: str) -> N
         assert body["status"] == "ok" and body["redis"]["ok"] and "storage" in body
         # No admin token configured: /metrics on the main port is off (METRICS_PORT is the way).
         assert (await svc.client.get("/metrics")).status_code == 404
-
-
-@pytest.mark.unit
-def test_scrub_and_redact_rules() -> None:
-    """The two text filters on their own: paths out of error texts, secrets out of URLs in logs."""
-    from src.core.logs import redact_secrets
-    from src.core.scrub import scrub_paths
-
-    text = "Error 2 connecting to unix socket: /srv/data/redis/redis.sock. No such file or directory."
-    assert "/srv" not in scrub_paths(text) and "redis.sock" not in scrub_paths(text)
-    assert scrub_paths("unix:///var/run/r.sock down") == "unix://<server path> down"
-    known = {"/srv/data/uploads/ab12.docx": "report.docx", "ab12.docx": "report.docx"}
-    assert scrub_paths("Package not found at '/srv/data/uploads/ab12.docx'", known) == (
-        "Package not found at 'report.docx'"
-    )
-    kept = "GET /health and http://example.com/a/b stay"
-    assert scrub_paths(kept) == kept
-    line = "GET /events?limit=5&access_token=rsk_abc_def&token=t0k&x=1 HTTP/1.1"
-    assert redact_secrets(line) == "GET /events?limit=5&access_token=[redacted]&token=[redacted]&x=1 HTTP/1.1"

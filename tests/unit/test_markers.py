@@ -37,6 +37,20 @@ def test_every_test_file_has_exactly_one_layer_marker() -> None:
     assert wrong == {}, f"each test file needs exactly one of {sorted(LAYERS)} in pytestmark: {wrong}"
 
 
+def test_no_test_carries_a_layer_marker_of_its_own() -> None:
+    """Catches a test marked with a layer inside a file of another layer (a `@pytest.mark.unit`
+    test in a process file): `-m unit` skips the whole file, so that test never runs in its layer."""
+    wrong = []
+    for path in sorted(TESTS.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                for decorator in node.decorator_list:
+                    named = {sub.attr for sub in ast.walk(decorator) if isinstance(sub, ast.Attribute)}
+                    if named & LAYERS:
+                        wrong.append(f"{path.relative_to(TESTS)}::{node.name}")
+    assert wrong == [], f"layer markers belong to the file's pytestmark only: {wrong}"
+
+
 def test_unit_layer_does_not_import_the_app() -> None:
     """Catches a conftest or helper that imports `main` (the app, LightRAG) at module level, which
     makes `-m unit` pay for the whole stack."""
