@@ -424,3 +424,48 @@ async def test_a_full_disk_or_queue_refuses_single_files_of_a_batch(tmp_path, re
             assert kept <= {t["task_id"] for t in tasks}, kept
         finally:
             gate.set()
+
+
+async def test_a_full_queue_refuses_the_whole_batch_before_reading_its_body(tmp_path, redis_url) -> None:
+    """Catches a batch that, on a full queue, is read (and its files stored) before being refused,
+    or refused with anything but 429 queue_full + Retry-After (the README: refused whole, nothing
+    kept). The same for a single upload: its 429 comes before its body is read."""
+    settings = make_settings(tmp_path, redis_url, max_pending_tasks=2)
+    async with start_service(settings) as svc:
+        await svc.services.runner.stop(grace_seconds=0)  # the queue stays full
+        for i in range(2):
+            response = await svc.client.post("/insert/text", json={"text": f"document number {i}"})
+            assert response.status_code == 202, response.text
+        before = stored(svc)
+        sent = 0
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal sent
+            for i in range(40):
+                sent += 1
+                yield part(f"doc{i}.txt", f"document number {i} ".encode() * 2000)
+            yield END
+
+        response = await svc.client.post("/batch", content=body(), headers=MULTIPART)
+        assert response.status_code == 429, response.text
+        assert response.json()["code"] == "queue_full" and int(response.headers["retry-after"]) > 0
+        assert sent < 40, f"the server read {sent} parts of a batch it refused"
+        assert stored(svc) == before
+        assert await svc.services.store.redis.keys(f"{svc.prefix}batch:*") == []
+
+        sent = 0
+
+        async def one_file() -> AsyncIterator[bytes]:
+            nonlocal sent
+            yield part("big.txt", b"")[:-2]  # the part's headers, then its content in pieces
+            for _ in range(200):
+                sent += 1
+                yield b"x" * 65536
+            yield b"\r\n" + END
+
+        single = await svc.client.post("/insert", content=one_file(), headers=MULTIPART)
+        assert single.status_code == 429 and single.json()["code"] == "queue_full", single.text
+        assert sent < 200, f"the server read {sent} of 200 pieces of an upload it refused"
+        assert stored(svc) == before
+        stats = (await svc.client.get("/api/queue/stats")).json()
+        assert stats["pending"] == 2, stats
