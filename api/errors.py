@@ -93,6 +93,8 @@ DOMAIN_ERRORS: dict[type[DomainError], HttpError] = {
     domain.BatchNotFound: HttpError(404, "batch_not_found"),
     domain.DocumentNotFound: HttpError(404, "doc_not_found"),
     kb.ProviderError: HttpError(502, "query_failed"),
+    kb.GraphEditRefused: HttpError(400, "graph_edit_refused"),
+    kb.GraphItemNotFound: HttpError(404, "graph_item_not_found"),
     domain.DeleteFailed: HttpError(502, "delete_failed"),
     kb.QueryTimeout: HttpError(504, "query_timeout"),
     kb.NotInThisRole: HttpError(503, "not_in_this_role"),

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     #: after authentication, at the pace of uploads). /insert/text allows what MAX_TEXT_CHARS needs,
     #: the query routes what QUERY_MAX_IMAGES pictures need on top (api/body_limits.py).
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=4096)
+    #: LightRAG Server's input directory: `POST /lightrag/documents/scan` queues its new files as
+    #: tasks (the default tenant's files directly in it, another tenant's in INPUT_DIR/<tenant>).
+    input_dir: Path | None = None
     #: POST /batch: at most this many file parts (413 `too_many_files` beyond, nothing kept) and this
     #: many bytes of body in all (413); each file also obeys MAX_UPLOAD_BYTES.
     max_batch_files: int = Field(default=100, ge=1, le=10_000)
@@ -189,6 +192,11 @@ class Settings(BaseSettings):
     #: auto: API keys required as soon as one exists, else one open "default" tenant;
     #: open: never require keys (local single-tenant use); required: always require a key.
     auth_mode: Literal["auto", "open", "required"] = "auto"
+    #: Signs the session tokens LightRAG's WebUI gets at /lightrag/login (LightRAG Server's name);
+    #: unset: a random secret kept in DATA_DIR/token_secret.
+    token_secret: str | None = None
+    #: How long such a token is valid (LightRAG Server's TOKEN_EXPIRE_HOURS).
+    token_expire_hours: float = Field(default=48.0, gt=0, le=24 * 365)
     #: Bearer token for /admin (tenants and keys); unset disables the admin API.
     admin_token: str | None = None
     #: How long an instance may reuse "this key belongs to tenant X" / quotas / "keys exist"

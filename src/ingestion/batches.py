@@ -21,7 +21,7 @@ from typing import Any
 from src.core.body_pace import Pace
 from src.core.errors import DomainError
 from src.ingestion.errors import BatchNotFound, NotCancellable, TaskNotFound
-from src.ingestion.submission import SubmissionService, SubmitOptions
+from src.ingestion.submission import Accepted, SubmissionService, SubmitOptions
 from src.ingestion.tasks import TaskService
 from src.ingestion.uploads import receive_batch
 from src.tasks.batches import BatchRecord, BatchStore
@@ -120,6 +120,20 @@ class BatchService:
             return BatchSubmitted(None, [], errors)
         stored = [{k: v for k, v in task.items() if k != "status"} for task in tasks]
         return BatchSubmitted(await self.store.create(tenant, stored, errors), tasks, errors)
+
+    async def group(self, tenant: str, accepted: list[tuple[str, Accepted]]) -> BatchRecord:
+        """One batch record over tasks submitted one by one (``(filename, accepted)`` pairs): several
+        texts in one request, a directory scan."""
+        entries = [
+            {
+                "filename": name,
+                "task_id": a.record.task_id,
+                "doc_id": a.record.doc_id,
+                "duplicate": a.duplicate,
+            }
+            for name, a in accepted
+        ]
+        return await self.store.create(tenant, entries, [])
 
     async def batch(self, tenant: str, batch_id: str) -> BatchRecord:
         """The batch if it exists *and belongs to the caller*; otherwise the same error (no leak)."""

@@ -8,22 +8,27 @@ instance in this process or from a worker.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from src.core.config import Settings
 from src.ingestion.errors import DeleteFailed, DocConflict, DocDeleting, DocumentNotFound
 from src.ingestion.query_images import remove_query_images, store_query_images
 from src.ingestion.submission import check_doc_id, check_query
 from src.rag.knowledge import (
+    NEWEST_FIRST,
     AnswerStream,
+    DocumentOrder,
     DocumentPage,
     DocumentRecord,
     DocumentStatus,
+    GraphEdit,
     KnowledgeBases,
     PurgeOutcome,
     QueryResult,
     QuerySpec,
     RetrievedData,
     StreamedAnswer,
+    Subgraph,
 )
 from src.tasks.models import DeleteMark
 from src.tasks.store import TaskStore
@@ -44,10 +49,16 @@ class KnowledgeService:
 
     # ------------------------------------------------------------------ documents
     async def documents(
-        self, tenant: str, status: DocumentStatus | None, limit: int, offset: int
+        self,
+        tenant: str,
+        status: DocumentStatus | None,
+        limit: int,
+        offset: int,
+        order: DocumentOrder = NEWEST_FIRST,
     ) -> DocumentPage:
-        """One page of the tenant's knowledge-base documents, newest first, with counts per status."""
-        return await self.knowledge_bases.documents(tenant, status, limit, offset)
+        """One page of the tenant's knowledge-base documents (newest first unless ``order`` says
+        otherwise), with counts per status."""
+        return await self.knowledge_bases.documents(tenant, status, limit, offset, order)
 
     async def document(self, tenant: str, doc_id: str) -> DocumentRecord:
         check_doc_id(doc_id)
@@ -56,7 +67,9 @@ class KnowledgeService:
             raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
         return record
 
-    async def delete_document(self, tenant: str, doc_id: str) -> DocumentRemoved:
+    async def delete_document(
+        self, tenant: str, doc_id: str, *, delete_llm_cache: bool = False
+    ) -> DocumentRemoved:
         """Remove a document and all data derived from it, through the purge a cancel uses (which
         first stops any LLM work still running for it, e.g. a document resumed after a restart)."""
         check_doc_id(doc_id)
@@ -75,7 +88,7 @@ class KnowledgeService:
                 raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
             # Stops the document if it is being indexed here, then waits only for merges in flight,
             # never for other documents to finish.
-            result = await self.knowledge_bases.purge(tenant, doc_id)
+            result = await self.knowledge_bases.purge(tenant, doc_id, delete_llm_cache=delete_llm_cache)
             if result.outcome == PurgeOutcome.NOT_FOUND:
                 raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
             if result.outcome != PurgeOutcome.DELETED:
@@ -88,6 +101,31 @@ class KnowledgeService:
         return DocumentRemoved(
             doc_id, result.outcome, f"document {doc_id} and all data derived from it were deleted"
         )
+
+    async def clear_cache(self, tenant: str) -> None:
+        """Forget every LLM answer cached for the tenant: the next indexing or query asks again."""
+        self.knowledge_bases.check_writable()
+        await self.knowledge_bases.clear_cache(tenant)
+
+    # ------------------------------------------------------------------ the knowledge graph
+    async def graph_labels(self, tenant: str, limit: int) -> list[str]:
+        return await self.knowledge_bases.graph_labels(tenant, limit)
+
+    async def popular_labels(self, tenant: str, limit: int) -> list[str]:
+        return await self.knowledge_bases.popular_labels(tenant, limit)
+
+    async def search_labels(self, tenant: str, query: str, limit: int) -> list[str]:
+        return await self.knowledge_bases.search_labels(tenant, query, limit)
+
+    async def subgraph(self, tenant: str, label: str, max_depth: int, max_nodes: int) -> Subgraph:
+        return await self.knowledge_bases.subgraph(tenant, label, max_depth, max_nodes)
+
+    async def entity_exists(self, tenant: str, name: str) -> bool:
+        return await self.knowledge_bases.entity_exists(tenant, name)
+
+    async def edit_graph(self, tenant: str, edit: GraphEdit) -> dict[str, Any]:
+        self.knowledge_bases.check_writable()
+        return await self.knowledge_bases.edit_graph(tenant, edit)
 
     # ------------------------------------------------------------------ queries
     async def query(self, tenant: str, spec: QuerySpec, images: list[str] | None = None) -> QueryResult:

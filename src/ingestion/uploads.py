@@ -17,6 +17,7 @@ Bytes that are not file data (part headers, boundaries, other fields) are bounde
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -413,3 +414,42 @@ async def receive_batch(
         await target.discard_all()
         raise
     return target.received
+
+
+def _copy_hashing(source: Path, target: Path, max_bytes: int) -> tuple[int, str, bytes]:
+    """Copy ``source`` to ``target`` (blocking): its size, SHA-256 and first 8 KiB."""
+    digest, size, head = hashlib.sha256(), 0, b""
+    with source.open("rb") as src, target.open("wb") as dst:
+        while chunk := src.read(1024 * 1024):
+            size += len(chunk)
+            if size > max_bytes:
+                raise TooLarge(f"file exceeds the upload limit of {max_bytes} bytes")
+            if len(head) < 8192:
+                head += chunk[: 8192 - len(head)]
+            digest.update(chunk)
+            dst.write(chunk)
+    return size, digest.hexdigest(), head
+
+
+async def adopt_file(source: Path, files: UploadFiles, task_id: str, *, max_bytes: int) -> SavedUpload:
+    """A file already on this machine (the input directory) as an upload: the checks of `/insert`
+    (type, size, content), copied into the uploads directory so the task owns its copy."""
+    name = sanitize_filename(source.name)
+    extension = os.path.splitext(name)[1].lower()
+    if extension not in SUPPORTED_EXTENSIONS:
+        raise UnsupportedType(f"unsupported file type {extension or '(none)'}")
+    declared = (await asyncio.to_thread(source.stat)).st_size
+    if declared > max_bytes:
+        raise TooLarge(f"file exceeds the upload limit of {max_bytes} bytes")
+    if declared == 0:
+        raise EmptyUpload("the file is empty")
+    await files.check_room(declared)
+    part = files.part_path(task_id)
+    try:
+        size, sha256, head = await asyncio.to_thread(_copy_hashing, source, part, max_bytes)
+        _check_magic(extension, head)
+    except BaseException:
+        await files.remove_path(part)
+        raise
+    files.grew(size)
+    return SavedUpload(task_id, part, name, extension, size, sha256, None, {})

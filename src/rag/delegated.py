@@ -15,17 +15,20 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from src.core.config import Settings
 from src.core.defaults import DEFAULT_PRIORITY
 from src.rag.doc_listing import page_of_records
 from src.rag.errors import NotInThisRole
 from src.rag.knowledge import (
+    NEWEST_FIRST,
     AnswerStream,
+    DocumentOrder,
     DocumentPage,
     DocumentRecord,
     DocumentStatus,
+    GraphEdit,
     IndexRequest,
     IndexResult,
     ProgressSink,
@@ -34,6 +37,7 @@ from src.rag.knowledge import (
     QuerySpec,
     RetrievedData,
     StreamedAnswer,
+    Subgraph,
     workspace_of,
 )
 from src.rag.storage.durable import read_doc_status, read_doc_statuses
@@ -72,7 +76,7 @@ class DelegatedKnowledgeBases:
     def _refuse(self) -> NoReturn:
         raise NotInThisRole(
             "this instance runs with ROLE=api and the knowledge bases live in the workers' "
-            "processes (embedded storages): send DELETE /documents/{doc_id} to an instance with "
+            "processes (embedded storages): send deletes and graph requests to an instance with "
             "ROLE=all, or use shared storages (PostgreSQL)",
             role=self.settings.role,
         )
@@ -80,7 +84,29 @@ class DelegatedKnowledgeBases:
     async def index(self, tenant: str, request: IndexRequest, on_progress: ProgressSink) -> IndexResult:
         self._refuse()
 
-    async def purge(self, tenant: str, doc_id: str) -> PurgeResult:
+    async def purge(self, tenant: str, doc_id: str, *, delete_llm_cache: bool = False) -> PurgeResult:
+        self._refuse()
+
+    async def clear_cache(self, tenant: str) -> None:
+        self._refuse()
+
+    # ------------------------------------------------------------------ the graph: in the workers
+    async def graph_labels(self, tenant: str, limit: int) -> list[str]:
+        self._refuse()
+
+    async def popular_labels(self, tenant: str, limit: int) -> list[str]:
+        self._refuse()
+
+    async def search_labels(self, tenant: str, query: str, limit: int) -> list[str]:
+        self._refuse()
+
+    async def subgraph(self, tenant: str, label: str, max_depth: int, max_nodes: int) -> Subgraph:
+        self._refuse()
+
+    async def entity_exists(self, tenant: str, name: str) -> bool:
+        self._refuse()
+
+    async def edit_graph(self, tenant: str, edit: GraphEdit) -> dict[str, Any]:
         self._refuse()
 
     # ------------------------------------------------------------------ reads: the durable rows
@@ -89,10 +115,15 @@ class DelegatedKnowledgeBases:
         return DocumentRecord.from_stored(doc_id, stored) if stored else None
 
     async def documents(
-        self, tenant: str, status: DocumentStatus | None, limit: int, offset: int
+        self,
+        tenant: str,
+        status: DocumentStatus | None,
+        limit: int,
+        offset: int,
+        order: DocumentOrder = NEWEST_FIRST,
     ) -> DocumentPage:
         records = await asyncio.to_thread(read_doc_statuses, self._workspace_dir(tenant))
-        return await asyncio.to_thread(page_of_records, records, status, limit, offset)
+        return await asyncio.to_thread(page_of_records, records, status, limit, offset, order)
 
     # ------------------------------------------------------------------ answers: a worker's
     async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> QueryResult:

@@ -18,7 +18,14 @@ from typing import Any
 
 from lightrag.base import DocStatus, DocStatusStorage
 
-from src.rag.knowledge import DocumentPage, DocumentRecord, DocumentStatus
+from src.rag.knowledge import (
+    NEWEST_FIRST,
+    DocumentOrder,
+    DocumentPage,
+    DocumentRecord,
+    DocumentStatus,
+    SortField,
+)
 from src.rag.lightrag_compat import json_doc_status_items
 
 #: The page size of LightRAG's own `get_docs_paginated` (its maximum).
@@ -26,24 +33,42 @@ _STORAGE_PAGE = 200
 
 
 async def list_documents(
-    storage: DocStatusStorage, status: DocumentStatus | None, limit: int, offset: int
+    storage: DocStatusStorage,
+    status: DocumentStatus | None,
+    limit: int,
+    offset: int,
+    order: DocumentOrder = NEWEST_FIRST,
 ) -> DocumentPage:
     items = await json_doc_status_items(storage)
     if items is not None:
-        return await asyncio.to_thread(_page_of, items, status, limit, offset)
-    return await _from_database(storage, status, limit, offset)
+        return await asyncio.to_thread(_page_of, items, status, limit, offset, order)
+    return await _from_database(storage, status, limit, offset, order)
 
 
 def page_of_records(
-    items: list[tuple[str, dict[str, Any]]], status: DocumentStatus | None, limit: int, offset: int
+    items: list[tuple[str, dict[str, Any]]],
+    status: DocumentStatus | None,
+    limit: int,
+    offset: int,
+    order: DocumentOrder = NEWEST_FIRST,
 ) -> DocumentPage:
     """The page of records read elsewhere (an api-role instance reads the workers' durable rows,
     src/rag/storage/durable.py). Blocking: call it in a thread."""
-    return _page_of(items, status, limit, offset)
+    return _page_of(items, status, limit, offset, order)
+
+
+def _sort_key(order: DocumentOrder, doc_id: str, record: dict[str, Any]) -> str:
+    if order.field == SortField.ID:
+        return doc_id
+    return str(record.get(order.field.value) or "")
 
 
 def _page_of(
-    items: list[tuple[str, dict[str, Any]]], status: DocumentStatus | None, limit: int, offset: int
+    items: list[tuple[str, dict[str, Any]]],
+    status: DocumentStatus | None,
+    limit: int,
+    offset: int,
+    order: DocumentOrder = NEWEST_FIRST,
 ) -> DocumentPage:
     counts = dict.fromkeys((s.value for s in DocumentStatus), 0)
     wanted = status.value if status is not None else None
@@ -53,15 +78,16 @@ def _page_of(
         value = _name(record.get("status"))
         counts[value] = counts.get(value, 0) + 1
         if wanted is None or value == wanted:
-            matching.append((str(record.get("created_at") or ""), doc_id, record))
-    newest = heapq.nlargest(offset + limit, matching)[offset:]
+            matching.append((_sort_key(order, doc_id, record), doc_id, record))
+    pick = heapq.nlargest if order.descending else heapq.nsmallest
+    newest = pick(offset + limit, matching)[offset:]
     return DocumentPage(
         len(matching), counts, [DocumentRecord.from_stored(doc_id, record) for _, doc_id, record in newest]
     )
 
 
 async def _from_database(
-    storage: DocStatusStorage, status: DocumentStatus | None, limit: int, offset: int
+    storage: DocStatusStorage, status: DocumentStatus | None, limit: int, offset: int, order: DocumentOrder
 ) -> DocumentPage:
     rows: list[DocumentRecord] = []
     total = 0
@@ -71,7 +97,8 @@ async def _from_database(
             status_filter=DocStatus(status.value) if status is not None else None,
             page=page,
             page_size=_STORAGE_PAGE,
-            sort_field="created_at",
+            sort_field=order.field.value,
+            sort_direction="desc" if order.descending else "asc",
         )
         rows.extend(DocumentRecord.from_stored(doc_id, asdict(doc)) for doc_id, doc in docs)
         if len(docs) < _STORAGE_PAGE:

@@ -39,6 +39,14 @@ class WorkspaceOwnedElsewhere(KnowledgeBaseUnavailable):
     only that one may write into it (a retry may land on it or find it free)."""
 
 
+class GraphEditRefused(KnowledgeBaseError):
+    """A knowledge-graph edit that cannot be made as asked (unknown entity, name taken, ...)."""
+
+
+class GraphItemNotFound(KnowledgeBaseError):
+    """The entity or relation named does not exist in the knowledge graph."""
+
+
 class IndexFailed(Exception):
     """The document could not be indexed; ``transient`` says whether a retry may succeed."""
 

@@ -18,7 +18,7 @@ feeds its items through the same entry.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,6 +78,24 @@ class DocumentPage:
     #: Documents per status over the whole knowledge base (every status present, 0 or more).
     counts: dict[str, int]
     documents: list[DocumentRecord]
+
+
+class SortField(StrEnum):
+    """What a document listing is sorted by (LightRAG Server's `sort_field`)."""
+
+    CREATED_AT = "created_at"
+    UPDATED_AT = "updated_at"
+    ID = "id"
+    FILE_PATH = "file_path"
+
+
+@dataclass(frozen=True)
+class DocumentOrder:
+    field: SortField = SortField.CREATED_AT
+    descending: bool = True
+
+
+NEWEST_FIRST = DocumentOrder()
 
 
 #: One item of a content list (MinerU's format, which RAG-Anything consumes):
@@ -316,6 +334,47 @@ class RetrievedData:
         }
 
 
+@dataclass(frozen=True)
+class Subgraph:
+    """A part of a knowledge graph around an entity, as LightRAG Server's `/graphs` returns it:
+    nodes ``{id, labels, properties}``, edges ``{id, type, source, target, properties}``."""
+
+    nodes: list[dict[str, Any]]
+    edges: list[dict[str, Any]]
+    is_truncated: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"nodes": self.nodes, "edges": self.edges, "is_truncated": self.is_truncated}
+
+
+class GraphEditKind(StrEnum):
+    """The knowledge-graph edits LightRAG offers (its graph routes)."""
+
+    EDIT_ENTITY = "edit_entity"
+    EDIT_RELATION = "edit_relation"
+    CREATE_ENTITY = "create_entity"
+    CREATE_RELATION = "create_relation"
+    MERGE_ENTITIES = "merge_entities"
+    DELETE_ENTITY = "delete_entity"
+    DELETE_RELATION = "delete_relation"
+
+
+@dataclass(frozen=True)
+class GraphEdit:
+    """One knowledge-graph edit. ``entity`` names the entity edited, created, deleted or merged
+    into; ``source``/``target`` a relation; ``sources`` the entities merged away; ``data`` the new
+    attributes (plain JSON)."""
+
+    kind: GraphEditKind
+    entity: str = ""
+    source: str = ""
+    target: str = ""
+    sources: tuple[str, ...] = ()
+    data: dict[str, Any] = field(default_factory=dict)
+    allow_rename: bool = False
+    allow_merge: bool = False
+
+
 #: A streamed answer: text pieces; close it (``aclose``) when done, it holds the knowledge base.
 AnswerStream = AsyncGenerator[str, None]
 
@@ -339,14 +398,47 @@ class KnowledgeBases(Protocol):
         document's work and keeps what it wrote (a later attempt resumes; `purge` removes it)."""
         ...
 
-    async def purge(self, tenant: str, doc_id: str) -> PurgeResult:
-        """Stop the document's work if it runs here and delete everything it left."""
+    async def purge(self, tenant: str, doc_id: str, *, delete_llm_cache: bool = False) -> PurgeResult:
+        """Stop the document's work if it runs here and delete everything it left (with
+        ``delete_llm_cache``, also the LLM answers cached for its chunks, so that indexing the same
+        content again asks the LLM again)."""
+        ...
+
+    async def clear_cache(self, tenant: str) -> None:
+        """Drop the tenant's whole LLM response cache (extraction and query answers)."""
+        ...
+
+    async def graph_labels(self, tenant: str, limit: int) -> list[str]:
+        """Entity names, sorted (at most ``limit``)."""
+        ...
+
+    async def popular_labels(self, tenant: str, limit: int) -> list[str]:
+        """The most connected entities first."""
+        ...
+
+    async def search_labels(self, tenant: str, query: str, limit: int) -> list[str]: ...
+
+    async def subgraph(self, tenant: str, label: str, max_depth: int, max_nodes: int) -> Subgraph:
+        """The graph around entity ``label`` (``*``: the whole graph), bounded."""
+        ...
+
+    async def entity_exists(self, tenant: str, name: str) -> bool: ...
+
+    async def edit_graph(self, tenant: str, edit: GraphEdit) -> dict[str, Any]:
+        """Make one edit, never at the same time as a merge of any document into this graph (it
+        takes the indexer's graph gate exclusively), durable when this returns. The result is
+        LightRAG's description of the edited item (plain JSON)."""
         ...
 
     async def document(self, tenant: str, doc_id: str) -> DocumentRecord | None: ...
 
     async def documents(
-        self, tenant: str, status: DocumentStatus | None, limit: int, offset: int
+        self,
+        tenant: str,
+        status: DocumentStatus | None,
+        limit: int,
+        offset: int,
+        order: DocumentOrder = NEWEST_FIRST,
     ) -> DocumentPage: ...
 
     async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> QueryResult:

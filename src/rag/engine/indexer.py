@@ -192,7 +192,7 @@ class DocumentIndexer:
                 raise IndexingError(f"document {doc_id} was deleted while it was being indexed") from None
             raise
 
-    async def delete(self, doc_id: str) -> DeletionResult:
+    async def delete(self, doc_id: str, *, delete_llm_cache: bool = False) -> DeletionResult:
         """Stop this document's indexing if it runs here, then delete it and all it derived.
 
         Never waits for other documents: only for merge phases in flight (see GraphGate).
@@ -201,9 +201,9 @@ class DocumentIndexer:
         if job is not None and not job.done():
             job.cancel()
             await wait_out(job, UNWIND_SECONDS)
-        return await self._purge(doc_id)
+        return await self._purge(doc_id, delete_llm_cache=delete_llm_cache)
 
-    async def _purge(self, doc_id: str) -> DeletionResult:
+    async def _purge(self, doc_id: str, *, delete_llm_cache: bool = False) -> DeletionResult:
         async with self.gate.exclusive():
             record = await self.rag.doc_status.get_by_id(doc_id)
             if record is None:
@@ -211,7 +211,7 @@ class DocumentIndexer:
             if record.get("status") != DocStatus.PROCESSED:
                 await prepare_partial_delete(self.rag, doc_id, record)
             while True:
-                result = await self.rag.adelete_by_doc_id(doc_id)
+                result = await self.rag.adelete_by_doc_id(doc_id, delete_llm_cache)
                 if result.status != DELETE_REFUSED_WHILE_BUSY:
                     break
                 # Only an outside caller of LightRAG's own pipeline sets `busy`; we never do.

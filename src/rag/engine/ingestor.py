@@ -96,9 +96,9 @@ class DocumentIngestor:
         stored = (await self.rag.full_docs.get_by_id(doc_id)) or {}
         return not (stored.get("content") or stored.get(MODAL_KEY))
 
-    async def purge(self, doc_id: str) -> PurgeResult:
+    async def purge(self, doc_id: str, *, delete_llm_cache: bool = False) -> PurgeResult:
         """Stop this document's indexing if it runs here, and delete everything it left."""
-        result = await self.indexer.delete(doc_id)
+        result = await self.indexer.delete(doc_id, delete_llm_cache=delete_llm_cache)
         await asyncio.to_thread(shutil.rmtree, self.parsed_dir(doc_id), True)
         log.info("purged document %s: %s", doc_id, result.status)
         try:

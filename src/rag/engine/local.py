@@ -15,17 +15,21 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from src.core.defaults import DEFAULT_PRIORITY
 from src.rag.doc_listing import list_documents
-from src.rag.engine import image_questions, queries
+from src.rag.engine import graph_ops, image_questions, queries
 from src.rag.engine.tenant_engines import TenantEngine, TenantEngines
 from src.rag.errors import ProviderError
 from src.rag.knowledge import (
+    NEWEST_FIRST,
     AnswerStream,
+    DocumentOrder,
     DocumentPage,
     DocumentRecord,
     DocumentStatus,
+    GraphEdit,
     IndexRequest,
     IndexResult,
     ProgressSink,
@@ -34,6 +38,7 @@ from src.rag.knowledge import (
     QuerySpec,
     RetrievedData,
     StreamedAnswer,
+    Subgraph,
 )
 from src.rag.lightrag_compat import in_own_task
 from src.rag.parsers import parse_limits
@@ -74,12 +79,46 @@ class LocalKnowledgeBases:
                     raise OwnershipLost(f"lost the workspace of tenant {tenant} while indexing") from exc
                 raise
 
-    async def purge(self, tenant: str, doc_id: str) -> PurgeResult:
-        return await in_own_task(self._purge(tenant, doc_id))
+    async def purge(self, tenant: str, doc_id: str, *, delete_llm_cache: bool = False) -> PurgeResult:
+        return await in_own_task(self._purge(tenant, doc_id, delete_llm_cache))
 
-    async def _purge(self, tenant: str, doc_id: str) -> PurgeResult:
+    async def _purge(self, tenant: str, doc_id: str, delete_llm_cache: bool) -> PurgeResult:
         async with self.engines.use_for_ingestion(tenant) as engine:
-            return await engine.ingestor.purge(doc_id)
+            return await engine.ingestor.purge(doc_id, delete_llm_cache=delete_llm_cache)
+
+    async def clear_cache(self, tenant: str) -> None:
+        async with self.engines.use_for_ingestion(tenant) as engine:
+            await engine.rag.aclear_cache()
+            await engine.indexer.flush()
+
+    # ------------------------------------------------------------------ the knowledge graph
+    async def graph_labels(self, tenant: str, limit: int) -> list[str]:
+        async with self.engines.use(tenant) as engine:
+            return await graph_ops.labels(engine, limit)
+
+    async def popular_labels(self, tenant: str, limit: int) -> list[str]:
+        async with self.engines.use(tenant) as engine:
+            return await graph_ops.popular(engine, limit)
+
+    async def search_labels(self, tenant: str, query: str, limit: int) -> list[str]:
+        async with self.engines.use(tenant) as engine:
+            return await graph_ops.search(engine, query, limit)
+
+    async def subgraph(self, tenant: str, label: str, max_depth: int, max_nodes: int) -> Subgraph:
+        async with self.engines.use(tenant) as engine:
+            return await graph_ops.subgraph(engine, label, max_depth, max_nodes)
+
+    async def entity_exists(self, tenant: str, name: str) -> bool:
+        async with self.engines.use(tenant) as engine:
+            return await graph_ops.exists(engine, name)
+
+    async def edit_graph(self, tenant: str, edit: GraphEdit) -> dict[str, Any]:
+        return await in_own_task(self._edit_graph(tenant, edit))
+
+    async def _edit_graph(self, tenant: str, edit: GraphEdit) -> dict[str, Any]:
+        async with self.engines.use_for_ingestion(tenant) as engine:
+            with call_context(tenant=tenant):
+                return await graph_ops.edit(engine, edit)
 
     # ------------------------------------------------------------------ reads
     async def document(self, tenant: str, doc_id: str) -> DocumentRecord | None:
@@ -88,10 +127,15 @@ class LocalKnowledgeBases:
         return DocumentRecord.from_stored(doc_id, stored) if stored else None
 
     async def documents(
-        self, tenant: str, status: DocumentStatus | None, limit: int, offset: int
+        self,
+        tenant: str,
+        status: DocumentStatus | None,
+        limit: int,
+        offset: int,
+        order: DocumentOrder = NEWEST_FIRST,
     ) -> DocumentPage:
         async with self.engines.use(tenant) as engine:
-            return await list_documents(engine.rag.doc_status, status, limit, offset)
+            return await list_documents(engine.rag.doc_status, status, limit, offset, order)
 
     # ------------------------------------------------------------------ answers
     async def answer(self, tenant: str, spec: QuerySpec, *, priority: int = DEFAULT_PRIORITY) -> QueryResult:
