@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import APIRouter, FastAPI
 
+from api import lightrag
 from api.errors import install_error_handlers
 from api.routes import admin, batch, documents, events, health, ingest, query, tasks
 from api.routes.ui import router as ui_router
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
     for module in routers:
         app.include_router(module.router)
     app.include_router(ui_router)
+    app.include_router(lightrag.router)  # LightRAG Server's API under /lightrag
     return app
 
 

@@ -61,15 +61,24 @@ async def get_stream_tenant(request: Request, services: ServicesDep) -> str:
 async def authenticate(request: Request, services: Services, *, allow_query: bool) -> str:
     """The caller's tenant from its API key (401 without a valid one when keys are required), its
     request counted against the tenant's rate limit (429)."""
-    key = _presented_key(request, allow_query=allow_query)
+    return await authenticate_key(services, _presented_key(request, allow_query=allow_query))
+
+
+async def keys_required(services: Services) -> bool:
+    """Whether a request must present a key (AUTH_MODE=required, or auto once a key exists)."""
     mode = services.settings.auth_mode
+    return mode == "required" or (mode == "auto" and await services.tenants.any_keys())
+
+
+async def authenticate_key(services: Services, key: str | None) -> str:
+    """The tenant of ``key`` (401 when invalid, or missing while keys are required), rate limited."""
     if key:
         tenant = await services.tenants.resolve(key)
         if tenant is None:
             raise ApiError(
                 401, "invalid_api_key", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
             )
-    elif mode == "required" or (mode == "auto" and await services.tenants.any_keys()):
+    elif await keys_required(services):
         raise ApiError(
             401,
             "missing_api_key",
@@ -78,6 +87,11 @@ async def authenticate(request: Request, services: Services, *, allow_query: boo
         )
     else:
         tenant = DEFAULT_TENANT
+    return await admit_tenant(services, tenant)
+
+
+async def admit_tenant(services: Services, tenant: str) -> str:
+    """An authenticated tenant's request: named in every log line, counted by its rate limit."""
     current_tenant.set(tenant)  # every log line of this request names its tenant
     retry_after = await services.limiter.hit(tenant)
     if retry_after is not None:

@@ -20,6 +20,7 @@ from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge import KnowledgeService
 from src.ingestion.ownership import Ownership, build_ownership, shared_storages_selected
 from src.ingestion.query_lane import QueryLane
+from src.ingestion.scan import DirectoryScanner
 from src.ingestion.submission import SubmissionService
 from src.ingestion.tasks import TaskService
 from src.ingestion.upload_sweeper import UploadSweeper
@@ -38,6 +39,7 @@ from src.tasks.models import TaskRecord
 from src.tasks.runner import RunnerConfig, TaskRunner
 from src.tasks.store import TaskStore
 from src.tenancy.ratelimit import RateLimiter
+from src.tenancy.sessions import SessionTokens, load_or_create_token_secret
 from src.tenancy.tenants import TenantRegistry
 from src.webhooks import WebhookNotifier, load_or_create_secret
 
@@ -68,6 +70,10 @@ class Services:
     batches: BatchService
     #: Which workspaces this instance may ingest into (all of them with the file storages).
     ownership: Ownership
+    #: LightRAG Server's directory scan (INPUT_DIR) into tasks.
+    scanner: DirectoryScanner | None = None
+    #: Session tokens of LightRAG's WebUI (/lightrag/login, guest access).
+    sessions: SessionTokens | None = None
     #: LightRAG engines loaded in this process; None on an api-role instance that delegates.
     engines: TenantEngines | None = None
     #: Removes this instance's storage write fence (set with shared storages only).
@@ -258,6 +264,10 @@ async def start_services(
         limiter=limiter,
         metrics=metrics,
         webhooks=webhooks,
+        sessions=SessionTokens(
+            await asyncio.to_thread(load_or_create_token_secret, settings.token_secret, settings.data_dir),
+            ttl_seconds=settings.token_expire_hours * 3600,
+        ),
         instance_id=instance_id,
         files=files,
         handler=handler,
@@ -265,6 +275,7 @@ async def start_services(
         tasks=tasks,
         knowledge=KnowledgeService(settings, store, knowledge_bases),
         batches=batches,
+        scanner=DirectoryScanner(settings, submission, batches),
         ownership=ownership,
         engines=engines,
         remove_fence=remove_fence,
