@@ -25,6 +25,7 @@ from api import lightrag
 from api.errors import install_error_handlers
 from api.routes import admin, batch, documents, events, health, ingest, query, tasks
 from api.routes.ui import router as ui_router
+from api.routes.webui import router as webui_router
 from api.task_poll import TaskPollMiddleware
 from api.views import task_view
 from src.core.config import Settings, get_settings
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
         app.include_router(module.router)
     app.include_router(ui_router)
     app.include_router(lightrag.router)  # LightRAG Server's API under /lightrag
+    app.include_router(webui_router)  # LightRAG's WebUI at /webui/, talking to /lightrag
     return app
 
 

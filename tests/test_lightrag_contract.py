@@ -455,3 +455,17 @@ def test_raganything_writes_multimodal_chunks_with_the_template_we_call() -> Non
     )
     text = multimodal_chunk_text(RAGAnything.__new__(RAGAnything), "equation", {"text": "E=mc^2"}, "energy")
     assert "E=mc^2" in text and "energy" in text
+
+
+def test_the_installed_webui_fits_our_patches() -> None:
+    """Catches a lightrag-hku whose built WebUI sends its API requests differently: served as is,
+    its requests would reach our own root API instead of /lightrag."""
+    from src.rag.webui import PATCHES, WebUiBundle
+
+    bundle = WebUiBundle.load()
+    assert bundle.patched, "no script of the WebUI talks to the API?"
+    served = b"".join(bundle.patched.values())
+    for old, new, _ in PATCHES:
+        assert old not in served and new in served
+    assert bundle.file("index.html") is not None
+    assert bundle.file("../lightrag_server.py") is None  # nothing outside the bundle is served
