@@ -7,6 +7,7 @@ Real Redis and LightRAG storages, the offline LLM; the app in-process through ht
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -397,3 +398,44 @@ async def test_scan_queues_the_input_directory_as_tasks(tmp_path, redis_url) -> 
     async with start_service(make_settings(tmp_path / "2", redis_url)) as svc:
         unset = await svc.client.post(f"{L}/documents/scan")
         assert unset.status_code == 422 and "INPUT_DIR" in unset.json()["detail"]
+
+
+async def test_graph_edit_errors_are_4xx_and_never_hold_the_graph(tmp_path, redis_url) -> None:
+    """Catches a refused graph edit answered with a 500, or one that hangs holding the graph gate:
+    a relation from an entity to itself made LightRAG take the same keyed lock twice and wait
+    forever, and every later edit of the tenant waited behind it."""
+    async with start_service(make_settings(tmp_path, redis_url)) as svc:
+        c = svc.client
+
+        async def call(method: str, path: str, body: dict) -> tuple[int, str]:
+            response = await asyncio.wait_for(c.request(method, f"{L}{path}", json=body), 60)
+            return response.status_code, response.json()["code"] if response.status_code >= 400 else ""
+
+        assert (
+            await call(
+                "POST",
+                "/graph/entity/create",
+                {"entity_name": "Ada", "entity_data": {"description": "a person"}},
+            )
+        )[0] == 200
+        selfish = {"source_entity": "Ada", "target_entity": "Ada", "relation_data": {"description": "x"}}
+        assert await call("POST", "/graph/relation/create", selfish) == (400, "graph_edit_refused")
+        self_edit = {"source_id": "Ada", "target_id": "Ada", "updated_data": {"description": "x"}}
+        assert await call("POST", "/graph/relation/edit", self_edit) == (400, "graph_edit_refused")
+        self_delete = {"source_entity": "Ada", "target_entity": "Ada"}
+        assert await call("DELETE", "/documents/delete_relation", self_delete) == (400, "graph_edit_refused")
+
+        unknown_edit = {"entity_name": "Nobody", "updated_data": {"description": "x"}}
+        assert await call("POST", "/graph/entity/edit", unknown_edit) == (404, "graph_item_not_found")
+        unknown_rel = {"source_id": "Ada", "target_id": "Nobody", "updated_data": {"description": "x"}}
+        assert await call("POST", "/graph/relation/edit", unknown_rel) == (404, "graph_item_not_found")
+        gone_rel = {"source_entity": "Ada", "target_entity": "Nobody"}
+        assert await call("DELETE", "/documents/delete_relation", gone_rel) == (404, "graph_item_not_found")
+        dangling = {"source_entity": "Ada", "target_entity": "Nobody", "relation_data": {"description": "x"}}
+        assert (await call("POST", "/graph/relation/create", dangling))[0] in (400, 404)
+        merge = {"entities_to_change": ["Nobody"], "entity_to_change_into": "Ada"}
+        assert (await call("POST", "/graph/entities/merge", merge))[0] in (400, 404)
+
+        # The graph is still free: an edit after all of them goes through.
+        renamed = {"entity_name": "Ada", "updated_data": {"description": "still editable"}}
+        assert (await call("POST", "/graph/entity/edit", renamed))[0] == 200

@@ -40,7 +40,14 @@ async def exists(engine: TenantEngine, name: str) -> bool:
     return bool(await engine.rag.chunk_entity_relation_graph.has_node(name))
 
 
+#: Edits of one relation: LightRAG locks both of its ends, so a relation from an entity to itself
+#: would take the same (non-reentrant) keyed lock twice and hang, holding the graph gate.
+_RELATION_EDITS = (GraphEditKind.EDIT_RELATION, GraphEditKind.CREATE_RELATION, GraphEditKind.DELETE_RELATION)
+
+
 async def edit(engine: TenantEngine, change: GraphEdit) -> dict[str, Any]:
+    if change.kind in _RELATION_EDITS and change.source == change.target:
+        raise GraphEditRefused(f"a relation links two different entities, not '{change.source}' to itself")
     rag = engine.rag
     async with engine.indexer.gate.exclusive():
         try:
