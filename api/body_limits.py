@@ -53,7 +53,8 @@ class BodyRefused(HTTPException):
 def json_body_limit(settings: Settings, path: str) -> int:
     """The most bytes a JSON body to ``path`` may have."""
     limit = settings.max_json_body_bytes
-    if path == "/insert/text":
+    path = path.removeprefix("/lightrag")  # LightRAG Server's routes: the same limits as ours
+    if path in ("/insert/text", "/documents/text", "/documents/texts"):
         # Worst case: every character escaped as \uXXXX (6 bytes), e.g. CJK text from json.dumps.
         return max(limit, 6 * settings.max_text_chars + _ENVELOPE)
     if path.startswith("/query"):

@@ -13,9 +13,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.lightrag import auth, documents, graph, health, query
+from api.lightrag.mount import PREFIX
 
-PREFIX = "/lightrag"
+__all__ = ["PREFIX", "router"]
 
-router = APIRouter(prefix=PREFIX)
+router = APIRouter()
 for module in (auth, documents, query, graph, health):
     router.include_router(module.router)

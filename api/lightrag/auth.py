@@ -13,14 +13,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 
+from api.body_limits import BoundedJsonRoute, before_body, remembered
 from api.deps import ServicesDep, admit_tenant, authenticate_key, keys_required
 from api.errors import ApiError
+from api.lightrag.mount import PREFIX
 from src.core.defaults import DEFAULT_TENANT
 from src.rag.lightrag_compat import installed_lightrag_version
 from src.tenancy.sessions import GUEST, USER
 from src.wiring import Services
 
-router = APIRouter(tags=["lightrag: auth"])
+router = APIRouter(prefix=PREFIX, tags=["lightrag: auth"], route_class=BoundedJsonRoute)
 
 #: What LightRAG Server reports as its API version; the WebUI only displays it.
 API_VERSION = "ragsvc"
@@ -37,7 +39,13 @@ def versions() -> dict[str, str]:
     }
 
 
+@before_body
 async def get_compat_tenant(request: Request, services: ServicesDep) -> str:
+    """The caller's tenant, before a JSON body is read (api/body_limits.py), counted once."""
+    return await remembered(request, "compat-tenant", lambda: _compat_tenant(request, services))
+
+
+async def _compat_tenant(request: Request, services: Services) -> str:
     api_key = request.headers.get("x-api-key")
     header = request.headers.get("authorization", "")
     bearer = header[7:].strip() if header.lower().startswith("bearer ") else ""

@@ -13,8 +13,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from api.body_limits import BoundedJsonRoute
 from api.deps import ServicesDep
 from api.lightrag.auth import CompatTenantDep
+from api.lightrag.mount import PREFIX
 from src.core.errors import DomainError
 from src.ingestion.errors import BatchNotFound, TaskNotFound
 from src.ingestion.submission import Accepted, SubmitOptions
@@ -28,7 +30,7 @@ from src.rag.knowledge import (
 )
 from src.tasks.models import TaskKind, TaskRecord, TaskStatus
 
-router = APIRouter(prefix="/documents", tags=["lightrag: documents"])
+router = APIRouter(prefix=f"{PREFIX}/documents", tags=["lightrag: documents"], route_class=BoundedJsonRoute)
 
 #: Documents one request may name (delete) or carry (texts).
 MAX_IDS = 100

@@ -10,11 +10,13 @@ from typing import Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from api.body_limits import BoundedJsonRoute
 from api.deps import ServicesDep
 from api.lightrag.auth import CompatTenantDep
+from api.lightrag.mount import PREFIX
 from src.rag.knowledge import GraphEdit, GraphEditKind
 
-router = APIRouter(tags=["lightrag: graph"])
+router = APIRouter(prefix=PREFIX, tags=["lightrag: graph"], route_class=BoundedJsonRoute)
 
 #: Bounds of what one request may ask for (LightRAG Server's MAX_GRAPH_NODES default is 1000).
 MAX_GRAPH_NODES = 1000

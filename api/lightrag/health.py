@@ -6,12 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from api.body_limits import BoundedJsonRoute
 from api.deps import ServicesDep, keys_required
 from api.lightrag.auth import CompatTenantDep, versions
+from api.lightrag.mount import PREFIX
 from src.rag.llm import llm_description
 from src.rag.rerank import rerank_description
 
-router = APIRouter(tags=["lightrag: health"])
+router = APIRouter(prefix=PREFIX, tags=["lightrag: health"], route_class=BoundedJsonRoute)
 
 
 @router.get("/health", summary="LightRAG Server: status and configuration (no secrets, no paths)")

@@ -12,8 +12,10 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from api.body_limits import BoundedJsonRoute
 from api.deps import ServicesDep
 from api.lightrag.auth import CompatTenantDep
+from api.lightrag.mount import PREFIX
 from api.routes.query import ndjson_lines, query_spec, references_out
 from api.schemas import (
     MAX_CONTEXT_TOKENS,
@@ -27,7 +29,7 @@ from api.schemas import (
 )
 from src.rag.knowledge import QuerySpec
 
-router = APIRouter(tags=["lightrag: query"])
+router = APIRouter(prefix=PREFIX, tags=["lightrag: query"], route_class=BoundedJsonRoute)
 
 #: LightRAG Server's answer when nothing was found and nothing generated.
 NO_CONTEXT = "No relevant context found for the query."
