@@ -52,8 +52,10 @@ def _kwargs_key(kwargs: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 class EmbeddingBatcher:
     """Callable ``(texts, **kwargs) -> ndarray`` that coalesces concurrent calls of ``func``.
 
-    An error of a batch call reaches every caller of that batch; a caller cancelled while its
-    texts wait is dropped from the batch, one cancelled while the batch runs just ignores it.
+    An error of a batch call reaches every caller of that batch. A caller cancelled while its texts
+    wait is dropped from the batch (also after the batch was formed, until the scheduler admits it);
+    a batch all of whose callers were cancelled leaves the scheduler's queue at once, so a cancelled
+    document's hundreds of batches do not hold the provider for the documents after it.
     """
 
     def __init__(
@@ -131,16 +133,35 @@ class EmbeddingBatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+        def abandoned(_: asyncio.Future[np.ndarray]) -> None:
+            # Every caller of the batch gave up (a cancelled document): leave the scheduler's queue,
+            # or stop waiting for a call in flight. Its segments' futures are set only by the task.
+            if not task.done() and all(s.future.done() for s in live):
+                task.cancel()
+
+        for segment in live:
+            segment.future.add_done_callback(abandoned)
+
     async def _send(self, segments: list[_Segment], kwargs: dict[str, Any]) -> None:
         texts = [t for s in segments for t in s.texts]
         # The batch runs at the most urgent of its callers' ranks, for that caller's tenant.
         lead = max(segments, key=lambda s: s.ctx.rank)
+
+        async def call_live() -> np.ndarray:
+            # Admitted at last: embed only the texts of callers still waiting.
+            nonlocal segments, texts
+            segments = [s for s in segments if not s.future.done()]
+            texts = [t for s in segments for t in s.texts]
+            return await self._call(texts, kwargs) if texts else np.empty((0, 0))
+
         try:
             with call_context(priority=lead.ctx.priority, tenant=lead.ctx.tenant, merging=lead.ctx.merging):
                 if self.scheduler is not None:
-                    result = await self.scheduler.run(self._call, texts, kwargs)
+                    result = await self.scheduler.run(call_live)
                 else:
-                    result = await self._call(texts, kwargs)
+                    result = await call_live()
+            if not texts:
+                return
             rows = np.asarray(result)
             if rows.ndim != 2 or rows.shape[0] != len(texts):
                 raise ValueError(
