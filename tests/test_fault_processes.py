@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
-from tests.helpers import story, wait_sync
+from tests.helpers import hold_llm, mock_stats, release_llm, story, wait_held_sync, wait_sync
 from tests.procs import (
     embedded_redis_pid,
     kill_embedded_redis,
@@ -55,8 +56,6 @@ def wait_all_final(base: str, ids: list[str], timeout: float) -> list[str]:
 def persist_everything(data_dir: Path) -> None:
     """Have the embedded Redis rewrite its AOF and wait until the rewrite is done: everything it
     holds is then on disk (appendfsync everysec alone gives no moment to wait for)."""
-    import redis
-
     from src.core.embedded_redis import socket_path_for
 
     client = redis.Redis(unix_socket_path=str(socket_path_for(data_dir / "redis")), decode_responses=True)
@@ -77,13 +76,15 @@ def test_sigterm_drains_then_requeues_and_the_next_start_resumes(tmp_path: Path,
     data_dir = tmp_path / "data"
     http = listen()
     base = http.url
-    mock = start_mock_llm(latency=0.5)
+    mock = start_mock_llm()
     env = service_env(data_dir, http, mock, SHUTDOWN_GRACE_SECONDS="1")
     service = start_service(env, tmp_path / "service.log")
     try:
+        hold_llm(mock, "extract")  # the running tasks are mid-extraction when SIGTERM arrives
         ids = upload_docs(base, 6, "Drainmark")
-        wait_sync(lambda: "processing" in statuses(base, ids), timeout=120, message="a task running")
+        wait_held_sync(mock, 2)  # both slots are extracting
         assert terminate_and_wait(service, tmp_path / "service.log") in (0, -signal.SIGTERM)
+        release_llm(mock)
 
         service = start_service(env, tmp_path / "service.log")
         assert wait_all_final(base, ids, 300) == ["completed"] * 6
@@ -103,7 +104,7 @@ def test_sigterm_drains_then_requeues_and_the_next_start_resumes(tmp_path: Path,
 def test_two_instances_share_one_redis_without_double_runs_and_take_over_a_crash(
     tmp_path: Path, redis_url: str, listen
 ) -> None:
-    mock = start_mock_llm(latency=0.4)
+    mock = start_mock_llm()
     shared_uploads = tmp_path / "uploads"
     common = dict(
         REDIS_URL=redis_url,
@@ -122,19 +123,19 @@ def test_two_instances_share_one_redis_without_double_runs_and_take_over_a_crash
     ]
     procs = [start_service(envs[i], tmp_path / f"node{i}.log") for i in range(2)]
     bases = [listener.url for listener in listeners]
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
+        hold_llm(mock, "extract")  # node-0's tasks are caught mid-extraction
         ids = upload_docs(bases[0], 6, "Twinmark") + upload_docs(bases[1], 6, "Twinmark2")
-        # Wait until node-0 is running something, then crash it.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            views = [httpx.get(f"{bases[1]}/task/{t}", timeout=10).json() for t in ids]
-            if any(
-                v["status"] == "processing" and v["history"] == [] and v["attempt"] >= 1 for v in views
-            ) and any(v["status"] == "completed" for v in views):
-                break
-            time.sleep(0.2)
+
+        def node0_extracting() -> bool:
+            owners = [store.hmget(f"{common['REDIS_PREFIX']}task:{t}", "status", "owner") for t in ids]
+            return ["processing", "node-0"] in owners and mock_stats(mock)["held"] >= 1
+
+        wait_sync(node0_extracting, timeout=120, message="node-0 running a task")
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(timeout=10)
+        release_llm(mock)
 
         assert wait_all_final(bases[1], ids, 400) == ["completed"] * len(ids)
         views = [httpx.get(f"{bases[1]}/task/{t}", timeout=10).json() for t in ids]
@@ -148,6 +149,7 @@ def test_two_instances_share_one_redis_without_double_runs_and_take_over_a_crash
                 assert end <= start, view
             assert view["attempt"] == len(view["history"]), view
     finally:
+        store.close()
         for proc in (*procs, mock):
             if proc.poll() is None:
                 proc.kill()
