@@ -63,7 +63,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str, listen) 
     base = http.url
     data_dir = tmp_path / "data"
     prefix = f"ui{uuid.uuid4().hex[:8]}:"
-    mock = start_mock_llm(latency=1.0)
+    mock = start_mock_llm()
     env = service_env(
         data_dir,
         http,
@@ -72,8 +72,8 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str, listen) 
         REDIS_PREFIX=prefix,
         WORKSPACE=f"ui{uuid.uuid4().hex[:8]}",
         EMBEDDING_PROVIDER="hash",
-        # The mock LLM answers every call after 1 s, so a document stays "processing" for a while;
-        # with one task at a time, the next upload stays "pending" long enough to be cancelled.
+        # The mock LLM's extraction calls are held while a document must stay "processing"; with one
+        # task at a time, the next upload stays "pending" until it is cancelled.
         MAX_CONCURRENT_TASKS="1",
         # Small enough that the dashboard's groups of 100 get a 413 too_many_files for 4 files.
         MAX_BATCH_FILES="3",
@@ -86,7 +86,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str, listen) 
     first = uploads / "harbour-notes.txt"
     first.write_text(story("tidal harbours", "Quillfeather", 10))
     slow = uploads / "long-report.md"
-    slow.write_text("# Long report\n\n" + story("river deltas", "Marrowgate", 200))
+    slow.write_text("# Long report\n\n" + story("river deltas", "Marrowgate", 20))
     waiting = uploads / "waiting.txt"
     waiting.write_text(story("alpine railways", "Vantablue", 10))
 
@@ -119,10 +119,15 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, redis_url: str, listen) 
                     return redis_client.delete(Keys(prefix).batch(batch_id))
 
                 def hold_llm() -> object:
-                    return httpx.post(f"{mock.root_url}/_mock/config", json={"latency": 300})
+                    return httpx.post(f"{mock.root_url}/_mock/hold", json={"kinds": ["extract"]})
+
+                def release_llm() -> object:
+                    return httpx.post(f"{mock.root_url}/_mock/release")
 
                 try:
-                    _scenario(sync_api, page, base, (first, slow, waiting), tmp_path, forget, hold_llm)
+                    _scenario(
+                        sync_api, page, base, (first, slow, waiting), tmp_path, forget, hold_llm, release_llm
+                    )
                 finally:
                     redis_client.close()
                 assert errors == [], errors
@@ -151,6 +156,7 @@ def _scenario(
     tmp_path: Path,
     forget: Callable[[str], object],
     hold_llm: Callable[[], object],
+    release_llm: Callable[[], object],
 ) -> None:
     expect = sync_api.expect
     first, slow, waiting = files
@@ -171,7 +177,8 @@ def _scenario(
     expect(row.locator(".cancel")).to_be_hidden()
     expect(page.locator("#stat-completed")).to_have_text("1", timeout=10_000)
 
-    # 2. Two more at once: the first runs (slowly), the second waits; cancel the waiting one.
+    # 2. Two more at once: the first runs (its extraction held), the second waits; cancel the waiting one.
+    hold_llm()
     page.set_input_files("#file-input", [str(slow), str(waiting)])
     slow_row, waiting_row = _row(page, slow.name), _row(page, waiting.name)
     expect(slow_row.locator(".badge")).to_have_text("processing", timeout=30_000)
@@ -182,6 +189,7 @@ def _scenario(
     expect(waiting_row.locator(".cancel")).to_be_hidden()
     expect(page.locator("#stat-cancelled")).to_have_text("1", timeout=10_000)
     assert httpx.get(f"{base}/tasks?status=cancelled", timeout=10).json()["total"] == 1
+    release_llm()  # the running one goes on to the end
 
     # 3. Query the first document with "context only": its distinctive word is in the answer.
     page.get_by_label("Question").fill("What is the Quillfeather project?")
@@ -208,7 +216,7 @@ def _scenario(
     expect(error_item).to_contain_text("unsupported")
 
     _batch_to_done(sync_api, page)
-    _documents_tab(sync_api, page, base, first)
+    _documents_tab(sync_api, page, base, first, hold_llm)
     _batch_split_and_cancel(sync_api, page, forget, hold_llm)
 
     shot = tmp_path / "dashboard.png"
@@ -285,14 +293,14 @@ def _batch_split_and_cancel(
     sync_api, page, forget: Callable[[str], object], hold_llm: Callable[[], object]
 ) -> None:
     expect = sync_api.expect
-    # Both halves must still be unfinished when they are cancelled below: from here on, every LLM
-    # call takes longer than the rest of the test (a fast engine finished the first half before).
+    # Both halves must still be unfinished when they are cancelled below: from here on, every
+    # extraction call is held until the end of the test (a fast engine finished the first half before).
     hold_llm()
     # 6. Four files against MAX_BATCH_FILES=3: the 413 too_many_files is shown and the files go as
-    # two batches of two. Large files on one worker: the second batch waits, and is cancelled.
+    # two batches of two. One worker, its extraction held: the second batch waits, and is cancelled.
     page.set_input_files(
         "#file-input",
-        [_payload(f"volume-{i}.txt", story(f"archive volume {i}", f"Tomekeeper{i}", 300)) for i in range(4)],
+        [_payload(f"volume-{i}.txt", story(f"archive volume {i}", f"Tomekeeper{i}", 20)) for i in range(4)],
     )
     split = _batch_entry(page, "Batch of 4 files")
     expect(split.locator(".batch-head .upload-state")).to_contain_text("too_many_files", timeout=15_000)
@@ -350,19 +358,20 @@ def _batch_split_and_cancel(
     expect(first_half.get_by_role("button", name="Cancel the batch of 2 files")).to_be_hidden()
 
 
-def _documents_tab(sync_api, page, base: str, first: Path) -> None:
+def _documents_tab(sync_api, page, base: str, first: Path, hold_llm: Callable[[], object]) -> None:
     expect = sync_api.expect
     with httpx.Client(base_url=base, timeout=30) as client:
         hostile = client.post(
             "/insert/text", json={"text": story("sea walls", "Hostilename", 6), "filename": HOSTILE}
         ).json()
-        busy = client.post(
-            "/insert/text", json={"text": story("canal locks", "Busydoc", 800), "filename": "busy.txt"}
-        ).json()
         wait_sync(
             lambda: client.get(f"/task/{hostile['task_id']}").json()["status"] == "completed",
             timeout=180, message="hostile-named document indexed",
         )  # fmt: skip
+        hold_llm()  # the busy document stays in its extraction until the end of the test
+        busy = client.post(
+            "/insert/text", json={"text": story("canal locks", "Busydoc", 20), "filename": "busy.txt"}
+        ).json()
         wait_sync(
             lambda: client.get(f"/documents/{busy['doc_id']}").status_code == 200,
             timeout=120, message="busy document in LightRAG",
