@@ -57,7 +57,7 @@ def json_body_limit(settings: Settings, path: str) -> int:
     if path in ("/insert/text", "/documents/text", "/documents/texts"):
         # Worst case: every character escaped as \uXXXX (6 bytes), e.g. CJK text from json.dumps.
         return max(limit, 6 * settings.max_text_chars + _ENVELOPE)
-    if path.startswith("/query"):
+    if path.startswith("/query") or path in ("/api/chat", "/api/generate"):
         # The question, prompt, history and keywords (MAX_QUERY_INPUT_CHARS together, escaped as
         # above) plus the pictures a question may carry, base64-encoded in data URLs.
         text = max(limit, 6 * settings.max_query_input_chars + _ENVELOPE)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.lightrag import auth, documents, graph, health, query
+from api.lightrag import auth, documents, graph, health, ollama, query
 from api.lightrag.mount import PREFIX
 
 __all__ = ["PREFIX", "router"]
 
 router = APIRouter()
-for module in (auth, documents, query, graph, health):
+for module in (auth, documents, query, graph, health, ollama):
     router.include_router(module.router)

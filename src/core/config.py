@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     token_secret: str | None = None
     #: How long such a token is valid (LightRAG Server's TOKEN_EXPIRE_HOURS).
     token_expire_hours: float = Field(default=48.0, gt=0, le=24 * 365)
+    #: The model LightRAG Server's Ollama-compatible API (/lightrag/api/*) presents: NAME:TAG.
+    ollama_emulating_model_name: str = Field(default="lightrag", min_length=1, max_length=100)
+    ollama_emulating_model_tag: str = Field(default="latest", min_length=1, max_length=100)
     #: Bearer token for /admin (tenants and keys); unset disables the admin API.
     admin_token: str | None = None
     #: How long an instance may reuse "this key belongs to tenant X" / quotas / "keys exist"
