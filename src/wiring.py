@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from src.core.config import Settings
+from src.core.data_dir import DataDirLock
 from src.core.defaults import DEFAULT_TENANT
 from src.core.metrics import Metrics
 from src.core.redis_conn import RedisHandle, connect_redis
@@ -80,6 +81,8 @@ class Services:
     remove_fence: Callable[[], None] | None = None
     #: Removes upload files no task will use (crashed uploads, orphaned stored files).
     upload_sweeper: UploadSweeper | None = None
+    #: This process's claim on DATA_DIR (held only while it runs tasks: src/core/data_dir.py).
+    data_dir_lock: DataDirLock | None = None
 
 
 def resolve_instance_id(settings: Settings) -> str:
@@ -108,6 +111,10 @@ async def start_services(
     for directory in (settings.data_dir, settings.uploads_dir, settings.rag_dir):
         directory.mkdir(parents=True, exist_ok=True)
     instance_id = await asyncio.to_thread(resolve_instance_id, settings)
+    runs_tasks = settings.role != "api"
+    data_dir_lock = DataDirLock(settings.data_dir, instance_id)
+    if runs_tasks:
+        await asyncio.to_thread(data_dir_lock.acquire)  # DataDirInUse: refused before anything runs
     files = UploadFiles(
         settings.uploads_dir,
         max_dir_bytes=settings.max_uploads_dir_bytes,
@@ -156,7 +163,6 @@ async def start_services(
     if ownership.shared:
         # Our storages refuse writes into workspaces this instance does not own (a stale owner).
         remove_fence = register_write_fence(ownership.owns_workspace)
-    runs_tasks = settings.role != "api"
     engines: TenantEngines | None = None
     if knowledge_bases_readable_here(settings):
         engines = TenantEngines(
@@ -280,6 +286,7 @@ async def start_services(
         engines=engines,
         remove_fence=remove_fence,
         upload_sweeper=sweeper,
+        data_dir_lock=data_dir_lock,
     )
 
 
@@ -317,6 +324,8 @@ async def stop_services(services: Services) -> None:
         await services.limiter.close()
         await services.redis.close()
         services.files.release_instance()
+        if services.data_dir_lock is not None:
+            services.data_dir_lock.release()
 
 
 def _preload_provider_modules() -> None:
