@@ -18,7 +18,7 @@ from src.core.metrics import PROVIDER_CALLS
 
 from .batching import EmbeddingBatcher
 from .embedding import build_embedding_func
-from .embedding_signature import ensure_embedding_signature
+from .embedding_signature import ensure_embedding_signature, ensure_shared_embedding_signature
 from .lightrag_compat import LIMITER_KWARGS, replace_provider_functions
 from .llm import build_llm_func
 from .rerank import build_rerank_func
@@ -96,19 +96,22 @@ async def build_lightrag(
 
     tokenizer = await asyncio.to_thread(build_tokenizer, data_dir / "tiktoken")
     provider_embedding = build_embedding_func(settings)
-    # Vectors of two models must never mix in one knowledge base: refuse a switch loudly.
-    await asyncio.to_thread(
-        ensure_embedding_signature,
-        working_dir / workspace,
-        provider_embedding.model_name,
-        provider_embedding.embedding_dim,
-    )
+    # The embedded SQLite storages unless LIGHTRAG_*_STORAGE say otherwise.
+    storages = storage_kwargs_from_env(settings.lightrag_env)
+    # Vectors of two models must never mix in one knowledge base: refuse a switch loudly. The
+    # record lives where the vectors live (PostgreSQL: checked once the pool is up, below).
+    vectors_in_postgres = str(storages["vector_storage"]).startswith("PG")
+    if not vectors_in_postgres:
+        await asyncio.to_thread(
+            ensure_embedding_signature,
+            working_dir / workspace,
+            provider_embedding.model_name,
+            provider_embedding.embedding_dim,
+        )
     configure_embedded_storages(
         flush_interval=settings.storage_flush_interval_seconds,
         commit_delay=settings.storage_commit_delay_seconds,
     )
-    # The embedded SQLite storages unless LIGHTRAG_*_STORAGE say otherwise.
-    storages = storage_kwargs_from_env(settings.lightrag_env)
     batcher = EmbeddingBatcher(
         provider_embedding.func,
         max_batch=settings.embedding_batch_size,
@@ -142,6 +145,17 @@ async def build_lightrag(
     rag = await asyncio.to_thread(construct)
     install_provider_functions(rag, llm_func, embedding_func, schedulers, 2 * outer_timeout_seconds(settings))
     await rag.initialize_storages()  # also initialises this workspace's pipeline status
+    if vectors_in_postgres:
+        try:
+            await ensure_shared_embedding_signature(
+                workspace,
+                provider_embedding.model_name,
+                provider_embedding.embedding_dim,
+                storages["vector_storage"],
+            )
+        except BaseException:
+            await rag.finalize_storages()
+            raise
     logger.info("LightRAG ready: working_dir=%s workspace=%s", working_dir, workspace)
     return rag
 

@@ -3,7 +3,8 @@
 Why: vectors of two models are incomparable, and two offline models share 384 dimensions
 (MiniLM and e5), so LightRAG's dimension check cannot tell them apart. Starting a workspace
 with another model than the one recorded is refused with a message naming both; nothing is
-ever mixed silently. A fresh workspace records the model it is first opened with.
+ever mixed silently. A fresh workspace records the model it is first opened with: in a file beside
+the embedded storages, or in PostgreSQL when the vectors are there (shared by every instance).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,17 @@ def _write(workspace_dir: Path, model: str, dim: int) -> None:
     os.replace(tmp, workspace_dir / SIGNATURE_FILE)
 
 
+def _refuse_another_model(workspace: str, old_model: str, old_dim: int, model: str, dim: int) -> None:
+    if old_model != model or old_dim != dim:
+        raise EmbeddingMismatchError(
+            f"knowledge base {workspace!r} was indexed with embedding model "
+            f"{old_model!r} (dim={old_dim}) but the service is configured with {model!r} "
+            f"(dim={dim}); vectors of different models cannot be mixed. Start with the "
+            f"original embedding (EMBEDDING_PROVIDER / EMBEDDING_MODEL) or re-index the documents "
+            f"into a new workspace."
+        )
+
+
 def ensure_embedding_signature(workspace_dir: Path | str, model: str, dim: int) -> None:
     """Record the model on a fresh workspace; refuse a workspace built by another model.
 
@@ -78,15 +91,7 @@ def ensure_embedding_signature(workspace_dir: Path | str, model: str, dim: int) 
     dim = int(dim)
     recorded = read_embedding_signature(workspace_dir)
     if recorded is not None:
-        old_model, old_dim = str(recorded["model"]), int(recorded["dim"])  # type: ignore[call-overload]
-        if old_model != model or old_dim != dim:
-            raise EmbeddingMismatchError(
-                f"knowledge base {workspace_dir.name!r} was indexed with embedding model "
-                f"{old_model!r} (dim={old_dim}) but the service is configured with {model!r} "
-                f"(dim={dim}); vectors of different models cannot be mixed. Start with the "
-                f"original embedding (EMBEDDING_PROVIDER / EMBEDDING_MODEL) or re-index the documents "
-                f"into a new workspace."
-            )
+        _refuse_another_model(workspace_dir.name, str(recorded["model"]), int(recorded["dim"]), model, dim)  # type: ignore[call-overload]
         return
     has_data, dims = _existing_vectors(workspace_dir)
     if dims and dims != {dim}:
@@ -111,3 +116,49 @@ def ensure_embedding_signature(workspace_dir: Path | str, model: str, dim: int) 
             dim,
         )
     _write(workspace_dir, model, dim)
+
+
+# ----------------------------------------------------------------------------- shared (PostgreSQL)
+SHARED_TABLE = "ragsvc_embedding_signature"
+
+
+async def ensure_shared_embedding_signature(
+    workspace: str, model: str, dim: int, vector_storage: str
+) -> None:
+    """The same rule for a knowledge base in PostgreSQL, recorded there (one row per workspace).
+
+    Why there: every instance opens the workspace, and a file in one instance's DATA_DIR is seen by
+    that instance only; an instance configured with another model would create its own vector tables
+    (LightRAG names them after the model) and answer from an empty knowledge base. The first
+    instance to open a workspace records its model (insert-if-absent: instances starting together
+    agree on one row); every other instance compares with it."""
+    from src.rag.lightrag_compat import postgres_client, release_postgres_client, run_with_retry
+
+    db = await postgres_client(vector_storage)
+    try:
+        row = await run_with_retry(db, lambda conn: _record_shared(conn, workspace, model, int(dim)))
+    finally:
+        await release_postgres_client(db)
+    _refuse_another_model(workspace, str(row["model"]), int(row["dim"]), model, int(dim))
+
+
+#: Serialises the table's creation and the first record between instances starting together.
+_SHARED_LOCK_KEY = 0x5247_5345_4D42_53  # "RGSEMBS"
+
+
+async def _record_shared(conn: Any, workspace: str, model: str, dim: int) -> Any:
+    async with conn.transaction():
+        # Held only for these three statements, which wait for nothing else of ours.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SHARED_LOCK_KEY)
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {SHARED_TABLE} (workspace text PRIMARY KEY, model text NOT NULL, "
+            "dim integer NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await conn.execute(
+            f"INSERT INTO {SHARED_TABLE} (workspace, model, dim) VALUES ($1, $2, $3) "
+            "ON CONFLICT (workspace) DO NOTHING",
+            workspace,
+            model,
+            dim,
+        )
+        return await conn.fetchrow(f"SELECT model, dim FROM {SHARED_TABLE} WHERE workspace = $1", workspace)
