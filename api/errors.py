@@ -96,6 +96,7 @@ DOMAIN_ERRORS: dict[type[DomainError], HttpError] = {
     kb.GraphEditRefused: HttpError(400, "graph_edit_refused"),
     kb.GraphItemNotFound: HttpError(404, "graph_item_not_found"),
     domain.DeleteFailed: HttpError(502, "delete_failed"),
+    domain.DeleteTimedOut: HttpError(504, "delete_timeout"),
     kb.QueryTimeout: HttpError(504, "query_timeout"),
     kb.NotInThisRole: HttpError(503, "not_in_this_role"),
     kb.KnowledgeBaseUnavailable: HttpError(503, "knowledge_base_unavailable"),

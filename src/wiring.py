@@ -279,7 +279,7 @@ async def start_services(
         handler=handler,
         submission=submission,
         tasks=tasks,
-        knowledge=KnowledgeService(settings, store, knowledge_bases),
+        knowledge=KnowledgeService(settings, store, knowledge_bases, events if ownership.shared else None),
         batches=batches,
         scanner=DirectoryScanner(settings, submission, batches),
         ownership=ownership,

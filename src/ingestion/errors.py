@@ -168,3 +168,7 @@ class BatchNotFound(IngestionError):
 # ----------------------------------------------------------------- the knowledge base
 class DeleteFailed(IngestionError):
     """The knowledge base could not delete the document."""
+
+
+class DeleteTimedOut(IngestionError):
+    """The workspace's owner did not carry out a forwarded deletion in time (it was cancelled)."""

@@ -75,7 +75,16 @@ class IngestHandler:
     async def run(self, task: TaskRecord, report: Report) -> dict:
         if task.kind == TaskKind.QUERY:
             return await self._answer(task)
+        if task.kind == TaskKind.PURGE:
+            return await self._purge(task)
         return await self._index(task, report)
+
+    async def _purge(self, task: TaskRecord) -> dict:
+        """A deletion another instance received (it does not own the workspace; this one does)."""
+        result = await self.knowledge_bases.purge(
+            task.tenant, task.purge_doc_id, delete_llm_cache=task.purge_llm_cache
+        )
+        return {"doc_id": result.doc_id, "outcome": result.outcome.value, "message": result.message}
 
     async def _answer(self, task: TaskRecord) -> dict:
         """A query task: read-only (no workspace ownership needed), its provider calls admitted at
@@ -107,8 +116,8 @@ class IngestHandler:
         return result.as_dict()
 
     async def discard(self, task: TaskRecord) -> None:
-        if task.kind == TaskKind.QUERY:
-            return  # a query wrote nothing: a cancelled or failed one leaves nothing to purge
+        if task.kind in (TaskKind.QUERY, TaskKind.PURGE):
+            return  # it indexed nothing: a cancelled or failed one leaves nothing to purge
         await self.knowledge_bases.purge(task.tenant, task.doc_id)
 
     def is_transient(self, exc: BaseException) -> bool:

@@ -7,13 +7,23 @@ instance in this process or from a worker.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from src.core.config import Settings
-from src.ingestion.errors import DeleteFailed, DocConflict, DocDeleting, DocumentNotFound
+from src.core.defaults import MAX_PRIORITY
+from src.ingestion.errors import (
+    DeleteFailed,
+    DeleteTimedOut,
+    DocConflict,
+    DocDeleting,
+    DocumentNotFound,
+    QueueFull,
+)
 from src.ingestion.query_images import remove_query_images, store_query_images
 from src.ingestion.submission import check_doc_id, check_query
+from src.rag.errors import WorkspaceOwnedElsewhere
 from src.rag.knowledge import (
     NEWEST_FIRST,
     AnswerStream,
@@ -24,13 +34,15 @@ from src.rag.knowledge import (
     GraphEdit,
     KnowledgeBases,
     PurgeOutcome,
+    PurgeResult,
     QueryResult,
     QuerySpec,
     RetrievedData,
     StreamedAnswer,
     Subgraph,
 )
-from src.tasks.models import DeleteMark
+from src.tasks.fanout import TaskEventHub
+from src.tasks.models import DeleteMark, Stage, TaskKind, TaskRecord, TaskStatus
 from src.tasks.store import TaskStore
 
 
@@ -42,8 +54,16 @@ class DocumentRemoved:
 
 
 class KnowledgeService:
-    def __init__(self, settings: Settings, store: TaskStore, knowledge_bases: KnowledgeBases):
+    def __init__(
+        self,
+        settings: Settings,
+        store: TaskStore,
+        knowledge_bases: KnowledgeBases,
+        events: TaskEventHub | None = None,
+    ):
         self.settings = settings
+        #: Waits for a deletion forwarded to the workspace's owner (None: nothing is forwarded).
+        self.events = events
         self.store = store
         self.knowledge_bases = knowledge_bases
 
@@ -88,7 +108,12 @@ class KnowledgeService:
                 raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
             # Stops the document if it is being indexed here, then waits only for merges in flight,
             # never for other documents to finish.
-            result = await self.knowledge_bases.purge(tenant, doc_id, delete_llm_cache=delete_llm_cache)
+            try:
+                result = await self.knowledge_bases.purge(tenant, doc_id, delete_llm_cache=delete_llm_cache)
+            except WorkspaceOwnedElsewhere:
+                if self.events is None:
+                    raise
+                result = await self._purge_at_owner(tenant, doc_id, delete_llm_cache)
             if result.outcome == PurgeOutcome.NOT_FOUND:
                 raise DocumentNotFound(f"document {doc_id} is not in the knowledge base")
             if result.outcome != PurgeOutcome.DELETED:
@@ -101,6 +126,39 @@ class KnowledgeService:
         return DocumentRemoved(
             doc_id, result.outcome, f"document {doc_id} and all data derived from it were deleted"
         )
+
+    async def _purge_at_owner(self, tenant: str, doc_id: str, delete_llm_cache: bool) -> PurgeResult:
+        """Another instance owns the workspace (shared storages): hand it the deletion as a task of
+        the highest priority and wait for its outcome. The doc id stays marked "being deleted" here
+        meanwhile; the owner's purge stops the document first if it is being indexed."""
+        now = time.time()
+        record = TaskRecord(
+            task_id=TaskStore.new_task_id(),
+            tenant=tenant,
+            priority=MAX_PRIORITY,
+            kind=TaskKind.PURGE,
+            purge_doc_id=doc_id,
+            purge_llm_cache=delete_llm_cache,
+            stage=Stage.QUEUED,
+            created_at=now,
+            updated_at=now,
+        )
+        created = await self.store.create(record)
+        if not created.created:
+            raise QueueFull(f"the deletion of {doc_id} could not be queued for its owner; retry later")
+        assert self.events is not None
+        limit = self.settings.query_timeout_seconds
+        final = await self.events.wait_final(record.task_id, limit, bounded=False)
+        if final is None:
+            await self.store.request_cancel(record.task_id)
+            raise DeleteTimedOut(
+                f"the instance that owns this knowledge base did not delete document {doc_id} within "
+                f"{limit:g} s; the deletion was cancelled, retry later"
+            )
+        if final.status != TaskStatus.COMPLETED or not final.result:
+            raise DeleteFailed(f"the knowledge base could not delete document {doc_id} ({final.error})")
+        outcome = PurgeOutcome(final.result["outcome"])
+        return PurgeResult(doc_id, outcome, str(final.result.get("message", "")))
 
     async def clear_cache(self, tenant: str) -> None:
         """Forget every LLM answer cached for the tenant: the next indexing or query asks again."""

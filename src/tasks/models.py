@@ -147,6 +147,9 @@ class TaskKind(StrEnum):
     TEXT = "text"
     #: A query answered in the background (POST /query/async); it waits in the query lane.
     QUERY = QUERY_KIND
+    #: DELETE /documents/{id} received by an instance that does not own the workspace, carried out
+    #: by the owner (``purge_doc_id`` names the document; the task itself holds no doc id).
+    PURGE = "purge"
 
 
 class TaskRecord(BaseModel):
@@ -192,6 +195,9 @@ class TaskRecord(BaseModel):
     webhook: dict[str, Any] | None = None
     #: A query task's request (text, mode, ...), bounded by the API's QueryRequest validation.
     query: dict[str, Any] | None = None
+    #: The document a purge task deletes, and whether the LLM answers cached for it go too.
+    purge_doc_id: str = ""
+    purge_llm_cache: bool = False
 
     @property
     def lane(self) -> str:

@@ -1,5 +1,6 @@
 -- Persist a pending task and enqueue it in its lane, unless an idempotency key, a doc id or a full
--- queue says no. Query tasks ('q' lane) hold no doc id: no doc lock, no duplicate detection.
+-- queue says no. Query tasks ('q' lane) and purge tasks (doc id '') hold no doc id: no doc lock, no
+-- duplicate detection.
 -- ARGV: prefix, task_id, tenant, doc_id, queue_score, created_at, sha256, idempotency key ('' = none),
 --       max queued overall in the lane (0 = unbounded), default max queued per tenant (0 = unbounded),
 --       idempotency ttl, fingerprint of the request (a reused key must match it), lane,
@@ -7,7 +8,7 @@
 local id = ARGV[2]
 local t = ARGV[3]
 local L, quota_field = lane_arg(ARGV[13])
-local documents = ARGV[13] ~= K.QUERY_LANE
+local documents = ARGV[13] ~= K.QUERY_LANE and ARGV[4] ~= ''
 local function status_of(other) return redis.call('HGET', K.task(other), 'status') end
 if ARGV[8] ~= '' then
   -- The key's value is "<task id>|<fingerprint of the request that created it>".
