@@ -132,10 +132,14 @@ def start_fleet(
 ) -> Fleet:
     fleet = Fleet(tmp_path, redis_url, pg, mock)
     fleet.common.update(MAX_CONCURRENT_TASKS=str(DOCS + 1), LLM_MAX_ASYNC="8", **settings)
-    for name in ("inst-0", "inst-1"):
-        # Every pooled connection of an instance names it, for the write audit.
-        fleet.common["POSTGRES_SERVER_SETTINGS"] = f"application_name=lr-{name}"
-        fleet.start_one(name)
+    try:
+        for name in ("inst-0", "inst-1"):
+            # Every pooled connection of an instance names it, for the write audit.
+            fleet.common["POSTGRES_SERVER_SETTINGS"] = f"application_name=lr-{name}"
+            fleet.start_one(name)
+    except BaseException:
+        fleet.stop()  # an instance that started is not left running
+        raise
     return fleet
 
 
