@@ -23,7 +23,7 @@ from fastapi import APIRouter, FastAPI
 
 from api import lightrag
 from api.errors import install_error_handlers
-from api.routes import admin, batch, documents, events, health, ingest, query, tasks
+from api.routes import admin, batch, documents, events, health, ingest, query, tasks, usage
 from api.routes.ui import router as ui_router
 from api.routes.webui import router as webui_router
 from api.task_poll import TaskPollMiddleware
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
         app.include_router(probes)
         return app
     app.add_middleware(TaskPollMiddleware, handlers=app.exception_handlers)  # GET /task/{id}
-    routers = (ingest, batch, tasks, events, query, documents, health, admin)
+    routers = (ingest, batch, tasks, events, query, documents, health, usage, admin)
     for module in routers:
         app.include_router(module.router)
     app.include_router(ui_router)

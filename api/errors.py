@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from src.core.errors import DomainError
 from src.ingestion import errors as domain
 from src.rag import errors as kb
+from src.tenancy.usage import TokenBudgetExhausted
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ DOMAIN_ERRORS: dict[type[DomainError], HttpError] = {
     domain.NotCancellable: HttpError(409, "task_finished"),
     domain.TaskNotFound: HttpError(404, "task_not_found"),
     domain.BatchNotFound: HttpError(404, "batch_not_found"),
+    TokenBudgetExhausted: HttpError(402, "token_budget_exhausted"),
     domain.DocumentNotFound: HttpError(404, "doc_not_found"),
     kb.ProviderError: HttpError(502, "query_failed"),
     kb.GraphEditRefused: HttpError(400, "graph_edit_refused"),

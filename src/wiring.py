@@ -42,6 +42,7 @@ from src.tasks.store import TaskStore
 from src.tenancy.ratelimit import RateLimiter
 from src.tenancy.sessions import SessionTokens, load_or_create_token_secret
 from src.tenancy.tenants import TenantRegistry
+from src.tenancy.usage import UsageLedger
 from src.webhooks import WebhookNotifier, load_or_create_secret
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class Services:
     batches: BatchService
     #: Which workspaces this instance may ingest into (all of them with the file storages).
     ownership: Ownership
+    #: Tokens spent per tenant and day/month, and the budgets (src/tenancy/usage.py).
+    usage: UsageLedger | None = None
     #: LightRAG Server's directory scan (INPUT_DIR) into tasks.
     scanner: DirectoryScanner | None = None
     #: Session tokens of LightRAG's WebUI (/lightrag/login, guest access).
@@ -196,6 +199,8 @@ async def start_services(
         LocalKnowledgeBases(engines) if engines is not None else DelegatedKnowledgeBases(settings, queries)
     )
     handler = IngestHandler(settings, knowledge_bases, files, on_final=webhooks.notify)
+    usage = UsageLedger(redis.client, redis_prefix, tenants, metrics)
+    handler.usage = usage
     runner = TaskRunner(
         store,
         handler,
@@ -248,6 +253,9 @@ async def start_services(
         settings.max_concurrent_queries if runs_tasks else 0,
     )
     submission = SubmissionService(settings, store, runner, files, knowledge_bases, queries, metrics)
+    submission.usage = usage
+    knowledge = KnowledgeService(settings, store, knowledge_bases, events if ownership.shared else None)
+    knowledge.usage = usage
     tasks = TaskService(store, runner, events, handler.after_final)
     batches = BatchService(
         submission, tasks, BatchStore(redis.client, store.keys, ttl_seconds=batch_ttl(settings))
@@ -279,7 +287,8 @@ async def start_services(
         handler=handler,
         submission=submission,
         tasks=tasks,
-        knowledge=KnowledgeService(settings, store, knowledge_bases, events if ownership.shared else None),
+        knowledge=knowledge,
+        usage=usage,
         batches=batches,
         scanner=DirectoryScanner(settings, submission, batches),
         ownership=ownership,

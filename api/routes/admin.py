@@ -37,6 +37,8 @@ class TenantCreate(BaseModel):
     max_running: int | None = Field(default=None, ge=0, le=10_000)
     max_pending: int | None = Field(default=None, ge=0, le=10_000_000)
     requests_per_minute: int | None = Field(default=None, ge=0, le=1_000_000)
+    daily_tokens: int | None = Field(default=None, ge=0, le=10**15, description="token budget per UTC day")
+    monthly_tokens: int | None = Field(default=None, ge=0, le=10**15, description="token budget per month")
 
 
 class KeyCreate(BaseModel):
@@ -45,7 +47,9 @@ class KeyCreate(BaseModel):
 
 @router.post("/tenants", status_code=201, summary="Create (or update the quotas of) a tenant")
 async def create_tenant(body: TenantCreate, services: ServicesDep) -> dict:
-    quota = TenantQuota(body.max_running, body.max_pending, body.requests_per_minute)
+    quota = TenantQuota(
+        body.max_running, body.max_pending, body.requests_per_minute, body.daily_tokens, body.monthly_tokens
+    )
     await services.tenants.create_tenant(body.name, quota)
     return {"tenant": body.name, **quota.__dict__}
 

@@ -146,6 +146,8 @@ def create_mock_app(config: MockConfig | None = None) -> FastAPI:
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             }
+            state.tokens["prompt"] += prompt_tokens
+            state.tokens["completion"] += completion_tokens
             if not stream:
                 state.record("chat", 200, started, kind=kind)
                 return _json_response(

@@ -112,6 +112,8 @@ class MockState:
         self.started = time.time()
         self.calls = dict.fromkeys(ENDPOINTS, 0)
         self.kinds = dict.fromkeys(KINDS, 0)
+        #: The usage the chat answers reported, summed (what a client's token accounting must match).
+        self.tokens = {"prompt": 0, "completion": 0}
         self.streams = 0
         self.errors_by_status: dict[str, int] = {}
         self.errors_total = 0
@@ -250,6 +252,7 @@ class MockState:
         out: dict[str, Any] = {
             "calls": dict(self.calls),
             "kinds": dict(self.kinds),
+            "tokens": dict(self.tokens),
             "streams": self.streams,
             "errors_injected": {
                 "total": self.errors_total,

@@ -99,6 +99,9 @@ class Metrics:
         )
         self.upload_bytes = Counter("ragsvc_upload_bytes", "Bytes of accepted uploads", registry=r)
         self.uploads = Counter("ragsvc_uploads", "Upload requests by outcome", ["outcome"], registry=r)
+        self.tokens = Counter(
+            "ragsvc_tokens", "Provider tokens spent by this process's work", ["tenant", "kind"], registry=r
+        )
         self._sampler: asyncio.Task | None = None
 
     def render(self) -> bytes:

@@ -19,8 +19,10 @@ from src.ingestion.query_lane import QUERY_DATA
 from src.rag.errors import is_transient
 from src.rag.knowledge import IndexProgress, IndexRequest, IndexStage, KnowledgeBases, QueryAnswer, QuerySpec
 from src.rag.llm import llm_description
+from src.rag.usage import metering
 from src.tasks.admission import yield_slot
 from src.tasks.models import Stage, TaskKind, TaskRecord, TaskStatus
+from src.tenancy.usage import UsageLedger, record_usage
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +71,25 @@ class IngestHandler:
         self.settings = settings
         self.knowledge_bases = knowledge_bases
         self.files = files
+        #: The tenants' token ledger (set by the wiring; None: tasks report usage, nobody sums it).
+        self.usage: UsageLedger | None = None
         #: Told the id of every task that reached a final state (the completion webhook).
         self.on_final = on_final or (lambda task_id: None)
 
     async def run(self, task: TaskRecord, report: Report) -> dict:
-        if task.kind == TaskKind.QUERY:
-            return await self._answer(task)
-        if task.kind == TaskKind.PURGE:
-            return await self._purge(task)
-        return await self._index(task, report)
+        """The task's result, with the tokens its provider calls cost (``usage``), which are also
+        added to the tenant's ledger, whether the attempt succeeds or not (they were spent)."""
+        with metering() as meter:
+            try:
+                if task.kind == TaskKind.QUERY:
+                    result = await self._answer(task)
+                elif task.kind == TaskKind.PURGE:
+                    result = await self._purge(task)
+                else:
+                    result = await self._index(task, report)
+            finally:
+                await record_usage(self.usage, task.tenant, meter)
+        return {**result, "usage": meter.as_dict()}
 
     async def _purge(self, task: TaskRecord) -> dict:
         """A deletion another instance received (it does not own the workspace; this one does)."""

@@ -41,9 +41,11 @@ from src.rag.knowledge import (
     StreamedAnswer,
     Subgraph,
 )
+from src.rag.usage import UsageMeter, metering
 from src.tasks.fanout import TaskEventHub
 from src.tasks.models import DeleteMark, Stage, TaskKind, TaskRecord, TaskStatus
 from src.tasks.store import TaskStore
+from src.tenancy.usage import UsageLedger, record_usage
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class KnowledgeService:
         self.events = events
         self.store = store
         self.knowledge_bases = knowledge_bases
+        #: The tenants' token ledger and budgets (set by the wiring).
+        self.usage: UsageLedger | None = None
 
     # ------------------------------------------------------------------ documents
     async def documents(
@@ -188,40 +192,57 @@ class KnowledgeService:
     # ------------------------------------------------------------------ queries
     async def query(self, tenant: str, spec: QuerySpec, images: list[str] | None = None) -> QueryResult:
         """The answer; ``images`` are pictures attached to the question (base64 / data URLs), kept
-        only while it is answered."""
+        only while it is answered. Its tokens go to the tenant's ledger (a spent budget: 402)."""
         check_query(self.settings, spec)
+        await self._check_budget(tenant)
         names = await store_query_images(self.settings, images or [])
-        try:
-            return await self.knowledge_bases.answer(tenant, replace(spec, images=names))
-        finally:
-            await remove_query_images(self.settings, names)
+        with metering() as meter:
+            try:
+                return await self.knowledge_bases.answer(tenant, replace(spec, images=names))
+            finally:
+                await record_usage(self.usage, tenant, meter)
+                await remove_query_images(self.settings, names)
 
     async def query_stream(
         self, tenant: str, spec: QuerySpec, images: list[str] | None = None
     ) -> StreamedAnswer:
         """Start answering; errors before the first piece raise here, later ones from the stream
         (as ProviderError). Close the stream (``pieces.aclose()``) when done: it holds the tenant's
-        knowledge base (and the question's pictures)."""
+        knowledge base (and the question's pictures); its tokens are counted once it is closed."""
         check_query(self.settings, spec)
+        await self._check_budget(tenant)
         names = await store_query_images(self.settings, images or [])
-        try:
-            answer = await self.knowledge_bases.stream(tenant, replace(spec, images=names))
-        except BaseException:
-            await remove_query_images(self.settings, names)
-            raise
-        if not names:
-            return answer
-        return StreamedAnswer(answer.references, self._dropping_images(answer.pieces, names))
+        with metering() as meter:
+            try:
+                answer = await self.knowledge_bases.stream(tenant, replace(spec, images=names))
+            except BaseException:
+                await record_usage(self.usage, tenant, meter)
+                await remove_query_images(self.settings, names)
+                raise
+        return StreamedAnswer(answer.references, self._closing(tenant, answer.pieces, names, meter))
 
-    async def _dropping_images(self, pieces: AnswerStream, names: tuple[str, ...]) -> AnswerStream:
+    async def _closing(
+        self, tenant: str, pieces: AnswerStream, names: tuple[str, ...], meter: UsageMeter
+    ) -> AnswerStream:
         try:
             async for piece in pieces:
                 yield piece
         finally:
             await pieces.aclose()
-            await remove_query_images(self.settings, names)
+            await record_usage(self.usage, tenant, meter)
+            if names:
+                await remove_query_images(self.settings, names)
+
+    async def _check_budget(self, tenant: str) -> None:
+        if self.usage is not None:
+            await self.usage.check(tenant)
 
     async def query_data(self, tenant: str, spec: QuerySpec) -> RetrievedData:
         """What retrieval finds for the question (entities, relationships, chunks), no answer."""
         check_query(self.settings, spec)
-        return await self.knowledge_bases.retrieve(tenant, spec)
+        await self._check_budget(tenant)
+        with metering() as meter:
+            try:
+                return await self.knowledge_bases.retrieve(tenant, spec)
+            finally:
+                await record_usage(self.usage, tenant, meter)

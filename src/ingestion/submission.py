@@ -44,6 +44,7 @@ from src.rag.knowledge import DocumentStatus, KnowledgeBases, QuerySpec
 from src.tasks.models import CreateOutcome, Stage, TaskKind, TaskRecord
 from src.tasks.runner import TaskRunner
 from src.tasks.store import TaskStore
+from src.tenancy.usage import UsageLedger
 
 #: A client-chosen document id. Always checked with `check_doc_id` (``fullmatch``): with ``match``
 #: and a ``$`` anchor, "nl\n" would pass (``$`` matches before a final newline).
@@ -100,6 +101,8 @@ class SubmissionService:
         self.settings = settings
         self.store = store
         self.runner = runner
+        #: The tenants' token budgets: a spent one refuses new work (set by the wiring).
+        self.usage: UsageLedger | None = None
         self.files = files
         self.knowledge_bases = knowledge_bases
         self.queries = queries
@@ -191,6 +194,8 @@ class SubmissionService:
         Its pictures are kept until the task ends (`IngestHandler.after_final` removes them)."""
         check_query(self.settings, spec)
         self._check_options(options)
+        if self.usage is not None:
+            await self.usage.check(tenant)
         names = await store_query_images(self.settings, images or [])
         try:
             record = await self.queries.submit(
@@ -223,6 +228,8 @@ class SubmissionService:
 
         The store's create script applies the same rule (one Lua function) atomically; asking
         first only spares the client the upload of a body that would be refused."""
+        if self.usage is not None:
+            await self.usage.check(tenant)
         refusal = await self.store.check_room(tenant)
         if refusal == CreateOutcome.BUSY:
             raise QueueFull(f"{self.settings.max_pending_tasks} tasks are already waiting; retry later")

@@ -22,6 +22,7 @@ import numpy as np
 from lightrag.utils import EmbeddingFunc
 
 from src.core.config import Settings
+from src.rag.usage import record_embedding
 
 from .retry import LazyOpenAIClient, build_retrying
 
@@ -256,6 +257,7 @@ class OpenAIEmbedder:
             with attempt:
                 client = await self._client.aget()
                 response = await client.embeddings.create(**kwargs)
+        record_embedding(getattr(response, "usage", None), batch)
         data = sorted(response.data, key=lambda d: d.index)
         if len(data) != len(batch):
             raise RuntimeError(f"embedding endpoint returned {len(data)} vectors for {len(batch)} inputs")

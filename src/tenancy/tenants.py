@@ -42,6 +42,9 @@ class TenantQuota:
     max_running: int | None = None
     max_pending: int | None = None
     requests_per_minute: int | None = None
+    #: Token budgets (LLM + vision + embedding tokens per UTC day / month; src/tenancy/usage.py).
+    daily_tokens: int | None = None
+    monthly_tokens: int | None = None
 
 
 class TenantRegistry:
@@ -73,6 +76,8 @@ class TenantRegistry:
             ("max_running", quota.max_running),
             ("max_pending", quota.max_pending),
             ("rpm", quota.requests_per_minute),
+            ("daily_tokens", quota.daily_tokens),
+            ("monthly_tokens", quota.monthly_tokens),
         ):
             if value is not None:
                 fields[field] = str(value)
@@ -94,7 +99,9 @@ class TenantRegistry:
         def num(field: str) -> int | None:
             return int(raw[field]) if raw.get(field) not in (None, "") else None
 
-        quota = TenantQuota(num("max_running"), num("max_pending"), num("rpm"))
+        quota = TenantQuota(
+            num("max_running"), num("max_pending"), num("rpm"), num("daily_tokens"), num("monthly_tokens")
+        )
         self._remember(("quota", name), quota)
         return quota
 

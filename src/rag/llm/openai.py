@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import openai
 
 from src.core.config import Settings
+from src.rag.usage import current_meter, record_chat
 
 from ..retry import LazyOpenAIClient, build_retrying
 
@@ -126,22 +127,27 @@ class OpenAICompatibleLLM:
         if not response.choices:
             raise RuntimeError(f"LLM endpoint returned no choices for model {self.model!r}")
         content = response.choices[0].message.content or ""
+        record_chat("llm", getattr(response, "usage", None), messages, content)
         return _extract_json_object(content) if keyword_extraction else content
 
     async def _stream(self, request: dict[str, Any]) -> AsyncIterator[str]:
         # Retries cover opening the stream; a failure after the first delta propagates.
         response = await self._create(**request, stream=True)
+        meter = current_meter()  # the pieces are read later, outside the work's context
 
         async def deltas() -> AsyncIterator[str]:
+            said: list[str] = []
             try:
                 async for chunk in response:
                     if not chunk.choices:
                         continue
                     text = getattr(chunk.choices[0].delta, "content", None)
                     if text:
+                        said.append(text)
                         yield text
             finally:
                 await response.close()
+                record_chat("llm", None, request["messages"], "".join(said), meter)
 
         return deltas()
 

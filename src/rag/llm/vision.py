@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from src.core.config import Settings
+from src.rag.usage import record_chat
 
 from ..retry import LazyOpenAIClient, build_retrying
 from ..scheduler import CallScheduler
@@ -165,7 +166,9 @@ class OpenAICompatibleVision:
                 response = await client.chat.completions.create(model=self.model, messages=messages)
                 if not response.choices:
                     raise RuntimeError(f"vision endpoint returned no choices for model {self.model!r}")
-                return response.choices[0].message.content or ""
+                content = response.choices[0].message.content or ""
+                record_chat("vision", getattr(response, "usage", None), messages, content)
+                return content
         raise RuntimeError("unreachable")  # pragma: no cover
 
     def describe(self) -> str:
