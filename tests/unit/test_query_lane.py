@@ -84,3 +84,17 @@ async def test_a_caller_that_goes_away_cancels_the_task(lane: QueryLane) -> None
         await answering
     _, (task,) = await lane.store.list(tenant="default", status=None, offset=0, limit=5)
     assert task.status == TaskStatus.CANCELLED
+
+
+async def test_a_query_task_that_expired_unanswered_is_a_provider_error(lane: QueryLane) -> None:
+    """Catches a delegated query whose task record expired before any worker answered (its TTL ran
+    out, or it was pruned) being reported as a timeout with a task id that no longer exists, or
+    crashing: it is a 502 provider error, as the direct query's failure would be."""
+    lane.settings.query_timeout_seconds = 0.5
+    answering = asyncio.create_task(lane.answer("default", QuerySpec("who?")))
+    while not await lane.store.pending_count(lane=QUERY_LANE):
+        await asyncio.sleep(0.01)
+    _, (task,) = await lane.store.list(tenant="default", status=None, offset=0, limit=5)
+    await lane.store.redis.delete(lane.store.keys.task(task.task_id))  # the record is gone
+    with pytest.raises(ProviderError, match="expired before it was answered"):
+        await asyncio.wait_for(answering, 20)
