@@ -173,7 +173,7 @@ async def test_reupload_while_a_delete_is_pending_is_not_answered_with_the_delet
     original_purge = knowledge_bases.purge
     entered, release = asyncio.Event(), asyncio.Event()
 
-    async def held_purge(tenant: str, doc: str) -> PurgeResult:
+    async def held_purge(tenant: str, doc: str, **_: object) -> PurgeResult:
         entered.set()
         await release.wait()
         return await original_purge(tenant, doc)
@@ -211,7 +211,7 @@ async def test_failed_delete_gives_the_document_back_to_its_task(
     first = (await upload(service.client, "k.txt", data)).json()
     assert (await wait_for_task(service.client, first["task_id"]))["status"] == "completed"
 
-    async def failing_purge(tenant: str, doc: str) -> PurgeResult:
+    async def failing_purge(tenant: str, doc: str, **_: object) -> PurgeResult:
         return PurgeResult(doc, PurgeOutcome.FAILED, "refused")
 
     monkeypatch.setattr(service.services.knowledge_bases, "purge", failing_purge)
