@@ -12,6 +12,7 @@ CI installs Debian's.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -176,6 +177,9 @@ def _scenario(
     expect(row.locator(".attempts")).to_have_text("1")
     expect(row.locator(".cancel")).to_be_hidden()
     expect(page.locator("#stat-completed")).to_have_text("1", timeout=10_000)
+    # The tokens the mock LLM reported for it are shown (GET /usage; no budget: just the count).
+    expect(page.locator("#stat-tokens-day")).to_have_text(re.compile(r"^[1-9][0-9]*$"), timeout=15_000)
+    expect(page.locator("#stat-tokens-month")).to_have_text(re.compile(r"^[1-9][0-9]*$"))
 
     # 2. Two more at once: the first runs (its extraction held), the second waits; cancel the waiting one.
     hold_llm()

@@ -800,6 +800,7 @@
       $("stat-failed").textContent = String(counts.failed ?? 0);
       $("stat-cancelled").textContent = String(counts.cancelled ?? 0);
       $("stat-running").textContent = `${s.running_here ?? 0} / ${s.capacity ?? "?"}`;
+      await refreshUsage();
       meta.classList.remove("error-text");
       meta.textContent = `Instance ${s.instance_id || "?"} · updated ${new Date().toLocaleTimeString()}`;
     } catch (err) {
@@ -808,6 +809,18 @@
     } finally {
       setTimeout(refreshStats, STATS_EVERY_MS);
     }
+  }
+
+  // Tokens the tenant spent (GET /usage), against its budget when it has one.
+  async function refreshUsage() {
+    const response = await api("/usage", { cache: "no-store" });
+    if (!response.ok) return;
+    const u = await response.json();
+    const budgets = u.budgets || {};
+    const show = (spent, budget) =>
+      budget == null ? String(spent ?? 0) : `${spent ?? 0} / ${budget}`;
+    $("stat-tokens-day").textContent = show(u.day?.total_tokens, budgets.daily_tokens);
+    $("stat-tokens-month").textContent = show(u.month?.total_tokens, budgets.monthly_tokens);
   }
 
   // ---------------------------------------------------------------- query
