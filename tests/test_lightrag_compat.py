@@ -23,6 +23,7 @@ from tests.helpers import (
     start_service,
     story,
     wait_for_task,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -439,3 +440,31 @@ async def test_graph_edit_errors_are_4xx_and_never_hold_the_graph(tmp_path, redi
         # The graph is still free: an edit after all of them goes through.
         renamed = {"entity_name": "Ada", "updated_data": {"description": "still editable"}}
         assert (await call("POST", "/graph/entity/edit", renamed))[0] == 200
+
+
+async def test_a_graph_edit_waits_for_a_merge_in_flight(tmp_path, redis_url) -> None:
+    """Catches a graph edit that runs while a document merges into the graph (it could rename or
+    delete an entity the merge is about to upsert): with the indexer's graph gate held shared, as
+    a merge holds it, the edit waits as a writer and changes nothing until the merge is over."""
+    async with start_service(make_settings(tmp_path, redis_url)) as svc:
+        c = svc.client
+        create = {"entity_name": "Gatekeeper", "entity_data": {"description": "before"}}
+        assert (await c.post(f"{L}/graph/entity/create", json=create)).status_code == 200
+        async with svc.services.engines.use("default") as engine:
+            gate = engine.indexer.gate
+            async with gate.shared():  # a merge in flight
+                edit = {"entity_name": "Gatekeeper", "updated_data": {"description": "after"}}
+                pending = asyncio.create_task(c.post(f"{L}/graph/entity/edit", json=edit))
+
+                async def edit_is_waiting() -> bool:
+                    return gate._writers_waiting == 1
+
+                await wait_until(edit_is_waiting, message="the edit waiting for the graph gate")
+                assert not pending.done()
+                node = await engine.rag.chunk_entity_relation_graph.get_node("Gatekeeper")
+                assert node["description"] == "before"
+            edited = await asyncio.wait_for(pending, 60)
+        assert edited.status_code == 200, edited.text
+        graph = (await c.get(f"{L}/graphs?label=Gatekeeper&max_depth=1&max_nodes=10")).json()
+        (node,) = [n for n in graph["nodes"] if n["id"] == "Gatekeeper"]
+        assert node["properties"]["description"] == "after"
