@@ -120,3 +120,31 @@ async def test_the_offline_stand_ins_cost_nothing(tmp_path, redis_url) -> None:
         await svc.client.post("/query", json={"query": "What is Pomarea?"})
         spent = (await svc.client.get("/usage")).json()
         assert spent["day"]["total_tokens"] == 0 and spent["month"]["total_tokens"] == 0
+
+
+async def test_embedding_tokens_of_shared_batches_add_up_per_document(tmp_path, redis_url) -> None:
+    """Catches embedding tokens lost in the micro-batcher (its batches mix several documents' texts
+    and run outside any document's work) or counted twice: two documents indexed at once report
+    embedding tokens that add up to exactly what the embedding endpoint reported meanwhile."""
+    with MockServer(MockConfig()) as mock:
+        settings = llm_settings(
+            tmp_path,
+            redis_url,
+            mock,
+            embedding_provider="openai",
+            embedding_base_url=mock.base_url,
+            embedding_api_key="test-key",
+            embedding_model="mock-embedding",
+            embedding_dim=384,
+        )
+        async with start_service(settings) as svc:
+            c = svc.client
+            before = mock_stats(mock)["tokens"]["embedding"]
+            accepted = [
+                await c.post("/insert/text", json={"text": story(topic, name)})
+                for topic, name in (("glaciers", "Frostvane"), ("rivers", "Fluvianto"))
+            ]
+            done = [await wait_for_task(c, a.json()["task_id"], expect="completed") for a in accepted]
+            reported = mock_stats(mock)["tokens"]["embedding"] - before
+            counted = [d["result"]["usage"]["embedding_tokens"] for d in done]
+            assert all(n > 0 for n in counted) and sum(counted) == reported, (counted, reported)

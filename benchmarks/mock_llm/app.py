@@ -300,6 +300,7 @@ def create_mock_app(config: MockConfig | None = None) -> FastAPI:
                 )
                 data.append({"object": "embedding", "index": i, "embedding": emb})
             state.embedding_inputs += len(inputs)
+            state.tokens["embedding"] += tokens
             state.record("embeddings", 200, started, inputs=len(inputs))
             return _json_response(
                 {

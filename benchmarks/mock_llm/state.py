@@ -113,7 +113,7 @@ class MockState:
         self.calls = dict.fromkeys(ENDPOINTS, 0)
         self.kinds = dict.fromkeys(KINDS, 0)
         #: The usage the chat answers reported, summed (what a client's token accounting must match).
-        self.tokens = {"prompt": 0, "completion": 0}
+        self.tokens = {"prompt": 0, "completion": 0, "embedding": 0}
         self.streams = 0
         self.errors_by_status: dict[str, int] = {}
         self.errors_total = 0

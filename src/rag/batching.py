@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from src.core.metrics import PROVIDER_BATCHED_REQUESTS, PROVIDER_CALLS, PROVIDER_TEXTS
+from src.rag.usage import UsageMeter, current_meter, metering
 
 from .lightrag_compat import LIMITER_KWARGS
 from .scheduler import CallContext, CallScheduler, call_context, current_call_context
@@ -27,9 +28,11 @@ EmbedFn = Callable[..., Awaitable[np.ndarray]]
 
 
 class _Segment:
-    __slots__ = ("texts", "future", "ctx")
+    __slots__ = ("texts", "future", "ctx", "meter")
 
     def __init__(self, texts: list[str], future: asyncio.Future[np.ndarray], ctx: CallContext) -> None:
+        #: The usage meter of the caller's work: a shared batch's tokens are split among its callers.
+        self.meter = current_meter()
         self.texts = texts
         self.future = future
         self.ctx = ctx
@@ -155,11 +158,15 @@ class EmbeddingBatcher:
             return await self._call(texts, kwargs) if texts else np.empty((0, 0))
 
         try:
-            with call_context(priority=lead.ctx.priority, tenant=lead.ctx.tenant, merging=lead.ctx.merging):
+            with (
+                call_context(priority=lead.ctx.priority, tenant=lead.ctx.tenant, merging=lead.ctx.merging),
+                metering() as spent,
+            ):
                 if self.scheduler is not None:
                     result = await self.scheduler.run(call_live)
                 else:
                     result = await call_live()
+            _share_usage(spent, segments)
             if not texts:
                 return
             rows = np.asarray(result)
@@ -200,3 +207,28 @@ class EmbeddingBatcher:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> EmbeddingBatcher:
         return self  # LightRAG's asdict() deep-copies the embedding function: share the batcher
+
+
+def _share_usage(spent: UsageMeter, segments: list[_Segment]) -> None:
+    """The embedding tokens of one batch, split among its callers' meters by their share of its
+    characters (the remainder to the last, so the shares add up to what the provider reported)."""
+    if not spent.embedding_tokens and not spent.embedding_calls:
+        return
+    chars: dict[int, int] = {}
+    meters: dict[int, UsageMeter] = {}
+    for s in segments:
+        if s.meter is not None:
+            meters[id(s.meter)] = s.meter
+            chars[id(s.meter)] = chars.get(id(s.meter), 0) + sum(len(t) for t in s.texts)
+    total = sum(len(t) for s in segments for t in s.texts) or 1
+    every_caller_metered = all(s.meter is not None for s in segments)
+    given = 0
+    owners = list(meters)
+    for i, key in enumerate(owners):
+        if every_caller_metered and i == len(owners) - 1:
+            share = spent.embedding_tokens - given
+        else:
+            share = spent.embedding_tokens * chars[key] // total
+        given += share
+        meters[key].embedding_tokens += share
+        meters[key].embedding_calls += spent.embedding_calls
