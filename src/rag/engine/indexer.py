@@ -37,7 +37,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -384,15 +384,8 @@ class DocumentIndexer:
                 result = await result
             if not isinstance(result, (list, tuple)):
                 raise TypeError(f"chunking_func must return a list or tuple of dicts, got {type(result)}")
-            chunks = {
-                compute_mdhash_id(dp["content"], prefix="chunk-"): {
-                    **dp,
-                    "full_doc_id": doc_id,
-                    "file_path": file_path,
-                    "llm_cache_list": [],
-                }
-                for dp in result
-            }
+            # Off the loop: hashing a big document's chunks (100 MB of text) took a quarter second.
+            chunks = await asyncio.to_thread(_chunk_records, result, doc_id, file_path)
             modal, owners = modal_chunk_records(
                 stored.get(MODAL_KEY) or [], doc_id, file_path, len(chunks), rag.tokenizer
             )
@@ -634,6 +627,19 @@ class DocumentIndexer:
                     task.exception()
             raise failed.exception()  # type: ignore[misc]
         return [task.result() for task in tasks]
+
+
+def _chunk_records(pieces: Iterable[dict[str, Any]], doc_id: str, file_path: str) -> dict[str, Any]:
+    """The chunk records of a document's pieces, by content id, as LightRAG stores them."""
+    return {
+        compute_mdhash_id(dp["content"], prefix="chunk-"): {
+            **dp,
+            "full_doc_id": doc_id,
+            "file_path": file_path,
+            "llm_cache_list": [],
+        }
+        for dp in pieces
+    }
 
 
 def _resolve_path(*candidates: Any) -> str:

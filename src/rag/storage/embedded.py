@@ -21,6 +21,7 @@ import base64
 import json
 import logging
 import os
+import sqlite3
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,31 @@ GRAPH_STORAGE = "SqliteGraphStorage"
 def _dumps(value: Any) -> str:
     # ensure_ascii keeps lone surrogates (seen in LLM output) encodable as UTF-8 in SQLite.
     return json.dumps(value, default=str)
+
+
+class _JsonAtWrite:
+    """A record as it was at the flush's snapshot, turned into JSON by sqlite3 in the flush thread.
+
+    Encoding every dirty record on the event loop held it for seconds when a big document's text
+    (full_docs) and its thousands of chunks were dirty at once. The snapshot copies only the
+    containers (dicts, lists, sets: the loop may change them after the cut); strings and numbers
+    are immutable and shared, so taking it costs per object, not per byte."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = _containers_copied(value)
+
+
+def _containers_copied(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _containers_copied(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_containers_copied(v) for v in value]
+    return value
+
+
+sqlite3.register_adapter(_JsonAtWrite, lambda record: _dumps(record.value))
 
 
 def _workspace_dir(global_config: dict[str, Any], workspace: str) -> str:
@@ -239,7 +265,7 @@ class _SqliteKVMixin(JsonStorageState):
             if v is None:
                 ws.deletes.append((k,))
             else:
-                ws.upserts.append((k, _dumps(v)))
+                ws.upserts.append((k, _JsonAtWrite(v)))
 
         def restore() -> None:
             self._dirty = {**keys, **self._dirty}
@@ -560,7 +586,7 @@ class SqliteVectorStorage(BaseVectorStorage):
             if i is None:
                 ws.deletes.append((k,))
             else:
-                ws.upserts.append((k, _dumps(self._meta[i]), self._matrix[i].tobytes()))
+                ws.upserts.append((k, _JsonAtWrite(self._meta[i]), self._matrix[i].tobytes()))
 
         def restore() -> None:
             self._dirty = {**keys, **self._dirty}
@@ -710,13 +736,13 @@ class SqliteGraphStorage(NetworkXState, NetworkXStorage):
         nws = WriteSet("graph_nodes", self.namespace, drop=dropped)
         for n in nodes:
             if g.has_node(n):
-                nws.upserts.append((n, _dumps(dict(g.nodes[n]))))
+                nws.upserts.append((n, _JsonAtWrite(g.nodes[n])))
             else:
                 nws.deletes.append((n,))
         ews = WriteSet("graph_edges", self.namespace, drop=dropped)
         for u, v in edges:
             if g.has_edge(u, v):
-                ews.upserts.append((u, v, _dumps(dict(g.edges[u, v]))))
+                ews.upserts.append((u, v, _JsonAtWrite(g.edges[u, v])))
             else:
                 ews.deletes.append((u, v))
 

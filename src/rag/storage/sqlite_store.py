@@ -78,7 +78,8 @@ def configure(flush_interval: float | None = None, commit_delay: float | None = 
 
 @dataclass
 class WriteSet:
-    """The dirty records of one storage namespace, serialised on the loop at snapshot time."""
+    """The dirty records of one storage namespace as of the snapshot (records copied on the loop,
+    encoded in the flush thread: embedded.py's `_JsonAtWrite`)."""
 
     table: str
     ns: str
