@@ -38,12 +38,13 @@ class QueryLane:
         priority: int = DEFAULT_PRIORITY,
         callback_url: str | None = None,
         purpose: str = QUERY_ANSWER,
+        task_id: str | None = None,
     ) -> TaskRecord:
         """Queue a query task; it waits in a lane of its own, never behind documents. (The caller
         wakes its runner: an api-role instance has none running, a worker answers.)"""
         now = time.time()
         record = TaskRecord(
-            task_id=TaskStore.new_task_id(),
+            task_id=task_id or TaskStore.new_task_id(),
             tenant=tenant,
             priority=priority,
             kind=TaskKind.QUERY,
@@ -88,20 +89,25 @@ class QueryLane:
         )
 
     async def _delegate(self, tenant: str, spec: QuerySpec, priority: int, purpose: str) -> dict:
-        record = await self.submit(tenant, spec, priority=priority, purpose=purpose)
+        # The id is chosen before the task is created: a caller that goes away while the create is
+        # in flight (the task may exist already) still cancels it.
+        task_id = TaskStore.new_task_id()
         timeout = self.settings.query_timeout_seconds
         try:
-            final = await self.events.wait_final(record.task_id, timeout, bounded=False)
+            await self.submit(tenant, spec, priority=priority, purpose=purpose, task_id=task_id)
+            final = await self.events.wait_final(task_id, timeout, bounded=False)
             if final is None:
-                current = await self.store.get(record.task_id)
+                current = await self.store.get(task_id)
                 if current is None:
                     raise ProviderError("the query task expired before it was answered")
                 if not current.status.is_final:
-                    raise QueryTimeout(f"no worker answered within {timeout:g} s", task_id=record.task_id)
+                    raise QueryTimeout(f"no worker answered within {timeout:g} s", task_id=task_id)
                 final = current
+        except (QueryQueueFull, TenantQueryQueueFull, TaskExists):
+            raise  # refused: no task was created
         except BaseException:  # the timeout above, or the caller went away
             with contextlib.suppress(Exception):
-                await self.store.request_cancel(record.task_id)
+                await self.store.request_cancel(task_id)
             raise
         if final.status == TaskStatus.COMPLETED:
             return dict(final.result or {})

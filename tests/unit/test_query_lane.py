@@ -98,3 +98,25 @@ async def test_a_query_task_that_expired_unanswered_is_a_provider_error(lane: Qu
     await lane.store.redis.delete(lane.store.keys.task(task.task_id))  # the record is gone
     with pytest.raises(ProviderError, match="expired before it was answered"):
         await asyncio.wait_for(answering, 20)
+
+
+async def test_a_caller_that_goes_away_while_the_task_is_created_cancels_it(lane: QueryLane) -> None:
+    """Catches a query task left queued when its client went away between the create reaching
+    Redis and its reply arriving (the cancel then lands inside the create)."""
+    real_create = lane.store.create
+    created, reply = asyncio.Event(), asyncio.Event()
+
+    async def create_with_slow_reply(record):  # the task exists; its reply is still on its way
+        outcome = await real_create(record)
+        created.set()
+        await reply.wait()
+        return outcome
+
+    lane.store.create = create_with_slow_reply  # type: ignore[method-assign]
+    answering = asyncio.create_task(lane.answer("default", QuerySpec("who?")))
+    await asyncio.wait_for(created.wait(), 10)
+    answering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await answering
+    _, (task,) = await lane.store.list(tenant="default", status=None, offset=0, limit=5)
+    assert task.status == TaskStatus.CANCELLED
