@@ -8,6 +8,8 @@ task runner classifies it (`is_transient`) instead of the HTTP layer.
 
 from __future__ import annotations
 
+import sqlite3
+
 from src.core.errors import DomainError
 from src.rag.parsing.content import DocumentParseError
 
@@ -87,4 +89,8 @@ def is_transient(exc: BaseException) -> bool:
         return exc.transient
     if isinstance(exc, DocumentParseError):
         return False
+    if isinstance(exc, sqlite3.OperationalError):
+        # The embedded store's flush failed ("disk I/O error", "database is locked", "database or
+        # disk is full"): the machine, not the document; retried with backoff up to MAX_ATTEMPTS.
+        return True
     return is_transient_message(f"{type(exc).__name__}: {exc}")
