@@ -76,11 +76,15 @@ class _JsonAtWrite:
         self.value = _containers_copied(value)
 
 
+#: Leaves shared as they are (immutable); checked inline, a call per leaf doubled the snapshot's cost.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _containers_copied(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _containers_copied(v) for k, v in value.items()}
+        return {k: v if type(v) in _SCALARS else _containers_copied(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [_containers_copied(v) for v in value]
+        return [v if type(v) in _SCALARS else _containers_copied(v) for v in value]
     return value
 
 
