@@ -292,7 +292,7 @@ class DocumentIndexer:
     ) -> tuple[dict[str, Any], str]:
         """full_docs + PENDING doc status, as `apipeline_enqueue_documents` writes them (plus the
         multimodal chunks, when the document has any)."""
-        content = await asyncio.to_thread(sanitize_text_for_encoding, text)
+        content = await asyncio.to_thread(sanitized, text)
         path = file_path.strip() if isinstance(file_path, str) else ""
         path = path or "unknown_source"
         now = _now()
@@ -695,6 +695,29 @@ class DocumentIndexer:
                     task.exception()
             raise failed.exception()  # type: ignore[misc]
         return [task.result() for task in tasks]
+
+
+#: Characters cleaned per call: each regex pass over a slice holds the GIL (and so the event loop)
+#: for milliseconds, where one pass over a 100 MB text held it for about a second.
+SANITIZE_SLICE_CHARS = 1 << 20
+
+
+def sanitized(text: str, slice_chars: int = SANITIZE_SLICE_CHARS) -> str:
+    """``sanitize_text_for_encoding(text)``, done slice by slice (cut after a newline) so that a big
+    document lets the event loop run between slices. Its clean-ups are per character, HTML
+    entities never span a newline, and each slice is cleaned between two sentinels so that only the
+    whole text's ends are stripped."""
+    if len(text) <= slice_chars:
+        return sanitize_text_for_encoding(text)
+    text = text.strip()
+    parts = []
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + slice_chars)
+        end = len(text) if end < 0 else end + 1
+        parts.append(sanitize_text_for_encoding("x" + text[start:end] + "x")[1:-1])
+        start = end
+    return "".join(parts).strip()
 
 
 def _chunk_records(pieces: Iterable[dict[str, Any]], doc_id: str, file_path: str) -> dict[str, Any]:
