@@ -1,6 +1,7 @@
 """A big document's text is cleaned slice by slice (issue 25 item 8): one regex pass over a 99 MB
-text held the GIL, and with it the event loop, for about a second. The result must be exactly
-what LightRAG's `sanitize_text_for_encoding` gives for the whole text."""
+text held the GIL, and with it the event loop, for about a second (the upload's control-character
+count likewise). The result must be exactly what LightRAG's `sanitize_text_for_encoding` gives for
+the whole text."""
 
 from __future__ import annotations
 
@@ -41,3 +42,14 @@ def test_each_call_cleans_about_one_slice(monkeypatch) -> None:
     text = "a line of text &amp; more\n" * 40_000  # ~1 MB
     assert indexer.sanitized(text, 64 * 1024) == clean(text)
     assert len(sizes) >= 15 and max(sizes) <= 64 * 1024 + 30, (len(sizes), max(sizes))
+
+
+def test_control_characters_are_counted_alike_in_slices(monkeypatch) -> None:
+    """Catches a slice boundary that loses or doubles a control character in the upload's text check."""
+    from src.rag import text_decoding
+
+    rnd = random.Random(7)
+    text = "".join(rnd.choice(["a", "\x01", "\x0b", "\n", "中", "\x7f"]) for _ in range(5000))
+    whole = len(text_decoding._CONTROL_RE.findall(text))
+    monkeypatch.setattr(text_decoding, "_SCAN_SLICE", 7)
+    assert text_decoding._control_characters(text) == whole
