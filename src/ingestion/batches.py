@@ -160,12 +160,21 @@ class BatchService:
 
     async def cancel(self, tenant: str, batch_id: str) -> BatchCancellation:
         record = await self.batch(tenant, batch_id)
+        ids = list(dict.fromkeys(entry["task_id"] for entry in record.tasks))
+        found = {task.task_id: task for task in await self.tasks.store.get_many(ids)}
+
+        # Waiting tasks first: a running task gives its slot up as soon as it is cancelled, and a
+        # waiting task of this batch must not be started in that slot before its own cancel.
+        def running_or_gone(task_id: str) -> bool:
+            task = found.get(task_id)
+            return task is None or task.status != TaskStatus.PENDING
+
         outcomes: dict[str, tuple[str, str | None]] = {}
+        for task_id in sorted(ids, key=running_or_gone):  # stable: batch order within each group
+            outcomes[task_id] = await self._cancel_one(tenant, task_id)
         tasks = []
         for entry in record.tasks:
             task_id = entry["task_id"]
-            if task_id not in outcomes:
-                outcomes[task_id] = await self._cancel_one(tenant, task_id)
             outcome, status = outcomes[task_id]
             tasks.append(
                 {"filename": entry["filename"], "task_id": task_id, "outcome": outcome, "status": status}
