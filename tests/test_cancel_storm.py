@@ -240,7 +240,7 @@ async def test_cancel_storm_purges_together_and_never_starves_new_work(tmp_path,
 
     # The purges shared graph passes (the old code took the graph alone once per purge), and new
     # work did not queue behind them.
-    assert purged >= MERGING_AT_CANCEL // 3, purged  # the storm hit running work
+    assert purged >= MERGING_AT_CANCEL // 2, purged
     assert exclusive_holds * 2 <= purged, (exclusive_holds, purged)
     assert unrelated_done <= alone_seconds + STORM_ALLOWANCE_SECONDS, (unrelated_done, alone_seconds)
 
