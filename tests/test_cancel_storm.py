@@ -23,16 +23,7 @@ import pytest
 
 from benchmarks.mock_llm import MockConfig, MockServer
 from src.rag.engine.scope import GraphGate
-from tests.helpers import (
-    FINAL,
-    llm_settings,
-    make_settings,
-    start_service,
-    story,
-    upload,
-    wait_for_task,
-    wait_until,
-)
+from tests.helpers import FINAL, llm_settings, start_service, story, upload, wait_for_task, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -316,35 +307,3 @@ async def test_purges_interrupted_by_a_restart_mid_storm_are_resumed(tmp_path, r
             assert chunk_ids and chunk_ids <= known_chunks, (pair, chunk_ids - known_chunks)
         for i in range(20):  # the completed documents are all still there
             assert any(f"Kept{i:03d}".lower() in name.lower() for name in knowledge["nodes"]), i
-
-
-async def test_a_cancel_between_the_chunk_writes_leaves_no_chunk_behind(tmp_path, redis_url) -> None:
-    """Seen in a larger storm: a document cancelled just as its chunks were written kept a text chunk
-    (its status did not name the chunks yet, so its purge could not find them). The status write
-    that names the chunks is held here until the cancel lands."""
-    settings = make_settings(tmp_path, redis_url)
-    async with start_service(settings) as svc:
-        async with svc.services.engines.use("default") as engine:
-            doc_status = engine.rag.doc_status
-        real_upsert = doc_status.upsert
-        reached = asyncio.Event()
-
-        async def held_upsert(data: dict[str, dict[str, Any]]) -> Any:
-            if any(record.get("chunks_list") for record in data.values()) and not reached.is_set():
-                reached.set()
-                await asyncio.Event().wait()  # until the cancel
-            return await real_upsert(data)
-
-        doc_status.upsert = held_upsert
-        try:
-            text = story("lagoons", "Betweenwrites", sentences=20)
-            response = await upload(svc.client, "between.txt", text.encode())
-            task = response.json()
-            await asyncio.wait_for(reached.wait(), timeout=60)
-            assert (await svc.client.delete(f"/task/{task['task_id']}")).status_code == 202
-            await wait_for_task(svc.client, task["task_id"], expect="cancelled", timeout=60)
-        finally:
-            doc_status.upsert = real_upsert
-        knowledge = await _knowledge(svc)
-        left = [cid for cid, chunk in knowledge["chunks"].items() if "Betweenwrites" in chunk["content"]]
-        assert left == [], left

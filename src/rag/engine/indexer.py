@@ -444,21 +444,22 @@ class DocumentIndexer:
             )
             chunks.update(modal)
             processing_start_time = int(time.time())
-            # The status names the chunks before any of them is written (LightRAG writes the three
-            # at once): a cancel landing between the writes must leave no chunk its purge cannot find.
-            await rag.doc_status.upsert(
-                {
-                    doc_id: {
-                        "status": DocStatus.PROCESSING,
-                        "chunks_count": len(chunks),
-                        "chunks_list": list(chunks.keys()),
-                        **status_fields(),
-                        "updated_at": _now(),
-                        "metadata": {"processing_start_time": processing_start_time},
+            await asyncio.gather(
+                rag.doc_status.upsert(
+                    {
+                        doc_id: {
+                            "status": DocStatus.PROCESSING,
+                            "chunks_count": len(chunks),
+                            "chunks_list": list(chunks.keys()),
+                            **status_fields(),
+                            "updated_at": _now(),
+                            "metadata": {"processing_start_time": processing_start_time},
+                        }
                     }
-                }
+                ),
+                rag.chunks_vdb.upsert(chunks),
+                rag.text_chunks.upsert(chunks),
             )
-            await asyncio.gather(rag.chunks_vdb.upsert(chunks), rag.text_chunks.upsert(chunks))
 
             progress.stage, progress.chunks_total = IndexStage.EXTRACTING, len(chunks)
             await report()
