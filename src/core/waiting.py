@@ -20,3 +20,16 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return event.is_set()
     return True
+
+
+def raise_if_cancel_swallowed() -> None:
+    """Raise the cancellation of the current task if one is pending but was not delivered.
+
+    `Task.cancelling()` counts cancel requests not yet taken back by ``uncancel``; a library call
+    that catches the CancelledError (or, on 3.11, ``wait_for`` returning a result it raced with)
+    leaves the count up while the task runs on. Loops that wait for a long time call this after
+    each library call, so a caller that went away stops them at once instead of at their bound.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

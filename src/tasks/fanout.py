@@ -30,7 +30,7 @@ from typing import Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from src.core.waiting import wait_event
+from src.core.waiting import raise_if_cancel_swallowed, wait_event
 from src.tasks.models import TaskRecord
 from src.tasks.store import TaskStore
 
@@ -193,6 +193,7 @@ class TaskEventHub:
                     # no change between the read and the wait is lost.
                     wake.clear()
                     record = await self.store.get(task_id)
+                    raise_if_cancel_swallowed()
                     if record is None or record.status.is_final:
                         return record
                     await wait_event(wake, self.recheck_seconds)  # then re-read: a lost notice
