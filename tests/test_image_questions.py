@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks.mock_llm import MockServer
 from tests.conftest import make_settings, start_service, upload, wait_for_task
+from tests.helpers import wait_until
 from tests.multimodal_docs import text_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
@@ -60,7 +61,12 @@ async def test_offline_photo_question_returns_the_matching_passages(tmp_path, re
         final = await wait_for_task(svc.client, accepted.json()["task_id"], timeout=200)
         assert final["status"] == "completed", final
         assert "消防通道必须保持畅通" in final["result"]["response"]
-        assert not list(settings.query_images_dir.glob("*")), "the question's pictures are removed"
+
+        # Removed by the task's end-of-task step, which runs just after the final status is written.
+        async def pictures_gone() -> bool:
+            return not list(settings.query_images_dir.glob("*"))
+
+        await wait_until(pictures_gone, timeout=10, message="the question's pictures are removed")
 
 
 async def test_vision_model_sees_the_photo_and_the_retrieved_context(tmp_path, redis_url) -> None:
