@@ -23,7 +23,7 @@ from fastapi import APIRouter, FastAPI
 
 from api import lightrag
 from api.errors import install_error_handlers
-from api.routes import admin, batch, documents, events, health, ingest, query, tasks, usage
+from api.routes import admin, api_docs, batch, documents, events, health, ingest, query, tasks, usage
 from api.routes.ui import router as ui_router
 from api.routes.webui import router as webui_router
 from api.task_poll import TaskPollMiddleware
@@ -70,8 +70,10 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
         version="0.1.0",
         description="Asynchronous (202) document ingestion and querying over LightRAG / RAG-Anything.",
         lifespan=lifespan,
+        # /docs is ours (api/routes/api_docs.py: Swagger UI without a CDN).
+        docs_url=None,
         # A worker runs tasks and answers only its probes: every other path is a 404 (JSON).
-        **({"openapi_url": None, "docs_url": None, "redoc_url": None} if worker else {}),
+        **({"openapi_url": None, "redoc_url": None} if worker else {}),
     )
     install_error_handlers(app)
     if worker:
@@ -80,7 +82,7 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
         app.include_router(probes)
         return app
     app.add_middleware(TaskPollMiddleware, handlers=app.exception_handlers)  # GET /task/{id}
-    routers = (ingest, batch, tasks, events, query, documents, health, usage, admin)
+    routers = (ingest, batch, tasks, events, query, documents, health, usage, admin, api_docs)
     for module in routers:
         app.include_router(module.router)
     app.include_router(ui_router)

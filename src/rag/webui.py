@@ -34,6 +34,12 @@ def webui_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "api" / "webui"
 
 
+def swagger_ui_dir() -> Path:
+    """Swagger UI's script, stylesheet and icon as shipped in lightrag-hku (``api/static/swagger-ui``):
+    our ``/docs`` page serves them, so it works offline instead of loading them from a CDN."""
+    return webui_dir().parent / "static" / "swagger-ui"
+
+
 @dataclass
 class WebUiBundle:
     """The WebUI's files; the scripts that talk to the API, patched (built once, off the loop)."""
