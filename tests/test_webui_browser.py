@@ -19,6 +19,7 @@ from tests.test_dashboard_browser import CHROMIUM_ARGS, find_chromium
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 
+
 def test_lightrag_webui_upload_graph_and_retrieval(tmp_path: Path, listen) -> None:
     chromium = find_chromium()
     if chromium is None:
@@ -43,9 +44,7 @@ def test_lightrag_webui_upload_graph_and_retrieval(tmp_path: Path, listen) -> No
                 page.on(
                     "request",
                     lambda req: (
-                        None
-                        if req.url.startswith((base, f"blob:{base}", "data:"))
-                        else stray.append(req.url)
+                        None if req.url.startswith((base, f"blob:{base}", "data:")) else stray.append(req.url)
                     ),
                 )
                 api_calls: list[str] = []
