@@ -118,8 +118,8 @@ async def test_async_errors_map_to_rag_api_error(rag, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         await client.upload(b"text without a name")
 
-    # From a path (streamed from disk), with a doc id; the same id with other content is a 409,
-    # the same content again is answered by the existing task.
+    # From a path (streamed from disk), with a doc id; the same content again is answered by the
+    # existing task, other content under the id re-indexes the document.
     path = tmp_path / "paper.md"
     path.write_text(story("tides", "Zembratin"))
     accepted = await client.upload(path, doc_id="paper-1")
@@ -129,10 +129,11 @@ async def test_async_errors_map_to_rag_api_error(rag, tmp_path: Path) -> None:
     assert again["duplicate"] is True and again["task_id"] == accepted["task_id"]
     other = tmp_path / "other.md"
     other.write_text(story("rivers", "Quorvanth"))
-    with pytest.raises(RagApiError) as exists:
-        await client.upload(other, doc_id="paper-1")
-    assert (exists.value.status_code, exists.value.code) == (409, "doc_exists")
-    assert (await client.document("paper-1"))["status"] == "processed"
+    replaced = await client.upload(other, doc_id="paper-1")
+    assert replaced["doc_id"] == "paper-1" and replaced["task_id"] != accepted["task_id"]
+    assert (await client.wait_for(replaced["task_id"], timeout=120))["status"] == "completed"
+    document = await client.document("paper-1")
+    assert document["status"] == "processed" and document["track_id"] == replaced["task_id"]
     assert (await client.delete_document("paper-1"))["status"] == "success"
     with pytest.raises(RagApiError) as gone:
         await client.delete_document("paper-1")
@@ -424,8 +425,9 @@ def test_cli_upload_wait_status_watch_query(live: LiveService) -> None:
 
     changed = doc.with_name("harbour-v2.txt")
     changed.write_text(doc.read_text() + " A later revision.")
-    again = ragsvc(live, "upload", str(changed), "--doc-id", "harbour")
-    assert again.exit_code == 2 and "doc_exists" in again.stderr
+    again = ragsvc(live, "upload", str(changed), "--doc-id", "harbour", "--wait")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(ragsvc(live, "--json", "document", "harbour").stdout)["status"] == "processed"
 
     assert ragsvc(live, "delete-doc", "harbour").exit_code == 0
     missing = ragsvc(live, "delete-doc", "harbour")

@@ -92,15 +92,19 @@ async def test_text_insert_and_streaming_query(service: Service) -> None:
     assert "Pellucidor" in "".join(p["response"] for p in pieces)
 
 
-async def test_same_doc_id_is_refused_and_same_content_is_deduplicated(service: Service) -> None:
+async def test_same_doc_id_is_refused_while_indexing_and_same_content_is_deduplicated(
+    service: Service,
+) -> None:
     first = await upload(service.client, "a.txt", story("tides", "Garnivex").encode(), doc_id="doc_001")
     assert first.status_code == 202
     again = await upload(service.client, "b.txt", b"other content", doc_id="doc_001")
     assert again.status_code == 409
     assert again.json()["code"] in {"doc_in_progress", "doc_exists"}
     await wait_for_task(service.client, first.json()["task_id"])
+    # Once indexed, other content under the id re-indexes it (tests/test_reindex.py).
     after = await upload(service.client, "b.txt", b"other content", doc_id="doc_001")
-    assert after.status_code == 409 and after.json()["code"] == "doc_exists"
+    assert after.status_code == 202 and after.json()["doc_id"] == "doc_001", after.text
+    assert (await wait_for_task(service.client, after.json()["task_id"]))["status"] == "completed"
     # Identical content without a doc id maps to the same content-derived id: the existing task answers.
     one = await upload(service.client, "x.txt", story("dams", "Hexamoor").encode())
     two = await upload(service.client, "y.txt", story("dams", "Hexamoor").encode())

@@ -12,7 +12,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Without TENANT_MAX_PENDING_QUERIES, one tenant may fill at most this fraction (1/n) of the query lane.
@@ -316,8 +316,13 @@ class Settings(BaseSettings):
     embedding_threads: int | None = Field(default=None, ge=1)
 
     # --- LightRAG tuning --------------------------------------------------------------
-    chunk_token_size: int = 1200
-    chunk_overlap_token_size: int = 100
+    #: Also read as LightRAG Server's CHUNK_SIZE / CHUNK_OVERLAP_SIZE.
+    chunk_token_size: int = Field(
+        default=1200, ge=16, validation_alias=AliasChoices("chunk_token_size", "chunk_size")
+    )
+    chunk_overlap_token_size: int = Field(
+        default=100, ge=0, validation_alias=AliasChoices("chunk_overlap_token_size", "chunk_overlap_size")
+    )
     #: Passed to LightRAG as ``max_parallel_insert`` (default: MAX_CONCURRENT_TASKS // 2). Only
     #: LightRAG's own batch pipeline reads it; this service's per-document engine does not use it.
     max_parallel_insert: int | None = None
@@ -329,6 +334,16 @@ class Settings(BaseSettings):
     #: finishing within the delay share one transaction.
     storage_flush_interval_seconds: float = Field(default=1.0, ge=0.0, le=60.0)
     storage_commit_delay_seconds: float = Field(default=0.02, ge=0.0, le=60.0)
+
+    @model_validator(mode="after")
+    def _chunk_overlap_below_chunk_size(self) -> Settings:
+        """LightRAG's chunker steps by size - overlap: zero or less never advances."""
+        if self.chunk_overlap_token_size >= self.chunk_token_size:
+            raise ValueError(
+                f"CHUNK_OVERLAP_SIZE ({self.chunk_overlap_token_size}) must be below "
+                f"CHUNK_SIZE ({self.chunk_token_size})"
+            )
+        return self
 
     @cached_property
     def lightrag_env(self) -> Mapping[str, str]:

@@ -123,6 +123,7 @@ class IngestHandler:
             source=self.files.path(task.stored_name) if task.stored_name else None,
             track_id=task.task_id,
             priority=task.priority,
+            replaces=task.replaces,
         )
         result = await self.knowledge_bases.index(task.tenant, request, on_progress)
         return result.as_dict()
@@ -130,6 +131,9 @@ class IngestHandler:
     async def discard(self, task: TaskRecord) -> None:
         if task.kind in (TaskKind.QUERY, TaskKind.PURGE):
             return  # it indexed nothing: a cancelled or failed one leaves nothing to purge
+        if task.replaces:  # the version queries see stays; only the new one goes
+            await self.knowledge_bases.abandon_replacement(task.tenant, task.doc_id, task.task_id)
+            return
         await self.knowledge_bases.purge(task.tenant, task.doc_id)
 
     def is_transient(self, exc: BaseException) -> bool:

@@ -24,7 +24,6 @@ from src.core.metrics import Metrics
 from src.ingestion.errors import (
     DocConflict,
     DocDeleting,
-    DocExists,
     EmptyText,
     IdempotencyKeyReused,
     InvalidCallbackUrl,
@@ -40,7 +39,7 @@ from src.ingestion.files import UploadFiles
 from src.ingestion.query_images import remove_query_images, store_query_images
 from src.ingestion.query_lane import QueryLane
 from src.ingestion.uploads import SavedUpload, receive_upload, sanitize_filename
-from src.rag.knowledge import DocumentStatus, KnowledgeBases, QuerySpec
+from src.rag.knowledge import KnowledgeBases, QuerySpec
 from src.tasks.models import CreateOutcome, Stage, TaskKind, TaskRecord
 from src.tasks.runner import TaskRunner
 from src.tasks.store import TaskStore
@@ -138,8 +137,7 @@ class SubmissionService:
                 callback_url=options.callback_url or saved.form_fields.get("callback_url"),
             )
             self._check_options(options)
-            if options.doc_id:
-                await self._refuse_indexed_doc(tenant, options.doc_id, saved.sha256)
+            replaces = bool(options.doc_id) and await self._replaces(tenant, options.doc_id, saved.sha256)
             stored = await self.files.promote(saved.path, saved.task_id, saved.extension)
         except BaseException:
             await self.files.remove(saved.path.name)
@@ -155,6 +153,7 @@ class SubmissionService:
             sha256=saved.sha256,
             kind=TaskKind.FILE,
             fingerprint=_fingerprint(TaskKind.FILE, saved.sha256, saved.original_name, options),
+            replaces=replaces,
         )
 
     async def submit_text(
@@ -169,8 +168,7 @@ class SubmissionService:
         self._check_options(options)
         await self._refuse_when_full(tenant)
         doc_id = options.doc_id or f"doc-{sha256[:32]}"
-        if options.doc_id:
-            await self._refuse_indexed_doc(tenant, doc_id, sha256)
+        replaces = bool(options.doc_id) and await self._replaces(tenant, doc_id, sha256)
         task_id = TaskStore.new_task_id()
         stored = await self.files.write(task_id, ".txt", data)
         return await self._persist(
@@ -184,6 +182,7 @@ class SubmissionService:
             sha256=sha256,
             kind=TaskKind.TEXT,
             fingerprint=_fingerprint(TaskKind.TEXT, sha256, filename, options),
+            replaces=replaces,
         )
 
     # ------------------------------------------------------------------ queries
@@ -236,27 +235,25 @@ class SubmissionService:
         if refusal == CreateOutcome.TENANT_BUSY:
             raise TenantQueueFull("this tenant has reached its limit of waiting tasks; retry later")
 
-    async def _refuse_indexed_doc(self, tenant: str, doc_id: str, sha256: str) -> None:
-        """An explicit doc id the knowledge base already holds is not re-indexed from other content.
+    async def _replaces(self, tenant: str, doc_id: str, sha256: str) -> bool:
+        """Whether new content for an explicit doc id replaces a document the knowledge base holds:
+        then the task re-indexes it (the old version stays visible until the new one is complete).
 
-        The same content is fine: the store answers with the existing task, or a new task finds the
-        document PROCESSED and completes without indexing anything again.
+        The same content replaces nothing: the store answers with the existing task, or a new task
+        finds the document PROCESSED and completes without indexing anything again. A task still
+        running for the id is the store's 409 (`DocConflict`), a delete in progress `DocDeleting`.
         """
         record = await self.knowledge_bases.document(tenant, doc_id)
-        if record is None or record.status != DocumentStatus.PROCESSED:
-            return
+        if record is None:
+            return False
         holder = await self.store.doc_holder(tenant, doc_id)
         if holder is not None and holder.content_sha256 == sha256:
-            return
+            return False
         if holder is None and await self.store.doc_being_deleted(tenant, doc_id):
             raise DocDeleting(
                 f"document {doc_id} is being deleted; retry once the deletion has finished", doc_id=doc_id
             )
-        raise DocExists(
-            f"document {doc_id} is already in the knowledge base; "
-            f"DELETE /documents/{doc_id} first to replace it",
-            doc_id=doc_id,
-        )
+        return True
 
     # ------------------------------------------------------------------ the record
     async def _persist(
@@ -272,6 +269,7 @@ class SubmissionService:
         sha256: str,
         kind: TaskKind,
         fingerprint: str,
+        replaces: bool = False,
     ) -> Accepted:
         """Write the task record (the durable promise); undo the stored file on any failure."""
         now = time.time()
@@ -286,6 +284,7 @@ class SubmissionService:
             content_sha256=sha256,
             stored_name=stored.name,
             callback_url=options.callback_url,
+            replaces=replaces,
             stage=Stage.SAVED,
             created_at=now,
             updated_at=now,

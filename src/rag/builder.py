@@ -19,6 +19,7 @@ from src.core.metrics import PROVIDER_CALLS
 from .batching import EmbeddingBatcher
 from .embedding import build_embedding_func
 from .embedding_signature import ensure_embedding_signature, ensure_shared_embedding_signature
+from .engine.versions import install_query_view
 from .lightrag_compat import LIMITER_KWARGS, replace_provider_functions
 from .llm import build_llm_func
 from .rerank import build_rerank_func
@@ -145,6 +146,7 @@ async def build_lightrag(
     rag = await asyncio.to_thread(construct)
     install_provider_functions(rag, llm_func, embedding_func, schedulers, 2 * outer_timeout_seconds(settings))
     await rag.initialize_storages()  # also initialises this workspace's pipeline status
+    install_query_view(rag)  # queries never see a re-indexed document's two versions mixed
     if vectors_in_postgres:
         try:
             await ensure_shared_embedding_signature(

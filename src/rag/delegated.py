@@ -20,6 +20,7 @@ from typing import Any, NoReturn, Protocol
 from src.core.config import Settings
 from src.core.defaults import DEFAULT_PRIORITY
 from src.rag.doc_listing import page_of_records
+from src.rag.engine.versions import is_version
 from src.rag.errors import NotInThisRole
 from src.rag.knowledge import (
     NEWEST_FIRST,
@@ -87,6 +88,9 @@ class DelegatedKnowledgeBases:
     async def purge(self, tenant: str, doc_id: str, *, delete_llm_cache: bool = False) -> PurgeResult:
         self._refuse()
 
+    async def abandon_replacement(self, tenant: str, doc_id: str, track_id: str) -> None:
+        self._refuse()
+
     async def clear_cache(self, tenant: str) -> None:
         self._refuse()
 
@@ -111,6 +115,8 @@ class DelegatedKnowledgeBases:
 
     # ------------------------------------------------------------------ reads: the durable rows
     async def document(self, tenant: str, doc_id: str) -> DocumentRecord | None:
+        if is_version(doc_id):
+            return None  # a re-index's internal record, not a document
         stored = await asyncio.to_thread(read_doc_status, self._workspace_dir(tenant), doc_id)
         return DocumentRecord.from_stored(doc_id, stored) if stored else None
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from lightrag.base import DocStatus, DocStatusStorage
 
+from src.rag.engine.versions import is_version
 from src.rag.knowledge import (
     NEWEST_FIRST,
     DocumentOrder,
@@ -75,6 +76,8 @@ def _page_of(
     # (created_at, doc_id, record): doc ids are unique, so records themselves are never compared.
     matching: list[tuple[str, str, dict[str, Any]]] = []
     for doc_id, record in items:
+        if is_version(doc_id):
+            continue  # a re-index's internal record (src/rag/engine/versions.py), not a document
         value = _name(record.get("status"))
         counts[value] = counts.get(value, 0) + 1
         if wanted is None or value == wanted:
@@ -100,7 +103,9 @@ async def _from_database(
             sort_field=order.field.value,
             sort_direction="desc" if order.descending else "asc",
         )
-        rows.extend(DocumentRecord.from_stored(doc_id, asdict(doc)) for doc_id, doc in docs)
+        rows.extend(
+            DocumentRecord.from_stored(doc_id, asdict(doc)) for doc_id, doc in docs if not is_version(doc_id)
+        )
         if len(docs) < _STORAGE_PAGE:
             break
     start = offset - (first - 1) * _STORAGE_PAGE

@@ -138,6 +138,9 @@ class IndexRequest:
     track_id: str = ""
     #: The admission priority of every provider call made for this document.
     priority: int = DEFAULT_PRIORITY
+    #: New content for a document the knowledge base already holds: indexed beside it and swapped
+    #: in when complete (the old version stays visible until then; src/rag/engine/versions.py).
+    replaces: bool = False
 
 
 class IndexStage(StrEnum):
@@ -403,6 +406,10 @@ class KnowledgeBases(Protocol):
         ``delete_llm_cache``, also the LLM answers cached for its chunks, so that indexing the same
         content again asks the LLM again)."""
         ...
+
+    async def abandon_replacement(self, tenant: str, doc_id: str, track_id: str) -> None:
+        """A re-index (``replaces``) that will not complete: take out its new version, keep the
+        version queries see (if the swap already happened, the new one stays)."""
 
     async def clear_cache(self, tenant: str) -> None:
         """Drop the tenant's whole LLM response cache (extraction and query answers)."""

@@ -198,6 +198,8 @@ class TaskRecord(BaseModel):
     #: The document a purge task deletes, and whether the LLM answers cached for it go too.
     purge_doc_id: str = ""
     purge_llm_cache: bool = False
+    #: New content for a document the knowledge base holds: re-indexed beside it, then swapped in.
+    replaces: bool = False
 
     @property
     def lane(self) -> str:

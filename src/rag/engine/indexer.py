@@ -50,6 +50,7 @@ from lightrag.utils import (
     sanitize_text_for_encoding,
 )
 
+from src.rag.engine import versions
 from src.rag.engine.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
 from src.rag.engine.modal import MODAL_KEY, link_modal_entities, modal_chunk_records
 from src.rag.engine.partial_delete import prepare_partial_delete
@@ -208,6 +209,13 @@ class DocumentIndexer:
             record = await self.rag.doc_status.get_by_id(doc_id)
             if record is None:
                 return DeletionResult("not_found", doc_id, f"Document {doc_id} not found.", 404, "")
+            keep = await versions.base_chunks(self.rag, doc_id)
+            if keep and keep & set(record.get("chunks_list") or []):
+                # A version's chunks that its visible document lists are that document's: not ours
+                # to delete (versions.py).
+                own = [c for c in record.get("chunks_list") or [] if c not in keep]
+                record = {**record, "chunks_list": own, "chunks_count": len(own)}
+                await self.rag.doc_status.upsert({doc_id: record})
             if record.get("status") != DocStatus.PROCESSED:
                 await prepare_partial_delete(self.rag, doc_id, record)
             while True:
@@ -390,6 +398,10 @@ class DocumentIndexer:
                 stored.get(MODAL_KEY) or [], doc_id, file_path, len(chunks), rag.tokenizer
             )
             chunks.update(modal)
+            # A new version of a document (versions.py) writes only the chunks its visible version
+            # lacks: the others are in the graph already, and merging them again duplicates.
+            shared = await versions.base_chunks(rag, doc_id)
+            fresh = {chunk_id: chunk for chunk_id, chunk in chunks.items() if chunk_id not in shared}
             processing_start_time = int(time.time())
             await asyncio.gather(
                 rag.doc_status.upsert(
@@ -404,15 +416,15 @@ class DocumentIndexer:
                         }
                     }
                 ),
-                rag.chunks_vdb.upsert(chunks),
-                rag.text_chunks.upsert(chunks),
+                rag.chunks_vdb.upsert(fresh),
+                rag.text_chunks.upsert(fresh),
             )
 
-            progress.stage, progress.chunks_total = IndexStage.EXTRACTING, len(chunks)
+            progress.stage, progress.chunks_total = IndexStage.EXTRACTING, len(fresh)
             await report()
-            extraction = self._extract(scope, chunks, global_config, progress, report)
+            extraction = self._extract(scope, fresh, global_config, progress, report)
             chunk_results = await self._stage(scope, extraction)
-            chunk_results = link_modal_entities(list(chunks), chunk_results, owners, file_path)
+            chunk_results = link_modal_entities(list(fresh), chunk_results, owners, file_path)
 
             all_nodes = {name for nodes, _ in chunk_results for name in nodes}
             all_edges = {tuple(sorted(key)) for _, edges in chunk_results for key in edges}

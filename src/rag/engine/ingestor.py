@@ -22,6 +22,7 @@ from lightrag import LightRAG
 from lightrag.base import DocStatus
 
 from src.core.scrub import scrub_paths
+from src.rag.engine import versions
 from src.rag.engine.indexer import DocumentIndexer, IndexingError
 from src.rag.engine.modal import MODAL_KEY, ModalDescriber, split_content
 from src.rag.errors import IndexFailed, is_transient_message
@@ -59,7 +60,75 @@ class DocumentIngestor:
 
     async def ingest(self, request: IndexRequest, on_progress: ProgressSink) -> IndexResult:
         """Index the request's document; return once it is PROCESSED and durable."""
-        doc_id = request.doc_id
+        if request.replaces:
+            return await self._replace(request, on_progress)
+        return await self._ingest_as(request.doc_id, request, on_progress)
+
+    async def _replace(self, request: IndexRequest, on_progress: ProgressSink) -> IndexResult:
+        """New content for a document: indexed as its next version, swapped in, the old version
+        purged (src/rag/engine/versions.py). Resumes wherever an earlier attempt stopped."""
+        doc_id, task = request.doc_id, request.track_id
+        staging = versions.next_id(doc_id)
+        current = await self.rag.doc_status.get_by_id(doc_id)
+        staged = await self.rag.doc_status.get_by_id(staging)
+        if current is not None and current.get("track_id") == task:
+            if not _processed(current):  # this task indexes the document itself (nothing to replace)
+                return await self._ingest_as(doc_id, request, on_progress)
+            if staged is not None:  # an earlier attempt died mid-swap, after the switch
+                await self._swap(doc_id)
+            await self._retire(doc_id)  # swapped by an earlier attempt: the old version's purge is left
+            return IndexResult(doc_id, int(current.get("chunks_count") or 0), resumed=True)
+        await self._retire(doc_id)  # an earlier re-index's old version, if its purge never ran
+        if staged is not None and staged.get("track_id") != task:
+            await self.indexer.delete(staging)  # an abandoned re-index's new version
+        if current is None or not _processed(current):
+            # Nothing queries could see: index the new content under the document's own id.
+            if current is not None:
+                await self.indexer.delete(doc_id)
+            return await self._ingest_as(doc_id, request, on_progress)
+        result = await self._ingest_as(staging, request, on_progress)
+        await self._swap(doc_id)
+        await self._retire(doc_id)
+        return IndexResult(doc_id, result.chunks_count, resumed=result.resumed)
+
+    async def _swap(self, doc_id: str) -> None:
+        """Swap the new version in, alone in the graph (no merge writes meanwhile), and make it
+        durable before the old version's purge starts."""
+        async with self.indexer.gate.exclusive():
+            await versions.swap(self.rag, doc_id)
+            await self.indexer.flush()
+        await asyncio.to_thread(self._swap_parsed, doc_id)
+
+    async def _retire(self, doc_id: str) -> None:
+        """Purge the old version a swap left (only the chunks the visible version does not list)."""
+        retired = versions.retired_id(doc_id)
+        if await self.rag.doc_status.get_by_id(retired) is not None:
+            await self.indexer.delete(retired)
+        await asyncio.to_thread(shutil.rmtree, self.parsed_dir(retired), True)
+
+    def _swap_parsed(self, doc_id: str) -> None:
+        """The pictures parsed from the new version take the document's directory (blocking)."""
+        current, staged = self.parsed_dir(doc_id), self.parsed_dir(versions.next_id(doc_id))
+        retired = self.parsed_dir(versions.retired_id(doc_id))
+        if staged.exists():
+            if current.exists():
+                shutil.rmtree(retired, True)
+                current.rename(retired)
+            staged.rename(current)
+
+    async def abandon_replacement(self, doc_id: str, track_id: str) -> None:
+        """A re-index that will not complete: its new version goes, the visible one stays."""
+        staging = versions.next_id(doc_id)
+        if await self.rag.doc_status.get_by_id(staging) is not None:
+            await self.indexer.delete(staging)
+        await asyncio.to_thread(shutil.rmtree, self.parsed_dir(staging), True)
+        await self._retire(doc_id)
+        current = await self.rag.doc_status.get_by_id(doc_id)
+        if current is not None and current.get("track_id") == track_id and not _processed(current):
+            await self.purge(doc_id)  # this task was indexing the document itself: nothing to keep
+
+    async def _ingest_as(self, doc_id: str, request: IndexRequest, on_progress: ProgressSink) -> IndexResult:
+        """Index the request's content under ``doc_id`` (the document, or its next version)."""
         content = request.content
         if content is None and await self._needs_content(doc_id):
             if request.source is None or not await asyncio.to_thread(request.source.exists):
@@ -83,7 +152,7 @@ class DocumentIngestor:
             message = str(exc)
             raise IndexFailed(message, transient=is_transient_message(message)) from exc
         await on_progress(IndexProgress(IndexStage.DONE))
-        return IndexResult(doc_id, outcome.chunks_count, resumed=outcome.resumed)
+        return IndexResult(request.doc_id, outcome.chunks_count, resumed=outcome.resumed)
 
     async def _needs_content(self, doc_id: str) -> bool:
         """A record left by an earlier attempt is resumed from LightRAG's own full_docs copy; a
@@ -97,7 +166,13 @@ class DocumentIngestor:
         return not (stored.get("content") or stored.get(MODAL_KEY))
 
     async def purge(self, doc_id: str, *, delete_llm_cache: bool = False) -> PurgeResult:
-        """Stop this document's indexing if it runs here, and delete everything it left."""
+        """Stop this document's indexing if it runs here, and delete everything it left (with the
+        versions an unfinished re-index of it left)."""
+        if not versions.is_version(doc_id):
+            for version in (versions.next_id(doc_id), versions.retired_id(doc_id)):
+                if await self.rag.doc_status.get_by_id(version) is not None:
+                    await self.indexer.delete(version)
+                await asyncio.to_thread(shutil.rmtree, self.parsed_dir(version), True)
         result = await self.indexer.delete(doc_id, delete_llm_cache=delete_llm_cache)
         await asyncio.to_thread(shutil.rmtree, self.parsed_dir(doc_id), True)
         log.info("purged document %s: %s", doc_id, result.status)
@@ -153,6 +228,10 @@ class DocumentIngestor:
             detail = scrub_paths(f"{type(exc).__name__}: {exc}", known)
             raise DocumentParseError(f"{filename}: could not parse the file ({detail})") from None
         return DocumentContent(tuple(content_list))
+
+
+def _processed(record: dict) -> bool:
+    return str(getattr(record.get("status"), "value", record.get("status"))) == DocStatus.PROCESSED.value
 
 
 def _public_names(path: Path, filename: str) -> dict[str, str]:

@@ -21,6 +21,7 @@ from src.core.defaults import DEFAULT_PRIORITY
 from src.rag.doc_listing import list_documents
 from src.rag.engine import graph_ops, image_questions, queries
 from src.rag.engine.tenant_engines import TenantEngine, TenantEngines
+from src.rag.engine.versions import is_version
 from src.rag.errors import ProviderError
 from src.rag.knowledge import (
     NEWEST_FIRST,
@@ -86,6 +87,13 @@ class LocalKnowledgeBases:
         async with self.engines.use_for_ingestion(tenant) as engine:
             return await engine.ingestor.purge(doc_id, delete_llm_cache=delete_llm_cache)
 
+    async def abandon_replacement(self, tenant: str, doc_id: str, track_id: str) -> None:
+        await in_own_task(self._abandon_replacement(tenant, doc_id, track_id))
+
+    async def _abandon_replacement(self, tenant: str, doc_id: str, track_id: str) -> None:
+        async with self.engines.use_for_ingestion(tenant) as engine:
+            await engine.ingestor.abandon_replacement(doc_id, track_id)
+
     async def clear_cache(self, tenant: str) -> None:
         async with self.engines.use_for_ingestion(tenant) as engine:
             await engine.rag.aclear_cache()
@@ -122,6 +130,8 @@ class LocalKnowledgeBases:
 
     # ------------------------------------------------------------------ reads
     async def document(self, tenant: str, doc_id: str) -> DocumentRecord | None:
+        if is_version(doc_id):
+            return None  # a re-index's internal record, not a document
         async with self.engines.use(tenant) as engine:
             stored = await engine.rag.doc_status.get_by_id(doc_id)
         return DocumentRecord.from_stored(doc_id, stored) if stored else None

@@ -11,6 +11,7 @@ from typing import Any
 
 from lightrag import LightRAG, QueryParam
 
+from src.rag.engine.versions import query_view
 from src.rag.errors import ProviderError
 from src.rag.knowledge import QueryResult, QuerySpec, Reference, RetrievedData
 
@@ -60,7 +61,8 @@ class Asked:
 async def ask(rag: LightRAG, spec: QuerySpec, stream: bool) -> Asked:
     param = query_param(spec, stream=stream, rerank_default=rerank_by_default(rag))
     try:
-        result = await rag.aquery_llm(spec.text, param=param)
+        with query_view():
+            result = await rag.aquery_llm(spec.text, param=param)
     except Exception as exc:  # provider failures are the provider's, not a bug of ours
         raise provider_error(exc) from exc
     llm = result.get("llm_response") or {}
@@ -108,7 +110,8 @@ async def retrieve(rag: LightRAG, spec: QuerySpec) -> RetrievedData:
     """LightRAG's structured retrieval (`aquery_data`): no answer is generated."""
     param = query_param(spec, stream=False, rerank_default=rerank_by_default(rag))
     try:
-        result = await rag.aquery_data(spec.text, param=param)
+        with query_view():
+            result = await rag.aquery_data(spec.text, param=param)
     except Exception as exc:
         raise provider_error(exc) from exc
     result = result if isinstance(result, dict) else {}
