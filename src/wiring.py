@@ -20,6 +20,7 @@ from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge import KnowledgeService
 from src.ingestion.ownership import Ownership, build_ownership, shared_storages_selected
+from src.ingestion.prefetch import ExtractionAhead
 from src.ingestion.query_lane import QueryLane
 from src.ingestion.scan import DirectoryScanner
 from src.ingestion.submission import SubmissionService
@@ -86,6 +87,8 @@ class Services:
     upload_sweeper: UploadSweeper | None = None
     #: This process's claim on DATA_DIR (held only while it runs tasks: src/core/data_dir.py).
     data_dir_lock: DataDirLock | None = None
+    #: Extracts documents of workspaces owned elsewhere into the shared cache (shared storages only).
+    extraction_ahead: ExtractionAhead | None = None
 
 
 def resolve_instance_id(settings: Settings) -> str:
@@ -241,8 +244,21 @@ async def start_services(
             await runner.reclaim_tenant(tenant)
 
     ownership.add_listener(on_lost=on_lost, on_acquired=on_acquired)
+    extraction_ahead = None
     if runs_tasks:
         await runner.start()
+        if ownership.shared and settings.extract_ahead:
+            extraction_ahead = ExtractionAhead(
+                store,
+                knowledge_bases,
+                files,
+                ownership,
+                runner,
+                instance_id,
+                max_documents=settings.max_concurrent_tasks,
+                lease_seconds=settings.extract_ahead_lease_seconds,
+            )
+            extraction_ahead.start()
     await events.start()
     metrics.start_sampling(store.ping)
     log.info(
@@ -296,6 +312,7 @@ async def start_services(
         remove_fence=remove_fence,
         upload_sweeper=sweeper,
         data_dir_lock=data_dir_lock,
+        extraction_ahead=extraction_ahead,
     )
 
 
@@ -320,6 +337,8 @@ async def stop_services(services: Services) -> None:
     if services.upload_sweeper is not None:
         await services.upload_sweeper.stop()
     await services.events.stop()
+    if services.extraction_ahead is not None:
+        await services.extraction_ahead.stop()
     await services.runner.stop(services.settings.shutdown_grace_seconds)
     await services.metrics.stop_sampling()
     await services.webhooks.close()

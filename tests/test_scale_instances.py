@@ -109,8 +109,8 @@ class Fleet:
             POSTGRES_MAX_CONNECTIONS="8",
             **PG_STORAGES,
             **pg,
-            **extra,
         )
+        self.common.update(extra)  # a test's (or benchmark's) settings override the defaults above
         self.llm = llm
         self.listeners: list[Listener] = []
         self.procs: dict[str, subprocess.Popen] = {}
@@ -434,3 +434,34 @@ def test_shared_storages_without_postgres_credentials_refuse_to_start(tmp_path: 
     )  # fmt: skip
     assert result.returncode != 0
     assert "POSTGRES_USER" in result.stderr + result.stdout
+
+
+def test_a_second_instance_extracts_documents_of_a_workspace_it_does_not_own(
+    fleet_factory, mock_llm: MockProcess
+) -> None:
+    """Catches: a non-owner adding no ingestion capacity to one workspace (every extraction on the
+    owner), a document extracted twice (once ahead, once by the owner), and a merge that differs
+    from one instance's (documents sharing entities, all merged by the owner)."""
+    fleet = fleet_factory(LLM_MAX_ASYNC="2")
+    fleet.start(2)
+    base = fleet.any_base()
+    headers = make_tenant(base, "acme")
+    tasks = [
+        upload(base, headers, f"Aheadmark{i}.txt", story(f"topic {i}", f"Aheadmark{i}z", 8))
+        for i in range(16)
+    ]
+    views = wait_final(fleet, [(headers, t["task_id"]) for t in tasks], timeout=600)
+    assert [v["status"] for v in views.values()] == ["completed"] * len(tasks)
+    owner = next(name for name, owned in owned_tenants(fleet).items() if "acme" in owned)
+    helper = next(name for name in fleet.procs if name != owner)
+    helped = (fleet.tmp / f"{helper}.log").read_text(errors="replace").count("ahead of its owner")
+    assert helped >= 2, f"the non-owner extracted {helped} document(s)"
+    assert "ahead of its owner" not in (fleet.tmp / f"{owner}.log").read_text(errors="replace")
+    chunks = sum(
+        int(httpx.get(f"{base}/documents/{t['doc_id']}", headers=headers, timeout=30).json()["chunks_count"])
+        for t in tasks
+    )
+    assert mock_kinds(mock_llm)["extract"] == chunks, "a chunk was extracted twice"
+    check_each_entity_merged_once(fleet.pg, "scale--acme")
+    for i in (0, 7, 15):
+        assert f"Aheadmark{i}z" in context_for(base, headers, f"What did the Aheadmark{i}z project study?")

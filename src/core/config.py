@@ -187,6 +187,12 @@ class Settings(BaseSettings):
     #: An owned workspace with no pending or running task for this long is released, so that
     #: ownership can move to instances with free capacity.
     owner_idle_release_seconds: float = Field(default=30.0, ge=0)
+    #: With shared storages, an instance with idle task slots extracts plain-text documents waiting
+    #: in workspaces other instances own, into the shared LLM cache (src/ingestion/prefetch.py).
+    extract_ahead: bool = True
+    #: A helper's lease on a document it extracts; renewed while it runs, so a dead helper's
+    #: documents go back to their owner after this long.
+    extract_ahead_lease_seconds: float = Field(default=15.0, ge=1.0, le=600.0)
 
     # --- tenants, auth, quotas ----------------------------------------------------------
     #: auto: API keys required as soon as one exists, else one open "default" tenant;

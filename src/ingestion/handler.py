@@ -117,15 +117,7 @@ class IngestHandler:
                 yield_slot()
             await report(*progress_percent(progress))
 
-        request = IndexRequest(
-            doc_id=task.doc_id,
-            name=task.filename,
-            source=self.files.path(task.stored_name) if task.stored_name else None,
-            track_id=task.task_id,
-            priority=task.priority,
-            replaces=task.replaces,
-        )
-        result = await self.knowledge_bases.index(task.tenant, request, on_progress)
+        result = await self.knowledge_bases.index(task.tenant, index_request(task, self.files), on_progress)
         return result.as_dict()
 
     async def discard(self, task: TaskRecord) -> None:
@@ -170,3 +162,15 @@ class IngestHandler:
             return
         if removed:
             log.info("task %s expired; removed %d leftover upload file(s)", task_id, removed)
+
+
+def index_request(task: TaskRecord, files: UploadFiles) -> IndexRequest:
+    """What a document task asks of its knowledge base (also what is extracted ahead of it)."""
+    return IndexRequest(
+        doc_id=task.doc_id,
+        name=task.filename,
+        source=files.path(task.stored_name) if task.stored_name else None,
+        track_id=task.task_id,
+        priority=task.priority,
+        replaces=task.replaces,
+    )

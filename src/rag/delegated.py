@@ -91,6 +91,9 @@ class DelegatedKnowledgeBases:
     async def abandon_replacement(self, tenant: str, doc_id: str, track_id: str) -> None:
         self._refuse()
 
+    async def pre_extract(self, tenant: str, request: IndexRequest) -> int:
+        self._refuse()
+
     async def clear_cache(self, tenant: str) -> None:
         self._refuse()
 

@@ -407,6 +407,11 @@ class KnowledgeBases(Protocol):
         content again asks the LLM again)."""
         ...
 
+    async def pre_extract(self, tenant: str, request: IndexRequest) -> int:
+        """Run a waiting plain-text document's extraction calls on this instance, which does not own
+        the workspace, keeping only their answers (in the shared LLM cache) for the owner's indexing.
+        Returns its chunks; raises `ValueError` for a document that is not plain text."""
+
     async def abandon_replacement(self, tenant: str, doc_id: str, track_id: str) -> None:
         """A re-index (``replaces``) that will not complete: take out its new version, keep the
         version queries see (if the swap already happened, the new one stays)."""

@@ -18,6 +18,8 @@ All keys live under one ``prefix`` (per deployment, per test); <t> is a tenant:
   idem:<t>:<key>       string "<task id>|<request fingerprint>" of an Idempotency-Key
   tenant:<t>           hash, per-tenant quotas (max_running, max_pending), written by src.tenancy
   tenants:seen         set of tenants that ever created a task
+  prefetch:<id>        string, the instance extracting a waiting task's document ahead of its
+                       workspace's owner (src/ingestion/prefetch.py); expires unless renewed
   batch:<id>           hash, a batch of uploads (tenant, created_at, its tasks and rejected files as
                        JSON); expires (src/tasks/batches.py)
 
@@ -48,6 +50,7 @@ IDEMPOTENCY = "idem:"
 TENANT_QUOTA = "tenant:"
 TENANTS_SEEN = "tenants:seen"
 BATCH = "batch:"
+PREFETCH = "prefetch:"
 
 #: Index name listing every task of a tenant (the others are named after statuses).
 INDEX_ALL = "all"
@@ -102,6 +105,9 @@ class Keys:
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}{BATCH}{batch_id}"
 
+    def prefetch(self, task_id: str) -> str:
+        return f"{self.prefix}{PREFETCH}{task_id}"
+
 
 def _lua_keys() -> str:
     """Lua twins of :class:`Keys`; every script starts with them (``p`` is the prefix, ARGV[1]).
@@ -116,6 +122,7 @@ def _lua_keys() -> str:
     by_id = {
         "task": TASK,
         "tenant_quota": TENANT_QUOTA,
+        "prefetch": PREFETCH,
     }
     by_pair = {"index": INDEX, "doc": DOC, "idem": IDEMPOTENCY}
     lines = ["local p = ARGV[1]", "local K = {}"]

@@ -55,6 +55,8 @@ _SCRIPTS = (
     "set_if_exists",
     "mark_deleting",
     "unmark_deleting",
+    "prefetch_lease",
+    "prefetch_end",
 )
 
 
@@ -97,6 +99,8 @@ class TaskStore:
         self._create = scripts["create"]
         self._check_room = scripts["check_room"]
         self._claim = scripts["claim"]
+        self._prefetch_lease = scripts["prefetch_lease"]
+        self._prefetch_end = scripts["prefetch_end"]
         self._heartbeat = scripts["heartbeat"]
         self._progress = scripts["progress"]
         self._finish = scripts["finish"]
@@ -310,6 +314,39 @@ class TaskStore:
         record = TaskRecord.from_redis(_decode(dict(zip(it, it, strict=True))))
         await self._announce(record.task_id)
         return record
+
+    # ------------------------------------------------------------------ extraction ahead of the owner
+    async def lease_prefetch(
+        self, tenant: str, instance_id: str, lease_seconds: float, *, scan: int = 50, leave_head: int = 1
+    ) -> TaskRecord | None:
+        """Lease one waiting document task of ``tenant`` for extraction ahead of its owner
+        (lua/prefetch_lease.lua); None when there is none to take."""
+        raw = await self._prefetch_lease(
+            args=[
+                self.prefix,
+                tenant,
+                instance_id,
+                str(int(lease_seconds * 1000)),
+                str(scan),
+                str(leave_head),
+            ]
+        )
+        if not raw:
+            return None
+        it = iter(raw)
+        return TaskRecord.from_redis(_decode(dict(zip(it, it, strict=True))))
+
+    async def renew_prefetch(self, task_id: str, instance_id: str, lease_seconds: float) -> bool:
+        """Extend our lease (False: it expired or is not ours any more)."""
+        key = self.keys.prefetch(task_id)
+        if _s(await self.redis.get(key) or b"") != instance_id:
+            return False
+        return bool(await self.redis.set(key, instance_id, xx=True, px=int(lease_seconds * 1000)))
+
+    async def end_prefetch(self, task_id: str, instance_id: str, outcome: str = "") -> bool:
+        """Give the lease up; ``outcome`` 'done' or 'unsuitable' is recorded on the task (it is not
+        leased again), '' leaves the task as it was."""
+        return bool(await self._prefetch_end(args=[self.prefix, task_id, instance_id, outcome]))
 
     async def tenants_with_pending(self) -> list[str]:
         """Tenants with tasks waiting in their queue (due now), for spreading workspace ownership."""

@@ -72,6 +72,7 @@ from src.rag.lightrag_compat import (
     persist_all,
 )
 from src.rag.scheduler import call_context, current_call_context
+from src.rag.storage.fence import extracting_ahead
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,31 @@ class DocumentIndexer:
                 # Not our caller: a purge/delete of this document stopped it.
                 raise IndexingError(f"document {doc_id} was deleted while it was being indexed") from None
             raise
+
+    async def pre_extract(self, doc_id: str, text: str) -> int:
+        """Run the extraction calls of ``doc_id``'s chunks and keep only their answers, in the LLM
+        cache; nothing else is written. Called on an instance that does not own the workspace
+        (src/ingestion/prefetch.py): the owner, indexing the same text later, chunks it the same
+        way, sends the same prompts and finds every answer in the shared cache. Returns the chunks."""
+        rag = self.rag
+        content = await asyncio.to_thread(sanitized, text)
+        chunks = await self._chunks(doc_id, content, "unknown_source")
+        if not chunks:
+            return 0
+        scope = DocumentScope(doc_id, rag.llm_model_func)
+        progress = IndexProgress(IndexStage.EXTRACTING, chunks_total=len(chunks))
+
+        async def no_report() -> None:
+            return None
+
+        with extracting_ahead():
+            extraction = self._extract(
+                scope, chunks, document_global_config(rag, scope.llm), progress, no_report, record_cache=False
+            )
+            await self._stage(scope, extraction)
+        if rag.llm_response_cache is not None:
+            await rag.llm_response_cache.index_done_callback()
+        return len(chunks)
 
     async def delete(self, doc_id: str, *, delete_llm_cache: bool = False) -> DeletionResult:
         """Stop this document's indexing if it runs here, then delete it and all it derived.
@@ -375,25 +401,7 @@ class DocumentIndexer:
         merge_intent: dict[str, Any] = {}
         await report()
         try:
-            result = (
-                []
-                if not content.strip()
-                else await asyncio.to_thread(
-                    rag.chunking_func,
-                    rag.tokenizer,
-                    content,
-                    self.split_by_character,
-                    self.split_by_character_only,
-                    rag.chunk_overlap_token_size,
-                    rag.chunk_token_size,
-                )
-            )
-            if inspect.isawaitable(result):
-                result = await result
-            if not isinstance(result, (list, tuple)):
-                raise TypeError(f"chunking_func must return a list or tuple of dicts, got {type(result)}")
-            # Off the loop: hashing a big document's chunks (100 MB of text) took a quarter second.
-            chunks = await asyncio.to_thread(_chunk_records, result, doc_id, file_path)
+            chunks = await self._chunks(doc_id, content, file_path)
             modal, owners = modal_chunk_records(
                 stored.get(MODAL_KEY) or [], doc_id, file_path, len(chunks), rag.tokenizer
             )
@@ -520,6 +528,27 @@ class DocumentIndexer:
         await report()
         return IndexOutcome(doc_id, len(chunks), resumed)
 
+    async def _chunks(self, doc_id: str, content: str, file_path: str) -> dict[str, Any]:
+        """The text chunk records of ``content``, with LightRAG's ``chunking_func`` (off the loop)."""
+        rag = self.rag
+        if not content.strip():
+            return {}
+        result = await asyncio.to_thread(
+            rag.chunking_func,
+            rag.tokenizer,
+            content,
+            self.split_by_character,
+            self.split_by_character_only,
+            rag.chunk_overlap_token_size,
+            rag.chunk_token_size,
+        )
+        if inspect.isawaitable(result):
+            result = await result
+        if not isinstance(result, (list, tuple)):
+            raise TypeError(f"chunking_func must return a list or tuple of dicts, got {type(result)}")
+        # Off the loop: hashing a big document's chunks (100 MB of text) took a quarter second.
+        return await asyncio.to_thread(_chunk_records, result, doc_id, file_path)
+
     async def _stage(self, scope: DocumentScope, coro: Awaitable[Any]) -> Any:
         """Run a stage that LightRAG fans out into tasks; on cancel, stop it and let it unwind."""
         task = asyncio.ensure_future(coro)
@@ -604,8 +633,11 @@ class DocumentIndexer:
         global_config: dict[str, Any],
         progress: IndexProgress,
         report: Callable[[], Awaitable[None]],
+        record_cache: bool = True,
     ) -> list:
-        """`extract_entities` chunk by chunk, so each completion is seen; results in chunk order."""
+        """`extract_entities` chunk by chunk, so each completion is seen; results in chunk order.
+        ``record_cache``: note each chunk's cache entries in its text-chunk record (LightRAG's
+        ``llm_cache_list``, read by a delete with the LLM cache); off when no chunk is written."""
         semaphore = asyncio.Semaphore(self.chunk_concurrency)
 
         async def one(chunk_id: str, chunk: dict[str, Any]) -> Any:
@@ -618,7 +650,7 @@ class DocumentIndexer:
                     pipeline_status=scope.status,
                     pipeline_status_lock=scope.lock,
                     llm_response_cache=self.rag.llm_response_cache,
-                    text_chunks_storage=self.rag.text_chunks,
+                    text_chunks_storage=self.rag.text_chunks if record_cache else None,
                 )
             progress.chunks_extracted += 1
             await report()

@@ -41,6 +41,10 @@ from src.rag.parsers import RAGANYTHING_EXTENSIONS, DocumentParseError, abort_pa
 log = logging.getLogger(__name__)
 
 
+class NotPlainText(ValueError):
+    """Only plain text is extracted ahead of the owner."""
+
+
 class DocumentIngestor:
     """Knows how to take one document into one LightRAG workspace, and how to take it back out."""
 
@@ -115,6 +119,18 @@ class DocumentIngestor:
                 shutil.rmtree(retired, True)
                 current.rename(retired)
             staged.rename(current)
+
+    async def pre_extract(self, request: IndexRequest) -> int:
+        """Extract a waiting document ahead of its workspace's owner (answers kept in the shared LLM
+        cache only). Plain text only: a rich format's parse (pictures described by a model) could
+        differ between instances, and then so would the prompts. Returns its chunks."""
+        if request.content is not None and request.content.plain:
+            text = str(request.content.items[0]["text"])
+        elif request.source is not None and request.source.suffix.lower() not in RAGANYTHING_EXTENSIONS:
+            text = await read_text_document(request.source)
+        else:
+            raise NotPlainText(f"{request.name}: not a plain-text document")
+        return await self.indexer.pre_extract(request.doc_id, text)
 
     async def abandon_replacement(self, doc_id: str, track_id: str) -> None:
         """A re-index that will not complete: its new version goes, the visible one stays."""

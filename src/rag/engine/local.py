@@ -87,6 +87,14 @@ class LocalKnowledgeBases:
         async with self.engines.use_for_ingestion(tenant) as engine:
             return await engine.ingestor.purge(doc_id, delete_llm_cache=delete_llm_cache)
 
+    async def pre_extract(self, tenant: str, request: IndexRequest) -> int:
+        return await in_own_task(self._pre_extract(tenant, request))
+
+    async def _pre_extract(self, tenant: str, request: IndexRequest) -> int:
+        async with self.engines.use(tenant) as engine:  # read borrow: nothing but the cache is written
+            with call_context(priority=request.priority, tenant=tenant):
+                return await engine.ingestor.pre_extract(request)
+
     async def abandon_replacement(self, tenant: str, doc_id: str, track_id: str) -> None:
         await in_own_task(self._abandon_replacement(tenant, doc_id, track_id))
 

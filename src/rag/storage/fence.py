@@ -46,9 +46,24 @@ def check_write(workspace: str) -> None:
         raise OwnershipLost(f"this instance does not own workspace {workspace!r}; write refused")
 
 
+#: Set while this task extracts a document ahead of its workspace's owner (src/ingestion/prefetch.py):
+#: its extraction calls only fill the shared LLM cache, so they are allowed without ownership.
+_extracting_ahead: ContextVar[bool] = ContextVar("ragsvc_extracting_ahead", default=False)
+
+
+@contextlib.contextmanager
+def extracting_ahead() -> Iterator[None]:
+    token = _extracting_ahead.set(True)
+    try:
+        yield
+    finally:
+        _extracting_ahead.reset(token)
+
+
 def fence_llm(llm: Callable[..., Any], owns: Callable[[], bool]) -> Callable[..., Any]:
     """Wrap an LLM function so that ingestion calls (extraction, gleaning, description summaries)
-    of a workspace no longer owned fail at once; queries (keywords, answers) are never fenced."""
+    of a workspace no longer owned fail at once; queries (keywords, answers) are never fenced, nor
+    are the extraction calls of a document extracted ahead of its owner (`extracting_ahead`)."""
     from src.rag.prompts import classify_prompt
 
     async def fenced(prompt: str, *args: Any, **kwargs: Any) -> Any:
@@ -56,7 +71,9 @@ def fence_llm(llm: Callable[..., Any], owns: Callable[[], bool]) -> Callable[...
             kind = classify_prompt(
                 prompt, kwargs.get("system_prompt") or "", bool(kwargs.get("keyword_extraction"))
             )
-            if kind in ("extract", "glean", "summary"):
+            if kind in ("extract", "glean", "summary") and not (
+                kind != "summary" and _extracting_ahead.get()
+            ):
                 raise OwnershipLost("this instance no longer owns the workspace; ingestion stopped")
         return await llm(prompt, *args, **kwargs)
 

@@ -1,7 +1,10 @@
 -- Pick the next task: the highest priority class among the heads of all tenants' queues; within a
 -- class, the tenant served longest ago (round robin, so one tenant's bulk upload cannot starve
 -- another's single file); tenants at their running-task quota are skipped. Due retries move from
--- dq:<t> to q:<t> first.
+-- dq:<t> to q:<t> first. A task another instance is extracting ahead of the owner (a live
+-- prefetch:<id> lease, src/ingestion/prefetch.py) is passed over: the next of the queue is taken;
+-- within the head's priority class, a task already extracted ahead goes first (it only needs its
+-- merge, while the others are left to the instances extracting ahead).
 -- Each lane (ingestion '', queries 'q') is claimed on its own; the per-tenant running quota applies
 -- to the ingestion lane only (queries have their own bound, the query dispatcher's slots).
 -- ARGV: prefix, now, lease_until, owner, default max running per tenant (0 = unbounded),
@@ -32,10 +35,21 @@ for _ = 1, 50 do
       local score = redis.call('HGET', K.task(id), 'queue_score')
       if score then redis.call('ZADD', L.queue(t), score, id) end
     end
-    local head = redis.call('ZRANGE', L.queue(t), 0, 0, 'WITHSCORES')
-    if #head == 0 then
+    local entries = redis.call('ZRANGE', L.queue(t), 0, 19, 'WITHSCORES')
+    local head = {}
+    for i = 1, #entries, 2 do
+      if redis.call('EXISTS', K.prefetch(entries[i])) == 0 then
+        if #head == 0 then head = {entries[i], entries[i + 1]} end
+        if math.floor(tonumber(entries[i + 1]) / step) > math.floor(tonumber(head[2]) / step) then break end
+        if redis.call('HGET', K.task(entries[i]), 'prefetched') == 'done' then
+          head = {entries[i], entries[i + 1]}
+          break
+        end
+      end
+    end
+    if #entries == 0 then
       if redis.call('ZCARD', L.delayed(t)) == 0 then redis.call('SREM', L.active, t) end
-    else
+    elseif #head > 0 then
       local cap = 0
       if lane ~= K.QUERY_LANE then
         cap = tonumber(redis.call('HGET', K.tenant_quota(t), 'max_running') or ARGV[5])

@@ -1,0 +1,135 @@
+"""Throughput of ONE workspace on 1, 2 and 3 instances: the LLM concurrency capped per instance
+(LLM_MAX_ASYNC), the mock LLM answering each call after a fixed latency, PostgreSQL storages and
+one Redis. Documents share entities (the same people and places), so the merges at the owner are
+real work. With extraction ahead (src/ingestion/prefetch.py) the instances that do not own the
+workspace extract its waiting documents into the shared LLM cache.
+
+    python -m benchmarks.scale_out [--runs 3] [--docs 40] [--latency 0.5] [--llm-max-async 4]
+
+Wall time from the first upload to the last completion, medians of ``--runs``; prints a Markdown
+table (docs/scaling.md, docs/benchmarks.md) with the speed-up against one instance and the LLM
+calls made (exactly one extraction per chunk is checked on every run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+
+def run_once(
+    root: Path, redis_url: str, pg: dict[str, str], instances: int, args: argparse.Namespace
+) -> dict:
+    from tests.docs_factory import story
+    from tests.procs import start_mock_llm, stop_process
+    from tests.test_scale_instances import Fleet, fresh_database, make_tenant, mock_kinds, upload, wait_final
+
+    mock = start_mock_llm(args.latency)
+    fleet = Fleet(
+        root,
+        redis_url,
+        fresh_database(pg),
+        mock,
+        LLM_MAX_ASYNC=str(args.llm_max_async),
+        MAX_CONCURRENT_TASKS=str(args.llm_max_async),
+        ENTITY_EXTRACT_MAX_GLEANING="1",
+        EXTRACT_AHEAD="true" if args.ahead else "false",
+    )
+    try:
+        fleet.start(instances)
+        base = fleet.any_base()
+        headers = make_tenant(base, "acme")
+        tag = uuid.uuid4().hex[:4]
+        started = time.monotonic()
+        tasks = [
+            upload(base, headers, f"doc{i}.txt", story(f"topic {i}", f"Scaleout{i}x{tag}", 8))
+            for i in range(args.docs)
+        ]
+        views = wait_final(fleet, [(headers, t["task_id"]) for t in tasks], timeout=1800)
+        wall = time.monotonic() - started
+        statuses = [v["status"] for v in views.values()]
+        assert statuses == ["completed"] * len(tasks), statuses
+        chunks = sum(
+            int(
+                httpx.get(f"{base}/documents/{t['doc_id']}", headers=headers, timeout=30).json()[
+                    "chunks_count"
+                ]
+            )
+            for t in tasks
+        )
+        kinds = mock_kinds(mock)
+        assert kinds["extract"] == chunks, f"{kinds['extract']} extraction calls for {chunks} chunks"
+        helped = sum(
+            (root / f"{name}.log").read_text(errors="replace").count("ahead of its owner")
+            for name in fleet.procs
+        )
+        calls = sum(int(v) for v in kinds.values())
+        return {"wall": wall, "calls": calls, "helped": helped, "kinds": dict(kinds)}
+    finally:
+        fleet.stop()
+        stop_process(mock)
+
+
+def main() -> None:
+    from tests.conftest import start_redis_server
+    from tests.pg import acquire_server, release_server
+    from tests.procs import stop_process
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--docs", type=int, default=40)
+    parser.add_argument("--latency", type=float, default=0.5)
+    parser.add_argument("--llm-max-async", type=int, default=4)
+    parser.add_argument("--instances", default="1,2,3")
+    parser.add_argument("--no-ahead", dest="ahead", action="store_false", help="extraction ahead off")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.instances.split(",")]
+    root = Path(tempfile.mkdtemp(prefix="scale-out-"))
+    (root / "redis").mkdir()
+    redis_proc, redis_url = start_redis_server(root / "redis")
+    pg = acquire_server()
+    results: dict[int, list[dict]] = {n: [] for n in counts}
+    try:
+        for run in range(args.runs):
+            for n in counts:  # side by side in each run: the machine's noise hits every count alike
+                workdir = root / f"run{run}-n{n}"
+                workdir.mkdir()
+                out = run_once(workdir, redis_url, pg, n, args)
+                results[n].append(out)
+                print(
+                    f"run {run + 1}, {n} instance(s): {out['wall']:.1f} s, {out['calls']} LLM calls, "
+                    f"{out['helped']} document(s) extracted ahead",
+                    flush=True,
+                )
+    finally:
+        release_server()
+        stop_process(redis_proc)
+    base = statistics.median(r["wall"] for r in results[counts[0]])
+    print()
+    print(f"{args.docs} documents, mock LLM {args.latency} s per call, LLM_MAX_ASYNC={args.llm_max_async}")
+    print()
+    print(
+        "| instances | wall (median) | speed-up vs 1 | LLM calls | LLM-bound ideal | ratio to ideal | ahead |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for n in counts:
+        walls = [r["wall"] for r in results[n]]
+        wall = statistics.median(walls)
+        calls = statistics.median(r["calls"] for r in results[n])
+        ideal = calls * args.latency / (args.llm_max_async * n)
+        helped = statistics.median(r["helped"] for r in results[n])
+        shown = ", ".join(f"{w:.1f}" for w in walls)
+        print(
+            f"| {n} | {wall:.1f} s ({shown}) | {base / wall:.2f}x | {calls:.0f} | "
+            f"{ideal:.1f} s | {ideal / wall:.2f} | {helped:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
