@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, *, redis_prefix: str | None = N
         app.include_router(module.router)
     app.include_router(ui_router)
     app.include_router(lightrag.router)  # LightRAG Server's API under /lightrag
+    app.include_router(lightrag.ollama_root_router)  # its Ollama API also at /api, as LightRAG Server
     app.include_router(webui_router)  # LightRAG's WebUI at /webui/, talking to /lightrag
     return app
 

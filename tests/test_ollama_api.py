@@ -21,10 +21,11 @@ ollama = pytest.importorskip("ollama", reason="pip install ollama (test extra)")
 L = "/lightrag"
 
 
-def client_for(svc, headers: dict[str, str] | None = None):  # noqa: ANN001, ANN201 - Service, AsyncClient
-    """The Ollama client pointed at our compatibility mount, through the in-process app."""
+def client_for(svc, headers: dict[str, str] | None = None, mount: str = L):  # noqa: ANN001, ANN201
+    """The Ollama client pointed at our compatibility mount (or the root, ``mount=""``), through
+    the in-process app."""
     return ollama.AsyncClient(
-        host=f"http://svc{L}", transport=httpx.ASGITransport(app=svc.app), headers=headers or {}
+        host=f"http://svc{mount}", transport=httpx.ASGITransport(app=svc.app), headers=headers or {}
     )
 
 
@@ -34,12 +35,14 @@ async def index(svc, text: str, headers: dict[str, str] | None = None) -> None: 
     await wait_for_task(svc.client, accepted.json()["task_id"], headers=headers, expect="completed")
 
 
-async def test_the_ollama_client_chats_with_the_knowledge_base(tmp_path, redis_url) -> None:
+@pytest.mark.parametrize("mount", [L, ""], ids=["lightrag-mount", "root"])
+async def test_the_ollama_client_chats_with_the_knowledge_base(tmp_path, redis_url, mount) -> None:
     """Catches a route or shape the Ollama client cannot read: version, tags, ps, chat (streamed and
-    not, with history and a mode prefix), generate (streamed and not)."""
+    not, with history and a mode prefix), generate (streamed and not) - under /lightrag and at the
+    root, where LightRAG Server serves them."""
     async with start_service(make_settings(tmp_path, redis_url)) as svc:
         await index(svc, story("lighthouses", "Beaconmere"))
-        client = client_for(svc)
+        client = client_for(svc, mount=mount)
 
         assert (await client._request_raw("GET", "/api/version")).json() == {"version": "0.9.3"}
         listed = await client.list()
@@ -152,6 +155,9 @@ async def test_the_ollama_api_is_tenant_scoped(tmp_path, redis_url) -> None:
         assert (await svc.client.get(f"{L}/api/tags", headers=x_api_key)).status_code == 200
         for path in ("/api/version", "/api/tags", "/api/ps"):
             assert (await svc.client.get(f"{L}{path}")).status_code == 401
+            assert (await svc.client.get(path)).status_code == 401
+        root_theirs = await client_for(svc, other, mount="").chat(model="lightrag:latest", messages=question)
+        assert "Acmepear" not in root_theirs.message.content
         with pytest.raises(ollama.ResponseError) as refused:
             await client_for(svc).chat(model="lightrag:latest", messages=question)
         assert refused.value.status_code == 401

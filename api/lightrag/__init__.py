@@ -15,8 +15,11 @@ from fastapi import APIRouter
 from api.lightrag import auth, documents, graph, health, ollama, query
 from api.lightrag.mount import PREFIX
 
-__all__ = ["PREFIX", "router"]
+__all__ = ["PREFIX", "ollama_root_router", "router"]
 
 router = APIRouter()
 for module in (auth, documents, query, graph, health, ollama):
     router.include_router(module.router)
+
+#: The Ollama-compatible routes at the service root too (``/api/chat``, ...), where Ollama clients look.
+ollama_root_router = ollama.root_router

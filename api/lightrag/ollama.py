@@ -267,3 +267,23 @@ async def chat(body: OllamaChatRequest, tenant: CompatTenantDep, services: Servi
     answer = result.response or "No response generated"
     message = {"role": "assistant", "content": answer, "images": None}
     return _final(model, started, text, answer, message=message)
+
+
+def _at_root() -> APIRouter:
+    """The same routes at ``/api/...``, where LightRAG Server serves them: an Ollama client (Open
+    WebUI's "Ollama URL") pointed at this service's root works as it did against LightRAG Server.
+    Our own ``/api/queue/stats`` does not collide. Same handlers, same tenant scoping."""
+    root = APIRouter(prefix="/api", tags=["ollama (LightRAG Server's paths)"], route_class=BoundedJsonRoute)
+    for route in router.routes:
+        root.add_api_route(
+            route.path.removeprefix(router.prefix),
+            route.endpoint,
+            methods=sorted(route.methods),
+            summary=route.summary,
+            include_in_schema=route.include_in_schema,
+        )
+    return root
+
+
+#: Mounted at the service root by main.py.
+root_router = _at_root()
