@@ -17,6 +17,8 @@ if [ "$skip_mm" = 0 ]; then
   .venv/bin/python -m benchmarks.multimodal "${mm_args[@]}"
   # The poll hot path (issue 25 item 12): GET /task/{id} against a bare Starlette endpoint; own section.
   .venv/bin/python -m benchmarks.poll "${mm_args[@]}"
+  # One workspace on 1, 2 and 3 instances (issue 27 item 1): extraction ahead; own section.
+  .venv/bin/python -m benchmarks.scale_out "${mm_args[@]}"
 fi
 # The soak (issue 16) writes its own section of docs/benchmarks.md: 30 minutes per storage set, 3 with --quick.
 # Skipped when --only picks scenarios of the harness.

@@ -186,6 +186,10 @@ def _json_routes(routes) -> list:
     return found
 
 
+#: LightRAG Server's Ollama-compatible routes, also served at the root (api/lightrag/ollama.py).
+OLLAMA_AT_ROOT = frozenset({"/api/generate", "/api/chat"})
+
+
 def test_every_route_with_a_json_body_is_bounded_and_authenticates_first(tmp_path) -> None:
     """Catches a new JSON route on a plain APIRoute (FastAPI would read its whole body, of any size,
     before authenticating): every route whose OpenAPI operation takes a JSON body, in every router
@@ -216,7 +220,7 @@ def test_every_route_with_a_json_body_is_bounded_and_authenticates_first(tmp_pat
             else []  # the WebUI's login form is where a key is presented (bounded, no key needed)
             if route.path == "/lightrag/login"
             else ["get_compat_tenant"]  # LightRAG Server's routes: its keys or a WebUI session
-            if route.path.startswith("/lightrag")
+            if route.path.startswith("/lightrag") or route.path in OLLAMA_AT_ROOT
             else ["get_tenant"]
         )
         assert gates == expected, (route.path, gates)
