@@ -194,3 +194,44 @@ async def test_a_reindex_resumed_after_its_swap_only_purges_the_old_version(tmp_
 
 async def _no_progress(_progress: object) -> None:
     return None
+
+
+async def test_a_swap_cut_off_before_its_switch_is_undone_not_purged(tmp_path, redis_url) -> None:
+    """Catches the leftover of a swap that died between its two steps (the old version's own chunks
+    already moved to the retired record, the document not yet switched) being purged: that would
+    cut those chunks out of the version queries see."""
+    with MockServer(MockConfig()) as mock:
+        async with start_service(_settings(tmp_path, redis_url, mock)) as svc:
+            first = await _insert(svc, OLD)
+            assert (await wait_for_task(svc.client, first["task_id"]))["status"] == "completed"
+            old_chunks = (await _chunk_lists(svc))["manual"]
+            async with svc.services.engines.use("default") as engine:
+                rag = engine.rag
+                await engine.indexer.index("manual#next", NEW, file_path="manual.txt", track_id="task-2")
+                new_chunks = set((await rag.doc_status.get_by_id("manual#next"))["chunks_list"])
+                old_only = [c for c in old_chunks if c not in new_chunks]
+                # The swap's first step only (what versions.swap writes before its switch).
+                await versions._set_owner(rag, old_only, "manual#retired")  # noqa: SLF001
+                old_record = await rag.doc_status.get_by_id("manual")
+                await rag.doc_status.upsert(
+                    {"manual#retired": {**old_record, "chunks_list": old_only, "chunks_count": len(old_only)}}
+                )
+                await engine.ingestor._retire("manual")  # noqa: SLF001 - what a retried task does first
+                kept = await rag.text_chunks.get_by_ids(old_chunks)
+            assert all(r is not None and r["full_doc_id"] == "manual" for r in kept), kept
+            assert set(await _chunk_lists(svc)) == {"manual", "manual#next"}
+            assert "Alphawort" in await context_for(svc, QUESTION)
+
+            # The retried task then finishes the re-index from there.
+            async with svc.services.engines.use("default") as engine:
+                request = IndexRequest(
+                    "manual",
+                    "manual.txt",
+                    content=DocumentContent.of_text(NEW),
+                    track_id="task-2",
+                    replaces=True,
+                )
+                await engine.ingestor.ingest(request, _no_progress)
+            assert set(await _chunk_lists(svc)) == {"manual"}
+            after = await context_for(svc, QUESTION)
+            assert "Betaquill" in after and "Sharedmark" in after and "Alphawort" not in after

@@ -104,10 +104,14 @@ class DocumentIngestor:
         await asyncio.to_thread(self._swap_parsed, doc_id)
 
     async def _retire(self, doc_id: str) -> None:
-        """Purge the old version a swap left (only the chunks the visible version does not list)."""
+        """Purge the old version a swap left (only the chunks the visible version does not list);
+        a retired record whose swap never switched is undone instead (versions.restore_unswapped)."""
         retired = versions.retired_id(doc_id)
         if await self.rag.doc_status.get_by_id(retired) is not None:
-            await self.indexer.delete(retired)
+            async with self.indexer.gate.exclusive():
+                restored = await versions.restore_unswapped(self.rag, doc_id)
+            if not restored:
+                await self.indexer.delete(retired)
         await asyncio.to_thread(shutil.rmtree, self.parsed_dir(retired), True)
 
     def _swap_parsed(self, doc_id: str) -> None:

@@ -123,6 +123,26 @@ async def swap(rag: LightRAG, doc_id: str) -> bool:
     return True
 
 
+async def restore_unswapped(rag: LightRAG, doc_id: str) -> bool:
+    """Undo a retired record whose swap never switched (the task died, or was abandoned, between
+    the two steps): the visible ``D`` still lists those chunks, so purging them would cut pieces out
+    of the version queries see. Its chunks go back to ``D`` and the record is dropped. Returns True
+    when it did that; False when there is no such record or it is a real leftover to purge."""
+    retired = retired_id(doc_id)
+    record = await rag.doc_status.get_by_id(retired)
+    if record is None:
+        return False
+    own = list(record.get("chunks_list") or [])
+    if not own or not set(own) & set(await chunk_list(rag, doc_id)):
+        return False
+    await _set_owner(rag, own, doc_id, only_from=retired)
+    for storage in (rag.full_entities, rag.full_relations, rag.full_docs):
+        await storage.delete([retired])
+    await rag.doc_status.delete([retired])
+    log.info("document %s: an unfinished swap undone (%d chunks back)", doc_id, len(own))
+    return True
+
+
 async def _set_owner(
     rag: LightRAG, chunk_ids: list[str], owner: str, *, only_from: str | None = None
 ) -> None:
