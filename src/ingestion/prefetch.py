@@ -25,7 +25,7 @@ from typing import Protocol
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import index_request
 from src.rag.knowledge import KnowledgeBases
-from src.tasks.models import TaskRecord
+from src.tasks.models import TaskRecord, TaskStatus
 from src.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -155,15 +155,19 @@ class ExtractionAhead:
                 await asyncio.shield(self.store.end_prefetch(task.task_id, self.instance_id, outcome))
 
     async def _keep_lease(self, task_id: str, job: asyncio.Task | None) -> None:
-        """Renew the lease; if it is lost (expired while stalled), stop: the owner may claim it now."""
+        """Renew the lease; stop the extraction if the lease is lost (expired while this instance
+        was stalled: the owner may claim the task now) or the task is no longer waiting (cancelled
+        by its client): its calls would be wasted."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
                 kept = await self.store.renew_prefetch(task_id, self.instance_id, self.lease_seconds)
+                task = await self.store.get(task_id) if kept else None
             except Exception:  # Redis unreachable: the lease may run out; decided at the next renewal
                 continue
-            if not kept:
-                log.warning("lost the extraction lease of task %s; stopping", task_id)
+            if task is None or task.status != TaskStatus.PENDING:
+                why = "lost its lease" if not kept else f"is {task.status if task else 'gone'}"
+                log.info("task %s %s; its extraction ahead stops", task_id, why)
                 if job is not None:
                     job.cancel()
                 return
