@@ -84,7 +84,7 @@ class DocumentIngestor:
             return IndexResult(doc_id, int(current.get("chunks_count") or 0), resumed=True)
         await self._retire(doc_id)  # an earlier re-index's old version, if its purge never ran
         if staged is not None and staged.get("track_id") != task:
-            await self.indexer.delete(staging)  # an abandoned re-index's new version
+            await self._drop_version(staging)  # an abandoned re-index's new version
         if current is None or not _processed(current):
             # Nothing queries could see: index the new content under the document's own id.
             if current is not None:
@@ -109,10 +109,15 @@ class DocumentIngestor:
         retired = versions.retired_id(doc_id)
         if await self.rag.doc_status.get_by_id(retired) is not None:
             async with self.indexer.gate.exclusive():
-                restored = await versions.restore_unswapped(self.rag, doc_id)
-            if not restored:
-                await self.indexer.delete(retired)
-        await asyncio.to_thread(shutil.rmtree, self.parsed_dir(retired), True)
+                await versions.restore_unswapped(self.rag, doc_id)  # then no record is left to purge
+        await self._drop_version(retired)
+
+    async def _drop_version(self, version: str) -> None:
+        """Purge an internal version record (its chunks the visible document lists are kept) and
+        the pictures parsed for it."""
+        if await self.rag.doc_status.get_by_id(version) is not None:
+            await self.indexer.delete(version)
+        await asyncio.to_thread(shutil.rmtree, self.parsed_dir(version), True)
 
     def _swap_parsed(self, doc_id: str) -> None:
         """The pictures parsed from the new version take the document's directory (blocking)."""
@@ -138,10 +143,7 @@ class DocumentIngestor:
 
     async def abandon_replacement(self, doc_id: str, track_id: str) -> None:
         """A re-index that will not complete: its new version goes, the visible one stays."""
-        staging = versions.next_id(doc_id)
-        if await self.rag.doc_status.get_by_id(staging) is not None:
-            await self.indexer.delete(staging)
-        await asyncio.to_thread(shutil.rmtree, self.parsed_dir(staging), True)
+        await self._drop_version(versions.next_id(doc_id))
         await self._retire(doc_id)
         current = await self.rag.doc_status.get_by_id(doc_id)
         if current is not None and current.get("track_id") == track_id and not _processed(current):
@@ -180,7 +182,7 @@ class DocumentIngestor:
         existing = await self.rag.doc_status.get_by_id(doc_id)
         if existing is None:
             return True
-        if DocStatus(existing.get("status")) == DocStatus.PROCESSED:
+        if _processed(existing):
             return False
         stored = (await self.rag.full_docs.get_by_id(doc_id)) or {}
         return not (stored.get("content") or stored.get(MODAL_KEY))
@@ -190,9 +192,7 @@ class DocumentIngestor:
         versions an unfinished re-index of it left)."""
         if not versions.is_version(doc_id):
             for version in (versions.next_id(doc_id), versions.retired_id(doc_id)):
-                if await self.rag.doc_status.get_by_id(version) is not None:
-                    await self.indexer.delete(version)
-                await asyncio.to_thread(shutil.rmtree, self.parsed_dir(version), True)
+                await self._drop_version(version)
         result = await self.indexer.delete(doc_id, delete_llm_cache=delete_llm_cache)
         await asyncio.to_thread(shutil.rmtree, self.parsed_dir(doc_id), True)
         log.info("purged document %s: %s", doc_id, result.status)
