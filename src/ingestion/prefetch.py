@@ -20,27 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Protocol
 
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import index_request
+from src.ingestion.ownership import Ownership
 from src.rag.knowledge import KnowledgeBases
 from src.tasks.models import TaskRecord, TaskStatus
+from src.tasks.runner import TaskRunner
 from src.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
-
-
-class _Owns(Protocol):
-    def owns(self, tenant: str) -> bool: ...
-
-
-class _Capacity(Protocol):
-    @property
-    def running_count(self) -> int: ...
-
-    @property
-    def capacity(self) -> int: ...
 
 
 class ExtractionAhead:
@@ -51,8 +40,8 @@ class ExtractionAhead:
         store: TaskStore,
         knowledge_bases: KnowledgeBases,
         files: UploadFiles,
-        ownership: _Owns,
-        runner: _Capacity,
+        ownership: Ownership,
+        runner: TaskRunner,
         instance_id: str,
         *,
         max_documents: int,
