@@ -240,7 +240,9 @@ async def test_cancel_at_each_stage_leaves_nothing_and_spares_a_concurrent_docum
     """Catches orphaned LightRAG tasks writing after the cancel, partial merges the delete misses,
     and a delete that damages (or waits for) another document being indexed."""
     ours, theirs, control = pair
-    indexer = DocumentIndexer(ours)
+    # The bystander shares entities with the victim, so it waits for the victim's stuck merge for
+    # its patience, then merges beside it (a short patience keeps the test short).
+    indexer = DocumentIndexer(ours, merge_patience=0.2)
     victim_chunks = await chunk_ids_of(ours, VICTIM)
     reached = asyncio.Event()
     release_chunking = threading.Event()

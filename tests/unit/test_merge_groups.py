@@ -37,8 +37,9 @@ class Runner:
                 raise self.fail[doc_id]
 
 
-def job(doc_id: str, priority: int = 5, solo: bool = False) -> MergeJob:
-    return MergeJob(doc_id, [({doc_id: []}, {})], priority=priority, solo=solo)
+def job(doc_id: str, priority: int = 5, solo: bool = False, names: tuple[str, ...] = ()) -> MergeJob:
+    """A document whose only entity is its own id, plus ``names`` (entities it shares)."""
+    return MergeJob(doc_id, [(dict.fromkeys((doc_id, *names), []), {})], priority=priority, solo=solo)
 
 
 async def occupied(groups: MergeGroups, runner: Runner, priority: int = 5) -> asyncio.Task:
@@ -116,6 +117,44 @@ async def test_a_document_that_outranks_every_running_merge_starts_in_the_expres
     runner.hold["urgent"].set()
     await asyncio.gather(urgent, low)
     assert runner.groups == [["busy"], ["urgent"], ["higher"], ["low"]]
+
+
+async def test_documents_sharing_an_entity_with_a_running_merge_wait_for_it_and_go_together() -> None:
+    """Catches a free slot starting a merge that would only wait on a running group's keyed locks
+    (a chain of small groups, each paying the hub entity's summary), and the opposite mistake:
+    holding back a document whose entities no running merge touches."""
+    runner = Runner()
+    groups = MergeGroups(runner, concurrency=2)
+    runner.block("busy")
+    busy = asyncio.create_task(groups.merge(job("busy", names=("Hub",))))
+    await runner.started["busy"].wait()
+    a, b = job("a", names=("Hub",)), job("b", names=("Other",))
+    relation = MergeJob("c", [({}, {("Hub", "Elsewhere"): []})])  # a relation locks both endpoints
+    waits = [asyncio.create_task(groups.merge(j)) for j in (a, relation)]
+    await until(lambda: groups.waiting == 2)
+    await groups.merge(b)  # disjoint: takes the free slot at once, beside "busy"
+    assert runner.groups == [["busy"], ["b"]] and groups.waiting == 2
+    runner.hold["busy"].set()
+    await asyncio.gather(busy, *waits)
+    assert runner.groups == [["busy"], ["b"], ["a", "c"]]
+
+
+async def test_a_held_back_document_waits_no_longer_than_its_patience_and_an_urgent_one_not_at_all() -> None:
+    """Catches a document stuck behind a long merge it shares one entity with (a big document's
+    merge may take minutes) and an urgent document queued behind a routine one for the same reason."""
+    runner = Runner()
+    groups = MergeGroups(runner, concurrency=2, patience=0.2)
+    runner.block("busy")
+    busy = asyncio.create_task(groups.merge(job("busy", priority=3, names=("Hub",))))
+    await runner.started["busy"].wait()
+    await groups.merge(job("urgent", priority=7, names=("Hub",)))  # outranks "busy": at once
+    patient, alongside = job("patient", priority=3, names=("Hub",)), job("alongside", 3, names=("Hub",))
+    waits = await queued_jobs(groups, patient, alongside)
+    await asyncio.gather(*waits)  # the patience ran out while "busy" still runs: merged beside it
+    assert not busy.done()
+    assert runner.groups == [["busy"], ["urgent"], ["patient", "alongside"]]
+    runner.hold["busy"].set()
+    await busy
 
 
 async def test_a_document_stopped_while_waiting_leaves_the_queue_at_once() -> None:

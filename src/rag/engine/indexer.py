@@ -122,6 +122,7 @@ class DocumentIndexer:
         chunk_concurrency: int | None = None,
         merge_concurrency: int | None = None,
         merge_group_docs: int | None = None,
+        merge_patience: float | None = None,
         split_by_character: str | None = None,
         split_by_character_only: bool = False,
     ):
@@ -131,11 +132,13 @@ class DocumentIndexer:
         self.chunk_concurrency = max(1, chunk_concurrency or int(rag.llm_model_max_async))
         #: Merges at once in this workspace; documents that arrive while they run wait and are then
         #: merged together, as one group (see merge_groups.py). Merges sharing entities serialise on
-        #: LightRAG's keyed locks anyway, so a few concurrent groups are enough.
+        #: LightRAG's keyed locks anyway, so a few concurrent groups are enough; a document that
+        #: shares entities with a running group waits for it (up to ``merge_patience`` seconds).
         self.merges = MergeGroups(
             self._merge_group,
             concurrency=max(1, merge_concurrency or 2),
             max_docs=max(1, merge_group_docs or max(16, 4 * int(rag.llm_model_max_async))),
+            **({} if merge_patience is None else {"patience": merge_patience}),
         )
         self.split_by_character = split_by_character
         self.split_by_character_only = split_by_character_only

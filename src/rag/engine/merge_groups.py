@@ -14,6 +14,16 @@ that would have queued for a slot are grouped. At most ``concurrency`` groups ru
 next group takes the waiting documents highest task priority first, then oldest, up to
 ``max_docs``.
 
+A free slot is not taken by documents that share an entity with a running group: their merge
+would only wait on that group's keyed locks (LightRAG locks an entity, and a relation's two
+endpoints, across the summary call). They wait in the queue instead and are merged together once
+that group ends, so a burst of documents naming the same hub entities becomes one group (one
+summary per hub entity) instead of a chain of small groups, each paying its own summary calls.
+Documents with entities of their own still merge beside the running groups at once; a document
+that outranks the group it conflicts with does not wait for it; and no document waits for a
+conflicting group longer than ``patience`` (a big document's merge may take minutes): then it
+merges beside it, waiting on the shared entities' locks only, as LightRAG would.
+
 Priority reaches the merge too: a group holds documents of one priority only (an urgent
 document never waits for the summaries of the routine ones it would have been grouped with),
 and a waiting document that outranks every running group does not wait for a slot: it starts
@@ -60,9 +70,18 @@ class MergeJob:
     stopped: bool = False
     future: asyncio.Future[None] | None = None
     seq: int = 0
+    queued_at: float = 0.0
+    _lock_keys: frozenset[str] | None = field(default=None, repr=False)
 
     def node_names(self) -> set[str]:
         return {name for nodes, _ in self.chunk_results for name in nodes}
+
+    def lock_keys(self) -> frozenset[str]:
+        """The names LightRAG's keyed locks take for this document's merge: its entities and both
+        endpoints of each of its relations."""
+        if self._lock_keys is None:
+            self._lock_keys = frozenset(self.node_names() | {n for key in self.edge_keys() for n in key})
+        return self._lock_keys
 
     def edge_keys(self) -> set[tuple[str, str]]:
         return {tuple(sorted(key)) for _, edges in self.chunk_results for key in edges}  # type: ignore[misc]
@@ -88,10 +107,15 @@ GroupRunner = Callable[[MergeGroup], Awaitable[None]]
 class MergeGroups:
     """Admits merges of one workspace: ``concurrency`` groups at once, waiting documents grouped."""
 
-    def __init__(self, run_group: GroupRunner, concurrency: int, max_docs: int = 16) -> None:
+    def __init__(
+        self, run_group: GroupRunner, concurrency: int, max_docs: int = 16, patience: float = 5.0
+    ) -> None:
         self._run_group = run_group
         self.concurrency = max(1, int(concurrency))
         self.max_docs = max(1, int(max_docs))
+        #: Longest wait of a document for a running group it shares entities with (seconds).
+        self.patience = max(0.0, float(patience))
+        self._timer: asyncio.TimerHandle | None = None
         self._pending: list[MergeJob] = []
         self._running: dict[MergeJob, MergeGroup] = {}
         #: The running groups, by the task that runs each (the task keeps a reference to it).
@@ -112,6 +136,7 @@ class MergeGroups:
             raise asyncio.CancelledError(f"merge of {job.doc_id} stopped before it was queued")
         job.future = asyncio.get_running_loop().create_future()
         job.seq = next(self._seq)
+        job.queued_at = time.monotonic()
         self._pending.append(job)
         PROVIDER_QUEUED.labels("merge").inc()
         self._pump()
@@ -132,30 +157,72 @@ class MergeGroups:
                 callback()
 
     def _take_group(self) -> list[MergeJob]:
+        """The next group to start now, or [] when no waiting document may start.
+
+        A free slot is used by documents whose entities no running group holds. A document that
+        shares entities with a running group waits for it (it would wait on its keyed locks anyway)
+        unless it outranks that group or has waited ``patience`` seconds: a long merge (a big
+        document) then delays it by no more than that before it merges beside it, as it did before
+        conflicts were looked at. An express slot only takes documents outranking every group."""
+        if len(self._groups) > self.concurrency:
+            return []  # the express slot is taken
+        running = list(self._groups.values())
+        above = max(group.priority for group in running) if len(running) == self.concurrency else -1
+        now = time.monotonic()
         self._pending.sort(key=lambda j: (-j.priority, j.seq))
-        first = self._pending.pop(0)
-        if first.solo:
-            return [first]
+
+        def holds_back(job: MergeJob) -> bool:
+            keys = job.lock_keys()
+            return any(
+                job.priority <= group.priority and any(keys & member.lock_keys() for member in group.jobs)
+                for group in running
+            )
+
+        held = {job for job in self._pending if holds_back(job)}
+        ready = [
+            job
+            for job in self._pending
+            if job.priority > above and (job not in held or self._waited(job, now))
+        ]
+        self._wake_for(held - set(ready), now)
+        if not ready:
+            return []
+        first = ready[0]
         jobs = [first]
-        for job in list(self._pending):
-            if len(jobs) >= self.max_docs or job.priority != first.priority:
-                break  # sorted: every job after this one has a lower priority
-            if not job.solo:
-                self._pending.remove(job)
-                jobs.append(job)
+        if not first.solo:
+            # Beside a free first member only free ones (a held one would make the group wait);
+            # a member that waited out its patience takes every waiting one of its priority along.
+            takers = ready if first in held else [job for job in ready if job not in held]
+            for job in takers[1:]:
+                if len(jobs) >= self.max_docs or job.priority != first.priority:
+                    break  # sorted: every job after this one has a lower priority
+                if not job.solo:
+                    jobs.append(job)
+            if first in held:
+                for job in self._pending:
+                    if len(jobs) >= self.max_docs:
+                        break
+                    if job not in jobs and job.priority == first.priority and not job.solo:
+                        jobs.append(job)
+        for job in jobs:
+            self._pending.remove(job)
         return jobs
 
-    def _may_start(self) -> bool:
-        if len(self._groups) < self.concurrency:
-            return True
-        if len(self._groups) > self.concurrency:
-            return False  # the express slot is taken
-        top = max(job.priority for job in self._pending)
-        return all(top > group.priority for group in self._groups.values())
+    def _waited(self, job: MergeJob, now: float) -> bool:
+        return now - job.queued_at >= self.patience
+
+    def _wake_for(self, held: set[MergeJob], now: float) -> None:
+        """Pump again when the first held document's patience runs out."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if held:
+            delay = max(0.0, min(job.queued_at for job in held) + self.patience - now)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._pump)
 
     def _pump(self) -> None:
-        while self._pending and self._may_start():
-            group = MergeGroup(self._take_group())
+        while self._pending and (jobs := self._take_group()):
+            group = MergeGroup(jobs)
             PROVIDER_QUEUED.labels("merge").dec(len(group.jobs))
             PROVIDER_RUNNING.labels("merge").inc(len(group.jobs))
             for job in group.jobs:
