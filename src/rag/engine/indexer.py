@@ -56,11 +56,11 @@ from src.rag.engine.modal import MODAL_KEY, link_modal_entities, modal_chunk_rec
 from src.rag.engine.partial_delete import prepare_partial_delete
 from src.rag.engine.scope import (
     UNWIND_SECONDS,
+    CoalescedReport,
     DocumentCancelledError,
     DocumentScope,
     GraphGate,
     ObservedGraph,
-    fire,
     wait_out,
 )
 from src.rag.knowledge import IndexProgress, IndexStage, ProgressSink
@@ -460,18 +460,20 @@ class DocumentIndexer:
                 }
             )
 
+            merged_report = CoalescedReport(report)
+
             def on_node(name: str) -> None:
                 if name in all_nodes and name not in merged_entities:
                     merged_entities.add(name)
                     progress.merged = len(merged_entities) + len(merged_edges)
-                    fire(report)
+                    merged_report()
 
             def on_edge(src: str, tgt: str) -> None:
                 key = tuple(sorted((src, tgt)))
                 if key in all_edges and key not in merged_edges:
                     merged_edges.add(key)  # type: ignore[arg-type]
                     progress.merged = len(merged_entities) + len(merged_edges)
-                    fire(report)
+                    merged_report()
 
             job = MergeJob(
                 doc_id,

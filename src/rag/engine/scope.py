@@ -175,3 +175,26 @@ def fire(report: Callable[[], Awaitable[None]]) -> None:
     task = asyncio.ensure_future(report())
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+class CoalescedReport:
+    """A synchronous hook that schedules ``report`` unless one is already scheduled.
+
+    Why: LightRAG's merge calls the graph hooks once per merged entity and relation of each
+    document (hundreds per document, thousands per merge group), all in one burst; a task per call
+    was a burst of ready callbacks that held up the event loop (uploads, polls) for tens of
+    milliseconds. The report reads the counts when it runs, so one pending report carries every
+    change made before it starts; a change made while it runs schedules the next one."""
+
+    def __init__(self, report: Callable[[], Awaitable[None]]) -> None:
+        self._report = report
+        self._scheduled = False
+
+    def __call__(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            fire(self._run)
+
+    async def _run(self) -> None:
+        self._scheduled = False
+        await self._report()
