@@ -164,6 +164,8 @@ class Sampler:
         self.first: dict[int, float] = {}
         self.last: dict[int, tuple[str, float]] = {}
         self.load: list[tuple[float, float, float]] = []
+        #: Main thread (the event loop) of each named process: (on a CPU, waiting for one) in ns.
+        self.sched: dict[str, list[tuple[int, int]]] = {name: [] for name in pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -180,6 +182,9 @@ class Sampler:
                         rss += p.memory_info().rss if p is root or name == "locust" else 0
             if rss:
                 self.rss[name].append(rss)
+            with contextlib.suppress(OSError, ValueError):
+                ran, waited = Path(f"/proc/{root.pid}/schedstat").read_text().split()[:2]
+                self.sched[name].append((int(ran), int(waited)))
         self.load.append(os.getloadavg())
 
     def _run(self) -> None:
@@ -197,6 +202,17 @@ class Sampler:
         self._thread.join()
         self._sample()
         self.elapsed = time.monotonic() - self.t0
+
+    def main_thread(self) -> dict[str, tuple[float, float]]:
+        """Share of the span each process's main thread (its event loop) ran on a CPU, and waited
+        for one while runnable (/proc/PID/schedstat): ran + waited near 1 is a saturated loop; the
+        waiting part is time the scheduler gave to other processes."""
+        out = {}
+        for name, samples in self.sched.items():
+            if len(samples) >= 2:
+                (r0, w0), (r1, w1) = samples[0], samples[-1]
+                out[name] = ((r1 - r0) / 1e9 / self.elapsed, (w1 - w0) / 1e9 / self.elapsed)
+        return out
 
     def cores(self) -> dict[str, float]:
         """Average cores used by each named process (with its children) over the sampled span."""
@@ -333,6 +349,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
         "stats": stats,
         "timeline": history,
         "cores": sampler.cores(),
+        "loops": sampler.main_thread(),
         "rss": {n: (max(v) if v else 0, v[-1] if v else 0) for n, v in sampler.rss.items()},
         "load_start": load_start,
         "load_end": sampler.load[-1] if sampler.load else os.getloadavg(),
@@ -435,14 +452,21 @@ def markdown(res: dict, args: argparse.Namespace, info: dict) -> str:
     service = [n for n in cores if n not in ("redis", "mock", "locust")]
     lines += [
         "",
-        "CPU (cores used on average over the measured span) and RSS (peak / at the end):",
+        "CPU (cores used on average over the measured span, children included), the main thread's "
+        "share of the span on a CPU and waiting for one while runnable (/proc/PID/schedstat: for the "
+        "service, its event loop), RSS (peak / at the end; locust: master and workers):",
         "",
-        "| process | cores | RSS MiB |",
-        "|---|---|---|",
+        "| process | cores | main thread on CPU | main thread waiting for a CPU | RSS MiB |",
+        "|---|---|---|---|---|",
     ]
+    loops = res.get("loops", {})
     for name in [*service, "redis", "mock", "locust"]:
         peak, last = rss.get(name, (0, 0))
-        lines.append(f"| {name} | {cores.get(name, 0):.2f} | {peak / 2**20:,.0f} / {last / 2**20:,.0f} |")
+        ran, waited = (f"{x:.0%}" for x in loops[name]) if name in loops and name != "locust" else "––"
+        lines.append(
+            f"| {name} | {cores.get(name, 0):.2f} | {ran} | {waited} | "
+            f"{peak / 2**20:,.0f} / {last / 2**20:,.0f} |"
+        )
     q = res.get("queue") or {}
     mock_calls = (res.get("mock") or {}).get("calls", {})
     lines += [
