@@ -17,6 +17,8 @@ if [ "$skip_mm" = 0 ]; then
   .venv/bin/python -m benchmarks.multimodal "${mm_args[@]}"
   # The poll hot path (issue 25 item 12): GET /task/{id} against a bare Starlette endpoint; own section.
   .venv/bin/python -m benchmarks.poll "${mm_args[@]}"
+  # Mixed traffic (uploads, polls, queries, SSE) at 1,000 req/s for 5 minutes with locust (issue 25 item 12).
+  .venv/bin/python -m benchmarks.mixed_load "${mm_args[@]}"
   # One workspace on 1, 2 and 3 instances (issue 27 item 1): extraction ahead; own section.
   .venv/bin/python -m benchmarks.scale_out "${mm_args[@]}"
 fi

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api.deps import OwnedTaskDep, TasksDep, TenantDep
 from api.schemas import CancelResult, TaskList, TaskView
+from api.task_poll import task_view_json
 from api.views import task_view
 from src.tasks.models import TaskStatus
 
@@ -44,9 +45,14 @@ async def list_tasks(
     status: TaskStatus | None = Query(default=None),
     limit: int = Query(default=50, ge=1, le=500),
     offset: int = Query(default=0, ge=0, le=1_000_000),
-) -> TaskList:
-    total, records = await tasks.tasks(tenant, status=status, offset=offset, limit=limit)
-    return TaskList(total=total, offset=offset, limit=limit, tasks=[task_view(r) for r in records])
+) -> Response:
+    """The dashboard's refresh: each view written straight from its stored hash, as the poll route
+    writes it (api/task_poll.py), instead of validating each record into two models and the page
+    into a third (a page of 50 cost 28% of the event loop in the mixed-load benchmark)."""
+    total, rows = await tasks.stored_page(tenant, status=status, offset=offset, limit=limit)
+    views = ",".join(task_view_json(fields) for fields in rows)
+    body = f'{{"total":{total},"offset":{offset},"limit":{limit},"tasks":[{views}]}}'
+    return Response(body, media_type="application/json")
 
 
 @router.delete(

@@ -56,6 +56,12 @@ class TaskService:
     ) -> tuple[int, list[TaskRecord]]:
         return await self.store.list(tenant=tenant, status=status, offset=offset, limit=limit)
 
+    async def stored_page(
+        self, tenant: str, *, status: TaskStatus | None, offset: int, limit: int
+    ) -> tuple[int, list[dict[str, str]]]:
+        """`tasks`, as the stored hashes' strings (the list route writes its views from them)."""
+        return await self.store.list_fields(tenant=tenant, status=status, offset=offset, limit=limit)
+
     async def wait_final(self, task_id: str, seconds: float) -> TaskRecord | None:
         """The task's record if it ends within ``seconds`` (None otherwise, or when too many requests
         of this process wait already); waiting never changes the task."""

@@ -117,6 +117,7 @@ class TaskEventHub:
         self.reconnect_seconds = reconnect_seconds
         self._by_tenant: dict[str, set[Subscription]] = defaultdict(set)
         self._by_task: dict[str, set[Subscription]] = defaultdict(set)
+        self._tenant_wide = 0  # open streams of every task of a tenant (GET /events)
         self._listener: asyncio.Task | None = None
         #: Set once the first subscription to Redis is active (tests and start-up wait for it).
         self.ready = asyncio.Event()
@@ -156,12 +157,16 @@ class TaskEventHub:
         subs.add(sub)
         if task_id is not None:
             self._by_task[task_id].add(sub)
+        else:
+            self._tenant_wide += 1
         return sub
 
     def open_streams(self, tenant: str) -> int:
         return len(self._by_tenant.get(tenant, ()))
 
     def _remove(self, sub: Subscription) -> None:
+        if sub.task_id is None and sub in self._by_tenant.get(sub.tenant, ()):
+            self._tenant_wide -= 1
         for index, key in ((self._by_tenant, sub.tenant), (self._by_task, sub.task_id)):
             if key is None:
                 continue
@@ -256,8 +261,8 @@ class TaskEventHub:
 
     async def _dispatch(self, task_id: str) -> None:
         self._wake(task_id)  # a waiter reads the record itself (only its own task's changes)
-        if not self._by_tenant:
-            return  # nobody listens here: no read at all
+        if not self._tenant_wide and task_id not in self._by_task:
+            return  # nobody here listens to this task: no read at all
         record = await self.store.get(task_id)
         if record is None:
             for sub in list(self._by_task.get(task_id, ())):

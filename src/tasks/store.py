@@ -193,23 +193,34 @@ class TaskStore:
         return {task_id for task_id, n in zip(ids, found, strict=True) if n}
 
     async def get_many(self, task_ids: list[str]) -> list[TaskRecord]:
+        return [TaskRecord.from_redis(fields) for fields in await self.fields_many(task_ids)]
+
+    async def fields_many(self, task_ids: list[str]) -> list[dict[str, str]]:
+        """`fields` of each task that still has a record, in the order given."""
         if not task_ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
                 pipe.hgetall(self.keys.task(task_id))
             rows = await pipe.execute()
-        return [TaskRecord.from_redis(_decode(raw)) for raw in rows if raw]
+        return [_decode(raw) for raw in rows if raw]
 
     async def list(
         self, *, tenant: str, status: TaskStatus | None, offset: int, limit: int
     ) -> tuple[int, list[TaskRecord]]:
         """Newest first. Records whose TTL ended but are still indexed are skipped."""
+        total, rows = await self.list_fields(tenant=tenant, status=status, offset=offset, limit=limit)
+        return total, [TaskRecord.from_redis(fields) for fields in rows]
+
+    async def list_fields(
+        self, *, tenant: str, status: TaskStatus | None, offset: int, limit: int
+    ) -> tuple[int, list[dict[str, str]]]:
+        """`list`, as the stored hashes' strings (for readers that need no model)."""
         index = self.keys.index(tenant, status.value if status else INDEX_ALL)
         total, ids = await _pipeline_results(
             self.redis, lambda pipe: (pipe.zcard(index), pipe.zrevrange(index, offset, offset + limit - 1))
         )
-        return int(total), await self.get_many([_s(i) for i in ids])
+        return int(total), await self.fields_many([_s(i) for i in ids])
 
     async def tenants_seen(self) -> list[str]:
         return sorted(_s(t) for t in await self.redis.smembers(self.keys.tenants_seen))

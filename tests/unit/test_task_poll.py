@@ -1,5 +1,5 @@
 """The poll route's direct view (api/task_poll.py): the same document as `task_view` for every kind
-of stored task, and the middleware takes GET /task/{id} only."""
+of stored task (also in GET /tasks's page), and the middleware takes GET /task/{id} only."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from api.schemas import TaskView
+from api.routes.tasks import list_tasks
+from api.schemas import TaskList, TaskView
 from api.task_poll import TaskPollMiddleware, task_view_json
 from api.views import task_view
 from src.tasks.models import Stage, TaskKind, TaskRecord, TaskStatus
@@ -121,3 +122,19 @@ async def test_the_middleware_takes_only_get_task_by_id(method: str, path: str, 
     middleware.poll = poll
     await middleware({"type": "http", "method": method, "path": path}, None, None)
     assert (polled, passed) == (([path], []) if taken else ([], [path]))
+
+
+async def test_the_task_list_is_the_task_list_model() -> None:
+    """Catches GET /tasks's direct page drifting from the TaskList model it documents."""
+    rows = [record.to_redis() for record in _records()]
+
+    class Tasks:
+        async def stored_page(self, tenant: str, *, status, offset: int, limit: int):
+            assert (tenant, status, offset, limit) == ("acme", None, 5, 50)
+            return 99, rows
+
+    response = await list_tasks("acme", Tasks(), status=None, limit=50, offset=5)
+    views = [task_view(TaskRecord.from_redis(fields)) for fields in rows]
+    expected = TaskList(total=99, offset=5, limit=50, tasks=views)
+    assert response.media_type == "application/json"
+    assert json.loads(response.body) == json.loads(expected.model_dump_json())
