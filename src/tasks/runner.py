@@ -42,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from src.core.logs import current_task_id, current_tenant
 from src.core.metrics import Metrics
 from src.core.waiting import wait_event
-from src.tasks.admission import Admission, Slot, bind_yield_hook
+from src.tasks.admission import Admission, Slot, bind_yield_hook, yield_slot
 from src.tasks.keys import INGEST_LANE, QUERY_LANE
 from src.tasks.models import (
     AttemptOutcome,
@@ -467,7 +467,9 @@ class TaskRunner:
             running.lane.wake.set()
 
     async def _cancel(self, task: TaskRecord, epoch: int) -> None:
-        """Stop this task's LLM work, delete its partial data, then record 'cancelled'."""
+        """Stop this task's LLM work, delete its partial data, then record 'cancelled'. The slot goes
+        first: a purge waits for graph passes, not for the LLM, and must not keep new work out."""
+        yield_slot()
         with contextlib.suppress(*_REDIS_DOWN):
             await self.store.report_progress(task.task_id, epoch, Stage.CLEANUP, 0.0)
         await self.handler.discard(task)
