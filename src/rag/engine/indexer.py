@@ -464,22 +464,21 @@ class DocumentIndexer:
             shared = await versions.base_chunks(rag, doc_id)
             fresh = {chunk_id: chunk for chunk_id, chunk in chunks.items() if chunk_id not in shared}
             processing_start_time = int(time.time())
-            await asyncio.gather(
-                rag.doc_status.upsert(
-                    {
-                        doc_id: {
-                            "status": DocStatus.PROCESSING,
-                            "chunks_count": len(chunks),
-                            "chunks_list": list(chunks.keys()),
-                            **status_fields(),
-                            "updated_at": _now(),
-                            "metadata": {"processing_start_time": processing_start_time},
-                        }
+            # The status names the chunks before any of them is written (LightRAG writes the three
+            # at once): a cancel landing between the writes must leave no chunk its purge cannot find.
+            await rag.doc_status.upsert(
+                {
+                    doc_id: {
+                        "status": DocStatus.PROCESSING,
+                        "chunks_count": len(chunks),
+                        "chunks_list": list(chunks.keys()),
+                        **status_fields(),
+                        "updated_at": _now(),
+                        "metadata": {"processing_start_time": processing_start_time},
                     }
-                ),
-                rag.chunks_vdb.upsert(fresh),
-                rag.text_chunks.upsert(fresh),
+                }
             )
+            await asyncio.gather(rag.chunks_vdb.upsert(fresh), rag.text_chunks.upsert(fresh))
 
             progress.stage, progress.chunks_total = IndexStage.EXTRACTING, len(fresh)
             await report()
