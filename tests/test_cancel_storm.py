@@ -216,7 +216,8 @@ async def test_cancel_storm_purges_together_and_never_starves_new_work(tmp_path,
             stormed = await _knowledge(svc)
             print(
                 f"\nCANCEL STORM: {len(cancelled)} cancelled ({purged} purged), {len(completed)} completed; "
-                f"exclusive graph holds {exclusive_holds}, purge passes {getattr(getattr(indexer, 'purges', None), 'passes', None)}"
+                f"exclusive graph holds {exclusive_holds}, "
+                f"purge passes {getattr(getattr(indexer, 'purges', None), 'passes', None)}"
             )
 
         # Nothing of a cancelled document is left, and every shared entity keeps exactly what the
