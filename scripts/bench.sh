@@ -21,6 +21,8 @@ if [ "$skip_mm" = 0 ]; then
   .venv/bin/python -m benchmarks.mixed_load "${mm_args[@]}"
   # One workspace on 1, 2 and 3 instances (issue 27 item 1): extraction ahead; own section.
   .venv/bin/python -m benchmarks.scale_out "${mm_args[@]}"
+  # 300 running documents cancelled beside a one-line upload (issue 25 item 5); own section.
+  .venv/bin/python -m benchmarks.cancel_storm "${mm_args[@]}"
 fi
 # The soak (issue 16) writes its own section of docs/benchmarks.md: 30 minutes per storage set, 3 with --quick.
 # Skipped when --only picks scenarios of the harness.

@@ -378,6 +378,30 @@ async def test_a_busy_pipeline_refuses_deletes_with_the_status_we_retry_on(rag: 
     assert result.status == compat.DELETE_REFUSED_WHILE_BUSY
 
 
+def test_deletes_reach_the_deleted_document_only_through_the_storages_a_view_replaces() -> None:
+    """purges.py deletes a joint document held in replaced storages of a `deletion_view`: a release
+    that reads the document through another storage (or not through ``self``) would miss it."""
+    for function in (LightRAG.adelete_by_doc_id, LightRAG._update_delete_retry_state):
+        source = inspect.getsource(function)
+        used = set(re.findall(r"self\.(\w+)\.\w+\(\s*\[?doc_id", source))
+        assert used <= set(compat.DELETION_DOCUMENT_STORAGES), used
+    assert set(
+        re.findall(r"self\.(\w+)\.\w+\(\s*\[?doc_id", inspect.getsource(LightRAG.adelete_by_doc_id))
+    ) == set(compat.DELETION_DOCUMENT_STORAGES)
+
+
+async def test_a_deletion_view_shares_every_other_storage(rag: LightRAG) -> None:
+    marker = object()
+    view = compat.deletion_view(rag, {"doc_status": marker})
+    assert view.doc_status is marker and rag.doc_status is not marker
+    assert (
+        view.text_chunks is rag.text_chunks
+        and view.chunk_entity_relation_graph is rag.chunk_entity_relation_graph
+    )
+    with pytest.raises(ValueError):
+        compat.deletion_view(rag, {"text_chunks": marker})
+
+
 async def test_persist_all_asks_every_storage(rag: LightRAG) -> None:
     assert _params(LightRAG._insert_done) >= {"self"}
     await compat.persist_all(rag)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import copy
 import functools
 import importlib.metadata
 import re
@@ -53,6 +54,7 @@ from lightrag.operate import extract_entities, merge_nodes_and_edges
 
 __all__ = [
     "DELETE_REFUSED_WHILE_BUSY",
+    "DELETION_DOCUMENT_STORAGES",
     "LIMITER_KWARGS",
     "LOCK_CONTEXT_VAR",
     "SUPPORTED_LIGHTRAG",
@@ -64,6 +66,7 @@ __all__ = [
     "UnsupportedLightRAG",
     "block_runtime_installs",
     "check_lightrag_version",
+    "deletion_view",
     "document_global_config",
     "extract_entities",
     "fence_postgres",
@@ -463,6 +466,26 @@ def new_pipeline_status() -> dict[str, Any]:
 
 #: `DeletionResult.status` of `adelete_by_doc_id` while LightRAG's pipeline ``busy`` flag is set.
 DELETE_REFUSED_WHILE_BUSY = "not_allowed"
+
+
+#: The storages through which `adelete_by_doc_id` (and its `_update_delete_retry_state`) reach the
+#: document being deleted by its id; everything else it finds from the chunk ids and entity/relation
+#: lists read there.
+DELETION_DOCUMENT_STORAGES = ("doc_status", "full_docs", "full_entities", "full_relations")
+
+
+def deletion_view(rag: LightRAG, storages: dict[str, Any]) -> LightRAG:
+    """A shallow copy of ``rag`` with some of its DELETION_DOCUMENT_STORAGES replaced, so that
+    `adelete_by_doc_id` on it deletes a document that exists only in the replacements (the joint
+    document of a purge pass, src/rag/engine/purges.py) while every other storage is ``rag``'s own.
+    Relies on `adelete_by_doc_id` reaching those storages only as attributes of ``self``."""
+    unknown = set(storages) - set(DELETION_DOCUMENT_STORAGES)
+    if unknown:
+        raise ValueError(f"not a storage of the deleted document: {sorted(unknown)}")
+    view = copy.copy(rag)
+    for name, storage in storages.items():
+        setattr(view, name, storage)
+    return view
 
 
 async def persist_all(rag: LightRAG) -> None:

@@ -42,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from src.core.logs import current_task_id, current_tenant
 from src.core.metrics import Metrics
 from src.core.waiting import wait_event
-from src.tasks.admission import Admission, Slot, bind_yield_hook
+from src.tasks.admission import Admission, Slot, bind_yield_hook, yield_slot
 from src.tasks.keys import INGEST_LANE, QUERY_LANE
 from src.tasks.models import (
     AttemptOutcome,
@@ -159,6 +159,15 @@ class _Running:
     finishing: bool = False
     #: When the job was last asked to stop (monotonic); a stop not obeyed is asked again.
     stop_asked: float = 0.0
+    #: The job's coroutine has begun. Until then it must not be cancelled: `Task.cancel()` on a task
+    #: that never ran closes its coroutine unrun (no cancel path, no `finally` freeing the slot); a
+    #: stop asked before that is found by the job itself when it begins (see `_stop_job`).
+    entered: bool = False
+
+    def stop_job(self) -> None:
+        """Cancel the job, or leave the stop to it if it has not begun (it checks ``stop_reason``)."""
+        if self.job is not None and self.entered:
+            self.job.cancel()
 
 
 class TaskRunner:
@@ -236,7 +245,7 @@ class TaskRunner:
         for running in list(self._running.values()):
             if running.job and not running.job.done():
                 running.stop_reason = running.stop_reason or StopReason.SHUTDOWN
-                running.job.cancel()
+                running.stop_job()
         jobs = [r.job for r in self._running.values() if r.job]
         if jobs:
             await asyncio.wait(jobs, timeout=10)
@@ -262,7 +271,7 @@ class TaskRunner:
         if running.stop_reason is None and not running.finishing:
             running.stop_reason = StopReason.USER
             running.stop_asked = time.monotonic()
-            running.job.cancel()
+            running.stop_job()
         return True
 
     def abandon_tenant(self, tenant: str) -> int:
@@ -277,7 +286,7 @@ class TaskRunner:
             if running.stop_reason is None:
                 running.stop_reason = StopReason.OWNERSHIP_LOST
                 running.stop_asked = time.monotonic()
-                running.job.cancel()
+                running.stop_job()
                 stopped += 1
         return stopped
 
@@ -377,6 +386,7 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ one attempt
     async def _execute(self, running: _Running) -> None:
+        running.entered = True
         task = running.task
         epoch = task.attempt
         current_task_id.set(task.task_id)
@@ -415,6 +425,10 @@ class TaskRunner:
             try:
                 async with deadline:
                     try:
+                        if running.stop_reason is not None:
+                            # Stopped before this coroutine began (`_Running.stop_job`): the same
+                            # ways out as a stop that lands in the work.
+                            raise asyncio.CancelledError(f"stopped before it began ({running.stop_reason})")
                         result = await self.handler.run(task, report)
                     finally:
                         running.finishing = True
@@ -467,7 +481,9 @@ class TaskRunner:
             running.lane.wake.set()
 
     async def _cancel(self, task: TaskRecord, epoch: int) -> None:
-        """Stop this task's LLM work, delete its partial data, then record 'cancelled'."""
+        """Stop this task's LLM work, delete its partial data, then record 'cancelled'. The slot goes
+        first: a purge waits for graph passes, not for the LLM, and must not keep new work out."""
+        yield_slot()
         with contextlib.suppress(*_REDIS_DOWN):
             await self.store.report_progress(task.task_id, epoch, Stage.CLEANUP, 0.0)
         await self.handler.discard(task)
@@ -588,7 +604,7 @@ class TaskRunner:
                     log.error("task %s lost its lease; stopping this attempt", task_id)
                     running.stop_reason = StopReason.LEASE_LOST
                     running.stop_asked = time.monotonic()
-                    running.job.cancel()
+                    running.stop_job()
                 elif state == HeartbeatResult.CANCEL_REQUESTED:
                     self.cancel_local(task_id)
 
@@ -602,7 +618,7 @@ class TaskRunner:
                 running.stop_reason,
             )
             running.stop_asked = time.monotonic()
-            running.job.cancel()
+            running.stop_job()
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -4,6 +4,7 @@ fails, a timeout that is not the task's deadline, a task claimed while the runne
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -96,3 +97,40 @@ async def test_a_task_claimed_while_the_runner_stops_is_handed_straight_back(sto
     assert claimed == ["late"] and handler.runs["late"] == 0
     assert rec.failures == 0 and not rec.owner
     assert [h["outcome"] for h in rec.history] == [AttemptOutcome.INTERRUPTED]
+
+
+async def test_a_cancel_landing_before_the_attempt_first_runs_still_ends_cancelled(store: TaskStore) -> None:
+    """The cancel-storm hang (issue 25 item 5): a DELETE that lands between the claim and the first
+    step of the attempt's coroutine. `Task.cancel()` on a task that never ran closes its coroutine
+    without running it, so neither the cancel path nor the `finally` that frees the slot ever ran:
+    the task stayed `cancelling` for good (its lease renewed by every heartbeat, as it was still
+    listed as running here) and its slot was lost. Seen once the cancelled tasks gave their slots
+    up before their purges: new claims then raced the storm's DELETEs."""
+    handler = FakeHandler()
+    async with running(store, handler) as runner:
+        real_claim = store.claim
+        stop_at_once: list[str] = []
+
+        async def claim_then_cancel_before_it_runs(*args, **kwargs):  # noqa: ANN002, ANN003
+            task = await real_claim(*args, **kwargs)
+            if task is not None and not stop_at_once:
+                stop_at_once.append(task.task_id)
+                assert (await store.request_cancel(task.task_id)).accepted
+                # Runs before the attempt's first step: the runner creates that task right after
+                # this call returns, and the loop runs callbacks in the order they were scheduled.
+                asyncio.get_running_loop().call_soon(runner.cancel_local, task.task_id)
+            return task
+
+        store.claim = claim_then_cancel_before_it_runs  # type: ignore[method-assign]
+        await store.create(record("early"))
+        runner.notify()
+        rec = await wait_final(store, "early", timeout=10.0)
+        assert stop_at_once == ["early"]
+        assert rec.status == TaskStatus.CANCELLED, rec
+        assert handler.discarded == ["early"] and handler.finals == [("early", TaskStatus.CANCELLED)]
+        # Its slot came back: another task runs in it.
+        store.claim = real_claim  # type: ignore[method-assign]
+        await store.create(record("after"))
+        runner.notify()
+        assert (await wait_final(store, "after", timeout=10.0)).status == TaskStatus.COMPLETED
+        assert "early" not in runner._running

@@ -54,6 +54,7 @@ from src.rag.engine import versions
 from src.rag.engine.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
 from src.rag.engine.modal import MODAL_KEY, link_modal_entities, modal_chunk_records
 from src.rag.engine.partial_delete import prepare_partial_delete
+from src.rag.engine.purges import PurgeBatches, delete_together, drop_unmerged, never_merged
 from src.rag.engine.scope import (
     UNWIND_SECONDS,
     CoalescedReport,
@@ -143,6 +144,7 @@ class DocumentIndexer:
         self.split_by_character = split_by_character
         self.split_by_character_only = split_by_character_only
         self.gate = GraphGate()
+        self.purges = PurgeBatches(self._purge_pass)
         self._jobs: dict[str, asyncio.Task] = {}
 
     # ------------------------------------------------------------------ public
@@ -234,28 +236,77 @@ class DocumentIndexer:
         return await self._purge(doc_id, delete_llm_cache=delete_llm_cache)
 
     async def _purge(self, doc_id: str, *, delete_llm_cache: bool = False) -> DeletionResult:
-        async with self.gate.exclusive():
-            record = await self.rag.doc_status.get_by_id(doc_id)
-            if record is None:
-                return DeletionResult("not_found", doc_id, f"Document {doc_id} not found.", 404, "")
-            keep = await versions.base_chunks(self.rag, doc_id)
-            if keep and keep & set(record.get("chunks_list") or []):
-                # A version's chunks that its visible document lists are that document's: not ours
-                # to delete (versions.py).
-                own = [c for c in record.get("chunks_list") or [] if c not in keep]
-                record = {**record, "chunks_list": own, "chunks_count": len(own)}
-                await self.rag.doc_status.upsert({doc_id: record})
-            if record.get("status") != DocStatus.PROCESSED:
-                await prepare_partial_delete(self.rag, doc_id, record)
-            while True:
-                result = await self.rag.adelete_by_doc_id(doc_id, delete_llm_cache)
-                if result.status != DELETE_REFUSED_WHILE_BUSY:
-                    break
-                # Only an outside caller of LightRAG's own pipeline sets `busy`; we never do.
-                log.warning("LightRAG refused deleting %s (%s); retrying", doc_id, result.message)
-                await asyncio.sleep(0.2)
+        """A document that never reached the graph is dropped at once, without the gate; the others
+        are deleted in the next purge pass (together with every other document waiting for one),
+        or alone under the gate when their LLM cache goes too (see purges.py)."""
+        record = await self.rag.doc_status.get_by_id(doc_id)
+        if record is None:
+            return DeletionResult("not_found", doc_id, f"Document {doc_id} not found.", 404, "")
+        keep = await versions.base_chunks(self.rag, doc_id)
+        if keep and keep & set(record.get("chunks_list") or []):
+            # A version's chunks that its visible document lists are that document's: not ours to
+            # delete (versions.py).
+            own = [c for c in record.get("chunks_list") or [] if c not in keep]
+            record = {**record, "chunks_list": own, "chunks_count": len(own)}
+            await self.rag.doc_status.upsert({doc_id: record})
+        entities = await self.rag.full_entities.get_by_id(doc_id)
+        relations = await self.rag.full_relations.get_by_id(doc_id)
+        if not delete_llm_cache and never_merged(record, entities, relations):
+            result = await drop_unmerged(self.rag, doc_id, record)
+            await persist_all(self.rag)
+        elif delete_llm_cache:
+            async with self.gate.exclusive():
+                result = await self._delete_alone(doc_id, delete_llm_cache=True)
+        else:
+            result = await self.purges.purge(doc_id)
         log.info("deleted document %s: %s", doc_id, result.status)
         return result
+
+    async def _purge_pass(self, doc_ids: list[str]) -> dict[str, DeletionResult]:
+        """Delete every document of a pass under one exclusive hold of the gate."""
+        results: dict[str, DeletionResult] = {}
+        records: dict[str, dict[str, Any]] = {}
+        async with self.gate.exclusive():
+            for doc_id in doc_ids:
+                record = await self.rag.doc_status.get_by_id(doc_id)
+                if record is None:
+                    results[doc_id] = DeletionResult(
+                        "not_found", doc_id, f"Document {doc_id} not found.", 404, ""
+                    )
+                    continue
+                if record.get("status") != DocStatus.PROCESSED:
+                    await prepare_partial_delete(self.rag, doc_id, record)
+                records[doc_id] = record
+            if len(records) > 1:
+                joint = await delete_together(self.rag, list(records), records)
+                if joint.status == "success":
+                    for doc_id, record in records.items():
+                        path = str(record.get("file_path") or "")
+                        results[doc_id] = DeletionResult("success", doc_id, joint.message, 200, path)
+                    return results
+                log.warning(
+                    "joint deletion of %d documents failed (%s); deleting each alone",
+                    len(records),
+                    joint.message,
+                )
+            for doc_id in records:
+                results[doc_id] = await self._delete_alone(doc_id)
+        return results
+
+    async def _delete_alone(self, doc_id: str, *, delete_llm_cache: bool = False) -> DeletionResult:
+        """LightRAG's own deletion of one document; the caller holds the gate exclusively."""
+        record = await self.rag.doc_status.get_by_id(doc_id)
+        if record is None:
+            return DeletionResult("not_found", doc_id, f"Document {doc_id} not found.", 404, "")
+        if record.get("status") != DocStatus.PROCESSED:
+            await prepare_partial_delete(self.rag, doc_id, record)
+        while True:
+            result = await self.rag.adelete_by_doc_id(doc_id, delete_llm_cache)
+            if result.status != DELETE_REFUSED_WHILE_BUSY:
+                return result
+            # Only an outside caller of LightRAG's own pipeline sets `busy`; we never do.
+            log.warning("LightRAG refused deleting %s (%s); retrying", doc_id, result.message)
+            await asyncio.sleep(0.2)
 
     async def close(self) -> None:
         """Stop every document indexing in this process (they resume on a later attempt)."""
@@ -264,6 +315,7 @@ class DocumentIndexer:
             job.cancel()
         for job in jobs:
             await wait_out(job, UNWIND_SECONDS)
+        await self.purges.close()
 
     # ------------------------------------------------------------------ records
     async def _enqueue(
@@ -402,6 +454,7 @@ class DocumentIndexer:
         merged_entities: set[str] = set()
         merged_edges: set[tuple[str, str]] = set()
         merge_intent: dict[str, Any] = {}
+        job: MergeJob | None = None
         await report()
         try:
             chunks = await self._chunks(doc_id, content, file_path)
@@ -414,22 +467,21 @@ class DocumentIndexer:
             shared = await versions.base_chunks(rag, doc_id)
             fresh = {chunk_id: chunk for chunk_id, chunk in chunks.items() if chunk_id not in shared}
             processing_start_time = int(time.time())
-            await asyncio.gather(
-                rag.doc_status.upsert(
-                    {
-                        doc_id: {
-                            "status": DocStatus.PROCESSING,
-                            "chunks_count": len(chunks),
-                            "chunks_list": list(chunks.keys()),
-                            **status_fields(),
-                            "updated_at": _now(),
-                            "metadata": {"processing_start_time": processing_start_time},
-                        }
+            # The status names the chunks before any of them is written (LightRAG writes the three
+            # at once): a cancel landing between the writes must leave no chunk its purge cannot find.
+            await rag.doc_status.upsert(
+                {
+                    doc_id: {
+                        "status": DocStatus.PROCESSING,
+                        "chunks_count": len(chunks),
+                        "chunks_list": list(chunks.keys()),
+                        **status_fields(),
+                        "updated_at": _now(),
+                        "metadata": {"processing_start_time": processing_start_time},
                     }
-                ),
-                rag.chunks_vdb.upsert(fresh),
-                rag.text_chunks.upsert(fresh),
+                }
             )
+            await asyncio.gather(rag.chunks_vdb.upsert(fresh), rag.text_chunks.upsert(fresh))
 
             progress.stage, progress.chunks_total = IndexStage.EXTRACTING, len(fresh)
             await report()
@@ -500,6 +552,21 @@ class DocumentIndexer:
                 }
             )
         except asyncio.CancelledError:
+            if job is not None and not job.started:
+                # Stopped while it waited for a merge: nothing of it reached the graph, so its purge
+                # needs no graph pass (purges.py); the record says so from now on.
+                await rag.doc_status.upsert(
+                    {
+                        doc_id: {
+                            "status": DocStatus.PROCESSING,
+                            "chunks_count": len(chunks),
+                            "chunks_list": list(chunks.keys()),
+                            **status_fields(),
+                            "updated_at": _now(),
+                            "metadata": {"processing_start_time": processing_start_time},
+                        }
+                    }
+                )
             raise  # stopped, not failed: the record stays as it is (resumable or purged by the caller)
         except MergeGroupFailed:
             raise  # not this document's failure (yet): the caller purges it and merges it alone

@@ -68,6 +68,8 @@ class MergeJob:
     #: Anything the group runner needs per document (scope, progress hooks...).
     context: Any = None
     stopped: bool = False
+    #: Its group began merging (a job stopped before that left nothing in the graph).
+    started: bool = False
     future: asyncio.Future[None] | None = None
     seq: int = 0
     queued_at: float = 0.0
@@ -227,6 +229,7 @@ class MergeGroups:
             PROVIDER_RUNNING.labels("merge").inc(len(group.jobs))
             for job in group.jobs:
                 self._running[job] = group
+                job.started = True
             self.groups_run += 1
             if len(group.jobs) > 1:
                 self.docs_grouped += len(group.jobs)
