@@ -19,6 +19,8 @@ if [ "$skip_mm" = 0 ]; then
   .venv/bin/python -m benchmarks.poll "${mm_args[@]}"
   # One workspace on 1, 2 and 3 instances (issue 27 item 1): extraction ahead; own section.
   .venv/bin/python -m benchmarks.scale_out "${mm_args[@]}"
+  # A 99 MB text file beside one-line documents, then cancelled (issue 25 item 8); own section.
+  .venv/bin/python -m benchmarks.big_document "${mm_args[@]}"
 fi
 # The soak (issue 16) writes its own section of docs/benchmarks.md: 30 minutes per storage set, 3 with --quick.
 # Skipped when --only picks scenarios of the harness.
