@@ -51,6 +51,7 @@ from lightrag.utils import (
 )
 
 from src.rag.engine import versions
+from src.rag.engine.chunking import CHILD_CHUNKING_MIN_CHARS, ChunkingFailed, chunk_in_child
 from src.rag.engine.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
 from src.rag.engine.modal import MODAL_KEY, link_modal_entities, modal_chunk_records
 from src.rag.engine.partial_delete import prepare_partial_delete
@@ -66,6 +67,7 @@ from src.rag.engine.scope import (
 from src.rag.knowledge import IndexProgress, IndexStage, ProgressSink
 from src.rag.lightrag_compat import (
     DELETE_REFUSED_WHILE_BUSY,
+    chunks_by_default_chunking,
     document_global_config,
     extract_entities,
     merge_nodes_and_edges,
@@ -73,6 +75,7 @@ from src.rag.lightrag_compat import (
 )
 from src.rag.scheduler import call_context, current_call_context
 from src.rag.storage.fence import extracting_ahead
+from src.rag.tokenizer import lossless_encoding_name
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,8 @@ class DocumentIndexer:
         merge_group_docs: int | None = None,
         split_by_character: str | None = None,
         split_by_character_only: bool = False,
+        child_chunking_chars: int = CHILD_CHUNKING_MIN_CHARS,
+        chunk_memory_bytes: int = 2 * 1024**3,
     ):
         self.rag = rag
         self.flush: Flush = flush or self.flush_all
@@ -139,6 +144,9 @@ class DocumentIndexer:
         )
         self.split_by_character = split_by_character
         self.split_by_character_only = split_by_character_only
+        #: Texts this long are chunked in a child process under ``chunk_memory_bytes`` (chunking.py).
+        self.child_chunking_chars = child_chunking_chars
+        self.chunk_memory_bytes = chunk_memory_bytes
         self.gate = GraphGate()
         self._jobs: dict[str, asyncio.Task] = {}
 
@@ -529,19 +537,38 @@ class DocumentIndexer:
         return IndexOutcome(doc_id, len(chunks), resumed)
 
     async def _chunks(self, doc_id: str, content: str, file_path: str) -> dict[str, Any]:
-        """The text chunk records of ``content``, with LightRAG's ``chunking_func`` (off the loop)."""
+        """The text chunk records of ``content``, with LightRAG's ``chunking_func`` (off the loop;
+        a big text with LightRAG's default chunking in a child process: chunking.py)."""
         rag = self.rag
         if not content.strip():
             return {}
-        result = await asyncio.to_thread(
-            rag.chunking_func,
-            rag.tokenizer,
-            content,
-            self.split_by_character,
-            self.split_by_character_only,
-            rag.chunk_overlap_token_size,
-            rag.chunk_token_size,
-        )
+        encoding = lossless_encoding_name(rag.tokenizer)
+        if (
+            len(content) >= self.child_chunking_chars
+            and encoding is not None
+            and self.split_by_character is None
+            and chunks_by_default_chunking(rag)
+        ):
+            try:
+                result: Any = await chunk_in_child(
+                    content,
+                    encoding,
+                    rag.chunk_token_size,
+                    rag.chunk_overlap_token_size,
+                    self.chunk_memory_bytes,
+                )
+            except ChunkingFailed as exc:
+                raise IndexingError(str(exc)) from exc
+        else:
+            result = await asyncio.to_thread(
+                rag.chunking_func,
+                rag.tokenizer,
+                content,
+                self.split_by_character,
+                self.split_by_character_only,
+                rag.chunk_overlap_token_size,
+                rag.chunk_token_size,
+            )
         if inspect.isawaitable(result):
             result = await result
         if not isinstance(result, (list, tuple)):
