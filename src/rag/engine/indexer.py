@@ -99,6 +99,22 @@ class IndexOutcome:
 Flush = Callable[[], Awaitable[None]]
 
 
+class TextHandoff:
+    """A document's text handed down a chain of calls and taken by the one that uses it, so that no
+    caller's frame keeps it alive: a 99 MB text was held two or three times over (the upload's
+    decoded text beside its cleaned copy, both kept by the frames above the chunking) for the whole
+    of its indexing."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: str | None) -> None:
+        self._text = text
+
+    def take(self) -> str | None:
+        text, self._text = self._text, None
+        return text
+
+
 @dataclass
 class _MergeMember:
     """What the merge of one document needs besides its extraction results."""
@@ -162,7 +178,7 @@ class DocumentIndexer:
     async def index(
         self,
         doc_id: str,
-        text: str | None = None,
+        text: str | TextHandoff | None = None,
         *,
         file_path: str = "",
         track_id: str = "",
@@ -170,6 +186,7 @@ class DocumentIndexer:
         modal_chunks: list[dict[str, Any]] | None = None,
     ) -> IndexOutcome:
         """Index ``doc_id`` (``text`` may be None to resume from full_docs) and return when PROCESSED.
+        A ``TextHandoff`` lets the caller keep no reference to a big text while it is indexed.
 
         ``modal_chunks`` (src/rag/engine/modal.py ``ModalChunk.as_dict()``) are the document's
         pictures, tables and equations as RAG-Anything's multimodal chunks: kept with the text in
@@ -188,6 +205,7 @@ class DocumentIndexer:
             self._index(doc_id, text, file_path, track_id, on_progress, modal_chunks or []),
             name=f"index-{doc_id}",
         )
+        del text  # the job has it
         self._jobs[doc_id] = job
         job.add_done_callback(lambda t, d=doc_id: self._jobs.pop(d, None) if self._jobs.get(d) is t else None)
         try:
@@ -305,12 +323,14 @@ class DocumentIndexer:
     async def _index(
         self,
         doc_id: str,
-        text: str | None,
+        given: str | TextHandoff | None,
         file_path: str,
         track_id: str,
         on_progress: ProgressSink | None,
         modal: list[dict[str, Any]],
     ) -> IndexOutcome:
+        text = given.take() if isinstance(given, TextHandoff) else given
+        del given
         record = await self.rag.doc_status.get_by_id(doc_id)
         if record is not None and record.get("status") == DocStatus.PROCESSED:
             # Processed by an earlier attempt; possibly in this process and not yet on disk.
@@ -320,10 +340,12 @@ class DocumentIndexer:
             if not text and not modal:
                 raise DocumentMissingError(f"no text for document {doc_id}")
             record, content = await self._enqueue(doc_id, text or "", file_path, track_id, modal=modal)
-            return await self._process(doc_id, record, content, False, on_progress)
+            del text  # the cleaned copy is the document from here on
+            return await self._process(doc_id, record, TextHandoff(content), False, on_progress)
         # Left PENDING/PROCESSING/FAILED by an attempt that died or failed: resume from its records.
         stored = await self.rag.full_docs.get_by_id(doc_id) or {}
         content = stored.get("content") or text or ""
+        del text
         modal = stored.get(MODAL_KEY) or modal
         if not content and not modal:
             raise DocumentMissingError(f"no text for document {doc_id} (full_docs has none)")
@@ -339,7 +361,8 @@ class DocumentIndexer:
                 created_at=record.get("created_at"),
                 modal=modal,
             )
-        return await self._process(doc_id, record, content, True, on_progress)
+        stored = {}
+        return await self._process(doc_id, record, TextHandoff(content), True, on_progress)
 
     @staticmethod
     def _may_hold_derived_data(record: dict[str, Any]) -> bool:
@@ -350,7 +373,7 @@ class DocumentIndexer:
         self,
         doc_id: str,
         record: dict[str, Any],
-        content: str,
+        content: TextHandoff,
         resumed: bool,
         on_progress: ProgressSink | None,
     ) -> IndexOutcome:
@@ -358,25 +381,30 @@ class DocumentIndexer:
             return await self._process_once(doc_id, record, content, resumed, on_progress)
         except MergeGroupFailed as exc:
             # Take out what the group wrote for this document, then merge it alone: the group's
-            # failure may be another document's fault, and a retry must not depend on it.
+            # failure may be another document's fault, and a retry must not depend on it. Its text
+            # is read back from full_docs (no frame here keeps a big text for this rare case).
             log.warning("document %s: %s; purging it and indexing it again alone", doc_id, exc)
-            modal = ((await self.rag.full_docs.get_by_id(doc_id)) or {}).get(MODAL_KEY)
+            stored = (await self.rag.full_docs.get_by_id(doc_id)) or {}
+            modal = stored.get(MODAL_KEY)
             await self._purge(doc_id)
-            record, content = await self._enqueue(
+            record, text = await self._enqueue(
                 doc_id,
-                content,
+                stored.pop("content", None) or "",
                 str(record.get("file_path") or ""),
                 str(record.get("track_id") or ""),
                 created_at=record.get("created_at"),
                 modal=modal,
             )
-            return await self._process_once(doc_id, record, content, resumed, on_progress, solo=True)
+            del stored
+            handed = TextHandoff(text)
+            del text
+            return await self._process_once(doc_id, record, handed, resumed, on_progress, solo=True)
 
     async def _process_once(
         self,
         doc_id: str,
         record: dict[str, Any],
-        content: str,
+        text: TextHandoff,
         resumed: bool,
         on_progress: ProgressSink | None,
         solo: bool = False,
@@ -384,6 +412,8 @@ class DocumentIndexer:
         rag = self.rag
         stored = await rag.full_docs.get_by_id(doc_id) or {}
         file_path = _resolve_path(record.get("file_path"), stored.get("file_path"))
+        modal_items = stored.get(MODAL_KEY) or []
+        del stored  # its copy of the text
         progress = IndexProgress(IndexStage.CHUNKING)
 
         async def report() -> None:
@@ -409,10 +439,8 @@ class DocumentIndexer:
         merge_intent: dict[str, Any] = {}
         await report()
         try:
-            chunks = await self._chunks(doc_id, content, file_path)
-            modal, owners = modal_chunk_records(
-                stored.get(MODAL_KEY) or [], doc_id, file_path, len(chunks), rag.tokenizer
-            )
+            chunks = await self._chunks(doc_id, text.take() or "", file_path)
+            modal, owners = modal_chunk_records(modal_items, doc_id, file_path, len(chunks), rag.tokenizer)
             chunks.update(modal)
             # A new version of a document (versions.py) writes only the chunks its visible version
             # lacks: the others are in the graph already, and merging them again duplicates.
