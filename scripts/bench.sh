@@ -23,6 +23,8 @@ if [ "$skip_mm" = 0 ]; then
   .venv/bin/python -m benchmarks.scale_out "${mm_args[@]}"
   # 300 running documents cancelled beside a one-line upload (issue 25 item 5); own section.
   .venv/bin/python -m benchmarks.cancel_storm "${mm_args[@]}"
+  # A 99 MB text file beside one-line documents, then cancelled (issue 25 item 8); own section.
+  .venv/bin/python -m benchmarks.big_document "${mm_args[@]}"
 fi
 # The soak (issue 16) writes its own section of docs/benchmarks.md: 30 minutes per storage set, 3 with --quick.
 # Skipped when --only picks scenarios of the harness.

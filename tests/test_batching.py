@@ -72,6 +72,25 @@ async def test_batches_are_capped_at_max_batch() -> None:
     np.testing.assert_allclose(results[-1], hash_embed_sync([f"b{i}" for i in range(9)], DIM))
 
 
+async def test_batches_are_capped_at_max_chars() -> None:
+    """Catches a call of many long texts to a provider that runs one call at a time (e5): a big
+    document's 32 chunks in one call held it for half a minute. Short texts still share a call;
+    a text over the cap goes alone; every caller gets its own rows in order."""
+    provider = Provider()
+    batcher = EmbeddingBatcher(provider, max_batch=32, wait_ms=5, max_chars=100)
+    chunks = [f"{i:02d}" + "c" * 58 for i in range(5)]  # 60 characters each
+    short = [f"e{i}" for i in range(10)]
+    huge = "h" * 250
+    results = await asyncio.gather(batcher(chunks), *(batcher([t]) for t in short), batcher([huge]))
+    sizes = [sum(len(t) for t in texts) for texts, _, _ in provider.batches]
+    assert all(size <= 100 for size in sizes if size != 250), sizes
+    assert [texts for texts, _, _ in provider.batches if huge in texts] == [[huge]]
+    assert max(len(texts) for texts, _, _ in provider.batches) >= 5  # short texts still batch
+    assert sorted(t for texts, _, _ in provider.batches for t in texts) == sorted([*chunks, *short, huge])
+    np.testing.assert_allclose(results[0], hash_embed_sync(chunks, DIM))
+    np.testing.assert_allclose(results[-1], hash_embed_sync([huge], DIM))
+
+
 async def test_wait_zero_still_coalesces_one_loop_iteration() -> None:
     """Catches EMBEDDING_BATCH_WAIT_MS=0 degenerating to one call per request."""
     provider = Provider()

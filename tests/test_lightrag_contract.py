@@ -402,6 +402,17 @@ async def test_a_deletion_view_shares_every_other_storage(rag: LightRAG) -> None
         compat.deletion_view(rag, {"text_chunks": marker})
 
 
+async def test_a_built_instance_chunks_with_the_function_the_chunking_child_mirrors(rag: LightRAG) -> None:
+    """The chunking child (src/rag/engine/chunk_child.py) reproduces `chunking_by_token_size` with our
+    tokenizer; an instance that chunks otherwise would silently fall back to the thread."""
+    from src.rag.tokenizer import lossless_encoding_name
+
+    assert compat.chunks_by_default_chunking(rag)
+    assert lossless_encoding_name(rag.tokenizer) == "o200k_base"
+    other = type("Rag", (), {"chunking_func": staticmethod(lambda *a: [])})()
+    assert not compat.chunks_by_default_chunking(other)  # type: ignore[arg-type]
+
+
 async def test_persist_all_asks_every_storage(rag: LightRAG) -> None:
     assert _params(LightRAG._insert_done) >= {"self"}
     await compat.persist_all(rag)

@@ -31,11 +31,13 @@ class Recorder:
     async def blocker(self) -> None:
         await self.gate.wait()
 
-    async def call(self, name: str, priority: int, tenant: str = "t", merging: bool = False) -> None:
+    async def call(
+        self, name: str, priority: int, tenant: str = "t", merging: bool = False, flow: str = ""
+    ) -> None:
         async def body() -> None:
             self.order.append(name)
 
-        with call_context(priority=priority, tenant=tenant, merging=merging):
+        with call_context(priority=priority, tenant=tenant, merging=merging, flow=flow):
             await self.scheduler.run(body)
 
 
@@ -87,6 +89,25 @@ async def test_tenants_take_turns_at_equal_priority() -> None:
     r.gate.set()
     await asyncio.gather(hold, *calls)
     assert r.order == ["a0", "b0", "a1", "b1", "a2", "a3"]
+
+
+async def test_documents_of_one_tenant_take_turns() -> None:
+    """Catches age ordering within a tenant: a big document's hundreds of queued calls (its chunks'
+    embeddings) must not hold back a one-line document of the same tenant and priority, and two
+    tenants still take turns before their documents do."""
+    s = CallScheduler(1, "t-flows")
+    r = Recorder(s)
+    hold = asyncio.create_task(s.run(r.blocker))
+    await _settle()
+    calls = [asyncio.create_task(r.call(f"big{i}", 5, "A", flow="big")) for i in range(200)]
+    await _settle()
+    calls += [asyncio.create_task(r.call(f"small{i}", 5, "A", flow="small")) for i in range(2)]
+    calls.append(asyncio.create_task(r.call("other", 5, "B", flow="x")))
+    await _settle()
+    r.gate.set()
+    await asyncio.gather(hold, *calls)
+    assert r.order[:5] == ["big0", "other", "small0", "big1", "small1"]
+    assert r.order[5:] == [f"big{i}" for i in range(2, 200)]
 
 
 async def test_age_orders_calls_of_one_tenant_and_priority() -> None:

@@ -75,3 +75,35 @@ async def test_a_record_changed_after_the_cut_is_written_as_it_was_at_the_cut(tm
     assert written["d"]["metadata"] == {"attempt": 1}
     assert written["d"]["status"] == "processing"
     await kv.finalize()
+
+
+def test_a_big_string_is_encoded_in_pieces_exactly_as_a_whole(monkeypatch) -> None:
+    """Catches one json.dumps call over a big document's whole text in the flush thread (it holds
+    the GIL, and so the event loop, for all of it), and pieces that change the JSON."""
+    monkeypatch.setattr(embedded, "JSON_PIECE_CHARS", 10)
+    record = {
+        "content": 'text "quoted" \\ back\nslash 中文 \ud800 lone 🙂 emoji ' * 7,
+        "file_path": "a.txt",
+        "n": 3,
+        "nested": {"list": [1, "x" * 5]},
+    }
+    calls: list[int] = []
+    real = json.dumps
+
+    def longest(value) -> int:
+        if isinstance(value, str):
+            return len(value)
+        if isinstance(value, dict):
+            value = list(value.values())
+        return max((longest(v) for v in value), default=0) if isinstance(value, list) else 0
+
+    def recorded(value, **kwargs):
+        calls.append(longest(value))
+        return real(value, **kwargs)
+
+    monkeypatch.setattr(embedded.json, "dumps", recorded)
+    encoded = embedded._dumps(record)
+    monkeypatch.setattr(embedded.json, "dumps", real)
+    assert encoded == json.dumps(record, default=str)
+    assert json.loads(encoded) == record
+    assert max(calls) <= 10, calls

@@ -39,12 +39,13 @@ class _Segment:
 
 
 class _Pending:
-    __slots__ = ("kwargs", "segments", "count", "timer")
+    __slots__ = ("kwargs", "segments", "count", "chars", "timer")
 
     def __init__(self, kwargs: dict[str, Any]) -> None:
         self.kwargs = kwargs
         self.segments: list[_Segment] = []
         self.count = 0
+        self.chars = 0
         self.timer: asyncio.TimerHandle | asyncio.Handle | None = None
 
 
@@ -69,9 +70,14 @@ class EmbeddingBatcher:
         wait_ms: float = 5.0,
         scheduler: CallScheduler | None = None,
         provider: str = "embedding",
+        max_chars: int | None = None,
     ) -> None:
         self.func = func
         self.max_batch = max(1, int(max_batch))
+        #: Characters per provider call (a text longer than that goes alone), for a provider whose
+        #: call time grows with its input and that runs one call at a time (e5 in this process):
+        #: a call of 32 chunks held it for half a minute, and every other document waited behind it.
+        self.max_chars = max(1, int(max_chars)) if max_chars else None
         self.wait = max(0.0, float(wait_ms)) / 1000.0
         self.scheduler = scheduler
         self.provider = provider
@@ -93,8 +99,8 @@ class EmbeddingBatcher:
         loop = asyncio.get_running_loop()
         ctx = current_call_context()
         segments = []
-        for start in range(0, len(texts), self.max_batch):
-            segment = _Segment(texts[start : start + self.max_batch], loop.create_future(), ctx)
+        for piece in self._pieces(texts):
+            segment = _Segment(piece, loop.create_future(), ctx)
             self._add(segment, kwargs)
             segments.append(segment)
         results = await asyncio.gather(*(s.future for s in segments), return_exceptions=True)
@@ -103,17 +109,42 @@ class EmbeddingBatcher:
                 raise result
         return results[0] if len(results) == 1 else np.concatenate(results, axis=0)
 
+    def _pieces(self, texts: list[str]) -> list[list[str]]:
+        """The caller's texts in runs of at most ``max_batch`` texts (and ``max_chars``)."""
+        if self.max_chars is None:
+            return [texts[i : i + self.max_batch] for i in range(0, len(texts), self.max_batch)]
+        pieces: list[list[str]] = []
+        current: list[str] = []
+        chars = 0
+        for text in texts:
+            n = len(text)
+            if current and (len(current) >= self.max_batch or chars + n > self.max_chars):
+                pieces.append(current)
+                current, chars = [], 0
+            current.append(text)
+            chars += n
+        pieces.append(current)
+        return pieces
+
+    def _full(self, count: int, chars: int) -> bool:
+        return count >= self.max_batch or (self.max_chars is not None and chars >= self.max_chars)
+
     def _add(self, segment: _Segment, kwargs: dict[str, Any]) -> None:
         key = _kwargs_key(kwargs)
         pending = self._pending.get(key)
-        if pending is not None and pending.count + len(segment.texts) > self.max_batch:
+        chars = sum(len(t) for t in segment.texts)
+        if pending is not None and (
+            pending.count + len(segment.texts) > self.max_batch
+            or (self.max_chars is not None and pending.chars + chars > self.max_chars)
+        ):
             self._flush(key)
             pending = None
         if pending is None:
             pending = self._pending[key] = _Pending(dict(kwargs))
         pending.segments.append(segment)
         pending.count += len(segment.texts)
-        if pending.count >= self.max_batch:
+        pending.chars += chars
+        if self._full(pending.count, pending.chars):
             self._flush(key)
         elif pending.timer is None:
             loop = asyncio.get_running_loop()
@@ -159,7 +190,12 @@ class EmbeddingBatcher:
 
         try:
             with (
-                call_context(priority=lead.ctx.priority, tenant=lead.ctx.tenant, merging=lead.ctx.merging),
+                call_context(
+                    priority=lead.ctx.priority,
+                    tenant=lead.ctx.tenant,
+                    merging=lead.ctx.merging,
+                    flow=lead.ctx.flow,
+                ),
                 metering() as spent,
             ):
                 if self.scheduler is not None:

@@ -17,7 +17,7 @@ from src.core.config import Settings
 from src.core.metrics import PROVIDER_CALLS
 
 from .batching import EmbeddingBatcher
-from .embedding import build_embedding_func
+from .embedding import build_embedding_func, embedding_call_bounds
 from .embedding_signature import ensure_embedding_signature, ensure_shared_embedding_signature
 from .engine.versions import install_query_view
 from .lightrag_compat import LIMITER_KWARGS, replace_provider_functions
@@ -87,13 +87,14 @@ async def build_lightrag(
     share LightRAG's process-global pipeline status and doc-status namespace.
 
     LLM and embedding calls go through ``schedulers`` (default: the process-wide pair bounded by
-    LLM_MAX_ASYNC / EMBEDDING_MAX_ASYNC) and embeddings through a micro-batcher; see
+    LLM_MAX_ASYNC / EMBEDDING_MAX_ASYNC, one e5 call at a time) and embeddings through a micro-batcher; see
     ``install_provider_functions`` for how they replace LightRAG's own limiter.
     """
     data_dir = Path(settings.data_dir)
     working_dir = Path(settings.rag_dir)
     workspace = workspace or settings.workspace
-    schedulers = schedulers or shared_schedulers(settings.llm_max_async, settings.embedding_max_async)
+    embedding_max_async, embedding_max_chars = embedding_call_bounds(settings)
+    schedulers = schedulers or shared_schedulers(settings.llm_max_async, embedding_max_async)
 
     tokenizer = await asyncio.to_thread(build_tokenizer, data_dir / "tiktoken")
     provider_embedding = build_embedding_func(settings)
@@ -118,6 +119,7 @@ async def build_lightrag(
         max_batch=settings.embedding_batch_size,
         wait_ms=settings.embedding_batch_wait_ms,
         scheduler=schedulers.embedding,
+        max_chars=embedding_max_chars,
     )
     embedding_func = replace(provider_embedding, func=batcher)
     llm_func = build_llm_func(settings)

@@ -333,6 +333,18 @@ def build_embedding_func(settings: Settings) -> EmbeddingFunc:
     raise ValueError(f"unknown embedding provider {provider!r} (expected e5, onnx, hash or openai)")
 
 
+def embedding_call_bounds(settings: Settings) -> tuple[int, int | None]:
+    """(provider calls in flight at once, characters per call) for the embedding scheduler and
+    batcher. e5 runs one native call at a time on every core, so calls admitted beyond one only
+    wait inside it, in no order: one call at a time, of about one chunk, leaves the order to the
+    scheduler (priority, tenant, document) and bounds any wait to about one chunk's embedding."""
+    if settings.resolved_embedding_provider == "e5":
+        from .embedding_e5 import E5_CALL_CHARS
+
+        return 1, E5_CALL_CHARS
+    return int(settings.embedding_max_async), None
+
+
 def embedding_description(settings: Settings) -> str:
     """Human-readable embedding backend for /health."""
     provider = settings.resolved_embedding_provider

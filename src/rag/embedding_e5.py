@@ -36,6 +36,10 @@ E5_MAX_TOKENS = 512
 #: so a small budget - one chunk per call - keeps every call short: a query waiting behind a
 #: document's chunks waits for one chunk only. Short texts (entities, relations) still batch.
 E5_BATCH_CHARS = 2000
+#: Characters per embedding call (src/rag/batching.py), about one 1,200-token chunk: the embedding
+#: scheduler admits one e5 call at a time (src/rag/embedding.py ``embedding_call_bounds``), and a
+#: call of a big document's 32 chunks held the model for half a minute.
+E5_CALL_CHARS = 6000
 #: Calls that may wait for the model at once (the embedding scheduler admits EMBEDDING_MAX_ASYNC,
 #: queries come on top); more queue in the executor.
 _EMBED_THREADS = 8

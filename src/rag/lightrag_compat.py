@@ -47,6 +47,10 @@ from lightrag.kg.shared_storage import (
     try_initialize_namespace,
 )
 
+# LightRAG's default chunking: when a LightRAG instance still uses it, a big text is cut the same
+# way in a child process (src/rag/engine/chunking.py; tests/test_chunking_child.py compares them).
+from lightrag.operate import chunking_by_token_size as _default_chunking
+
 # The two stages of LightRAG's per-document pipeline that the indexer runs itself (one document,
 # owned by its task, instead of LightRAG's batch pass); their keyword arguments are checked by the
 # contract test.
@@ -67,6 +71,7 @@ __all__ = [
     "block_runtime_installs",
     "check_lightrag_version",
     "deletion_view",
+    "chunks_by_default_chunking",
     "document_global_config",
     "extract_entities",
     "fence_postgres",
@@ -441,6 +446,12 @@ def replace_provider_functions(rag: LightRAG, llm_func: Callable[..., Any], embe
 
 
 # ----------------------------------------------------------------------------- the per-document pipeline
+def chunks_by_default_chunking(rag: LightRAG) -> bool:
+    """Whether ``rag.chunking_func`` is LightRAG's own ``chunking_by_token_size`` (not one the
+    operator configured), whose chunks src/rag/engine/chunk_child.py reproduces."""
+    return rag.chunking_func is _default_chunking
+
+
 def document_global_config(rag: LightRAG, llm_func: Callable[..., Any]) -> dict[str, Any]:
     """The ``global_config`` LightRAG's stages (`extract_entities`, `merge_nodes_and_edges`) read,
     with ``llm_func`` as the LLM of this one document. Why: `process_document` builds it as

@@ -3,13 +3,16 @@
 One ``CallScheduler`` per provider bounds the calls in flight in this process (``LLM_MAX_ASYNC``,
 ``EMBEDDING_MAX_ASYNC``). When a slot frees, the waiting call admitted next is the one with the
 highest task priority (0-9, higher first); among equal priorities the tenant served least
-recently goes first (round robin), and within a tenant the oldest call. So a priority-9
-document's calls overtake queued priority-1 calls, and one tenant's flood does not starve another.
+recently goes first (round robin), within a tenant the flow (the document) served least recently,
+and within a flow the oldest call. So a priority-9 document's calls overtake queued priority-1
+calls, one tenant's flood does not starve another, and one big document's thousands of calls
+(a 99 MB text is ~25,000 chunks, each embedded and extracted) do not starve the small documents
+of its tenant: they take turns call by call.
 Within one priority, calls made while merging (``merging=True``) go first: LightRAG holds its
 keyed lock on an entity across the merge's summary and embedding calls, so a merge call queued
 behind other documents' extraction calls stalls every document that merges the same entity.
 
-A call's priority and tenant travel in a ContextVar that the task sets once
+A call's priority, tenant and flow travel in a ContextVar that the task sets once
 (``with call_context(priority=7, tenant="acme"): ...``); tasks spawned inside copy it. That is
 why the scheduled function must run in the caller's context: LightRAG's own limiter
 (``priority_limit_async_func_call``) runs calls in long-lived worker tasks, so the builder installs
@@ -39,6 +42,8 @@ class CallContext:
     tenant: str = DEFAULT_TENANT
     #: Made inside a document's merge (under LightRAG's keyed locks): first within its priority.
     merging: bool = False
+    #: What takes turns within a tenant (the document being indexed); "" for anything else.
+    flow: str = ""
 
     @property
     def rank(self) -> int:
@@ -58,15 +63,19 @@ def current_call_context() -> CallContext:
 
 @contextlib.contextmanager
 def call_context(
-    priority: int | None = None, tenant: str | None = None, merging: bool | None = None
+    priority: int | None = None,
+    tenant: str | None = None,
+    merging: bool | None = None,
+    flow: str | None = None,
 ) -> Iterator[CallContext]:
-    """Set the priority / tenant / merge flag of every provider call made inside (and in tasks
-    spawned inside)."""
+    """Set the priority / tenant / merge flag / flow of every provider call made inside (and in
+    tasks spawned inside)."""
     outer = _CALL_CONTEXT.get()
     ctx = CallContext(
         priority=outer.priority if priority is None else min(MAX_PRIORITY, max(MIN_PRIORITY, int(priority))),
         tenant=outer.tenant if tenant is None else str(tenant),
         merging=outer.merging if merging is None else bool(merging),
+        flow=outer.flow if flow is None else str(flow),
     )
     token = _CALL_CONTEXT.set(ctx)
     try:
@@ -76,14 +85,20 @@ def call_context(
 
 
 class _Waiter:
-    __slots__ = ("future", "priority", "tenant", "seq")
+    __slots__ = ("future", "priority", "tenant", "flow", "seq")
 
-    def __init__(self, future: asyncio.Future[None], priority: int, tenant: str, seq: int) -> None:
+    def __init__(self, future: asyncio.Future[None], priority: int, tenant: str, flow: str, seq: int) -> None:
         self.future = future
         #: The admission class (CallContext.rank), not the bare task priority.
         self.priority = priority
         self.tenant = tenant
+        self.flow = flow
         self.seq = seq
+
+
+#: Flows whose last admission is remembered (per scheduler); the longest-unserved are forgotten
+#: first, and a forgotten flow counts as never served.
+MAX_REMEMBERED_FLOWS = 4096
 
 
 class CallScheduler:
@@ -100,10 +115,13 @@ class CallScheduler:
         self.limit = int(limit)
         self.name = name
         self.active = 0
-        #: rank (priority, then merging) -> tenant -> FIFO of waiters (empty containers are removed).
-        self._queues: dict[int, dict[str, deque[_Waiter]]] = {}
+        #: rank (priority, then merging) -> tenant -> flow -> FIFO of waiters (empty containers are
+        #: removed).
+        self._queues: dict[int, dict[str, dict[str, deque[_Waiter]]]] = {}
         #: tenant -> admission counter value when it was last served (round robin).
         self._served: dict[str, int] = {}
+        #: (tenant, flow) -> the same, for the round robin of flows within a tenant; oldest first.
+        self._flow_served: dict[tuple[str, str], int] = {}
         self._admissions = itertools.count(1)
         self._seq = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -112,7 +130,9 @@ class CallScheduler:
 
     @property
     def waiting(self) -> int:
-        return sum(len(q) for tenants in self._queues.values() for q in tenants.values())
+        return sum(
+            len(q) for tenants in self._queues.values() for flows in tenants.values() for q in flows.values()
+        )
 
     def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -129,8 +149,9 @@ class CallScheduler:
             self._take()
             return
         assert self._loop is not None
-        waiter = _Waiter(self._loop.create_future(), ctx.rank, ctx.tenant, next(self._seq))
-        self._queues.setdefault(waiter.priority, {}).setdefault(waiter.tenant, deque()).append(waiter)
+        waiter = _Waiter(self._loop.create_future(), ctx.rank, ctx.tenant, ctx.flow, next(self._seq))
+        flows = self._queues.setdefault(waiter.priority, {}).setdefault(waiter.tenant, {})
+        flows.setdefault(waiter.flow, deque()).append(waiter)
         PROVIDER_QUEUED.labels(self.name).inc()
         self._dispatch()  # a free slot behind stale (cancelled) entries must not strand this call
         try:
@@ -156,16 +177,20 @@ class CallScheduler:
 
     def _remove(self, waiter: _Waiter) -> None:
         tenants = self._queues.get(waiter.priority)
-        queue = tenants.get(waiter.tenant) if tenants else None
+        flows = tenants.get(waiter.tenant) if tenants else None
+        queue = flows.get(waiter.flow) if flows else None
         if queue is None:
             return
         with contextlib.suppress(ValueError):
             queue.remove(waiter)
-        self._prune(waiter.priority, waiter.tenant)
+        self._prune(waiter.priority, waiter.tenant, waiter.flow)
 
-    def _prune(self, priority: int, tenant: str) -> None:
+    def _prune(self, priority: int, tenant: str, flow: str) -> None:
         tenants = self._queues[priority]
-        if not tenants[tenant]:
+        flows = tenants[tenant]
+        if not flows[flow]:
+            del flows[flow]
+        if not flows:
             del tenants[tenant]
         if not tenants:
             del self._queues[priority]
@@ -174,13 +199,23 @@ class CallScheduler:
         while self._queues:
             priority = max(self._queues)
             tenants = self._queues[priority]
-            # Round robin: the tenant served longest ago (never served = 0); ties by age.
-            tenant = min(tenants, key=lambda t: (self._served.get(t, 0), tenants[t][0].seq))
-            waiter = tenants[tenant].popleft()
-            self._prune(priority, tenant)
+            # Round robin: the tenant served longest ago (never served = 0); ties by age. Then the
+            # same among that tenant's flows.
+            tenant = min(
+                tenants, key=lambda t: (self._served.get(t, 0), min(q[0].seq for q in tenants[t].values()))
+            )
+            flows = tenants[tenant]
+            flow = min(flows, key=lambda f: (self._flow_served.get((tenant, f), 0), flows[f][0].seq))
+            waiter = flows[flow].popleft()
+            self._prune(priority, tenant, flow)
             if waiter.future.done():  # cancelled while queued; its own handler is running
                 continue
-            self._served[tenant] = next(self._admissions)
+            served = next(self._admissions)
+            self._served[tenant] = served
+            self._flow_served.pop((tenant, flow), None)  # re-inserted last: the dict stays oldest first
+            self._flow_served[(tenant, flow)] = served
+            if len(self._flow_served) > MAX_REMEMBERED_FLOWS:
+                del self._flow_served[next(iter(self._flow_served))]
             return waiter
         return None
 

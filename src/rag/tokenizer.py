@@ -124,3 +124,13 @@ def build_tokenizer(cache_dir: Path) -> Tokenizer:
 
     encoding = tiktoken.get_encoding(ENCODING_NAME)
     return OfflineTokenizer(model_name="gpt-4o-mini", tokenizer=_LosslessTiktoken(encoding))
+
+
+def lossless_encoding_name(tokenizer: object) -> str | None:
+    """The tiktoken encoding behind ``tokenizer`` if it is this module's (special-token text encoded
+    as text), else None: a child process can then tokenize exactly as it does
+    (src/rag/engine/chunk_child.py)."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    if isinstance(tokenizer, OfflineTokenizer) and isinstance(inner, _LosslessTiktoken):
+        return inner.name
+    return None

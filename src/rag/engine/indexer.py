@@ -51,6 +51,7 @@ from lightrag.utils import (
 )
 
 from src.rag.engine import versions
+from src.rag.engine.chunking import CHILD_CHUNKING_MIN_CHARS, ChunkingFailed, chunk_in_child
 from src.rag.engine.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
 from src.rag.engine.modal import MODAL_KEY, link_modal_entities, modal_chunk_records
 from src.rag.engine.partial_delete import prepare_partial_delete
@@ -67,6 +68,7 @@ from src.rag.engine.scope import (
 from src.rag.knowledge import IndexProgress, IndexStage, ProgressSink
 from src.rag.lightrag_compat import (
     DELETE_REFUSED_WHILE_BUSY,
+    chunks_by_default_chunking,
     document_global_config,
     extract_entities,
     merge_nodes_and_edges,
@@ -74,6 +76,7 @@ from src.rag.lightrag_compat import (
 )
 from src.rag.scheduler import call_context, current_call_context
 from src.rag.storage.fence import extracting_ahead
+from src.rag.tokenizer import lossless_encoding_name
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,22 @@ class IndexOutcome:
 
 
 Flush = Callable[[], Awaitable[None]]
+
+
+class TextHandoff:
+    """A document's text handed down a chain of calls and taken by the one that uses it, so that no
+    caller's frame keeps it alive: a 99 MB text was held two or three times over (the upload's
+    decoded text beside its cleaned copy, both kept by the frames above the chunking) for the whole
+    of its indexing."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: str | None) -> None:
+        self._text = text
+
+    def take(self) -> str | None:
+        text, self._text = self._text, None
+        return text
 
 
 @dataclass
@@ -126,6 +145,8 @@ class DocumentIndexer:
         merge_patience: float | None = None,
         split_by_character: str | None = None,
         split_by_character_only: bool = False,
+        child_chunking_chars: int = CHILD_CHUNKING_MIN_CHARS,
+        chunk_memory_bytes: int = 2 * 1024**3,
     ):
         self.rag = rag
         self.flush: Flush = flush or self.flush_all
@@ -143,6 +164,9 @@ class DocumentIndexer:
         )
         self.split_by_character = split_by_character
         self.split_by_character_only = split_by_character_only
+        #: Texts this long are chunked in a child process under ``chunk_memory_bytes`` (chunking.py).
+        self.child_chunking_chars = child_chunking_chars
+        self.chunk_memory_bytes = chunk_memory_bytes
         self.gate = GraphGate()
         self.purges = PurgeBatches(self._purge_pass)
         self._jobs: dict[str, asyncio.Task] = {}
@@ -159,7 +183,7 @@ class DocumentIndexer:
     async def index(
         self,
         doc_id: str,
-        text: str | None = None,
+        text: str | TextHandoff | None = None,
         *,
         file_path: str = "",
         track_id: str = "",
@@ -167,6 +191,7 @@ class DocumentIndexer:
         modal_chunks: list[dict[str, Any]] | None = None,
     ) -> IndexOutcome:
         """Index ``doc_id`` (``text`` may be None to resume from full_docs) and return when PROCESSED.
+        A ``TextHandoff`` lets the caller keep no reference to a big text while it is indexed.
 
         ``modal_chunks`` (src/rag/engine/modal.py ``ModalChunk.as_dict()``) are the document's
         pictures, tables and equations as RAG-Anything's multimodal chunks: kept with the text in
@@ -185,6 +210,7 @@ class DocumentIndexer:
             self._index(doc_id, text, file_path, track_id, on_progress, modal_chunks or []),
             name=f"index-{doc_id}",
         )
+        del text  # the job has it
         self._jobs[doc_id] = job
         job.add_done_callback(lambda t, d=doc_id: self._jobs.pop(d, None) if self._jobs.get(d) is t else None)
         try:
@@ -352,12 +378,14 @@ class DocumentIndexer:
     async def _index(
         self,
         doc_id: str,
-        text: str | None,
+        given: str | TextHandoff | None,
         file_path: str,
         track_id: str,
         on_progress: ProgressSink | None,
         modal: list[dict[str, Any]],
     ) -> IndexOutcome:
+        text = given.take() if isinstance(given, TextHandoff) else given
+        del given
         record = await self.rag.doc_status.get_by_id(doc_id)
         if record is not None and record.get("status") == DocStatus.PROCESSED:
             # Processed by an earlier attempt; possibly in this process and not yet on disk.
@@ -367,10 +395,12 @@ class DocumentIndexer:
             if not text and not modal:
                 raise DocumentMissingError(f"no text for document {doc_id}")
             record, content = await self._enqueue(doc_id, text or "", file_path, track_id, modal=modal)
-            return await self._process(doc_id, record, content, False, on_progress)
+            del text  # the cleaned copy is the document from here on
+            return await self._process(doc_id, record, TextHandoff(content), False, on_progress)
         # Left PENDING/PROCESSING/FAILED by an attempt that died or failed: resume from its records.
         stored = await self.rag.full_docs.get_by_id(doc_id) or {}
         content = stored.get("content") or text or ""
+        del text
         modal = stored.get(MODAL_KEY) or modal
         if not content and not modal:
             raise DocumentMissingError(f"no text for document {doc_id} (full_docs has none)")
@@ -386,7 +416,8 @@ class DocumentIndexer:
                 created_at=record.get("created_at"),
                 modal=modal,
             )
-        return await self._process(doc_id, record, content, True, on_progress)
+        stored = {}
+        return await self._process(doc_id, record, TextHandoff(content), True, on_progress)
 
     @staticmethod
     def _may_hold_derived_data(record: dict[str, Any]) -> bool:
@@ -397,7 +428,7 @@ class DocumentIndexer:
         self,
         doc_id: str,
         record: dict[str, Any],
-        content: str,
+        content: TextHandoff,
         resumed: bool,
         on_progress: ProgressSink | None,
     ) -> IndexOutcome:
@@ -405,25 +436,30 @@ class DocumentIndexer:
             return await self._process_once(doc_id, record, content, resumed, on_progress)
         except MergeGroupFailed as exc:
             # Take out what the group wrote for this document, then merge it alone: the group's
-            # failure may be another document's fault, and a retry must not depend on it.
+            # failure may be another document's fault, and a retry must not depend on it. Its text
+            # is read back from full_docs (no frame here keeps a big text for this rare case).
             log.warning("document %s: %s; purging it and indexing it again alone", doc_id, exc)
-            modal = ((await self.rag.full_docs.get_by_id(doc_id)) or {}).get(MODAL_KEY)
+            stored = (await self.rag.full_docs.get_by_id(doc_id)) or {}
+            modal = stored.get(MODAL_KEY)
             await self._purge(doc_id)
-            record, content = await self._enqueue(
+            record, text = await self._enqueue(
                 doc_id,
-                content,
+                stored.pop("content", None) or "",
                 str(record.get("file_path") or ""),
                 str(record.get("track_id") or ""),
                 created_at=record.get("created_at"),
                 modal=modal,
             )
-            return await self._process_once(doc_id, record, content, resumed, on_progress, solo=True)
+            del stored
+            handed = TextHandoff(text)
+            del text
+            return await self._process_once(doc_id, record, handed, resumed, on_progress, solo=True)
 
     async def _process_once(
         self,
         doc_id: str,
         record: dict[str, Any],
-        content: str,
+        text: TextHandoff,
         resumed: bool,
         on_progress: ProgressSink | None,
         solo: bool = False,
@@ -431,6 +467,8 @@ class DocumentIndexer:
         rag = self.rag
         stored = await rag.full_docs.get_by_id(doc_id) or {}
         file_path = _resolve_path(record.get("file_path"), stored.get("file_path"))
+        modal_items = stored.get(MODAL_KEY) or []
+        del stored  # its copy of the text
         progress = IndexProgress(IndexStage.CHUNKING)
 
         async def report() -> None:
@@ -457,10 +495,8 @@ class DocumentIndexer:
         job: MergeJob | None = None
         await report()
         try:
-            chunks = await self._chunks(doc_id, content, file_path)
-            modal, owners = modal_chunk_records(
-                stored.get(MODAL_KEY) or [], doc_id, file_path, len(chunks), rag.tokenizer
-            )
+            chunks = await self._chunks(doc_id, text.take() or "", file_path)
+            modal, owners = modal_chunk_records(modal_items, doc_id, file_path, len(chunks), rag.tokenizer)
             chunks.update(modal)
             # A new version of a document (versions.py) writes only the chunks its visible version
             # lacks: the others are in the graph already, and merging them again duplicates.
@@ -601,19 +637,38 @@ class DocumentIndexer:
         return IndexOutcome(doc_id, len(chunks), resumed)
 
     async def _chunks(self, doc_id: str, content: str, file_path: str) -> dict[str, Any]:
-        """The text chunk records of ``content``, with LightRAG's ``chunking_func`` (off the loop)."""
+        """The text chunk records of ``content``, with LightRAG's ``chunking_func`` (off the loop;
+        a big text with LightRAG's default chunking in a child process: chunking.py)."""
         rag = self.rag
         if not content.strip():
             return {}
-        result = await asyncio.to_thread(
-            rag.chunking_func,
-            rag.tokenizer,
-            content,
-            self.split_by_character,
-            self.split_by_character_only,
-            rag.chunk_overlap_token_size,
-            rag.chunk_token_size,
-        )
+        encoding = lossless_encoding_name(rag.tokenizer)
+        if (
+            len(content) >= self.child_chunking_chars
+            and encoding is not None
+            and self.split_by_character is None
+            and chunks_by_default_chunking(rag)
+        ):
+            try:
+                result: Any = await chunk_in_child(
+                    content,
+                    encoding,
+                    rag.chunk_token_size,
+                    rag.chunk_overlap_token_size,
+                    self.chunk_memory_bytes,
+                )
+            except ChunkingFailed as exc:
+                raise IndexingError(str(exc)) from exc
+        else:
+            result = await asyncio.to_thread(
+                rag.chunking_func,
+                rag.tokenizer,
+                content,
+                self.split_by_character,
+                self.split_by_character_only,
+                rag.chunk_overlap_token_size,
+                rag.chunk_token_size,
+            )
         if inspect.isawaitable(result):
             result = await result
         if not isinstance(result, (list, tuple)):

@@ -23,7 +23,7 @@ from lightrag.base import DocStatus
 
 from src.core.scrub import scrub_paths
 from src.rag.engine import versions
-from src.rag.engine.indexer import DocumentIndexer, IndexingError
+from src.rag.engine.indexer import DocumentIndexer, IndexingError, TextHandoff
 from src.rag.engine.modal import MODAL_KEY, ModalDescriber, split_content
 from src.rag.errors import IndexFailed, is_transient_message
 from src.rag.knowledge import (
@@ -161,10 +161,12 @@ class DocumentIngestor:
         modal: list[dict] = []
         if content is not None:
             text, modal = await self._text_and_modal(content, request.name, on_progress)
+        handed = TextHandoff(text)
+        del text, content  # a big text is held by the indexer alone (and dropped once chunked)
         try:
             outcome = await self.indexer.index(
                 doc_id,
-                text,
+                handed,
                 file_path=request.name,
                 track_id=request.track_id,
                 on_progress=on_progress,

@@ -65,13 +65,14 @@ class LocalKnowledgeBases:
 
     async def index(self, tenant: str, request: IndexRequest, on_progress: ProgressSink) -> IndexResult:
         """Every LLM and embedding call the document causes (also in the tasks the indexer spawns,
-        which copy this context) is admitted at the request's priority, fairly among tenants."""
+        which copy this context) is admitted at the request's priority, fairly among tenants and,
+        within the tenant, among documents."""
         return await in_own_task(self._index(tenant, request, on_progress))
 
     async def _index(self, tenant: str, request: IndexRequest, on_progress: ProgressSink) -> IndexResult:
         async with self.engines.use_for_ingestion(tenant) as engine:
             try:
-                with call_context(priority=request.priority, tenant=tenant):
+                with call_context(priority=request.priority, tenant=tenant, flow=request.doc_id):
                     return await engine.ingestor.ingest(request, on_progress)
             except Exception as exc:
                 if not self.engines.owns(tenant):
@@ -92,7 +93,7 @@ class LocalKnowledgeBases:
 
     async def _pre_extract(self, tenant: str, request: IndexRequest) -> int:
         async with self.engines.use(tenant) as engine:  # read borrow: nothing but the cache is written
-            with call_context(priority=request.priority, tenant=tenant):
+            with call_context(priority=request.priority, tenant=tenant, flow=request.doc_id):
                 return await engine.ingestor.pre_extract(request)
 
     async def abandon_replacement(self, tenant: str, doc_id: str, track_id: str) -> None:

@@ -138,7 +138,9 @@ class TenantEngines:
         fenced_vision = None if vision is None else fence_llm(vision, lambda: owns(tenant))
         rag_anything = build_raganything(rag, self.settings, fenced_vision)
         # A document counts as indexed once the group commit that includes it is on disk.
-        indexer = DocumentIndexer(rag, flush=commit_for(rag))
+        indexer = DocumentIndexer(
+            rag, flush=commit_for(rag), chunk_memory_bytes=self.settings.parse_memory_bytes
+        )
         describer = ModalDescriber(
             rag,
             rag_anything,

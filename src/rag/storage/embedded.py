@@ -57,9 +57,29 @@ GRAPH_STORAGE = "SqliteGraphStorage"
 #: LightRAG Server's environment names; each overrides one embedded default.
 
 
+#: Characters of one string encoded per call: one json.dumps of a 99 MB document's text holds the
+#: GIL, and so the event loop, for as long as it runs (seconds on a loaded machine).
+JSON_PIECE_CHARS = 1 << 20
+
+
 def _dumps(value: Any) -> str:
     # ensure_ascii keeps lone surrogates (seen in LLM output) encodable as UTF-8 in SQLite.
+    if type(value) is dict and any(type(v) is str and len(v) > JSON_PIECE_CHARS for v in value.values()):
+        # Exactly json.dumps' output, its big strings escaped piece by piece (escaping is per
+        # character, and a slice never cuts a character).
+        fields = (
+            f"{json.dumps(k, default=str)}: {_string_in_pieces(v) if type(v) is str else _dumps(v)}"
+            for k, v in value.items()
+        )
+        return "{" + ", ".join(fields) + "}"
     return json.dumps(value, default=str)
+
+
+def _string_in_pieces(text: str) -> str:
+    if len(text) <= JSON_PIECE_CHARS:
+        return json.dumps(text)
+    pieces = (json.dumps(text[i : i + JSON_PIECE_CHARS])[1:-1] for i in range(0, len(text), JSON_PIECE_CHARS))
+    return '"' + "".join(pieces) + '"'
 
 
 class _JsonAtWrite:
