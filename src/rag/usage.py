@@ -64,6 +64,22 @@ def metering() -> Iterator[UsageMeter]:
         _METER.reset(token)
 
 
+def split_usage(spent: UsageMeter, meters: list[UsageMeter | None]) -> None:
+    """Add ``spent`` (work done for several units at once, e.g. one merge of several documents) to
+    their ``meters`` in equal parts; the remainder of each count goes to the first ones, so the
+    parts add up exactly. Units without a meter get nothing (their part is lost, as it would be
+    had they spent it alone)."""
+    if not meters:
+        return
+    n = len(meters)
+    for f in fields(spent):
+        total = getattr(spent, f.name)
+        share, rest = divmod(total, n)
+        for i, meter in enumerate(meters):
+            if meter is not None:
+                setattr(meter, f.name, getattr(meter, f.name) + share + (1 if i < rest else 0))
+
+
 def current_meter() -> UsageMeter | None:
     """The meter of the work running here (None outside any): a stream captures it when it opens,
     since its pieces are read later, elsewhere."""

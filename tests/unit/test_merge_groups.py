@@ -238,3 +238,33 @@ async def test_the_merge_gauges_count_waiting_and_merging_documents() -> None:
     runner.hold["a"].set()
     await asyncio.gather(busy, *waits[:2])
     assert (queued._value.get() - q0, running._value.get() - r0) == (0, 0)
+
+
+async def test_a_group_runs_in_its_members_context_and_splits_what_it_spends() -> None:
+    """Catches a group started by another group's end running in that group's context: the tokens
+    of waiting documents billed to the document whose merge happened to end before theirs."""
+    from src.rag.usage import current_meter, metering
+
+    release = asyncio.Event()
+
+    async def run(group: MergeGroup) -> None:
+        if group.jobs[0].doc_id == "busy":
+            await release.wait()
+        meter = current_meter()
+        assert meter is not None
+        meter.llm_input_tokens += 11  # what the group's summary calls cost
+
+    groups = MergeGroups(run, concurrency=1)
+
+    async def merged(j: MergeJob):
+        with metering() as meter:
+            await groups.merge(j)
+        return meter
+
+    busy = asyncio.create_task(merged(job("busy")))
+    await until(lambda: groups._groups)
+    waiting = [asyncio.create_task(merged(job(name))) for name in ("a", "b")]
+    await until(lambda: groups.waiting == 2)
+    release.set()
+    meters = await asyncio.gather(busy, *waiting)
+    assert [m.llm_input_tokens for m in meters] == [11, 6, 5]

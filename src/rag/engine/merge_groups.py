@@ -39,6 +39,7 @@ Failure and cancellation stay per document:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import time
@@ -48,6 +49,7 @@ from typing import Any
 
 from src.core.defaults import DEFAULT_PRIORITY
 from src.core.metrics import PROVIDER_QUEUED, PROVIDER_RUNNING
+from src.rag.usage import UsageMeter, current_meter, metering, split_usage
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,10 @@ class MergeJob:
     future: asyncio.Future[None] | None = None
     seq: int = 0
     queued_at: float = 0.0
+    #: The document's own context (its task id, its usage meter, the write fence), captured when it
+    #: queues: whoever starts its group (often another group's task, ending) must not lend its own.
+    origin: contextvars.Context | None = field(default=None, repr=False)
+    meter: UsageMeter | None = field(default=None, repr=False)
     _lock_keys: frozenset[str] | None = field(default=None, repr=False)
 
     def node_names(self) -> set[str]:
@@ -139,6 +145,8 @@ class MergeGroups:
         job.future = asyncio.get_running_loop().create_future()
         job.seq = next(self._seq)
         job.queued_at = time.monotonic()
+        job.origin = contextvars.copy_context()
+        job.meter = current_meter()
         self._pending.append(job)
         PROVIDER_QUEUED.labels("merge").inc()
         self._pump()
@@ -234,14 +242,24 @@ class MergeGroups:
             if len(group.jobs) > 1:
                 self.docs_grouped += len(group.jobs)
             self.largest_group = max(self.largest_group, len(group.jobs))
-            task = asyncio.get_running_loop().create_task(self._run(group), name="merge-group")
+            origin = group.jobs[0].origin
+            task = asyncio.get_running_loop().create_task(
+                self._run(group), name="merge-group", context=origin.copy() if origin else None
+            )
             self._groups[task] = group
 
     async def _run(self, group: MergeGroup) -> None:
         error: BaseException | None = None
         started = time.monotonic()
         try:
-            await self._run_group(group)
+            if len(group.jobs) == 1:
+                await self._run_group(group)
+            else:  # runs in its first member's context: the group's calls are everyone's
+                with metering() as spent:
+                    try:
+                        await self._run_group(group)
+                    finally:
+                        split_usage(spent, [job.meter for job in group.jobs])
         except BaseException as exc:  # delivered to the members below
             error = exc
         finally:
