@@ -25,8 +25,8 @@ def test_locustfile_runs_headless_without_failures(tmp_path: Path, listen) -> No
         result = subprocess.run(
             [
                 sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"),
-                "--host", http.url, "--headless", "-u", "8", "-r", "8", "-t", "15s",
-                "--csv", str(tmp_path / "run"), "--only-summary", "--stop-timeout", "30",
+                "--host", http.url, "--headless", "-u", "8", "-r", "8", "-t", "10s",
+                "--csv", str(tmp_path / "run"), "--only-summary", "--stop-timeout", "20",
             ],
             cwd=ROOT, capture_output=True, text=True, timeout=180,
             env={**env, "LOCUST_DOC_SENTENCES": "10", "LOCUST_POLL_SECONDS": "60", "LOCUST_PACE": "2"},
