@@ -45,7 +45,7 @@ def test_openapi_fuzzing_finds_no_server_errors(tmp_path: Path, redis_url: str, 
             "not_a_server_error",
             "--max-examples",
             # Per operation; every operation is fuzzed. A deeper run: FUZZ_MAX_EXAMPLES=200.
-            os.environ.get("FUZZ_MAX_EXAMPLES", "10"),
+            os.environ.get("FUZZ_MAX_EXAMPLES", "15"),
             "--seed",
             "20261123",
             "--request-timeout",
