@@ -35,7 +35,13 @@ class MockServer:
         self.state: MockState = self.app.state.mock
         self._server = uvicorn.Server(
             uvicorn.Config(
-                self.app, host="127.0.0.1", port=port, log_level=log_level, access_log=False, lifespan="off"
+                self.app,
+                host="127.0.0.1",
+                port=port,
+                log_level=log_level,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             )
         )
         self._thread: threading.Thread | None = None
@@ -146,6 +152,12 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
     )
 
 
+#: A held call (``/_mock/hold``) is never answered: on SIGTERM the mock must not wait for it the way
+#: uvicorn waits for in-flight requests by default (a test stopping a mock with held calls waited out
+#: its 30 s SIGKILL timeout).
+GRACEFUL_SHUTDOWN_SECONDS = 1.0
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -168,5 +180,6 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         access_log=False,
         lifespan="off",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     uvicorn.Server(config).run(sockets=[sock])
