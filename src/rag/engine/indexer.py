@@ -476,14 +476,32 @@ class DocumentIndexer:
                 with contextlib.suppress(Exception):
                     await on_progress(IndexProgress(**progress.__dict__))
 
-        def status_fields() -> dict[str, Any]:
-            return {
-                "content_summary": record.get("content_summary"),
-                "content_length": record.get("content_length"),
-                "created_at": record.get("created_at"),
-                "file_path": file_path,
-                "track_id": record.get("track_id"),
-            }
+        async def write_status(
+            status: DocStatus, chunk_ids: list[str], ended: bool = False, **extra: Any
+        ) -> None:
+            """LightRAG's doc-status record of this attempt (``extra``: metadata beyond the times,
+            or ``error_msg``)."""
+            error = {"error_msg": extra.pop("error_msg")} if "error_msg" in extra else {}
+            metadata: dict[str, Any] = {"processing_start_time": processing_start_time}
+            if ended:
+                metadata["processing_end_time"] = int(time.time())
+            await rag.doc_status.upsert(
+                {
+                    doc_id: {
+                        "status": status,
+                        **error,
+                        "chunks_count": len(chunk_ids),
+                        "chunks_list": chunk_ids,
+                        "content_summary": record.get("content_summary"),
+                        "content_length": record.get("content_length"),
+                        "created_at": record.get("created_at"),
+                        "file_path": file_path,
+                        "track_id": record.get("track_id"),
+                        "updated_at": _now(),
+                        "metadata": {**metadata, **extra},
+                    }
+                }
+            )
 
         scope = DocumentScope(doc_id, rag.llm_model_func)
         global_config = document_global_config(rag, scope.llm)
@@ -505,18 +523,7 @@ class DocumentIndexer:
             processing_start_time = int(time.time())
             # The status names the chunks before any of them is written (LightRAG writes the three
             # at once): a cancel landing between the writes must leave no chunk its purge cannot find.
-            await rag.doc_status.upsert(
-                {
-                    doc_id: {
-                        "status": DocStatus.PROCESSING,
-                        "chunks_count": len(chunks),
-                        "chunks_list": list(chunks.keys()),
-                        **status_fields(),
-                        "updated_at": _now(),
-                        "metadata": {"processing_start_time": processing_start_time},
-                    }
-                }
-            )
+            await write_status(DocStatus.PROCESSING, list(chunks))
             await asyncio.gather(rag.chunks_vdb.upsert(fresh), rag.text_chunks.upsert(fresh))
 
             progress.stage, progress.chunks_total = IndexStage.EXTRACTING, len(fresh)
@@ -535,18 +542,7 @@ class DocumentIndexer:
             }
             # Recorded before merging, so a purge after a crash mid-merge finds every entity and
             # relation the merge may have touched (LightRAG records them only when it is done).
-            await rag.doc_status.upsert(
-                {
-                    doc_id: {
-                        "status": DocStatus.PROCESSING,
-                        "chunks_count": len(chunks),
-                        "chunks_list": list(chunks.keys()),
-                        **status_fields(),
-                        "updated_at": _now(),
-                        "metadata": {"processing_start_time": processing_start_time, **merge_intent},
-                    }
-                }
-            )
+            await write_status(DocStatus.PROCESSING, list(chunks), **merge_intent)
 
             merged_report = CoalescedReport(report)
 
@@ -572,37 +568,12 @@ class DocumentIndexer:
             )
             scope.on_stop.append(lambda: self.merges.stop(job))  # queued: leaves the queue at once
             await self._stage(scope, self.merges.merge(job))
-            await rag.doc_status.upsert(
-                {
-                    doc_id: {
-                        "status": DocStatus.PROCESSED,
-                        "chunks_count": len(chunks),
-                        "chunks_list": list(chunks.keys()),
-                        **status_fields(),
-                        "updated_at": _now(),
-                        "metadata": {
-                            "processing_start_time": processing_start_time,
-                            "processing_end_time": int(time.time()),
-                        },
-                    }
-                }
-            )
+            await write_status(DocStatus.PROCESSED, list(chunks), ended=True)
         except asyncio.CancelledError:
             if job is not None and not job.started:
                 # Stopped while it waited for a merge: nothing of it reached the graph, so its purge
                 # needs no graph pass (purges.py); the record says so from now on.
-                await rag.doc_status.upsert(
-                    {
-                        doc_id: {
-                            "status": DocStatus.PROCESSING,
-                            "chunks_count": len(chunks),
-                            "chunks_list": list(chunks.keys()),
-                            **status_fields(),
-                            "updated_at": _now(),
-                            "metadata": {"processing_start_time": processing_start_time},
-                        }
-                    }
-                )
+                await write_status(DocStatus.PROCESSING, list(chunks))
             raise  # stopped, not failed: the record stays as it is (resumable or purged by the caller)
         except MergeGroupFailed:
             raise  # not this document's failure (yet): the caller purges it and merges it alone
@@ -612,24 +583,8 @@ class DocumentIndexer:
                 with contextlib.suppress(Exception):
                     await rag.llm_response_cache.index_done_callback()
             chunk_ids = list(chunks) or list(record.get("chunks_list") or [])
-            await rag.doc_status.upsert(
-                {
-                    doc_id: {
-                        "status": DocStatus.FAILED,
-                        "error_msg": str(exc),
-                        "chunks_count": len(chunk_ids),
-                        "chunks_list": chunk_ids,
-                        **status_fields(),
-                        "updated_at": _now(),
-                        "metadata": {
-                            "processing_start_time": processing_start_time,
-                            "processing_end_time": int(time.time()),
-                            # Kept when the merge had begun, so the purge finds what it touched.
-                            **{k: v for k, v in merge_intent.items()},
-                        },
-                    }
-                }
-            )
+            # The merge intent is kept when the merge had begun, so the purge finds what it touched.
+            await write_status(DocStatus.FAILED, chunk_ids, ended=True, error_msg=str(exc), **merge_intent)
             raise IndexingError(str(exc)) from exc
         await self.flush()
         progress.stage = IndexStage.DONE
