@@ -202,18 +202,12 @@ class MergeGroups:
         if not first.solo:
             # Beside a free first member only free ones (a held one would make the group wait);
             # a member that waited out its patience takes every waiting one of its priority along.
-            takers = ready if first in held else [job for job in ready if job not in held]
-            for job in takers[1:]:
-                if len(jobs) >= self.max_docs or job.priority != first.priority:
-                    break  # sorted: every job after this one has a lower priority
-                if not job.solo:
+            takers = self._pending if first in held else [job for job in ready if job not in held]
+            for job in takers:
+                if len(jobs) >= self.max_docs:
+                    break
+                if job is not first and job.priority == first.priority and not job.solo:
                     jobs.append(job)
-            if first in held:
-                for job in self._pending:
-                    if len(jobs) >= self.max_docs:
-                        break
-                    if job not in jobs and job.priority == first.priority and not job.solo:
-                        jobs.append(job)
         for job in jobs:
             self._pending.remove(job)
         return jobs
