@@ -318,13 +318,21 @@ class RssSampler:
                 self.samples.append((time.monotonic() - t0, proc.memory_info().rss))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> RssSampler:
+    def start(self) -> RssSampler:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> int:
+        """Stop sampling; the peak."""
         self._stop.set()
         self._thread.join()
+        return self.peak
+
+    def __enter__(self) -> RssSampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def peak(self) -> int:

@@ -13,13 +13,13 @@ file's size.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from benchmarks.common import RssSampler
 from tests.helpers import mock_stats, wait_sync
 from tests.procs import service_env, start_mock_llm, start_service, stop_process
 
@@ -49,29 +49,6 @@ def big_text(path: Path, megabytes: float) -> int:
     return path.stat().st_size
 
 
-class RssPeak:
-    """The peak RSS of a process, sampled in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            except psutil.Error:
-                return
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join(5)
-        return self.peak
-
-
 def test_big_text_file_beside_small_ones(tmp_path: Path, listen) -> None:
     mock = start_mock_llm(0.0, "--embedding-latency", "0.5")
     http = listen()
@@ -94,7 +71,7 @@ def test_big_text_file_beside_small_ones(tmp_path: Path, listen) -> None:
     try:
         with httpx.Client(base_url=http.url, timeout=60) as client:
             idle = psutil.Process(proc.pid).memory_info().rss
-            rss = RssPeak(proc.pid)
+            rss = RssSampler(proc.pid).start()
             with path.open("rb") as fh:
                 r = client.post("/insert", files={"file": ("big.txt", fh, "text/plain")})
             assert r.status_code == 202, r.text
