@@ -78,11 +78,14 @@ class MergeJob:
     #: The document's own context (its task id, its usage meter, the write fence), captured when it
     #: queues: whoever starts its group (often another group's task, ending) must not lend its own.
     origin: contextvars.Context | None = field(default=None, repr=False)
-    meter: UsageMeter | None = field(default=None, repr=False)
     _lock_keys: frozenset[str] | None = field(default=None, repr=False)
 
     def node_names(self) -> set[str]:
         return {name for nodes, _ in self.chunk_results for name in nodes}
+
+    def usage_meter(self) -> UsageMeter | None:
+        """The usage meter of the document's own work (in the context it queued from)."""
+        return self.origin.run(current_meter) if self.origin is not None else None
 
     def lock_keys(self) -> frozenset[str]:
         """The names LightRAG's keyed locks take for this document's merge: its entities and both
@@ -146,7 +149,6 @@ class MergeGroups:
         job.seq = next(self._seq)
         job.queued_at = time.monotonic()
         job.origin = contextvars.copy_context()
-        job.meter = current_meter()
         self._pending.append(job)
         PROVIDER_QUEUED.labels("merge").inc()
         self._pump()
@@ -253,7 +255,7 @@ class MergeGroups:
                     try:
                         await self._run_group(group)
                     finally:
-                        split_usage(spent, [job.meter for job in group.jobs])
+                        split_usage(spent, [job.usage_meter() for job in group.jobs])
         except BaseException as exc:  # delivered to the members below
             error = exc
         finally:
