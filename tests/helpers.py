@@ -40,10 +40,11 @@ SERVICE_ENV_PREFIXES = ("REDIS_", "LLM_", "EMBEDDING_", "RAGSVC_")
 
 
 def service_variable_names() -> set[str]:
-    """Every environment variable the service's Settings reads (its field names, upper-cased)."""
-    from src.core.config import Settings
+    """Every environment variable the service's Settings reads (its field names, upper-cased, and
+    LightRAG Server's names it also reads, e.g. MAX_ASYNC)."""
+    from src.core.config import Settings, variable_names
 
-    return {name.upper() for name in Settings.model_fields}
+    return {name for field in Settings.model_fields for name in variable_names(field)}
 
 
 def scrubbed_env(**extra: str) -> dict[str, str]:

@@ -12,15 +12,19 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from src.core.bindings import ollama_openai_url, served_binding
 
 #: Without TENANT_MAX_PENDING_QUERIES, one tenant may fill at most this fraction (1/n) of the query lane.
 TENANT_QUERY_SHARE_DIVISOR = 4
 
 
 class Settings(BaseSettings):
-    """All runtime settings. Names map 1:1 to upper-case environment variables."""
+    """All runtime settings. Names map 1:1 to upper-case environment variables; where LightRAG Server
+    names the same setting otherwise, its name is read too (``AliasChoices(ours, theirs)``: ours wins
+    when both are set), so a LightRAG Server `.env` configures this service unchanged."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -49,7 +53,10 @@ class Settings(BaseSettings):
     # --- uploads ----------------------------------------------------------------------
     #: Where uploads wait for their task; instances sharing one Redis must share this too.
     upload_dir: Path | None = None
-    max_upload_bytes: int = 100 * 1024 * 1024
+    #: LightRAG Server's MAX_UPLOAD_SIZE too (same unit; its 0/None "unlimited" is refused here).
+    max_upload_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, validation_alias=AliasChoices("max_upload_bytes", "max_upload_size")
+    )
     upload_chunk_bytes: int = 1024 * 1024
     max_text_chars: int = 5_000_000
     #: An upload whose body sends nothing for this long is aborted (408, partial file removed).
@@ -274,15 +281,26 @@ class Settings(BaseSettings):
     query_max_images: int = Field(default=4, ge=1, le=32)
     query_max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
 
-    # --- LLM --------------------------------------------------------------------------
-    #: auto = openai when LLM_BASE_URL or LLM_API_KEY is set, else the offline stand-in.
+    # --- LLM (LightRAG Server's LLM_BINDING_* / MAX_ASYNC / LLM_TIMEOUT are read too) -----------
+    #: auto = openai when LLM_BASE_URL, LLM_API_KEY or LLM_BINDING is set, else the offline stand-in.
     llm_provider: Literal["auto", "openai", "offline"] = "auto"
-    llm_base_url: str | None = None
-    llm_api_key: str | None = None
+    #: LightRAG Server's binding: openai, ollama (its /v1 API; a root URL gets /v1) and openai-ollama
+    #: are served; any other is refused at start-up (src/core/bindings.py).
+    llm_binding: str | None = None
+    llm_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("llm_base_url", "llm_binding_host")
+    )
+    llm_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("llm_api_key", "llm_binding_api_key")
+    )
     llm_model: str = "gpt-4o-mini"
-    llm_timeout_seconds: float = 120.0
+    #: One attempt of a call (the client's timeout), as LightRAG's LLM_TIMEOUT. Not its TIMEOUT,
+    #: which is gunicorn's worker timeout there.
+    llm_timeout_seconds: float = Field(
+        default=120.0, gt=0, validation_alias=AliasChoices("llm_timeout_seconds", "llm_timeout")
+    )
     #: Concurrent LLM calls of this process, admitted by task priority (src/rag/scheduler.py).
-    llm_max_async: int = Field(default=8, ge=1)
+    llm_max_async: int = Field(default=8, ge=1, validation_alias=AliasChoices("llm_max_async", "max_async"))
     llm_max_retries: int = 3
 
     # --- queries (LightRAG Server's variable names) -----------------------------------------
@@ -303,16 +321,26 @@ class Settings(BaseSettings):
     rerank_by_default: bool = True
 
     # --- embeddings -------------------------------------------------------------------
-    #: auto = openai when EMBEDDING_BASE_URL or EMBEDDING_API_KEY is set, else e5 (offline,
-    #: multilingual-e5-small 4-bit); onnx = all-MiniLM-L6-v2 (offline, English only, ~8x faster).
+    #: auto = openai when EMBEDDING_BASE_URL, EMBEDDING_API_KEY or EMBEDDING_BINDING is set, else e5
+    #: (offline, multilingual-e5-small 4-bit); onnx = all-MiniLM-L6-v2 (offline, English only, ~8x faster).
     embedding_provider: Literal["auto", "openai", "e5", "onnx", "hash"] = "auto"
-    embedding_base_url: str | None = None
-    embedding_api_key: str | None = None
+    #: LightRAG Server's binding: openai and ollama (as LLM_BINDING) are served, others refused.
+    embedding_binding: str | None = None
+    embedding_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("embedding_base_url", "embedding_binding_host")
+    )
+    embedding_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("embedding_api_key", "embedding_binding_api_key")
+    )
     embedding_model: str = "text-embedding-3-small"
     embedding_dim: int | None = None
     #: Texts per provider call; concurrent requests are coalesced up to this size (src/rag/batching.py).
-    embedding_batch_size: int = Field(default=32, ge=1)
-    embedding_max_async: int = Field(default=4, ge=1)
+    embedding_batch_size: int = Field(
+        default=32, ge=1, validation_alias=AliasChoices("embedding_batch_size", "embedding_batch_num")
+    )
+    embedding_max_async: int = Field(
+        default=4, ge=1, validation_alias=AliasChoices("embedding_max_async", "embedding_func_max_async")
+    )
     #: Ask OpenAI-compatible endpoints for base64 vectors (LightRAG's default too): decoding a JSON
     #: list of floats per vector costs the event loop far more. false for providers refusing it.
     embedding_use_base64: bool = True
@@ -332,7 +360,9 @@ class Settings(BaseSettings):
     #: Passed to LightRAG as ``max_parallel_insert`` (default: MAX_CONCURRENT_TASKS // 2). Only
     #: LightRAG's own batch pipeline reads it; this service's per-document engine does not use it.
     max_parallel_insert: int | None = None
-    entity_extract_max_gleaning: int = 1
+    entity_extract_max_gleaning: int = Field(
+        default=1, ge=0, validation_alias=AliasChoices("entity_extract_max_gleaning", "max_gleaning")
+    )
     #: Embedded SQLite storages (group commit): changes nobody waits for (e.g. extraction-cache
     #: writes) are written at most once per flush interval (and at shutdown). A finished document
     #: waits for its commit before its task is reported completed: that flush starts at most the
@@ -349,6 +379,24 @@ class Settings(BaseSettings):
                 f"CHUNK_OVERLAP_SIZE ({self.chunk_overlap_token_size}) must be below "
                 f"CHUNK_SIZE ({self.chunk_token_size})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _lightrag_server_bindings(self) -> Settings:
+        """LLM_BINDING / EMBEDDING_BINDING: served ones normalised (Ollama's root URL -> its /v1),
+        others refused, but only where the binding is used (not under an explicit offline provider)."""
+        openai_ollama = (self.llm_binding or "").strip().lower() == "openai-ollama"
+        if self.llm_provider != "offline":
+            self.llm_binding = served_binding("LLM", self.llm_binding)
+            if self.llm_binding == "ollama":
+                self.llm_base_url = ollama_openai_url(self.llm_base_url)
+        if self.embedding_provider in ("auto", "openai"):
+            # LightRAG Server's openai-ollama: an OpenAI LLM with Ollama embeddings, whatever
+            # EMBEDDING_BINDING says (lightrag/api/config.py does the same).
+            binding = "ollama" if openai_ollama else served_binding("EMBEDDING", self.embedding_binding)
+            self.embedding_binding = binding
+            if binding == "ollama":
+                self.embedding_base_url = ollama_openai_url(self.embedding_base_url)
         return self
 
     @cached_property
@@ -379,7 +427,7 @@ class Settings(BaseSettings):
     def resolved_llm_provider(self) -> str:
         if self.llm_provider != "auto":
             return self.llm_provider
-        return "openai" if (self.llm_base_url or self.llm_api_key) else "offline"
+        return "openai" if (self.llm_base_url or self.llm_api_key or self.llm_binding) else "offline"
 
     @property
     def vision_configured(self) -> bool:
@@ -389,7 +437,8 @@ class Settings(BaseSettings):
     def resolved_embedding_provider(self) -> str:
         if self.embedding_provider != "auto":
             return self.embedding_provider
-        return "openai" if (self.embedding_base_url or self.embedding_api_key) else "e5"
+        configured = self.embedding_base_url or self.embedding_api_key or self.embedding_binding
+        return "openai" if configured else "e5"
 
     @property
     def tenant_query_share(self) -> int:
@@ -409,7 +458,37 @@ class Settings(BaseSettings):
         }.get(status)
 
 
+def variable_names(field: str) -> tuple[str, ...]:
+    """The environment variables a setting is read from, ours first (e.g. LLM_MAX_ASYNC, MAX_ASYNC)."""
+    alias = Settings.model_fields[field].validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else [field]
+    return tuple(str(name).upper() for name in choices)
+
+
+#: Settings whose value is never repeated in an error message.
+_SECRET_WORDS = ("key", "secret", "token", "password")
+
+
+def configuration_errors(exc: ValidationError) -> str:
+    """One line per refused setting, named by its variables: what start-up prints instead of
+    pydantic's report (and a traceback)."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        field = str(error["loc"][0]) if error["loc"] else ""
+        if field not in Settings.model_fields:
+            lines.append(message)
+            continue
+        shown = "" if any(word in field for word in _SECRET_WORDS) else f" (got {error['input']!r})"
+        lines.append(f"{' / '.join(variable_names(field))}: {message}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings (tests build their own Settings instead)."""
-    return Settings()
+    """Process-wide settings (tests build their own Settings instead). A refused setting ends the
+    process with a message naming it (SystemExit), not a validation traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SystemExit(configuration_errors(exc)) from None
