@@ -359,6 +359,7 @@ class Settings(BaseSettings):
     )
     #: Passed to LightRAG as ``max_parallel_insert`` (default: MAX_CONCURRENT_TASKS // 2). Only
     #: LightRAG's own batch pipeline reads it; this service's per-document engine does not use it.
+    #: What it sets in LightRAG Server (documents processed at once) is MAX_CONCURRENT_TASKS here.
     max_parallel_insert: int | None = None
     entity_extract_max_gleaning: int = Field(
         default=1, ge=0, validation_alias=AliasChoices("entity_extract_max_gleaning", "max_gleaning")
