@@ -420,9 +420,11 @@ def hold_llm(mock: Any, *kinds: str) -> None:
     assert response.status_code == 200, response.text
 
 
-def release_llm(mock: Any) -> int:
-    """Release every held call (and hold no more); returns how many were waiting."""
-    return httpx.post(f"{mock.root_url}/_mock/release", timeout=10).json()["released"]
+def release_llm(mock: Any, *kinds: str) -> int:
+    """Release every held call (and hold no more), or only those of ``kinds`` (the others stay
+    held); returns how many were waiting."""
+    body = {"json": {"kinds": list(kinds)}} if kinds else {}
+    return httpx.post(f"{mock.root_url}/_mock/release", timeout=10, **body).json()["released"]
 
 
 def wait_held_sync(mock: Any, count: int = 1, timeout: float = WAIT_SECONDS) -> dict:

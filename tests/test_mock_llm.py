@@ -518,6 +518,46 @@ async def test_held_calls_wait_until_released_and_other_kinds_pass():
     await client.close()
 
 
+@pytest.mark.asyncio
+async def test_releasing_one_kind_keeps_the_others_held():
+    """Catches a partial release that lets every held call go (a test moving a task from a held
+    extraction into a held merge would race past the merge) or keeps holding the released kind."""
+    app = create_mock_app(MockConfig())
+    client = make_client(app, max_retries=0)
+    async with raw_client(app) as c:
+        assert (await c.post("/_mock/hold", json={"kinds": ["extract"]})).status_code == 200
+        extraction = asyncio.create_task(
+            client.chat.completions.create(model="m", messages=extraction_messages())
+        )
+        deadline = time.monotonic() + 10
+        while (await c.get("/_mock/stats")).json()["held"] < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await c.post("/_mock/hold", json={"kinds": ["extract", "embeddings"]})
+        embedding = asyncio.create_task(client.embeddings.create(model="e", input=["x"]))
+        while (stats := (await c.get("/_mock/stats")).json())["held"] < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert stats["held_by_kind"] == {"extract": 1, "embeddings": 1}
+        assert (await c.post("/_mock/release", json={"kinds": "extract"})).status_code == 400
+        assert (await c.post("/_mock/release", json={"kinds": ["extract"]})).json() == {"released": 1}
+        assert COMPLETION_DELIMITER in (await asyncio.wait_for(extraction, 10)).choices[0].message.content
+        stats = (await c.get("/_mock/stats")).json()
+        assert stats["hold_kinds"] == ["embeddings"] and stats["held_by_kind"] == {"embeddings": 1}
+        assert not embedding.done()
+        # A new extraction passes; a new embedding waits beside the first.
+        await client.chat.completions.create(model="m", messages=extraction_messages())
+        second = asyncio.create_task(client.embeddings.create(model="e", input=["y"]))
+        while (await c.get("/_mock/stats")).json()["held"] < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert (await c.post("/_mock/release")).json() == {"released": 2}
+        assert len((await asyncio.wait_for(embedding, 10)).data) == 1
+        assert len((await asyncio.wait_for(second, 10)).data) == 1
+        assert (await c.get("/_mock/stats")).json()["held_by_kind"] == {}
+    await client.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # control endpoints, CLI, real socket
 # --------------------------------------------------------------------------------------------------

@@ -402,10 +402,17 @@ def create_mock_app(config: MockConfig | None = None) -> FastAPI:
         return _json_response({"hold_kinds": sorted(state.hold_kinds), "held": state.held})
 
     @app.post("/_mock/release")
-    async def release() -> Response:
-        held = state.held
-        state.release()
-        return _json_response({"released": held})
+    async def release(request: Request) -> Response:
+        """Every held call (no body), or only those of ``{"kinds": [...]}``, which are held no more."""
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            body = None
+        kinds = body.get("kinds") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or (kinds is not None and not isinstance(kinds, list)):
+            return _json_response({"detail": "body must be empty or {'kinds': [...]}"}, 400)
+        released = state.release(None if kinds is None else frozenset(kinds))
+        return _json_response({"released": released})
 
     @app.post("/_mock/reset")
     async def reset(restore_config: bool = False) -> Response:

@@ -93,7 +93,8 @@ class MockState:
         self.config = config.model_copy(deep=True)
         #: Kinds of call (``KINDS``, or ``"embeddings"``) that wait at the gate until released.
         self.hold_kinds: frozenset[str] = frozenset()
-        self._gate = asyncio.Event()
+        #: One gate per held kind, so that one kind can be released while another stays held.
+        self._gates: dict[str, asyncio.Event] = {}
         self.reset()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -125,6 +126,7 @@ class MockState:
         self.in_flight = 0
         self.max_in_flight = 0
         self.held = 0  # calls waiting at the gate now
+        self.held_by_kind: dict[str, int] = {}  # the same, per kind
         self.held_total = 0
         self.records: deque[dict[str, Any]] = deque(maxlen=self.config.max_recorded_calls)
         #: Chat requests that carried images (benchmarks/mock_llm/vision.py).
@@ -144,26 +146,38 @@ class MockState:
     # --- hold and release ----------------------------------------------------------------------
     def hold(self, kinds: frozenset[str]) -> None:
         """From now on, calls of these kinds wait (answering nothing) until :meth:`release`: a test
-        keeps a task busy for exactly as long as it needs instead of waiting out a latency."""
-        if self._gate.is_set():
-            self._gate = asyncio.Event()
+        keeps a task busy for exactly as long as it needs instead of waiting out a latency. Calls of
+        a kind held before and not named now keep waiting; new ones of that kind pass."""
+        for kind in kinds:
+            if kind not in self._gates:
+                self._gates[kind] = asyncio.Event()
         self.hold_kinds = kinds
 
-    def release(self) -> None:
-        """Let every held call go on and hold no more."""
-        self.hold_kinds = frozenset()
-        self._gate.set()
+    def release(self, kinds: frozenset[str] | None = None) -> int:
+        """Let the held calls of ``kinds`` (default: every kind) go on and hold those kinds no more;
+        returns how many calls were let go. Releasing one kind while another stays held moves a
+        task from one held step to the next (e.g. past its extraction into a held merge)."""
+        names = set(self._gates) if kinds is None else set(kinds)
+        released = sum(self.held_by_kind.get(kind, 0) for kind in names)
+        for kind in names:
+            gate = self._gates.pop(kind, None)
+            if gate is not None:
+                gate.set()
+        self.hold_kinds = frozenset() if kinds is None else self.hold_kinds - names
+        return released
 
     async def wait_if_held(self, kind: str) -> None:
         if kind not in self.hold_kinds:
             return
-        gate = self._gate
+        gate = self._gates[kind]
         self.held += 1
+        self.held_by_kind[kind] = self.held_by_kind.get(kind, 0) + 1
         self.held_total += 1
         try:
             await gate.wait()
         finally:
             self.held -= 1
+            self.held_by_kind[kind] = max(0, self.held_by_kind.get(kind, 0) - 1)  # 0 after a reset
 
     # --- per call -----------------------------------------------------------------------------
     def enter(self) -> None:
@@ -266,6 +280,7 @@ class MockState:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "held": self.held,
+            "held_by_kind": {kind: n for kind, n in self.held_by_kind.items() if n},
             "held_total": self.held_total,
             "hold_kinds": sorted(self.hold_kinds),
             "latency": latency,
