@@ -28,6 +28,7 @@ from tests.helpers import (
     wait_for_task,
     wait_until,
 )
+from tests.stored_knowledge import assert_forgotten, assert_same_knowledge, stored_knowledge, workspace_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -37,36 +38,6 @@ STORM = 24
 MERGING_AT_CANCEL = 6
 TOPICS = ["harbours", "orchards", "glaciers", "deserts"]
 ONE_LINE = b"Quillon Barrow ferries cross the Vesterfjord."
-
-
-async def _knowledge(svc, tenant: str = "default") -> dict[str, Any]:
-    """What the knowledge base holds: entities and relations with the chunks each is tracked in,
-    the chunks, and the document records."""
-    async with svc.services.engines.use(tenant) as engine:
-        rag = engine.rag
-        graph = rag.chunk_entity_relation_graph
-        nodes = {node["entity_id"]: node for node in await graph.get_all_nodes()}
-        edges = {tuple(sorted((e["source"], e["target"]))): e for e in await graph.get_all_edges()}
-        entity_chunks = {}
-        for name in nodes:
-            stored = await rag.entity_chunks.get_by_id(name) or {}
-            entity_chunks[name] = frozenset(stored.get("chunk_ids") or [])
-        relation_chunks = {}
-        for src, tgt in edges:
-            stored = await rag.relation_chunks.get_by_id(f"{src}<SEP>{tgt}") or {}
-            relation_chunks[(src, tgt)] = frozenset(stored.get("chunk_ids") or [])
-        async with rag.text_chunks.records_lock:  # the embedded storage holds every chunk in memory
-            chunks = dict(rag.text_chunks.records)
-        async with rag.doc_status.records_lock:
-            documents = dict(rag.doc_status.records)
-    return {
-        "nodes": nodes,
-        "edges": edges,
-        "entity_chunks": entity_chunks,
-        "relation_chunks": relation_chunks,
-        "chunks": {cid: c for cid, c in chunks.items() if c},
-        "documents": {doc_id: d for doc_id, d in documents.items() if d},
-    }
 
 
 async def test_a_cancel_between_the_chunk_writes_leaves_no_chunk_behind(tmp_path, redis_url) -> None:
@@ -99,9 +70,8 @@ async def test_a_cancel_between_the_chunk_writes_leaves_no_chunk_behind(tmp_path
             await wait_for_task(svc.client, task["task_id"], expect="cancelled", timeout=60)
         finally:
             doc_status.upsert = real_upsert
-        knowledge = await _knowledge(svc)
-        left = [cid for cid, chunk in knowledge["chunks"].items() if "Betweenwrites" in chunk["content"]]
-        assert left == [], left
+        workspace = await workspace_dir(svc)
+    assert_forgotten(stored_knowledge(workspace), ["Betweenwrites"])
 
 
 def _storm_settings(tmp_path, redis_url, mock, name: str):
@@ -213,7 +183,7 @@ async def test_cancel_storm_purges_together_and_never_starves_new_work(tmp_path,
                     doc_id = (await client.get(f"/task/{task_id}")).json()["doc_id"]
                 document = await client.get(f"/documents/{doc_id}")
                 assert document.status_code == 200 and document.json()["status"] == "processed", document.text
-            stormed = await _knowledge(svc)
+            stormed_dir = await workspace_dir(svc)
             print(
                 f"\nCANCEL STORM: {len(cancelled)} cancelled ({purged} purged), {len(completed)} completed; "
                 f"exclusive graph holds {exclusive_holds}, "
@@ -222,10 +192,8 @@ async def test_cancel_storm_purges_together_and_never_starves_new_work(tmp_path,
 
         # Nothing of a cancelled document is left, and every shared entity keeps exactly what the
         # completed documents gave it: the same as a knowledge base that only ever indexed them.
-        for task_id in cancelled:
-            marker = f"Storm{ids.index(task_id):03d}x"
-            assert not any(marker in c["content"] for c in stormed["chunks"].values()), marker
-            assert not any(marker.lower() in name.lower() for name in stormed["nodes"]), marker
+        stormed = stored_knowledge(stormed_dir)
+        assert_forgotten(stormed, [f"Storm{ids.index(task_id):03d}x" for task_id in cancelled])
         async with start_service(_storm_settings(tmp_path, redis_url, mock, "reference")) as ref:
             for task_id in [*base, *completed]:
                 response = await upload(ref.client, f"{task_id}.txt", texts[task_id].encode())
@@ -233,16 +201,8 @@ async def test_cancel_storm_purges_together_and_never_starves_new_work(tmp_path,
                 await wait_for_task(ref.client, response.json()["task_id"], expect="completed", timeout=120)
             response = await upload(ref.client, "unrelated.txt", ONE_LINE)
             await wait_for_task(ref.client, response.json()["task_id"], expect="completed", timeout=120)
-            reference = await _knowledge(ref)
-        assert set(stormed["chunks"]) == set(reference["chunks"])
-        assert set(stormed["nodes"]) == set(reference["nodes"]), set(stormed["nodes"]) ^ set(
-            reference["nodes"]
-        )
-        assert set(stormed["edges"]) == set(reference["edges"]), set(stormed["edges"]) ^ set(
-            reference["edges"]
-        )
-        assert stormed["entity_chunks"] == reference["entity_chunks"]
-        assert stormed["relation_chunks"] == reference["relation_chunks"]
+            reference_dir = await workspace_dir(ref)
+        assert_same_knowledge(stormed, stored_knowledge(reference_dir))
 
     # The purges shared graph passes: the old code took the graph alone once per purge.
     assert purged >= MERGING_AT_CANCEL // 2, purged  # the storm hit documents that had merged
