@@ -63,6 +63,7 @@ from src.rag.engine.scope import (
     DocumentScope,
     GraphGate,
     ObservedGraph,
+    ScopedVectors,
     wait_out,
 )
 from src.rag.knowledge import IndexProgress, IndexStage, ProgressSink
@@ -671,8 +672,8 @@ class DocumentIndexer:
                 await merge_nodes_and_edges(
                     chunk_results=[result for job in jobs for result in job.chunk_results],
                     knowledge_graph_inst=graph,
-                    entity_vdb=rag.entities_vdb,
-                    relationships_vdb=rag.relationships_vdb,
+                    entity_vdb=ScopedVectors(rag.entities_vdb, scope),
+                    relationships_vdb=ScopedVectors(rag.relationships_vdb, scope),
                     global_config=global_config,
                     full_entities_storage=rag.full_entities if doc_id else None,
                     full_relations_storage=rag.full_relations if doc_id else None,

@@ -42,14 +42,18 @@ class DocumentScope:
         self._llm = llm_func
 
     async def llm(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.call(self._llm, *args, **kwargs)
+
+    async def call(self, func: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """``func`` as one of this document's calls: refused once stopped, aborted by `stop`."""
         if self.stopped:
             raise DocumentCancelledError(f"document {self.doc_id} was stopped")
         me = asyncio.current_task()
         if me is None:
-            return await self._llm(*args, **kwargs)
+            return await func(*args, **kwargs)
         self._inflight.add(me)
         try:
-            return await self._llm(*args, **kwargs)
+            return await func(*args, **kwargs)
         except asyncio.CancelledError:
             if me in self._aborted and me.uncancel() == 0:
                 raise DocumentCancelledError(f"document {self.doc_id} was stopped") from None
@@ -68,6 +72,26 @@ class DocumentScope:
                 task.cancel()
         for callback in self.on_stop:
             callback()
+
+
+class ScopedVectors:
+    """A vector storage whose upserts are calls of a document's scope (embeddings, then the rows).
+
+    Why: a merge embeds the entities and relations it writes, and LightRAG checks its cancellation
+    flag only between them; a cancelled document whose merge waited for an embedding provider that
+    is slow or hung did not unwind until the call returned (the indexer gave up after
+    ``UNWIND_SECONDS``), and its purge and `cancelled` waited as long. Aborted, the upsert raises
+    `DocumentCancelledError` (LightRAG retries it, is refused at once, and fails the merge)."""
+
+    def __init__(self, storage: Any, scope: DocumentScope):
+        self._storage = storage
+        self._scope = scope
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    async def upsert(self, data: dict[str, dict[str, Any]]) -> None:
+        await self._scope.call(self._storage.upsert, data)
 
 
 class ObservedGraph:
