@@ -252,7 +252,7 @@ class DocumentIndexer:
         return len(chunks)
 
     async def delete(self, doc_id: str, *, delete_llm_cache: bool = False) -> DeletionResult:
-        """Stop this document's indexing if it runs here, then delete it and all it derived.
+        """Stop this document's indexing if it runs here, then delete it and all it derived, on disk.
 
         Never waits for other documents: only for merge phases in flight (see GraphGate).
         """
@@ -260,7 +260,11 @@ class DocumentIndexer:
         if job is not None and not job.done():
             job.cancel()
             await wait_out(job, UNWIND_SECONDS)
-        return await self._purge(doc_id, delete_llm_cache=delete_llm_cache)
+        result = await self._purge(doc_id, delete_llm_cache=delete_llm_cache)
+        # Durable before the caller reports it (a task `cancelled`, a 200 to DELETE): a kill -9
+        # before the next background flush brought the document back, with no task left to purge it.
+        await self.flush()
+        return result
 
     async def _purge(self, doc_id: str, *, delete_llm_cache: bool = False) -> DeletionResult:
         """A document that never reached the graph is dropped at once, without the gate; the others

@@ -187,6 +187,7 @@ class PurgeBatches:
     async def _run(self, batch: dict[str, list[asyncio.Future[DeletionResult]]]) -> None:
         self.passes += 1
         self.largest_pass = max(self.largest_pass, len(batch))
+        log.info("purge pass %d started: %d document(s)", self.passes, len(batch))
         try:
             results = await self._run_pass(list(batch))
         except BaseException as exc:  # delivered to every waiter
