@@ -254,7 +254,8 @@ class DocumentIndexer:
     async def delete(self, doc_id: str, *, delete_llm_cache: bool = False) -> DeletionResult:
         """Stop this document's indexing if it runs here, then delete it and all it derived, on disk.
 
-        Never waits for other documents: only for merge phases in flight (see GraphGate).
+        Never waits for other documents: only for merge phases in flight (see GraphGate) and for
+        the group commit it shares with them.
         """
         job = self._jobs.get(doc_id)
         if job is not None and not job.done():
