@@ -27,6 +27,7 @@ from src.ingestion.submission import SubmissionService
 from src.ingestion.tasks import TaskService
 from src.ingestion.upload_sweeper import UploadSweeper
 from src.rag.delegated import DelegatedKnowledgeBases
+from src.rag.e5_bulk_lane import close_bulk_lane
 from src.rag.engine.local import LocalKnowledgeBases
 from src.rag.engine.tenant_engines import TenantEngines
 from src.rag.knowledge import KnowledgeBases, workspace_of
@@ -345,6 +346,7 @@ async def stop_services(services: Services) -> None:
     try:
         if services.engines is not None:
             await services.engines.close()
+        await close_bulk_lane()
     finally:
         await services.ownership.stop()  # the locks go after the engines: nothing of ours writes later
         if services.remove_fence is not None:

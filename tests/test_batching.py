@@ -186,3 +186,47 @@ async def test_cancelled_caller_while_batch_runs_does_not_break_it() -> None:
     rows = await stay
     np.testing.assert_allclose(rows[0], hash_embed_sync(["stay"], DIM)[0])
     assert gone.cancelled()
+
+
+async def test_bulk_work_is_batched_apart_and_admitted_by_its_own_scheduler() -> None:
+    """Catches a big document's chunk embeddings sent in one call with other documents' texts, or
+    holding the slot they wait for (e5: one call at a time; the bulk lane runs in a niced child)."""
+    provider = Provider()
+    scheduler, bulk_scheduler = CallScheduler(1, "t-regular"), CallScheduler(1, "t-bulk")
+    batcher = EmbeddingBatcher(
+        provider, max_batch=8, wait_ms=5, scheduler=scheduler, bulk_scheduler=bulk_scheduler
+    )
+
+    async def embed(text: str, bulk: bool) -> np.ndarray:
+        with call_context(bulk=bulk):
+            return await batcher([text], context="document")
+
+    await asyncio.gather(embed("big-1", True), embed("small-1", False), embed("big-2", True))
+    by_lane = {ctx.bulk: texts for texts, _, ctx in provider.batches}
+    assert by_lane == {True: ["big-1", "big-2"], False: ["small-1"]}
+
+    # The bulk lane's only slot taken: a regular call is still served at once.
+    await bulk_scheduler.acquire()
+    try:
+        rows = await asyncio.wait_for(embed("small-2", False), 10)
+        assert rows.shape == (1, DIM)
+        waiting = asyncio.ensure_future(embed("big-3", True))
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and bulk_scheduler.waiting == 1
+    finally:
+        bulk_scheduler.release()
+    await asyncio.wait_for(waiting, 10)
+    assert provider.batches[-1][2].bulk and scheduler.active == 0 == bulk_scheduler.active
+
+
+async def test_bulk_flag_is_ignored_without_a_bulk_lane() -> None:
+    """Catches bulk work split off (and its calls made smaller) for providers with no background lane."""
+    provider = Provider()
+    batcher = EmbeddingBatcher(provider, max_batch=8, wait_ms=5, scheduler=CallScheduler(2, "t-nolane"))
+
+    async def embed(text: str, bulk: bool) -> np.ndarray:
+        with call_context(bulk=bulk):
+            return await batcher([text])
+
+    await asyncio.gather(embed("a", True), embed("b", False))
+    assert [texts for texts, _, _ in provider.batches] == [["a", "b"]]

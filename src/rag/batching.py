@@ -71,6 +71,7 @@ class EmbeddingBatcher:
         scheduler: CallScheduler | None = None,
         provider: str = "embedding",
         max_chars: int | None = None,
+        bulk_scheduler: CallScheduler | None = None,
     ) -> None:
         self.func = func
         self.max_batch = max(1, int(max_batch))
@@ -80,6 +81,9 @@ class EmbeddingBatcher:
         self.max_chars = max(1, int(max_chars)) if max_chars else None
         self.wait = max(0.0, float(wait_ms)) / 1000.0
         self.scheduler = scheduler
+        #: Set for a provider with a background lane (e5): bulk work (``CallContext.bulk``) is
+        #: batched apart and admitted here, so it never holds a slot the other callers wait for.
+        self.bulk_scheduler = bulk_scheduler
         self.provider = provider
         self._pending: dict[tuple[tuple[str, str], ...], _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -131,6 +135,8 @@ class EmbeddingBatcher:
 
     def _add(self, segment: _Segment, kwargs: dict[str, Any]) -> None:
         key = _kwargs_key(kwargs)
+        if self.bulk_scheduler is not None and segment.ctx.bulk:
+            key = (*key, ("", "bulk"))  # never in one call with the others' texts
         pending = self._pending.get(key)
         chars = sum(len(t) for t in segment.texts)
         if pending is not None and (
@@ -180,6 +186,7 @@ class EmbeddingBatcher:
         texts = [t for s in segments for t in s.texts]
         # The batch runs at the most urgent of its callers' ranks, for that caller's tenant.
         lead = max(segments, key=lambda s: s.ctx.rank)
+        bulk = self.bulk_scheduler is not None and lead.ctx.bulk  # a bulk batch holds only bulk work
 
         async def call_live() -> np.ndarray:
             # Admitted at last: embed only the texts of callers still waiting.
@@ -195,11 +202,13 @@ class EmbeddingBatcher:
                     tenant=lead.ctx.tenant,
                     merging=lead.ctx.merging,
                     flow=lead.ctx.flow,
+                    bulk=bulk,
                 ),
                 metering() as spent,
             ):
-                if self.scheduler is not None:
-                    result = await self.scheduler.run(call_live)
+                scheduler = self.bulk_scheduler if bulk else self.scheduler
+                if scheduler is not None:
+                    result = await scheduler.run(call_live)
                 else:
                     result = await call_live()
             _share_usage(spent, segments)

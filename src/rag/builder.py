@@ -120,6 +120,7 @@ async def build_lightrag(
         wait_ms=settings.embedding_batch_wait_ms,
         scheduler=schedulers.embedding,
         max_chars=embedding_max_chars,
+        bulk_scheduler=schedulers.embedding_bulk if hasattr(provider_embedding.func, "bulk_lane") else None,
     )
     embedding_func = replace(provider_embedding, func=batcher)
     llm_func = build_llm_func(settings)

@@ -19,12 +19,14 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from lightrag.utils import EmbeddingFunc
 
-from src.core.config import Settings
+if TYPE_CHECKING:  # the bulk child (src/rag/e5_child.py) imports this module without LightRAG
+    from lightrag.utils import EmbeddingFunc
+
+    from src.core.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -195,11 +197,22 @@ def e5_description() -> str:
 
 
 def build_e5_embedding_func(settings: Settings) -> EmbeddingFunc:
-    """LightRAG embedding function on multilingual-e5-small; ``context`` picks the e5 prefix."""
+    """LightRAG embedding function on multilingual-e5-small; ``context`` picks the e5 prefix.
+
+    Bulk work (``CallContext.bulk``: a big document's chunks) goes to the niced child of
+    src/rag/e5_bulk_lane.py instead of this process's model."""
+    from lightrag.utils import EmbeddingFunc
+
+    from .e5_bulk_lane import shared_bulk_lane
+    from .scheduler import current_call_context
+
     embedder = shared_e5_embedder(settings.embedding_threads)
+    bulk_lane = shared_bulk_lane()
     batch_size = settings.embedding_batch_size
 
     async def e5_embed(texts: list[str], context: str = "document", **_: Any) -> np.ndarray:
+        if context != "query" and current_call_context().bulk:
+            return await bulk_lane.embed(list(texts))
         abandoned = threading.Event()
         try:
             call = partial(embedder.embed, list(texts), context == "query", batch_size, abandoned)
@@ -209,6 +222,7 @@ def build_e5_embedding_func(settings: Settings) -> EmbeddingFunc:
             raise
 
     e5_embed.embedder = embedder  # type: ignore[attr-defined]  # for warm-up / tests
+    e5_embed.bulk_lane = bulk_lane  # type: ignore[attr-defined]  # the builder gives it its own scheduler
     return EmbeddingFunc(
         embedding_dim=E5_DIM,
         max_token_size=E5_MAX_TOKENS,

@@ -44,6 +44,9 @@ class CallContext:
     merging: bool = False
     #: What takes turns within a tenant (the document being indexed); "" for anything else.
     flow: str = ""
+    #: A big document's bulk work (its chunk embeddings): a provider on this machine's own CPU (e5)
+    #: runs it in a background lane (src/rag/e5_bulk_lane.py) through a scheduler of its own.
+    bulk: bool = False
 
     @property
     def rank(self) -> int:
@@ -67,15 +70,17 @@ def call_context(
     tenant: str | None = None,
     merging: bool | None = None,
     flow: str | None = None,
+    bulk: bool | None = None,
 ) -> Iterator[CallContext]:
-    """Set the priority / tenant / merge flag / flow of every provider call made inside (and in
-    tasks spawned inside)."""
+    """Set the priority / tenant / merge flag / flow / bulk flag of every provider call made
+    inside (and in tasks spawned inside)."""
     outer = _CALL_CONTEXT.get()
     ctx = CallContext(
         priority=outer.priority if priority is None else min(MAX_PRIORITY, max(MIN_PRIORITY, int(priority))),
         tenant=outer.tenant if tenant is None else str(tenant),
         merging=outer.merging if merging is None else bool(merging),
         flow=outer.flow if flow is None else str(flow),
+        bulk=outer.bulk if bulk is None else bool(bulk),
     )
     token = _CALL_CONTEXT.set(ctx)
     try:
@@ -242,6 +247,9 @@ class ProviderSchedulers:
     def __init__(self, llm_max_async: int, embedding_max_async: int) -> None:
         self.llm = CallScheduler(llm_max_async, "llm")
         self.embedding = CallScheduler(embedding_max_async, "embedding")
+        #: Bulk embeddings of a provider with a background lane (e5): one call at a time there,
+        #: never holding a slot of ``embedding``.
+        self.embedding_bulk = CallScheduler(1, "embedding-bulk")
 
 
 _SHARED: dict[tuple[int, int], ProviderSchedulers] = {}

@@ -81,6 +81,11 @@ from src.rag.tokenizer import lossless_encoding_name
 
 log = logging.getLogger(__name__)
 
+#: A document of this many chunks (~300 KB of text) or more embeds its chunks as bulk work: with
+#: e5 on this machine's cores, in a niced background lane (src/rag/e5_bulk_lane.py), so it never
+#: takes the CPU from the documents and queries beside it.
+BULK_DOCUMENT_CHUNKS = 64
+
 
 class IndexingError(Exception):
     """The document could not be indexed; LightRAG's doc status says FAILED with this message."""
@@ -530,7 +535,8 @@ class DocumentIndexer:
             # The status names the chunks before any of them is written (LightRAG writes the three
             # at once): a cancel landing between the writes must leave no chunk its purge cannot find.
             await write_status(DocStatus.PROCESSING, list(chunks))
-            await asyncio.gather(rag.chunks_vdb.upsert(fresh), rag.text_chunks.upsert(fresh))
+            with call_context(bulk=len(fresh) >= BULK_DOCUMENT_CHUNKS):
+                await asyncio.gather(rag.chunks_vdb.upsert(fresh), rag.text_chunks.upsert(fresh))
 
             progress.stage, progress.chunks_total = IndexStage.EXTRACTING, len(fresh)
             await report()
