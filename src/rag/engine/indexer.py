@@ -535,13 +535,17 @@ class DocumentIndexer:
             # The status names the chunks before any of them is written (LightRAG writes the three
             # at once): a cancel landing between the writes must leave no chunk its purge cannot find.
             await write_status(DocStatus.PROCESSING, list(chunks))
-            with call_context(bulk=len(fresh) >= BULK_DOCUMENT_CHUNKS):
-                await asyncio.gather(rag.chunks_vdb.upsert(fresh), rag.text_chunks.upsert(fresh))
-
-            progress.stage, progress.chunks_total = IndexStage.EXTRACTING, len(fresh)
-            await report()
-            extraction = self._extract(scope, fresh, global_config, progress, report)
-            chunk_results = await self._stage(scope, extraction)
+            vectors = await self._write_chunks(fresh)
+            try:
+                progress.stage, progress.chunks_total = IndexStage.EXTRACTING, len(fresh)
+                await report()
+                extraction = self._extract(scope, fresh, global_config, progress, report)
+                chunk_results = await self._stage(scope, extraction)
+                await self._stage(scope, vectors)  # written before anything of the document merges
+            finally:
+                if not vectors.done():
+                    vectors.cancel()
+                    await wait_out(vectors, UNWIND_SECONDS)
             chunk_results = link_modal_entities(list(fresh), chunk_results, owners, file_path)
 
             all_nodes = {name for nodes, _ in chunk_results for name in nodes}
@@ -602,6 +606,25 @@ class DocumentIndexer:
         progress.stage = IndexStage.DONE
         await report()
         return IndexOutcome(doc_id, len(chunks), resumed)
+
+    async def _write_chunks(self, fresh: dict[str, Any]) -> asyncio.Future[Any]:
+        """Write the chunk records, and start writing their vectors: returned, to be awaited before
+        the merge.
+
+        The vectors are written while the chunks are extracted: their embedding calls (a round trip
+        to a remote provider, or e5 on this machine) no longer stand between a document's upload
+        and its first LLM call. The records go first: LightRAG's extraction notes each chunk's LLM
+        cache keys in its record. A big document's vectors are bulk work (src/rag/e5_bulk_lane.py)
+        and are written before its extraction starts: extracting thousands of chunks beside them
+        would take the CPU the bulk lane leaves to the other documents."""
+        rag = self.rag
+        bulk = len(fresh) >= BULK_DOCUMENT_CHUNKS
+        with call_context(bulk=bulk):
+            await rag.text_chunks.upsert(fresh)
+            vectors = asyncio.ensure_future(rag.chunks_vdb.upsert(fresh))
+        if bulk:
+            await vectors
+        return vectors
 
     async def _chunks(self, doc_id: str, content: str, file_path: str) -> dict[str, Any]:
         """The text chunk records of ``content``, with LightRAG's ``chunking_func`` (off the loop;
