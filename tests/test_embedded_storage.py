@@ -546,6 +546,50 @@ async def test_vectors_persist_across_restart(tmp_path: Path) -> None:
     await vdb2.finalize()
 
 
+async def test_a_big_upsert_embeds_a_few_batches_at_a_time_and_stores_each_at_once(tmp_path: Path) -> None:
+    """Catches a big document's hundreds of embedding batches all started in one turn of the event
+    loop (a 99 MB text: 1.7 s with no `/health` answer), and its vectors held back until the last
+    batch is embedded (hours of e5: nothing stored before, all lost to a restart)."""
+    in_flight = peak = 0
+    gate = asyncio.Event()
+    calls = 0
+
+    async def slow_embed(texts: list[str], **_: Any) -> np.ndarray:
+        nonlocal in_flight, peak, calls
+        in_flight += 1
+        peak = max(peak, in_flight)
+        calls += 1
+        try:
+            if calls > 6:  # the first batches go through; the rest wait for the gate
+                await gate.wait()
+            return await _embed(texts)
+        finally:
+            in_flight -= 1
+
+    vdb = SqliteVectorStorage(
+        namespace="chunks",
+        workspace="ws",
+        global_config={**_config(tmp_path), "embedding_func_max_async": 2},
+        embedding_func=EmbeddingFunc(embedding_dim=DIM, max_token_size=512, func=slow_embed),
+        meta_fields={"content"},
+    )
+    await vdb.initialize()
+    data = {f"c{i}": {"content": f"chunk number {i} about storage"} for i in range(8 * 40)}  # 40 batches
+    upsert = asyncio.ensure_future(vdb.upsert(data))
+    for _ in range(200):
+        if in_flight == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert peak == 4  # 2 x embedding_func_max_async, not 40
+    stored = [k for k in data if await vdb.get_by_id(k) is not None]
+    assert len(stored) == 6 * 8  # the batches embedded so far are stored already
+    gate.set()
+    await asyncio.wait_for(upsert, 30)
+    assert peak == 4 and calls == 40
+    assert all([await vdb.get_by_id(k) is not None for k in data])
+    await vdb.finalize()
+
+
 # --- graph ----------------------------------------------------------------------------------------
 async def _graph_script(g: Any) -> list[Any]:
     out: list[Any] = []
