@@ -34,6 +34,7 @@ import httpx
 from benchmarks.common import ROOT, Mock, RedisServer, RssSampler, Service, machine_info, pct
 from benchmarks.doc_blocks import splice_block
 from benchmarks.metrics_scrape import loop_lag_p99_ms, scrape
+from src.client.transport import KEEPALIVE_EXPIRY_SECONDS
 
 BEGIN, END = "<!-- big-document:begin -->", "<!-- big-document:end -->"
 SMALL_DOCS = 16
@@ -202,7 +203,9 @@ def _merge_waves(waves: list[dict]) -> dict:
 
 async def run_once(service: Service, big: Path, limit: float, window: float) -> dict:
     out: dict = {}
-    async with httpx.AsyncClient(base_url=service.base, timeout=60) as client:
+    # Idle connections dropped before the server's 5 s keep-alive closes them (src/client/transport.py).
+    limits = httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS)
+    async with httpx.AsyncClient(base_url=service.base, timeout=60, limits=limits) as client:
         # 1. alone
         probe = HealthProbe(client).start()
         before = scrape(service.base)

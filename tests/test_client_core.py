@@ -321,3 +321,18 @@ def test_a_poll_error_ends_the_wait_with_that_error() -> None:
     with pytest.raises(RagApiError) as raised:
         drive(wait_steps("t1", timeout=10, use_sse=False, clock=clock), script.perform)
     assert raised.value is gone
+
+
+@pytest.mark.parametrize("shell", ["sync", "aio"])
+def test_idle_connections_are_dropped_before_the_servers_keep_alive_closes_them(shell: str) -> None:
+    """Catches the client reusing a pooled connection for as long as uvicorn keeps it (5 s each by
+    default): a request sent just as the server closed it failed with ReadError."""
+    import uvicorn
+
+    from src.client.aio import AsyncRagClient
+    from src.client.sync import RagClient
+
+    client = RagClient("http://127.0.0.1:1") if shell == "sync" else AsyncRagClient("http://127.0.0.1:1")
+    pool = client._http._transport._pool  # httpx keeps the expiry on its connection pool
+    server_keep_alive = uvicorn.Config(app=None).timeout_keep_alive
+    assert pool._keepalive_expiry is not None and pool._keepalive_expiry <= server_keep_alive / 2

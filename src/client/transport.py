@@ -12,6 +12,11 @@ import httpx
 from .core import Call, RagConnectionError, Settings, is_content_type
 from .operations import Operations
 
+#: Idle pooled connections are dropped after this long: well before uvicorn's 5 s keep-alive closes
+#: them on the server's side. httpx's own default is 5 s too, so a request sent on a pooled connection
+#: just as the server closed it failed with ReadError (seen in a benchmark's upload waves).
+KEEPALIVE_EXPIRY_SECONDS = 2.0
+
 Out = TypeVar("Out")
 Pieces = TypeVar("Pieces")
 
@@ -34,7 +39,12 @@ class HttpShell(Operations[Out, Pieces]):
         or ``ASGITransport(app)`` for the asyncio client)."""
         self.settings = Settings.resolve(base_url, api_key, admin_token)
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        options = {"headers": self.settings.headers(), "timeout": self.timeout, "transport": transport}
+        options = {
+            "headers": self.settings.headers(),
+            "timeout": self.timeout,
+            "transport": transport,
+            "limits": httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS),
+        }
         self._http = self._open(base_url=self.base_url, **options)
 
     def _open(self, **options: Any) -> Any:
