@@ -25,6 +25,8 @@ if [ "$skip_mm" = 0 ]; then
   .venv/bin/python -m benchmarks.cancel_storm "${mm_args[@]}"
   # A 99 MB text file beside one-line documents, then cancelled (issue 25 item 8); own section.
   .venv/bin/python -m benchmarks.big_document "${mm_args[@]}"
+  # A document's first LLM call with a remote embedding provider (issue 27 item 3); own section.
+  .venv/bin/python -m benchmarks.first_call "${mm_args[@]}"
 fi
 # The soak (issue 16) writes its own section of docs/benchmarks.md: 30 minutes per storage set, 3 with --quick.
 # Skipped when --only picks scenarios of the harness.
