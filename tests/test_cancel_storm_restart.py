@@ -100,6 +100,10 @@ def _on_disk(workspace: Path, namespace: str) -> dict:
         return {}
 
 
+#: Stages of a document whose chunk vectors are still being written (DocumentIndexer._write_chunks).
+VECTORS_HELD = ("chunking", "extracting")
+
+
 def test_kill9_mid_purge_pass_then_restart_leaves_only_the_completed_documents(
     tmp_path: Path, listen
 ) -> None:
@@ -133,7 +137,8 @@ def test_kill9_mid_purge_pass_then_restart_leaves_only_the_completed_documents(
         reference = None
 
         # The storm's documents: the first SLOTS reach their extraction, then merge with every
-        # embedding held (they write graph nodes and wait); the others wait for their chunk vectors.
+        # embedding held (they write graph nodes and wait); the others wait for their chunk vectors
+        # (written beside their extraction: stage `chunking` or `extracting`, never `merging`).
         hold_llm(mock, "extract")
         storm: dict[str, str] = {}  # task id -> doc id
         for i in range(STORM):
@@ -151,13 +156,13 @@ def test_kill9_mid_purge_pass_then_restart_leaves_only_the_completed_documents(
         def stuck() -> dict[str, dict] | None:
             views = _views(base, ids)
             merging = [t for t, v in views.items() if v["stage"] == "merging" and v["progress"] > 80]
-            waiting = [t for t, v in views.items() if v["stage"] == "chunking"]
+            waiting = [t for t, v in views.items() if v["stage"] in VECTORS_HELD]
             ready = all(v["status"] == "processing" for v in views.values()) and merging and waiting
             return views if ready else None
 
         views = wait_sync(stuck, timeout=60, message="storm documents held mid-merge and mid-chunking")
         merged = [t for t, v in views.items() if v["stage"] == "merging" and v["progress"] > 80]
-        late = next(t for t, v in views.items() if v["stage"] == "chunking")
+        late = next(t for t, v in views.items() if v["stage"] in VECTORS_HELD)
         workspace = data_dir / "rag" / "restart"
         wait_sync(  # its status and chunk written by a background flush: on disk when it is cancelled
             lambda: (

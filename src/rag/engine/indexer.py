@@ -541,7 +541,9 @@ class DocumentIndexer:
                 await report()
                 extraction = self._extract(scope, fresh, global_config, progress, report)
                 chunk_results = await self._stage(scope, extraction)
-                await self._stage(scope, vectors)  # written before anything of the document merges
+                # Written before anything of the document merges; awaited directly, so a cancel
+                # reaches its embedding calls at once (the batcher drops them).
+                await vectors
             finally:
                 if not vectors.done():
                     vectors.cancel()
