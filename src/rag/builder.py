@@ -44,8 +44,8 @@ def lightrag_kwargs(settings: Settings) -> dict[str, Any]:
     and merge concurrency; the process-wide bound on calls is our scheduler's.
     """
     outer_timeout = outer_timeout_seconds(settings)
-    # Half of the admitted tasks are indexed in parallel; the other half are already enqueued in
-    # the same LightRAG pass, so no pass boundary leaves the LLM idle (see docs/benchmarks.md).
+    # Only LightRAG's own batch pipeline (ainsert) reads max_parallel_insert; the per-document
+    # engine (src/rag/engine/indexer.py) never runs it, so this value changes nothing here.
     max_parallel = settings.max_parallel_insert or max(1, settings.max_concurrent_tasks // 2)
     kwargs: dict[str, Any] = {
         "llm_model_name": settings.llm_model,
