@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import Service, make_docx, make_pdf, story, upload, upload_files, wait_for_task
+from tests.helpers import Service, make_docx, make_pdf, story, upload, upload_files, wait_for_task, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -68,7 +68,12 @@ async def test_upload_uploads_dir_is_emptied_after_completion(service: Service) 
     response = await upload(service.client, "a.txt", story("geothermal", "Orvandel").encode())
     final = await wait_for_task(service.client, response.json()["task_id"])
     assert final["status"] == "completed"
-    assert list(upload_files(service.settings.uploads_dir)) == []
+
+    # Removed by the task's end-of-task step, which runs just after the final status is written.
+    async def uploads_gone() -> bool:
+        return not list(upload_files(service.settings.uploads_dir))
+
+    await wait_until(uploads_gone, timeout=10, message="the upload's file is removed")
 
 
 async def test_text_insert_and_streaming_query(service: Service) -> None:
