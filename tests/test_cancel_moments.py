@@ -67,8 +67,12 @@ async def assert_cancelled_and_gone(svc: Service, task: dict, marker: str) -> di
     assert final["history"] and final["history"][-1]["outcome"] == "cancelled", final
     assert (await svc.client.get(f"/documents/{task['doc_id']}")).status_code == 404
     assert marker not in await context_for(svc, f"{marker} project")
-    leftovers = [p.name for p in upload_files(svc.settings.uploads_dir) if p.name.startswith(task["task_id"])]
-    assert leftovers == [], leftovers
+
+    # Removed by the task's end-of-task step, which runs just after the final status is written.
+    async def upload_gone() -> bool:
+        return not [p for p in upload_files(svc.settings.uploads_dir) if p.name.startswith(task["task_id"])]
+
+    await wait_until(upload_gone, timeout=10, message="the cancelled upload's file is removed")
     return final
 
 
