@@ -61,6 +61,18 @@ async def test_rows_are_the_in_process_models_and_the_child_is_niced() -> None:
     assert lane.pid is None
 
 
+async def test_the_child_uses_embedding_threads() -> None:
+    """Catches EMBEDDING_THREADS not reaching the child's model (it would use every core)."""
+    lane = E5BulkLane(threads=1)
+    try:
+        await lane.embed(["warm-up"])
+        assert lane.pid is not None
+        environ = (await asyncio.to_thread(Path(f"/proc/{lane.pid}/environ").read_bytes)).split(b"\0")
+        assert b"OMP_NUM_THREADS=1" in environ
+    finally:
+        await lane.close()
+
+
 async def test_a_cancelled_caller_leaves_the_pipe_in_step() -> None:
     """Catches the next caller reading the vectors of a call whose caller was cancelled mid-way."""
     lane = E5BulkLane()

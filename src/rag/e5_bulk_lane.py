@@ -46,23 +46,26 @@ class BulkEmbeddingFailed(RuntimeError):
     """The bulk child could not embed a request (it died, or the model raised)."""
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(threads: int | None) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LC_ALL": "C.UTF-8",
         "MALLOC_ARENA_MAX": "2",
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }
-    if "OMP_NUM_THREADS" in os.environ:  # EMBEDDING_THREADS, as the service's own model reads it
-        env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
+    # EMBEDDING_THREADS, else what the operator gave the service's own model.
+    omp_threads = str(int(threads)) if threads else os.environ.get("OMP_NUM_THREADS")
+    if omp_threads:
+        env["OMP_NUM_THREADS"] = omp_threads
     return env
 
 
 class E5BulkLane:
     """One niced child process with its own e5 model; one request at a time through its pipes."""
 
-    def __init__(self, niceness: int = BULK_NICENESS) -> None:
+    def __init__(self, niceness: int = BULK_NICENESS, threads: int | None = None) -> None:
         self.niceness = int(niceness)
+        self.threads = threads
         self._proc: asyncio.subprocess.Process | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
@@ -131,7 +134,7 @@ class E5BulkLane:
             str(self.niceness),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=_child_env(),
+            env=_child_env(self.threads),
             limit=_LINE_LIMIT,
         )
         self.started += 1
@@ -160,11 +163,12 @@ class E5BulkLane:
 _shared: E5BulkLane | None = None
 
 
-def shared_bulk_lane() -> E5BulkLane:
-    """The process-wide lane (every knowledge base shares it, as they share the in-process model)."""
+def shared_bulk_lane(threads: int | None = None) -> E5BulkLane:
+    """The process-wide lane (every knowledge base shares it, as they share the in-process model);
+    ``threads``: EMBEDDING_THREADS, the model's OpenMP threads."""
     global _shared
     if _shared is None:
-        _shared = E5BulkLane()
+        _shared = E5BulkLane(threads=threads)
     return _shared
 
 

@@ -207,7 +207,7 @@ def build_e5_embedding_func(settings: Settings) -> EmbeddingFunc:
     from .scheduler import current_call_context
 
     embedder = shared_e5_embedder(settings.embedding_threads)
-    bulk_lane = shared_bulk_lane()
+    bulk_lane = shared_bulk_lane(settings.embedding_threads)
     batch_size = settings.embedding_batch_size
 
     async def e5_embed(texts: list[str], context: str = "document", **_: Any) -> np.ndarray:
