@@ -21,23 +21,17 @@ import json
 import logging
 import os
 import signal
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
+from src.rag.child_process import child_command, child_env
 from src.rag.embedding_e5 import E5_DIM
 
 logger = logging.getLogger(__name__)
 
 #: The child's niceness: the kernel's scheduler gives a nice-0 thread ~70 times its share.
 BULK_NICENESS = 19
-_ROOT = str(Path(__file__).resolve().parents[2])
-_BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from src.rag.e5_child import main; sys.exit(main(sys.argv[2:]))"
-)
 #: Longest answer header line; the vectors follow it as raw bytes.
 _LINE_LIMIT = 1 << 20
 
@@ -47,12 +41,7 @@ class BulkEmbeddingFailed(RuntimeError):
 
 
 def _child_env(threads: int | None) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LC_ALL": "C.UTF-8",
-        "MALLOC_ARENA_MAX": "2",
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
-    }
+    env = child_env(OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     # EMBEDDING_THREADS, else what the operator gave the service's own model.
     omp_threads = str(int(threads)) if threads else os.environ.get("OMP_NUM_THREADS")
     if omp_threads:
@@ -126,12 +115,7 @@ class E5BulkLane:
         if self._proc is not None and self._proc.returncode is None:
             return self._proc
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-I",
-            "-c",
-            _BOOT,
-            _ROOT,
-            str(self.niceness),
+            *child_command("src.rag.e5_child", str(self.niceness)),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=_child_env(self.threads),

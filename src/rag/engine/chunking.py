@@ -17,10 +17,9 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
+from src.rag.child_process import child_command, child_env
 from src.rag.engine.chunk_child import EXIT_MEMORY
 
 #: Texts at least this long are chunked in a child: below it the child's start (~0.3 s) costs more
@@ -33,26 +32,13 @@ _LINES_PER_TURN = 64
 #: Longest line the child may write: one chunk's JSON (a 1,200-token chunk is a few KB).
 _LINE_LIMIT = 64 * 1024 * 1024
 
-_ROOT = str(Path(__file__).resolve().parents[3])
-_BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from src.rag.engine.chunk_child import main; sys.exit(main(sys.argv[2:]))"
-)
-
 
 class ChunkingFailed(Exception):
     """The chunking child failed (the message says why, in the operator's terms)."""
 
 
 def _child_env() -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LC_ALL": "C.UTF-8",
-        "PYTHONIOENCODING": "utf-8",
-        "MALLOC_ARENA_MAX": "2",
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
+    env = child_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     if "TIKTOKEN_CACHE_DIR" in os.environ:  # seeded by src/rag/tokenizer.py: the child never downloads
         env["TIKTOKEN_CACHE_DIR"] = os.environ["TIKTOKEN_CACHE_DIR"]
     return env
@@ -64,15 +50,13 @@ async def chunk_in_child(
     """LightRAG's ``chunking_by_token_size(tokenizer, content, None, False, overlap_tokens,
     chunk_tokens)`` for a tokenizer on tiktoken ``encoding``, computed in a child process."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-I",
-        "-c",
-        _BOOT,
-        _ROOT,
-        encoding,
-        str(int(chunk_tokens)),
-        str(int(overlap_tokens)),
-        str(int(memory_bytes)),
+        *child_command(
+            "src.rag.engine.chunk_child",
+            encoding,
+            str(int(chunk_tokens)),
+            str(int(overlap_tokens)),
+            str(int(memory_bytes)),
+        ),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -13,16 +13,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from src.core.scrub import scrub_paths
+from src.rag.child_process import child_command, child_env
 from src.rag.parsing.content import ContentList, DocumentParseError
 from src.rag.parsing.limits import ParseLimits
 from src.rag.parsing.worker import EXIT_MEMORY, EXIT_REJECTED, PROGRESS_PREFIX
@@ -32,11 +31,6 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 
-_ROOT = str(Path(__file__).resolve().parents[3])
-_BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from src.rag.parsing.worker import main; sys.exit(main(sys.argv[2:]))"
-)
 #: Live parse processes by the path they parse, so a cancelled task can kill its own.
 _live: dict[str, set[subprocess.Popen]] = {}
 _live_lock = threading.Lock()
@@ -45,16 +39,7 @@ _ZIP_KINDS = frozenset({"docx", "pptx", "xlsx", "odt", "epub", "bundle"})
 
 def _child_env(limits: ParseLimits) -> dict[str, str]:
     threads = str(limits.ocr_threads)
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LC_ALL": "C.UTF-8",
-        "PYTHONIOENCODING": "utf-8",
-        # glibc reserves an arena per thread: onnxruntime's threads alone reserved ~0.3 GiB of the
-        # address space the memory limit counts.
-        "MALLOC_ARENA_MAX": "2",
-        "OMP_NUM_THREADS": threads,
-        "OPENBLAS_NUM_THREADS": threads,
-    }
+    return child_env(OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
 
 
 def run_isolated(
@@ -75,7 +60,7 @@ def run_isolated(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-c", _BOOT, _ROOT, kind, str(path), str(out_dir), limits.to_json()],
+        child_command("src.rag.parsing.worker", kind, str(path), str(out_dir), limits.to_json()),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
