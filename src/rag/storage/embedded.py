@@ -475,8 +475,8 @@ class SqliteVectorStorage(BaseVectorStorage):
         current_time = int(time.time())
         items = list(data.items())
         size = max(1, int(self._max_batch_size))
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        batches = iter(chunks)
+        all_batches = [items[i : i + size] for i in range(0, len(items), size)]
+        batches = iter(all_batches)
         in_flight = min(64, max(4, 2 * int(self.global_config.get("embedding_func_max_async", 4))))
 
         async def embed_batches() -> None:
@@ -492,7 +492,7 @@ class SqliteVectorStorage(BaseVectorStorage):
                     self._put(record, _normalize(np.asarray(row, dtype=np.float32)))
                 self._touch([key for key, _ in batch])
 
-        workers = [asyncio.ensure_future(embed_batches()) for _ in range(min(in_flight, len(chunks)))]
+        workers = [asyncio.ensure_future(embed_batches()) for _ in range(min(in_flight, len(all_batches)))]
         try:
             await asyncio.gather(*workers)
         finally:
