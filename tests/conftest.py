@@ -232,6 +232,29 @@ PROMISED_PROOFS = {
 }
 
 
+#: Lines of each service log shown under a failed test (CI keeps nothing else of a process test).
+LOG_TAIL_LINES = 60
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed test that wrote logs into its ``tmp_path`` (the services it ran) shows their last
+    lines in the report: on CI the temporary directory is gone before anyone can read it."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when == "setup":
+        return
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if not isinstance(tmp, Path):
+        return
+    for log_file in sorted(tmp.glob("**/*.log"))[:6]:
+        try:
+            lines = log_file.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        except OSError:
+            continue
+        report.sections.append((f"last lines of {log_file.relative_to(tmp)}", "\n".join(lines)))
+
+
 def _skip_reason(report: pytest.TestReport) -> str:
     longrepr = report.longrepr
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
