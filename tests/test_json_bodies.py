@@ -7,7 +7,9 @@ and JSON bodies that stopped mid-way held their connections forever."""
 from __future__ import annotations
 
 import json
+import select
 import socket
+import time
 
 import httpx
 import psutil
@@ -107,6 +109,36 @@ def test_a_300_mb_body_without_a_key_is_refused_before_it_is_read(server) -> Non
     assert streamed[0] == 401 and streamed[1]["code"] == "missing_api_key", streamed[:2]
     assert declared[2] < 64 * MB and streamed[2] < 64 * MB, (declared[2], streamed[2])
     assert growth < 50, f"the service grew by {growth:.0f} MB for two refused bodies"
+
+
+def test_the_refusal_reaches_a_client_that_is_still_sending(server) -> None:
+    """Catches closing a connection with the client's bytes unread: the kernel then resets it and
+    the client, still sending its body, lost the 413 it had been sent (the JSON error never
+    arrived). The service sends its answer and FIN, drains what the client still sends for a
+    bounded time (lingering close), and the client reads the whole answer."""
+    _, port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /query HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % BIG + b"[" + b"1," * 32768
+        )
+        readable, _, _ = select.select([sock], [], [], 30)
+        assert readable, "no answer to a 300 MB body without a key"
+        # A client that has not looked at the answer yet keeps sending; nothing it sent is lost.
+        sock.settimeout(30)
+        for _ in range(16):
+            sock.sendall(b"1," * 131072)
+        answer, started = b"", time.monotonic()
+        while True:
+            data = sock.recv(65536)
+            if not data:  # FIN: the service ended the connection cleanly
+                break
+            answer += data
+        drained_for = time.monotonic() - started
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert json.loads(body)["code"] == "too_large", body
+    assert drained_for < 20, f"the connection stayed open {drained_for:.1f} s after the answer"
 
 
 def test_a_300_mb_body_with_a_key_is_cut_off_at_the_limit(server) -> None:

@@ -15,6 +15,14 @@ header line was answered 200, 50 connections each holding an unterminated 16 MB 
   behind a proxy, where every connection has the proxy's address). A connection beyond either is
   answered 503 and closed at once, so it costs a descriptor for an instant, not for as long as the
   client likes.
+- a connection closed while its request's body is still arriving (a body refused unread: 401,
+  413, 408) is closed the way nginx's ``lingering_close`` does it: the answer is sent, then FIN,
+  and what the client still sends is read and dropped for at most LINGER_SECONDS. Closing at once
+  with unread bytes in the socket makes the kernel send a reset, which can destroy the answer in
+  the client's receive buffer before the client reads it: a client sending a body it was allowed
+  to start saw a dead connection instead of the JSON error. A refused header block (431, 408) is
+  still cut off at once: it is no request any client could have meant, and draining it would only
+  let a hostile one keep the connection busy.
 
 `install()` makes every uvicorn HTTP/1.1 protocol object of this process a bounded one (the
 protocol classes get a ``__new__`` that builds the bounded subclass), so the bounds hold whether
@@ -55,6 +63,8 @@ _REASONS = {
 _RESERVED_FDS = 256
 #: The derived MAX_CONNECTIONS never exceeds this (each idle connection also costs memory).
 _AUTO_MAX_CONNECTIONS = 10_000
+#: How long a connection closed mid-request keeps draining its client's bytes (see the docstring).
+LINGER_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -148,8 +158,36 @@ def _response(status: int, code: str, message: str, extra_headers: bytes = b"") 
     return head + body
 
 
+class _LingeringTransport:
+    """The protocol's view of its transport: ``close()`` lingers when the request is still
+    arriving (see the module docstring); everything else is the transport's own."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _ConnectionBounds) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self.lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        transport = self._transport
+        if self.lingering or transport.is_closing():
+            return
+        if not (self._protocol._input_pending() and transport.can_write_eof()):
+            transport.close()
+            return
+        self.lingering = True
+        transport.write_eof()  # FIN once the answer is written; our side sends nothing more
+        transport.resume_reading()  # flow control may have paused it: keep draining
+        self._protocol.loop.call_later(LINGER_SECONDS, transport.close)
+
+
 class _ConnectionBounds:
-    """What both protocols share: the connection caps and the header-block timer."""
+    """What both protocols share: the connection caps, the header-block timer, the lingering close."""
 
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
@@ -162,7 +200,8 @@ class _ConnectionBounds:
     _client_key: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)  # type: ignore[misc]
+        self._lingering = _LingeringTransport(transport, self)
+        super().connection_made(self._lingering)  # type: ignore[misc]
         self._head_bytes = 0
         limits = _Active.limits
         if len(self.connections) > _Active.max_connections:
@@ -187,6 +226,14 @@ class _ConnectionBounds:
                     del counts[self._client_key]
             self._client_key = None
         super().connection_lost(exc)  # type: ignore[misc]
+
+    def _input_pending(self) -> bool:
+        """The client may still be sending the body of a request whose head was accepted."""
+        raise NotImplementedError
+
+    def _draining(self) -> bool:
+        """Closed mid-request and lingering: what arrives now is dropped unread."""
+        return self._lingering.lingering
 
     def _refuse_connection(self, message: str) -> None:
         self.transport.write(_response(503, "too_many_connections", message, b"retry-after: 1\r\n"))
@@ -242,7 +289,12 @@ class BoundedHttpToolsProtocol(_ConnectionBounds, HttpToolsProtocol):
     def _awaiting_head(self) -> bool:
         return self._in_head
 
+    def _input_pending(self) -> bool:
+        return not self._in_head and self.cycle is not None and self.cycle.more_body
+
     def data_received(self, data: bytes) -> None:
+        if self._draining():
+            return
         if self._in_head:
             self._head_bytes += len(data)
             self._arm_head_timer()
@@ -318,7 +370,12 @@ class BoundedH11Protocol(_ConnectionBounds, H11Protocol):
     def _awaiting_head(self) -> bool:
         return self.conn.their_state is h11.IDLE
 
+    def _input_pending(self) -> bool:
+        return self.conn.their_state is h11.SEND_BODY
+
     def data_received(self, data: bytes) -> None:
+        if self._draining():
+            return
         waiting = self._awaiting_head()
         if waiting:
             self._head_bytes += len(data)
