@@ -17,8 +17,8 @@ async def test_a_cancelling_task_whose_worker_died_is_handed_back_once_and_ends_
     store: TaskStore,
 ) -> None:
     """Catches a cancelling task lost with its worker (stuck `cancelling` for good), turned back
-    into `pending` (its cancel forgotten: it would be indexed), or handed back twice (a second
-    queue entry: two workers would clean it up)."""
+    into `pending` (its cancel forgotten: it would be indexed), handed back twice (a second queue
+    entry: two workers would clean it up), or charged a failure for an attempt that only cleaned up."""
     await store.create(record("cd"))
     claimed = await store.claim("w1", 60)
     assert claimed is not None and claimed.task_id == "cd"
@@ -28,6 +28,7 @@ async def test_a_cancelling_task_whose_worker_died_is_handed_back_once_and_ends_
     assert handed is RequeueOutcome.REQUEUED
     waiting = await store.get("cd")
     assert waiting.status == TaskStatus.CANCELLING and not waiting.owner
+    assert waiting.failures == 0, "an attempt lost while it only cleaned up counted as a failure"
     # A second sweep (or a late requeue of w1) finds it already handed back: nothing changes.
     again = await store.requeue("cd", owner=None, max_failures=5, outcome=AttemptOutcome.LEASE_EXPIRED)
     assert again is RequeueOutcome.QUEUED

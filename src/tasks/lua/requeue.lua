@@ -21,8 +21,10 @@ local now = ARGV[4]
 add_history(key, cur[2], cur[3], cur[8], now, ARGV[9], ARGV[10])
 stop_running(L, t, id)
 local failures = tonumber(redis.call('HGET', key, 'failures') or '0') or 0
-if ARGV[11] == '1' then failures = redis.call('HINCRBY', key, 'failures', 1) end
-if ARGV[11] == '1' and cur[1] == 'processing' and failures >= tonumber(ARGV[5]) then
+-- An attempt that was only cleaning up a cancelled task is no failure of its document.
+local counts = ARGV[11] == '1' and cur[1] == 'processing'
+if counts then failures = redis.call('HINCRBY', key, 'failures', 1) end
+if counts and failures >= tonumber(ARGV[5]) then
   redis.call('HSET', key, 'stage', 'failed',
              'error', 'gave up after '..failures..' failed attempts; last: '..ARGV[10])
   finalize(t, id, key, 'processing', 'failed', cur[6], cur[7], now, ARGV[6])
