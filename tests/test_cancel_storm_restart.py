@@ -189,7 +189,16 @@ def test_kill9_mid_purge_pass_then_restart_leaves_only_the_completed_documents(
             owners = {c.get("full_doc_id") for c in chunks.values()}
             return any(storm[t] in statuses and storm[t] not in owners for t in merged)
 
-        wait_sync(mid_pass, timeout=60, message="a purge pass mid-way on disk")
+        try:
+            wait_sync(mid_pass, timeout=60, message="a purge pass mid-way on disk")
+        except AssertionError as exc:  # what CI keeps of this moment: the tasks, the passes, the disk
+            statuses, chunks = _on_disk(workspace, "doc_status"), _on_disk(workspace, "text_chunks")
+            owners = {c.get("full_doc_id") for c in chunks.values()}
+            disk = {t: (storm[t] in statuses, storm[t] in owners) for t in ids}
+            raise AssertionError(
+                f"{exc}; merged={merged} late={late} passes={_logged(log, 'purge pass')} "
+                f"(status on disk, chunks on disk)={disk} views={_views(base, ids)}"
+            ) from None
         response = httpx.delete(f"{base}/task/{late}", timeout=30)
         assert response.status_code == 202, response.text
         wait_sync(
