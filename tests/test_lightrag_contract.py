@@ -334,6 +334,27 @@ def test_pipeline_stages_take_the_arguments_the_indexer_passes() -> None:
     } <= _params(compat.merge_nodes_and_edges)
 
 
+def test_the_merge_summarises_through_the_function_the_pre_summary_calls() -> None:
+    """Catches a release whose merge summarises descriptions elsewhere or with other arguments: the
+    pre-summary (src/rag/engine/presummary.py) would fill the cache with answers the merge never
+    asks for, and every summary would be made twice. tests/test_presummary.py checks the lists."""
+    from lightrag import operate
+
+    assert compat.summarize_descriptions is operate._handle_entity_relation_summary
+    assert list(inspect.signature(compat.summarize_descriptions).parameters) == [
+        "description_type",
+        "entity_or_relation_name",
+        "description_list",
+        "separator",
+        "global_config",
+        "llm_response_cache",
+    ]
+    for merge in (operate._merge_nodes_then_upsert, operate._merge_edges_then_upsert):
+        source = inspect.getsource(merge)
+        assert "await _handle_entity_relation_summary(" in source and "GRAPH_FIELD_SEP," in source
+    assert compat.GRAPH_FIELD_SEP == operate.GRAPH_FIELD_SEP
+
+
 async def test_extraction_calls_the_documents_own_llm_function(rag: LightRAG) -> None:
     """Catches a release whose stages take their LLM elsewhere than `global_config` (1.5:
     ``role_llm_funcs``): the indexer could no longer stop one document's calls."""

@@ -48,6 +48,19 @@ PROVIDER_RUNNING = Gauge(
     registry=PROVIDER_REGISTRY,
 )
 
+MERGE_PRESUMMARIES = Counter(
+    "ragsvc_merge_presummaries",
+    "Description summaries made before a merge, outside LightRAG's keyed locks, by whether the "
+    "merge then found them in the LLM cache (outcome=used) or not (outcome=wasted)",
+    ["outcome"],
+    registry=PROVIDER_REGISTRY,
+)
+MERGE_LOCKED_SUMMARIES = Counter(
+    "ragsvc_merge_locked_summaries",
+    "Summary LLM calls a merge made itself, under LightRAG's keyed locks (not made ahead)",
+    registry=PROVIDER_REGISTRY,
+)
+
 
 class Metrics:
     def __init__(self) -> None:

@@ -32,6 +32,12 @@ from lightrag import LightRAG
 from lightrag import kg as lightrag_kg
 from lightrag.base import StorageNameSpace
 
+# The description summary `merge_nodes_and_edges` makes for each entity and relation under its keyed
+# lock (`_merge_nodes_then_upsert` / `_merge_edges_then_upsert` call it), and the pieces those two use
+# to build the description list they hand it: src/rag/engine/presummary.py builds the same list and
+# makes the same (cached) call before the merge, outside the locks.
+from lightrag.constants import GRAPH_FIELD_SEP, SOURCE_IDS_LIMIT_METHOD_KEEP
+
 # The storage classes our embedded storages subclass (src/rag/storage/embedded.py), for their read
 # paths and result shapes: see `JsonStorageState` and `NetworkXState` for the state they share.
 from lightrag.kg.json_doc_status_impl import JsonDocStatusStorage
@@ -46,6 +52,7 @@ from lightrag.kg.shared_storage import (
     get_update_flag,
     try_initialize_namespace,
 )
+from lightrag.operate import _handle_entity_relation_summary as summarize_descriptions
 
 # LightRAG's default chunking: when a LightRAG instance still uses it, a big text is cut the same
 # way in a child process (src/rag/engine/chunking.py; tests/test_chunking_child.py compares them).
@@ -55,9 +62,12 @@ from lightrag.operate import chunking_by_token_size as _default_chunking
 # owned by its task, instead of LightRAG's batch pass); their keyword arguments are checked by the
 # contract test.
 from lightrag.operate import extract_entities, merge_nodes_and_edges
+from lightrag.utils import apply_source_ids_limit, make_relation_chunk_key, merge_source_ids
 
 __all__ = [
     "DELETE_REFUSED_WHILE_BUSY",
+    "GRAPH_FIELD_SEP",
+    "SOURCE_IDS_LIMIT_METHOD_KEEP",
     "DELETION_DOCUMENT_STORAGES",
     "LIMITER_KWARGS",
     "LOCK_CONTEXT_VAR",
@@ -68,6 +78,7 @@ __all__ = [
     "NetworkXStorage",
     "NetworkXState",
     "UnsupportedLightRAG",
+    "apply_source_ids_limit",
     "block_runtime_installs",
     "check_lightrag_version",
     "deletion_view",
@@ -80,7 +91,9 @@ __all__ = [
     "installed_lightrag_version",
     "json_doc_status_items",
     "join_namespace",
+    "make_relation_chunk_key",
     "merge_nodes_and_edges",
+    "merge_source_ids",
     "new_pipeline_status",
     "persist_all",
     "postgres_client",
@@ -92,6 +105,7 @@ __all__ = [
     "replace_provider_functions",
     "storage_env_requirements",
     "storage_implementations",
+    "summarize_descriptions",
     "update_flag",
     "validate_embedding_func",
 ]

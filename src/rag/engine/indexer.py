@@ -50,11 +50,13 @@ from lightrag.utils import (
     sanitize_text_for_encoding,
 )
 
+from src.core.metrics import MERGE_LOCKED_SUMMARIES
 from src.rag.engine import versions
 from src.rag.engine.chunking import CHILD_CHUNKING_MIN_CHARS, ChunkingFailed, chunk_in_child
 from src.rag.engine.merge_groups import MergeGroup, MergeGroupFailed, MergeGroups, MergeJob
 from src.rag.engine.modal import MODAL_KEY, link_modal_entities, modal_chunk_records
 from src.rag.engine.partial_delete import prepare_partial_delete
+from src.rag.engine.presummary import ObservedCache, presummarize
 from src.rag.engine.purges import PurgeBatches, delete_together, drop_unmerged, never_merged
 from src.rag.engine.scope import (
     UNWIND_SECONDS,
@@ -131,6 +133,17 @@ class _MergeMember:
     file_path: str
     on_node: Callable[[str], None]
     on_edge: Callable[[str, str], None]
+
+
+def _counted_locked_summaries(llm: Callable[..., Any]) -> Callable[..., Any]:
+    """The merge's LLM function, counted: a merge calls the LLM only for a summary the cache did not
+    have, made under LightRAG's keyed locks."""
+
+    async def summary(*args: Any, **kwargs: Any) -> Any:
+        MERGE_LOCKED_SUMMARIES.inc()
+        return await llm(*args, **kwargs)
+
+    return summary
 
 
 def _now() -> str:
@@ -702,21 +715,37 @@ class DocumentIndexer:
                 scope.stop()
             global_config = {**members[0].global_config, "llm_model_func": scope.llm}
             doc_id = None
+        chunk_results = [result for job in jobs for result in job.chunk_results]
         # Its LLM and embedding calls run under LightRAG's keyed locks: admitted first.
         with call_context(priority=group.priority, merging=True):
+            # The summaries first, all at once and without a lock (presummary.py); reads only, so
+            # outside the gate: a delete meanwhile at worst makes a prediction miss.
+            ahead = await presummarize(
+                chunk_results,
+                rag.chunk_entity_relation_graph,
+                rag.entity_chunks,
+                rag.relation_chunks,
+                global_config,
+                rag.llm_response_cache,
+            )
+            # Seen only to count what the merge used of the summaries made ahead.
+            seen = ObservedCache(rag.llm_response_cache) if ahead.written else None
             async with self.gate.shared():
                 await merge_nodes_and_edges(
-                    chunk_results=[result for job in jobs for result in job.chunk_results],
+                    chunk_results=chunk_results,
                     knowledge_graph_inst=graph,
                     entity_vdb=ScopedVectors(rag.entities_vdb, scope),
                     relationships_vdb=ScopedVectors(rag.relationships_vdb, scope),
-                    global_config=global_config,
+                    global_config={
+                        **global_config,
+                        "llm_model_func": _counted_locked_summaries(global_config["llm_model_func"]),
+                    },
                     full_entities_storage=rag.full_entities if doc_id else None,
                     full_relations_storage=rag.full_relations if doc_id else None,
                     doc_id=doc_id,
                     pipeline_status=scope.status,
                     pipeline_status_lock=scope.lock,
-                    llm_response_cache=rag.llm_response_cache,
+                    llm_response_cache=seen if seen is not None else rag.llm_response_cache,
                     entity_chunks_storage=rag.entity_chunks,
                     relation_chunks_storage=rag.relation_chunks,
                     current_file_number=1,
@@ -725,6 +754,8 @@ class DocumentIndexer:
                 )
                 if doc_id is None:
                     await self._record_group_members(jobs, graph)
+            if seen is not None:
+                ahead.settle(seen)
 
     async def _record_group_members(self, jobs: list[MergeJob], graph: ObservedGraph) -> None:
         """LightRAG's phase 3 for each member of a group: the entities and relations it merged,
