@@ -159,6 +159,13 @@ def ingest_run(ctx, system: str, max_async: int, par: int, docs: list[bytes], la
         lag, n = loop_lag_p99_ms(before, after)
         out["loop_lag_p99_ms"] = lag
         out["loop_lag_samples"] = n
+        # Summaries made before a merge (used by it or wasted) and made by a merge under its locks.
+        for key, name, labels in (
+            ("presummaries_used", "ragsvc_merge_presummaries_total", {"outcome": "used"}),
+            ("presummaries_wasted", "ragsvc_merge_presummaries_total", {"outcome": "wasted"}),
+            ("locked_summaries", "ragsvc_merge_locked_summaries_total", {}),
+        ):
+            out[key] = delta(before, after, name, **labels)
     return out
 
 
@@ -168,7 +175,8 @@ def _table(runs: list[dict]) -> list[dict]:
         rs = [r for r in runs if r["label"] == label]
         row = {k: rs[0][k] for k in ("label", "system", "max_async", "par", "docs")}
         for k in ("wall_s", "calls", "ideal_s", "ratio", "docs_per_min", "idle_s", "before_first_call_s",
-                  "mean_in_flight", "utilisation", "loop_lag_p99_ms"):  # fmt: skip
+                  "mean_in_flight", "utilisation", "loop_lag_p99_ms", "presummaries_used",
+                  "presummaries_wasted", "locked_summaries"):  # fmt: skip
             vals = [r[k] for r in rs if r.get(k) is not None]
             row[k] = median(vals) if vals else None
         row["max_in_flight"] = max(r["max_in_flight"] or 0 for r in rs)

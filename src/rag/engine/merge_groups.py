@@ -24,6 +24,11 @@ that outranks the group it conflicts with does not wait for it; and no document 
 conflicting group longer than ``patience`` (a big document's merge may take minutes): then it
 merges beside it, waiting on the shared entities' locks only, as LightRAG would.
 
+With the pre-summary (presummary.py) a group summarises before it merges, outside the locks,
+and holds them for storage work only; groups that share entities still go one after the other,
+because a group's summaries are computed from what the previous one stored: beside it, they would
+be computed from stale descriptions, missed by the merge and made again under the locks.
+
 Priority reaches the merge too: a group holds documents of one priority only (an urgent
 document never waits for the summaries of the routine ones it would have been grouped with),
 and a waiting document that outranks every running group does not wait for a slot: it starts
