@@ -12,10 +12,10 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from src.core.bindings import ollama_openai_url, served_binding
+from src.core.bindings import BindingError, ollama_openai_url, served_binding
 
 #: Without TENANT_MAX_PENDING_QUERIES, one tenant may fill at most this fraction (1/n) of the query lane.
 TENANT_QUERY_SHARE_DIVISOR = 4
@@ -382,6 +382,25 @@ class Settings(BaseSettings):
             )
         return self
 
+    # The refusals are field checks, so that a binding we cannot serve is named beside any other
+    # refused setting (a model check never runs once a field failed); the normalisation that needs
+    # the hosts is the model check below.
+    @field_validator("llm_binding")
+    @classmethod
+    def _served_llm_binding(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("llm_provider", "auto") == "offline":
+            return value
+        return served_binding("LLM", value)
+
+    @field_validator("embedding_binding")
+    @classmethod
+    def _served_embedding_binding(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("embedding_provider", "auto") not in ("auto", "openai"):
+            return value
+        if (info.data.get("llm_binding") or "").strip().lower() == "openai-ollama":
+            return value  # LightRAG Server's openai-ollama: Ollama embeddings, whatever this says
+        return served_binding("EMBEDDING", value)
+
     @model_validator(mode="after")
     def _lightrag_server_bindings(self) -> Settings:
         """LLM_BINDING / EMBEDDING_BINDING: served ones normalised (Ollama's root URL -> its /v1),
@@ -477,7 +496,7 @@ def configuration_errors(exc: ValidationError) -> str:
     for error in exc.errors(include_url=False):
         message = str(error["msg"]).removeprefix("Value error, ")
         field = str(error["loc"][0]) if error["loc"] else ""
-        if field not in Settings.model_fields:
+        if field not in Settings.model_fields or isinstance(error.get("ctx", {}).get("error"), BindingError):
             lines.append(message)
             continue
         shown = "" if any(word in field for word in _SECRET_WORDS) else f" (got {error['input']!r})"

@@ -220,6 +220,25 @@ def test_start_up_refusal_names_both_variables_and_hides_secrets(monkeypatch: py
     assert "TOKEN_EXPIRE_HOURS: " in message and "sekrit-looking" not in message
 
 
+def test_a_refused_binding_is_named_beside_a_refused_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catches a binding refusal hidden by any other bad setting (pydantic skips the model checks
+    once a field failed): the operator fixed one line, restarted, and only then met the next."""
+    monkeypatch.chdir(Path(__file__).parent)
+    monkeypatch.setenv("MAX_ASYNC", "0")
+    monkeypatch.setenv("LLM_BINDING", "azure_openai")
+    monkeypatch.setenv("EMBEDDING_BINDING", "jina")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as refused:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    message = str(refused.value.code)
+    assert "LLM_MAX_ASYNC / MAX_ASYNC: Input should be greater than or equal to 1" in message
+    assert "LLM_BINDING=azure_openai is not supported" in message
+    assert "EMBEDDING_BINDING=jina is not" in message
+
+
 def test_the_process_prints_the_message_without_a_traceback(tmp_path: Path) -> None:
     """What `python main.py` / `uvicorn main:app` do first: read the settings."""
     env = scrubbed_env(LLM_BINDING="aws_bedrock", PYTHONPATH=str(REPO))
