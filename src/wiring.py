@@ -19,7 +19,7 @@ from src.ingestion.batches import BatchService
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import IngestHandler
 from src.ingestion.knowledge import KnowledgeService
-from src.ingestion.ownership import Ownership, build_ownership, shared_storages_selected
+from src.ingestion.ownership import Ownership, PgOwnership, build_ownership, shared_storages_selected
 from src.ingestion.prefetch import ExtractionAhead
 from src.ingestion.query_lane import QueryLane
 from src.ingestion.scan import DirectoryScanner
@@ -33,6 +33,7 @@ from src.rag.engine.tenant_engines import TenantEngines
 from src.rag.knowledge import KnowledgeBases, workspace_of
 from src.rag.lightrag_compat import check_lightrag_version
 from src.rag.llm.vision import vision_description
+from src.rag.parsers import RAGANYTHING_EXTENSIONS
 from src.rag.parsing.external import check_parser
 from src.rag.storage.fence import register_write_fence
 from src.tasks.admission import express_slots_for
@@ -179,6 +180,15 @@ async def start_services(
             idle_seconds=settings.tenant_idle_seconds,
             owns=ownership.owns,
             acquire=ownership.try_acquire,
+            **(
+                dict(
+                    graph_locks=ownership.graph_locks,
+                    write_guard=lambda tenant, guest: ownership.write_guard(tenant, guest=guest),
+                    may_guest=ownership.may_guest,
+                )
+                if isinstance(ownership, PgOwnership)
+                else {}
+            ),
         )
         if runs_tasks:
             # The default tenant's knowledge base is loaded up front (it also resumes its unfinished
@@ -227,6 +237,8 @@ async def start_services(
             retry_max_seconds=settings.retry_max_seconds,
             max_concurrent_queries=settings.max_concurrent_queries,
             query_timeout_seconds=settings.query_timeout_seconds,
+            guest_claims=ownership.shared and settings.index_anywhere,
+            guest_skip_suffixes=tuple(sorted(RAGANYTHING_EXTENSIONS)),
         ),
         instance_id,
         metrics=metrics,
@@ -248,7 +260,7 @@ async def start_services(
     extraction_ahead = None
     if runs_tasks:
         await runner.start()
-        if ownership.shared and settings.extract_ahead:
+        if ownership.shared and settings.extract_ahead and not settings.index_anywhere:
             extraction_ahead = ExtractionAhead(
                 store,
                 knowledge_bases,

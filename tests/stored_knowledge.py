@@ -9,7 +9,8 @@ and chunk list. Descriptions are not compared: they are summaries whose wording 
 order in which the documents were merged.
 
 Read from the embedded SQLite store of a stopped service (every record it flushed, nothing only in
-memory): what a restart would find.
+memory): what a restart would find; or from PostgreSQL (`pg_knowledge`), where several instances
+share one workspace.
 """
 
 from __future__ import annotations
@@ -89,6 +90,67 @@ def stored_knowledge(workspace_dir: Path) -> Knowledge:
             for doc_id, d in read_kv_namespace(workspace_dir, "doc_status").items()
             if d
         },
+    )
+
+
+def pg_knowledge(pg: dict[str, str], workspace: str) -> Knowledge:
+    """The knowledge base of ``workspace`` as PostgreSQL holds it (LightRAG's PG storages and our
+    PGPlainGraphStorage; ``pg`` holds the POSTGRES_* variables)."""
+    import asyncio
+
+    import asyncpg
+
+    async def read() -> dict[str, list]:
+        conn = await asyncpg.connect(
+            host=pg["POSTGRES_HOST"], port=int(pg["POSTGRES_PORT"]), user=pg["POSTGRES_USER"],
+            password=pg["POSTGRES_PASSWORD"], database=pg["POSTGRES_DATABASE"],
+        )  # fmt: skip
+        try:
+            tables = [
+                r["table_name"]
+                for r in await conn.fetch(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+                )
+            ]
+
+            def vdb(kind: str) -> str:
+                return next(t for t in tables if t.startswith(f"lightrag_vdb_{kind}"))
+
+            queries = {
+                "nodes": "SELECT id, properties->>'source_id' AS src FROM lightrag_plain_graph_nodes "
+                "WHERE workspace = $1",
+                "edges": "SELECT source, target, properties->>'source_id' AS src "
+                "FROM lightrag_plain_graph_edges WHERE workspace = $1",
+                "entity_chunks": "SELECT id, chunk_ids FROM lightrag_entity_chunks WHERE workspace = $1",
+                "relation_chunks": "SELECT id, chunk_ids FROM lightrag_relation_chunks WHERE workspace = $1",
+                "chunks": "SELECT id, full_doc_id, content FROM lightrag_doc_chunks WHERE workspace = $1",
+                "documents": "SELECT id, status, chunks_list FROM lightrag_doc_status WHERE workspace = $1",
+                **{
+                    f"vdb_{ns}": f"SELECT id FROM {vdb(kind)} WHERE workspace = $1"
+                    for ns, kind in zip(VECTOR_NAMESPACES, ("chunks", "entity", "relation"), strict=True)
+                },
+            }
+            return {
+                name: [dict(r) for r in await conn.fetch(sql, workspace)] for name, sql in queries.items()
+            }
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(read())
+
+    def ids(value: Any) -> frozenset[str]:
+        return frozenset(json.loads(value) if isinstance(value, str) else value or [])
+
+    return Knowledge(
+        nodes={r["id"]: _sources(r["src"]) for r in rows["nodes"]},
+        edges={_pair(r["source"], r["target"]): _sources(r["src"]) for r in rows["edges"]},
+        entity_chunks={r["id"]: ids(r["chunk_ids"]) for r in rows["entity_chunks"]},
+        relation_chunks={
+            _pair(*r["id"].split(GRAPH_FIELD_SEP, 1)): ids(r["chunk_ids"]) for r in rows["relation_chunks"]
+        },
+        chunks={r["id"]: {"full_doc_id": r["full_doc_id"], "content": r["content"]} for r in rows["chunks"]},
+        vectors={ns: frozenset(r["id"] for r in rows[f"vdb_{ns}"]) for ns in VECTOR_NAMESPACES},
+        documents={r["id"]: (str(r["status"]), ids(r["chunks_list"])) for r in rows["documents"]},
     )
 
 

@@ -201,9 +201,22 @@ async def test_claim_takes_only_tasks_of_the_given_tenants(make_store: Callable[
 class Gate:
     """A claim gate with a fixed set of owned tenants that can take one more tenant on demand."""
 
-    def __init__(self, owned: set[str], grantable: set[str] = frozenset()) -> None:
+    def __init__(
+        self, owned: set[str], grantable: set[str] = frozenset(), alive: set[str] = frozenset()
+    ) -> None:
         self.owned = set(owned)
         self.grantable = set(grantable)
+        #: Instances whose lock session lives.
+        self.alive = set(alive)
+
+    async def holders_alive(self, instance_ids: list[str]) -> set[str] | None:
+        return {i for i in instance_ids if i in self.alive}
+
+    async def begin_guest(self, tenant: str) -> bool:
+        return False
+
+    def end_guest(self, tenant: str) -> None:
+        pass
 
     def claimable(self) -> list[str] | None:
         return sorted(self.owned)
@@ -251,20 +264,27 @@ async def test_new_owner_requeues_tasks_held_by_the_previous_owner(
     make_store: Callable[..., TaskStore],  # noqa: F811
 ) -> None:
     """Catches: a takeover that waits for the dead owner's leases to lapse (or steals live tasks of
-    other tenants)."""
+    other tenants, or of a guest whose lock session lives: it indexes them legitimately)."""
     from src.tasks.models import TaskStatus
     from src.tasks.runner import TaskRunner
     from tests.unit.test_runner import FakeHandler, _config
 
     store = make_store()  # noqa: F811
     await store.create(record("dead1", tenant="t"))
+    await store.create(record("guest1", tenant="t"))
     await store.create(record("other1", tenant="u"))
     assert (await store.claim("dead-instance", 600, tenants=["t"])).task_id == "dead1"
+    assert (await store.claim("live-guest", 600, tenants=["t"])).task_id == "guest1"
     assert (await store.claim("live-instance", 600, tenants=["u"])).task_id == "other1"
-    runner = TaskRunner(store, FakeHandler(), _config(), "new-owner", gate=Gate(set()))
+    gate = Gate(set(), alive={"live-guest", "live-instance"})
+    runner = TaskRunner(store, FakeHandler(), _config(), "new-owner", gate=gate)
     assert await runner.reclaim_tenant("t") == 1
     assert (await store.get("dead1")).status == TaskStatus.PENDING
+    assert (await store.get("guest1")).status == TaskStatus.PROCESSING
     assert (await store.get("other1")).status == TaskStatus.PROCESSING
+    gate.alive.discard("live-guest")  # its session ended (killed, or stalled past the timeout)
+    assert await runner.reclaim_tenant("t") == 1
+    assert (await store.get("guest1")).status == TaskStatus.PENDING
 
 
 async def test_graph_writes_into_a_workspace_not_owned_are_refused(

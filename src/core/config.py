@@ -194,8 +194,13 @@ class Settings(BaseSettings):
     #: An owned workspace with no pending or running task for this long is released, so that
     #: ownership can move to instances with free capacity.
     owner_idle_release_seconds: float = Field(default=30.0, ge=0)
-    #: With shared storages, an instance with idle task slots extracts plain-text documents waiting
-    #: in workspaces other instances own, into the shared LLM cache (src/ingestion/prefetch.py).
+    #: With shared storages, an instance with free task slots claims and indexes (merges included)
+    #: plain-text documents waiting in workspaces other instances own, under cross-instance graph
+    #: locks (src/ingestion/graph_locks.py). Replaces extraction ahead when on.
+    index_anywhere: bool = True
+    #: With shared storages and INDEX_ANYWHERE off: an instance with idle task slots extracts
+    #: plain-text documents waiting in workspaces other instances own, into the shared LLM cache
+    #: (src/ingestion/prefetch.py); the owner then merges them.
     extract_ahead: bool = True
     #: A helper's lease on a document it extracts; renewed while it runs, so a dead helper's
     #: documents go back to their owner after this long.

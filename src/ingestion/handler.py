@@ -9,6 +9,7 @@ knowledge base one way, `KnowledgeBases.purge`: a cancel, a failed attempt and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -19,9 +20,11 @@ from src.ingestion.query_lane import QUERY_DATA
 from src.rag.errors import is_transient
 from src.rag.knowledge import IndexProgress, IndexRequest, IndexStage, KnowledgeBases, QueryAnswer, QuerySpec
 from src.rag.llm import llm_description
+from src.rag.storage.fence import as_guest
 from src.rag.usage import metering
 from src.tasks.admission import yield_slot
 from src.tasks.models import Stage, TaskKind, TaskRecord, TaskStatus
+from src.tasks.runner import claimed_as_guest
 from src.tenancy.usage import UsageLedger, record_usage
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,11 @@ def progress_percent(progress: IndexProgress) -> tuple[Stage, float]:
     return stage, float(round(value))
 
 
+def _guest_scope() -> contextlib.AbstractContextManager[None]:
+    """A task the runner claimed as a guest writes into its workspace as one (fence.as_guest)."""
+    return as_guest() if claimed_as_guest() else contextlib.nullcontext()
+
+
 class IngestHandler:
     def __init__(
         self,
@@ -79,7 +87,7 @@ class IngestHandler:
     async def run(self, task: TaskRecord, report: Report) -> dict:
         """The task's result, with the tokens its provider calls cost (``usage``), which are also
         added to the tenant's ledger, whether the attempt succeeds or not (they were spent)."""
-        with metering() as meter:
+        with metering() as meter, _guest_scope():
             try:
                 if task.kind == TaskKind.QUERY:
                     result = await self._answer(task)
@@ -123,10 +131,11 @@ class IngestHandler:
     async def discard(self, task: TaskRecord) -> None:
         if task.kind in (TaskKind.QUERY, TaskKind.PURGE):
             return  # it indexed nothing: a cancelled or failed one leaves nothing to purge
-        if task.replaces:  # the version queries see stays; only the new one goes
-            await self.knowledge_bases.abandon_replacement(task.tenant, task.doc_id, task.task_id)
-            return
-        await self.knowledge_bases.purge(task.tenant, task.doc_id)
+        with _guest_scope():  # a guest's own document is purged by the guest (under the graph locks)
+            if task.replaces:  # the version queries see stays; only the new one goes
+                await self.knowledge_bases.abandon_replacement(task.tenant, task.doc_id, task.task_id)
+                return
+            await self.knowledge_bases.purge(task.tenant, task.doc_id)
 
     def is_transient(self, exc: BaseException) -> bool:
         return is_transient(exc)

@@ -32,6 +32,12 @@ free slots and nothing to claim it calls `acquire_more()`, which tries to take w
 pending tasks and no live owner, up to a fair share (workspaces with work / live instances), so
 different workspaces end up owned by different instances. An owned workspace with no work for
 `idle_release_seconds` is released, so ownership keeps moving to where the capacity is.
+
+Guests: an instance with free slots also indexes documents of workspaces other instances own
+(`begin_guest` / `end_guest`, src/tasks/runner.py claims them). What must be serialised between
+instances - merges of the same entity, and a deletion against every merge - is, by advisory locks
+on this same connection (src/ingestion/graph_locks.py). A guest writes only while the session it
+started under is alive (`write_guard`): the session's end frees its locks, so it must not write on.
 """
 
 from __future__ import annotations
@@ -115,6 +121,10 @@ class Ownership(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
+    def write_guard(self, tenant: str, *, guest: bool) -> Callable[[], bool] | None:
+        """What a task writing into ``tenant``'s workspace must keep holding (None: nothing)."""
+        ...
+
 
 class LocalOwnership:
     """Embedded file storages: this instance owns every workspace it touches (nothing changes)."""
@@ -150,6 +160,9 @@ class LocalOwnership:
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "local"}
+
+    def write_guard(self, tenant: str, *, guest: bool) -> Callable[[], bool] | None:
+        return None
 
 
 def lock_key(namespace: str, workspace: str) -> int:
@@ -195,6 +208,10 @@ class PgOwnership:
         self._acquired_listeners: list[Listener] = []
         self._pinger: asyncio.Task | None = None
         self._stopping = False
+        #: Tenants with documents indexed here as a guest (owned elsewhere) -> how many.
+        self._guests: dict[str, int] = {}
+        #: Counts the lock sessions: a lock taken in session N means nothing in session N + 1.
+        self.session = 0
 
     # ------------------------------------------------------------------ queries
     def owns(self, tenant: str) -> bool:
@@ -211,8 +228,102 @@ class PgOwnership:
         return sorted(self._owned)
 
     def owns_workspace(self, workspace: str) -> bool:
-        """The write fence of src/rag/storage/fence.py: is ``workspace`` one of ours, provably?"""
-        return self._fresh() and any(self.workspace_for(t) == workspace for t in self._owned)
+        """The write fence of src/rag/storage/fence.py: is ``workspace`` one of ours, provably (owned,
+        or indexed here as a guest, and the lock session alive)?"""
+        return self._fresh() and any(
+            self.workspace_for(t) == workspace for t in (*self._owned, *self._guests)
+        )
+
+    def session_alive(self, session: int) -> bool:
+        """Is the lock session ``session`` still the live one, provably (fresh ping)?"""
+        conn = self._conn
+        return session == self.session and conn is not None and not conn.is_closed() and self._fresh()
+
+    def write_guard(self, tenant: str, *, guest: bool) -> Callable[[], bool] | None:
+        """The guard of a task that writes into ``tenant``'s workspace from now on: the session it
+        starts under stays alive, and the workspace stays ours (owner) or a guest's here."""
+        session = self.session
+        if guest:
+            return lambda: self.session_alive(session) and tenant in self._guests
+        return lambda: self.session_alive(session) and tenant in self._owned
+
+    # ------------------------------------------------------------------ guests
+    async def begin_guest(self, tenant: str) -> bool:
+        """About to index a document of ``tenant`` that another instance's workspace holds: make
+        sure the lock session is up (the merge locks and the fence need it). False: it is not."""
+        try:
+            async with self._io:
+                await self._ensure_connection()
+        except Exception as exc:
+            log.warning("ownership: no lock session for guest work on tenant %s: %s", tenant, exc)
+            await self._connection_lost(str(exc))
+            return False
+        if not self._fresh():
+            return False
+        self._guests[tenant] = self._guests.get(tenant, 0) + 1
+        return True
+
+    def may_guest(self, tenant: str) -> bool:
+        """May guest work of ``tenant`` write now (registered, and the session provably alive)?"""
+        return tenant in self._guests and self._fresh()
+
+    def end_guest(self, tenant: str) -> None:
+        left = self._guests.get(tenant, 0) - 1
+        if left > 0:
+            self._guests[tenant] = left
+        else:
+            self._guests.pop(tenant, None)
+
+    def guests(self) -> list[str]:
+        return sorted(self._guests)
+
+    def graph_locks(self, workspace: str) -> Any:
+        """The cross-instance merge/deletion locks of ``workspace`` (src/ingestion/graph_locks.py)."""
+        from src.ingestion.graph_locks import PgGraphLocks
+
+        return PgGraphLocks(self, self.namespace, workspace)
+
+    async def holders_alive(self, instance_ids: list[str]) -> set[str] | None:
+        """Which of ``instance_ids`` have a live lock session (pg_stat_activity names each one):
+        a task held by an instance whose session ended (killed, stalled past the timeout) can be
+        run elsewhere at once. None when this instance cannot tell."""
+        if not instance_ids:
+            return set()
+        names = [f"ragsvc-owner:{i}" for i in instance_ids]
+        try:
+            rows = await self.run_locked(
+                lambda conn: conn.fetch(
+                    "SELECT DISTINCT application_name FROM pg_stat_activity WHERE application_name = ANY($1)",
+                    names,
+                )
+            )
+        except Exception:
+            return None
+        return {r["application_name"].split(":", 1)[1] for r in rows[0]}
+
+    async def run_locked(
+        self, query: Callable[[Any], Awaitable[Any]], *, only_session: int | None = None
+    ) -> tuple[Any, int]:
+        """Run ``query(connection)`` on the lock connection (one query at a time); returns its
+        result and the session it ran in. A failure ends the session (its locks are then gone).
+        ``only_session``: run only in that session (not in a new one: returns None then)."""
+        try:
+            async with self._io:
+                if only_session is not None and (
+                    self._conn is None or self._conn.is_closed() or self.session != only_session
+                ):
+                    return None, self.session
+                conn = await self._ensure_connection()
+                session = self.session
+                sent = time.monotonic()
+                result = await asyncio.wait_for(query(conn), timeout=self.lock_timeout / 2)
+                self._last_ok = sent
+                return result, session
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._connection_lost(str(exc))
+            raise
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -247,9 +358,14 @@ class PgOwnership:
                 await asyncio.wait_for(conn.close(), timeout=5)  # closing the session frees every lock
 
     async def _ensure_connection(self) -> Any:
-        if self._conn is not None and not self._conn.is_closed():
-            return self._conn
+        if self._conn is not None:
+            if not self._conn.is_closed():
+                return self._conn
+            # The session ended under us (the server closed it): every lock of it is gone, which
+            # the caller's error path makes known (`_connection_lost`) before a new session starts.
+            raise ConnectionError("the lock session was closed")
         conn = await self._connect()
+        self.session += 1
         timeout_ms = int(self.lock_timeout * 1000)
         await conn.execute(f"SET idle_session_timeout = {timeout_ms}")
         # A half-open TCP connection (the owner's host vanished) is noticed by the server too.
@@ -358,13 +474,14 @@ class PgOwnership:
     async def _ping_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.ping_seconds)
-            if self._owned and not self._fresh():
+            if (self._owned or self._guests) and not self._fresh():
                 # We were stalled past the server's idle timeout: the session (and the locks) are
                 # gone. Say so before anything else of ours runs another step.
                 await self._connection_lost("no ping within the lock timeout (stalled)")
                 continue
-            if not self._owned and (self._conn is None or self._conn.is_closed()):
-                continue  # reconnect lazily, on the next try_acquire
+            if not self._owned and not self._guests and (self._conn is None or self._conn.is_closed()):
+                self._conn = None  # nothing held in it: reconnect lazily, on the next try_acquire
+                continue
             try:
                 async with self._io:
                     conn = await self._ensure_connection()
@@ -378,14 +495,20 @@ class PgOwnership:
 
     async def _connection_lost(self, reason: str) -> None:
         conn, self._conn = self._conn, None
-        lost = list(self._owned)
+        owned = list(self._owned)
         self._owned.clear()
+        # Guest work of the ended session loses its locks too: it is stopped and handed back.
+        guests = [t for t in self._guests if t not in owned]
+        self._guests.clear()
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.terminate()
-        if lost:
-            log.error("ownership: lost the lock connection (%s); no longer owner of %s", reason, lost)
-            await self._notify(self._lost_listeners, lost)
+        if owned:
+            log.error("ownership: lost the lock connection (%s); no longer owner of %s", reason, owned)
+        if guests:
+            log.error("ownership: lost the lock connection (%s); guest work on %s stops", reason, guests)
+        if owned or guests:
+            await self._notify(self._lost_listeners, owned + guests)
 
     async def _notify(self, listeners: list[Listener], tenants: list[str]) -> None:
         for tenant in tenants:

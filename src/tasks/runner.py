@@ -11,7 +11,10 @@ loop requeues tasks whose lease expired (their worker died) and prunes index ent
 records. With a claim gate (several instances sharing workspaces) one takeover loop looks every
 `idle_poll_seconds` for documents running on other instances and has the gate take workspaces
 whose owner is gone: the lease (30 s) must not keep a dead owner's running documents waiting
-once its ownership lock is free (seconds).
+once its ownership lock is free (seconds). With guest claims on, a dispatcher that finds nothing
+of its own takes a waiting plain document of a workspace another instance owns (`claim_guest`):
+a real claim, run as a guest (`claimed_as_guest`), whose merges the graph locks serialise with
+the owner's.
 
 Every attempt ends in exactly one of: completed; failed (permanent error, timeout, or retries
 exhausted); requeued with backoff (transient error); cancelled (after its partial data is
@@ -32,6 +35,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, TypeVar
@@ -59,6 +63,14 @@ log = logging.getLogger(__name__)
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _T = TypeVar("_T")
+
+#: Set in the attempt of a task this instance claimed as a guest (its workspace is owned elsewhere).
+_claimed_as_guest: ContextVar[bool] = ContextVar("ragsvc_claimed_as_guest", default=False)
+
+
+def claimed_as_guest() -> bool:
+    """Does the current attempt run as a guest (claimed in a workspace another instance owns)?"""
+    return _claimed_as_guest.get()
 
 
 class TaskHandler(Protocol):
@@ -109,6 +121,18 @@ class ClaimGate(Protocol):
         more (their owner died or stalled), whether or not anything of theirs waits."""
         ...
 
+    async def begin_guest(self, tenant: str) -> bool:
+        """About to claim a document of ``tenant`` as a guest: False if this instance cannot now."""
+        ...
+
+    def end_guest(self, tenant: str) -> None:
+        """A guest attempt of ``tenant`` (or a guest claim that found nothing) is over."""
+        ...
+
+    async def holders_alive(self, instance_ids: list[str]) -> set[str] | None:
+        """Which of these instances still hold a live lock session (None: cannot tell)."""
+        ...
+
 
 @dataclass
 class RunnerConfig:
@@ -128,6 +152,10 @@ class RunnerConfig:
     #: Slots of the query lane (0 = this runner claims no query tasks) and a query task's time limit.
     max_concurrent_queries: int = 0
     query_timeout_seconds: float = 300.0
+    #: With a claim gate: claim waiting documents of workspaces other instances own (guests).
+    guest_claims: bool = False
+    #: Name suffixes (".pdf", ...) of documents only a workspace's owner takes (rich formats).
+    guest_skip_suffixes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -163,6 +191,8 @@ class _Running:
     #: that never ran closes its coroutine unrun (no cancel path, no `finally` freeing the slot); a
     #: stop asked before that is found by the job itself when it begins (see `_stop_job`).
     entered: bool = False
+    #: Claimed as a guest (the task's workspace is owned by another instance).
+    guest: bool = False
 
     def stop_job(self) -> None:
         """Cancel the job, or leave the stop to it if it has not begun (it checks ``stop_reason``)."""
@@ -291,10 +321,11 @@ class TaskRunner:
         return stopped
 
     async def reclaim_tenant(self, tenant: str) -> int:
-        """This instance just became the only one allowed to run ``tenant``'s tasks: requeue the ones
-        other instances still hold (their owner died or lost the workspace) now, instead of waiting
-        for their leases to lapse. Each requeue is fenced by the attempt it names."""
+        """This instance owns ``tenant``'s workspace: requeue the tasks other instances hold whose lock
+        session has ended (a dead or stalled owner or guest) now, instead of waiting for their
+        leases to lapse. Each requeue is fenced by the attempt it names."""
         reclaimed = 0
+        held: list[TaskRecord] = []
         for task_id in await self.store.running_ids():
             if task_id in self._running:
                 continue
@@ -303,12 +334,20 @@ class TaskRunner:
                 continue
             if record.lane != INGEST_LANE:
                 continue  # a query task is not tied to the workspace's owner
+            held.append(record)
+        if held and self.gate is not None:
+            # A guest (or a previous owner still handing its tasks back) whose lock session lives
+            # runs its attempt legitimately; one whose session ended (killed, stalled) does not.
+            alive = await self.gate.holders_alive(sorted({str(r.owner) for r in held}))
+            held = [] if alive is None else [r for r in held if r.owner not in alive]
+        for record in held:
+            task_id = record.task_id
             outcome = await self.store.requeue(
                 task_id,
                 owner=record.owner,
                 max_failures=self.config.max_attempts,
                 outcome=AttemptOutcome.LEASE_EXPIRED,
-                error="the instance running this attempt lost the workspace's ownership",
+                error="the instance running this attempt lost its lock session",
                 epoch=record.attempt,
             )
             if outcome == RequeueOutcome.DEAD_LETTERED:
@@ -346,6 +385,7 @@ class TaskRunner:
         while self._accepting:
             slot = await lane.admission.acquire()
             claimed: TaskRecord | None = None
+            guest = False
             try:
                 lane.wake.clear()
                 tenants = gate.claimable() if gate else None
@@ -359,6 +399,9 @@ class TaskRunner:
                     if await gate.acquire_more(pending, self.running_by_tenant(), free):
                         tenants = gate.claimable()
                         claimed = await self.store.claim(self.instance_id, lease, tenants, lane.name)
+                    if claimed is None and self.config.guest_claims and self._accepting:
+                        claimed = await self._claim_guest(gate, pending)
+                        guest = claimed is not None
             except asyncio.CancelledError:
                 lane.admission.unused(slot)
                 raise
@@ -369,6 +412,8 @@ class TaskRunner:
             if claimed is None or not self._accepting:
                 lane.admission.unused(slot)
                 if claimed is not None:  # stopping: give it straight back
+                    if guest and gate is not None:
+                        gate.end_guest(claimed.tenant)
                     await self.store.requeue(
                         claimed.task_id,
                         owner=self.instance_id,
@@ -379,16 +424,47 @@ class TaskRunner:
                     return
                 await wait_event(lane.wake, self.config.idle_poll_seconds)
                 continue
-            running = _Running(task=claimed, lane=lane, slot=slot)
+            running = _Running(task=claimed, lane=lane, slot=slot, guest=guest)
             lane.admission.started(claimed.priority)
             self._running[claimed.task_id] = running
             running.job = asyncio.create_task(self._execute(running), name=f"task-{claimed.task_id}")
+
+    async def _claim_guest(self, gate: ClaimGate, pending: list[str]) -> TaskRecord | None:
+        """A waiting plain document of a workspace another instance owns (a few such tenants are
+        tried, in random order so that guests spread over the workspaces with work)."""
+        owned = set(gate.claimable() or [])
+        tenants = [t for t in pending if t not in owned]
+        random.shuffle(tenants)
+        for tenant in tenants[:3]:
+            if not await gate.begin_guest(tenant):
+                return None
+            claimed: TaskRecord | None = None
+            try:
+                claimed = await self.store.claim_guest(
+                    tenant,
+                    self.instance_id,
+                    self.config.lease_seconds,
+                    rich_suffixes=self.config.guest_skip_suffixes,
+                )
+            finally:
+                if claimed is None:
+                    gate.end_guest(tenant)
+            if claimed is not None:
+                log.info(
+                    "claimed task %s of tenant %s as a guest (its workspace is owned elsewhere)",
+                    claimed.task_id,
+                    tenant,
+                )
+                return claimed
+        return None
 
     # ------------------------------------------------------------------ one attempt
     async def _execute(self, running: _Running) -> None:
         running.entered = True
         task = running.task
         epoch = task.attempt
+        if running.guest:
+            _claimed_as_guest.set(True)
         current_task_id.set(task.task_id)
         current_tenant.set(task.tenant)
         bind_yield_hook(lambda: self._yield_slot(running))
@@ -469,9 +545,16 @@ class TaskRunner:
                     await self._cancel(task, epoch)
                     return
                 if outcome == FinishOutcome.OK:  # a refused (stale) write was logged as such
-                    log.info("task %s completed in %.2fs", task.task_id, time.monotonic() - running.started)
+                    log.info(
+                        "task %s completed in %.2fs%s",
+                        task.task_id,
+                        time.monotonic() - running.started,
+                        " as a guest" if running.guest else "",
+                    )
         finally:
             self._running.pop(task.task_id, None)
+            if running.guest and self.gate is not None:
+                self.gate.end_guest(task.tenant)
             running.lane.admission.finished(running.slot, task.priority, running.yielded)
             running.lane.wake.set()  # an express slot that found nothing may now find a regular one
 

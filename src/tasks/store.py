@@ -57,6 +57,7 @@ _SCRIPTS = (
     "unmark_deleting",
     "prefetch_lease",
     "prefetch_end",
+    "claim_guest",
 )
 
 
@@ -101,6 +102,7 @@ class TaskStore:
         self._claim = scripts["claim"]
         self._prefetch_lease = scripts["prefetch_lease"]
         self._prefetch_end = scripts["prefetch_end"]
+        self._claim_guest = scripts["claim_guest"]
         self._heartbeat = scripts["heartbeat"]
         self._progress = scripts["progress"]
         self._finish = scripts["finish"]
@@ -317,6 +319,40 @@ class TaskStore:
                 lane,
                 *(tenants or []),
                 str(int(min_priority)),
+            ]
+        )
+        if not raw:
+            return None
+        it = iter(raw)
+        record = TaskRecord.from_redis(_decode(dict(zip(it, it, strict=True))))
+        await self._announce(record.task_id)
+        return record
+
+    async def claim_guest(
+        self,
+        tenant: str,
+        owner: str,
+        lease_seconds: float,
+        *,
+        rich_suffixes: Iterable[str] = (),
+        leave_head: int = 1,
+        scan: int = 50,
+    ) -> TaskRecord | None:
+        """Claim a waiting plain document of ``tenant`` for an instance that does not own its
+        workspace (lua/claim_guest.lua: from the end of the queue, never the owner's next task, never
+        a resumed attempt, a new version or a name ending in one of ``rich_suffixes``)."""
+        now = time.time()
+        raw = await self._claim_guest(
+            args=[
+                self.prefix,
+                tenant,
+                f"{now:.6f}",
+                f"{now + lease_seconds:.6f}",
+                owner,
+                str(self.tenant_max_running),
+                str(int(leave_head)),
+                str(int(scan)),
+                *sorted({s.lower() for s in rich_suffixes}),
             ]
         )
         if not raw:

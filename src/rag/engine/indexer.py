@@ -64,6 +64,8 @@ from src.rag.engine.scope import (
     DocumentCancelledError,
     DocumentScope,
     GraphGate,
+    GraphLocks,
+    NoGraphLocks,
     ObservedGraph,
     ScopedVectors,
     wait_out,
@@ -166,6 +168,7 @@ class DocumentIndexer:
         split_by_character_only: bool = False,
         child_chunking_chars: int = CHILD_CHUNKING_MIN_CHARS,
         chunk_memory_bytes: int = 2 * 1024**3,
+        graph_locks: GraphLocks | None = None,
     ):
         self.rag = rag
         self.flush: Flush = flush or self.flush_all
@@ -186,7 +189,10 @@ class DocumentIndexer:
         #: Texts this long are chunked in a child process under ``chunk_memory_bytes`` (chunking.py).
         self.child_chunking_chars = child_chunking_chars
         self.chunk_memory_bytes = chunk_memory_bytes
-        self.gate = GraphGate()
+        #: The same merge/deletion rules across instances when several index this workspace
+        #: (src/ingestion/graph_locks.py); nothing with embedded storages.
+        self.graph_locks = graph_locks or NoGraphLocks()
+        self.gate = GraphGate(self.graph_locks)
         self.purges = PurgeBatches(self._purge_pass)
         self._jobs: dict[str, asyncio.Task] = {}
 
@@ -730,7 +736,7 @@ class DocumentIndexer:
             )
             # Seen only to count what the merge used of the summaries made ahead.
             seen = ObservedCache(rag.llm_response_cache) if ahead.written else None
-            async with self.gate.shared():
+            async with self.gate.shared(), self._merge_locks(jobs):
                 await merge_nodes_and_edges(
                     chunk_results=chunk_results,
                     knowledge_graph_inst=graph,
@@ -756,6 +762,11 @@ class DocumentIndexer:
                     await self._record_group_members(jobs, graph)
             if seen is not None:
                 ahead.settle(seen)
+
+    def _merge_locks(self, jobs: list[MergeJob]) -> contextlib.AbstractAsyncContextManager[None]:
+        """Across instances: the entities the merge writes (with every relation's endpoints), held
+        around LightRAG's merge, which takes the same names as keyed locks inside this process."""
+        return self.graph_locks.merging(frozenset().union(*(job.lock_keys() for job in jobs)))
 
     async def _record_group_members(self, jobs: list[MergeJob], graph: ObservedGraph) -> None:
         """LightRAG's phase 3 for each member of a group: the entities and relations it merged,

@@ -75,7 +75,7 @@ class LocalKnowledgeBases:
                 with call_context(priority=request.priority, tenant=tenant, flow=request.doc_id):
                     return await engine.ingestor.ingest(request, on_progress)
             except Exception as exc:
-                if not self.engines.owns(tenant):
+                if not self.engines.may_write(tenant):
                     # The workspace moved to another instance mid-way (this one was stalled): that is
                     # no failure of the document, and purging it now would delete the new owner's work.
                     raise OwnershipLost(f"lost the workspace of tenant {tenant} while indexing") from exc

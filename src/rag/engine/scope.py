@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
 from src.rag.lightrag_compat import new_pipeline_status
 
@@ -126,10 +126,34 @@ class ObservedGraph:
         self._on_edge(source, target)
 
 
-class GraphGate:
-    """Shared for merges, exclusive for deletes (writer preference), per workspace."""
+class GraphLocks(Protocol):
+    """The same rules as `GraphGate` across instances (src/ingestion/graph_locks.py): merges of one
+    entity one at a time, a deletion alone against every merge."""
 
-    def __init__(self) -> None:
+    def merging(self, names: Iterable[str]) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+    def exclusive(self) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+class NoGraphLocks:
+    """One instance per workspace (embedded storages): the process-local gate is all there is."""
+
+    @contextlib.asynccontextmanager
+    async def merging(self, names: Iterable[str]) -> AsyncIterator[None]:
+        yield
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        yield
+
+
+class GraphGate:
+    """Shared for merges, exclusive for deletes (writer preference), per workspace; with
+    ``remote`` locks an exclusive hold also excludes every other instance's merges (taken after the
+    local hold, so this process's merges are out of the way first)."""
+
+    def __init__(self, remote: GraphLocks | None = None) -> None:
+        self.remote: GraphLocks = remote or NoGraphLocks()
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
@@ -170,7 +194,8 @@ class GraphGate:
             self._writers_waiting -= 1
         self._writer = True
         try:
-            yield
+            async with self.remote.exclusive():
+                yield
         finally:
             self._writer = False
             self._wake()

@@ -24,9 +24,10 @@ from src.core.metrics import Metrics
 from src.rag.engine.indexer import DocumentIndexer
 from src.rag.engine.ingestor import DocumentIngestor
 from src.rag.engine.modal import ModalDescriber
+from src.rag.engine.scope import GraphLocks
 from src.rag.errors import KnowledgeBaseUnavailable, WorkspaceOwnedElsewhere
 from src.rag.knowledge import workspace_of
-from src.rag.storage.fence import fence_llm, writing_into
+from src.rag.storage.fence import fence_llm, is_guest, writing_into
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,21 @@ class TenantEngines:
         idle_seconds: float,
         owns: Callable[[str], bool] = lambda tenant: True,
         acquire: Callable[[str], Awaitable[bool]] | None = None,
+        graph_locks: Callable[[str], GraphLocks] | None = None,
+        write_guard: Callable[[str, bool], Callable[[], bool] | None] | None = None,
+        may_guest: Callable[[str], bool] | None = None,
     ):
         self.settings = settings
         #: Whether this instance owns a tenant's workspace (src/ingestion/ownership.py): only the
         #: owner indexes and deletes documents there when several instances share the storages.
         self.owns = owns
         self._acquire_owner = acquire
+        #: A workspace's cross-instance merge/deletion locks (several instances index it), or None.
+        self._graph_locks = graph_locks
+        #: What a task writing into a workspace must keep holding (tenant, guest?) -> guard, or None.
+        self._write_guard = write_guard
+        #: Whether a guest task may write into a tenant's workspace now (its lock session is up).
+        self._may_guest = may_guest
         self.metrics = metrics
         self.max_cached = max_cached
         self.idle_seconds = idle_seconds
@@ -139,7 +149,10 @@ class TenantEngines:
         rag_anything = build_raganything(rag, self.settings, fenced_vision)
         # A document counts as indexed once the group commit that includes it is on disk.
         indexer = DocumentIndexer(
-            rag, flush=commit_for(rag), chunk_memory_bytes=self.settings.parse_memory_bytes
+            rag,
+            flush=commit_for(rag),
+            chunk_memory_bytes=self.settings.parse_memory_bytes,
+            graph_locks=None if self._graph_locks is None else self._graph_locks(rag.workspace),
         )
         describer = ModalDescriber(
             rag,
@@ -154,15 +167,28 @@ class TenantEngines:
     @contextlib.asynccontextmanager
     async def use_for_ingestion(self, tenant: str) -> AsyncIterator[TenantEngine]:
         """Borrow an engine to write into its workspace (index, purge): this instance must own the
-        workspace, and takes it if nobody does."""
-        if not self.owns(tenant):
+        workspace, and takes it if nobody does; or the task is a guest's (`fence.as_guest`: a
+        document claimed in a workspace another instance owns), whose lock session must be up."""
+        guest = is_guest() and not self.owns(tenant)
+        if guest:
+            if self._may_guest is None or not self._may_guest(tenant):
+                raise WorkspaceOwnedElsewhere(f"no lock session for guest work on tenant {tenant}")
+        elif not self.owns(tenant):
             if self._acquire_owner is None or not await self._acquire_owner(tenant):
                 raise WorkspaceOwnedElsewhere(
                     f"another instance is ingesting into the knowledge base of tenant {tenant}; retry later"
                 )
+        guard = None if self._write_guard is None else self._write_guard(tenant, guest)
         async with self.use(tenant) as engine:
-            with writing_into(engine.rag.workspace):
+            with writing_into(engine.rag.workspace, guard):
                 yield engine
+
+    def may_write(self, tenant: str) -> bool:
+        """Is the current ingestion task still allowed to write (owner, or a guest whose session
+        lives)? Used to tell a lost workspace from a failed document."""
+        if is_guest():
+            return self._may_guest is not None and self._may_guest(tenant)
+        return self.owns(tenant)
 
     async def stop_ingestion(self, tenant: str) -> None:
         """This instance no longer owns the tenant's workspace: stop its documents' indexing now and

@@ -41,9 +41,13 @@ def register_write_fence(owns_workspace: Callable[[str], bool]) -> Callable[[], 
 
 
 def check_write(workspace: str) -> None:
-    """Raise OwnershipLost unless no fence is installed or one of them allows ``workspace``."""
+    """Raise OwnershipLost unless no fence is installed or one of them allows ``workspace``, and
+    (for the task writing into ``workspace``) unless its own guard still holds (`writing_into`)."""
     if _fences and not any(fence(workspace) for fence in _fences):
         raise OwnershipLost(f"this instance does not own workspace {workspace!r}; write refused")
+    guard = _write_guard.get()
+    if guard is not None and _writing_into.get() == workspace and not guard():
+        raise OwnershipLost(f"this task's lock session on workspace {workspace!r} is gone; write refused")
 
 
 #: Set while this task extracts a document ahead of its workspace's owner (src/ingestion/prefetch.py):
@@ -63,11 +67,14 @@ def extracting_ahead() -> Iterator[None]:
 def fence_llm(llm: Callable[..., Any], owns: Callable[[], bool]) -> Callable[..., Any]:
     """Wrap an LLM function so that ingestion calls (extraction, gleaning, description summaries)
     of a workspace no longer owned fail at once; queries (keywords, answers) are never fenced, nor
-    are the extraction calls of a document extracted ahead of its owner (`extracting_ahead`)."""
+    are the extraction calls of a document extracted ahead of its owner (`extracting_ahead`). A task
+    that writes under a guard of its own (`writing_into`: a document indexed by a guest, or by the
+    owner) is allowed exactly while that guard holds."""
     from src.rag.prompts import classify_prompt
 
     async def fenced(prompt: str, *args: Any, **kwargs: Any) -> Any:
-        if not owns():
+        guard = _write_guard.get()
+        if not (guard() if guard is not None else owns()):
             kind = classify_prompt(
                 prompt, kwargs.get("system_prompt") or "", bool(kwargs.get("keyword_extraction"))
             )
@@ -83,16 +90,40 @@ def fence_llm(llm: Callable[..., Any], owns: Callable[[], bool]) -> Callable[...
 #: The workspace the current task writes into (set while a document of it is indexed or purged):
 #: LightRAG's own PostgreSQL storages are fenced through it (`lightrag_compat.fence_postgres`).
 _writing_into: ContextVar[str | None] = ContextVar("ragsvc_writing_into", default=None)
+#: What this task's writes need besides the workspace-wide fence: the lock session it started under
+#: is still alive (a session that ended and was replaced by a new one does not count), and the
+#: workspace is still ours or still being indexed here as a guest (src/ingestion/ownership.py).
+_write_guard: ContextVar[Callable[[], bool] | None] = ContextVar("ragsvc_write_guard", default=None)
+#: Set while this task indexes (or cleans up) a document of a workspace another instance owns.
+_guest: ContextVar[bool] = ContextVar("ragsvc_guest", default=False)
 
 
 @contextlib.contextmanager
-def writing_into(workspace: str) -> Iterator[None]:
-    """Mark this task (and the tasks it starts) as writing into ``workspace``."""
+def writing_into(workspace: str, guard: Callable[[], bool] | None = None) -> Iterator[None]:
+    """Mark this task (and the tasks it starts) as writing into ``workspace``, while ``guard()``
+    holds (checked before each write and each ingestion LLM call)."""
     token = _writing_into.set(workspace)
+    guard_token = _write_guard.set(guard)
     try:
         yield
     finally:
+        _write_guard.reset(guard_token)
         _writing_into.reset(token)
+
+
+@contextlib.contextmanager
+def as_guest() -> Iterator[None]:
+    """This task works on a document of a workspace another instance owns (it was claimed as a
+    guest: src/tasks/runner.py); the knowledge base lets it write under a guest's guard."""
+    token = _guest.set(True)
+    try:
+        yield
+    finally:
+        _guest.reset(token)
+
+
+def is_guest() -> bool:
+    return _guest.get()
 
 
 def check_current_write() -> None:
@@ -103,4 +134,4 @@ def check_current_write() -> None:
     the LLM-cache, chunk, vector and doc-status upserts that need no LLM call or graph write."""
     workspace = _writing_into.get()
     if workspace is not None:
-        check_write(workspace)
+        check_write(workspace)  # the task's own guard too

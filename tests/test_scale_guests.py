@@ -1,0 +1,323 @@
+"""Every instance indexes documents of one workspace, merges included (guests: src/tasks/runner.py,
+src/ingestion/graph_locks.py): process tests on one Redis and one PostgreSQL.
+
+What they prove: each task completes once, one extraction call per chunk, documents were indexed by
+more than one instance, and the knowledge base equals what one instance builds from the same
+documents (tests/stored_knowledge.py, read from PostgreSQL); a deletion on the owner beside a
+guest's merges loses and resurrects nothing; a guest killed (kill -9) or frozen (SIGSTOP)
+mid-merge has its tasks run elsewhere once, without waiting for their lease, and a frozen guest
+that resumes after its lock session was ended writes nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.docs_factory import story
+from tests.helpers import hold_llm, mock_stats, release_llm, wait_sync
+from tests.pg import pg_env  # noqa: F401  (session fixture)
+from tests.procs import MockProcess
+from tests.stored_knowledge import Knowledge, assert_forgotten, assert_same_knowledge, pg_knowledge
+from tests.test_failover import audited_writes, install_write_audit
+from tests.test_scale_instances import (  # noqa: F401  (fixtures)
+    Fleet,
+    check_each_entity_merged_once,
+    fleet_factory,
+    fresh_database,
+    make_tenant,
+    mock_kinds,
+    mock_llm,
+    owners,
+    pg_fetch,
+    upload,
+    wait_final,
+)
+
+pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.timeout(900)]
+
+WORKSPACE = "scale--acme"
+#: Summaries on merge after 3 descriptions (LightRAG's minimum): merges of documents that share
+#: entities make summary calls, which the mock can hold while the merge holds its locks.
+SUMMARIES_SOON = {"FORCE_LLM_SUMMARY_ON_MERGE": "3"}
+#: Long enough that no test here can pass by a lease running out: a lost guest's tasks must be
+#: taken back because its lock session ended.
+LONG_LEASE = {"LEASE_SECONDS": "300", "SWEEP_SECONDS": "300"}
+
+
+def texts(prefix: str, count: int) -> dict[str, str]:
+    """``count`` one-chunk documents sharing entities (the same people and places), by file name;
+    each names its own marker word (`marker`)."""
+    tag = uuid.uuid4().hex[:4]
+    return {f"{prefix}{i}.txt": story(f"topic {i}", marker(prefix, i, tag), 8) for i in range(count)}
+
+
+def marker(prefix: str, i: int, tag: str) -> str:
+    return f"{prefix.capitalize()}{i}x{tag}"
+
+
+def marker_in(text: str, prefix: str) -> str:
+    found = re.search(rf"{prefix.capitalize()}\d+x[0-9a-f]{{4}}", text)
+    assert found, text[:200]
+    return found.group(0)
+
+
+def completions(fleet: Fleet) -> dict[str, dict[str, int]]:
+    """Per instance: documents completed, and of those, as a guest (from its log)."""
+    out: dict[str, dict[str, int]] = {}
+    for path in fleet.tmp.glob("inst-*.log"):
+        lines = [line for line in path.read_text(errors="replace").splitlines() if " completed in " in line]
+        out[path.stem] = {"all": len(lines), "guest": sum("as a guest" in line for line in lines)}
+    return out
+
+
+def task_records(fleet: Fleet, redis_url: str, task_ids: list[str]) -> list[dict]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return [client.hgetall(f"{fleet.prefix}task:{t}") for t in task_ids]
+    finally:
+        client.close()
+
+
+def completed_once(records: list[dict]) -> None:
+    """Each task completed, by exactly one attempt (any earlier attempt ended otherwise)."""
+    for record in records:
+        assert record["status"] == "completed", record
+        history = json.loads(record.get("history") or "[]") or []
+        done = [h for h in (history if isinstance(history, list) else []) if h.get("outcome") == "completed"]
+        assert len(done) <= 1, history
+
+
+def reference(
+    tmp: Path, redis_url: str, pg: dict[str, str], mock: MockProcess, docs: dict[str, str], **extra: str
+) -> Knowledge:
+    """What ONE instance builds from ``docs`` (a fresh database; the same mock LLM)."""
+    fleet = Fleet(tmp / "reference", redis_url, fresh_database(pg), mock, **extra)
+    try:
+        fleet.start(1)
+        base = fleet.any_base()
+        headers = make_tenant(base, "acme")
+        sent = [upload(base, headers, name, text) for name, text in docs.items()]
+        views = wait_final(fleet, [(headers, t["task_id"]) for t in sent], timeout=600)
+        assert [v["status"] for v in views.values()] == ["completed"] * len(sent)
+        return pg_knowledge(fleet.pg, WORKSPACE)
+    finally:
+        fleet.stop()
+
+
+def chunk_count(base: str, headers: dict[str, str], sent: list[dict]) -> int:
+    return sum(
+        int(httpx.get(f"{base}/documents/{t['doc_id']}", headers=headers, timeout=30).json()["chunks_count"])
+        for t in sent
+    )
+
+
+@pytest.mark.parametrize("instances", [2, 3])
+def test_every_instance_indexes_documents_of_one_workspace_and_the_graph_equals_one_instances(
+    fleet_factory,  # noqa: F811
+    mock_llm: MockProcess,  # noqa: F811
+    tmp_path: Path,
+    redis_url: str,
+    pg_env: dict[str, str],  # noqa: F811
+    instances: int,
+) -> None:
+    """Catches: a non-owner adding no ingestion capacity (every document indexed by the owner), a
+    task completed twice or a chunk extracted twice (a guest claim beside the owner's), and a lost
+    update of an entity merged by two instances at once (graph, chunk lists, vectors differ from
+    one instance's)."""
+    fleet = fleet_factory(LLM_MAX_ASYNC="2", **SUMMARIES_SOON)
+    fleet.start(instances)
+    base = fleet.bases["inst-0"]
+    headers = make_tenant(base, "acme")
+    docs = texts("guestdoc", 16)
+    sent = [upload(base, headers, name, text) for name, text in docs.items()]
+    views = wait_final(fleet, [(headers, t["task_id"]) for t in sent], timeout=600)
+    assert [v["status"] for v in views.values()] == ["completed"] * len(sent)
+    completed_once(task_records(fleet, redis_url, [t["task_id"] for t in sent]))
+    chunks = chunk_count(base, headers, sent)
+    assert mock_kinds(mock_llm)["extract"] == chunks, "a chunk was extracted twice"
+    done = completions(fleet)
+    assert sum(d["all"] for d in done.values()) == len(sent), done
+    assert len([name for name, d in done.items() if d["all"] > 0]) >= 2, done
+    assert sum(d["guest"] for d in done.values()) >= 2, done
+    check_each_entity_merged_once(fleet.pg, WORKSPACE)
+    shared = pg_knowledge(fleet.pg, WORKSPACE)
+    fleet.stop()
+    assert_same_knowledge(shared, reference(tmp_path, redis_url, pg_env, mock_llm, docs, **SUMMARIES_SOON))
+
+
+def guest_merging(fleet: Fleet, redis_url: str, task_ids: list[str], guest: str) -> bool:
+    return any(
+        r.get("owner") == guest and r.get("stage") == "merging"
+        for r in task_records(fleet, redis_url, task_ids)
+    )
+
+
+def test_a_deletion_on_the_owner_beside_a_guests_merges_loses_and_resurrects_nothing(
+    fleet_factory,  # noqa: F811
+    mock_llm: MockProcess,  # noqa: F811
+    tmp_path: Path,
+    redis_url: str,
+    pg_env: dict[str, str],  # noqa: F811
+) -> None:
+    """Catches: a deletion's rebuild of shared entities running while another instance merges them
+    (a merged description or chunk list of the deleted document comes back, or the guest's merge is
+    lost): the result must equal one instance that never saw the deleted document."""
+    fleet = fleet_factory(LLM_MAX_ASYNC="2", **SUMMARIES_SOON)
+    fleet.start(2)
+    base = fleet.bases["inst-0"]
+    headers = make_tenant(base, "acme")
+    first = texts("early", 4)
+    sent = [upload(base, headers, name, text) for name, text in first.items()]
+    wait_final(fleet, [(headers, t["task_id"]) for t in sent], timeout=600)
+    owner = owners(fleet.pg)
+    assert len(owner) == 1, owner
+    guest = next(name for name in fleet.procs if name != owner[0])
+    victim = sent[0]
+
+    hold_llm(mock_llm, "summary")  # merges stop inside their locks, at their first summary
+    later = texts("late", 10)
+    more = [upload(base, headers, name, text) for name, text in later.items()]
+    ids = [t["task_id"] for t in more]
+    wait_sync(
+        lambda: mock_stats(mock_llm)["held"] >= 1 and guest_merging(fleet, redis_url, ids, guest),
+        timeout=300,
+        message="a guest's document merging while a merge holds a summary call",
+    )
+    answer: dict = {}
+
+    def delete() -> None:
+        answer["response"] = httpx.delete(
+            f"{fleet.bases[owner[0]]}/documents/{victim['doc_id']}", headers=headers, timeout=600
+        )
+
+    deleting = threading.Thread(target=delete)
+    deleting.start()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        # The deletion has begun on the owner (its mark is set) while the merges are held.
+        wait_sync(
+            lambda: str(client.get(f"{fleet.prefix}doc:acme:{victim['doc_id']}") or "").startswith("!"),
+            timeout=60,
+            message="the deletion started",
+        )
+    finally:
+        client.close()
+        release_llm(mock_llm)
+        deleting.join(timeout=600)
+    assert answer["response"].status_code == 200, answer["response"].text
+    views = wait_final(fleet, [(headers, t) for t in ids], timeout=600)
+    assert [v["status"] for v in views.values()] == ["completed"] * len(ids)
+    done = completions(fleet)
+    assert done[guest]["guest"] >= 1, done
+    check_each_entity_merged_once(fleet.pg, WORKSPACE)
+    kept = pg_knowledge(fleet.pg, WORKSPACE)
+    fleet.stop()
+    assert_forgotten(kept, [marker_in(first["early0.txt"], "early")])
+    survivors = {name: text for name, text in {**first, **later}.items() if name != "early0.txt"}
+    assert_same_knowledge(kept, reference(tmp_path, redis_url, pg_env, mock_llm, survivors, **SUMMARIES_SOON))
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_a_guest_lost_mid_merge_has_its_tasks_run_elsewhere_once_and_writes_nothing_after(
+    fleet_factory,  # noqa: F811
+    mock_llm: MockProcess,  # noqa: F811
+    tmp_path: Path,
+    redis_url: str,
+    pg_env: dict[str, str],  # noqa: F811
+    how: str,
+) -> None:
+    """Catches: a dead or frozen guest's tasks waiting for their lease (300 s here: the test would
+    time out), a task completed twice, a frozen guest that resumes and writes into the workspace
+    after its lock session was ended (the held LLM answers are waiting for it), and what it merged
+    before being lost staying half-done in the graph."""
+    fleet = fleet_factory(LLM_MAX_ASYNC="2", **SUMMARIES_SOON, **LONG_LEASE)
+    for name in ("inst-0", "inst-1"):
+        fleet.common["POSTGRES_SERVER_SETTINGS"] = f"application_name=lr-{name}"
+        fleet.start_one(name)
+    base = fleet.bases["inst-0"]
+    headers = make_tenant(base, "acme")
+    first = texts("warm", 3)
+    sent = [upload(base, headers, name, text) for name, text in first.items()]
+    wait_final(fleet, [(headers, t["task_id"]) for t in sent], timeout=600)
+    install_write_audit(fleet.pg)
+    owner = owners(fleet.pg)
+    assert len(owner) == 1, owner
+    guest = next(name for name in fleet.procs if name != owner[0])
+
+    hold_llm(mock_llm, "summary")
+    later = texts("lost", 10)
+    more = [upload(base, headers, name, text) for name, text in later.items()]
+    ids = [t["task_id"] for t in more]
+    wait_sync(
+        lambda: mock_stats(mock_llm)["held"] >= 1 and guest_merging(fleet, redis_url, ids, guest),
+        timeout=300,
+        message="a guest's document merging while a merge holds a summary call",
+    )
+    held_by_guest = [r["task_id"] for r in task_records(fleet, redis_url, ids) if r.get("owner") == guest]
+    proc = fleet.procs[guest]
+    if how == "kill":
+        fleet.kill(guest)
+    else:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_sync(
+            lambda: (
+                not pg_fetch(
+                    fleet.pg,
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = $1",
+                    f"ragsvc-owner:{guest}",
+                )
+            ),
+            timeout=120,
+            message="the lost guest's lock session ended",
+        )
+        release_llm(mock_llm)
+        wait_sync(
+            lambda: all(
+                r.get("owner") != guest or r.get("status") != "processing"
+                for r in task_records(fleet, redis_url, held_by_guest)
+            ),
+            timeout=120,
+            message="the lost guest's tasks taken back (not by their 300 s lease)",
+        )
+        views = wait_final(fleet, [(headers, t) for t in ids], timeout=600)
+    finally:
+        if how == "stop":
+            resumed_at = time.time()
+            proc.send_signal(signal.SIGCONT)
+    assert [v["status"] for v in views.values()] == ["completed"] * len(ids)
+    records = task_records(fleet, redis_url, ids)
+    completed_once(records)
+    for record in records:
+        if record["task_id"] in held_by_guest:
+            assert "lock session" in (record.get("history") or ""), record.get("history")
+    survivor = fleet.bases[owner[0]]
+    chunks = chunk_count(survivor, headers, sent + more)
+    assert chunks <= mock_kinds(mock_llm)["extract"] <= chunks + 2
+    if how == "stop":
+        log = fleet.tmp / f"{guest}.log"
+        wait_sync(
+            lambda: "guest work on" in log.read_text(errors="replace"),
+            timeout=120,
+            message="the resumed guest noticing that its lock session ended",
+        )
+        # Its held summary answers came back while it was frozen: whatever it then tried is refused.
+        wait_sync(lambda: mock_stats(mock_llm)["held"] == 0, message="held calls answered")
+        late = audited_writes(fleet.pg, f"lr-{guest}", after=resumed_at)
+        assert late == [], f"the resumed guest wrote after losing its session: {json.dumps(late)[:2000]}"
+    check_each_entity_merged_once(fleet.pg, WORKSPACE)
+    kept = pg_knowledge(fleet.pg, WORKSPACE)
+    fleet.stop()
+    assert_same_knowledge(
+        kept, reference(tmp_path, redis_url, pg_env, mock_llm, {**first, **later}, **SUMMARIES_SOON)
+    )
