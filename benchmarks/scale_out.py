@@ -1,15 +1,17 @@
 """Throughput of ONE workspace on 1, 2 and 3 instances: the LLM concurrency capped per instance
 (LLM_MAX_ASYNC), the mock LLM answering each call after a fixed latency, PostgreSQL storages and
-one Redis. Documents share entities (the same people and places), so the merges at the owner are
-real work. With extraction ahead (src/ingestion/prefetch.py) the instances that do not own the
-workspace extract its waiting documents into the shared LLM cache.
+one Redis. Documents share entities (the same people and places), so the merges are real work.
+The instances that do not own the workspace index its waiting documents as guests, merges included
+(INDEX_ANYWHERE, src/tasks/runner.py + src/ingestion/graph_locks.py); ``--no-guests`` measures
+extraction ahead instead (the non-owners only extract, the owner merges everything).
 
     python -m benchmarks.scale_out [--runs 3] [--docs 40] [--latency 0.5] [--llm-max-async 4]
 
 Wall time from the first upload to the last completion, medians of ``--runs``, the instance counts
 side by side in each run; the speed-up against one instance and the LLM calls made (exactly one
 extraction per chunk is checked on every run). Writes its own marked block of docs/benchmarks.md
-(``--out``) and prints it; also run by ``bash scripts/bench.sh``.
+(``--out``) with a plot of throughput against instances (docs/img/scale_out.png) and prints it;
+also run by ``bash scripts/bench.sh``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def run_once(
         LLM_MAX_ASYNC=str(args.llm_max_async),
         MAX_CONCURRENT_TASKS=str(args.llm_max_async),
         ENTITY_EXTRACT_MAX_GLEANING="1",
-        EXTRACT_AHEAD="true" if args.ahead else "false",
+        INDEX_ANYWHERE="true" if args.guests else "false",
+        EXTRACT_AHEAD="true",
     )
     try:
         fleet.start(instances)
@@ -67,12 +70,13 @@ def run_once(
         )
         kinds = mock_kinds(mock)
         assert kinds["extract"] == chunks, f"{kinds['extract']} extraction calls for {chunks} chunks"
-        helped = sum(
-            (root / f"{name}.log").read_text(errors="replace").count("ahead of its owner")
-            for name in fleet.procs
-        )
+        logs = [(root / f"{name}.log").read_text(errors="replace") for name in fleet.procs]
+        helped = sum(log.count("ahead of its owner") for log in logs)
+        done = [line for log in logs for line in log.splitlines() if " completed in " in line]
+        guests = sum("as a guest" in line for line in done)
         calls = sum(int(v) for v in kinds.values())
-        return {"wall": wall, "calls": calls, "helped": helped, "kinds": dict(kinds)}
+        out = {"wall": wall, "calls": calls, "helped": helped, "guests": guests, "kinds": dict(kinds)}
+        return {**out, "docs": args.docs}
     finally:
         fleet.stop()
         stop_process(mock)
@@ -89,7 +93,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--llm-max-async", type=int, default=4)
     parser.add_argument("--instances", default="1,2,3")
-    parser.add_argument("--no-ahead", dest="ahead", action="store_false", help="extraction ahead off")
+    parser.add_argument(
+        "--no-guests", dest="guests", action="store_false", help="no guest indexing: extraction ahead"
+    )
     parser.add_argument("--quick", action="store_true", help="1 run of 24 documents")
     parser.add_argument(
         "--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md")
@@ -112,7 +118,7 @@ def main() -> None:
                 results[n].append(out)
                 print(
                     f"run {run + 1}, {n} instance(s): {out['wall']:.1f} s, {out['calls']} LLM calls, "
-                    f"{out['helped']} document(s) extracted ahead",
+                    f"{out['guests']} document(s) indexed by guests, {out['helped']} extracted ahead",
                     flush=True,
                 )
     finally:
@@ -120,10 +126,36 @@ def main() -> None:
         stop_process(redis_proc)
     block = markdown(results, counts, args)
     print(block)
-    if args.ahead:  # the reference configuration; a --no-ahead run only prints
+    if args.guests:  # the reference configuration; a --no-guests run only prints
         from benchmarks.doc_blocks import splice_block
 
+        plot(results, counts, Path(args.out).parent / "img" / "scale_out.png")
         splice_block(Path(args.out), f"{BEGIN}\n{block}\n{END}", BEGIN, END)
+
+
+def plot(results: dict[int, list[dict]], counts: list[int], path: Path) -> None:
+    """Documents per minute against instances (medians), beside linear scaling from one instance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    docs = statistics.median(r.get("docs", 0) or 0 for r in results[counts[0]]) or None
+    rate = [60.0 * (docs or 1) / statistics.median(r["wall"] for r in results[n]) for n in counts]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(counts, rate, marker="o", label="measured (median)")
+    ax.plot(counts, [rate[0] * n / counts[0] for n in counts], linestyle="--", color="grey", label="linear")
+    for n, r in zip(counts, rate, strict=True):
+        ax.annotate(f"{r / rate[0]:.2f}x", (n, r), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    ax.set_xticks(counts)
+    ax.set_xlabel("instances (LLM_MAX_ASYNC=4 each)")
+    ax.set_ylabel("documents per minute")
+    ax.set_title("One workspace on several instances")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 BEGIN, END = "<!-- scale-out:begin -->", "<!-- scale-out:end -->"
@@ -136,7 +168,7 @@ def markdown(results: dict[int, list[dict]], counts: list[int], args: argparse.N
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     base = statistics.median(r["wall"] for r in results[counts[0]])
     lines = [
-        "## One workspace on several instances: extraction ahead (issue 27 item 1)",
+        "## One workspace on several instances: every instance indexes (issue 27 item 1)",
         "",
         f"`python -m benchmarks.scale_out` (also run by `bash scripts/bench.sh`) on {info.get('cpu', '?')}, "
         f"{info.get('cores', os.cpu_count())} cores, {info.get('date', '')}, "
@@ -150,7 +182,7 @@ def markdown(results: dict[int, list[dict]], counts: list[int], args: argparse.N
         "checks one extraction call per chunk at the mock.",
         "",
         "| instances | wall (median; runs) | speed-up vs 1 | LLM calls | LLM-bound ideal | ratio to ideal | "
-        "documents extracted ahead |",
+        "documents indexed by guests |",
         "|---|---|---|---|---|---|---|",
     ]
     for n in counts:
@@ -158,13 +190,13 @@ def markdown(results: dict[int, list[dict]], counts: list[int], args: argparse.N
         wall = statistics.median(walls)
         calls = statistics.median(r["calls"] for r in results[n])
         ideal = calls * args.latency / (args.llm_max_async * n)
-        helped = statistics.median(r["helped"] for r in results[n])
+        helped = statistics.median(r["guests"] if args.guests else r["helped"] for r in results[n])
         shown = ", ".join(f"{w:.1f}" for w in walls)
         lines.append(
             f"| {n} | {wall:.1f} s ({shown}) | **{base / wall:.2f}x** | {calls:.0f} | "
             f"{ideal:.1f} s | {ideal / wall:.2f} | {helped:.0f} |"
         )
-    lines.append("")
+    lines += ["", "![throughput against instances](img/scale_out.png)", ""]
     return "\n".join(lines)
 
 

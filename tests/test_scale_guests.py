@@ -101,6 +101,7 @@ def reference(
     tmp: Path, redis_url: str, pg: dict[str, str], mock: MockProcess, docs: dict[str, str], **extra: str
 ) -> Knowledge:
     """What ONE instance builds from ``docs`` (a fresh database; the same mock LLM)."""
+    (tmp / "reference").mkdir(exist_ok=True)
     fleet = Fleet(tmp / "reference", redis_url, fresh_database(pg), mock, **extra)
     try:
         fleet.start(1)
@@ -269,6 +270,7 @@ def test_a_guest_lost_mid_merge_has_its_tasks_run_elsewhere_once_and_writes_noth
         fleet.kill(guest)
     else:
         proc.send_signal(signal.SIGSTOP)
+        frozen_base = fleet.bases.pop(guest)  # polls go to the live instance meanwhile
     try:
         wait_sync(
             lambda: (
@@ -295,6 +297,7 @@ def test_a_guest_lost_mid_merge_has_its_tasks_run_elsewhere_once_and_writes_noth
         if how == "stop":
             resumed_at = time.time()
             proc.send_signal(signal.SIGCONT)
+            fleet.bases[guest] = frozen_base
     assert [v["status"] for v in views.values()] == ["completed"] * len(ids)
     records = task_records(fleet, redis_url, ids)
     completed_once(records)
