@@ -140,7 +140,20 @@ def test_every_instance_indexes_documents_of_one_workspace_and_the_graph_equals_
     base = fleet.bases["inst-0"]
     headers = make_tenant(base, "acme")
     docs = texts("guestdoc", 16)
+    # Merges stop at their first summary call (inside their locks, after reading the entity) until
+    # documents merge on two instances at once: without the graph locks both would rewrite the
+    # shared entities from what they read (lost updates, caught by the comparison below).
+    hold_llm(mock_llm, "summary")
     sent = [upload(base, headers, name, text) for name, text in docs.items()]
+    ids = [t["task_id"] for t in sent]
+    try:
+        wait_sync(
+            lambda: mock_stats(mock_llm)["held"] >= 1 and len(merging_on(fleet, redis_url, ids)) >= 2,
+            timeout=300,
+            message="documents merging on two instances while a merge holds a summary call",
+        )
+    finally:
+        release_llm(mock_llm)
     views = wait_final(fleet, [(headers, t["task_id"]) for t in sent], timeout=600)
     assert [v["status"] for v in views.values()] == ["completed"] * len(sent)
     completed_once(task_records(fleet, redis_url, [t["task_id"] for t in sent]))
@@ -154,6 +167,15 @@ def test_every_instance_indexes_documents_of_one_workspace_and_the_graph_equals_
     shared = pg_knowledge(fleet.pg, WORKSPACE)
     fleet.stop()
     assert_same_knowledge(shared, reference(tmp_path, redis_url, pg_env, mock_llm, docs, **SUMMARIES_SOON))
+
+
+def merging_on(fleet: Fleet, redis_url: str, task_ids: list[str]) -> set[str]:
+    """The instances with one of these documents at its merge."""
+    return {
+        r["owner"]
+        for r in task_records(fleet, redis_url, task_ids)
+        if r.get("stage") == "merging" and r.get("owner")
+    }
 
 
 def guest_merging(fleet: Fleet, redis_url: str, task_ids: list[str], guest: str) -> bool:

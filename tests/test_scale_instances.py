@@ -75,11 +75,13 @@ def pg_fetch(pg: dict[str, str], sql: str, *args: object) -> list[dict]:
 
 
 def owners(pg: dict[str, str]) -> list[str]:
-    """Instance ids holding at least one workspace lock (from the lock connections' names)."""
+    """Instance ids holding at least one workspace lock (from the lock connections' names; the graph
+    locks of src/ingestion/graph_locks.py, two-key locks, `objsubid = 2`, do not count)."""
     rows = pg_fetch(
         pg,
         "SELECT DISTINCT a.application_name AS name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'ragsvc-owner:%'",
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+        "AND a.application_name LIKE 'ragsvc-owner:%'",
     )
     return sorted(r["name"].split(":", 1)[1] for r in rows)
 
@@ -442,7 +444,7 @@ def test_a_second_instance_extracts_documents_of_a_workspace_it_does_not_own(
     """Catches: a non-owner adding no ingestion capacity to one workspace (every extraction on the
     owner), a document extracted twice (once ahead, once by the owner), and a merge that differs
     from one instance's (documents sharing entities, all merged by the owner)."""
-    fleet = fleet_factory(LLM_MAX_ASYNC="2")
+    fleet = fleet_factory(LLM_MAX_ASYNC="2", INDEX_ANYWHERE="false")  # extraction ahead, not guests
     fleet.start(2)
     base = fleet.any_base()
     headers = make_tenant(base, "acme")

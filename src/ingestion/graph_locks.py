@@ -21,7 +21,9 @@ stalled instance's workspaces also frees its merge locks, and the write guard of
 Only `pg_try_advisory_lock*` is used and waits are polled with a short backoff: the blocking forms
 would queue behind LightRAG's `CREATE INDEX CONCURRENTLY` (docs/scaling.md). Session locks are
 reentrant: two merges of this process that name one entity both hold its key (their process-local
-exclusion is LightRAG's own); each is released as often as it was taken.
+exclusion is LightRAG's own); each is released as often as it was taken. Keys are pairs of 32-bit
+integers (the two-argument functions: `objsubid = 2` in `pg_locks`), apart from the ownership locks'
+64-bit keys; a collision of two entity names only makes their merges take turns.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class LockSession(Protocol):
 
 
 def _key(*parts: str) -> int:
-    digest = hashlib.blake2b(":".join(parts).encode(), digest_size=8).digest()
+    """A signed 32-bit advisory lock key (PostgreSQL's two-argument form takes two int4)."""
+    digest = hashlib.blake2b(":".join(parts).encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
@@ -63,13 +66,19 @@ class PgGraphLocks:
         self.session = session
         self.namespace = namespace
         self.workspace = workspace
-        self.merge_key = _key("ragsvc-merge", namespace, workspace)
-        self.turnstile_key = _key("ragsvc-merge-turnstile", namespace, workspace)
+        #: The first half of every key: one class for the workspace's merge and turnstile keys, one
+        #: for its entities (so an entity's key can never be the merge key).
+        self.gate_class = _key("ragsvc-merge", namespace, workspace)
+        self.entity_class = _key("ragsvc-entity", namespace, workspace)
+        if self.entity_class == self.gate_class:
+            self.entity_class ^= 1
+        self.merge_key = 0
+        self.turnstile_key = 1
         #: Times this process waited for a lock another instance held (metrics, tests).
         self.waits = 0
 
     def entity_keys(self, names: Iterable[str]) -> list[int]:
-        return sorted({_key("ragsvc-entity", self.namespace, self.workspace, name) for name in names})
+        return sorted({_key("ragsvc-entity", name) for name in names})
 
     async def _poll(self, attempt: int) -> None:
         self.waits += attempt == 0
@@ -84,6 +93,7 @@ class PgGraphLocks:
     async def merging(self, names: Iterable[str]) -> AsyncIterator[None]:
         """Hold the merge key (shared) and the keys of ``names`` (exclusive) around a merge."""
         keys = self.entity_keys(names)
+        gate, entity = self.gate_class, self.entity_class
         merge_key, turnstile = self.merge_key, self.turnstile_key
         session: int | None = None
         held: list[int] = []  # entity keys held, a sorted prefix of ``keys``
@@ -93,12 +103,14 @@ class PgGraphLocks:
             while not shared:
 
                 async def enter(conn: Any) -> bool:
-                    if not await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", turnstile):
+                    if not await conn.fetchval("SELECT pg_try_advisory_lock_shared($1, $2)", gate, turnstile):
                         return False
                     try:
-                        return bool(await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", merge_key))
+                        return bool(
+                            await conn.fetchval("SELECT pg_try_advisory_lock_shared($1, $2)", gate, merge_key)
+                        )
                     finally:
-                        await conn.fetchval("SELECT pg_advisory_unlock_shared($1)", turnstile)
+                        await conn.fetchval("SELECT pg_advisory_unlock_shared($1, $2)", gate, turnstile)
 
                 shared, session = await self.session.run_locked(enter)
                 if not shared:
@@ -110,14 +122,17 @@ class PgGraphLocks:
 
                 async def take(conn: Any, rest: list[int] = rest) -> list[bool]:
                     got = await conn.fetchval(
-                        "SELECT array_agg(pg_try_advisory_lock(k) ORDER BY i) "
-                        "FROM unnest($1::bigint[]) WITH ORDINALITY AS t(k, i)",
+                        "SELECT array_agg(pg_try_advisory_lock($1, k) ORDER BY i) "
+                        "FROM unnest($2::int[]) WITH ORDINALITY AS t(k, i)",
+                        entity,
                         rest,
                     )
                     first_miss = next((i for i, ok in enumerate(got) if not ok), len(got))
                     beyond = [k for k, ok in zip(rest[first_miss:], got[first_miss:], strict=True) if ok]
                     if beyond:  # keep only the sorted prefix: no wait may point backwards
-                        await conn.execute("SELECT pg_advisory_unlock(k) FROM unnest($1::bigint[]) k", beyond)
+                        await conn.execute(
+                            "SELECT pg_advisory_unlock($1, k) FROM unnest($2::int[]) k", entity, beyond
+                        )
                     return got[:first_miss]
 
                 got, now = await self.session.run_locked(take)
@@ -131,11 +146,12 @@ class PgGraphLocks:
             self._check(session)
             yield
         finally:
-            await self._release(session, held, shared_key=merge_key if shared else None)
+            await self._release(session, held, shared=shared)
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
         """Hold the merge key alone (no merge of any instance runs meanwhile) around a deletion."""
+        gate = self.gate_class
         session: int | None = None
         turnstile = merge = False
         try:
@@ -144,9 +160,13 @@ class PgGraphLocks:
 
                 async def take(conn: Any, have_turnstile: bool = turnstile) -> tuple[bool, bool]:
                     if not have_turnstile:
-                        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.turnstile_key):
+                        if not await conn.fetchval(
+                            "SELECT pg_try_advisory_lock($1, $2)", gate, self.turnstile_key
+                        ):
                             return False, False
-                    return True, bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.merge_key))
+                    return True, bool(
+                        await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", gate, self.merge_key)
+                    )
 
                 (turnstile, merge), now = await self.session.run_locked(take)
                 if session is not None and now != session:
@@ -162,21 +182,25 @@ class PgGraphLocks:
 
                 async def release(conn: Any) -> None:
                     if merge:
-                        await conn.fetchval("SELECT pg_advisory_unlock($1)", self.merge_key)
+                        await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", gate, self.merge_key)
                     if turnstile:
-                        await conn.fetchval("SELECT pg_advisory_unlock($1)", self.turnstile_key)
+                        await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", gate, self.turnstile_key)
 
                 await self._run_release(session, release)
 
-    async def _release(self, session: int | None, held: list[int], *, shared_key: int | None) -> None:
-        if session is None or (not held and shared_key is None):
+    async def _release(self, session: int | None, held: list[int], *, shared: bool) -> None:
+        if session is None or (not held and not shared):
             return
 
         async def release(conn: Any) -> None:
             if held:
-                await conn.execute("SELECT pg_advisory_unlock(k) FROM unnest($1::bigint[]) k", held)
-            if shared_key is not None:
-                await conn.fetchval("SELECT pg_advisory_unlock_shared($1)", shared_key)
+                await conn.execute(
+                    "SELECT pg_advisory_unlock($1, k) FROM unnest($2::int[]) k", self.entity_class, held
+                )
+            if shared:
+                await conn.fetchval(
+                    "SELECT pg_advisory_unlock_shared($1, $2)", self.gate_class, self.merge_key
+                )
 
         await self._run_release(session, release)
 
