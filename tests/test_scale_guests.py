@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,7 @@ import redis
 from tests.docs_factory import story
 from tests.helpers import hold_llm, mock_stats, release_llm, wait_sync
 from tests.pg import pg_env  # noqa: F401  (session fixture)
-from tests.procs import MockProcess
+from tests.procs import MockProcess, start_mock_llm
 from tests.stored_knowledge import Knowledge, assert_forgotten, assert_same_knowledge, pg_knowledge
 from tests.test_failover import audited_writes, install_write_audit
 from tests.test_scale_instances import (  # noqa: F401  (fixtures)
@@ -178,6 +179,39 @@ def merging_on(fleet: Fleet, redis_url: str, task_ids: list[str]) -> set[str]:
     }
 
 
+@pytest.fixture
+def guest_llm() -> Iterator[MockProcess]:
+    """A mock LLM of the guest's own: holding its summary calls stops the guest's merges only."""
+    proc = start_mock_llm(latency=0.3)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def owner_then_guest(fleet: Fleet, guest_llm: MockProcess, warm: dict[str, str]) -> tuple[dict, list[dict]]:
+    """inst-0 takes the workspace with the ``warm`` documents, then inst-1 starts on ``guest_llm``
+    (each names its pooled connections for the write audit). Returns the tenant's headers and the
+    warm tasks."""
+    fleet.common["POSTGRES_SERVER_SETTINGS"] = "application_name=lr-inst-0"
+    fleet.start_one("inst-0")
+    base = fleet.bases["inst-0"]
+    headers = make_tenant(base, "acme")
+    sent = [upload(base, headers, name, text) for name, text in warm.items()]
+    views = wait_final(fleet, [(headers, t["task_id"]) for t in sent], timeout=600)
+    assert [v["status"] for v in views.values()] == ["completed"] * len(sent)
+    assert owners(fleet.pg) == ["inst-0"]
+    fleet.common["POSTGRES_SERVER_SETTINGS"] = "application_name=lr-inst-1"
+    fleet.common["LLM_BASE_URL"] = guest_llm.base_url
+    fleet.start_one("inst-1")
+    return headers, sent
+
+
+def extractions(*mocks: MockProcess) -> int:
+    return sum(int(mock_kinds(m).get("extract", 0)) for m in mocks)
+
+
 def guest_merging(fleet: Fleet, redis_url: str, task_ids: list[str], guest: str) -> bool:
     return any(
         r.get("owner") == guest and r.get("stage") == "merging"
@@ -188,6 +222,7 @@ def guest_merging(fleet: Fleet, redis_url: str, task_ids: list[str], guest: str)
 def test_a_deletion_on_the_owner_beside_a_guests_merges_loses_and_resurrects_nothing(
     fleet_factory,  # noqa: F811
     mock_llm: MockProcess,  # noqa: F811
+    guest_llm: MockProcess,
     tmp_path: Path,
     redis_url: str,
     pg_env: dict[str, str],  # noqa: F811
@@ -195,26 +230,20 @@ def test_a_deletion_on_the_owner_beside_a_guests_merges_loses_and_resurrects_not
     """Catches: a deletion's rebuild of shared entities running while another instance merges them
     (a merged description or chunk list of the deleted document comes back, or the guest's merge is
     lost): the result must equal one instance that never saw the deleted document."""
-    fleet = fleet_factory(LLM_MAX_ASYNC="2", **SUMMARIES_SOON)
-    fleet.start(2)
-    base = fleet.bases["inst-0"]
-    headers = make_tenant(base, "acme")
+    fleet = fleet_factory(LLM_MAX_ASYNC="2", OWNER_IDLE_RELEASE_SECONDS="300", **SUMMARIES_SOON)
     first = texts("early", 4)
-    sent = [upload(base, headers, name, text) for name, text in first.items()]
-    wait_final(fleet, [(headers, t["task_id"]) for t in sent], timeout=600)
-    owner = owners(fleet.pg)
-    assert len(owner) == 1, owner
-    guest = next(name for name in fleet.procs if name != owner[0])
+    headers, sent = owner_then_guest(fleet, guest_llm, first)
+    owner, guest = ["inst-0"], "inst-1"
     victim = sent[0]
 
-    hold_llm(mock_llm, "summary")  # merges stop inside their locks, at their first summary
+    hold_llm(guest_llm, "summary")  # the guest's merges stop inside their locks, at a summary
     later = texts("late", 10)
-    more = [upload(base, headers, name, text) for name, text in later.items()]
+    more = [upload(fleet.bases[owner[0]], headers, name, text) for name, text in later.items()]
     ids = [t["task_id"] for t in more]
     wait_sync(
-        lambda: mock_stats(mock_llm)["held"] >= 1 and guest_merging(fleet, redis_url, ids, guest),
+        lambda: mock_stats(guest_llm)["held"] >= 1 and guest_merging(fleet, redis_url, ids, guest),
         timeout=300,
-        message="a guest's document merging while a merge holds a summary call",
+        message="a guest's merge holding a summary call",
     )
     answer: dict = {}
 
@@ -235,7 +264,7 @@ def test_a_deletion_on_the_owner_beside_a_guests_merges_loses_and_resurrects_not
         )
     finally:
         client.close()
-        release_llm(mock_llm)
+        release_llm(guest_llm)
         deleting.join(timeout=600)
     assert answer["response"].status_code == 200, answer["response"].text
     views = wait_final(fleet, [(headers, t) for t in ids], timeout=600)
@@ -254,6 +283,7 @@ def test_a_deletion_on_the_owner_beside_a_guests_merges_loses_and_resurrects_not
 def test_a_guest_lost_mid_merge_has_its_tasks_run_elsewhere_once_and_writes_nothing_after(
     fleet_factory,  # noqa: F811
     mock_llm: MockProcess,  # noqa: F811
+    guest_llm: MockProcess,
     tmp_path: Path,
     redis_url: str,
     pg_env: dict[str, str],  # noqa: F811
@@ -261,30 +291,22 @@ def test_a_guest_lost_mid_merge_has_its_tasks_run_elsewhere_once_and_writes_noth
 ) -> None:
     """Catches: a dead or frozen guest's tasks waiting for their lease (300 s here: the test would
     time out), a task completed twice, a frozen guest that resumes and writes into the workspace
-    after its lock session was ended (the held LLM answers are waiting for it), and what it merged
-    before being lost staying half-done in the graph."""
-    fleet = fleet_factory(LLM_MAX_ASYNC="2", **SUMMARIES_SOON, **LONG_LEASE)
-    for name in ("inst-0", "inst-1"):
-        fleet.common["POSTGRES_SERVER_SETTINGS"] = f"application_name=lr-{name}"
-        fleet.start_one(name)
-    base = fleet.bases["inst-0"]
-    headers = make_tenant(base, "acme")
+    after its lock session was ended (the answers of its held summary calls are waiting for it),
+    and what it merged before being lost staying half-done in the graph."""
+    fleet = fleet_factory(LLM_MAX_ASYNC="2", OWNER_IDLE_RELEASE_SECONDS="300", **SUMMARIES_SOON, **LONG_LEASE)
     first = texts("warm", 3)
-    sent = [upload(base, headers, name, text) for name, text in first.items()]
-    wait_final(fleet, [(headers, t["task_id"]) for t in sent], timeout=600)
+    headers, sent = owner_then_guest(fleet, guest_llm, first)
     install_write_audit(fleet.pg)
-    owner = owners(fleet.pg)
-    assert len(owner) == 1, owner
-    guest = next(name for name in fleet.procs if name != owner[0])
+    owner, guest = ["inst-0"], "inst-1"
 
-    hold_llm(mock_llm, "summary")
+    hold_llm(guest_llm, "summary")  # the guest's merges stop inside their locks, at a summary
     later = texts("lost", 10)
-    more = [upload(base, headers, name, text) for name, text in later.items()]
+    more = [upload(fleet.bases[owner[0]], headers, name, text) for name, text in later.items()]
     ids = [t["task_id"] for t in more]
     wait_sync(
-        lambda: mock_stats(mock_llm)["held"] >= 1 and guest_merging(fleet, redis_url, ids, guest),
+        lambda: mock_stats(guest_llm)["held"] >= 1 and guest_merging(fleet, redis_url, ids, guest),
         timeout=300,
-        message="a guest's document merging while a merge holds a summary call",
+        message="a guest's merge holding a summary call",
     )
     held_by_guest = [r["task_id"] for r in task_records(fleet, redis_url, ids) if r.get("owner") == guest]
     proc = fleet.procs[guest]
@@ -305,7 +327,6 @@ def test_a_guest_lost_mid_merge_has_its_tasks_run_elsewhere_once_and_writes_noth
             timeout=120,
             message="the lost guest's lock session ended",
         )
-        release_llm(mock_llm)
         wait_sync(
             lambda: all(
                 r.get("owner") != guest or r.get("status") != "processing"
@@ -317,6 +338,10 @@ def test_a_guest_lost_mid_merge_has_its_tasks_run_elsewhere_once_and_writes_noth
         views = wait_final(fleet, [(headers, t) for t in ids], timeout=600)
     finally:
         if how == "stop":
+            # The answers of its held summary calls reach it while it is frozen: on resuming it has
+            # merges to write before it can notice anything (all of which must be refused).
+            release_llm(guest_llm)
+            wait_sync(lambda: mock_stats(guest_llm)["held"] == 0, message="held calls answered")
             resumed_at = time.time()
             proc.send_signal(signal.SIGCONT)
             fleet.bases[guest] = frozen_base
@@ -328,7 +353,7 @@ def test_a_guest_lost_mid_merge_has_its_tasks_run_elsewhere_once_and_writes_noth
             assert "lock session" in (record.get("history") or ""), record.get("history")
     survivor = fleet.bases[owner[0]]
     chunks = chunk_count(survivor, headers, sent + more)
-    assert chunks <= mock_kinds(mock_llm)["extract"] <= chunks + 2
+    assert chunks <= extractions(mock_llm, guest_llm) <= chunks + 2
     if how == "stop":
         log = fleet.tmp / f"{guest}.log"
         wait_sync(
@@ -336,8 +361,6 @@ def test_a_guest_lost_mid_merge_has_its_tasks_run_elsewhere_once_and_writes_noth
             timeout=120,
             message="the resumed guest noticing that its lock session ended",
         )
-        # Its held summary answers came back while it was frozen: whatever it then tried is refused.
-        wait_sync(lambda: mock_stats(mock_llm)["held"] == 0, message="held calls answered")
         late = audited_writes(fleet.pg, f"lr-{guest}", after=resumed_at)
         assert late == [], f"the resumed guest wrote after losing its session: {json.dumps(late)[:2000]}"
     check_each_entity_merged_once(fleet.pg, WORKSPACE)
