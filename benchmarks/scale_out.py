@@ -1,9 +1,10 @@
 """Throughput of ONE workspace on 1, 2 and 3 instances: the LLM concurrency capped per instance
 (LLM_MAX_ASYNC), the mock LLM answering each call after a fixed latency, PostgreSQL storages and
 one Redis. Documents share entities (the same people and places), so the merges are real work.
-The instances that do not own the workspace index its waiting documents as guests, merges included
-(INDEX_ANYWHERE, src/tasks/runner.py + src/ingestion/graph_locks.py); ``--no-guests`` measures
-extraction ahead instead (the non-owners only extract, the owner merges everything).
+By default (extraction ahead, src/ingestion/prefetch.py) the instances that do not own the workspace
+extract its waiting documents into the shared LLM cache and the owner merges them; ``--guests`` has
+them index documents whole, merges included (INDEX_ANYWHERE, src/tasks/runner.py +
+src/ingestion/graph_locks.py); ``--distinct`` gives every document entities of its own.
 
     python -m benchmarks.scale_out [--runs 3] [--docs 40] [--latency 0.5] [--llm-max-async 4]
 
@@ -30,7 +31,6 @@ import httpx
 def run_once(
     root: Path, redis_url: str, pg: dict[str, str], instances: int, args: argparse.Namespace
 ) -> dict:
-    from tests.docs_factory import story
     from tests.procs import start_mock_llm, stop_process
     from tests.test_scale_instances import Fleet, fresh_database, make_tenant, mock_kinds, upload, wait_final
 
@@ -53,7 +53,7 @@ def run_once(
         tag = uuid.uuid4().hex[:4]
         started = time.monotonic()
         tasks = [
-            upload(base, headers, f"doc{i}.txt", story(f"topic {i}", f"Scaleout{i}x{tag}", 8))
+            upload(base, headers, f"doc{i}.txt", document(i, tag, distinct=args.distinct))
             for i in range(args.docs)
         ]
         views = wait_final(fleet, [(headers, t["task_id"]) for t in tasks], timeout=1800)
@@ -82,6 +82,24 @@ def run_once(
         stop_process(mock)
 
 
+#: The proper names of tests.docs_factory.story: shared by every document unless --distinct.
+STORY_NAMES = (
+    "Maria Costa", "Daniel Weber", "Northwind Institute", "University of Coimbra", "Lisbon", "Porto",
+    "Portugal", "Researchers", "Observation",
+)  # fmt: skip
+
+
+def document(i: int, tag: str, *, distinct: bool) -> str:
+    """Document ``i``: the same people and places as every other one, or (``distinct``) its own."""
+    from tests.docs_factory import story
+
+    text = story(f"topic {i}", f"Scaleout{i}x{tag}", 8)
+    if distinct:
+        for name in STORY_NAMES:
+            text = text.replace(name, f"{name} {tag.upper()}{i}")
+    return text
+
+
 def main() -> None:
     from tests.conftest import start_redis_server
     from tests.pg import acquire_server, release_server
@@ -93,10 +111,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--llm-max-async", type=int, default=4)
     parser.add_argument("--instances", default="1,2,3")
-    parser.add_argument(
-        "--no-guests", dest="guests", action="store_false", help="no guest indexing: extraction ahead"
-    )
+    parser.add_argument("--guests", action="store_true", help="INDEX_ANYWHERE=true (prints only)")
     parser.add_argument("--quick", action="store_true", help="1 run of 24 documents")
+    parser.add_argument(
+        "--distinct", action="store_true", help="documents name entities of their own (prints only)"
+    )
     parser.add_argument(
         "--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md")
     )
@@ -126,7 +145,7 @@ def main() -> None:
         stop_process(redis_proc)
     block = markdown(results, counts, args)
     print(block)
-    if args.guests:  # the reference configuration; a --no-guests run only prints
+    if not args.guests and not args.distinct:  # the reference configuration; other runs only print
         from benchmarks.doc_blocks import splice_block
 
         plot(results, counts, Path(args.out).parent / "img" / "scale_out.png")
@@ -168,21 +187,31 @@ def markdown(results: dict[int, list[dict]], counts: list[int], args: argparse.N
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     base = statistics.median(r["wall"] for r in results[counts[0]])
     lines = [
-        "## One workspace on several instances: every instance indexes (issue 27 item 1)",
+        "## One workspace on several instances (issue 27 item 1)",
         "",
         f"`python -m benchmarks.scale_out` (also run by `bash scripts/bench.sh`) on {info.get('cpu', '?')}, "
         f"{info.get('cores', os.cpu_count())} cores, {info.get('date', '')}, "
         f"commit {info.get('commit', '?')}; "
         f"load average at the end {load}. One tenant (one workspace), {args.docs} one-chunk documents "
-        "that share entities (the same people and places), uploaded to one instance; PostgreSQL 18 + "
+        + (
+            "that name entities of their own"
+            if args.distinct
+            else "that share entities (the same people and places)"
+        )
+        + ", uploaded to one instance; PostgreSQL 18 + "
         "pgvector storages, one Redis; the mock LLM answers each call after "
         f"{args.latency} s; `LLM_MAX_ASYNC={args.llm_max_async}` and `MAX_CONCURRENT_TASKS="
         f"{args.llm_max_async}` per instance, gleaning on. Wall time from the first upload to the last "
         f"completion; {args.runs} run(s), the instance counts side by side in each run, medians. Every run "
-        "checks one extraction call per chunk at the mock.",
+        "checks one extraction call per chunk at the mock. "
+        + (
+            "Guests: every instance indexes documents whole (`INDEX_ANYWHERE=true`)."
+            if args.guests
+            else "Extraction ahead (the default): the owner merges every document."
+        ),
         "",
         "| instances | wall (median; runs) | speed-up vs 1 | LLM calls | LLM-bound ideal | ratio to ideal | "
-        "documents indexed by guests |",
+        f"documents {'indexed by guests' if args.guests else 'extracted ahead'} |",
         "|---|---|---|---|---|---|---|",
     ]
     for n in counts:

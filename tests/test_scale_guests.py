@@ -50,6 +50,8 @@ WORKSPACE = "scale--acme"
 #: Summaries on merge after 3 descriptions (LightRAG's minimum): merges of documents that share
 #: entities make summary calls, which the mock can hold while the merge holds its locks.
 SUMMARIES_SOON = {"FORCE_LLM_SUMMARY_ON_MERGE": "3"}
+#: Guest indexing on (off by default).
+GUESTS = {"INDEX_ANYWHERE": "true"}
 #: Long enough that no test here can pass by a lease running out: a lost guest's tasks must be
 #: taken back because its lock session ended.
 LONG_LEASE = {"LEASE_SECONDS": "300", "SWEEP_SECONDS": "300"}
@@ -136,7 +138,7 @@ def test_every_instance_indexes_documents_of_one_workspace_and_the_graph_equals_
     task completed twice or a chunk extracted twice (a guest claim beside the owner's), and a lost
     update of an entity merged by two instances at once (graph, chunk lists, vectors differ from
     one instance's)."""
-    fleet = fleet_factory(LLM_MAX_ASYNC="2", **SUMMARIES_SOON)
+    fleet = fleet_factory(LLM_MAX_ASYNC="2", **GUESTS, **SUMMARIES_SOON)
     fleet.start(instances)
     base = fleet.bases["inst-0"]
     headers = make_tenant(base, "acme")
@@ -230,7 +232,7 @@ def test_a_deletion_on_the_owner_beside_a_guests_merges_loses_and_resurrects_not
     """Catches: a deletion's rebuild of shared entities running while another instance merges them
     (a merged description or chunk list of the deleted document comes back, or the guest's merge is
     lost): the result must equal one instance that never saw the deleted document."""
-    fleet = fleet_factory(LLM_MAX_ASYNC="2", OWNER_IDLE_RELEASE_SECONDS="300", **SUMMARIES_SOON)
+    fleet = fleet_factory(LLM_MAX_ASYNC="2", **GUESTS, OWNER_IDLE_RELEASE_SECONDS="300", **SUMMARIES_SOON)
     first = texts("early", 4)
     headers, sent = owner_then_guest(fleet, guest_llm, first)
     owner, guest = ["inst-0"], "inst-1"
@@ -293,7 +295,9 @@ def test_a_guest_lost_mid_merge_has_its_tasks_run_elsewhere_once_and_writes_noth
     time out), a task completed twice, a frozen guest that resumes and writes into the workspace
     after its lock session was ended (the answers of its held summary calls are waiting for it),
     and what it merged before being lost staying half-done in the graph."""
-    fleet = fleet_factory(LLM_MAX_ASYNC="2", OWNER_IDLE_RELEASE_SECONDS="300", **SUMMARIES_SOON, **LONG_LEASE)
+    fleet = fleet_factory(
+        LLM_MAX_ASYNC="2", **GUESTS, OWNER_IDLE_RELEASE_SECONDS="300", **SUMMARIES_SOON, **LONG_LEASE
+    )
     first = texts("warm", 3)
     headers, sent = owner_then_guest(fleet, guest_llm, first)
     install_write_audit(fleet.pg)

@@ -196,9 +196,11 @@ class Settings(BaseSettings):
     owner_idle_release_seconds: float = Field(default=30.0, ge=0)
     #: With shared storages, an instance with free task slots claims and indexes (merges included)
     #: plain-text documents waiting in workspaces other instances own, under cross-instance graph
-    #: locks (src/ingestion/graph_locks.py). Replaces extraction ahead when on.
-    index_anywhere: bool = True
-    #: With shared storages and INDEX_ANYWHERE off: an instance with idle task slots extracts
+    #: locks (src/ingestion/graph_locks.py); replaces extraction ahead when on. Off by default:
+    #: where documents share entities the merges then take turns across instances and the
+    #: pre-summaries go stale, slower than extraction ahead (docs/scaling.md).
+    index_anywhere: bool = False
+    #: With shared storages and INDEX_ANYWHERE off (the default): an instance with idle task slots extracts
     #: plain-text documents waiting in workspaces other instances own, into the shared LLM cache
     #: (src/ingestion/prefetch.py); the owner then merges them.
     extract_ahead: bool = True
