@@ -191,31 +191,28 @@ def test_unserved_binding_is_ignored_where_it_is_not_used() -> None:
 # --- start-up ---------------------------------------------------------------------------------------
 
 
-def test_start_up_refusal_is_one_message_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(Path(__file__).parent)  # no .env here
-    monkeypatch.setenv("LLM_BINDING", "azure_openai")
+def _start_up_refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """What `get_settings()` exits with under ``env`` (in a directory without a .env file)."""
+    monkeypatch.chdir(Path(__file__).parent)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     try:
         with pytest.raises(SystemExit) as refused:
             get_settings()
     finally:
         get_settings.cache_clear()
-    message = str(refused.value.code)
+    return str(refused.value.code)
+
+
+def test_start_up_refusal_is_one_message_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _start_up_refusal(monkeypatch, LLM_BINDING="azure_openai")
     assert message.startswith("invalid configuration:\n  LLM_BINDING=azure_openai is not supported")
     assert "validation error" not in message and "errors.pydantic.dev" not in message
 
 
 def test_start_up_refusal_names_both_variables_and_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(Path(__file__).parent)
-    monkeypatch.setenv("MAX_ASYNC", "0")
-    monkeypatch.setenv("TOKEN_EXPIRE_HOURS", "sekrit-looking")
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(SystemExit) as refused:
-            get_settings()
-    finally:
-        get_settings.cache_clear()
-    message = str(refused.value.code)
+    message = _start_up_refusal(monkeypatch, MAX_ASYNC="0", TOKEN_EXPIRE_HOURS="sekrit-looking")
     assert "LLM_MAX_ASYNC / MAX_ASYNC: Input should be greater than or equal to 1 (got '0')" in message
     assert "TOKEN_EXPIRE_HOURS: " in message and "sekrit-looking" not in message
 
@@ -223,17 +220,9 @@ def test_start_up_refusal_names_both_variables_and_hides_secrets(monkeypatch: py
 def test_a_refused_binding_is_named_beside_a_refused_field(monkeypatch: pytest.MonkeyPatch) -> None:
     """Catches a binding refusal hidden by any other bad setting (pydantic skips the model checks
     once a field failed): the operator fixed one line, restarted, and only then met the next."""
-    monkeypatch.chdir(Path(__file__).parent)
-    monkeypatch.setenv("MAX_ASYNC", "0")
-    monkeypatch.setenv("LLM_BINDING", "azure_openai")
-    monkeypatch.setenv("EMBEDDING_BINDING", "jina")
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(SystemExit) as refused:
-            get_settings()
-    finally:
-        get_settings.cache_clear()
-    message = str(refused.value.code)
+    message = _start_up_refusal(
+        monkeypatch, MAX_ASYNC="0", LLM_BINDING="azure_openai", EMBEDDING_BINDING="jina"
+    )
     assert "LLM_MAX_ASYNC / MAX_ASYNC: Input should be greater than or equal to 1" in message
     assert "LLM_BINDING=azure_openai is not supported" in message
     assert "EMBEDDING_BINDING=jina is not" in message
