@@ -95,8 +95,10 @@ def document(i: int, tag: str, *, distinct: bool) -> str:
 
     text = story(f"topic {i}", f"Scaleout{i}x{tag}", 8)
     if distinct:
+        # The suffix starts with a capital letter: the mock's extraction takes capitalised word runs,
+        # so a suffix led by a digit (the hex tag often is) was dropped and the names were shared.
         for name in STORY_NAMES:
-            text = text.replace(name, f"{name} {tag.upper()}{i}")
+            text = text.replace(name, f"{name} D{tag.upper()}{i}")
     return text
 
 
