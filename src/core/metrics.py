@@ -15,6 +15,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from src.core.waiting import raise_if_cancel_swallowed
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TASK_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -149,6 +151,9 @@ class Metrics:
                 if n % redis_every == 0:
                     with contextlib.suppress(Exception):
                         self.redis_latency.observe(await ping() / 1000)
+                    # A cancel landing in the Redis client can be swallowed there: stop_sampling()
+                    # (at shutdown) then waited for this loop forever.
+                    raise_if_cancel_swallowed()
 
         self._sampler = asyncio.create_task(sample(), name="metrics-sampler")
 

@@ -1,0 +1,45 @@
+"""The event-loop/Redis latency sampler stops when the service stops, whatever the Redis client
+does with the cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from src.core.metrics import Metrics
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+
+async def test_a_cancel_the_redis_ping_swallows_still_stops_the_sampler() -> None:
+    """Catches a shutdown that hung for good (seen once in a full test run: the service's lifespan
+    waited 10 minutes on a `metrics-sampler` task stuck 'cancelling'): the cancel of
+    `stop_sampling` landed inside the Redis ping, the client swallowed it, and the loop slept on."""
+    in_ping = asyncio.Event()
+    release = asyncio.get_running_loop().create_future()
+
+    async def swallowing_ping() -> float:
+        in_ping.set()
+        try:
+            await release
+        except asyncio.CancelledError:
+            pass  # what a client that catches the cancel to clean up its connection may do
+        return 1.0
+
+    metrics = Metrics()
+    metrics.start_sampling(swallowing_ping, interval=0.001, redis_every=1)
+    await asyncio.wait_for(in_ping.wait(), 10)
+    stopping = asyncio.create_task(metrics.stop_sampling())
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    sampler = metrics._sampler
+    try:
+        assert stopping in done, "stop_sampling() still waiting for the sampler after 5 s"
+        assert sampler is not None and sampler.done()
+    finally:
+        if not release.done():
+            release.set_result(None)
+        if sampler is not None and not sampler.done():
+            sampler.cancel()  # free the old code's loop, so the test ends
+            await asyncio.wait({sampler}, timeout=5)
+        stopping.cancel()
