@@ -221,6 +221,29 @@ def guest_merging(fleet: Fleet, redis_url: str, task_ids: list[str], guest: str)
     )
 
 
+def hold_a_guest_merge(
+    fleet: Fleet,
+    guest_llm: MockProcess,
+    redis_url: str,
+    headers: dict[str, str],
+    owner: str,
+    guest: str,
+    prefix: str,
+) -> tuple[dict[str, str], list[dict]]:
+    """Upload 10 more documents to the owner with the guest's summary calls held, and return once a
+    guest merge is stopped inside its locks at a summary: (their texts, their upload answers)."""
+    hold_llm(guest_llm, "summary")
+    later = texts(prefix, 10)
+    more = [upload(fleet.bases[owner], headers, name, text) for name, text in later.items()]
+    ids = [t["task_id"] for t in more]
+    wait_sync(
+        lambda: mock_stats(guest_llm)["held"] >= 1 and guest_merging(fleet, redis_url, ids, guest),
+        timeout=300,
+        message="a guest's merge holding a summary call",
+    )
+    return later, more
+
+
 def test_a_deletion_on_the_owner_beside_a_guests_merges_loses_and_resurrects_nothing(
     fleet_factory,  # noqa: F811
     mock_llm: MockProcess,  # noqa: F811
@@ -238,15 +261,8 @@ def test_a_deletion_on_the_owner_beside_a_guests_merges_loses_and_resurrects_not
     owner, guest = ["inst-0"], "inst-1"
     victim = sent[0]
 
-    hold_llm(guest_llm, "summary")  # the guest's merges stop inside their locks, at a summary
-    later = texts("late", 10)
-    more = [upload(fleet.bases[owner[0]], headers, name, text) for name, text in later.items()]
+    later, more = hold_a_guest_merge(fleet, guest_llm, redis_url, headers, owner[0], guest, "late")
     ids = [t["task_id"] for t in more]
-    wait_sync(
-        lambda: mock_stats(guest_llm)["held"] >= 1 and guest_merging(fleet, redis_url, ids, guest),
-        timeout=300,
-        message="a guest's merge holding a summary call",
-    )
     answer: dict = {}
 
     def delete() -> None:
@@ -303,15 +319,8 @@ def test_a_guest_lost_mid_merge_has_its_tasks_run_elsewhere_once_and_writes_noth
     install_write_audit(fleet.pg)
     owner, guest = ["inst-0"], "inst-1"
 
-    hold_llm(guest_llm, "summary")  # the guest's merges stop inside their locks, at a summary
-    later = texts("lost", 10)
-    more = [upload(fleet.bases[owner[0]], headers, name, text) for name, text in later.items()]
+    later, more = hold_a_guest_merge(fleet, guest_llm, redis_url, headers, owner[0], guest, "lost")
     ids = [t["task_id"] for t in more]
-    wait_sync(
-        lambda: mock_stats(guest_llm)["held"] >= 1 and guest_merging(fleet, redis_url, ids, guest),
-        timeout=300,
-        message="a guest's merge holding a summary call",
-    )
     held_by_guest = [r["task_id"] for r in task_records(fleet, redis_url, ids) if r.get("owner") == guest]
     proc = fleet.procs[guest]
     if how == "kill":
