@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 
+from src.core.waiting import raise_if_cancel_swallowed, wait_event
 from src.ingestion.files import UploadFiles
 from src.ingestion.handler import index_request
 from src.ingestion.ownership import Ownership
@@ -89,9 +90,9 @@ class ExtractionAhead:
                 raise
             except Exception as exc:  # Redis down, ...: try again at the next poll
                 log.warning("extraction ahead: could not look for work: %s", exc)
+            raise_if_cancel_swallowed()  # by the Redis client: stop() would wait for good
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+            await wait_event(self._wake, self.poll_seconds)
 
     async def fill(self) -> int:
         """Lease what this instance has room for; returns how many documents it started."""

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+from src.core.waiting import raise_if_cancel_swallowed
 from src.ingestion.files import UploadFiles
 
 log = logging.getLogger(__name__)
@@ -66,3 +67,4 @@ class UploadSweeper:
                 await self.sweep()
             except Exception as exc:  # Redis down, a file system hiccup: the next pass retries
                 log.warning("upload sweep skipped: %s: %s", type(exc).__name__, exc)
+            raise_if_cancel_swallowed()  # by the Redis client: stop() would wait for good

@@ -1,5 +1,5 @@
-"""The event-loop/Redis latency sampler stops when the service stops, whatever the Redis client
-does with the cancellation."""
+"""Background loops awaited at shutdown (the latency sampler, the upload sweeper) stop when the
+service stops, whatever the Redis client does with the cancellation."""
 
 from __future__ import annotations
 
@@ -42,4 +42,37 @@ async def test_a_cancel_the_redis_ping_swallows_still_stops_the_sampler() -> Non
         if sampler is not None and not sampler.done():
             sampler.cancel()  # free the old code's loop, so the test ends
             await asyncio.wait({sampler}, timeout=5)
+        stopping.cancel()
+
+
+async def test_a_cancel_the_upload_sweep_swallows_still_stops_the_sweeper() -> None:
+    """The same for the upload sweeper's loop (its sweep asks Redis which tasks exist)."""
+    from src.ingestion.upload_sweeper import UploadSweeper
+
+    in_sweep = asyncio.Event()
+
+    class Swallowing(UploadSweeper):
+        async def sweep(self) -> int:
+            in_sweep.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                pass
+            return 0
+
+    async def no_tasks(ids: object) -> set[str]:
+        return set()
+
+    sweeper = Swallowing(None, no_tasks, orphan_seconds=60, interval_seconds=0.001)  # type: ignore[arg-type]
+    sweeper.start()
+    loop = sweeper._loop
+    await asyncio.wait_for(in_sweep.wait(), 10)
+    stopping = asyncio.create_task(sweeper.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    try:
+        assert stopping in done, "UploadSweeper.stop() still waiting after 5 s"
+    finally:
+        if loop is not None and not loop.done():
+            loop.cancel()  # free the old code's loop, so the test ends
+            await asyncio.wait({loop}, timeout=5)
         stopping.cancel()
