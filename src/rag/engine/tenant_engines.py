@@ -21,6 +21,7 @@ from lightrag import LightRAG
 
 from src.core.config import Settings
 from src.core.metrics import Metrics
+from src.core.waiting import raise_if_cancel_swallowed
 from src.rag.engine.indexer import DocumentIndexer
 from src.rag.engine.ingestor import DocumentIngestor
 from src.rag.engine.modal import ModalDescriber
@@ -229,6 +230,7 @@ class TenantEngines:
                     await self.evict_idle()
                 except Exception:
                     log.exception("evicting idle knowledge bases failed")
+                raise_if_cancel_swallowed()  # by a storage's close: close() would wait for good
 
         self._reaper = asyncio.create_task(reap(), name="tenant-engine-reaper")
 
