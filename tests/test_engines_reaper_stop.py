@@ -10,6 +10,7 @@ import pytest
 
 from src.core.metrics import Metrics
 from src.rag.engine.tenant_engines import TenantEngines
+from tests.unit.helpers import assert_stops_within
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -29,14 +30,5 @@ async def test_a_cancel_an_eviction_swallows_still_stops_the_reaper(settings) ->
 
     engines = Swallowing(settings, Metrics(), max_cached=1, idle_seconds=60)
     engines.start_reaper(interval=0.001)
-    reaper = engines._reaper
     await asyncio.wait_for(in_eviction.wait(), 10)
-    closing = asyncio.create_task(engines.close())
-    done, _ = await asyncio.wait({closing}, timeout=5)
-    try:
-        assert closing in done, "TenantEngines.close() still waiting for its reaper after 5 s"
-    finally:
-        if reaper is not None and not reaper.done():
-            reaper.cancel()  # free the old code's loop, so the test ends
-            await asyncio.wait({reaper}, timeout=5)
-        closing.cancel()
+    await assert_stops_within(engines.close(), engines._reaper, "TenantEngines.close()")

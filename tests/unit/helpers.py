@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 from src.tasks.models import TaskKind, TaskRecord
 
@@ -45,3 +48,19 @@ def query_record(
         created_at=now,
         updated_at=now,
     )
+
+
+async def assert_stops_within(stop: Coroutine[Any, Any, Any], loop: asyncio.Task | None, what: str) -> None:
+    """Fail unless ``stop`` (a service part's stop/close) returns within 5 s. Then ``loop``, the
+    background task it stops, is cancelled again: one that swallowed its cancel (the bug these
+    tests catch) must not outlive the test."""
+    stopping = asyncio.create_task(stop)
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    try:
+        assert stopping in done, f"{what} still waiting after 5 s"
+        assert loop is None or loop.done(), f"{what} returned with its loop still running"
+    finally:
+        if loop is not None and not loop.done():
+            loop.cancel()
+            await asyncio.wait({loop}, timeout=5)
+        stopping.cancel()

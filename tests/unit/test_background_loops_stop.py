@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from src.core.metrics import Metrics
+from tests.unit.helpers import assert_stops_within
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -30,19 +31,11 @@ async def test_a_cancel_the_redis_ping_swallows_still_stops_the_sampler() -> Non
     metrics = Metrics()
     metrics.start_sampling(swallowing_ping, interval=0.001, redis_every=1)
     await asyncio.wait_for(in_ping.wait(), 10)
-    stopping = asyncio.create_task(metrics.stop_sampling())
-    done, _ = await asyncio.wait({stopping}, timeout=5)
-    sampler = metrics._sampler
     try:
-        assert stopping in done, "stop_sampling() still waiting for the sampler after 5 s"
-        assert sampler is not None and sampler.done()
+        await assert_stops_within(metrics.stop_sampling(), metrics._sampler, "stop_sampling()")
     finally:
         if not release.done():
             release.set_result(None)
-        if sampler is not None and not sampler.done():
-            sampler.cancel()  # free the old code's loop, so the test ends
-            await asyncio.wait({sampler}, timeout=5)
-        stopping.cancel()
 
 
 async def test_a_cancel_the_upload_sweep_swallows_still_stops_the_sweeper() -> None:
@@ -65,14 +58,5 @@ async def test_a_cancel_the_upload_sweep_swallows_still_stops_the_sweeper() -> N
 
     sweeper = Swallowing(None, no_tasks, orphan_seconds=60, interval_seconds=0.001)  # type: ignore[arg-type]
     sweeper.start()
-    loop = sweeper._loop
     await asyncio.wait_for(in_sweep.wait(), 10)
-    stopping = asyncio.create_task(sweeper.stop())
-    done, _ = await asyncio.wait({stopping}, timeout=5)
-    try:
-        assert stopping in done, "UploadSweeper.stop() still waiting after 5 s"
-    finally:
-        if loop is not None and not loop.done():
-            loop.cancel()  # free the old code's loop, so the test ends
-            await asyncio.wait({loop}, timeout=5)
-        stopping.cancel()
+    await assert_stops_within(sweeper.stop(), sweeper._loop, "UploadSweeper.stop()")
