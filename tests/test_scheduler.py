@@ -234,3 +234,24 @@ def test_scheduler_needs_a_slot() -> None:
     """Catches a zero limit that would deadlock every call."""
     with pytest.raises(ValueError):
         CallScheduler(0)
+
+
+async def test_idle_listeners_hear_of_a_slot_left_idle_not_of_one_handed_on() -> None:
+    """Catches spare task slots (src/tasks/admission.py) lent while calls wait for the LLM: the
+    listeners are called when a call ends and leaves its slot idle, never when a waiting call takes
+    it over, and ``idle_slots`` counts waiting calls against the free slots."""
+    scheduler = CallScheduler(limit=1)
+    heard: list[int] = []
+    remove = scheduler.add_idle_listener(lambda: heard.append(scheduler.idle_slots))
+    assert scheduler.idle_slots == 1
+    gate = asyncio.Event()
+    first = asyncio.ensure_future(scheduler.run(gate.wait))
+    second = asyncio.ensure_future(scheduler.run(gate.wait))
+    await _settle()
+    assert scheduler.active == 1 and scheduler.waiting == 1 and scheduler.idle_slots == 0
+    gate.set()
+    await asyncio.gather(first, second)
+    assert heard == [1]  # the first call's end handed its slot on; the second's left it idle
+    remove()
+    await scheduler.run(asyncio.sleep, 0)
+    assert heard == [1]

@@ -132,12 +132,30 @@ class CallScheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Highest number of calls ever in flight at once (for tests and diagnostics).
         self.peak = 0
+        #: Called when a call ends and leaves a slot idle (nothing waiting): the task runner may
+        #: then lend a spare task slot (src/tasks/admission.py).
+        self._idle_listeners: list[Callable[[], None]] = []
 
     @property
     def waiting(self) -> int:
         return sum(
             len(q) for tenants in self._queues.values() for flows in tenants.values() for q in flows.values()
         )
+
+    @property
+    def idle_slots(self) -> int:
+        """Slots no call holds and no waiting call is about to take."""
+        return max(0, self.limit - self.active - self.waiting)
+
+    def add_idle_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` whenever a call ends and leaves a slot idle; returns its remover."""
+        self._idle_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._idle_listeners:
+                self._idle_listeners.remove(listener)
+
+        return remove
 
     def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,6 +197,9 @@ class CallScheduler:
         self.active -= 1
         PROVIDER_RUNNING.labels(self.name).dec()
         self._dispatch()
+        if self.active < self.limit and not self._queues:
+            for listener in self._idle_listeners:
+                listener()
 
     def _remove(self, waiter: _Waiter) -> None:
         tenants = self._queues.get(waiter.priority)

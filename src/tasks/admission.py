@@ -13,17 +13,34 @@ A slot bounds the work that keeps the LLM busy. A task past that work (merging i
 waiting until its document is durable) calls ``yield_slot()``: it moves to the ``finishing`` pool
 and its slot admits the next task, so documents queued behind merges and group-commit waits do not
 leave the LLM idle. The finishing pool is bounded too; when it is full a task simply keeps its slot.
+
+Even so, a document's LLM calls form a chain (extraction, then gleaning, per chunk) with CPU work
+between them and before the first, so ``regular`` documents cannot keep ``LLM_MAX_ASYNC`` calls in
+flight all the time: when a wave of documents turns from one call to the next, starts, or ends,
+LLM slots sit idle while documents wait. ``spare`` slots fill those gaps: one is lent only while
+every regular slot is taken and the LLM scheduler has had an idle slot for a settle
+time (a running document's next call follows its last answer within milliseconds), and no more of
+them are lent than idle LLM slots remain beyond the spare tasks just started. A spare slot is a
+slot like any other once lent (its task's calls are admitted as any other's): the document it
+claims is the head of the queue, by priority.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from src.core.defaults import MAX_PRIORITY
+
+#: How long the LLM must keep an idle slot before a spare slot is lent for it.
+SPARE_SETTLE_SECONDS = 0.05
+#: A spare task just started sends its first LLM call within about this long (it reads, chunks and
+#: stores its text first): until then it counts against the idle LLM slots that lent it.
+SPARE_START_SECONDS = 0.5
 
 #: Set by the runner in each task's context: moves that task from its slot to the finishing pool.
 _YIELD_HOOK: ContextVar[Callable[[], None] | None] = ContextVar("ragsvc_yield_slot", default=None)
@@ -53,18 +70,35 @@ class Slot:
 
     express: bool
     min_priority: int = 0
+    #: Lent while the LLM had idle slots and every regular slot was taken (when: ``lent_at``,
+    #: monotonic).
+    spare: bool = False
+    lent_at: float = 0.0
 
 
 class Admission:
-    """Counts regular and express slots and the priorities of the tasks holding them."""
+    """Counts regular, express and spare slots and the priorities of the tasks holding them."""
 
-    def __init__(self, regular: int, express: int = 0, finishing: int = 0) -> None:
-        if regular < 1 or express < 0 or finishing < 0:
-            raise ValueError("need at least one regular slot and no negative express or finishing slots")
+    def __init__(
+        self,
+        regular: int,
+        express: int = 0,
+        finishing: int = 0,
+        spare: int = 0,
+        idle_llm_slots: Callable[[], int] | None = None,
+    ) -> None:
+        if regular < 1 or express < 0 or finishing < 0 or spare < 0:
+            raise ValueError("need a regular slot and no negative express, finishing or spare slots")
         self.regular = regular
         self.express = express
         self.finishing = finishing
+        #: Spare slots, and how many idle LLM slots there are now (None: no spare slot is lent).
+        self.spare = spare if idle_llm_slots is not None else 0
+        self._idle_llm_slots = idle_llm_slots
         self._used = {False: 0, True: 0}
+        self._spare_used = 0
+        #: When each spare slot in use was lent (monotonic).
+        self._spare_lent: list[float] = []
         self._finishing = 0
         #: Priorities of the tasks running in this process (regular and express slots alike).
         self._priorities: Counter[int] = Counter()
@@ -93,15 +127,57 @@ class Admission:
         return None
 
     async def acquire(self) -> Slot:
-        """Wait until ``try_acquire`` gives a slot (a task ending is what changes the answer)."""
-        while (slot := self.try_acquire()) is None:
+        """Wait for a slot: a regular one; else a spare one, while the LLM keeps idle slots (after
+        a settle; :meth:`llm_idle` wakes this up); else an express one (``try_acquire``). A task
+        ending is what changes the answer otherwise. A spare slot goes before an express one: it
+        may claim the same urgent task, and any other."""
+        while True:
+            if self._used[False] < self.regular:
+                return self.try_acquire()  # type: ignore[return-value]  # a regular slot
+            if self._spare_room() > 0:
+                await asyncio.sleep(SPARE_SETTLE_SECONDS)
+                if self._used[False] < self.regular:
+                    continue
+                if self._spare_room() > 0:
+                    slot = Slot(express=False, spare=True, lent_at=time.monotonic())
+                    self._spare_used += 1
+                    self._spare_lent.append(slot.lent_at)
+                    return slot
+            if (slot := self.try_acquire()) is not None:
+                return slot
             self._changed.clear()
             await self._changed.wait()
-        return slot
+
+    def llm_idle(self) -> None:
+        """An LLM call ended and left a slot idle: a spare slot may be lent now."""
+        if self.spare and self._spare_used < self.spare:
+            self._changed.set()
+
+    @property
+    def spare_in_use(self) -> int:
+        return self._spare_used
+
+    def _spare_room(self) -> int:
+        """Spare slots to lend now: within ``spare``, and within the idle LLM slots not already
+        promised to spare tasks that have just started."""
+        if self._spare_used >= self.spare or self._idle_llm_slots is None:
+            return 0
+        if self._used[False] < self.regular:
+            return 0
+        recent = time.monotonic() - SPARE_START_SECONDS
+        starting = sum(1 for lent in self._spare_lent if lent > recent)
+        return min(self.spare - self._spare_used, self._idle_llm_slots() - starting)
 
     def unused(self, slot: Slot) -> None:
         """Give back a slot nothing was claimed with (no wake-up: nothing changed)."""
-        self._used[slot.express] -= 1
+        self._release(slot)
+
+    def _release(self, slot: Slot) -> None:
+        if slot.spare:
+            self._spare_used -= 1
+            self._spare_lent.remove(slot.lent_at)
+        else:
+            self._used[slot.express] -= 1
 
     def started(self, priority: int) -> None:
         self._priorities[priority] += 1
@@ -122,7 +198,7 @@ class Admission:
             self._free(slot, priority)
 
     def _free(self, slot: Slot, priority: int) -> None:
-        self._used[slot.express] -= 1
+        self._release(slot)
         self._priorities[priority] -= 1
         if self._priorities[priority] <= 0:
             del self._priorities[priority]

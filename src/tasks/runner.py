@@ -134,6 +134,18 @@ class ClaimGate(Protocol):
         ...
 
 
+class LlmCapacity(Protocol):
+    """The LLM scheduler as the runner sees it (src/rag/scheduler.py): spare task slots are lent
+    while it has idle slots (src/tasks/admission.py)."""
+
+    @property
+    def idle_slots(self) -> int: ...
+
+    def add_idle_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` whenever a call ends and leaves a slot idle; returns its remover."""
+        ...
+
+
 @dataclass
 class RunnerConfig:
     max_concurrent: int
@@ -149,6 +161,10 @@ class RunnerConfig:
     express_slots: int = 0
     #: Tasks that yielded their slot (src/tasks/admission.py) and are still finishing (0 = no yielding).
     finishing_slots: int = 0
+    #: Slots lent only while the LLM has idle slots (src/tasks/admission.py), and the LLM scheduler
+    #: that says so (None: no spare slot is lent).
+    spare_slots: int = 0
+    llm: LlmCapacity | None = None
     #: Slots of the query lane (0 = this runner claims no query tasks) and a query task's time limit.
     max_concurrent_queries: int = 0
     query_timeout_seconds: float = 300.0
@@ -220,7 +236,13 @@ class TaskRunner:
         self.instance_id = instance_id
         self._ingest = _Lane(
             INGEST_LANE,
-            Admission(config.max_concurrent, config.express_slots, config.finishing_slots),
+            Admission(
+                config.max_concurrent,
+                config.express_slots,
+                config.finishing_slots,
+                config.spare_slots,
+                (lambda llm=config.llm: llm.idle_slots) if config.llm is not None else None,
+            ),
             gate=gate,
         )
         self._lanes = [self._ingest]
@@ -231,6 +253,7 @@ class TaskRunner:
         self._loops: list[asyncio.Task] = []
         self._accepting = False
         self._stopped = asyncio.Event()
+        self._remove_llm_listener: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -263,10 +286,15 @@ class TaskRunner:
         ]
         if self.gate is not None:
             self._loops.append(asyncio.create_task(self._takeover_loop(), name="task-takeover"))
+        if self.config.llm is not None and self._ingest.admission.spare:
+            self._remove_llm_listener = self.config.llm.add_idle_listener(self._llm_idle)
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop claiming, give running tasks ``grace_seconds``, then hand the rest back to the queue."""
         self._accepting = False
+        if self._remove_llm_listener is not None:
+            self._remove_llm_listener()
+            self._remove_llm_listener = None
         self._stopped.set()
         self._wake_all()
         jobs = [r.job for r in self._running.values() if r.job]
@@ -284,6 +312,13 @@ class TaskRunner:
         if self._loops:
             await asyncio.wait(self._loops, timeout=5)
         self._loops.clear()
+
+    def _llm_idle(self) -> None:
+        """An LLM call ended and left a slot idle: a spare task slot may be lent (a dispatcher that
+        holds an express slot it found no task for waits for its lane's wake-up, not for this)."""
+        self._ingest.admission.llm_idle()
+        if self._ingest.admission.spare_in_use < self._ingest.admission.spare:
+            self._ingest.wake.set()
 
     def notify(self) -> None:
         """A task was enqueued: wake the dispatchers now instead of at their next poll."""

@@ -499,3 +499,81 @@ async def test_a_task_that_yields_its_slot_lets_the_next_one_start(store: TaskSt
 def test_yield_slot_outside_a_task_does_nothing() -> None:
     """Catches a crash when code shared with non-task paths (a query, a test) calls it."""
     yield_slot()
+
+
+class FakeLlm:
+    """The LLM scheduler as the runner sees it: idle slots the test sets, and its idle listeners."""
+
+    def __init__(self) -> None:
+        self.idle_slots = 0
+        self.listeners: list[Callable[[], None]] = []
+
+    def add_idle_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        self.listeners.append(listener)
+        return lambda: self.listeners.remove(listener)
+
+    def call_ended(self, idle: int) -> None:
+        self.idle_slots = idle
+        for listener in list(self.listeners):
+            listener()
+
+
+async def _not_within(awaitable: Awaitable[object], seconds: float = 0.3) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(awaitable, seconds)
+
+
+async def test_spare_slots_are_lent_only_while_llm_slots_sit_idle() -> None:
+    """Catches spare slots lent as plain extra slots (with the LLM busy), lent beyond the idle LLM
+    slots (counting the spare tasks that have just started), or beyond ``spare``."""
+    llm = FakeLlm()
+    admission = Admission(regular=2, spare=2, idle_llm_slots=lambda: llm.idle_slots)
+    regular = [await admission.acquire(), await admission.acquire()]
+    assert not any(slot.spare for slot in regular)
+    await _not_within(admission.acquire())  # the LLM has no idle slot
+    waiting = asyncio.ensure_future(admission.acquire())
+    await asyncio.sleep(0.05)
+    llm.idle_slots = 1
+    admission.llm_idle()
+    first = await asyncio.wait_for(waiting, 2)
+    assert first.spare and admission.spare_in_use == 1
+    await _not_within(admission.acquire())  # its one idle LLM slot is promised to the task just lent
+    llm.idle_slots = 3
+    second = await asyncio.wait_for(admission.acquire(), 2)
+    assert second.spare and admission.spare_in_use == 2
+    llm.idle_slots = 16
+    await _not_within(admission.acquire())  # every spare slot is lent
+    admission.started(5)
+    admission.finished(first, 5)
+    assert admission.spare_in_use == 1
+    admission.finished(regular[0], 5)  # a regular slot goes before a spare one
+    assert not (await asyncio.wait_for(admission.acquire(), 2)).spare
+    assert Admission(regular=1, spare=4).spare == 0  # nothing says when the LLM is idle: none lent
+
+
+async def test_a_spare_slot_starts_a_task_when_the_llm_sits_idle(store: TaskStore) -> None:
+    """Catches the runner not lending a spare slot when an LLM call leaves a slot idle, including
+    while it holds an express slot it found no task for (the dispatcher then waits for its lane's
+    wake-up, not for the admission); and a spare slot lent while the LLM is busy."""
+    handler = FakeHandler(default="block")
+    llm = FakeLlm()
+    now = time.time()
+    for i in range(5):
+        await store.create(record(f"doc{i}", created_at=now + i))
+    config = {"max_concurrent": 2, "express_slots": 1, "spare_slots": 2, "idle_poll_seconds": 30.0}
+    async with running(store, handler, llm=llm, **config) as runner:
+        for i in range(2):
+            await asyncio.wait_for(handler.started_event(f"doc{i}").wait(), 10)
+        await _not_within(handler.started_event("doc2").wait(), 0.5)  # the LLM is busy
+        assert len(llm.listeners) == 1
+        llm.call_ended(idle=1)
+        await asyncio.wait_for(handler.started_event("doc2").wait(), 5)  # the head of the queue
+        assert runner.running_count == 3
+        await _not_within(handler.started_event("doc3").wait(), 0.2)  # its idle slot is doc2's
+        llm.call_ended(idle=8)
+        await asyncio.wait_for(handler.started_event("doc3").wait(), 5)
+        await _not_within(handler.started_event("doc4").wait(), 0.5)  # both spare slots are lent
+        handler.release.set()
+        for i in range(5):
+            assert (await wait_final(store, f"doc{i}")).status == TaskStatus.COMPLETED
+    assert llm.listeners == []  # stopping the runner removed its listener
