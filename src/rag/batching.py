@@ -67,7 +67,7 @@ class EmbeddingBatcher:
         func: EmbedFn,
         *,
         max_batch: int = 32,
-        wait_ms: float = 5.0,
+        wait_ms: float = 20.0,
         scheduler: CallScheduler | None = None,
         provider: str = "embedding",
         max_chars: int | None = None,
