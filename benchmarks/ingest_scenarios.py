@@ -19,6 +19,8 @@ from benchmarks.loadgen import doc_text, doc_text_distinct
 from benchmarks.metrics_scrape import ADMIN_TOKEN, delta, loop_lag_p99_ms, scrape
 
 LATENCY = 0.5
+#: E1b's documents: one chunk each at the default CHUNK_TOKEN_SIZE, like E1's 5 KB ones.
+DISTINCT_DOC_BYTES = 3800
 #: ~30 chunks at the default CHUNK_TOKEN_SIZE 1200 (o200k_base: ~5.3 bytes of doc_text per token).
 BIG_DOC_BYTES = 176_000
 
@@ -197,8 +199,9 @@ def scenario_ideal(ctx) -> dict:
 def scenario_ideal_distinct(ctx) -> dict:
     """E1 again with documents that share no entity (each name carries the document's own suffix):
     what the engine reaches when merges do not chain on LightRAG's keyed locks."""
-    docs = [doc_text_distinct(i, 5000) for i in range(_sizes(ctx.p.quick)["ideal_docs"])]
-    return {**_ideal_runs(ctx, docs, "ideal-distinct"), "distinct": True}
+    # 3.8 KB: one chunk each, as in E1 (the names' suffixes cost tokens: at 5 KB each made two).
+    docs = [doc_text_distinct(i, DISTINCT_DOC_BYTES) for i in range(_sizes(ctx.p.quick)["ideal_docs"])]
+    return {**_ideal_runs(ctx, docs, "ideal-distinct"), "distinct": True, "doc_bytes": DISTINCT_DOC_BYTES}
 
 
 def _ideal_runs(ctx, docs: list[bytes], tag: str) -> dict:

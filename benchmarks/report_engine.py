@@ -49,7 +49,8 @@ def _ideal(r: dict) -> list[str]:
         if r.get("distinct") else []
     )  # fmt: skip
     L = distinct + [
-        f"{r['docs']} documents × 5 KB (one chunk each), mock LLM {r['latency']} s per call. *A:T* is",
+        f"{r['docs']} documents × {f(r.get('doc_bytes', 5000) / 1000, 1)} KB (one chunk each), mock LLM "
+        f"{r['latency']} s per call. *A:T* is",
         "LLM_MAX_ASYNC : MAX_CONCURRENT_TASKS for this service, MAX_ASYNC : MAX_PARALLEL_INSERT for",
         "LightRAG Server (as in the throughput section). Ideal = LLM calls × latency ÷ A, never less than",
         "one document's chain of calls; ratio = ideal ÷ measured wall (1.0 = the LLM never waits for us).",
