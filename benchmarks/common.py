@@ -282,6 +282,9 @@ class Service:
             ADMIN_TOKEN=BENCH_ADMIN_TOKEN,  # /metrics and /health's details need it
         )
         env.update(self.env_extra)
+        # Side-by-side runs of one setting: BENCH_SVC_SPARE_TASK_SLOTS=0 sets SPARE_TASK_SLOTS=0 here.
+        prefix = "BENCH_SVC_"
+        env.update({k.removeprefix(prefix): v for k, v in os.environ.items() if k.startswith(prefix)})
         return env
 
     def start(self, port: int | None = None, timeout: float = 180.0) -> Service:
