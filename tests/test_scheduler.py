@@ -252,6 +252,7 @@ async def test_idle_listeners_hear_of_a_slot_left_idle_not_of_one_handed_on() ->
     gate.set()
     await asyncio.gather(first, second)
     assert heard == [1]  # the first call's end handed its slot on; the second's left it idle
+    assert scheduler.full_within(60) and not CallScheduler(limit=1).full_within(60)
     remove()
     await scheduler.run(asyncio.sleep, 0)
     assert heard == [1]

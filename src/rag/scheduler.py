@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
@@ -135,6 +136,8 @@ class CallScheduler:
         #: Called when a call ends and leaves a slot idle (nothing waiting): the task runner may
         #: then lend a spare task slot (src/tasks/admission.py).
         self._idle_listeners: list[Callable[[], None]] = []
+        #: When every slot was last taken (monotonic).
+        self._last_full = float("-inf")
 
     @property
     def waiting(self) -> int:
@@ -146,6 +149,11 @@ class CallScheduler:
     def idle_slots(self) -> int:
         """Slots no call holds and no waiting call is about to take."""
         return max(0, self.limit - self.active - self.waiting)
+
+    def full_within(self, seconds: float) -> bool:
+        """Was every slot taken at some moment of the last ``seconds``? (The LLM is then what the
+        running work waits for, not parsing or embeddings.)"""
+        return self.active >= self.limit or time.monotonic() - self._last_full <= seconds
 
     def add_idle_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` whenever a call ends and leaves a slot idle; returns its remover."""
@@ -191,6 +199,8 @@ class CallScheduler:
     def _take(self) -> None:
         self.active += 1
         self.peak = max(self.peak, self.active)
+        if self.active >= self.limit:
+            self._last_full = time.monotonic()
         PROVIDER_RUNNING.labels(self.name).inc()
 
     def release(self) -> None:

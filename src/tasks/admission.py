@@ -18,9 +18,10 @@ Even so, a document's LLM calls form a chain (extraction, then gleaning, per chu
 between them and before the first, so ``regular`` documents cannot keep ``LLM_MAX_ASYNC`` calls in
 flight all the time: when a wave of documents turns from one call to the next, starts, or ends,
 LLM slots sit idle while documents wait. ``spare`` slots fill those gaps: one is lent only while
-every regular slot is taken and the LLM scheduler has had an idle slot for a settle
-time (a running document's next call follows its last answer within milliseconds), and no more of
-them are lent than idle LLM slots remain beyond the spare tasks just started. A spare slot is a
+every regular slot is taken, every LLM slot was taken a moment ago (so the gap is in LLM work, not
+documents busy parsing or waiting for embeddings), and the LLM scheduler has had an idle slot for a
+settle time (a running document's next call follows its last answer within milliseconds); and no
+more of them are lent than idle LLM slots remain beyond the spare tasks just started. A spare slot is a
 slot like any other once lent (its task's calls are admitted as any other's): the document it
 claims is the head of the queue, by priority.
 """
@@ -38,6 +39,9 @@ from src.core.defaults import MAX_PRIORITY
 
 #: How long the LLM must keep an idle slot before a spare slot is lent for it.
 SPARE_SETTLE_SECONDS = 0.05
+#: Spare slots are lent only if every LLM slot was taken within this long: a gap in LLM work, not
+#: documents busy with something else (parsing, embeddings), which more documents would not fill.
+SPARE_DEMAND_SECONDS = 2.0
 #: A spare task just started sends its first LLM call within about this long (it reads, chunks and
 #: stores its text first): until then it counts against the idle LLM slots that lent it.
 SPARE_START_SECONDS = 0.5

@@ -46,7 +46,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from src.core.logs import current_task_id, current_tenant
 from src.core.metrics import Metrics
 from src.core.waiting import wait_event
-from src.tasks.admission import Admission, Slot, bind_yield_hook, yield_slot
+from src.tasks.admission import SPARE_DEMAND_SECONDS, Admission, Slot, bind_yield_hook, yield_slot
 from src.tasks.keys import INGEST_LANE, QUERY_LANE
 from src.tasks.models import (
     AttemptOutcome,
@@ -141,9 +141,20 @@ class LlmCapacity(Protocol):
     @property
     def idle_slots(self) -> int: ...
 
+    def full_within(self, seconds: float) -> bool:
+        """Was every LLM slot taken at some moment of the last ``seconds``?"""
+        ...
+
     def add_idle_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` whenever a call ends and leaves a slot idle; returns its remover."""
         ...
+
+
+def spare_llm_slots(llm: LlmCapacity) -> int:
+    """Idle LLM slots a spare task slot may be lent for: none unless every LLM slot was taken a
+    moment ago (documents parsing or waiting for embeddings leave the LLM idle too; more of them at
+    once would not help it)."""
+    return llm.idle_slots if llm.full_within(SPARE_DEMAND_SECONDS) else 0
 
 
 @dataclass
@@ -241,7 +252,7 @@ class TaskRunner:
                 config.express_slots,
                 config.finishing_slots,
                 config.spare_slots,
-                (lambda llm=config.llm: llm.idle_slots) if config.llm is not None else None,
+                (lambda llm=config.llm: spare_llm_slots(llm)) if config.llm is not None else None,
             ),
             gate=gate,
         )

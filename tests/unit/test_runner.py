@@ -507,6 +507,11 @@ class FakeLlm:
     def __init__(self) -> None:
         self.idle_slots = 0
         self.listeners: list[Callable[[], None]] = []
+        #: Every slot was taken a moment ago (the LLM is what the documents wait for).
+        self.was_full = True
+
+    def full_within(self, seconds: float) -> bool:
+        return self.was_full
 
     def add_idle_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         self.listeners.append(listener)
@@ -554,7 +559,8 @@ async def test_spare_slots_are_lent_only_while_llm_slots_sit_idle() -> None:
 async def test_a_spare_slot_starts_a_task_when_the_llm_sits_idle(store: TaskStore) -> None:
     """Catches the runner not lending a spare slot when an LLM call leaves a slot idle, including
     while it holds an express slot it found no task for (the dispatcher then waits for its lane's
-    wake-up, not for the admission); and a spare slot lent while the LLM is busy."""
+    wake-up, not for the admission); and a spare slot lent while the LLM is busy, or while it is
+    idle because the running documents do something else (it was not full a moment ago)."""
     handler = FakeHandler(default="block")
     llm = FakeLlm()
     now = time.time()
@@ -566,6 +572,10 @@ async def test_a_spare_slot_starts_a_task_when_the_llm_sits_idle(store: TaskStor
             await asyncio.wait_for(handler.started_event(f"doc{i}").wait(), 10)
         await _not_within(handler.started_event("doc2").wait(), 0.5)  # the LLM is busy
         assert len(llm.listeners) == 1
+        llm.was_full = False
+        llm.call_ended(idle=4)  # idle, but the documents are busy with something else
+        await _not_within(handler.started_event("doc2").wait(), 0.5)
+        llm.was_full = True
         llm.call_ended(idle=1)
         await asyncio.wait_for(handler.started_event("doc2").wait(), 5)  # the head of the queue
         assert runner.running_count == 3
