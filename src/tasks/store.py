@@ -448,10 +448,16 @@ class TaskStore:
     async def report_progress(self, task_id: str, epoch: int, stage: str, progress: float) -> bool:
         """False when attempt ``epoch`` is no longer the running one (the write was refused)."""
         ok = await self._progress(
-            args=[self.prefix, task_id, str(epoch), stage, f"{progress:.1f}", f"{time.time():.6f}"]
+            args=[
+                self.prefix,
+                task_id,
+                str(epoch),
+                stage,
+                f"{progress:.1f}",
+                f"{time.time():.6f}",
+                self.events_channel,
+            ]
         )
-        if int(ok):
-            await self._announce(task_id)
         return bool(int(ok))
 
     async def finish(
