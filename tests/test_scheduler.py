@@ -236,23 +236,24 @@ def test_scheduler_needs_a_slot() -> None:
         CallScheduler(0)
 
 
-async def test_idle_listeners_hear_of_a_slot_left_idle_not_of_one_handed_on() -> None:
-    """Catches spare task slots (src/tasks/admission.py) lent while calls wait for the LLM: the
-    listeners are called when a call ends and leaves its slot idle, never when a waiting call takes
-    it over, and ``idle_slots`` counts waiting calls against the free slots."""
+async def test_listeners_hear_of_the_last_slot_taken_and_of_a_slot_left_idle() -> None:
+    """Catches the task runner not looking again for spare task slots (src/tasks/admission.py) when
+    the LLM fills up or a slot goes idle: the listeners are called then, and a slot handed on to a
+    waiting call is never reported idle; and whether every slot was taken a moment ago (``full_within``)."""
     scheduler = CallScheduler(limit=1)
     heard: list[int] = []
-    remove = scheduler.add_idle_listener(lambda: heard.append(scheduler.idle_slots))
-    assert scheduler.idle_slots == 1
+    remove = scheduler.add_listener(lambda: heard.append(scheduler.limit - scheduler.active))
     gate = asyncio.Event()
     first = asyncio.ensure_future(scheduler.run(gate.wait))
     second = asyncio.ensure_future(scheduler.run(gate.wait))
     await _settle()
-    assert scheduler.active == 1 and scheduler.waiting == 1 and scheduler.idle_slots == 0
+    assert scheduler.active == 1 and scheduler.waiting == 1
     gate.set()
     await asyncio.gather(first, second)
-    assert heard == [1]  # the first call's end handed its slot on; the second's left it idle
+    # The first call took the last slot, the second took it over (full again: no idle slot in
+    # between), the second's end left it idle.
+    assert heard == [0, 0, 1]
     assert scheduler.full_within(60) and not CallScheduler(limit=1).full_within(60)
     remove()
     await scheduler.run(asyncio.sleep, 0)
-    assert heard == [1]
+    assert heard == [0, 0, 1]

@@ -149,9 +149,10 @@ class Settings(BaseSettings):
     #: urgent document never waits for a slot to free up (default: a quarter of the slots, at least
     #: one; 0 = none). See src/tasks/admission.py.
     express_task_slots: int | None = Field(default=None, ge=0, le=64)
-    #: Extra slots lent only while every task slot is taken and LLM slots sit idle (documents
-    #: between two calls, starting or ending leave gaps), so that the LLM stays busy; default: half
-    #: of MAX_CONCURRENT_TASKS; 0 = none. See src/tasks/admission.py.
+    #: Extra slots lent only while every task slot is taken, the LLM is what documents wait for (it
+    #: was full a moment ago) and few calls wait for it: documents starting, ending or between two
+    #: calls then no longer leave it idle; default: half of MAX_CONCURRENT_TASKS; 0 = none. See
+    #: src/tasks/admission.py.
     spare_task_slots: int | None = Field(default=None, ge=0, le=256)
     #: Query tasks (POST /query/async, and the queries an api-role instance delegates) answered at
     #: once in this process, in a lane of their own: they never wait for a document's slot.

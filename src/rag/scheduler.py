@@ -133,9 +133,9 @@ class CallScheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Highest number of calls ever in flight at once (for tests and diagnostics).
         self.peak = 0
-        #: Called when a call ends and leaves a slot idle (nothing waiting): the task runner may
-        #: then lend a spare task slot (src/tasks/admission.py).
-        self._idle_listeners: list[Callable[[], None]] = []
+        #: Called when a call takes the last free slot or ends and leaves a slot idle: the task
+        #: runner then looks again whether to lend a spare task slot (src/tasks/admission.py).
+        self._listeners: list[Callable[[], None]] = []
         #: When every slot was last taken (monotonic).
         self._last_full = float("-inf")
 
@@ -145,23 +145,19 @@ class CallScheduler:
             len(q) for tenants in self._queues.values() for flows in tenants.values() for q in flows.values()
         )
 
-    @property
-    def idle_slots(self) -> int:
-        """Slots no call holds and no waiting call is about to take."""
-        return max(0, self.limit - self.active - self.waiting)
-
     def full_within(self, seconds: float) -> bool:
         """Was every slot taken at some moment of the last ``seconds``? (The LLM is then what the
         running work waits for, not parsing or embeddings.)"""
         return self.active >= self.limit or time.monotonic() - self._last_full <= seconds
 
-    def add_idle_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call ``listener`` whenever a call ends and leaves a slot idle; returns its remover."""
-        self._idle_listeners.append(listener)
+    def add_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` whenever a call takes the last free slot, or ends and leaves a slot
+        idle; returns its remover."""
+        self._listeners.append(listener)
 
         def remove() -> None:
-            if listener in self._idle_listeners:
-                self._idle_listeners.remove(listener)
+            if listener in self._listeners:
+                self._listeners.remove(listener)
 
         return remove
 
@@ -201,6 +197,7 @@ class CallScheduler:
         self.peak = max(self.peak, self.active)
         if self.active >= self.limit:
             self._last_full = time.monotonic()
+            self._notify()
         PROVIDER_RUNNING.labels(self.name).inc()
 
     def release(self) -> None:
@@ -208,8 +205,11 @@ class CallScheduler:
         PROVIDER_RUNNING.labels(self.name).dec()
         self._dispatch()
         if self.active < self.limit and not self._queues:
-            for listener in self._idle_listeners:
-                listener()
+            self._notify()
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def _remove(self, waiter: _Waiter) -> None:
         tenants = self._queues.get(waiter.priority)

@@ -16,14 +16,16 @@ leave the LLM idle. The finishing pool is bounded too; when it is full a task si
 
 Even so, a document's LLM calls form a chain (extraction, then gleaning, per chunk) with CPU work
 between them and before the first, so ``regular`` documents cannot keep ``LLM_MAX_ASYNC`` calls in
-flight all the time: when a wave of documents turns from one call to the next, starts, or ends,
-LLM slots sit idle while documents wait. ``spare`` slots fill those gaps: one is lent only while
-every regular slot is taken, every LLM slot was taken a moment ago (so the gap is in LLM work, not
-documents busy parsing or waiting for embeddings), and the LLM scheduler has had an idle slot for a
-settle time (a running document's next call follows its last answer within milliseconds); and no
-more of them are lent than idle LLM slots remain beyond the spare tasks just started. A spare slot is a
-slot like any other once lent (its task's calls are admitted as any other's): the document it
-claims is the head of the queue, by priority.
+flight all the time: when a wave of documents turns from one call to the next, starts, or ends
+(all gleaned, all merging), LLM slots sit idle until the next documents have read, chunked and
+stored their text. ``spare`` slots start documents early enough to fill those gaps: while every
+regular slot is taken and the LLM is what documents wait for (every LLM slot was taken a moment
+ago; documents busy parsing or waiting for embeddings also leave the LLM idle, and more of them
+would not help it), spare tasks are started until a backlog of calls waits for the LLM (the
+``llm_room`` callable says how many more calls may be added; spare tasks started within the last
+``SPARE_START_SECONDS`` count as calls about to wait). A spare slot is a slot like any other once
+lent (its task's calls are admitted as any other's): the document it claims is the head of the
+queue, by priority.
 """
 
 from __future__ import annotations
@@ -37,13 +39,11 @@ from dataclasses import dataclass
 
 from src.core.defaults import MAX_PRIORITY
 
-#: How long the LLM must keep an idle slot before a spare slot is lent for it.
-SPARE_SETTLE_SECONDS = 0.05
 #: Spare slots are lent only if every LLM slot was taken within this long: a gap in LLM work, not
 #: documents busy with something else (parsing, embeddings), which more documents would not fill.
 SPARE_DEMAND_SECONDS = 2.0
 #: A spare task just started sends its first LLM call within about this long (it reads, chunks and
-#: stores its text first): until then it counts against the idle LLM slots that lent it.
+#: stores its text first): until then it counts as a call about to wait for the LLM.
 SPARE_START_SECONDS = 0.5
 
 #: Set by the runner in each task's context: moves that task from its slot to the finishing pool.
@@ -74,8 +74,7 @@ class Slot:
 
     express: bool
     min_priority: int = 0
-    #: Lent while the LLM had idle slots and every regular slot was taken (when: ``lent_at``,
-    #: monotonic).
+    #: Lent while the LLM had room and every regular slot was taken (when: ``lent_at``, monotonic).
     spare: bool = False
     lent_at: float = 0.0
 
@@ -89,16 +88,16 @@ class Admission:
         express: int = 0,
         finishing: int = 0,
         spare: int = 0,
-        idle_llm_slots: Callable[[], int] | None = None,
+        llm_room: Callable[[], int] | None = None,
     ) -> None:
         if regular < 1 or express < 0 or finishing < 0 or spare < 0:
             raise ValueError("need a regular slot and no negative express, finishing or spare slots")
         self.regular = regular
         self.express = express
         self.finishing = finishing
-        #: Spare slots, and how many idle LLM slots there are now (None: no spare slot is lent).
-        self.spare = spare if idle_llm_slots is not None else 0
-        self._idle_llm_slots = idle_llm_slots
+        #: Spare slots, and how many LLM calls spare tasks may add now (None: no spare slot is lent).
+        self.spare = spare if llm_room is not None else 0
+        self._llm_room = llm_room
         self._used = {False: 0, True: 0}
         self._spare_used = 0
         #: When each spare slot in use was lent (monotonic).
@@ -131,46 +130,42 @@ class Admission:
         return None
 
     async def acquire(self) -> Slot:
-        """Wait for a slot: a regular one; else a spare one, while the LLM keeps idle slots (after
-        a settle; :meth:`llm_idle` wakes this up); else an express one (``try_acquire``). A task
-        ending is what changes the answer otherwise. A spare slot goes before an express one: it
-        may claim the same urgent task, and any other."""
+        """Wait for a slot: a regular one; else a spare one, while the LLM has room
+        (:meth:`llm_changed` wakes this up); else an express one (``try_acquire``). A task ending
+        is what changes the answer otherwise. A spare slot goes before an express one: it may claim
+        the same urgent task, and any other."""
         while True:
             if self._used[False] < self.regular:
                 return self.try_acquire()  # type: ignore[return-value]  # a regular slot
-            if self._spare_room() > 0:
-                await asyncio.sleep(SPARE_SETTLE_SECONDS)
-                if self._used[False] < self.regular:
-                    continue
-                if self._spare_room() > 0:
-                    slot = Slot(express=False, spare=True, lent_at=time.monotonic())
-                    self._spare_used += 1
-                    self._spare_lent.append(slot.lent_at)
-                    return slot
+            if self.spare_room() > 0:
+                slot = Slot(express=False, spare=True, lent_at=time.monotonic())
+                self._spare_used += 1
+                self._spare_lent.append(slot.lent_at)
+                return slot
             if (slot := self.try_acquire()) is not None:
                 return slot
             self._changed.clear()
             await self._changed.wait()
 
-    def llm_idle(self) -> None:
-        """An LLM call ended and left a slot idle: a spare slot may be lent now."""
-        if self.spare and self._spare_used < self.spare:
+    def llm_changed(self) -> None:
+        """The LLM took its last free slot or left one idle: look again whether to lend a spare slot."""
+        if self.spare_room() > 0:
             self._changed.set()
 
     @property
     def spare_in_use(self) -> int:
         return self._spare_used
 
-    def _spare_room(self) -> int:
-        """Spare slots to lend now: within ``spare``, and within the idle LLM slots not already
-        promised to spare tasks that have just started."""
-        if self._spare_used >= self.spare or self._idle_llm_slots is None:
+    def spare_room(self) -> int:
+        """Spare slots to lend now: within ``spare``, and within the LLM's room not already promised
+        to spare tasks that have just started."""
+        if self._spare_used >= self.spare or self._llm_room is None:
             return 0
         if self._used[False] < self.regular:
-            return 0
+            return 0  # a regular slot comes first
         recent = time.monotonic() - SPARE_START_SECONDS
         starting = sum(1 for lent in self._spare_lent if lent > recent)
-        return min(self.spare - self._spare_used, self._idle_llm_slots() - starting)
+        return min(self.spare - self._spare_used, self._llm_room() - starting)
 
     def unused(self, slot: Slot) -> None:
         """Give back a slot nothing was claimed with (no wake-up: nothing changed)."""

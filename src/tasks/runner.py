@@ -136,25 +136,30 @@ class ClaimGate(Protocol):
 
 class LlmCapacity(Protocol):
     """The LLM scheduler as the runner sees it (src/rag/scheduler.py): spare task slots are lent
-    while it has idle slots (src/tasks/admission.py)."""
+    while the LLM is what documents wait for and few calls wait for it (src/tasks/admission.py)."""
+
+    limit: int
 
     @property
-    def idle_slots(self) -> int: ...
+    def waiting(self) -> int: ...
 
     def full_within(self, seconds: float) -> bool:
         """Was every LLM slot taken at some moment of the last ``seconds``?"""
         ...
 
-    def add_idle_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call ``listener`` whenever a call ends and leaves a slot idle; returns its remover."""
+    def add_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` whenever a call takes the last free slot, or ends and leaves a slot
+        idle; returns its remover."""
         ...
 
 
-def spare_llm_slots(llm: LlmCapacity) -> int:
-    """Idle LLM slots a spare task slot may be lent for: none unless every LLM slot was taken a
-    moment ago (documents parsing or waiting for embeddings leave the LLM idle too; more of them at
-    once would not help it)."""
-    return llm.idle_slots if llm.full_within(SPARE_DEMAND_SECONDS) else 0
+def spare_llm_room(llm: LlmCapacity) -> int:
+    """LLM calls spare tasks may add now: up to a backlog of half the LLM's slots waiting, if every
+    slot was taken a moment ago; else none (documents parsing or waiting for embeddings leave the
+    LLM idle too, and more of them at once would not help it)."""
+    if not llm.full_within(SPARE_DEMAND_SECONDS):
+        return 0
+    return max(0, llm.limit // 2 - llm.waiting)
 
 
 @dataclass
@@ -252,7 +257,7 @@ class TaskRunner:
                 config.express_slots,
                 config.finishing_slots,
                 config.spare_slots,
-                (lambda llm=config.llm: spare_llm_slots(llm)) if config.llm is not None else None,
+                (lambda llm=config.llm: spare_llm_room(llm)) if config.llm is not None else None,
             ),
             gate=gate,
         )
@@ -298,7 +303,7 @@ class TaskRunner:
         if self.gate is not None:
             self._loops.append(asyncio.create_task(self._takeover_loop(), name="task-takeover"))
         if self.config.llm is not None and self._ingest.admission.spare:
-            self._remove_llm_listener = self.config.llm.add_idle_listener(self._llm_idle)
+            self._remove_llm_listener = self.config.llm.add_listener(self._llm_changed)
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop claiming, give running tasks ``grace_seconds``, then hand the rest back to the queue."""
@@ -324,11 +329,12 @@ class TaskRunner:
             await asyncio.wait(self._loops, timeout=5)
         self._loops.clear()
 
-    def _llm_idle(self) -> None:
-        """An LLM call ended and left a slot idle: a spare task slot may be lent (a dispatcher that
-        holds an express slot it found no task for waits for its lane's wake-up, not for this)."""
-        self._ingest.admission.llm_idle()
-        if self._ingest.admission.spare_in_use < self._ingest.admission.spare:
+    def _llm_changed(self) -> None:
+        """The LLM took its last free slot or left one idle: a spare task slot may be lent (a
+        dispatcher that holds an express slot it found no task for waits for its lane's wake-up,
+        not for the admission)."""
+        if self._ingest.admission.spare_room() > 0:
+            self._ingest.admission.llm_changed()
             self._ingest.wake.set()
 
     def notify(self) -> None:

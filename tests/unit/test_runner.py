@@ -17,7 +17,7 @@ import pytest
 
 from src.tasks.admission import Admission, yield_slot
 from src.tasks.models import AttemptOutcome, Stage, TaskRecord, TaskStatus
-from src.tasks.runner import RunnerConfig, TaskHandler, TaskRunner
+from src.tasks.runner import RunnerConfig, TaskHandler, TaskRunner, spare_llm_room
 from src.tasks.store import TaskStore
 from tests.unit.helpers import record
 
@@ -502,23 +502,23 @@ def test_yield_slot_outside_a_task_does_nothing() -> None:
 
 
 class FakeLlm:
-    """The LLM scheduler as the runner sees it: idle slots the test sets, and its idle listeners."""
+    """The LLM scheduler as the runner sees it: its slots, the calls waiting for one and whether
+    every slot was taken a moment ago, as the test sets them; and its idle listeners."""
 
-    def __init__(self) -> None:
-        self.idle_slots = 0
+    def __init__(self, limit: int = 4) -> None:
+        self.limit = limit
+        self.waiting = 0
+        self.was_full = False
         self.listeners: list[Callable[[], None]] = []
-        #: Every slot was taken a moment ago (the LLM is what the documents wait for).
-        self.was_full = True
 
     def full_within(self, seconds: float) -> bool:
         return self.was_full
 
-    def add_idle_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+    def add_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         self.listeners.append(listener)
         return lambda: self.listeners.remove(listener)
 
-    def call_ended(self, idle: int) -> None:
-        self.idle_slots = idle
+    def call_ended(self) -> None:
         for listener in list(self.listeners):
             listener()
 
@@ -528,41 +528,55 @@ async def _not_within(awaitable: Awaitable[object], seconds: float = 0.3) -> Non
         await asyncio.wait_for(awaitable, seconds)
 
 
-async def test_spare_slots_are_lent_only_while_llm_slots_sit_idle() -> None:
-    """Catches spare slots lent as plain extra slots (with the LLM busy), lent beyond the idle LLM
-    slots (counting the spare tasks that have just started), or beyond ``spare``."""
-    llm = FakeLlm()
-    admission = Admission(regular=2, spare=2, idle_llm_slots=lambda: llm.idle_slots)
+async def test_spare_slots_are_lent_only_while_the_llm_has_room() -> None:
+    """Catches spare slots lent as plain extra slots (with no room at the LLM), lent beyond its room
+    (counting the spare tasks that have just started), or beyond ``spare``."""
+    room = [0]
+    admission = Admission(regular=2, spare=2, llm_room=lambda: room[0])
     regular = [await admission.acquire(), await admission.acquire()]
     assert not any(slot.spare for slot in regular)
-    await _not_within(admission.acquire())  # the LLM has no idle slot
+    await _not_within(admission.acquire())  # no room at the LLM
     waiting = asyncio.ensure_future(admission.acquire())
     await asyncio.sleep(0.05)
-    llm.idle_slots = 1
-    admission.llm_idle()
+    room[0] = 1
+    admission.llm_changed()
     first = await asyncio.wait_for(waiting, 2)
     assert first.spare and admission.spare_in_use == 1
-    await _not_within(admission.acquire())  # its one idle LLM slot is promised to the task just lent
-    llm.idle_slots = 3
+    await _not_within(admission.acquire())  # its one call of room is promised to the task just lent
+    room[0] = 3
     second = await asyncio.wait_for(admission.acquire(), 2)
     assert second.spare and admission.spare_in_use == 2
-    llm.idle_slots = 16
+    room[0] = 16
     await _not_within(admission.acquire())  # every spare slot is lent
     admission.started(5)
     admission.finished(first, 5)
     assert admission.spare_in_use == 1
     admission.finished(regular[0], 5)  # a regular slot goes before a spare one
     assert not (await asyncio.wait_for(admission.acquire(), 2)).spare
-    assert Admission(regular=1, spare=4).spare == 0  # nothing says when the LLM is idle: none lent
+    assert Admission(regular=1, spare=4).spare == 0  # nothing says when the LLM has room: none lent
 
 
-async def test_a_spare_slot_starts_a_task_when_the_llm_sits_idle(store: TaskStore) -> None:
-    """Catches the runner not lending a spare slot when an LLM call leaves a slot idle, including
-    while it holds an express slot it found no task for (the dispatcher then waits for its lane's
-    wake-up, not for the admission); and a spare slot lent while the LLM is busy, or while it is
-    idle because the running documents do something else (it was not full a moment ago)."""
+def test_the_llm_has_room_for_spare_tasks_only_if_it_was_full_and_few_calls_wait() -> None:
+    """Catches spare tasks started for an LLM that documents are not waiting for (they parse or
+    embed: it was not full a moment ago), or beyond a backlog of half its slots."""
+    llm = FakeLlm(limit=8)
+    assert spare_llm_room(llm) == 0
+    llm.was_full = True
+    assert spare_llm_room(llm) == 4
+    llm.waiting = 3
+    assert spare_llm_room(llm) == 1
+    llm.waiting = 5
+    assert spare_llm_room(llm) == 0
+
+
+async def test_a_spare_slot_starts_a_task_when_the_llm_has_room(store: TaskStore) -> None:
+    """Catches the runner not lending a spare slot when the LLM has room, including while it holds
+    an express slot it found no task for (the dispatcher then waits for its lane's wake-up, not for
+    the admission); a spare slot lent while enough calls wait for the LLM, or while the running
+    documents do something else (it was not full a moment ago); and more spare tasks started at
+    once than the LLM has room for."""
     handler = FakeHandler(default="block")
-    llm = FakeLlm()
+    llm = FakeLlm(limit=2)
     now = time.time()
     for i in range(5):
         await store.create(record(f"doc{i}", created_at=now + i))
@@ -570,18 +584,22 @@ async def test_a_spare_slot_starts_a_task_when_the_llm_sits_idle(store: TaskStor
     async with running(store, handler, llm=llm, **config) as runner:
         for i in range(2):
             await asyncio.wait_for(handler.started_event(f"doc{i}").wait(), 10)
-        await _not_within(handler.started_event("doc2").wait(), 0.5)  # the LLM is busy
         assert len(llm.listeners) == 1
-        llm.was_full = False
-        llm.call_ended(idle=4)  # idle, but the documents are busy with something else
+        llm.call_ended()  # not full a moment ago: the documents are busy with something else
         await _not_within(handler.started_event("doc2").wait(), 0.5)
-        llm.was_full = True
-        llm.call_ended(idle=1)
+        llm.was_full, llm.waiting = True, 1
+        llm.call_ended()  # a backlog of half its slots waits: no room
+        await _not_within(handler.started_event("doc2").wait(), 0.5)
+        llm.waiting = 0
+        llm.call_ended()
         await asyncio.wait_for(handler.started_event("doc2").wait(), 5)  # the head of the queue
         assert runner.running_count == 3
-        await _not_within(handler.started_event("doc3").wait(), 0.2)  # its idle slot is doc2's
-        llm.call_ended(idle=8)
+        llm.call_ended()
+        await _not_within(handler.started_event("doc3").wait(), 0.2)  # doc2's calls fill the backlog
+        llm.limit = 8
+        llm.call_ended()
         await asyncio.wait_for(handler.started_event("doc3").wait(), 5)
+        llm.call_ended()
         await _not_within(handler.started_event("doc4").wait(), 0.5)  # both spare slots are lent
         handler.release.set()
         for i in range(5):
