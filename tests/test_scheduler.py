@@ -257,3 +257,22 @@ async def test_listeners_hear_of_the_last_slot_taken_and_of_a_slot_left_idle() -
     remove()
     await scheduler.run(asyncio.sleep, 0)
     assert heard == [0, 0, 1]
+
+
+async def test_a_failing_listener_is_dropped_and_never_costs_a_slot() -> None:
+    """Catches a listener's error (a task runner whose event loop is closed: setting its events
+    raises) escaping into ``acquire``/``release``: the slot taken just before would never be given
+    back, and every later call would wait for good."""
+    scheduler = CallScheduler(limit=1)
+
+    def broken() -> None:
+        raise RuntimeError("Event loop is closed")
+
+    heard: list[int] = []
+    scheduler.add_listener(broken)
+    scheduler.add_listener(lambda: heard.append(scheduler.active))
+    assert await scheduler.run(asyncio.sleep, 0, "first") == "first"
+    assert scheduler.active == 0 and heard == [1, 0]  # the other listener still hears
+    for _ in range(3):
+        await asyncio.wait_for(scheduler.run(asyncio.sleep, 0), 2)
+    assert scheduler.active == 0 and len(heard) == 8

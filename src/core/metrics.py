@@ -75,6 +75,12 @@ class Metrics:
         )
         self.running = Gauge("ragsvc_running_tasks", "Tasks running in this instance", registry=r)
         self.capacity = Gauge("ragsvc_task_slots", "Concurrent task slots of this instance", registry=r)
+        self.spare_lent = Counter(
+            "ragsvc_spare_task_slots_lent",
+            "Documents started in a spare task slot: every slot was taken and the LLM would otherwise "
+            "have gone idle (src/tasks/admission.py)",
+            registry=r,
+        )
         self.finished = Counter(
             "ragsvc_tasks_finished", "Attempts ended, by outcome", ["outcome"], registry=r
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -35,6 +36,8 @@ from src.core.defaults import DEFAULT_PRIORITY, DEFAULT_TENANT, MAX_PRIORITY, MI
 from src.core.metrics import PROVIDER_QUEUED, PROVIDER_RUNNING
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +211,15 @@ class CallScheduler:
             self._notify()
 
     def _notify(self) -> None:
-        for listener in self._listeners:
-            listener()
+        """Call the listeners; one that raises is dropped (e.g. a task runner of an event loop that
+        is closed): its error must not reach the call being admitted or released, whose slot
+        accounting would then be lost."""
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("a %s scheduler listener failed; it is removed", self.name)
+                self._listeners.remove(listener)
 
     def _remove(self, waiter: _Waiter) -> None:
         tenants = self._queues.get(waiter.priority)

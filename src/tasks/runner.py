@@ -2,8 +2,9 @@
 
 One dispatcher loop per lane claims pending tasks from Redis whenever a slot of that lane is free;
 each claimed task runs as its own asyncio task. Documents (ingestion lane, MAX_CONCURRENT_TASKS
-slots plus express slots for tasks of higher priority than the lowest one running, gated by
-workspace ownership; a document past its LLM-heavy work yields its slot: src/tasks/admission.py)
+slots plus express slots for tasks of higher priority than the lowest one running and spare slots
+while the LLM would otherwise go idle, gated by workspace ownership; a document past its LLM-heavy
+work yields its slot: src/tasks/admission.py)
 and queries (query lane, MAX_CONCURRENT_QUERIES slots, any instance may run them) never wait for
 each other's slots. One heartbeat loop renews the leases of all running tasks (so a long LLM call
 never lets a lease lapse) and notices cancel requests made through other instances; one sweeper
@@ -477,6 +478,8 @@ class TaskRunner:
                 await wait_event(lane.wake, self.config.idle_poll_seconds)
                 continue
             running = _Running(task=claimed, lane=lane, slot=slot, guest=guest)
+            if slot.spare:
+                self.metrics.spare_lent.inc()
             lane.admission.started(claimed.priority)
             self._running[claimed.task_id] = running
             running.job = asyncio.create_task(self._execute(running), name=f"task-{claimed.task_id}")

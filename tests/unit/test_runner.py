@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from src.tasks import admission as admission_module
 from src.tasks.admission import Admission, yield_slot
 from src.tasks.models import AttemptOutcome, Stage, TaskRecord, TaskStatus
 from src.tasks.runner import RunnerConfig, TaskHandler, TaskRunner, spare_llm_room
@@ -528,6 +529,14 @@ async def _not_within(awaitable: Awaitable[object], seconds: float = 0.3) -> Non
         await asyncio.wait_for(awaitable, seconds)
 
 
+@pytest.fixture
+def slow_spare_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spare task counts as starting (a call about to wait) for a minute, not half a second: the
+    tests below must not depend on how fast this machine runs them."""
+    monkeypatch.setattr(admission_module, "SPARE_START_SECONDS", 60.0)
+
+
+@pytest.mark.usefixtures("slow_spare_starts")
 async def test_spare_slots_are_lent_only_while_the_llm_has_room() -> None:
     """Catches spare slots lent as plain extra slots (with no room at the LLM), lent beyond its room
     (counting the spare tasks that have just started), or beyond ``spare``."""
@@ -569,6 +578,7 @@ def test_the_llm_has_room_for_spare_tasks_only_if_it_was_full_and_few_calls_wait
     assert spare_llm_room(llm) == 0
 
 
+@pytest.mark.usefixtures("slow_spare_starts")
 async def test_a_spare_slot_starts_a_task_when_the_llm_has_room(store: TaskStore) -> None:
     """Catches the runner not lending a spare slot when the LLM has room, including while it holds
     an express slot it found no task for (the dispatcher then waits for its lane's wake-up, not for
@@ -601,6 +611,7 @@ async def test_a_spare_slot_starts_a_task_when_the_llm_has_room(store: TaskStore
         await asyncio.wait_for(handler.started_event("doc3").wait(), 5)
         llm.call_ended()
         await _not_within(handler.started_event("doc4").wait(), 0.5)  # both spare slots are lent
+        assert runner.metrics.registry.get_sample_value("ragsvc_spare_task_slots_lent_total") == 2
         handler.release.set()
         for i in range(5):
             assert (await wait_final(store, f"doc{i}")).status == TaskStatus.COMPLETED
