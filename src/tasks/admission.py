@@ -147,10 +147,13 @@ class Admission:
             self._changed.clear()
             await self._changed.wait()
 
-    def llm_changed(self) -> None:
-        """The LLM took its last free slot or left one idle: look again whether to lend a spare slot."""
+    def llm_changed(self) -> bool:
+        """The LLM took its last free slot or left one idle: True (and a waiting ``acquire`` woken)
+        if a spare slot may be lent now."""
         if self.spare_room() > 0:
             self._changed.set()
+            return True
+        return False
 
     @property
     def spare_in_use(self) -> int:

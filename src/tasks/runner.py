@@ -155,12 +155,12 @@ class LlmCapacity(Protocol):
 
 
 def spare_llm_room(llm: LlmCapacity) -> int:
-    """LLM calls spare tasks may add now: up to a backlog of half the LLM's slots waiting, if every
-    slot was taken a moment ago; else none (documents parsing or waiting for embeddings leave the
-    LLM idle too, and more of them at once would not help it)."""
+    """LLM calls spare tasks may add now: up to a backlog of half the LLM's slots (rounded up)
+    waiting, if every slot was taken a moment ago; else none (documents parsing or waiting for
+    embeddings leave the LLM idle too, and more of them at once would not help it)."""
     if not llm.full_within(SPARE_DEMAND_SECONDS):
         return 0
-    return max(0, llm.limit // 2 - llm.waiting)
+    return max(0, (llm.limit + 1) // 2 - llm.waiting)
 
 
 @dataclass
@@ -334,8 +334,7 @@ class TaskRunner:
         """The LLM took its last free slot or left one idle: a spare task slot may be lent (a
         dispatcher that holds an express slot it found no task for waits for its lane's wake-up,
         not for the admission)."""
-        if self._ingest.admission.spare_room() > 0:
-            self._ingest.admission.llm_changed()
+        if self._ingest.admission.llm_changed():
             self._ingest.wake.set()
 
     def notify(self) -> None:

@@ -576,6 +576,8 @@ def test_the_llm_has_room_for_spare_tasks_only_if_it_was_full_and_few_calls_wait
     assert spare_llm_room(llm) == 1
     llm.waiting = 5
     assert spare_llm_room(llm) == 0
+    llm.limit, llm.waiting = 1, 0
+    assert spare_llm_room(llm) == 1  # LLM_MAX_ASYNC=1: until one call waits
 
 
 @pytest.mark.usefixtures("slow_spare_starts")
