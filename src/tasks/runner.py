@@ -63,6 +63,10 @@ from src.tasks.store import TaskStore
 log = logging.getLogger(__name__)
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Progress within one stage is written at most this often per task, the latest value at the end of
+#: the interval: a merge reports each entity and relation it merges (a one-chunk document made ~23
+#: progress writes, a Redis script each). A new stage is written at once.
+PROGRESS_INTERVAL_SECONDS = 0.25
 _T = TypeVar("_T")
 
 #: Set in the attempt of a task this instance claimed as a guest (its workspace is owned elsewhere).
@@ -211,6 +215,13 @@ class _Running:
     yielded: bool = False
     job: asyncio.Task | None = None
     last_report: tuple[str, float] = ("", -1.0)
+    #: What the task's record says (the last progress written) and when it was written (monotonic).
+    written: tuple[str, float] = ("", -1.0)
+    written_at: float = 0.0
+    #: Writes of this task's progress, one at a time (the latest value wins, in order), and the one
+    #: scheduled for the end of the interval.
+    progress_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    trailing: asyncio.Task | None = None
     started: float = field(default_factory=time.monotonic)
     #: When the stage named in last_report began (for the stage-duration histogram).
     stage_started: float = field(default_factory=time.monotonic)
@@ -529,17 +540,22 @@ class TaskRunner:
         )
 
         async def report(stage: str, progress: float) -> None:
-            if (stage, progress) != running.last_report:
-                if stage != running.last_report[0]:
-                    now = time.monotonic()
-                    if running.last_report[0]:
-                        self.metrics.stage_duration.labels(running.last_report[0]).observe(
-                            now - running.stage_started
-                        )
-                    running.stage_started = now
-                running.last_report = (stage, progress)
-                with contextlib.suppress(*_REDIS_DOWN):  # progress is best effort during an outage
-                    await self.store.report_progress(task.task_id, epoch, stage, progress)
+            if (stage, progress) == running.last_report:
+                return
+            now = time.monotonic()
+            new_stage = stage != running.last_report[0]
+            if new_stage:
+                if running.last_report[0]:
+                    self.metrics.stage_duration.labels(running.last_report[0]).observe(
+                        now - running.stage_started
+                    )
+                running.stage_started = now
+            running.last_report = (stage, progress)
+            wait = running.written_at + PROGRESS_INTERVAL_SECONDS - now
+            if new_stage or wait <= 0:
+                await self._write_progress(running, epoch)
+            elif running.trailing is None or running.trailing.done():
+                running.trailing = asyncio.create_task(self._write_progress(running, epoch, after=wait))
 
         try:
             if task.status == TaskStatus.CANCELLING:
@@ -606,11 +622,26 @@ class TaskRunner:
                         " as a guest" if running.guest else "",
                     )
         finally:
+            if running.trailing is not None:
+                running.trailing.cancel()
             self._running.pop(task.task_id, None)
             if running.guest and self.gate is not None:
                 self.gate.end_guest(task.tenant)
             running.lane.admission.finished(running.slot, task.priority, running.yielded)
             running.lane.wake.set()  # an express slot that found nothing may now find a regular one
+
+    async def _write_progress(self, running: _Running, epoch: int, after: float = 0.0) -> None:
+        """Write the task's latest progress (``after`` seconds from now), unless it is written
+        already. One write at a time per task, so an older value never lands after a newer one."""
+        if after > 0:
+            await asyncio.sleep(after)
+        async with running.progress_lock:
+            wanted = running.last_report
+            if wanted == running.written:
+                return
+            running.written, running.written_at = wanted, time.monotonic()
+            with contextlib.suppress(*_REDIS_DOWN):  # progress is best effort during an outage
+                await self.store.report_progress(running.task.task_id, epoch, *wanted)
 
     def _yield_slot(self, running: _Running) -> None:
         if not running.yielded and running.lane.admission.yielded(running.slot, running.task.priority):

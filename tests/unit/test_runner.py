@@ -618,3 +618,50 @@ async def test_a_spare_slot_starts_a_task_when_the_llm_has_room(store: TaskStore
         for i in range(5):
             assert (await wait_final(store, f"doc{i}")).status == TaskStatus.COMPLETED
     assert llm.listeners == []  # stopping the runner removed its listener
+
+
+class ProgressBurst(FakeHandler):
+    """Reports a burst of progress in one stage (as a merge does, entity by entity), a new stage,
+    another burst, then waits for ``release``."""
+
+    async def run(self, task: TaskRecord, report: Callable[[str, float], Awaitable[None]]) -> dict:
+        for percent in range(1, 41):
+            await report(Stage.EXTRACTING, float(percent))
+        await report(Stage.MERGING, 0.0)
+        for percent in range(1, 41):
+            await report(Stage.MERGING, float(percent))
+        self.started_event(task.task_id).set()
+        await self.release.wait()
+        return {}
+
+
+async def test_progress_within_a_stage_is_written_at_most_every_interval_and_the_latest_last(
+    store: TaskStore,
+) -> None:
+    """Catches one Redis write per progress report (a one-chunk document made ~23), a new stage
+    held back with the burst, the burst's last value never written (no trailing write), or an
+    older value written after a newer one."""
+    written: list[tuple[str, float]] = []
+    real = store.report_progress
+
+    async def recording(task_id: str, epoch: int, stage: str, progress: float) -> bool:
+        written.append((str(stage), progress))
+        await asyncio.sleep(0.01)  # a round trip: later reports arrive meanwhile
+        return await real(task_id, epoch, stage, progress)
+
+    store.report_progress = recording
+    handler = ProgressBurst(default="ok")
+    await store.create(record("burst"))
+    async with running(store, handler) as runner:
+        await asyncio.wait_for(handler.started_event("burst").wait(), 10)
+        assert written[0] == (Stage.EXTRACTING, 1.0)  # the first report of a stage at once
+        assert (Stage.MERGING, 0.0) in written  # a new stage at once, not after the interval
+        assert len(written) <= 6, written  # 82 reports
+        await wait_until(lambda: written[-1] == (Stage.MERGING, 40.0), what="the burst's last value")
+        record_now = await store.get("burst")
+        assert (record_now.stage, record_now.progress) == (Stage.MERGING, 40.0)
+        order = [(0 if stage == Stage.EXTRACTING else 1, progress) for stage, progress in written]
+        assert order == sorted(order), written  # never an older value after a newer one
+        handler.release.set()
+        assert (await wait_final(store, "burst")).status == TaskStatus.COMPLETED
+        assert runner.running_count == 0
