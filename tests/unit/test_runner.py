@@ -645,9 +645,10 @@ async def test_progress_within_a_stage_is_written_at_most_every_interval_and_the
     real = store.report_progress
 
     async def recording(task_id: str, epoch: int, stage: str, progress: float) -> bool:
-        written.append((str(stage), progress))
         await asyncio.sleep(0.01)  # a round trip: later reports arrive meanwhile
-        return await real(task_id, epoch, stage, progress)
+        ok = await real(task_id, epoch, stage, progress)
+        written.append((str(stage), progress))  # once it is in the record
+        return ok
 
     store.report_progress = recording
     handler = ProgressBurst(default="ok")
