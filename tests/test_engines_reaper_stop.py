@@ -10,7 +10,7 @@ import pytest
 
 from src.core.metrics import Metrics
 from src.rag.engine.tenant_engines import TenantEngines
-from tests.unit.helpers import assert_stops_within
+from tests.unit.helpers import assert_stops_within, swallowing_a_cancel
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -22,11 +22,7 @@ async def test_a_cancel_an_eviction_swallows_still_stops_the_reaper(settings) ->
 
     class Swallowing(TenantEngines):
         async def evict_idle(self) -> None:
-            in_eviction.set()
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                pass
+            await swallowing_a_cancel(in_eviction, asyncio.sleep(30))
 
     engines = Swallowing(settings, Metrics(), max_cached=1, idle_seconds=60)
     engines.start_reaper(interval=0.001)

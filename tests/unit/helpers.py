@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from src.tasks.models import TaskKind, TaskRecord
@@ -48,6 +48,16 @@ def query_record(
         created_at=now,
         updated_at=now,
     )
+
+
+async def swallowing_a_cancel(entered: asyncio.Event, until: Awaitable[Any]) -> None:
+    """Set ``entered``, then await ``until`` and swallow a cancel that lands meanwhile: what a
+    library call that catches the cancel to clean up may do (the background-loop stop tests)."""
+    entered.set()
+    try:
+        await until
+    except asyncio.CancelledError:
+        pass
 
 
 async def assert_stops_within(stop: Coroutine[Any, Any, Any], loop: asyncio.Task | None, what: str) -> None:

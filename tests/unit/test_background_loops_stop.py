@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from src.core.metrics import Metrics
-from tests.unit.helpers import assert_stops_within
+from tests.unit.helpers import assert_stops_within, swallowing_a_cancel
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -21,11 +21,7 @@ async def test_a_cancel_the_redis_ping_swallows_still_stops_the_sampler() -> Non
     release = asyncio.get_running_loop().create_future()
 
     async def swallowing_ping() -> float:
-        in_ping.set()
-        try:
-            await release
-        except asyncio.CancelledError:
-            pass  # what a client that catches the cancel to clean up its connection may do
+        await swallowing_a_cancel(in_ping, release)  # as a Redis client cleaning up its connection
         return 1.0
 
     metrics = Metrics()
@@ -46,11 +42,7 @@ async def test_a_cancel_the_upload_sweep_swallows_still_stops_the_sweeper() -> N
 
     class Swallowing(UploadSweeper):
         async def sweep(self) -> int:
-            in_sweep.set()
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                pass
+            await swallowing_a_cancel(in_sweep, asyncio.sleep(30))
             return 0
 
     async def no_tasks(ids: object) -> set[str]:
