@@ -26,9 +26,9 @@ from src.ingestion.scan import DirectoryScanner
 from src.ingestion.submission import SubmissionService
 from src.ingestion.tasks import TaskService
 from src.ingestion.upload_sweeper import UploadSweeper
+from src.rag.builder import process_schedulers
 from src.rag.delegated import DelegatedKnowledgeBases
 from src.rag.e5_bulk_lane import close_bulk_lane
-from src.rag.embedding import embedding_call_bounds
 from src.rag.engine.local import LocalKnowledgeBases
 from src.rag.engine.tenant_engines import TenantEngines
 from src.rag.knowledge import KnowledgeBases, workspace_of
@@ -36,7 +36,6 @@ from src.rag.lightrag_compat import check_lightrag_version
 from src.rag.llm.vision import vision_description
 from src.rag.parsers import RAGANYTHING_EXTENSIONS
 from src.rag.parsing.external import check_parser
-from src.rag.scheduler import shared_schedulers
 from src.rag.storage.fence import register_write_fence
 from src.tasks.admission import express_slots_for
 from src.tasks.batches import BatchStore
@@ -233,7 +232,7 @@ async def start_services(
             spare_slots=settings.max_concurrent_tasks // 2
             if settings.spare_task_slots is None
             else settings.spare_task_slots,
-            llm=shared_schedulers(settings.llm_max_async, embedding_call_bounds(settings)[0]).llm,
+            llm=process_schedulers(settings).llm,
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
             sweep_seconds=settings.sweep_seconds,

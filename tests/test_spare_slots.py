@@ -10,8 +10,7 @@ import asyncio
 import pytest
 
 from benchmarks.mock_llm import MockConfig, MockServer
-from src.rag.embedding import embedding_call_bounds
-from src.rag.scheduler import shared_schedulers
+from src.rag.builder import process_schedulers
 from src.tasks import admission
 from tests.helpers import llm_settings, start_service, story, upload, wait_until
 
@@ -41,7 +40,7 @@ async def test_a_full_llm_starts_spare_documents_up_to_its_room(
             spare_task_slots=spare,
             shutdown_grace_seconds=0.5,  # the hanging calls are handed back at once
         )
-        llm = shared_schedulers(settings.llm_max_async, embedding_call_bounds(settings)[0]).llm
+        llm = process_schedulers(settings).llm
         async with start_service(settings) as svc:
             runner = svc.services.runner
             for i in range(5):

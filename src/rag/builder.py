@@ -34,6 +34,12 @@ logger = logging.getLogger(__name__)
 HASH_COSINE_THRESHOLD = 0.05
 
 
+def process_schedulers(settings: Settings) -> ProviderSchedulers:
+    """The process-wide LLM and embedding schedulers of these settings (every knowledge base built
+    with them, and the task runner's spare slots, use the same ones)."""
+    return shared_schedulers(settings.llm_max_async, embedding_call_bounds(settings)[0])
+
+
 def lightrag_kwargs(settings: Settings) -> dict[str, Any]:
     """Tuning arguments passed to ``LightRAG(...)`` (exposed for tests and diagnostics).
 
@@ -93,8 +99,8 @@ async def build_lightrag(
     data_dir = Path(settings.data_dir)
     working_dir = Path(settings.rag_dir)
     workspace = workspace or settings.workspace
-    embedding_max_async, embedding_max_chars = embedding_call_bounds(settings)
-    schedulers = schedulers or shared_schedulers(settings.llm_max_async, embedding_max_async)
+    embedding_max_chars = embedding_call_bounds(settings)[1]
+    schedulers = schedulers or process_schedulers(settings)
 
     tokenizer = await asyncio.to_thread(build_tokenizer, data_dir / "tiktoken")
     provider_embedding = build_embedding_func(settings)
