@@ -99,8 +99,7 @@ class Admission:
         self.spare = spare if llm_room is not None else 0
         self._llm_room = llm_room
         self._used = {False: 0, True: 0}
-        self._spare_used = 0
-        #: When each spare slot in use was lent (monotonic).
+        #: When each spare slot in use was lent (monotonic): one entry per spare slot in use.
         self._spare_lent: list[float] = []
         self._finishing = 0
         #: Priorities of the tasks running in this process (regular and express slots alike).
@@ -139,7 +138,6 @@ class Admission:
                 return self.try_acquire()  # type: ignore[return-value]  # a regular slot
             if self.spare_room() > 0:
                 slot = Slot(express=False, spare=True, lent_at=time.monotonic())
-                self._spare_used += 1
                 self._spare_lent.append(slot.lent_at)
                 return slot
             if (slot := self.try_acquire()) is not None:
@@ -157,18 +155,18 @@ class Admission:
 
     @property
     def spare_in_use(self) -> int:
-        return self._spare_used
+        return len(self._spare_lent)
 
     def spare_room(self) -> int:
         """Spare slots to lend now: within ``spare``, and within the LLM's room not already promised
         to spare tasks that have just started."""
-        if self._spare_used >= self.spare or self._llm_room is None:
+        if self.spare_in_use >= self.spare or self._llm_room is None:
             return 0
         if self._used[False] < self.regular:
             return 0  # a regular slot comes first
         recent = time.monotonic() - SPARE_START_SECONDS
         starting = sum(1 for lent in self._spare_lent if lent > recent)
-        return min(self.spare - self._spare_used, self._llm_room() - starting)
+        return min(self.spare - self.spare_in_use, self._llm_room() - starting)
 
     def unused(self, slot: Slot) -> None:
         """Give back a slot nothing was claimed with (no wake-up: nothing changed)."""
@@ -176,7 +174,6 @@ class Admission:
 
     def _release(self, slot: Slot) -> None:
         if slot.spare:
-            self._spare_used -= 1
             self._spare_lent.remove(slot.lent_at)
         else:
             self._used[slot.express] -= 1
